@@ -13,6 +13,7 @@ import json
 import math
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -97,9 +98,16 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    """Save arrays as an uncompressed .npz, atomically (no pickled objects allowed)."""
-    with atomic_path(path) as tmp, tmp.open("wb") as fh:
-        np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+    """Save arrays as an uncompressed .npz, atomically (no pickled objects allowed).
+
+    The zip entries get a fixed timestamp, so equal arrays give byte-identical files.
+    """
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asarray(value), allow_pickle=False)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
