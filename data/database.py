@@ -61,7 +61,9 @@ class Database:
         """All files concatenated: embeddings, labels, and the index of the file of each row."""
         x = np.concatenate([f.embeddings for f in self.files])
         y = np.concatenate([f.labels for f in self.files])
-        source = np.concatenate([np.full(len(f), i, dtype=np.int64) for i, f in enumerate(self.files)])
+        source = np.concatenate(
+            [np.full(len(f), i, dtype=np.int64) for i, f in enumerate(self.files)]
+        )
         return x, y, source
 
 
@@ -99,7 +101,9 @@ def load_embedding_file(path: str | Path, n_classes: int | None = None) -> Embed
             x = npz["embeddings"]
             y = npz["labels"]
             meta = npz["metadata"] if "metadata" in keys else None
-            fields = tuple(str(s) for s in npz["metadata_fields"]) if "metadata_fields" in keys else ()
+            fields = (
+                tuple(str(s) for s in npz["metadata_fields"]) if "metadata_fields" in keys else ()
+            )
     except DatabaseError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
@@ -139,7 +143,8 @@ def load_embedding_file(path: str | Path, n_classes: int | None = None) -> Embed
             )
         if len(fields) != meta.shape[1]:
             raise DatabaseError(
-                f"{path}: 'metadata_fields' names {len(fields)} columns, metadata has {meta.shape[1]}"
+                f"{path}: 'metadata_fields' names {len(fields)} columns, "
+                f"metadata has {meta.shape[1]}"
             )
         meta = meta.astype(np.int64, copy=False)
     return EmbeddingFile(path.stem, x, y, meta, fields)

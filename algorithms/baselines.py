@@ -1,0 +1,88 @@
+"""The baselines: local heads only, a centralized head (upper bound), FedAvg/FedProx, FedLambda."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from algorithms.evaluation import ClientProbs, Outcome
+from algorithms.fedavg import FedAvgClient, FedAvgConfig, init_global_head
+from algorithms.federation import run_federation
+from algorithms.heads import HeadConfig, new_head, predict_proba, train_head
+from data.partition import ClientData
+from utils.seeding import derive_seed
+
+
+def _probs(head: torch.nn.Module, c: ClientData) -> ClientProbs:
+    return ClientProbs(predict_proba(head, c.x_val), predict_proba(head, c.x_test))
+
+
+def local_heads(
+    clients: list[ClientData], n_classes: int, cfg: HeadConfig, seed: int
+) -> list[ClientProbs]:
+    """Each client trains a head on its own training data only."""
+    out = []
+    for c in clients:
+        head = train_head(c.x_train, c.y_train, n_classes, cfg, derive_seed(seed, "local", c.id))
+        out.append(_probs(head, c))
+    return out
+
+
+def run_local(
+    clients: list[ClientData], n_classes: int, head_cfg: HeadConfig, seed: int
+) -> Outcome:
+    """Local training only: nothing is shared."""
+    return Outcome(local_heads(clients, n_classes, head_cfg, seed), None, [], params_shared=0)
+
+
+def run_centralized(
+    clients: list[ClientData], n_classes: int, head_cfg: HeadConfig, seed: int
+) -> Outcome:
+    """One head on the pooled training data of every client (not private: an upper bound)."""
+    x = np.concatenate([c.x_train for c in clients])
+    y = np.concatenate([c.y_train for c in clients])
+    head = train_head(x, y, n_classes, head_cfg, derive_seed(seed, "centralized"))
+    return Outcome(None, [_probs(head, c) for c in clients], [], params_shared=0)
+
+
+def run_fedavg(
+    clients: list[ClientData],
+    n_classes: int,
+    cfg: FedAvgConfig,
+    seed: int,
+    head_cfg: HeadConfig | None = None,
+) -> Outcome:
+    """FedAvg (FedProx when cfg.mu > 0) on a linear head. With `head_cfg` it is FedLambda: each
+    client also trains a local head, mixed with the global one by the lambda protocol."""
+    dim = clients[0].x_train.shape[1]
+    fed_clients = [
+        FedAvgClient(c, n_classes, cfg, derive_seed(seed, "fedavg-client", c.id)) for c in clients
+    ]
+    evaluator = new_head(dim, n_classes, 0)
+
+    def validate(rnd, weights, updates):
+        evaluator.load_state_dict(weights)
+        accs = [
+            float((predict_proba(evaluator, c.x_val).argmax(1) == c.y_val).mean())
+            for c in clients
+            if len(c.y_val)
+        ]
+        return {
+            "lr": fed_clients[0].optimizer.param_groups[0]["lr"],
+            "val_acc": float(np.mean(accs)) if accs else float("nan"),
+        }
+
+    weights, history = run_federation(
+        fed_clients,
+        init_global_head(dim, n_classes, derive_seed(seed, "fedavg-global")),
+        cfg.n_rounds,
+        sampling_rate=cfg.sampling_rate,
+        seed=derive_seed(seed, "sampling"),
+        on_round=validate,
+        desc="fedprox" if cfg.mu > 0 else "fedavg",
+    )
+    evaluator.load_state_dict(weights)
+    global_probs = [_probs(evaluator, c) for c in clients]
+    local = local_heads(clients, n_classes, head_cfg, seed) if head_cfg is not None else None
+    params = sum(v.numel() for v in weights.values())
+    return Outcome(local, global_probs, history, params_shared=params)

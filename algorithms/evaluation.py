@@ -1,0 +1,107 @@
+"""The evaluation protocol: per-client test metrics, and the lambda protocol shared by
+FedLambda and the DP generative methods.
+
+Each client has a local head and a global model; their softmax outputs are mixed as
+`lam * p_local + (1 - lam) * p_global`. One `lam` from the grid {0, r, 2r, ..., 1} is chosen by
+the mean validation accuracy across clients (ties go to the smallest lam) and applied on test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from utils.metrics import classification_metrics
+
+
+@dataclass(frozen=True)
+class ClientProbs:
+    """A model's class probabilities on one client's validation and test sets."""
+
+    val: np.ndarray
+    test: np.ndarray
+
+
+def lambda_grid(resolution: float) -> np.ndarray:
+    """The grid {0, resolution, ..., 1} (both ends included)."""
+    if not 0 < resolution <= 1:
+        raise ValueError(f"--weights_grid_resolution must lie in (0, 1], got {resolution}")
+    n = int(round(1.0 / resolution))
+    if not np.isclose(n * resolution, 1.0):
+        raise ValueError(f"--weights_grid_resolution must divide 1 evenly, got {resolution}")
+    return np.linspace(0.0, 1.0, n + 1)
+
+
+def mix(p_local: np.ndarray, p_global: np.ndarray, lam: float) -> np.ndarray:
+    """lam * p_local + (1 - lam) * p_global."""
+    return lam * p_local + (1.0 - lam) * p_global
+
+
+def select_lambda(
+    local: list[ClientProbs],
+    global_: list[ClientProbs],
+    y_val: list[np.ndarray],
+    grid: np.ndarray,
+) -> tuple[float, list[float]]:
+    """The grid value with the best mean validation accuracy across clients that have
+    validation data, and that mean accuracy for every grid value."""
+    scores = []
+    for lam in grid:
+        accs = [
+            float((mix(lo.val, gl.val, lam).argmax(1) == y).mean())
+            for lo, gl, y in zip(local, global_, y_val)
+            if len(y)
+        ]
+        if not accs:
+            raise ValueError("no client has validation data to choose lambda; use --val_frac > 0")
+        scores.append(float(np.mean(accs)))
+    return float(grid[int(np.argmax(scores))]), scores
+
+
+def evaluate_clients(
+    clients: list,
+    local: list[ClientProbs] | None,
+    global_: list[ClientProbs] | None,
+    grid_resolution: float,
+) -> tuple[list[dict], float | None, list[float] | None]:
+    """Per-client test metrics. With both a local and a global model, lambda is chosen on
+    validation and applied on test; with one model its predictions are used as they are.
+
+    Returns (client rows, lambda or None, mean validation accuracy per grid value or None)."""
+    if local is None and global_ is None:
+        raise ValueError("nothing to evaluate: no local and no global predictions")
+    lam, scores = None, None
+    if local is not None and global_ is not None:
+        grid = lambda_grid(grid_resolution)
+        lam, scores = select_lambda(local, global_, [c.y_val for c in clients], grid)
+    rows = []
+    for i, c in enumerate(clients):
+        if lam is not None:
+            probs = mix(local[i].test, global_[i].test, lam)
+        else:
+            probs = (local or global_)[i].test
+        metrics = classification_metrics(c.y_test, probs.argmax(1))
+        rows.append(
+            {
+                "id": c.id,
+                "n_train": len(c.y_train),
+                "n_val": len(c.y_val),
+                "n_test": len(c.y_test),
+                **{f"test_{k}": v for k, v in metrics.items()},
+            }
+        )
+    return rows, lam, scores
+
+
+@dataclass
+class Outcome:
+    """What a method hands to evaluation: per-client probabilities of its local and/or global
+    model, the per-round history, and what it shares (numbers of parameters per round)."""
+
+    local: list[ClientProbs] | None
+    global_: list[ClientProbs] | None
+    history: list[dict]
+    params_shared: int
+    privacy: dict | None = None
+    fidelity: dict | None = None

@@ -1,0 +1,118 @@
+"""FedAvg and FedProx on a linear head over embeddings (the paper's FL baselines).
+
+FedProx is FedAvg plus the proximal term `mu/2 * ||w - w_global||^2` in each client's loss.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from algorithms.aggregation import StateDict
+from algorithms.federation import ClientUpdate
+from algorithms.heads import make_optimizer, new_head
+from data.partition import ClientData
+from utils.seeding import generator
+
+
+@dataclass(frozen=True)
+class FedAvgConfig:
+    """Paper defaults: 50 rounds x 5 local epochs, SGD lr 1e-3, batch 128, LR x0.1 at 50% and
+    75% of the rounds, every client every round."""
+
+    n_rounds: int = 50
+    local_steps: int = 5
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "sgd"
+    lr_scheduler: str = "multi_step"
+    mu: float = 0.0
+    sampling_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.n_rounds >= 1, f"--n_rounds must be >= 1, got {self.n_rounds}"),
+            (self.local_steps >= 1, f"--local_steps must be >= 1, got {self.local_steps}"),
+            (self.batch_size >= 1, f"--bz must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"--fedavg_lr must be > 0, got {self.lr}"),
+            (
+                self.optimizer in ("sgd", "adam"),
+                f"--optimizer must be sgd or adam, got {self.optimizer!r}",
+            ),
+            (
+                self.lr_scheduler in ("multi_step", "none"),
+                f"--lr_scheduler must be multi_step or none, got {self.lr_scheduler!r}",
+            ),
+            (self.mu >= 0, f"--mu must be >= 0, got {self.mu}"),
+            (
+                0 < self.sampling_rate <= 1,
+                f"--sampling_rate must lie in (0, 1], got {self.sampling_rate}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+def lr_at(cfg: FedAvgConfig, rnd: int) -> float:
+    """Learning rate of round `rnd` (0-based): x0.1 from 50% and again from 75% of the rounds."""
+    if cfg.lr_scheduler == "none":
+        return cfg.lr
+    milestones = (cfg.n_rounds // 2, (3 * cfg.n_rounds) // 4)
+    return cfg.lr * 0.1 ** sum(rnd >= m for m in milestones)
+
+
+def init_global_head(dim: int, n_classes: int, seed: int) -> StateDict:
+    """The server's initial head, seeded by the run seed."""
+    return {k: v.detach().clone() for k, v in new_head(dim, n_classes, seed).state_dict().items()}
+
+
+class FedAvgClient:
+    """One client of FedAvg/FedProx: its data, its shuffling RNG and its optimizer state."""
+
+    def __init__(self, data: ClientData, n_classes: int, cfg: FedAvgConfig, seed: int):
+        self.data = data
+        self.cfg = cfg
+        self.x = torch.as_tensor(data.x_train, dtype=torch.float32)
+        self.y = torch.as_tensor(data.y_train, dtype=torch.int64)
+        self.head = new_head(self.x.shape[1], n_classes, seed)
+        self.optimizer = make_optimizer(cfg.optimizer, self.head.parameters(), cfg.lr)
+        self.rng = generator(seed)
+
+    def fit(self, global_weights: StateDict, rnd: int) -> ClientUpdate:
+        """Local epochs of minibatch training from the global head; returns the new head."""
+        self.head.load_state_dict(global_weights)
+        anchor = [p.detach().clone() for p in self.head.parameters()] if self.cfg.mu > 0 else None
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.cfg, rnd)
+        n = len(self.y)
+        total, seen = 0.0, 0
+        for _ in range(self.cfg.local_steps):
+            order = torch.randperm(n, generator=self.rng)
+            for start in range(0, n, self.cfg.batch_size):
+                idx = order[start : start + self.cfg.batch_size]
+                loss = F.cross_entropy(self.head(self.x[idx]), self.y[idx])
+                total += loss.item() * len(idx)
+                seen += len(idx)
+                if anchor is not None:
+                    prox = sum(((p - a) ** 2).sum() for p, a in zip(self.head.parameters(), anchor))
+                    loss = loss + 0.5 * self.cfg.mu * prox
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+        weights = {k: v.detach().clone() for k, v in self.head.state_dict().items()}
+        return ClientUpdate(weights, n, {"train_loss": total / max(seen, 1)})
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to continue this client exactly."""
+        return {
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "rng": self.rng.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.set_state(state["rng"])

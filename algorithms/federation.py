@@ -1,0 +1,98 @@
+"""The one orchestration loop for every federated method, kept apart from what clients do.
+
+A method supplies client objects with `fit(global_weights, round) -> ClientUpdate` (one client's
+local round) and an `aggregate(updates) -> global_weights` function (the server's step). The same
+two pieces can run under Flower, where each client lives in its own process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from algorithms.aggregation import StateDict, average_state_dicts
+from utils.progress import progress
+
+
+@dataclass
+class ClientUpdate:
+    """What one client sends back after its local round: the shared tensors, its number of
+    training samples (the FedAvg weight) and scalar metrics (train loss, spent epsilon, ...)."""
+
+    weights: StateDict
+    n_samples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class FederatedClient(Protocol):
+    def fit(self, global_weights: StateDict, rnd: int) -> ClientUpdate: ...
+
+
+def fedavg_aggregate(updates: Sequence[ClientUpdate]) -> StateDict:
+    """The server's step: the sample-weighted average of the clients' shared tensors."""
+    return average_state_dicts([u.weights for u in updates], [u.n_samples for u in updates])
+
+
+def sample_clients(n_clients: int, rate: float, rng: np.random.Generator) -> list[int]:
+    """Indices of the clients taking part in a round: all of them at rate 1, otherwise a
+    uniform sample of max(1, round(rate * n)) clients."""
+    if rate >= 1.0:
+        return list(range(n_clients))
+    k = max(1, int(round(rate * n_clients)))
+    return sorted(int(i) for i in rng.choice(n_clients, size=k, replace=False))
+
+
+def run_federation(
+    clients: Sequence[FederatedClient],
+    global_weights: StateDict,
+    n_rounds: int,
+    aggregate: Callable[[Sequence[ClientUpdate]], StateDict] = fedavg_aggregate,
+    sampling_rate: float = 1.0,
+    seed: int = 0,
+    start_round: int = 0,
+    history: list[dict] | None = None,
+    on_round: Callable[[int, StateDict, Sequence[ClientUpdate]], dict | None] | None = None,
+    desc: str = "rounds",
+) -> tuple[StateDict, list[dict]]:
+    """Run rounds `start_round .. n_rounds-1`. Each round: sample clients, let each fit from the
+    current global weights, aggregate. `on_round(rnd, weights, updates)` may return extra
+    history columns (e.g. validation accuracy) and is where checkpoints are written.
+
+    Client sampling is a function of (seed, round), so a resumed run samples as an
+    uninterrupted one does. Returns the final global weights and one history row per round."""
+    history = list(history or [])
+    bar = progress(
+        range(start_round, n_rounds), desc=desc, unit="round", initial=start_round, total=n_rounds
+    )
+    for rnd in bar:
+        rng = np.random.default_rng([seed, rnd])
+        chosen = sample_clients(len(clients), sampling_rate, rng)
+        updates = [clients[i].fit(global_weights, rnd) for i in chosen]
+        global_weights = aggregate(updates)
+        row = {"round": rnd + 1, "clients": len(chosen)}
+        row.update(_weighted_metrics(updates))
+        for i, u in zip(chosen, updates):
+            if "epsilon" in u.metrics:
+                row[f"epsilon_client{i}"] = u.metrics["epsilon"]
+        if on_round is not None:
+            row.update(on_round(rnd, global_weights, updates) or {})
+        history.append(row)
+        bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in ("train_loss", "val_acc")})
+    return global_weights, history
+
+
+def _weighted_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
+    """Sample-weighted mean of each scalar metric over the clients of a round (max for epsilon)."""
+    out: dict[str, float] = {}
+    names = dict.fromkeys(k for u in updates for k in u.metrics)
+    for name in names:
+        pairs = [(u.metrics[name], u.n_samples) for u in updates if name in u.metrics]
+        values = np.array([p[0] for p in pairs], dtype=np.float64)
+        if name == "epsilon":
+            out["epsilon_max"] = float(values.max())
+        else:
+            out[name] = float(np.average(values, weights=[p[1] for p in pairs]))
+    return out

@@ -1,0 +1,73 @@
+"""Linear classification heads on embeddings: training (the paper's protocol) and prediction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.seeding import seeded
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The paper's linear heads: Adam, lr 1e-3, weight decay 5e-4, 100 full-batch epochs."""
+
+    epochs: int = 100
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    optimizer: str = "adam"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"--local_epochs must be >= 1, got {self.epochs}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"--weight_decay must be >= 0, got {self.weight_decay}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"--classifier_optimizer must be adam or sgd, got {self.optimizer!r}")
+
+
+def make_optimizer(
+    name: str, params, lr: float, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
+    """Adam or plain SGD, the two optimizers the paper's scripts use."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r} (expected adam or sgd)")
+
+
+def new_head(dim: int, n_classes: int, seed: int) -> nn.Linear:
+    """A linear head with a seeded initialization."""
+    return seeded(seed, lambda: nn.Linear(dim, n_classes))
+
+
+def train_head(
+    x: np.ndarray, y: np.ndarray, n_classes: int, cfg: HeadConfig, seed: int
+) -> nn.Linear:
+    """Train a linear head full-batch on (x, y) with cross-entropy."""
+    head = new_head(x.shape[1], n_classes, seed)
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    yt = torch.as_tensor(y, dtype=torch.int64)
+    opt = make_optimizer(cfg.optimizer, head.parameters(), cfg.lr, cfg.weight_decay)
+    for _ in range(cfg.epochs):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(head(xt), yt).backward()
+        opt.step()
+    return head.eval()
+
+
+@torch.no_grad()
+def predict_proba(head: nn.Module, x: np.ndarray) -> np.ndarray:
+    """Softmax class probabilities (float64 for exact mixing)."""
+    if len(x) == 0:
+        out = head.out_features if isinstance(head, nn.Linear) else 0
+        return np.zeros((0, out))
+    logits = head(torch.as_tensor(x, dtype=torch.float32))
+    return torch.softmax(logits.double(), dim=1).numpy()

@@ -1,0 +1,378 @@
+"""Run one experiment on an embedding database and write its results files.
+
+    python main.py --database_root data/digits/database --method fedavg --seed 3407
+
+Creates (or reuses) the client split, runs the method, and writes config.json, history.csv and
+metrics.json into the run directory (default: derived from the configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from algorithms.baselines import run_centralized, run_fedavg, run_local
+from algorithms.evaluation import Outcome, evaluate_clients
+from algorithms.fedavg import FedAvgConfig
+from algorithms.heads import HeadConfig
+from data.database import DatabaseError, load_database
+from data.partition import (
+    SplitError,
+    add_split_arguments,
+    client_datasets,
+    load_or_make_split,
+    split_config_from_args,
+)
+from utils.io import sha256_file
+from utils.metrics import summarize_clients
+from utils.progress import set_quiet
+from utils.results import (
+    ResultsError,
+    config_key,
+    default_run_dir,
+    prepare_run_dir,
+    write_config,
+    write_history,
+    write_metrics,
+)
+
+METHODS = ("local", "centralized", "fedavg", "fedprox", "fedlambda")
+ALGORITHM_ALIASES = {"normal": "fedavg", "fedprox": "fedprox"}
+AGGREGATOR_ALIASES = {"local": "local"}
+
+
+class UsageError(ValueError):
+    """Bad flags: the message names the flag."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    g = parser.add_argument_group("experiment")
+    g.add_argument(
+        "--database_root", required=True, help="embedding database folder made by data/create_db.py"
+    )
+    g.add_argument(
+        "--method",
+        choices=METHODS,
+        default=None,
+        help="local: a head per client on its own data; centralized: one head on the "
+        "pooled data (not private, an upper bound); fedavg / fedprox: a head "
+        "trained federatedly; fedlambda: the FedAvg head mixed with a local head",
+    )
+    g.add_argument(
+        "--algorithm",
+        choices=sorted(ALGORITHM_ALIASES),
+        default=None,
+        help="the paper's spelling: normal = --method fedavg, fedprox = --method fedprox",
+    )
+    g.add_argument(
+        "--aggregator_type",
+        choices=["local", "centralized"],
+        default=None,
+        help="the paper's spelling: local = --method local (centralized means the "
+        "FedAvg server there, so it selects nothing by itself)",
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=3407,
+        help="run seed: model initialization, batch order, client sampling. "
+        "The paper uses 3407, 12345 and 202502. Default: 3407",
+    )
+    g.add_argument(
+        "--split_seed",
+        type=int,
+        default=202502,
+        help="seed of the client split, kept apart from the run seed. Default: 202502",
+    )
+    g.add_argument(
+        "--split_file",
+        default=None,
+        help="use this split file (from data/partition.py) instead of the one "
+        "named by the partition flags under <database_root>/splits/",
+    )
+    g.add_argument(
+        "--results_dir",
+        default=None,
+        help="run directory. Default: <results_root>/<dataset>/<backbone>/"
+        "<method>-<config hash>/seed_<seed>",
+    )
+    g.add_argument(
+        "--results_root",
+        default="results",
+        help="root of the default run directories. Default: results",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a finished run in the run directory (refused otherwise)",
+    )
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    add_split_arguments(parser)
+
+    h = parser.add_argument_group(
+        "classification heads (local, centralized, FedLambda's local head)"
+    )
+    d = HeadConfig()
+    h.add_argument(
+        "--local_epochs",
+        type=int,
+        default=d.epochs,
+        help=f"full-batch epochs of a linear head. Default: {d.epochs}",
+    )
+    h.add_argument(
+        "--lr",
+        type=float,
+        default=d.lr,
+        help=f"learning rate of the heads (and of the generative models). Default: {d.lr}",
+    )
+    h.add_argument(
+        "--weight_decay",
+        type=float,
+        default=d.weight_decay,
+        help=f"weight decay of the heads. Default: {d.weight_decay}",
+    )
+    h.add_argument(
+        "--classifier_optimizer",
+        choices=["adam", "sgd"],
+        default=d.optimizer,
+        help=f"optimizer of the heads. Default: {d.optimizer}",
+    )
+    h.add_argument(
+        "--weights_grid_resolution",
+        type=float,
+        default=0.1,
+        help="step of the lambda grid {0, step, ..., 1} of the mixing protocol. Default: 0.1",
+    )
+
+    f = parser.add_argument_group("federated head (fedavg, fedprox, fedlambda)")
+    d = FedAvgConfig()
+    f.add_argument(
+        "--n_rounds",
+        type=int,
+        default=d.n_rounds,
+        help=f"communication rounds. Default: {d.n_rounds}",
+    )
+    f.add_argument(
+        "--local_steps",
+        type=int,
+        default=d.local_steps,
+        help=f"local epochs per round. Default: {d.local_steps}",
+    )
+    f.add_argument(
+        "--bz",
+        type=int,
+        default=d.batch_size,
+        help=f"local minibatch size. Default: {d.batch_size}",
+    )
+    f.add_argument(
+        "--fedavg_lr", type=float, default=d.lr, help=f"client learning rate. Default: {d.lr}"
+    )
+    f.add_argument(
+        "--optimizer",
+        choices=["sgd", "adam"],
+        default=d.optimizer,
+        help=f"client optimizer. Default: {d.optimizer}",
+    )
+    f.add_argument(
+        "--lr_scheduler",
+        choices=["multi_step", "none"],
+        default=d.lr_scheduler,
+        help="multi_step: x0.1 at 50%% and 75%% of the rounds. Default: multi_step",
+    )
+    f.add_argument(
+        "--mu",
+        type=float,
+        default=0.05,
+        help="FedProx proximal weight, term mu/2 * ||w - w_global||^2 "
+        "(used by --method fedprox only). Default: 0.05",
+    )
+    f.add_argument(
+        "--sampling_rate",
+        type=float,
+        default=d.sampling_rate,
+        help=f"fraction of clients taking part in each round. Default: {d.sampling_rate}",
+    )
+    return parser
+
+
+def resolve_method(args: argparse.Namespace) -> str:
+    """--method, or the paper's --algorithm / --aggregator_type spellings (which must agree)."""
+    candidates = []
+    if args.method:
+        candidates.append(("--method", args.method))
+    if args.algorithm:
+        candidates.append(("--algorithm", ALGORITHM_ALIASES[args.algorithm]))
+    if args.aggregator_type in AGGREGATOR_ALIASES:
+        candidates.append(("--aggregator_type", AGGREGATOR_ALIASES[args.aggregator_type]))
+    if not candidates:
+        raise UsageError(f"--method is required (one of {', '.join(METHODS)})")
+    names = {m for _, m in candidates}
+    if len(names) > 1:
+        given = ", ".join(f"{flag} -> {m}" for flag, m in candidates)
+        raise UsageError(f"conflicting method flags: {given}")
+    return names.pop()
+
+
+def build_configs(args: argparse.Namespace, method: str) -> dict:
+    """Validated config dataclasses for the method (each raises ValueError naming its flag)."""
+    configs: dict = {"split": split_config_from_args(args, args.split_seed)}
+    if method in ("local", "centralized", "fedlambda"):
+        configs["head"] = HeadConfig(
+            args.local_epochs, args.lr, args.weight_decay, args.classifier_optimizer
+        )
+    if method in ("fedavg", "fedprox", "fedlambda"):
+        configs["fedavg"] = FedAvgConfig(
+            n_rounds=args.n_rounds,
+            local_steps=args.local_steps,
+            batch_size=args.bz,
+            lr=args.fedavg_lr,
+            optimizer=args.optimizer,
+            lr_scheduler=args.lr_scheduler,
+            mu=args.mu if method == "fedprox" else 0.0,
+            sampling_rate=args.sampling_rate,
+        )
+    return configs
+
+
+def run_method(method: str, clients: list, n_classes: int, configs: dict, seed: int) -> Outcome:
+    if method == "local":
+        return run_local(clients, n_classes, configs["head"], seed)
+    if method == "centralized":
+        return run_centralized(clients, n_classes, configs["head"], seed)
+    if method in ("fedavg", "fedprox"):
+        return run_fedavg(clients, n_classes, configs["fedavg"], seed)
+    if method == "fedlambda":
+        return run_fedavg(clients, n_classes, configs["fedavg"], seed, head_cfg=configs["head"])
+    raise UsageError(f"--method {method!r} is not known")
+
+
+def versions() -> dict:
+    import numpy
+    import sklearn
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "scikit-learn": sklearn.__version__,
+    }
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Set everything up (all input checks happen before any output), run, write results."""
+    method = resolve_method(args)
+    try:
+        configs = build_configs(args, method)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    lambda_grid_resolution = args.weights_grid_resolution
+    if not 0 < lambda_grid_resolution <= 1:
+        raise UsageError(
+            f"--weights_grid_resolution must lie in (0, 1], got {lambda_grid_resolution}"
+        )
+    db = load_database(args.database_root)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        split, split_path = load_or_make_split(db, configs["split"], args.split_file)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    clients = client_datasets(db, split)
+
+    config = {
+        "method": method,
+        "database_root": str(Path(args.database_root).resolve()),
+        **{name: asdict(cfg) for name, cfg in configs.items()},
+        "weights_grid_resolution": lambda_grid_resolution,
+    }
+    dataset = str(db.meta.get("dataset", db.root.name))
+    backbone = str(db.meta.get("backbone", "unknown"))
+    run_dir = (
+        Path(args.results_dir)
+        if args.results_dir
+        else default_run_dir(args.results_root, dataset, backbone, method, config, args.seed)
+    )
+    run_dir = prepare_run_dir(run_dir, args.overwrite)
+    key = config_key(config)
+    write_config(
+        run_dir,
+        {
+            **config,
+            "config_key": key,
+            "seed": args.seed,
+            "split_file": str(split_path),
+            "split_sha256": sha256_file(split_path),
+            "argv": sys.argv[1:],
+            "versions": versions(),
+        },
+    )
+
+    start = time.perf_counter()
+    outcome = run_method(method, clients, db.n_classes, configs, args.seed)
+    rows, lam, scores = evaluate_clients(
+        clients, outcome.local, outcome.global_, lambda_grid_resolution
+    )
+    wall = time.perf_counter() - start
+    metrics = {
+        "method": method,
+        "dataset": dataset,
+        "backbone": backbone,
+        "seed": args.seed,
+        "config_key": key,
+        "split": split["args"],
+        "clients": rows,
+        "summary": summarize_clients(rows),
+        "lambda": lam,
+        "lambda_val_acc": scores,
+        "privacy": outcome.privacy,
+        "fidelity": outcome.fidelity,
+        "cost": {
+            "wall_seconds": wall,
+            "params_shared": outcome.params_shared,
+            "bytes_per_round": 4 * outcome.params_shared,
+        },
+    }
+    write_history(run_dir, outcome.history)
+    write_metrics(run_dir, metrics)
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    set_quiet(args.quiet)
+    try:
+        run_dir = run(args)
+    except (UsageError, DatabaseError, SplitError, ResultsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    metrics_summary(run_dir)
+    return 0
+
+
+def metrics_summary(run_dir: Path) -> None:
+    """Print the run's headline numbers and where its files are."""
+    from utils.results import read_metrics
+
+    m = read_metrics(run_dir)
+    s = m["summary"]
+    lam = "" if m["lambda"] is None else f"  lambda {m['lambda']:.1f}"
+    print(
+        f"{m['method']}: test acc {s['test_acc_mean']:.4f} +- {s['test_acc_std']:.4f} "
+        f"(balanced {s['test_balanced_acc_mean']:.4f}, F1 macro {s['test_f1_macro_mean']:.4f})"
+        f"{lam}  [{m['cost']['wall_seconds']:.1f} s]"
+    )
+    print(f"results: {run_dir}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

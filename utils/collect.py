@@ -1,0 +1,203 @@
+"""Build the paper's table from run directories (their metrics.json files), never from logs.
+
+    python -m utils.collect results/digits [more dirs...] [--out DIR] [--name table]
+
+Runs are grouped by configuration (all seeds of one configuration form one row). Per client,
+each metric is averaged over seeds; the row shows the mean +- std of those across clients.
+Writes `<name>.md` and `<name>.csv` and prints the Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from utils.io import atomic_path, read_json, write_csv
+from utils.metrics import CLASSIFICATION_METRICS
+from utils.results import CONFIG_FILE, METRICS_FILE, ResultsError, read_metrics
+
+METRIC_TITLES = {
+    "acc": "Acc (%)",
+    "balanced_acc": "Bal. acc (%)",
+    "f1_macro": "F1 macro (%)",
+    "f1_weighted": "F1 weighted (%)",
+}
+# Methods in the order the tables list them.
+METHOD_ORDER = ("local", "centralized", "fedavg", "fedprox", "fedlambda", "dpcgan", "dpcvae")
+
+
+def find_runs(paths: list[str | Path]) -> list[Path]:
+    """Run directories (folders holding metrics.json) under the given paths, sorted."""
+    runs = set()
+    for p in map(Path, paths):
+        if not p.exists():
+            raise ResultsError(f"{p}: no such file or directory")
+        if (p / METRICS_FILE).is_file():
+            runs.add(p)
+        runs.update(m.parent for m in p.rglob(METRICS_FILE))
+    if not runs:
+        raise ResultsError(
+            f"no finished run (no {METRICS_FILE}) under {', '.join(map(str, paths))}"
+        )
+    return sorted(runs)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _labels(groups: dict[str, list[dict]]) -> dict[str, str]:
+    """Row labels: the method, plus the settings that tell apart rows of the same method."""
+    by_method = defaultdict(list)
+    for key, runs in groups.items():
+        by_method[runs[0]["metrics"]["method"]].append(key)
+    labels = {}
+    for method, keys in by_method.items():
+        if len(keys) == 1:
+            labels[keys[0]] = method
+            continue
+        flat = {k: _flatten(groups[k][0]["config"]) for k in keys}
+        names = sorted(set().union(*flat.values()))
+        differing = [n for n in names if len({repr(flat[k].get(n)) for k in keys}) > 1]
+        for k in keys:
+            parts = [f"{n.split('.')[-1]}={flat[k].get(n)}" for n in differing]
+            labels[k] = f"{method} ({', '.join(parts)})" if parts else f"{method} [{k}]"
+    return labels
+
+
+def _group_key(run_dir: Path, metrics: dict, config: dict) -> str:
+    return str(metrics.get("config_key") or config.get("config_key") or run_dir.parent)
+
+
+def collect(paths: list[str | Path]) -> list[dict[str, Any]]:
+    """One row per configuration with the across-client mean/std of seed-averaged metrics."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for run_dir in find_runs(paths):
+        metrics = read_metrics(run_dir)
+        config_path = run_dir / CONFIG_FILE
+        config = read_json(config_path) if config_path.is_file() else {}
+        groups[_group_key(run_dir, metrics, config)].append(
+            {"dir": run_dir, "metrics": metrics, "config": config}
+        )
+    labels = _labels(groups)
+    rows = []
+    for key, runs in groups.items():
+        ms = [r["metrics"] for r in runs]
+        row: dict[str, Any] = {
+            "method": labels[key],
+            "seeds": len(ms),
+            "clients": len(ms[0]["clients"]),
+        }
+        for name in CLASSIFICATION_METRICS:
+            per_client = defaultdict(list)
+            for m in ms:
+                for c in m["clients"]:
+                    per_client[c["id"]].append(c[f"test_{name}"])
+            means = np.array([np.mean(v) for v in per_client.values()])
+            row[f"{name}_mean"] = float(means.mean())
+            row[f"{name}_std"] = float(means.std())
+        wass = [
+            m["fidelity"]["wasserstein_mean"]
+            for m in ms
+            if isinstance(m.get("fidelity"), dict)
+            and m["fidelity"].get("wasserstein_mean") is not None
+        ]
+        row["wasserstein"] = float(np.mean(wass)) if wass else None
+        eps = [
+            max(c["epsilon"] for c in m["privacy"]["clients"])
+            for m in ms
+            if isinstance(m.get("privacy"), dict) and m["privacy"].get("clients")
+        ]
+        row["epsilon_spent"] = float(max(eps)) if eps else None
+        row["lambda"] = (
+            float(np.mean([m["lambda"] for m in ms]))
+            if all(m["lambda"] is not None for m in ms)
+            else None
+        )
+        row["params_shared"] = int(ms[0]["cost"]["params_shared"])
+        row["bytes_per_round"] = int(ms[0]["cost"]["bytes_per_round"])
+        row["wall_seconds"] = float(np.mean([m["cost"]["wall_seconds"] for m in ms]))
+        rows.append(row)
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    rows.sort(key=lambda r: (order.get(r["method"].split(" ")[0], len(order)), r["method"]))
+    return rows
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    """The table as Markdown: percentages as mean +- std across clients."""
+    head = [
+        "Method",
+        *METRIC_TITLES.values(),
+        "W-dist",
+        "eps spent",
+        "Shared params",
+        "Bytes/round",
+        "Time (s)",
+        "Seeds",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["method"]]
+        cells += [f"{100 * r[f'{n}_mean']:.2f} ± {100 * r[f'{n}_std']:.2f}" for n in METRIC_TITLES]
+        cells += [
+            _fmt(r["wasserstein"], ".4f"),
+            _fmt(r["epsilon_spent"], ".3f"),
+            f"{r['params_shared']:,}",
+            f"{r['bytes_per_round']:,}",
+            f"{r['wall_seconds']:.1f}",
+            str(r["seeds"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_table(
+    rows: list[dict[str, Any]], out_dir: str | Path, name: str = "table"
+) -> tuple[Path, Path]:
+    """Write `<name>.md` and `<name>.csv` into `out_dir`, atomically."""
+    out_dir = Path(out_dir)
+    md, csv = out_dir / f"{name}.md", out_dir / f"{name}.csv"
+    with atomic_path(md) as tmp:
+        tmp.write_text(to_markdown(rows) + "\n")
+    write_csv(csv, rows)
+    return md, csv
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("results", nargs="+", help="run directories or folders above them")
+    parser.add_argument(
+        "--out", default=None, help="folder for the table files. Default: the first results folder"
+    )
+    parser.add_argument("--name", default="table", help="file name stem. Default: table")
+    args = parser.parse_args(argv)
+    try:
+        rows = collect(args.results)
+    except ResultsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    md, csv = write_table(rows, args.out or args.results[0], args.name)
+    print(to_markdown(rows))
+    print(f"\nwrote {md} and {csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

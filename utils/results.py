@@ -1,0 +1,137 @@
+"""The one results writer: each run directory holds `config.json`, `history.csv` and
+`metrics.json` (written last, so its presence marks a finished run). Tables and plots are
+built from these files only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from utils.io import read_json, write_csv, write_json
+from utils.metrics import CLASSIFICATION_METRICS
+
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+
+# Keys of config that do not change what a run computes (so they do not name its directory).
+NON_RESULT_KEYS = ("seed", "results_dir", "overwrite", "resume", "device", "quiet")
+
+
+class ResultsError(ValueError):
+    """A results directory or file is missing, invalid, or would be overwritten."""
+
+
+def config_key(config: dict[str, Any]) -> str:
+    """Short hash of everything in `config` that changes results, except the seed."""
+    relevant = {k: v for k, v in sorted(config.items()) if k not in NON_RESULT_KEYS}
+    text = json.dumps(relevant, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def default_run_dir(
+    root: str | Path, dataset: str, backbone: str, method: str, config: dict[str, Any], seed: int
+) -> Path:
+    """`<root>/<dataset>/<backbone>/<method>-<config hash>/seed_<seed>`: no timestamps, so the
+    same configuration always maps to the same directory and seeds sit side by side."""
+    safe_backbone = backbone.replace("/", "_")
+    return Path(root) / dataset / safe_backbone / f"{method}-{config_key(config)}" / f"seed_{seed}"
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / METRICS_FILE).is_file()
+
+
+def prepare_run_dir(run_dir: str | Path, overwrite: bool) -> Path:
+    """Create the run directory; refuse a finished run unless `overwrite`, which clears it."""
+    run_dir = Path(run_dir)
+    if is_finished(run_dir):
+        if not overwrite:
+            raise ResultsError(
+                f"{run_dir}: holds a finished run ({METRICS_FILE} exists); "
+                f"pass --overwrite to replace it or choose another --results_dir"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def write_config(run_dir: str | Path, config: dict[str, Any]) -> None:
+    write_json(Path(run_dir) / CONFIG_FILE, config)
+
+
+def write_history(run_dir: str | Path, rows: list[dict]) -> None:
+    """One row per round; columns are the union of the rows' keys."""
+    write_csv(Path(run_dir) / HISTORY_FILE, rows, fieldnames=None if rows else ["round"])
+
+
+def write_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> None:
+    """Validate and write metrics.json (the last file of a run)."""
+    validate_metrics(metrics, source=str(Path(run_dir) / METRICS_FILE))
+    write_json(Path(run_dir) / METRICS_FILE, metrics)
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any]:
+    """Read and validate a run's metrics.json."""
+    path = Path(run_dir) / METRICS_FILE if Path(run_dir).is_dir() else Path(run_dir)
+    try:
+        metrics = read_json(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise ResultsError(str(err)) from None
+    validate_metrics(metrics, source=str(path))
+    return metrics
+
+
+def _require(cond: bool, source: str, what: str) -> None:
+    if not cond:
+        raise ResultsError(f"{source}: {what}")
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def validate_metrics(m: Any, source: str = "metrics") -> None:
+    """Check the metrics.json schema (later stages add keys; these must always be there)."""
+    _require(isinstance(m, dict), source, "must be a JSON object")
+    for key, kind in (
+        ("method", str),
+        ("dataset", str),
+        ("backbone", str),
+        ("seed", int),
+        ("split", dict),
+        ("clients", list),
+        ("summary", dict),
+        ("cost", dict),
+    ):
+        _require(isinstance(m.get(key), kind), source, f"'{key}' must be a {kind.__name__}")
+    for key in ("lambda", "privacy"):
+        _require(key in m, source, f"missing key '{key}'")
+    _require(
+        m["lambda"] is None or _is_num(m["lambda"]), source, "'lambda' must be a number or null"
+    )
+    _require(
+        m["privacy"] is None or isinstance(m["privacy"], dict),
+        source,
+        "'privacy' must be an object or null",
+    )
+    _require(len(m["clients"]) > 0, source, "'clients' is empty")
+    for c in m["clients"]:
+        for key in ("id", "n_train", "n_val", "n_test"):
+            _require(isinstance(c.get(key), int), source, f"client '{key}' must be an integer")
+        for name in CLASSIFICATION_METRICS:
+            v = c.get(f"test_{name}")
+            _require(
+                _is_num(v) and 0.0 <= v <= 1.0,
+                source,
+                f"client {c.get('id')} 'test_{name}' must be a fraction in [0, 1], got {v!r}",
+            )
+    for name in CLASSIFICATION_METRICS:
+        for stat in ("mean", "std", "weighted"):
+            key = f"test_{name}_{stat}"
+            _require(_is_num(m["summary"].get(key)), source, f"summary '{key}' must be a number")
+    for key in ("wall_seconds", "params_shared", "bytes_per_round"):
+        _require(_is_num(m["cost"].get(key)), source, f"cost '{key}' must be a number")
