@@ -1,0 +1,101 @@
+"""The metrics.json schema, run directories and the collected table."""
+
+import copy
+
+import pytest
+
+from utils.collect import collect, main as collect_main, to_markdown
+from utils.io import write_json
+from utils.results import (
+    ResultsError,
+    default_run_dir,
+    prepare_run_dir,
+    validate_metrics,
+    write_metrics,
+)
+
+NAMES = ("acc", "balanced_acc", "f1_macro", "f1_weighted")
+
+
+def fake_metrics(method="fedavg", seed=1, accs=(0.5, 0.7), key="k1"):
+    clients = [
+        {"id": i, "n_train": 10, "n_val": 2, "n_test": 4, **{f"test_{n}": a for n in NAMES}}
+        for i, a in enumerate(accs)
+    ]
+    summary = {f"test_{n}_{s}": 0.0 for n in NAMES for s in ("mean", "std", "weighted")}
+    return {
+        "method": method,
+        "dataset": "d",
+        "backbone": "b",
+        "seed": seed,
+        "config_key": key,
+        "split": {"n_clients": len(accs)},
+        "clients": clients,
+        "summary": summary,
+        "lambda": None,
+        "privacy": None,
+        "cost": {"wall_seconds": 1.0, "params_shared": 10, "bytes_per_round": 40},
+    }
+
+
+def test_valid_metrics_pass_and_each_broken_key_is_named():
+    m = fake_metrics()
+    validate_metrics(m)
+    for path, bad, message in [
+        (("method",), None, "'method'"),
+        (("clients", 0, "test_acc"), 1.5, "test_acc"),
+        (("clients", 0, "n_test"), "4", "n_test"),
+        (("summary", "test_f1_macro_std"), None, "test_f1_macro_std"),
+        (("cost", "bytes_per_round"), "x", "bytes_per_round"),
+        (("lambda",), "0.3", "lambda"),
+    ]:
+        broken = copy.deepcopy(m)
+        target = broken
+        for k in path[:-1]:
+            target = target[k]
+        target[path[-1]] = bad
+        with pytest.raises(ResultsError, match=message):
+            validate_metrics(broken)
+
+
+def test_run_dir_is_derived_from_config_without_timestamps(tmp_path):
+    a = default_run_dir(tmp_path, "d", "vit/b", "fedavg", {"x": 1, "seed": 5}, 5)
+    b = default_run_dir(tmp_path, "d", "vit/b", "fedavg", {"x": 1, "seed": 6}, 5)
+    c = default_run_dir(tmp_path, "d", "vit/b", "fedavg", {"x": 2}, 5)
+    assert a == b and a != c and a.name == "seed_5" and "vit_b" in str(a)
+
+
+def test_finished_run_is_refused_without_overwrite(tmp_path):
+    run = prepare_run_dir(tmp_path / "run", overwrite=False)
+    write_metrics(run, fake_metrics())
+    with pytest.raises(ResultsError, match="--overwrite"):
+        prepare_run_dir(run, overwrite=False)
+    prepare_run_dir(run, overwrite=True)
+    assert not (run / "metrics.json").exists()
+
+
+def test_collect_averages_seeds_per_client_then_across_clients(tmp_path):
+    # client 0: 0.4 and 0.6 over two seeds (mean 0.5); client 1: 0.8 and 1.0 (mean 0.9)
+    write_json(tmp_path / "a/seed_1/metrics.json", fake_metrics(seed=1, accs=(0.4, 0.8)))
+    write_json(tmp_path / "a/seed_2/metrics.json", fake_metrics(seed=2, accs=(0.6, 1.0)))
+    write_json(tmp_path / "b/seed_1/metrics.json", fake_metrics("local", 1, (0.1, 0.3), key="k2"))
+    rows = collect([tmp_path])
+    assert [r["method"] for r in rows] == ["local", "fedavg"]
+    fed = rows[1]
+    assert fed["seeds"] == 2
+    assert fed["acc_mean"] == pytest.approx(0.7)
+    assert fed["acc_std"] == pytest.approx(0.2)
+    md = to_markdown(rows)
+    assert "| fedavg | 70.00 ± 20.00 |" in md
+    assert md.count("\n") == 3
+
+
+def test_collect_cli_writes_files_and_refuses_empty_input(tmp_path, capsys):
+    write_json(tmp_path / "r/seed_1/metrics.json", fake_metrics())
+    assert collect_main([str(tmp_path / "r"), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out/table.md").exists() and (tmp_path / "out/table.csv").exists()
+    assert collect_main([str(tmp_path / "nothing")]) == 2
+    assert "nothing" in capsys.readouterr().err
+    write_json(tmp_path / "bad/seed_1/metrics.json", {"method": "x"})
+    assert collect_main([str(tmp_path / "bad")]) == 2
+    assert "metrics.json" in capsys.readouterr().err
