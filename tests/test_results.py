@@ -4,7 +4,8 @@ import copy
 
 import pytest
 
-from utils.collect import collect, main as collect_main, to_markdown
+from utils.collect import collect, to_markdown
+from utils.collect import main as collect_main
 from utils.io import write_json
 from utils.results import (
     ResultsError,
