@@ -1,0 +1,92 @@
+"""Tiny image datasets in the real on-disk formats, made by the tests themselves.
+
+- `make_medmnist`: `<root>/<flag>[_<size>].npz` with `{train,val,test}_{images,labels}` as MedMNIST
+  ships them (uint8 images N x S x S or N x S x S x 3, uint8 labels N x 1), stored or compressed.
+- `make_camelyon`: `<root>/camelyon17_v1.0/metadata.csv` and 96 x 96 PNG patches in the WILDS
+  layout, over a few hospitals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+TINY_BACKBONE = "test_vit"  # a few hundred thousand random weights; fast on one CPU thread
+
+
+def make_images(n: int, size: int, rgb: bool, seed: int) -> np.ndarray:
+    """Smooth random uint8 images (blobs rather than pure noise), N x S x S (x 3)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / max(1, size - 1)
+    channels = 3 if rgb else 1
+    out = np.empty((n, size, size, channels), dtype=np.uint8)
+    for i in range(n):
+        for c in range(channels):
+            a, b, p = rng.uniform(1, 6, size=3)
+            img = 0.5 + 0.25 * np.sin(a * np.pi * xx + p) + 0.25 * np.cos(b * np.pi * yy)
+            out[i, :, :, c] = np.clip(img * 255 + rng.normal(0, 8, img.shape), 0, 255)
+    return out if rgb else out[..., 0]
+
+
+def make_medmnist(
+    root: Path,
+    flag: str = "organsmnist",
+    size: int = 28,
+    counts: tuple[int, int, int] = (20, 8, 12),
+    n_classes: int = 11,
+    rgb: bool = False,
+    compressed: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Write a MedMNIST-style `.npz` with `counts` (train, val, test) images; return its path."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / (f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz")
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for i, (split, n) in enumerate(zip(("train", "val", "test"), counts)):
+        arrays[f"{split}_images"] = make_images(n, size, rgb, seed=seed * 10 + i)
+        arrays[f"{split}_labels"] = rng.integers(0, n_classes, size=(n, 1)).astype(np.uint8)
+    (np.savez_compressed if compressed else np.savez)(path, **arrays)
+    return path
+
+
+def make_camelyon(
+    root: Path, sizes: dict[int, int], seed: int = 0, patch: int = 96
+) -> tuple[Path, list[dict]]:
+    """Write a WILDS-style Camelyon17 folder with `sizes[center]` patches per hospital.
+
+    Returns the folder and the rows of metadata.csv (as dicts, in file order).
+    """
+    folder = root / "camelyon17_v1.0"
+    rng = np.random.default_rng(seed)
+    rows = []
+    for center, n in sizes.items():
+        for j in range(n):
+            patient = f"{10 * center + j % 2:03d}"
+            node = j % 3
+            rows.append(
+                {
+                    "patient": patient,
+                    "node": node,
+                    "x_coord": 1000 + 32 * j,
+                    "y_coord": 2000 + 16 * j,
+                    "tumor": int(rng.integers(0, 2)),
+                    "slide": 10 * center + node,
+                    "center": center,
+                    "split": int(j % 4 == 0),
+                }
+            )
+    images = make_images(len(rows), patch, rgb=True, seed=seed + 1)
+    for row, img in zip(rows, images):
+        stem = f"patient_{row['patient']}_node_{row['node']}"
+        path = folder / "patches" / stem / f"patch_{stem}_x_{row['x_coord']}_y_{row['y_coord']}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(path)
+    header = ["", "patient", "node", "x_coord", "y_coord", "tumor", "slide", "center", "split"]
+    lines = [",".join(header)]
+    for i, row in enumerate(rows):
+        lines.append(",".join([str(i)] + [str(row[k]) for k in header[1:]]))
+    (folder / "metadata.csv").write_text("\n".join(lines) + "\n")
+    return folder, rows
