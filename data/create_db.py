@@ -1,0 +1,487 @@
+"""Stage 1: encode a dataset's images with a frozen timm backbone into an embedding database.
+
+    python data/create_db.py --dataset organsmnist --dataset_root datasets \\
+        --database_root databases/organsmnist_224_dinov2_b --weights FILE
+
+Writes `<database_root>/meta.json` and one `.npz` per file (see data/database.py). Work is done
+in chunks saved under `<database_root>/.partial/`, so an interrupted run continues with
+`--resume`; the chunks are removed once the database is complete. Bad input exits with status 2
+and one line on stderr, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import shutil
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import PIL
+import timm
+import torch
+from tqdm import tqdm
+
+from data.backbone import DEFAULT_BACKBONE, Backbone, BackboneError, create_backbone
+from data.database import META_FILE, DatabaseError, load_meta, save_embedding_file, write_meta
+from data.sources import Source, SourceError, medmnist_flags, open_source
+from utils.io import read_json, save_npz, write_json
+
+PARTIAL_DIR = ".partial"
+PLAN_FILE = "plan.json"
+
+
+class UsageError(ValueError):
+    """Bad command-line input that is not about a dataset or a backbone."""
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def _prepare_when_read(raw: Future, prepare: Callable[[Sequence], np.ndarray]) -> np.ndarray:
+    return prepare(raw.result())
+
+
+def prepared_batches(
+    jobs: Iterable[tuple[object, Callable[[], Sequence]]],
+    prepare: Callable[[Sequence], np.ndarray],
+    num_workers: int,
+) -> Iterator[tuple[object, np.ndarray]]:
+    """Yield (tag, prepare(read())) for each (tag, read) job, in order.
+
+    One thread calls the `read`s in order (streams must be read sequentially); `num_workers`
+    threads run `prepare` (decode, resize, crop: PIL releases the GIL) on up to
+    2 * num_workers + 2 batches ahead of the consumer. 0 workers: all in the calling thread.
+    """
+    if num_workers <= 0:
+        for tag, read in jobs:
+            yield tag, prepare(read())
+        return
+    depth = 2 * num_workers + 2
+    reader = ThreadPoolExecutor(1, thread_name_prefix="create_db-read")
+    pool = ThreadPoolExecutor(num_workers, thread_name_prefix="create_db-prepare")
+    pending: deque[tuple[object, Future]] = deque()
+    try:
+        for tag, read in jobs:
+            raw = reader.submit(read)
+            pending.append((tag, pool.submit(_prepare_when_read, raw, prepare)))
+            if len(pending) >= depth:
+                tag0, fut = pending.popleft()
+                yield tag0, fut.result()
+        while pending:
+            tag0, fut = pending.popleft()
+            yield tag0, fut.result()
+    finally:
+        reader.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def ranges(n: int, step: int, start: int = 0) -> list[tuple[int, int]]:
+    """[(lo, hi), ...] covering [start, n) in steps of `step`."""
+    return [(lo, min(lo + step, n)) for lo in range(start, n, step)]
+
+
+def embed_batches(
+    source: Source,
+    backbone: Backbone,
+    batches: Sequence[tuple[int, int, int]],
+    num_workers: int,
+) -> Iterator[tuple[tuple[int, int, int], np.ndarray]]:
+    """Embed (file index, lo, hi) batches of a source in order, images prepared by workers."""
+    jobs = [
+        (b, (lambda r=source.files[b[0]].reader, lo=b[1], hi=b[2]: r.read(lo, hi))) for b in batches
+    ]
+    stream = prepared_batches(jobs, backbone.prepare_batch, num_workers)
+    while True:
+        try:
+            tag, batch = next(stream)
+        except StopIteration:
+            return
+        except (OSError, ValueError) as err:
+            if isinstance(err, SourceError):
+                raise
+            raise SourceError(f"cannot read or decode an image: {err}") from err
+        yield tag, backbone.embed(batch)
+
+
+def chunk_path(work: Path, name: str, k: int) -> Path:
+    return work / f"{name}.{k:06d}.npz"
+
+
+def encode_source(
+    source: Source,
+    backbone: Backbone,
+    work: Path,
+    batch_size: int,
+    chunk_rows: int,
+    num_workers: int,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Embeddings of every file of `source`, computed chunk by chunk.
+
+    Each finished chunk is saved atomically under `work`; chunks already there are reused, so an
+    interrupted run resumes where it stopped. `chunk_rows` is a multiple of `batch_size`, so the
+    batches are the same with or without interruption.
+    """
+    todo = []
+    for fi, f in enumerate(source.files):
+        for k, (lo, hi) in enumerate(ranges(len(f), chunk_rows)):
+            if not chunk_path(work, f.name, k).is_file():
+                todo.append((fi, k, lo, hi))
+    batches = [(fi, a, b) for fi, _, lo, hi in todo for a, b in ranges(hi, batch_size, lo)]
+    chunk_end = {(fi, hi): (k, lo) for fi, k, lo, hi in todo}
+    total = sum(hi - lo for _, _, lo, hi in todo)
+    done = sum(len(f) for f in source.files) - total
+    bar = tqdm(
+        total=total,
+        unit="img",
+        desc=f"encode {source.dataset}",
+        disable=not progress,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
+    if done:
+        bar.write(f"resuming: {done} images already encoded in {work}")
+    parts: list[np.ndarray] = []
+    with bar:
+        for (fi, _, b), emb in embed_batches(source, backbone, batches, num_workers):
+            parts.append(emb)
+            bar.update(len(emb))
+            if (fi, b) in chunk_end:
+                k, lo = chunk_end[(fi, b)]
+                rows = np.array([lo, b], dtype=np.int64)
+                path = chunk_path(work, source.files[fi].name, k)
+                save_npz(path, embeddings=np.concatenate(parts), rows=rows)
+                parts = []
+
+    out = {}
+    for f in source.files:
+        pieces = []
+        for k, (lo, hi) in enumerate(ranges(len(f), chunk_rows)):
+            path = chunk_path(work, f.name, k)
+            with np.load(path, allow_pickle=False) as npz:
+                emb, rows = npz["embeddings"], npz["rows"]
+            if list(rows) != [lo, hi] or emb.shape != (hi - lo, backbone.embedding_dim):
+                raise DatabaseError(
+                    f"{path}: chunk holds rows {list(rows)} x {emb.shape[1:]}, expected "
+                    f"[{lo}, {hi}] x ({backbone.embedding_dim},); rerun with --overwrite"
+                )
+            pieces.append(emb)
+        out[f.name] = np.concatenate(pieces).astype(np.float32, copy=False)
+    return out
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit status 2
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface; every flag is explained in --help."""
+    cpus = os.cpu_count() or 1
+    p = _Parser(
+        prog="create_db.py",
+        description="Encode a dataset's images with a frozen timm backbone into an embedding "
+        "database (meta.json + one .npz per file) that every later stage reads.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="a 2D single-label MedMNIST flag (" + ", ".join(medmnist_flags()) + "), "
+        "'camelyon17' (Camelyon17-WILDS, one file per hospital) or 'digits' (scikit-learn's "
+        "bundled 8x8 digits, no download)",
+    )
+    p.add_argument(
+        "--dataset_root",
+        default="datasets",
+        help="folder holding <flag>[_<size>].npz (MedMNIST) or camelyon17_v1.0/ (WILDS layout); "
+        "unused for digits",
+    )
+    p.add_argument(
+        "--database_root",
+        required=True,
+        help="output folder; refused if it already holds a database, unless --overwrite",
+    )
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="any timm model name")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="local checkpoint (.pth/.pt/.bin via torch.load(weights_only=True), or "
+        ".safetensors); loaded by name when its names are timm's, else by order when every "
+        "shape matches one to one. Without it the weights come from the Hugging Face hub",
+    )
+    weights.add_argument(
+        "--random_init",
+        action="store_true",
+        help="random weights seeded by --seed (tests and smoke runs; recorded in meta.json)",
+    )
+    p.add_argument("--batch_size", type=int, default=64, help="images per forward pass")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=202502,
+        help="seed of the Camelyon17 sampling and of --random_init",
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="MedMNIST image size: 28, 64, 128 or 224 (default 224); MedMNIST only",
+    )
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda")
+    p.add_argument(
+        "--num_workers",
+        type=int,
+        default=min(4, cpus),
+        help="threads that decode, resize and crop images while the model runs (0: none)",
+    )
+    p.add_argument(
+        "--s_frac",
+        type=float,
+        default=None,
+        help="Camelyon17 only: a fraction in (0, 1] of each hospital, or a total count > 1 "
+        "split equally between hospitals (the paper: 4600, 920 per hospital); drawn uniformly "
+        "within each hospital, seeded by --seed; only these patches are read. Default: all",
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="download the dataset into --dataset_root when it is missing (off by default)",
+    )
+    p.add_argument(
+        "--chunk_size",
+        type=int,
+        default=4096,
+        help="images per resumable chunk (rounded up to a multiple of --batch_size)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from its finished chunks (same flags required)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a database (or interrupted run) already in --database_root",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise UsageError(f"--batch_size {args.batch_size}: must be at least 1")
+    if args.num_workers < 0:
+        raise UsageError(f"--num_workers {args.num_workers}: must be 0 or more")
+    if args.chunk_size < 1:
+        raise UsageError(f"--chunk_size {args.chunk_size}: must be at least 1")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+    root = Path(args.database_root)
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--database_root {root}: exists and is not a folder")
+    if (root / META_FILE).exists() and not args.overwrite:
+        raise UsageError(
+            f"--database_root {root}: already holds a database ({META_FILE}); "
+            "pass --overwrite to replace it"
+        )
+    if (root / PARTIAL_DIR).exists() and not (args.resume or args.overwrite):
+        raise UsageError(
+            f"--database_root {root}: holds an interrupted run ({root / PARTIAL_DIR}); "
+            "pass --resume to continue it or --overwrite to start over"
+        )
+
+
+def _remove_database(root: Path) -> None:
+    """Remove what a previous create_db run wrote in `root` (and nothing else)."""
+    meta_path = root / META_FILE
+    names = []
+    if meta_path.exists():
+        try:
+            names = list(load_meta(root)["files"])
+        except DatabaseError:
+            names = []
+        meta_path.unlink()
+    for name in names:
+        (root / f"{name}.npz").unlink(missing_ok=True)
+    shutil.rmtree(root / PARTIAL_DIR, ignore_errors=True)
+
+
+def _rows_digest(source: Source) -> str:
+    """Identity of the samples to encode (labels and metadata of every file, in order)."""
+    h = hashlib.sha256()
+    for f in source.files:
+        h.update(f.name.encode())
+        h.update(np.ascontiguousarray(f.labels).tobytes())
+        h.update(np.ascontiguousarray(f.metadata).tobytes())
+    return h.hexdigest()
+
+
+def _plan(args: argparse.Namespace, source: Source, backbone: Backbone, chunk_rows: int) -> dict:
+    """Everything that determines the chunks' content; a resumed run must match it."""
+    return {
+        "dataset": source.dataset,
+        "source_size": source.source_size,
+        "source_file": source.info.get("source_file"),
+        "s_frac": args.s_frac,
+        "seed": args.seed,
+        "backbone": backbone.name,
+        "weights": backbone.weights,
+        "weights_sha256": backbone.weights_sha256,
+        "device": backbone.device.type,
+        "batch_size": args.batch_size,
+        "chunk_rows": chunk_rows,
+        "files": {f.name: len(f) for f in source.files},
+        "rows_sha256": _rows_digest(source),
+    }
+
+
+def _versions() -> dict:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+    }
+
+
+def summary_table(meta: dict, root: Path) -> str:
+    """A short human summary: files, samples, per-class counts, dimension, time."""
+    classes = meta["classes"]
+    width = max(5, *(len(n) for n in meta["files"]))
+    head = f"{'file':<{width}} {'n':>7} " + " ".join(f"{i:>6}" for i in range(len(classes)))
+    lines = [
+        f"{meta['dataset']} -> {root}  ({meta['backbone']}, weights {meta['weights']})",
+        head,
+    ]
+    for name, info in meta["files"].items():
+        counts = " ".join(f"{c:>6}" for c in info["class_counts"])
+        lines.append(f"{name:<{width}} {info['n']:>7} {counts}")
+    total = sum(info["n"] for info in meta["files"].values())
+    lines.append(f"{'total':<{width}} {total:>7}")
+    lines.append("classes: " + ", ".join(f"{i}={c}" for i, c in enumerate(classes)))
+    rate = total / meta["encode_seconds"] if meta["encode_seconds"] > 0 else float("nan")
+    lines.append(
+        f"embedding dim {meta['embedding_dim']}, input {meta['image_size']} px, "
+        f"{meta['elapsed_seconds']:.1f} s in all, encoding {rate:.1f} img/s on {meta['device']}"
+    )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, command: list[str], started: float) -> dict:
+    """Validate everything, then encode and write the database; return its meta.json."""
+    _check_args(args)
+    root = Path(args.database_root)
+    source = open_source(
+        args.dataset,
+        args.dataset_root,
+        size=args.size,
+        s_frac=args.s_frac,
+        seed=args.seed,
+        download=args.download,
+    )
+    with source:
+        backbone = create_backbone(
+            args.backbone,
+            weights=args.weights,
+            random_init=args.random_init,
+            device=args.device,
+            seed=args.seed,
+        )
+        chunk_rows = -(-args.chunk_size // args.batch_size) * args.batch_size
+        plan = _plan(args, source, backbone, chunk_rows)
+        work = root / PARTIAL_DIR
+        if args.overwrite:
+            _remove_database(root)
+        if args.resume and (work / PLAN_FILE).is_file():
+            old = read_json(work / PLAN_FILE)
+            diff = [k for k in plan if old.get(k) != plan[k]]
+            if diff:
+                raise UsageError(
+                    f"--resume: the interrupted run in {work} used other settings "
+                    f"({', '.join(f'{k}: {old.get(k)!r} vs {plan[k]!r}' for k in diff[:3])}); "
+                    "rerun with its flags or pass --overwrite"
+                )
+        elif work.exists():
+            shutil.rmtree(work)
+        write_json(work / PLAN_FILE, plan)
+
+        t0 = time.time()
+        embeddings = encode_source(
+            source,
+            backbone,
+            work,
+            batch_size=args.batch_size,
+            chunk_rows=chunk_rows,
+            num_workers=args.num_workers,
+            progress=not args.quiet,
+        )
+        encode_seconds = time.time() - t0
+        files = {}
+        for f in source.files:
+            save_embedding_file(
+                root / f"{f.name}.npz", embeddings[f.name], f.labels, f.metadata, f.metadata_fields
+            )
+            counts = np.bincount(f.labels, minlength=len(source.classes))
+            files[f.name] = {"n": len(f), "class_counts": counts.tolist(), **f.info}
+
+    meta = {
+        "dataset": source.dataset,
+        "task": source.task,
+        "classes": source.classes,
+        "n_classes": len(source.classes),
+        "backbone": backbone.name,
+        "weights": backbone.weights,
+        "weights_sha256": backbone.weights_sha256,
+        "weights_loaded_by": backbone.weights_loaded_by,
+        "embedding_dim": backbone.embedding_dim,
+        "image_size": int(backbone.image_size[0]),
+        "source_size": source.source_size,
+        "data_config": {
+            k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()
+        },
+        "files": files,
+        "seed": args.seed,
+        "s_frac": args.s_frac,
+        "batch_size": args.batch_size,
+        "source": source.info,
+        "command": command,
+        "versions": _versions(),
+        "device": str(backbone.device),
+        "encode_seconds": round(encode_seconds, 3),
+        "elapsed_seconds": round(time.time() - started, 3),
+    }
+    write_meta(root, meta)
+    shutil.rmtree(work, ignore_errors=True)
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (2 for bad input)."""
+    started = time.time()
+    args = build_parser().parse_args(argv)
+    command = list(sys.argv) if argv is None else ["data/create_db.py", *argv]
+    try:
+        meta = run(args, command, started)
+    except (UsageError, SourceError, BackboneError, DatabaseError) as err:
+        print(f"create_db.py: error: {err}", file=sys.stderr)
+        return 2
+    print(summary_table(meta, Path(args.database_root)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
