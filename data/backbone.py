@@ -206,8 +206,12 @@ def to_pil(item: np.ndarray | bytes) -> Image.Image:
     the same as repeating it to RGB first, at a third of the cost).
     """
     if isinstance(item, bytes | bytearray):
-        img = Image.open(io.BytesIO(item))
-        img.load()
+        try:
+            img = Image.open(io.BytesIO(item))
+            img.load()
+        except (OSError, SyntaxError, ValueError) as err:
+            name = getattr(item, "path", "image bytes")
+            raise ValueError(f"{name}: cannot decode image ({err})") from None
         return img if img.mode in ("L", "RGB") else img.convert("RGB")
     arr = np.asarray(item)
     if arr.ndim == 3 and arr.shape[2] == 1:

@@ -99,15 +99,16 @@ def embed_batches(
         (b, (lambda r=source.files[b[0]].reader, lo=b[1], hi=b[2]: r.read(lo, hi))) for b in batches
     ]
     stream = prepared_batches(jobs, backbone.prepare_batch, num_workers)
-    while True:
+    for fi, lo, hi in batches:  # the stream yields in this order, so a failure is this batch's
         try:
             tag, batch = next(stream)
-        except StopIteration:
-            return
+        except SourceError:
+            raise
         except (OSError, ValueError) as err:
-            if isinstance(err, SourceError):
-                raise
-            raise SourceError(f"cannot read or decode an image: {err}") from err
+            raise SourceError(
+                f"{source.dataset} file '{source.files[fi].name}', images {lo}..{hi - 1}: "
+                f"cannot read or decode ({err})"
+            ) from err
         yield tag, backbone.embed(batch)
 
 
@@ -147,8 +148,8 @@ def encode_source(
         dynamic_ncols=True,
         mininterval=0.5,
     )
-    if done:
-        bar.write(f"resuming: {done} images already encoded in {work}")
+    if done and progress:
+        print(f"resuming: {done} images already encoded in {work}", file=sys.stderr)
     parts: list[np.ndarray] = []
     with bar:
         for (fi, _, b), emb in embed_batches(source, backbone, batches, num_workers):
@@ -455,7 +456,7 @@ def run(args: argparse.Namespace, command: list[str], started: float) -> dict:
         },
         "files": files,
         "seed": args.seed,
-        "s_frac": args.s_frac,
+        "s_frac": source.info.get("s_frac", args.s_frac),
         "batch_size": args.batch_size,
         "source": source.info,
         "command": command,

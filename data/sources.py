@@ -236,6 +236,12 @@ class ConcatReader:
             reader.close()
 
 
+class NamedBytes(bytes):
+    """The bytes of an image file, with its path for error messages."""
+
+    path: Path
+
+
 class FileBytesReader:
     """The raw bytes of image files (decoded later, in the worker threads)."""
 
@@ -249,9 +255,11 @@ class FileBytesReader:
         out = []
         for path in self.paths[lo:hi]:
             try:
-                out.append(path.read_bytes())
+                data = NamedBytes(path.read_bytes())
             except OSError as err:
                 raise SourceError(f"{path}: cannot read image file ({err})") from None
+            data.path = path
+            out.append(data)
         return out
 
     def close(self) -> None:
@@ -535,6 +543,7 @@ def open_camelyon17(root: str | Path, s_frac: float = 1.0, seed: int = 202502) -
             "source_file": str(csv.resolve()),
             "sampling": "uniform without replacement within each hospital, seeded (seed, center)",
             "available": {f"client_{c}": n for c, n in sizes.items()},
+            "s_frac": s_frac,
         },
     )
 

@@ -263,3 +263,14 @@ def test_script_runs_from_the_repository_root(tmp_path):
     assert bad.returncode == 2 and "multi-label" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "db").exists()
+
+
+def test_corrupt_patch_is_named(tmp_path, capsys):
+    folder, _ = make_camelyon(tmp_path / "ds", {0: 3, 1: 3})
+    bad = sorted((folder / "patches").rglob("*.png"))[4]
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n but not really")
+    code, _, err = run(capsys, "--dataset", "camelyon17", "--dataset_root", tmp_path / "ds",
+                       "--database_root", tmp_path / "db", *TINY)  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{bad}: cannot decode image" in err
+    assert not (tmp_path / "db" / "meta.json").exists()
