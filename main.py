@@ -21,7 +21,14 @@ import torch
 from algorithms.baselines import run_centralized, run_fedavg, run_local
 from algorithms.evaluation import Outcome, evaluate_clients
 from algorithms.fedavg import FedAvgConfig
+from algorithms.generative import (
+    GENERATIVE_METHODS,
+    SYNTHETIC_LABELS,
+    GenerativeConfig,
+    run_generative,
+)
 from algorithms.heads import HeadConfig
+from algorithms.privacy import ACCOUNTANTS, CALIBRATIONS, DPConfig
 from data.database import DatabaseError, load_database
 from data.partition import (
     SplitError,
@@ -43,8 +50,9 @@ from utils.results import (
     write_metrics,
 )
 
-METHODS = ("local", "centralized", "fedavg", "fedprox", "fedlambda")
+METHODS = ("local", "centralized", "fedavg", "fedprox", "fedlambda", "dpcvae", "dpcgan")
 ALGORITHM_ALIASES = {"normal": "fedavg", "fedprox": "fedprox"}
+ANONYMIZER_ALIASES = {"cvae_fedavg": "dpcvae", "cgan_fedavg": "dpcgan"}
 AGGREGATOR_ALIASES = {"local": "local"}
 
 
@@ -66,13 +74,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="local: a head per client on its own data; centralized: one head on the "
         "pooled data (not private, an upper bound); fedavg / fedprox: a head "
-        "trained federatedly; fedlambda: the FedAvg head mixed with a local head",
+        "trained federatedly; fedlambda: the FedAvg head mixed with a local head; "
+        "dpcvae / dpcgan: a DP generative model trained federatedly, whose synthetic data "
+        "trains a head that is mixed with a local head",
     )
     g.add_argument(
         "--algorithm",
         choices=sorted(ALGORITHM_ALIASES),
         default=None,
         help="the paper's spelling: normal = --method fedavg, fedprox = --method fedprox",
+    )
+    g.add_argument(
+        "--anonymizer",
+        choices=sorted(ANONYMIZER_ALIASES),
+        default=None,
+        help="the paper's spelling: cvae_fedavg = --method dpcvae, cgan_fedavg = --method dpcgan",
     )
     g.add_argument(
         "--aggregator_type",
@@ -203,7 +219,136 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.sampling_rate,
         help=f"fraction of clients taking part in each round. Default: {d.sampling_rate}",
     )
+    add_generative_arguments(parser)
     return parser
+
+
+def add_generative_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of the DP generative methods (names as in the paper's scripts)."""
+    gen = parser.add_argument_group("DP generative models (dpcvae, dpcgan)")
+    d = GenerativeConfig()
+    add = gen.add_argument
+    add(
+        "--n_fedavg_rounds",
+        type=int,
+        default=d.n_rounds,
+        help=f"communication rounds of the generative model. Default: {d.n_rounds}",
+    )
+    add(
+        "--local_epochs_gen",
+        type=int,
+        default=d.local_epochs,
+        help=f"local epochs per round. Default: {d.local_epochs}",
+    )
+    add(
+        "--gen_batch_size",
+        type=int,
+        default=d.batch_size,
+        help="nominal batch size B; under DP, batches are Poisson sampled at rate "
+        f"1/ceil(n/B). Default: {d.batch_size}",
+    )
+    add(
+        "--gan_lr",
+        type=float,
+        default=d.gan_lr,
+        help="Adam learning rate of the CGAN (betas 0.5, 0.999); the CVAE uses --lr. "
+        f"Default: {d.gan_lr}",
+    )
+    add(
+        "--cvae_beta",
+        type=float,
+        default=d.beta,
+        help=f"weight of the KL term of the CVAE loss. Default: {d.beta}",
+    )
+    add(
+        "--cvae_var",
+        type=float,
+        default=d.latent_var,
+        help="scale of the latent draw when sampling, z = var * N(0, I), as in the paper's "
+        f"code. Default: {d.latent_var}",
+    )
+    add(
+        "--hidden_dim",
+        type=int,
+        default=d.hidden_dim,
+        help=f"hidden width of the CVAE. Default: {d.hidden_dim}",
+    )
+    add(
+        "--latent_dim",
+        type=int,
+        default=d.latent_dim,
+        help=f"latent size of the CVAE and CGAN. Default: {d.latent_dim}",
+    )
+    add(
+        "--generated_factor",
+        type=float,
+        default=d.generated_factor,
+        help=f"synthetic samples per real training sample. Default: {d.generated_factor}",
+    )
+    add(
+        "--synthetic_labels",
+        choices=SYNTHETIC_LABELS,
+        default=d.synthetic_labels,
+        help="match: per class as many samples as the client holds (the paper); uniform: the "
+        "same total spread evenly over all classes. Default: match",
+    )
+    add(
+        "--squash_temperature",
+        type=float,
+        default=d.squash_temperature,
+        help="t of the fixed squash sigmoid(u / t) that maps per-record standardized "
+        f"embeddings into (0, 1) for the sigmoid decoders. Default: {d.squash_temperature}",
+    )
+
+    p = parser.add_argument_group("differential privacy (dpcvae, dpcgan)")
+    d = DPConfig()
+    switch = p.add_mutually_exclusive_group()
+    switch.add_argument(
+        "--enable_dp",
+        dest="enable_dp",
+        action="store_true",
+        default=True,
+        help="train with DP-SGD (the default)",
+    )
+    switch.add_argument(
+        "--disable_dp",
+        dest="enable_dp",
+        action="store_false",
+        help="train without DP (an ablation: nothing is private)",
+    )
+    p.add_argument(
+        "--epsilon",
+        type=float,
+        default=d.epsilon,
+        help=f"target epsilon of each client over the whole training. Default: {d.epsilon}",
+    )
+    p.add_argument(
+        "--delta",
+        type=float,
+        default=d.delta,
+        help=f"target delta; should be below 1/n for every client. Default: {d.delta}",
+    )
+    p.add_argument(
+        "--max_grad_norm",
+        type=float,
+        default=d.max_grad_norm,
+        help=f"per-sample gradient clipping norm. Default: {d.max_grad_norm}",
+    )
+    p.add_argument(
+        "--accountant",
+        choices=ACCOUNTANTS,
+        default=d.accountant,
+        help="prv (default: a numerically tight upper bound, so less noise for the "
+        "same guarantee) or rdp (analytic, looser)",
+    )
+    p.add_argument(
+        "--dp_calibration",
+        choices=CALIBRATIONS,
+        default=d.calibration,
+        help="total (default): noise calibrated for every DP step of the run, so the "
+        "spent epsilon meets the target; paper: as the paper's code, noise for 20 "
+        "epochs while training all rounds (the reported spent epsilon exceeds the target)",
+    )
 
 
 def resolve_method(args: argparse.Namespace) -> str:
@@ -213,6 +358,8 @@ def resolve_method(args: argparse.Namespace) -> str:
         candidates.append(("--method", args.method))
     if args.algorithm:
         candidates.append(("--algorithm", ALGORITHM_ALIASES[args.algorithm]))
+    if args.anonymizer:
+        candidates.append(("--anonymizer", ANONYMIZER_ALIASES[args.anonymizer]))
     if args.aggregator_type in AGGREGATOR_ALIASES:
         candidates.append(("--aggregator_type", AGGREGATOR_ALIASES[args.aggregator_type]))
     if not candidates:
@@ -227,7 +374,7 @@ def resolve_method(args: argparse.Namespace) -> str:
 def build_configs(args: argparse.Namespace, method: str) -> dict:
     """Validated config dataclasses for the method (each raises ValueError naming its flag)."""
     configs: dict = {"split": split_config_from_args(args, args.split_seed)}
-    if method in ("local", "centralized", "fedlambda"):
+    if method in ("local", "centralized", "fedlambda", *GENERATIVE_METHODS):
         configs["head"] = HeadConfig(
             args.local_epochs, args.lr, args.weight_decay, args.classifier_optimizer
         )
@@ -242,6 +389,29 @@ def build_configs(args: argparse.Namespace, method: str) -> dict:
             mu=args.mu if method == "fedprox" else 0.0,
             sampling_rate=args.sampling_rate,
         )
+    if method in GENERATIVE_METHODS:
+        configs["generative"] = GenerativeConfig(
+            n_rounds=args.n_fedavg_rounds,
+            local_epochs=args.local_epochs_gen,
+            batch_size=args.gen_batch_size,
+            lr=args.lr,
+            gan_lr=args.gan_lr,
+            beta=args.cvae_beta,
+            latent_var=args.cvae_var,
+            hidden_dim=args.hidden_dim,
+            latent_dim=args.latent_dim,
+            generated_factor=args.generated_factor,
+            synthetic_labels=args.synthetic_labels,
+            squash_temperature=args.squash_temperature,
+        )
+        configs["dp"] = DPConfig(
+            enabled=args.enable_dp,
+            epsilon=args.epsilon,
+            delta=args.delta,
+            max_grad_norm=args.max_grad_norm,
+            accountant=args.accountant,
+            calibration=args.dp_calibration,
+        )
     return configs
 
 
@@ -254,7 +424,39 @@ def run_method(method: str, clients: list, n_classes: int, configs: dict, seed: 
         return run_fedavg(clients, n_classes, configs["fedavg"], seed)
     if method == "fedlambda":
         return run_fedavg(clients, n_classes, configs["fedavg"], seed, head_cfg=configs["head"])
+    if method in GENERATIVE_METHODS:
+        return run_generative(
+            method, clients, n_classes, configs["generative"], configs["dp"], configs["head"], seed
+        )
     raise UsageError(f"--method {method!r} is not known")
+
+
+def check_privacy_settings(configs: dict, clients: list) -> None:
+    """Warn when delta is not below 1/n for a client (the usual requirement of DP)."""
+    dp = configs.get("dp")
+    if dp is None or not dp.enabled:
+        return
+    small = [c.id for c in clients if dp.delta >= 1.0 / max(c.n_train, 1)]
+    if small:
+        print(
+            f"warning: --delta {dp.delta} is not below 1/n for clients {small} "
+            f"(n = their training size); the guarantee is weak for them",
+            file=sys.stderr,
+        )
+
+
+def warn_if_over_budget(privacy: dict | None) -> None:
+    """Say so loudly when the spent epsilon exceeds the target (only --dp_calibration paper)."""
+    if not privacy or not privacy.get("enabled"):
+        return
+    spent, target = privacy["epsilon_max"], privacy["target_epsilon"]
+    if spent > target + 1e-9:
+        print(
+            f"warning: the spent epsilon ({spent:.3f}, largest over clients, from the "
+            f"accountant) exceeds the target {target} (--dp_calibration "
+            f"{privacy['calibration']}); this run is NOT {target}-DP",
+            file=sys.stderr,
+        )
 
 
 def versions() -> dict:
@@ -288,6 +490,7 @@ def run(args: argparse.Namespace) -> Path:
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     clients = client_datasets(db, split)
+    check_privacy_settings(configs, clients)
 
     config = {
         "method": method,
@@ -340,8 +543,10 @@ def run(args: argparse.Namespace) -> Path:
             "wall_seconds": wall,
             "params_shared": outcome.params_shared,
             "bytes_per_round": 4 * outcome.params_shared,
+            "params_model": outcome.params_model,
         },
     }
+    warn_if_over_budget(outcome.privacy)
     write_history(run_dir, outcome.history)
     write_metrics(run_dir, metrics)
     return run_dir

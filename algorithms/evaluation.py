@@ -105,3 +105,4 @@ class Outcome:
     params_shared: int
     privacy: dict | None = None
     fidelity: dict | None = None
+    params_model: int | None = None
