@@ -6,7 +6,8 @@
 Writes `<database_root>/meta.json` and one `.npz` per file (see data/database.py). Work is done
 in chunks saved under `<database_root>/.partial/`, so an interrupted run continues with
 `--resume`; the chunks are removed once the database is complete. Bad input exits with status 2
-and one line on stderr, before anything is written.
+and one line on stderr, before anything is written; an image that cannot be decoded during
+encoding also exits with status 2, naming it, and leaves the finished chunks for `--resume`.
 """
 
 from __future__ import annotations
