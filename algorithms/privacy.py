@@ -10,6 +10,7 @@ epsilon, read back from the accountant after training, never exceeds the target.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from opacus.accountants.utils import get_noise_multiplier
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+# Opacus's hooks see inputs that need no gradient (embeddings): a benign PyTorch notice.
+warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
 ACCOUNTANTS = ("prv", "rdp")
 CALIBRATIONS = ("total", "paper")
@@ -81,15 +85,23 @@ def calibrate_noise(cfg: DPConfig, sample_rate: float, total_steps: int, steps_e
     """Noise multiplier for the target (epsilon, delta). `total` calibrates for every step the
     client will take; `paper` reproduces the paper's code (20 epochs, whatever the training)."""
     steps = total_steps if cfg.calibration == "total" else PAPER_CALIBRATION_EPOCHS * steps_epoch
+    return _noise_multiplier(cfg.epsilon, cfg.delta, sample_rate, steps, cfg.accountant)
+
+
+@functools.lru_cache(maxsize=1024)
+def _noise_multiplier(
+    epsilon: float, delta: float, rate: float, steps: int, accountant: str
+) -> float:
+    """Opacus's binary search (cached: clients of equal size share the same answer)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PRV's "optimal order" chatter
         return float(
             get_noise_multiplier(
-                target_epsilon=cfg.epsilon,
-                target_delta=cfg.delta,
-                sample_rate=sample_rate,
+                target_epsilon=epsilon,
+                target_delta=delta,
+                sample_rate=rate,
                 steps=steps,
-                accountant=cfg.accountant,
+                accountant=accountant,
                 epsilon_tolerance=0.01,
             )
         )
@@ -98,11 +110,17 @@ def calibrate_noise(cfg: DPConfig, sample_rate: float, total_steps: int, steps_e
 def epsilon_from_history(
     accountant: str, history: list[tuple[float, float, int]], delta: float
 ) -> float:
-    """Epsilon of a sequence of (noise multiplier, sample rate, steps), recomputed from scratch."""
-    acc = create_accountant(mechanism=accountant)
-    acc.history = [tuple(h) for h in history]
-    if not acc.history:
+    """Epsilon of a sequence of (noise multiplier, sample rate, steps), from a new accountant."""
+    return _epsilon(accountant, tuple(tuple(h) for h in history), delta)
+
+
+@functools.lru_cache(maxsize=4096)
+def _epsilon(accountant: str, history: tuple, delta: float) -> float:
+    """Cached: the same history (e.g. clients of equal size, or a rerun) is computed once."""
+    if not history:
         return 0.0
+    acc = create_accountant(mechanism=accountant)
+    acc.history = list(history)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return float(acc.get_epsilon(delta=delta))
@@ -121,12 +139,9 @@ class PrivateTraining:
     ghost: bool
 
     def epsilon(self, delta: float) -> float:
-        """Epsilon spent so far, from the engine's accountant."""
-        if not self.engine.accountant.history:
-            return 0.0
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return float(self.engine.accountant.get_epsilon(delta=delta))
+        """Epsilon spent so far: the engine accountant's history, evaluated by that accountant."""
+        acc = self.engine.accountant
+        return epsilon_from_history(acc.mechanism(), acc.history, delta)
 
     def steps(self) -> int:
         return int(sum(h[2] for h in self.engine.accountant.history))

@@ -103,3 +103,81 @@ def test_default_results_dir_is_derived_from_the_configuration(gauss_db, tmp_pat
     runs = list(tmp_path.rglob("metrics.json"))
     assert len(runs) == 1
     assert runs[0].parent.name == "seed_3407" and runs[0].parent.parent.name.startswith("local-")
+
+
+GEN = [
+    "--n_fedavg_rounds",
+    "2",
+    "--local_epochs_gen",
+    "1",
+    "--gen_batch_size",
+    "64",
+    "--hidden_dim",
+    "16",
+    "--latent_dim",
+    "4",
+]
+
+
+@pytest.mark.parametrize("method", ["dpcvae", "dpcgan"])
+def test_generative_methods_write_privacy_fidelity_and_cost(gauss_db, tmp_path, method):
+    out = tmp_path / method
+    assert run(gauss_db, out, "--method", method, *GEN) == 0
+    m = read_metrics(out)
+    p = m["privacy"]
+    assert p["enabled"] and p["accountant"] == "prv" and p["target_epsilon"] == 1.0
+    assert p["delta"] == 1e-4 and p["max_grad_norm"] == 1.5 and p["calibration"] == "total"
+    assert [c["id"] for c in p["clients"]] == [c["id"] for c in m["clients"]]
+    assert all(0 < c["epsilon"] <= 1.0 for c in p["clients"])
+    assert all({"sample_rate", "steps", "noise_multiplier"} <= set(c) for c in p["clients"])
+    assert len(m["fidelity"]["wasserstein"]) == 3 and m["fidelity"]["wasserstein_mean"] > 0
+    assert m["lambda"] is not None
+    assert m["cost"]["params_shared"] > 0 and m["cost"]["params_model"] > m["cost"]["params_shared"]
+    history = read_csv(out / "history.csv")
+    assert len(history) == 2
+    assert float(history[-1]["epsilon_max"]) == pytest.approx(p["epsilon_max"])
+    assert {f"epsilon_client{i}" for i in range(3)} <= set(history[0])
+
+
+def test_paper_spelling_and_paper_calibration_warns_and_reports_the_overspend(
+    gauss_db, tmp_path, capsys
+):
+    out = tmp_path / "paper"
+    # 20 epochs of noise (the paper's calibration), 10 rounds x 3 epochs of training
+    args = [
+        "--anonymizer",
+        "cvae_fedavg",
+        "--dp_calibration",
+        "paper",
+        "--accountant",
+        "rdp",
+        "--n_fedavg_rounds",
+        "10",
+        "--local_epochs_gen",
+        "3",
+    ]
+    assert run(gauss_db, out, *args, *GEN[4:]) == 0
+    m = read_metrics(out)
+    assert m["method"] == "dpcvae"
+    assert m["privacy"]["epsilon_max"] > 1.0
+    assert "exceeds the target" in capsys.readouterr().err
+
+
+def test_disable_dp_runs_and_says_nothing_is_private(gauss_db, tmp_path):
+    out = tmp_path / "nodp"
+    assert run(gauss_db, out, "--method", "dpcvae", "--disable_dp", *GEN) == 0
+    assert read_metrics(out)["privacy"]["enabled"] is False
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--epsilon", "0"], "--epsilon"),
+        (["--delta", "1"], "--delta"),
+        (["--cvae_beta", "-1"], "--cvae_beta"),
+        (["--n_fedavg_rounds", "0"], "--n_fedavg_rounds"),
+    ],
+)
+def test_bad_generative_flags_exit_2(gauss_db, tmp_path, capsys, args, needle):
+    assert run(gauss_db, tmp_path / "r", "--method", "dpcvae", *args) == 2
+    assert needle in capsys.readouterr().err
