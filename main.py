@@ -44,6 +44,7 @@ from utils.results import (
     ResultsError,
     config_key,
     default_run_dir,
+    is_finished,
     prepare_run_dir,
     write_config,
     write_history,
@@ -131,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="replace a finished run in the run directory (refused otherwise)",
+    )
+    g.add_argument(
+        "--skip_existing",
+        action="store_true",
+        help="if the run directory already holds a finished run, report it and exit 0 "
+        "(for scripts that loop over seeds and are rerun)",
     )
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -495,6 +502,12 @@ def run(args: argparse.Namespace) -> Path:
     config = {
         "method": method,
         "database_root": str(Path(args.database_root).resolve()),
+        # what identifies the data in the config hash: not its path, but its content
+        "database": {
+            "dataset": str(db.meta.get("dataset", db.root.name)),
+            "backbone": str(db.meta.get("backbone", "unknown")),
+            "fingerprint": split["database"]["fingerprint"],
+        },
         **{name: asdict(cfg) for name, cfg in configs.items()},
         "weights_grid_resolution": lambda_grid_resolution,
     }
@@ -505,6 +518,9 @@ def run(args: argparse.Namespace) -> Path:
         if args.results_dir
         else default_run_dir(args.results_root, dataset, backbone, method, config, args.seed)
     )
+    if args.skip_existing and is_finished(run_dir):
+        print(f"skipping: {run_dir} holds a finished run", file=sys.stderr)
+        return run_dir
     run_dir = prepare_run_dir(run_dir, args.overwrite)
     key = config_key(config)
     write_config(

@@ -181,3 +181,23 @@ def test_disable_dp_runs_and_says_nothing_is_private(gauss_db, tmp_path):
 def test_bad_generative_flags_exit_2(gauss_db, tmp_path, capsys, args, needle):
     assert run(gauss_db, tmp_path / "r", "--method", "dpcvae", *args) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_skip_existing_reports_a_finished_run_and_exits_0(gauss_db, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert run(gauss_db, out, "--method", "local") == 0
+    before = (out / "metrics.json").read_text()
+    assert run(gauss_db, out, "--method", "local", "--skip_existing") == 0
+    assert "skipping" in capsys.readouterr().err
+    assert (out / "metrics.json").read_text() == before
+
+
+def test_run_directory_does_not_depend_on_where_the_database_lies(gauss_db, tmp_path):
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "db"
+    shutil.copytree(gauss_db, moved)
+    common = [*FAST, "--method", "local", "--results_root", str(tmp_path / "res")]
+    assert main_module.main(["--database_root", str(gauss_db), *common]) == 0
+    assert main_module.main(["--database_root", str(moved), *common, "--skip_existing"]) == 0
+    assert len(list((tmp_path / "res").rglob("metrics.json"))) == 1

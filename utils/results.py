@@ -18,7 +18,15 @@ HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 
 # Keys of config that do not change what a run computes (so they do not name its directory).
-NON_RESULT_KEYS = ("seed", "results_dir", "overwrite", "resume", "device", "quiet")
+NON_RESULT_KEYS = (
+    "seed",
+    "results_dir",
+    "overwrite",
+    "resume",
+    "device",
+    "quiet",
+    "database_root",
+)
 
 
 class ResultsError(ValueError):
