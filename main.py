@@ -16,6 +16,7 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from algorithms.baselines import run_centralized, run_fedavg, run_local
@@ -37,7 +38,7 @@ from data.partition import (
     load_or_make_split,
     split_config_from_args,
 )
-from utils.io import sha256_file
+from utils.io import save_npz, sha256_file
 from utils.metrics import summarize_clients
 from utils.progress import set_quiet
 from utils.results import (
@@ -132,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="replace a finished run in the run directory (refused otherwise)",
+    )
+    g.add_argument(
+        "--save_synthetic",
+        action="store_true",
+        help="dpcvae / dpcgan: also write every client's synthetic embeddings (model space) "
+        "and labels to synthetic.npz in the run directory (for plots)",
     )
     g.add_argument(
         "--skip_existing",
@@ -466,6 +473,16 @@ def warn_if_over_budget(privacy: dict | None) -> None:
         )
 
 
+def save_synthetic(run_dir: Path, clients: list, synthetic: list) -> None:
+    """synthetic.npz: embeddings (model space), labels and the client id of every row."""
+    save_npz(
+        run_dir / "synthetic.npz",
+        embeddings=np.concatenate([s for s, _ in synthetic]).astype(np.float32),
+        labels=np.concatenate([y for _, y in synthetic]).astype(np.int64),
+        client=np.concatenate([np.full(len(y), c.id) for c, (_, y) in zip(clients, synthetic)]),
+    )
+
+
 def versions() -> dict:
     import numpy
     import sklearn
@@ -563,6 +580,8 @@ def run(args: argparse.Namespace) -> Path:
         },
     }
     warn_if_over_budget(outcome.privacy)
+    if args.save_synthetic and outcome.synthetic:
+        save_synthetic(run_dir, clients, outcome.synthetic)
     write_history(run_dir, outcome.history)
     write_metrics(run_dir, metrics)
     return run_dir

@@ -106,3 +106,5 @@ class Outcome:
     privacy: dict | None = None
     fidelity: dict | None = None
     params_model: int | None = None
+    # per client: synthetic embeddings (model space) and their labels, for plots
+    synthetic: list[tuple[np.ndarray, np.ndarray]] | None = None

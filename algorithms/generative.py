@@ -401,12 +401,13 @@ def run_generative(
         seed=derive_seed(seed, "sampling"),
         desc=method,
     )
-    local, global_, wass, quality = [], [], [], []
+    local, global_, wass, quality, synthetic_sets = [], [], [], [], []
     for data, client in progress(list(zip(clients, gen_clients)), desc="synthesize", unit="client"):
         rng = np.random.default_rng(derive_seed(seed, "labels", data.id))
         counts = synthetic_label_counts(data.y_train, n_classes, cfg, rng)
         labels = np.repeat(np.arange(n_classes), counts)
         synthetic = client.sample(weights, labels, generator(derive_seed(seed, "sample", data.id)))
+        synthetic_sets.append((synthetic, labels))
         real = squash(data.x_train, cfg.squash_temperature)
         wass.append(sinkhorn_wasserstein(real, synthetic))
         quality.append(prdc(real, synthetic))
@@ -444,4 +445,5 @@ def run_generative(
         privacy=privacy,
         fidelity=fidelity,
         params_model=params["total"],
+        synthetic=synthetic_sets,
     )

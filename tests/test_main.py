@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 import main as main_module
@@ -165,8 +166,13 @@ def test_paper_spelling_and_paper_calibration_warns_and_reports_the_overspend(
 
 def test_disable_dp_runs_and_says_nothing_is_private(gauss_db, tmp_path):
     out = tmp_path / "nodp"
-    assert run(gauss_db, out, "--method", "dpcvae", "--disable_dp", *GEN) == 0
-    assert read_metrics(out)["privacy"]["enabled"] is False
+    assert run(gauss_db, out, "--method", "dpcvae", "--disable_dp", "--save_synthetic", *GEN) == 0
+    m = read_metrics(out)
+    assert m["privacy"]["enabled"] is False
+    with np.load(out / "synthetic.npz") as syn:
+        assert syn["embeddings"].shape == (sum(c["n_train"] for c in m["clients"]), 16)
+        assert sorted(set(syn["client"].tolist())) == [c["id"] for c in m["clients"]]
+        assert ((syn["embeddings"] > 0) & (syn["embeddings"] < 1)).all()
 
 
 @pytest.mark.parametrize(
