@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from algorithms.evaluation import ClientProbs, Outcome
-from algorithms.fedavg import FedAvgClient, FedAvgConfig, init_global_head
+from algorithms.fedavg import FedAvgClient, FedAvgConfig, init_global_head, lr_at
 from algorithms.federation import run_federation
 from algorithms.heads import HeadConfig, new_head, predict_proba, train_head
 from data.partition import ClientData
@@ -45,6 +45,29 @@ def run_centralized(
     return Outcome(None, [_probs(head, c) for c in clients], [], params_shared=0)
 
 
+def make_fedavg_clients(
+    clients: list[ClientData], n_classes: int, cfg: FedAvgConfig, seed: int
+) -> list[FedAvgClient]:
+    """One FedAvg client per data set, seeded by the run seed and the client id."""
+    return [
+        FedAvgClient(c, n_classes, cfg, derive_seed(seed, "fedavg-client", c.id)) for c in clients
+    ]
+
+
+def val_accuracy(head: torch.nn.Module, c: ClientData) -> float | None:
+    """A head's accuracy on one client's validation set (None without validation data)."""
+    if not len(c.y_val):
+        return None
+    return float((predict_proba(head, c.x_val).argmax(1) == c.y_val).mean())
+
+
+def validation_row(cfg: FedAvgConfig, rnd: int, accs: list[float | None]) -> dict:
+    """History columns of a FedAvg round: its learning rate and the global head's validation
+    accuracy averaged over the clients that have validation data."""
+    accs = [a for a in accs if a is not None]
+    return {"lr": lr_at(cfg, rnd), "val_acc": float(np.mean(accs)) if accs else float("nan")}
+
+
 def run_fedavg(
     clients: list[ClientData],
     n_classes: int,
@@ -55,22 +78,12 @@ def run_fedavg(
     """FedAvg (FedProx when cfg.mu > 0) on a linear head. With `head_cfg` it is FedLambda: each
     client also trains a local head, mixed with the global one by the lambda protocol."""
     dim = clients[0].x_train.shape[1]
-    fed_clients = [
-        FedAvgClient(c, n_classes, cfg, derive_seed(seed, "fedavg-client", c.id)) for c in clients
-    ]
+    fed_clients = make_fedavg_clients(clients, n_classes, cfg, seed)
     evaluator = new_head(dim, n_classes, 0)
 
     def validate(rnd, weights, updates):
         evaluator.load_state_dict(weights)
-        accs = [
-            float((predict_proba(evaluator, c.x_val).argmax(1) == c.y_val).mean())
-            for c in clients
-            if len(c.y_val)
-        ]
-        return {
-            "lr": fed_clients[0].optimizer.param_groups[0]["lr"],
-            "val_acc": float(np.mean(accs)) if accs else float("nan"),
-        }
+        return validation_row(cfg, rnd, [val_accuracy(evaluator, c) for c in clients])
 
     weights, history = run_federation(
         fed_clients,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from data.partition import ClientData
 from utils.metrics import classification_metrics
 
 
@@ -38,25 +39,51 @@ def mix(p_local: np.ndarray, p_global: np.ndarray, lam: float) -> np.ndarray:
     return lam * p_local + (1.0 - lam) * p_global
 
 
+def client_val_accuracies(
+    local: ClientProbs, global_: ClientProbs, y_val: np.ndarray, grid: np.ndarray
+) -> list[float] | None:
+    """One client's validation accuracy of the mixed model for every grid value (None without
+    validation data). This, not the probabilities, is what a client reports to choose lambda."""
+    if not len(y_val):
+        return None
+    return [float((mix(local.val, global_.val, lam).argmax(1) == y_val).mean()) for lam in grid]
+
+
+def choose_lambda(
+    per_client: list[list[float] | None], grid: np.ndarray
+) -> tuple[float, list[float]]:
+    """The grid value with the best mean validation accuracy across the clients that have
+    validation data (ties: the smallest), and that mean accuracy for every grid value."""
+    reported = [accs for accs in per_client if accs is not None]
+    if not reported:
+        raise ValueError("no client has validation data to choose lambda; use --val_frac > 0")
+    scores = [float(np.mean([accs[j] for accs in reported])) for j in range(len(grid))]
+    return float(grid[int(np.argmax(scores))]), scores
+
+
 def select_lambda(
     local: list[ClientProbs],
     global_: list[ClientProbs],
     y_val: list[np.ndarray],
     grid: np.ndarray,
 ) -> tuple[float, list[float]]:
-    """The grid value with the best mean validation accuracy across clients that have
-    validation data, and that mean accuracy for every grid value."""
-    scores = []
-    for lam in grid:
-        accs = [
-            float((mix(lo.val, gl.val, lam).argmax(1) == y).mean())
-            for lo, gl, y in zip(local, global_, y_val)
-            if len(y)
-        ]
-        if not accs:
-            raise ValueError("no client has validation data to choose lambda; use --val_frac > 0")
-        scores.append(float(np.mean(accs)))
-    return float(grid[int(np.argmax(scores))]), scores
+    """`choose_lambda` over the clients' validation accuracies."""
+    per_client = [
+        client_val_accuracies(lo, gl, y, grid) for lo, gl, y in zip(local, global_, y_val)
+    ]
+    return choose_lambda(per_client, grid)
+
+
+def client_row(c: ClientData, test_probs: np.ndarray) -> dict:
+    """One client's line of metrics.json: its sizes and its test metrics for these predictions."""
+    metrics = classification_metrics(c.y_test, test_probs.argmax(1))
+    return {
+        "id": c.id,
+        "n_train": len(c.y_train),
+        "n_val": len(c.y_val),
+        "n_test": len(c.y_test),
+        **{f"test_{k}": v for k, v in metrics.items()},
+    }
 
 
 def evaluate_clients(
@@ -81,16 +108,7 @@ def evaluate_clients(
             probs = mix(local[i].test, global_[i].test, lam)
         else:
             probs = (local or global_)[i].test
-        metrics = classification_metrics(c.y_test, probs.argmax(1))
-        rows.append(
-            {
-                "id": c.id,
-                "n_train": len(c.y_train),
-                "n_val": len(c.y_val),
-                "n_test": len(c.y_test),
-                **{f"test_{k}": v for k, v in metrics.items()},
-            }
-        )
+        rows.append(client_row(c, probs))
     return rows, lam, scores
 
 

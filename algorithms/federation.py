@@ -45,6 +45,12 @@ def sample_clients(n_clients: int, rate: float, rng: np.random.Generator) -> lis
     return sorted(int(i) for i in rng.choice(n_clients, size=k, replace=False))
 
 
+# Fits the chosen clients of a round from the global weights: (chosen, weights, round) -> updates,
+# one per chosen client and in the same order. In-process it calls each client's `fit`; under
+# Flower it sends one message per chosen client and waits for the replies.
+FitRound = Callable[[Sequence[int], StateDict, int], list[ClientUpdate]]
+
+
 def run_federation(
     clients: Sequence[FederatedClient],
     global_weights: StateDict,
@@ -57,9 +63,42 @@ def run_federation(
     on_round: Callable[[int, StateDict, Sequence[ClientUpdate]], dict | None] | None = None,
     desc: str = "rounds",
 ) -> tuple[StateDict, list[dict]]:
+    """Run rounds `start_round .. n_rounds-1` with in-process clients (see `run_rounds`)."""
+
+    def fit_round(chosen: Sequence[int], weights: StateDict, rnd: int) -> list[ClientUpdate]:
+        return [clients[i].fit(weights, rnd) for i in chosen]
+
+    return run_rounds(
+        len(clients),
+        fit_round,
+        global_weights,
+        n_rounds,
+        aggregate=aggregate,
+        sampling_rate=sampling_rate,
+        seed=seed,
+        start_round=start_round,
+        history=history,
+        on_round=on_round,
+        desc=desc,
+    )
+
+
+def run_rounds(
+    n_clients: int,
+    fit_round: FitRound,
+    global_weights: StateDict,
+    n_rounds: int,
+    aggregate: Callable[[Sequence[ClientUpdate]], StateDict] = fedavg_aggregate,
+    sampling_rate: float = 1.0,
+    seed: int = 0,
+    start_round: int = 0,
+    history: list[dict] | None = None,
+    on_round: Callable[[int, StateDict, Sequence[ClientUpdate]], dict | None] | None = None,
+    desc: str = "rounds",
+) -> tuple[StateDict, list[dict]]:
     """Run rounds `start_round .. n_rounds-1`. Each round: sample clients, let each fit from the
-    current global weights, aggregate. `on_round(rnd, weights, updates)` may return extra
-    history columns (e.g. validation accuracy) and is where checkpoints are written.
+    current global weights (`fit_round`), aggregate. `on_round(rnd, weights, updates)` may
+    return extra history columns (e.g. validation accuracy) and is where checkpoints are written.
 
     Client sampling is a function of (seed, round), so a resumed run samples as an
     uninterrupted one does. Returns the final global weights and one history row per round."""
@@ -69,8 +108,12 @@ def run_federation(
     )
     for rnd in bar:
         rng = np.random.default_rng([seed, rnd])
-        chosen = sample_clients(len(clients), sampling_rate, rng)
-        updates = [clients[i].fit(global_weights, rnd) for i in chosen]
+        chosen = sample_clients(n_clients, sampling_rate, rng)
+        updates = fit_round(chosen, global_weights, rnd)
+        if len(updates) != len(chosen):
+            raise RuntimeError(
+                f"round {rnd + 1}: {len(chosen)} clients chosen, {len(updates)} updates"
+            )
         global_weights = aggregate(updates)
         row = {"round": rnd + 1, "clients": len(chosen)}
         row.update(_weighted_metrics(updates))
