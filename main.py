@@ -13,7 +13,7 @@ import platform
 import sys
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -516,20 +516,61 @@ def run(args: argparse.Namespace) -> Path:
     clients = client_datasets(db, split)
     check_privacy_settings(configs, clients)
 
+    files = open_run(args, method, configs, db.meta, split, split_path, sys.argv[1:])
+    if files.finished:
+        return files.run_dir
+
+    start = time.perf_counter()
+    outcome = run_method(method, clients, db.n_classes, configs, args.seed)
+    rows, lam, scores = evaluate_clients(
+        clients, outcome.local, outcome.global_, lambda_grid_resolution
+    )
+    wall = time.perf_counter() - start
+    if args.save_synthetic and outcome.synthetic:
+        save_synthetic(files.run_dir, clients, outcome.synthetic)
+    close_run(files, args.seed, split, rows, lam, scores, outcome, wall)
+    return files.run_dir
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Where a run writes and what names it. `finished`: --skip_existing found a finished run
+    there, and nothing was written."""
+
+    run_dir: Path
+    method: str
+    key: str
+    dataset: str
+    backbone: str
+    finished: bool = False
+
+
+def open_run(
+    args: argparse.Namespace,
+    method: str,
+    configs: dict,
+    meta: dict,
+    split: dict,
+    split_path: Path,
+    argv: list[str],
+) -> RunFiles:
+    """The run's configuration (whose hash names its directory), its directory and config.json.
+    Needs the database's meta.json and the split file only, not the embeddings (the Flower
+    ServerApp calls it too)."""
+    dataset = str(meta.get("dataset", Path(args.database_root).name))
+    backbone = str(meta.get("backbone", "unknown"))
     config = {
         "method": method,
         "database_root": str(Path(args.database_root).resolve()),
         # what identifies the data in the config hash: not its path, but its content
         "database": {
-            "dataset": str(db.meta.get("dataset", db.root.name)),
-            "backbone": str(db.meta.get("backbone", "unknown")),
+            "dataset": dataset,
+            "backbone": backbone,
             "fingerprint": split["database"]["fingerprint"],
         },
         **{name: asdict(cfg) for name, cfg in configs.items()},
-        "weights_grid_resolution": lambda_grid_resolution,
+        "weights_grid_resolution": args.weights_grid_resolution,
     }
-    dataset = str(db.meta.get("dataset", db.root.name))
-    backbone = str(db.meta.get("backbone", "unknown"))
     run_dir = (
         Path(args.results_dir)
         if args.results_dir
@@ -537,7 +578,7 @@ def run(args: argparse.Namespace) -> Path:
     )
     if args.skip_existing and is_finished(run_dir):
         print(f"skipping: {run_dir} holds a finished run", file=sys.stderr)
-        return run_dir
+        return RunFiles(run_dir, method, "", dataset, backbone, finished=True)
     run_dir = prepare_run_dir(run_dir, args.overwrite)
     key = config_key(config)
     write_config(
@@ -548,23 +589,30 @@ def run(args: argparse.Namespace) -> Path:
             "seed": args.seed,
             "split_file": str(split_path),
             "split_sha256": sha256_file(split_path),
-            "argv": sys.argv[1:],
+            "argv": argv,
             "versions": versions(),
         },
     )
+    return RunFiles(run_dir, method, key, dataset, backbone)
 
-    start = time.perf_counter()
-    outcome = run_method(method, clients, db.n_classes, configs, args.seed)
-    rows, lam, scores = evaluate_clients(
-        clients, outcome.local, outcome.global_, lambda_grid_resolution
-    )
-    wall = time.perf_counter() - start
+
+def close_run(
+    run: RunFiles,
+    seed: int,
+    split: dict,
+    rows: list[dict],
+    lam: float | None,
+    scores: list[float] | None,
+    outcome: Outcome,
+    wall: float,
+) -> None:
+    """history.csv, then metrics.json (the last file: its presence marks a finished run)."""
     metrics = {
-        "method": method,
-        "dataset": dataset,
-        "backbone": backbone,
-        "seed": args.seed,
-        "config_key": key,
+        "method": run.method,
+        "dataset": run.dataset,
+        "backbone": run.backbone,
+        "seed": seed,
+        "config_key": run.key,
         "split": split["args"],
         "clients": rows,
         "summary": summarize_clients(rows),
@@ -580,11 +628,8 @@ def run(args: argparse.Namespace) -> Path:
         },
     }
     warn_if_over_budget(outcome.privacy)
-    if args.save_synthetic and outcome.synthetic:
-        save_synthetic(run_dir, clients, outcome.synthetic)
-    write_history(run_dir, outcome.history)
-    write_metrics(run_dir, metrics)
-    return run_dir
+    write_history(run.run_dir, outcome.history)
+    write_metrics(run.run_dir, metrics)
 
 
 def main(argv: list[str] | None = None) -> int:
