@@ -271,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue an interrupted run from its finished chunks (same flags required)",
+        help="continue an interrupted run from its finished chunks (same flags required); "
+        "a database already complete with the same flags is left as it is",
     )
     p.add_argument(
         "--overwrite",
@@ -294,7 +295,7 @@ def _check_args(args: argparse.Namespace) -> None:
     root = Path(args.database_root)
     if root.exists() and not root.is_dir():
         raise UsageError(f"--database_root {root}: exists and is not a folder")
-    if (root / META_FILE).exists() and not args.overwrite:
+    if (root / META_FILE).exists() and not (args.overwrite or args.resume):
         raise UsageError(
             f"--database_root {root}: already holds a database ({META_FILE}); "
             "pass --overwrite to replace it"
@@ -348,6 +349,16 @@ def _plan(args: argparse.Namespace, source: Source, backbone: Backbone, chunk_ro
         "files": {f.name: len(f) for f in source.files},
         "rows_sha256": _rows_digest(source),
     }
+
+
+def _check_same_plan(old: dict, plan: dict, what: str) -> None:
+    diff = [k for k in plan if old.get(k) != plan[k]]
+    if diff:
+        shown = ", ".join(f"{k}: {old.get(k)!r} vs {plan[k]!r}" for k in diff[:3])
+        raise UsageError(
+            f"--resume: {what} used other settings ({shown}); "
+            "rerun with its flags or pass --overwrite"
+        )
 
 
 def _versions() -> dict:
@@ -408,15 +419,14 @@ def run(args: argparse.Namespace, command: list[str], started: float) -> dict:
         work = root / PARTIAL_DIR
         if args.overwrite:
             _remove_database(root)
+        if args.resume and (root / META_FILE).is_file():
+            # A finished database made with the same settings: nothing to do.
+            meta = load_meta(root)
+            _check_same_plan(meta.get("plan", {}), plan, f"{root} already holds a database that")
+            print(f"{root}: already complete with these settings; nothing to do", file=sys.stderr)
+            return meta
         if args.resume and (work / PLAN_FILE).is_file():
-            old = read_json(work / PLAN_FILE)
-            diff = [k for k in plan if old.get(k) != plan[k]]
-            if diff:
-                raise UsageError(
-                    f"--resume: the interrupted run in {work} used other settings "
-                    f"({', '.join(f'{k}: {old.get(k)!r} vs {plan[k]!r}' for k in diff[:3])}); "
-                    "rerun with its flags or pass --overwrite"
-                )
+            _check_same_plan(read_json(work / PLAN_FILE), plan, f"the interrupted run in {work}")
         elif work.exists():
             shutil.rmtree(work)
         write_json(work / PLAN_FILE, plan)
@@ -465,6 +475,7 @@ def run(args: argparse.Namespace, command: list[str], started: float) -> dict:
         "device": str(backbone.device),
         "encode_seconds": round(encode_seconds, 3),
         "elapsed_seconds": round(time.time() - started, 3),
+        "plan": plan,
     }
     write_meta(root, meta)
     shutil.rmtree(work, ignore_errors=True)

@@ -173,6 +173,14 @@ def test_interrupted_camelyon_run_resumes_to_identical_files(tmp_path, capsys, m
     assert db_files(db) == db_files(tmp_path / "clean")
     assert not (db / ".partial").exists()
 
+    # --resume on a finished database: nothing to do with the same flags, refused with others
+    before = (db / "meta.json").read_text()
+    code, out, err = run(capsys, *common, "--database_root", db, "--resume")
+    assert code == 0 and "already complete" in err and "client_3" in out
+    assert (db / "meta.json").read_text() == before
+    code, _, err = run(capsys, *common, "--database_root", db, "--resume", "--batch_size", 4)
+    assert code == 2 and "already holds a database that used other settings" in err
+
 
 def test_digits_database(tmp_path, capsys):
     from sklearn.datasets import load_digits
