@@ -11,6 +11,7 @@ data/features.py): no statistic of private data is used for normalization.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -109,6 +110,9 @@ def synthetic_label_counts(
 class _DPClient:
     """What DP-CVAE and DP-CGAN clients share: data in model space, RNGs, the private engine."""
 
+    # How DP-SGD clips (see algorithms.privacy.GRAD_SAMPLE_MODES); the others are references.
+    grad_sample_mode = "fast"
+
     def __init__(
         self, data: ClientData, n_classes: int, cfg: GenerativeConfig, dp: DPConfig, seed: int
     ):
@@ -130,7 +134,14 @@ class _DPClient:
         rate = sample_rate_for(self.n, self.cfg.batch_size)
         sigma = calibrate_noise(self.dp, rate, self.total_steps, self.steps_epoch)
         self.private = make_private(
-            model, optimizer, self.n, self.cfg.batch_size, self.dp, sigma, self.rng_noise
+            model,
+            optimizer,
+            self.n,
+            self.cfg.batch_size,
+            self.dp,
+            sigma,
+            self.rng_noise,
+            grad_sample_mode=self.grad_sample_mode,
         )
 
     def _batches(self):
@@ -141,6 +152,12 @@ class _DPClient:
         else:
             order = torch.randperm(self.n, generator=self.rng_batches)
             yield from order.split(self.cfg.batch_size)
+
+    def _release_gradients(self, *optimizers: torch.optim.Optimizer) -> None:
+        """Drop the gradients (and Opacus's summed gradients) after local training: nothing
+        reads them between rounds, and ten clients' copies would cost memory."""
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
 
     def _metrics(self, losses: list[float]) -> dict[str, float]:
         out = {"train_loss": float(np.mean(losses)) if losses else float("nan")}
@@ -203,9 +220,14 @@ class CVAEClient(_DPClient):
     def fit(self, global_weights: StateDict, rnd: int) -> ClientUpdate:
         """Local epochs from the global decoder (the encoder stays local); returns the decoder."""
         load_decoder(self.model, global_weights)
+        losses = self.train_epochs(self.cfg.local_epochs)
+        return ClientUpdate(decoder_state(self.model), self.n, self._metrics(losses))
+
+    def train_epochs(self, n_epochs: int) -> list[float]:
+        """`n_epochs` local epochs from the current weights; the mean loss of each step."""
         self.model.train()
         losses = []
-        for _ in range(self.cfg.local_epochs):
+        for _ in range(n_epochs):
             for idx in self._batches():
                 if self.private is not None:
                     loss = self._loss(idx) if len(idx) else None
@@ -217,7 +239,8 @@ class CVAEClient(_DPClient):
                     self.optimizer.step()
                 if loss is not None:
                     losses.append(float(loss.detach().mean()))
-        return ClientUpdate(decoder_state(self.model), self.n, self._metrics(losses))
+        self._release_gradients(self.private.optimizer if self.private else self.optimizer)
+        return losses
 
     @torch.no_grad()
     def sample(
@@ -293,30 +316,31 @@ class CGANClient(_DPClient):
 
     def _generator_step(self) -> None:
         fake, oh = self._fake(self.cfg.batch_size)
-        if self.private is not None:
-            self.private.module.disable_hooks()
-        try:
+        with self.private.paused() if self.private is not None else contextlib.nullcontext():
             prob = self.discriminator(fake, oh)
             loss = F.binary_cross_entropy(prob, torch.ones_like(prob))
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward(inputs=list(self.generator.parameters()))
             self.opt_g.step()
-        finally:
-            if self.private is not None:
-                self.private.module.enable_hooks()
 
     def fit(self, global_weights: StateDict, rnd: int) -> ClientUpdate:
         """Local epochs from the global generator; returns the generator."""
         self.generator.load_state_dict(global_weights)
+        losses = self.train_epochs(self.cfg.local_epochs)
+        weights = {k: v.detach().clone() for k, v in self.generator.state_dict().items()}
+        return ClientUpdate(weights, self.n, self._metrics(losses))
+
+    def train_epochs(self, n_epochs: int) -> list[float]:
+        """`n_epochs` local epochs from the current weights; the discriminator's step losses."""
         self.generator.train()
         self.discriminator.train()
         losses = []
-        for _ in range(self.cfg.local_epochs):
+        for _ in range(n_epochs):
             for idx in self._batches():
                 losses.append(self._discriminator_step(idx))
                 self._generator_step()
-        weights = {k: v.detach().clone() for k, v in self.generator.state_dict().items()}
-        return ClientUpdate(weights, self.n, self._metrics(losses))
+        self._release_gradients(self.opt_g, self.private.optimizer if self.private else self.opt_d)
+        return losses
 
     @torch.no_grad()
     def sample(
@@ -381,6 +405,28 @@ def count_parameters(method: str, dim: int, n_classes: int, cfg: GenerativeConfi
     return {"shared": shared, "total": total}
 
 
+def train_generative(
+    method: str,
+    clients: list[ClientData],
+    n_classes: int,
+    cfg: GenerativeConfig,
+    dp: DPConfig,
+    seed: int,
+) -> tuple[list[CVAEClient | CGANClient], StateDict, list[dict]]:
+    """The federated training alone: the clients (with their accountants), the final global
+    decoder or generator, and the per-round history."""
+    dim = clients[0].x_train.shape[1]
+    gen_clients = make_clients(method, clients, n_classes, cfg, dp, seed)
+    weights, history = run_federation(
+        gen_clients,
+        init_global_weights(method, dim, n_classes, cfg, derive_seed(seed, method, "global")),
+        cfg.n_rounds,
+        seed=derive_seed(seed, "sampling"),
+        desc=method,
+    )
+    return gen_clients, weights, history
+
+
 def run_generative(
     method: str,
     clients: list[ClientData],
@@ -393,14 +439,7 @@ def run_generative(
     """Federated training of the generative model, then per client: synthesize, fit a head on
     real and one on synthetic data, and measure the fidelity of the synthetic embeddings."""
     dim = clients[0].x_train.shape[1]
-    gen_clients = make_clients(method, clients, n_classes, cfg, dp, seed)
-    weights, history = run_federation(
-        gen_clients,
-        init_global_weights(method, dim, n_classes, cfg, derive_seed(seed, method, "global")),
-        cfg.n_rounds,
-        seed=derive_seed(seed, "sampling"),
-        desc=method,
-    )
+    gen_clients, weights, history = train_generative(method, clients, n_classes, cfg, dp, seed)
     local, global_, wass, quality, synthetic_sets = [], [], [], [], []
     for data, client in progress(list(zip(clients, gen_clients)), desc="synthesize", unit="client"):
         rng = np.random.default_rng(derive_seed(seed, "labels", data.id))

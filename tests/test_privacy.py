@@ -25,7 +25,7 @@ def _tiny():
     return nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
 
 
-@pytest.mark.parametrize("mode", ["ghost", "hooks"])
+@pytest.mark.parametrize("mode", ["fast", "ghost", "hooks"])
 def test_noise_free_dp_update_equals_brute_force_clip_and_sum(mode):
     n, batch, clip = 40, 10, 0.05
     x = torch.randn(n, 4)
