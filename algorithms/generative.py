@@ -427,6 +427,75 @@ def train_generative(
     return gen_clients, weights, history
 
 
+@dataclass
+class FinishedClient:
+    """One client's last step: the probabilities of its head on real data (local) and of its
+    head on synthetic data (global), the fidelity of its synthetic set, and that set."""
+
+    local: ClientProbs
+    global_: ClientProbs
+    wasserstein: float
+    quality: dict[str, float]
+    synthetic: np.ndarray
+    labels: np.ndarray
+
+
+def finish_client(
+    client: CVAEClient | CGANClient,
+    data: ClientData,
+    weights: StateDict,
+    n_classes: int,
+    cfg: GenerativeConfig,
+    head_cfg: HeadConfig,
+    seed: int,
+) -> FinishedClient:
+    """Run where the client's data lives: synthesize from the global model, fit a head on real
+    and one on synthetic data, and measure the fidelity of the synthetic embeddings."""
+    rng = np.random.default_rng(derive_seed(seed, "labels", data.id))
+    counts = synthetic_label_counts(data.y_train, n_classes, cfg, rng)
+    labels = np.repeat(np.arange(n_classes), counts)
+    synthetic = client.sample(weights, labels, generator(derive_seed(seed, "sample", data.id)))
+    real = squash(data.x_train, cfg.squash_temperature)
+    wasserstein, quality = sinkhorn_wasserstein(real, synthetic), prdc(real, synthetic)
+    head_syn = train_head(
+        unsquash(synthetic, cfg.squash_temperature),
+        labels,
+        n_classes,
+        head_cfg,
+        derive_seed(seed, "head-synthetic", data.id),
+    )
+    head_real = train_head(
+        data.x_train, data.y_train, n_classes, head_cfg, derive_seed(seed, "local", data.id)
+    )
+    return FinishedClient(
+        local=ClientProbs(
+            predict_proba(head_real, data.x_val), predict_proba(head_real, data.x_test)
+        ),
+        global_=ClientProbs(
+            predict_proba(head_syn, data.x_val), predict_proba(head_syn, data.x_test)
+        ),
+        wasserstein=wasserstein,
+        quality=quality,
+        synthetic=synthetic,
+        labels=labels,
+    )
+
+
+def fidelity_report(
+    cfg: GenerativeConfig, wasserstein: list[float], quality: list[dict[str, float]]
+) -> dict:
+    """The `fidelity` block of metrics.json from the clients' values (in client order)."""
+    fidelity = {
+        "space": f"squashed (temperature {cfg.squash_temperature})",
+        "wasserstein": wasserstein,
+        "wasserstein_mean": float(np.mean(wasserstein)),
+    }
+    for name in ("precision", "recall", "density", "coverage"):
+        fidelity[name] = [q[name] for q in quality]
+        fidelity[f"{name}_mean"] = float(np.nanmean(fidelity[name]))
+    return fidelity
+
+
 def run_generative(
     method: str,
     clients: list[ClientData],
@@ -440,49 +509,23 @@ def run_generative(
     real and one on synthetic data, and measure the fidelity of the synthetic embeddings."""
     dim = clients[0].x_train.shape[1]
     gen_clients, weights, history = train_generative(method, clients, n_classes, cfg, dp, seed)
-    local, global_, wass, quality, synthetic_sets = [], [], [], [], []
-    for data, client in progress(list(zip(clients, gen_clients)), desc="synthesize", unit="client"):
-        rng = np.random.default_rng(derive_seed(seed, "labels", data.id))
-        counts = synthetic_label_counts(data.y_train, n_classes, cfg, rng)
-        labels = np.repeat(np.arange(n_classes), counts)
-        synthetic = client.sample(weights, labels, generator(derive_seed(seed, "sample", data.id)))
-        synthetic_sets.append((synthetic, labels))
-        real = squash(data.x_train, cfg.squash_temperature)
-        wass.append(sinkhorn_wasserstein(real, synthetic))
-        quality.append(prdc(real, synthetic))
-        head_syn = train_head(
-            unsquash(synthetic, cfg.squash_temperature),
-            labels,
-            n_classes,
-            head_cfg,
-            derive_seed(seed, "head-synthetic", data.id),
+    finished = [
+        finish_client(client, data, weights, n_classes, cfg, head_cfg, seed)
+        for data, client in progress(
+            list(zip(clients, gen_clients)), desc="synthesize", unit="client"
         )
-        head_real = train_head(
-            data.x_train, data.y_train, n_classes, head_cfg, derive_seed(seed, "local", data.id)
-        )
-        global_.append(
-            ClientProbs(predict_proba(head_syn, data.x_val), predict_proba(head_syn, data.x_test))
-        )
-        local.append(
-            ClientProbs(predict_proba(head_real, data.x_val), predict_proba(head_real, data.x_test))
-        )
-    fidelity = {
-        "space": f"squashed (temperature {cfg.squash_temperature})",
-        "wasserstein": wass,
-        "wasserstein_mean": float(np.mean(wass)),
-    }
-    for name in ("precision", "recall", "density", "coverage"):
-        fidelity[name] = [q[name] for q in quality]
-        fidelity[f"{name}_mean"] = float(np.nanmean(fidelity[name]))
+    ]
     params = count_parameters(method, dim, n_classes, cfg)
     privacy = privacy_report(dp, [c.privacy() for c in gen_clients])
     return Outcome(
-        local,
-        global_,
+        [f.local for f in finished],
+        [f.global_ for f in finished],
         history,
         params_shared=params["shared"],
         privacy=privacy,
-        fidelity=fidelity,
+        fidelity=fidelity_report(
+            cfg, [f.wasserstein for f in finished], [f.quality for f in finished]
+        ),
         params_model=params["total"],
-        synthetic=synthetic_sets,
+        synthetic=[(f.synthetic, f.labels) for f in finished],
     )
