@@ -147,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(for scripts that loop over seeds and are rerun)",
     )
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument(
+        "--num_threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (torch.set_num_threads); 0 keeps torch's default of one per "
+        "core. More than one helps only on an otherwise idle machine: when other processes "
+        "share the cores, threads wait on each other and training slows down 10-20x. Default: 1",
+    )
 
     add_split_arguments(parser)
 
@@ -545,18 +553,11 @@ class RunFiles:
     finished: bool = False
 
 
-def open_run(
-    args: argparse.Namespace,
-    method: str,
-    configs: dict,
-    meta: dict,
-    split: dict,
-    split_path: Path,
-    argv: list[str],
-) -> RunFiles:
-    """The run's configuration (whose hash names its directory), its directory and config.json.
-    Needs the database's meta.json and the split file only, not the embeddings (the Flower
-    ServerApp calls it too)."""
+def describe_run(
+    args: argparse.Namespace, method: str, configs: dict, meta: dict, split: dict
+) -> tuple[dict, Path]:
+    """The run's configuration (whose hash names its directory) and its directory. Needs the
+    database's meta.json and the split file only, not the embeddings."""
     dataset = str(meta.get("dataset", Path(args.database_root).name))
     backbone = str(meta.get("backbone", "unknown"))
     config = {
@@ -576,6 +577,21 @@ def open_run(
         if args.results_dir
         else default_run_dir(args.results_root, dataset, backbone, method, config, args.seed)
     )
+    return config, run_dir
+
+
+def open_run(
+    args: argparse.Namespace,
+    method: str,
+    configs: dict,
+    meta: dict,
+    split: dict,
+    split_path: Path,
+    argv: list[str],
+) -> RunFiles:
+    """Create the run directory and write config.json (the Flower ServerApp calls it too)."""
+    config, run_dir = describe_run(args, method, configs, meta, split)
+    dataset, backbone = config["database"]["dataset"], config["database"]["backbone"]
     if args.skip_existing and is_finished(run_dir):
         print(f"skipping: {run_dir} holds a finished run", file=sys.stderr)
         return RunFiles(run_dir, method, "", dataset, backbone, finished=True)
@@ -633,8 +649,13 @@ def close_run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     set_quiet(args.quiet)
+    if args.num_threads < 0:
+        parser.error("--num_threads must be >= 0")
+    if args.num_threads > 0:
+        torch.set_num_threads(args.num_threads)
     try:
         run_dir = run(args)
     except (UsageError, DatabaseError, SplitError, ResultsError) as err:
