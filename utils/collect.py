@@ -76,6 +76,26 @@ def _labels(groups: dict[str, list[dict]]) -> dict[str, str]:
     return labels
 
 
+def _epsilon_spent(ms: list[dict]) -> float:
+    """Largest spent epsilon over clients and seeds; inf when something is shared without DP
+    (FedAvg heads, a DP-disabled generator, or the pooled data of `centralized`); 0 when
+    nothing leaves the clients (`local`)."""
+    eps = []
+    for m in ms:
+        p = m.get("privacy")
+        if isinstance(p, dict) and p.get("enabled"):
+            eps.append(max(c["epsilon"] for c in p["clients"]))
+        elif m["method"] == "local":
+            eps.append(0.0)
+        else:
+            eps.append(float("inf"))
+    return float(max(eps))
+
+
+def _eps_text(eps: float) -> str:
+    return "∞" if eps == float("inf") else "0" if eps == 0 else f"{eps:.3f}"
+
+
 def _group_key(run_dir: Path, metrics: dict, config: dict) -> str:
     return str(metrics.get("config_key") or config.get("config_key") or run_dir.parent)
 
@@ -114,12 +134,7 @@ def collect(paths: list[str | Path]) -> list[dict[str, Any]]:
             and m["fidelity"].get("wasserstein_mean") is not None
         ]
         row["wasserstein"] = float(np.mean(wass)) if wass else None
-        eps = [
-            max(c["epsilon"] for c in m["privacy"]["clients"])
-            for m in ms
-            if isinstance(m.get("privacy"), dict) and m["privacy"].get("clients")
-        ]
-        row["epsilon_spent"] = float(max(eps)) if eps else None
+        row["epsilon_spent"] = _epsilon_spent(ms)
         row["lambda"] = (
             float(np.mean([m["lambda"] for m in ms]))
             if all(m["lambda"] is not None for m in ms)
@@ -156,7 +171,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         cells += [f"{100 * r[f'{n}_mean']:.2f} ± {100 * r[f'{n}_std']:.2f}" for n in METRIC_TITLES]
         cells += [
             _fmt(r["wasserstein"], ".4f"),
-            _fmt(r["epsilon_spent"], ".3f"),
+            _eps_text(r["epsilon_spent"]),
             f"{r['params_shared']:,}",
             f"{r['bytes_per_round']:,}",
             f"{r['wall_seconds']:.1f}",

