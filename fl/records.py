@@ -1,0 +1,121 @@
+"""Conversions between the project's objects and Flower records (no pickle anywhere).
+
+Two kinds of data pass through here:
+- what crosses the network: shared weights (ArrayRecord), a client's sample count, its spent
+  epsilon and scalar metrics (MetricRecord);
+- what stays on a site: a client's whole state between rounds (model, optimizer, RNG states,
+  accountant history), kept in the node's `Context.state` as an ArrayRecord of its tensors plus
+  a JSON skeleton that names them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from algorithms.aggregation import StateDict
+from algorithms.federation import ClientUpdate
+
+# Every JSON object of a skeleton is one of these tags, so plain data never looks like a tag.
+_TENSOR, _DICT, _TUPLE = "tensor", "dict", "tuple"
+
+
+def pack_state(state: Any) -> tuple[ArrayRecord, str]:
+    """Split a nested state (dicts, lists, tuples, tensors, numbers, strings, None) into its
+    tensors and a JSON skeleton that refers to them by name. Dict keys keep their type
+    (optimizer states are keyed by int)."""
+    arrays = ArrayRecord()
+
+    def encode(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            name = str(len(arrays))
+            arrays[name] = Array(value.detach().cpu().numpy())
+            return {_TENSOR: name}
+        if isinstance(value, dict):
+            return {_DICT: [[_key(k), encode(v)] for k, v in value.items()]}
+        if isinstance(value, tuple):
+            return {_TUPLE: [encode(v) for v in value]}
+        if isinstance(value, list):
+            return [encode(v) for v in value]
+        if value is None or isinstance(value, bool | int | float | str):
+            return value
+        raise TypeError(f"cannot store a {type(value).__name__} in a client state")
+
+    return arrays, json.dumps(encode(state))
+
+
+def unpack_state(arrays: ArrayRecord, skeleton: str) -> Any:
+    """The state that `pack_state` split, with tensors of the original dtypes and shapes."""
+
+    def decode(value: Any) -> Any:
+        if isinstance(value, dict):
+            ((tag, inner),) = value.items()
+            if tag == _TENSOR:
+                return torch.from_numpy(np.array(arrays[inner].numpy()))
+            if tag == _DICT:
+                return {k: decode(v) for k, v in inner}
+            if tag == _TUPLE:
+                return tuple(decode(v) for v in inner)
+            raise ValueError(f"unknown tag {tag!r} in a client state")
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        return value
+
+    return decode(json.loads(skeleton))
+
+
+def _key(key: Any) -> Any:
+    if not isinstance(key, int | str):
+        raise TypeError(f"cannot store a dict key of type {type(key).__name__}")
+    return key
+
+
+def save_state(state: RecordDict, name: str, value: Any) -> None:
+    """Keep `value` (e.g. a client's `state_dict()`) in a node's Context.state under `name`."""
+    arrays, skeleton = pack_state(value)
+    state[f"{name}.arrays"] = arrays
+    state[f"{name}.skeleton"] = ConfigRecord({"json": skeleton})
+
+
+def load_state(state: RecordDict, name: str) -> Any | None:
+    """What `save_state` kept under `name`, or None if nothing was."""
+    if f"{name}.skeleton" not in state:
+        return None
+    skeleton = str(state.config_records[f"{name}.skeleton"]["json"])
+    return unpack_state(state.array_records[f"{name}.arrays"], skeleton)
+
+
+def weights_record(weights: StateDict) -> ArrayRecord:
+    """Shared weights as they cross the network (float32 arrays, names kept)."""
+    return ArrayRecord({k: Array(v.detach().cpu().numpy()) for k, v in weights.items()})
+
+
+def record_weights(record: ArrayRecord) -> StateDict:
+    """The state dict of `weights_record` (writable copies)."""
+    return {k: torch.from_numpy(np.array(v.numpy())) for k, v in record.items()}
+
+
+def update_content(client_id: int, update: ClientUpdate) -> RecordDict:
+    """A client's reply to one round: shared weights, its sample count (the FedAvg weight) and
+    its metrics (train loss, spent epsilon so far)."""
+    return RecordDict(
+        {
+            "weights": weights_record(update.weights),
+            "client": MetricRecord({"id": client_id, "n_samples": update.n_samples}),
+            "metrics": MetricRecord(dict(update.metrics)),
+        }
+    )
+
+
+def content_update(content: RecordDict) -> tuple[int, ClientUpdate]:
+    """(client id, update) of a round's reply."""
+    client = content.metric_records["client"]
+    metrics = {k: float(v) for k, v in content.metric_records["metrics"].items()}
+    update = ClientUpdate(
+        record_weights(content.array_records["weights"]), int(client["n_samples"]), metrics
+    )
+    return int(client["id"]), update

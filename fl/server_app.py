@@ -1,0 +1,279 @@
+"""The Flower ServerApp: main.py's federation loop (`run_rounds`) and FedAvg step
+(`fedavg_aggregate`), with each round's local training done by the sites' ClientApps.
+
+It reads the database's meta.json and the split file (indices, no embeddings), writes the same
+config.json, history.csv and metrics.json as main.py (main.open_run / main.close_run), and sees
+of each site only what the ClientApp sends back (see fl/client_app.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+import main
+from algorithms.aggregation import StateDict
+from algorithms.baselines import validation_row
+from algorithms.evaluation import Outcome, choose_lambda, lambda_grid
+from algorithms.fedavg import init_global_head
+from algorithms.federation import ClientUpdate, run_rounds
+from algorithms.generative import (
+    GENERATIVE_METHODS,
+    count_parameters,
+    fidelity_report,
+    init_global_weights,
+)
+from algorithms.privacy import privacy_report
+from data.database import load_meta
+from fl.records import content_update, weights_record
+from fl.settings import RunSettings, SettingsError, run_settings
+from utils.io import read_json
+from utils.metrics import CLASSIFICATION_METRICS
+from utils.progress import set_quiet
+from utils.seeding import derive_seed
+
+app = ServerApp()
+
+ROW_KEYS = ("id", "n_train", "n_val", "n_test", *(f"test_{m}" for m in CLASSIFICATION_METRICS))
+
+
+class Sites:
+    """The connected sites: which SuperNode serves which client, and one way to message them
+    (every reply must come back, without error, within the timeout)."""
+
+    def __init__(self, grid: Grid, node_of: dict[int, int], reply_timeout: float):
+        self.grid = grid
+        self.node_of = node_of
+        self.client_of = {node: cid for cid, node in node_of.items()}
+        self.reply_timeout = reply_timeout
+
+    def ask(
+        self,
+        client_ids: Sequence[int],
+        message_type: str,
+        content: Callable[[int], RecordDict],
+        group: str,
+    ) -> dict[int, RecordDict]:
+        """Send `content(client id)` to each client; their replies by client id."""
+        messages = [
+            Message(content(cid), self.node_of[cid], message_type, group_id=group)
+            for cid in client_ids
+        ]
+        replies = self.grid.send_and_receive(messages, timeout=self.reply_timeout)
+        out = {}
+        for reply in replies:
+            cid = self.client_of[reply.metadata.src_node_id]
+            if reply.has_error():
+                raise RuntimeError(
+                    f"{message_type} ({group}): client {cid} failed: {reply.error.reason}"
+                )
+            out[cid] = reply.content
+        missing = sorted(set(client_ids) - set(out))
+        if missing:
+            raise TimeoutError(
+                f"{message_type} ({group}): no reply from clients {missing} within "
+                f"{self.reply_timeout:.0f} s (reply-timeout-s)"
+            )
+        return out
+
+
+@app.main()
+def serve(grid: Grid, context: Context) -> None:
+    """Run main.py's experiment with the sites' ClientApps and write its results files."""
+    set_quiet(True)
+    settings = run_settings(context.run_config)
+    args = settings.args
+    meta = load_meta(args.database_root)
+    split_path = Path(args.split_file)
+    split = read_json(split_path)
+    if split.get("args") != asdict(settings.configs["split"]):
+        raise SettingsError(
+            f"{split_path}: split was made with other arguments ({split.get('args')}), "
+            f"not {asdict(settings.configs['split'])}: pass its partition flags in main-args"
+        )
+    order = [int(c["id"]) for c in split["clients"]]  # client index -> client id, as main.py
+    files = main.open_run(
+        args, settings.method, settings.configs, meta, split, split_path, settings.argv
+    )
+    if files.finished:
+        return
+    sites, dim = connect(
+        grid,
+        order,
+        len(meta["classes"]),
+        float(context.run_config.get("node-timeout-s", 600)),
+        float(context.run_config.get("reply-timeout-s", 3600)),
+    )
+    start = time.perf_counter()
+    if settings.method in GENERATIVE_METHODS:
+        outcome, rows, lam, scores = run_generative(
+            sites, order, settings, dim, len(meta["classes"])
+        )
+    else:
+        outcome, rows, lam, scores = run_fedavg(sites, order, settings, dim, len(meta["classes"]))
+    wall = time.perf_counter() - start
+    main.close_run(files, settings.seed, split, rows, lam, scores, outcome, wall)
+
+
+def connect(
+    grid: Grid, order: list[int], n_classes: int, node_timeout: float, reply_timeout: float
+) -> tuple[Sites, int]:
+    """Wait for one SuperNode per client, ask each which client it serves, and check that the
+    clients are exactly the split's and agree on the embedding size. Returns the sites and it."""
+    deadline = time.monotonic() + node_timeout
+    while len(nodes := sorted(grid.get_node_ids())) < len(order):
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"{len(nodes)} of {len(order)} SuperNodes connected within {node_timeout:.0f} s "
+                f"(node-timeout-s)"
+            )
+        time.sleep(0.5)
+    messages = [Message(RecordDict(), node, "query", group_id="hello") for node in nodes]
+    replies = list(grid.send_and_receive(messages, timeout=reply_timeout))
+    info: dict[int, dict] = {}
+    for reply in replies:
+        if reply.has_error():
+            raise RuntimeError(
+                f"SuperNode {reply.metadata.src_node_id} failed to start: {reply.error.reason}"
+            )
+        hello = dict(reply.content.metric_records["client"])
+        if hello["id"] in info:
+            raise SettingsError(f"two SuperNodes claim client-id {hello['id']}")
+        info[int(hello["id"])] = {**hello, "node": reply.metadata.src_node_id}
+    if sorted(info) != sorted(order):
+        raise SettingsError(f"SuperNodes serve clients {sorted(info)}, the split has {order}")
+    dims = {cid: int(h["dim"]) for cid, h in info.items()}
+    if len(set(dims.values())) != 1:
+        raise SettingsError(f"clients disagree on the embedding size: {dims}")
+    classes = {cid: int(h["n_classes"]) for cid, h in info.items()}
+    if set(classes.values()) != {n_classes}:
+        raise SettingsError(f"meta.json has {n_classes} classes, the clients {classes}")
+    sites = Sites(grid, {cid: int(h["node"]) for cid, h in info.items()}, reply_timeout)
+    return sites, dims[order[0]]
+
+
+def train_rounds(
+    sites: Sites,
+    order: list[int],
+    initial: StateDict,
+    n_rounds: int,
+    sampling_rate: float,
+    settings: RunSettings,
+    on_round: Callable | None = None,
+) -> tuple[StateDict, list[dict]]:
+    """main.py's rounds (same sampling seed and aggregation); each chosen site trains locally."""
+
+    def fit_round(chosen: Sequence[int], weights: StateDict, rnd: int) -> list[ClientUpdate]:
+        record = weights_record(weights)
+        config = ConfigRecord({"round": rnd})
+        replies = sites.ask(
+            [order[i] for i in chosen],
+            "train",
+            lambda cid: RecordDict({"weights": record, "config": config}),
+            group=f"round {rnd + 1}",
+        )
+        updates = []
+        for i in chosen:
+            cid, update = content_update(replies[order[i]])
+            if cid != order[i]:
+                raise RuntimeError(f"round {rnd + 1}: client {order[i]} replied as client {cid}")
+            updates.append(update)
+        return updates
+
+    return run_rounds(
+        len(order),
+        fit_round,
+        initial,
+        n_rounds,
+        sampling_rate=sampling_rate,
+        seed=derive_seed(settings.seed, "sampling"),
+        on_round=on_round,
+        desc=settings.method,
+    )
+
+
+def run_generative(
+    sites: Sites, order: list[int], settings: RunSettings, dim: int, n_classes: int
+) -> tuple[Outcome, list[dict], float, list[float]]:
+    """DP-CVAE / DP-CGAN: the rounds, then each site synthesizes and fits its heads; lambda is
+    chosen from the sites' validation accuracies, and each site reports its test metrics."""
+    method, seed = settings.method, settings.seed
+    cfg, dp = settings.configs["generative"], settings.configs["dp"]
+    initial = init_global_weights(method, dim, n_classes, cfg, derive_seed(seed, method, "global"))
+    weights, history = train_rounds(sites, order, initial, cfg.n_rounds, 1.0, settings)
+
+    record = weights_record(weights)
+    done = sites.ask(
+        order, "evaluate.synthesize", lambda cid: RecordDict({"weights": record}), "end"
+    )
+    grid = lambda_grid(settings.args.weights_grid_resolution)
+    per_client = []
+    wass, quality, privacy = [], [], []
+    for cid in order:
+        reply = done[cid]
+        accs = reply.metric_records["lambda"]
+        per_client.append([float(a) for a in accs["val_acc"]] if "val_acc" in accs else None)
+        fidelity = dict(reply.metric_records["fidelity"])
+        wass.append(float(fidelity.pop("wasserstein")))
+        quality.append({k: float(v) for k, v in fidelity.items()})
+        line = json.loads(str(reply.config_records["privacy"]["json"]))
+        privacy.append({"id": cid, **line})
+    lam, scores = choose_lambda(per_client, grid)
+
+    config = ConfigRecord({"lambda": lam})
+    rows = report_rows(sites, order, lambda cid: RecordDict({"config": config}))
+    params = count_parameters(method, dim, n_classes, cfg)
+    outcome = Outcome(
+        None,
+        None,
+        history,
+        params_shared=params["shared"],
+        privacy=privacy_report(dp, privacy),
+        fidelity=fidelity_report(cfg, wass, quality),
+        params_model=params["total"],
+    )
+    return outcome, rows, lam, scores
+
+
+def run_fedavg(
+    sites: Sites, order: list[int], settings: RunSettings, dim: int, n_classes: int
+) -> tuple[Outcome, list[dict], None, None]:
+    """FedAvg / FedProx on a linear head: the rounds with each round's validation accuracy
+    (reported by the sites), then each site's test metrics of the final global head."""
+    cfg, seed = settings.configs["fedavg"], settings.seed
+
+    def validate(rnd: int, weights: StateDict, updates: Sequence[ClientUpdate]) -> dict:
+        record = weights_record(weights)
+        replies = sites.ask(
+            order,
+            "evaluate.validate",
+            lambda cid: RecordDict({"weights": record}),
+            group=f"round {rnd + 1}",
+        )
+        accs = [replies[cid].metric_records["val"].get("acc") for cid in order]
+        return validation_row(cfg, rnd, [None if a is None else float(a) for a in accs])
+
+    initial = init_global_head(dim, n_classes, derive_seed(seed, "fedavg-global"))
+    weights, history = train_rounds(
+        sites, order, initial, cfg.n_rounds, cfg.sampling_rate, settings, on_round=validate
+    )
+    record = weights_record(weights)
+    rows = report_rows(sites, order, lambda cid: RecordDict({"weights": record}))
+    params = sum(v.numel() for v in weights.values())
+    return Outcome(None, None, history, params_shared=params), rows, None, None
+
+
+def report_rows(sites: Sites, order: list[int], content: Callable[[int], RecordDict]) -> list[dict]:
+    """Each site's line of metrics.json, in client order."""
+    replies = sites.ask(order, "evaluate", content, group="test")
+    rows = []
+    for cid in order:
+        row = replies[cid].metric_records["row"]
+        rows.append({k: row[k] for k in ROW_KEYS})
+    return rows
