@@ -1,0 +1,382 @@
+"""Run the Flower app on this machine, every Flower component a separate process on loopback
+(insecure HTTP: for tests and trials, never across a network).
+
+    python -m fl.run_local --engine deployment -- --database_root DB --method dpcvae --n_clients 3
+    python -m fl.run_local --engine simulation -- --database_root DB --method fedavg
+
+After `--` come main.py's flags. The split file is made as main.py makes it (or reused), paths
+are made absolute, and then: deployment starts a SuperLink and one SuperNode per client
+(`--node-config client-id=i`); simulation starts a SuperLink with Flower's simulation engine
+(Ray, one simulated SuperNode per client). The run is submitted with `flwr run`, and this script
+waits for it to finish, stops every process it started (also on error, timeout or Ctrl-C), and
+prints where main.py's results files are. Flower's own state and logs go to `--work_dir`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomli
+import tomli_w
+
+import main
+from data.database import DatabaseError, load_database
+from data.partition import SplitError, load_or_make_split
+from fl.settings import FLOWER_METHODS
+from utils.results import METRICS_FILE, ResultsError, is_finished
+
+APP_DIR = Path(__file__).resolve().parent.parent  # the repository: pyproject.toml's Flower app
+ENGINES = ("deployment", "simulation")
+CONNECTION = "local"  # the SuperLink connection's name in this run's Flower config
+
+
+class LocalRunError(RuntimeError):
+    """The run could not start, failed, or timed out; the message says where the logs are."""
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    """A finished run: main.py's results directory, Flower's status and the wall time."""
+
+    run_dir: Path
+    status: str
+    seconds: float
+    work_dir: Path
+
+
+def prepare(main_argv: list[str]) -> tuple[list[str], Path, int]:
+    """main.py's flags with absolute paths (made or reused split file included), the run's
+    results directory, and the number of clients."""
+    args = main.build_parser().parse_args(main_argv)
+    method = main.resolve_method(args)
+    if method not in FLOWER_METHODS:
+        raise main.UsageError(f"--method {method} does not run on Flower ({FLOWER_METHODS})")
+    try:
+        configs = main.build_configs(args, method)
+    except ValueError as err:
+        raise main.UsageError(str(err)) from None
+    db = load_database(args.database_root)
+    split, split_path = load_or_make_split(db, configs["split"], args.split_file)
+    absolute = [
+        *main_argv,
+        "--database_root",
+        str(Path(args.database_root).resolve()),
+        "--split_file",
+        str(Path(split_path).resolve()),
+        "--results_root",
+        str(Path(args.results_root).resolve()),
+    ]
+    if args.results_dir:
+        absolute += ["--results_dir", str(Path(args.results_dir).resolve())]
+    _, run_dir = main.describe_run(
+        main.build_parser().parse_args(absolute), method, configs, db.meta, split
+    )
+    if is_finished(run_dir) and not args.overwrite:
+        raise ResultsError(
+            f"{run_dir}: holds a finished run ({METRICS_FILE} exists); "
+            f"pass --overwrite to replace it or choose another --results_dir"
+        )
+    return absolute, run_dir, len(split["clients"])
+
+
+def run_local(
+    main_argv: list[str],
+    engine: str = "deployment",
+    work_dir: str | Path | None = None,
+    timeout: float = 3600.0,
+    env: dict[str, str] | None = None,
+) -> LocalRun:
+    """Run main.py's experiment on Flower with local processes; stop them all before returning."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    start = time.monotonic()
+    argv, run_dir, n_clients = prepare(main_argv)
+    work = Path(work_dir or run_dir.parent / f"{run_dir.name}.flower").resolve()
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    environment = flower_env(work / "home", port, env)
+    run_config = work / "run_config.toml"
+    run_config.write_text(
+        tomli_w.dumps(
+            {
+                "main-args": shlex.join(argv),
+                "node-timeout-s": max(60, int(timeout)),
+                "reply-timeout-s": max(60, int(timeout)),
+            }
+        )
+    )
+    with Processes(work / "logs", environment) as procs:
+        link = ["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(port)]
+        link += ["--disable-runtime-dependency-installation"]
+        procs.start("superlink", link + (["--simulation"] if engine == "simulation" else []))
+        wait_for_superlink(port, procs, deadline=start + min(timeout, 60))
+        app = stage_app(work / "app")
+        submit = ["flwr", "run", str(app), CONNECTION, "--run-config", str(run_config)]
+        if engine == "deployment":
+            for i in range(n_clients):
+                procs.start(
+                    f"supernode{i}",
+                    [
+                        "flower-supernode",
+                        "--insecure",
+                        "--superlink",
+                        f"127.0.0.1:{port}",
+                        "--port",
+                        str(free_port()),
+                        "--node-config",
+                        f"client-id={i}",
+                    ],
+                )
+        else:
+            submit += ["--federation-config", f"num-supernodes={n_clients}"]
+        run_id = submit_run(submit, procs, deadline=start + timeout)
+        status = wait_for_run(run_id, procs, deadline=start + timeout)
+    if status != "finished:completed":
+        raise LocalRunError(f"run {run_id} ended {status}; logs in {work / 'logs'}")
+    if not is_finished(run_dir):
+        raise LocalRunError(f"run {run_id} completed without {run_dir / METRICS_FILE}")
+    return LocalRun(run_dir, status, time.monotonic() - start, work)
+
+
+def stage_app(dest: Path) -> Path:
+    """A copy of the files `flwr run .` would ship (pyproject.toml and its `fab-include`
+    patterns, all `<file>` or `<dir>/**/*.py`): the same FAB, built without walking the whole
+    repository (.venv, databases)."""
+    pyproject = APP_DIR / "pyproject.toml"
+    patterns = tomli.loads(pyproject.read_text())["tool"]["flwr"]["app"]["fab-include"]
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    shutil.copy2(pyproject, dest / "pyproject.toml")
+    for pattern in patterns:
+        top = APP_DIR / pattern.split("/")[0]
+        files = [top] if top.is_file() else sorted(top.rglob("*.py"))
+        for path in files:
+            if "__pycache__" in path.parts:
+                continue
+            target = dest / path.relative_to(APP_DIR)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+    return dest
+
+
+def flower_env(home: Path, port: int, extra: dict[str, str] | None) -> dict[str, str]:
+    """Environment of every Flower process: its own Flower home (config naming this SuperLink),
+    this venv's commands first on PATH, no telemetry and no update check (offline)."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(
+        tomli_w.dumps(
+            {
+                "superlink": {
+                    "default": CONNECTION,
+                    CONNECTION: {"address": f"127.0.0.1:{port}", "insecure": True},
+                }
+            }
+        )
+    )
+    bin_dir = str(Path(sys.executable).parent)
+    return {
+        **os.environ,
+        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+        "FLWR_HOME": str(home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        **(extra or {}),
+    }
+
+
+class Processes:
+    """The processes this script starts, each in its own session and with its own log file;
+    leaving the `with` block stops them and everything they started."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str]):
+        self.log_dir = log_dir
+        self.env = env
+        self.started: dict[str, subprocess.Popen] = {}
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        log = (self.log_dir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        self.started[name] = proc
+        return proc
+
+    def check_alive(self) -> None:
+        """Raise if a started process has exited (a SuperLink or SuperNode must keep running)."""
+        for name, proc in self.started.items():
+            if proc.poll() is not None:
+                raise LocalRunError(
+                    f"{name} exited with code {proc.returncode}; see {self.log_dir / name}.log"
+                )
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM every started process and its descendants, SIGKILL what is left after
+        `grace` seconds."""
+        pids = [p.pid for p in self.started.values() if p.poll() is None]
+        family = set(pids) | descendants(pids)
+        for pid in family:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.started.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        while time.monotonic() < deadline and any(_alive(pid) for pid in family):
+            time.sleep(0.1)
+        for pid in family | descendants(pids):
+            _signal(pid, signal.SIGKILL)
+        for proc in self.started.values():
+            proc.wait()
+
+
+def descendants(pids: list[int]) -> set[int]:
+    """Every living process below `pids` (children, grandchildren, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: set[int] = set()
+    todo = list(pids)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_superlink(port: int, procs: Processes, deadline: float) -> None:
+    """Until the SuperLink answers on its health endpoint."""
+    while True:
+        procs.check_alive()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise LocalRunError(f"the SuperLink did not start; see {procs.log_dir}")
+        time.sleep(0.2)
+
+
+def flwr_cli(cmd: list[str], procs: Processes, deadline: float) -> dict:
+    """Run a `flwr ... --format json` command; its JSON answer."""
+    timeout = max(1.0, deadline - time.monotonic())
+    try:
+        out = subprocess.run(
+            [*cmd, "--format", "json"],
+            env=procs.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=APP_DIR,
+        )
+    except subprocess.TimeoutExpired:
+        raise LocalRunError(f"`{' '.join(cmd)}` timed out; see {procs.log_dir}") from None
+    try:
+        answer = json.loads(out.stdout)
+    except json.JSONDecodeError:
+        answer = {}
+    if out.returncode != 0 or not answer.get("success"):
+        raise LocalRunError(
+            f"`{' '.join(cmd)}` failed ({out.returncode}): {out.stdout.strip()} "
+            f"{out.stderr.strip()}"
+        )
+    return answer
+
+
+def submit_run(cmd: list[str], procs: Processes, deadline: float) -> int:
+    """Submit the run; its Flower run id."""
+    return int(flwr_cli(cmd, procs, deadline)["run-id"])
+
+
+def wait_for_run(run_id: int, procs: Processes, deadline: float) -> str:
+    """Poll the run's status until it is finished; that status (e.g. finished:completed)."""
+    while True:
+        procs.check_alive()
+        ls = ["flwr", "ls", CONNECTION, "--run-id", str(run_id)]
+        status = flwr_cli(ls, procs, deadline)["runs"][0]["status"]
+        if status.startswith("finished"):
+            return status
+        if time.monotonic() > deadline:
+            raise LocalRunError(f"run {run_id} still {status} at the timeout; see {procs.log_dir}")
+        time.sleep(1.0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--engine", choices=ENGINES, default="deployment")
+    parser.add_argument(
+        "--work_dir",
+        default=None,
+        help="Flower's home, the run config and the process logs. "
+        "Default: <run directory>.flower beside the run directory",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=3600.0, help="seconds for the whole run. Default: 3600"
+    )
+    parser.add_argument("main_args", nargs=argparse.REMAINDER, help="-- then main.py's flags")
+    return parser
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    main_args = args.main_args[1:] if args.main_args[:1] == ["--"] else args.main_args
+    try:
+        result = run_local(main_args, args.engine, args.work_dir, args.timeout)
+    except (main.UsageError, DatabaseError, SplitError, ResultsError, LocalRunError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    main.metrics_summary(result.run_dir)
+    print(f"flower: {args.engine} in {result.seconds:.1f} s, logs in {result.work_dir / 'logs'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

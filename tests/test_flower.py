@@ -1,0 +1,269 @@
+"""The Flower app: client state kept across rounds, the apps' protocol in process (a grid that
+calls the ClientApp directly), and the real engines on loopback, all against main.py."""
+
+import json
+import os
+
+import pytest
+import torch
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+import main as main_module
+from algorithms.baselines import make_fedavg_clients
+from algorithms.fedavg import FedAvgConfig, init_global_head
+from algorithms.generative import GenerativeConfig, init_global_weights, make_clients
+from algorithms.privacy import DPConfig
+from data.database import load_database
+from data.partition import SplitConfig, client_datasets, split_database
+from fl import client_app, server_app
+from fl.records import load_state, pack_state, save_state, unpack_state
+from fl.run_local import descendants, run_local
+from fl.settings import SettingsError, node_client_id, run_settings
+from utils.io import read_csv, write_json
+from utils.results import read_metrics
+
+SMALL = ["--n_clients", "2", "--local_epochs", "20", "--quiet"]
+DPCVAE = ["--method", "dpcvae", "--n_fedavg_rounds", "2", "--local_epochs_gen", "1"]
+FEDAVG = ["--method", "fedavg", "--n_rounds", "3", "--local_steps", "2"]
+
+
+def one_client(gauss_db):
+    db = load_database(gauss_db)
+    return client_datasets(db, split_database(db, SplitConfig(n_clients=2, seed=1)))[0], 4
+
+
+def test_pack_state_keeps_types_shapes_and_int_keys():
+    state = {
+        "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(2, 3)}},
+        "param_groups": [{"betas": (0.9, 0.999), "params": [0], "foreach": None, "x": True}],
+        "rng": torch.zeros(5, dtype=torch.uint8),
+        "history": [[1.5, 0.25, 10]],
+    }
+    arrays, skeleton = pack_state(state)
+    back = unpack_state(arrays, skeleton)
+    assert list(back["state"]) == [0]
+    assert back["state"][0]["step"].shape == () and back["state"][0]["step"].item() == 3.0
+    assert torch.equal(back["state"][0]["exp_avg"], torch.ones(2, 3))
+    assert back["rng"].dtype == torch.uint8
+    assert back["param_groups"] == [
+        {"betas": (0.9, 0.999), "params": [0], "foreach": None, "x": True}
+    ]
+    assert back["history"] == [[1.5, 0.25, 10]]
+    with pytest.raises(TypeError):
+        pack_state({"bad": object()})
+
+
+@pytest.mark.parametrize("method", ["dpcvae", "fedavg"])
+def test_a_client_restored_from_its_stored_state_continues_exactly(gauss_db, method):
+    """What the ClientApp does every round (rebuild from the seed, load Context.state) gives
+    the same training as one client object kept for the whole run (main.py)."""
+    data, n_classes = one_client(gauss_db)
+    if method == "dpcvae":
+        cfg, dp = GenerativeConfig(n_rounds=3, local_epochs=1), DPConfig()
+
+        def make():
+            return make_clients("dpcvae", [data], n_classes, cfg, dp, 7)[0]
+
+        weights = init_global_weights("dpcvae", 16, n_classes, cfg, 1)
+    else:
+        cfg = FedAvgConfig(n_rounds=3, local_steps=2)
+
+        def make():
+            return make_fedavg_clients([data], n_classes, cfg, 7)[0]
+
+        weights = init_global_head(16, n_classes, 1)
+    kept = make()
+    kept_updates = [kept.fit(weights, rnd) for rnd in range(3)]
+
+    store = RecordDict()
+    restored_updates = []
+    for rnd in range(3):
+        client = make()
+        state = load_state(store, "client")
+        if state is not None:
+            client.load_state_dict(state)
+        restored_updates.append(client.fit(weights, rnd))
+        save_state(store, "client", client.state_dict())
+    for a, b in zip(kept_updates, restored_updates):
+        assert a.metrics == b.metrics
+        for key in a.weights:
+            assert torch.equal(a.weights[key], b.weights[key])
+    if method == "dpcvae":
+        assert kept.privacy() == client.privacy()
+
+
+@pytest.fixture
+def task_identity(monkeypatch):
+    """What Flower's runtime sets in a ServerApp process (messages are stamped with it)."""
+    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+class InProcessGrid(Grid):
+    """Flower's Grid, delivering each message to the ClientApp in this process (one Context per
+    node, as a SuperNode keeps it) and answering failures as Flower does: an error reply."""
+
+    def __init__(self, node_configs, run_config):
+        self.contexts = {
+            1000 + i: Context(1, 1000 + i, cfg, RecordDict(), run_config)
+            for i, cfg in enumerate(node_configs)
+        }
+        self.sent: list[Message] = []
+
+    def set_run(self, run):
+        pass
+
+    @property
+    def run(self):
+        raise NotImplementedError
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        return Message(content, dst_node_id, message_type, group_id=group_id, ttl=ttl)
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def push_messages(self, messages):
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):
+        raise NotImplementedError
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for msg in messages:
+            self.sent.append(msg)
+            try:
+                replies.append(client_app.app(msg, self.contexts[msg.metadata.dst_node_id]))
+            except Exception as err:
+                replies.append(Message(Error(2, f"{type(err).__name__}: {err}"), reply_to=msg))
+        return replies
+
+
+def run_in_process(db, out, args, node_configs=None):
+    if not (db / "split.json").exists():
+        write_json(db / "split.json", split_database(load_database(db), SplitConfig(n_clients=2)))
+    argv = ["--database_root", str(db), "--split_file", str(db / "split.json"), *SMALL, *args]
+    run_config = {"main-args": " ".join([*argv, "--results_dir", str(out)])}
+    grid = InProcessGrid(node_configs or [{"partition-id": 1}, {"partition-id": 0}], run_config)
+    server_app.app(grid, Context(1, 0, {}, RecordDict(), run_config))
+    return argv, grid
+
+
+def assert_same_results(a, b):
+    ma, mb = read_metrics(a), read_metrics(b)
+    assert ma["cost"].pop("wall_seconds") > 0 and mb["cost"].pop("wall_seconds") > 0
+    assert ma == mb
+    assert read_csv(a / "history.csv") == read_csv(b / "history.csv")
+    ca, cb = (json.loads((d / "config.json").read_text()) for d in (a, b))
+    for c in (ca, cb):
+        c.pop("argv"), c.pop("versions")
+    assert ca == cb
+
+
+@pytest.mark.parametrize("args", [DPCVAE, FEDAVG], ids=["dpcvae", "fedavg"])
+def test_flower_apps_give_main_py_results(gauss_db, tmp_path, args, task_identity):
+    argv, grid = run_in_process(gauss_db, tmp_path / "flower", args)
+    assert main_module.main([*argv, "--results_dir", str(tmp_path / "main")]) == 0
+    assert_same_results(tmp_path / "main", tmp_path / "flower")
+    # What went out: one hello, then per round one train message per client; the weights sent
+    # are the shared part only (the decoder, or the linear head).
+    kinds = [m.metadata.message_type for m in grid.sent]
+    assert kinds[:2] == ["query", "query"]
+    trains = [m for m in grid.sent if m.metadata.message_type == "train"]
+    n_rounds = 2 if args is DPCVAE else 3
+    assert len(trains) == 2 * n_rounds
+    sent_keys = set(trains[0].content.array_records["weights"])
+    if args is DPCVAE:
+        assert sent_keys and all(k.startswith("decoder.") for k in sent_keys)
+        assert kinds[-4:] == ["evaluate.synthesize"] * 2 + ["evaluate"] * 2
+    else:
+        assert sent_keys == {"weight", "bias"}
+
+
+def test_a_replayed_round_is_refused_and_the_state_stays_local(gauss_db, tmp_path, task_identity):
+    _, grid = run_in_process(gauss_db, tmp_path / "r", DPCVAE)
+    context = next(iter(grid.contexts.values()))
+    first_train = next(m for m in grid.sent if m.metadata.message_type == "train")
+    # trained again from a stored state that is past round 1: refused, not trained twice
+    with pytest.raises(RuntimeError, match="asked for round 1 after round 2"):
+        client_app.app(first_train, context)
+    # the whole client state stays in the node's Context.state, never in a reply
+    assert {"client.arrays", "client.skeleton", "last-round"} <= set(context.state)
+
+
+def test_a_train_reply_holds_weights_sample_count_and_epsilon_only(
+    gauss_db, tmp_path, task_identity
+):
+    _, grid = run_in_process(gauss_db, tmp_path / "r", DPCVAE)
+    fresh = Context(1, 1000, {"partition-id": 0}, RecordDict(), grid.contexts[1000].run_config)
+    train = next(m for m in grid.sent if m.metadata.message_type == "train")
+    reply = client_app.app(train, fresh)
+    assert set(reply.content) == {"weights", "client", "metrics"}
+    assert set(reply.content.array_records["weights"]) == set(
+        train.content.array_records["weights"]
+    )
+    assert dict(reply.content.metric_records["client"])["id"] == 0
+    assert set(reply.content.metric_records["metrics"]) == {"train_loss", "epsilon"}
+
+
+def test_a_client_that_cannot_start_is_named(gauss_db, tmp_path, task_identity):
+    with pytest.raises(SettingsError, match="claim client-id 0"):
+        run_in_process(gauss_db, tmp_path / "r", DPCVAE, [{"client-id": 0}, {"client-id": 0}])
+    with pytest.raises(RuntimeError, match="client-id 5 is not in"):
+        run_in_process(gauss_db, tmp_path / "s", DPCVAE, [{"client-id": 0}, {"client-id": 5}])
+
+
+def test_settings_are_main_py_flags_with_absolute_paths(tmp_path):
+    base = f"--database_root {tmp_path} --split_file {tmp_path}/s.json --results_dir {tmp_path}/r"
+    s = run_settings({"main-args": f"{base} --method dpcvae --n_fedavg_rounds 3"})
+    assert s.method == "dpcvae" and s.configs["generative"].n_rounds == 3 and s.seed == 3407
+    for bad, needle in [
+        (f"{base} --method local", "does not run on Flower"),
+        (f"{base} --method dpcvae --split_file s.json", "--split_file must be an absolute"),
+        (f"{base} --method dpcvae --results_dir r", "--results_dir must be an absolute"),
+        (f"{base} --method dpcvae --epsilon -1", "--epsilon"),
+        (f"{base} --method nope", "invalid choice"),
+    ]:
+        with pytest.raises(SettingsError, match=needle):
+            run_settings({"main-args": bad})
+    assert node_client_id({"client-id": 3}) == 3 and node_client_id({"partition-id": 1}) == 1
+    with pytest.raises(SettingsError, match="client-id"):
+        node_client_id({})
+
+
+def test_deployment_on_loopback_equals_main(gauss_db, tmp_path):
+    """A SuperLink and two SuperNodes as separate processes, two rounds of DP-CVAE: the same
+    results files as main.py, and no process left behind."""
+    argv = ["--database_root", str(gauss_db), *SMALL, *DPCVAE]
+    before = descendants([os.getpid()])
+    run = run_local(
+        [*argv, "--results_dir", str(tmp_path / "flower")],
+        "deployment",
+        work_dir=tmp_path / "work",
+        timeout=240,
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    assert run.status == "finished:completed"
+    assert descendants([os.getpid()]) <= before
+    assert main_module.main([*argv, "--results_dir", str(tmp_path / "main")]) == 0
+    assert_same_results(tmp_path / "main", tmp_path / "flower")
+
+
+def test_simulation_engine_equals_main(gauss_db, tmp_path):
+    """Flower's simulation engine (Ray, one simulated SuperNode per client), FedAvg with its
+    per-round validation: the same results files as main.py, and no process left behind."""
+    argv = ["--database_root", str(gauss_db), *SMALL, *FEDAVG]
+    before = descendants([os.getpid()])
+    run = run_local(
+        [*argv, "--results_dir", str(tmp_path / "flower")],
+        "simulation",
+        work_dir=tmp_path / "work",
+        timeout=240,
+    )
+    assert run.status == "finished:completed"
+    assert descendants([os.getpid()]) <= before
+    assert main_module.main([*argv, "--results_dir", str(tmp_path / "main")]) == 0
+    assert_same_results(tmp_path / "main", tmp_path / "flower")
