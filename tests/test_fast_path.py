@@ -7,7 +7,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from algorithms.generative import CGANClient, CVAEClient, GenerativeConfig, init_global_weights
+from algorithms.federation import run_federation
+from algorithms.generative import (
+    CGANClient,
+    CVAEClient,
+    GenerativeConfig,
+    init_global_weights,
+    make_clients,
+    train_generative,
+)
 from algorithms.privacy import (
     DPConfig,
     LinearTape,
@@ -52,11 +60,11 @@ def test_fast_clipped_gradient_equals_opacus_ghost_and_hooks_on_a_cvae(clip):
         torch.testing.assert_close(fast, _cvae_update(reference, clip), atol=1e-7, rtol=1e-4)
 
 
-def _client_data(n: int = 30, dim: int = 6, seed: int = 0) -> ClientData:
+def _client_data(n: int = 30, dim: int = 6, seed: int = 0, cid: int = 0) -> ClientData:
     rng = np.random.default_rng(seed)
     x = standardize_records(rng.normal(size=(n + 4, dim)))
     y = rng.integers(0, 3, size=n + 4)
-    return ClientData(0, x[:n], y[:n], x[n : n + 2], y[n : n + 2], x[n + 2 :], y[n + 2 :])
+    return ClientData(cid, x[:n], y[:n], x[n : n + 2], y[n : n + 2], x[n + 2 :], y[n + 2 :])
 
 
 def _client(method: str, mode: str, dp: DPConfig | None = None):
@@ -157,3 +165,39 @@ def test_generator_step_is_not_recorded_and_gradients_are_released_after_fit():
     for model in (client.generator, client.discriminator):
         assert all(p.grad is None for p in model.parameters())
     assert all(getattr(p, "summed_grad", None) is None for p in client.discriminator.parameters())
+
+
+@pytest.mark.parametrize("method", ["dpcvae", "dpcgan"])
+def test_clients_trained_in_threads_give_the_same_run(method):
+    data = [_client_data(seed=i, cid=i) for i in range(3)]
+    runs = []
+    for workers in (1, 3):
+        clients = make_clients(method, data, 3, CFG, DPConfig(), seed=2)
+        start = init_global_weights(method, 6, 3, CFG, seed=0)
+        weights, history = run_federation(clients, start, CFG.n_rounds, workers=workers)
+        runs.append((weights, history, [c.privacy() for c in clients]))
+    (w1, h1, p1), (w3, h3, p3) = runs
+    assert h1 == h3 and p1 == p3
+    for k in w1:
+        assert torch.equal(w1[k], w3[k])
+
+
+def test_train_generative_spends_the_thread_budget_on_clients_and_restores_it():
+    data = [_client_data(seed=i, cid=i) for i in range(2)]
+    seen = []
+    original = CVAEClient.fit
+
+    def spy(self, weights, rnd):
+        seen.append(torch.get_num_threads())
+        return original(self, weights, rnd)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        CVAEClient.fit = spy
+        train_generative("dpcvae", data, 3, CFG, DPConfig(), seed=0)
+        assert torch.get_num_threads() == 2
+    finally:
+        CVAEClient.fit = original
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}
