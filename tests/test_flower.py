@@ -183,6 +183,24 @@ def test_flower_apps_give_main_py_results(gauss_db, tmp_path, args, task_identit
         assert sent_keys == {"weight", "bias"}
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--method", "dpcgan", "--n_fedavg_rounds", "2", "--local_epochs_gen", "1"],
+        [*FEDAVG, "--sampling_rate", "0.5"],
+        [*DPCVAE, "--disable_dp"],
+        ["--method", "fedprox", "--n_rounds", "2"],
+    ],
+    ids=["dpcgan", "fedavg-sampled", "dpcvae-no-dp", "fedprox"],
+)
+def test_other_methods_and_partial_participation_give_main_py_results(
+    gauss_db, tmp_path, args, task_identity
+):
+    argv, _ = run_in_process(gauss_db, tmp_path / "flower", args)
+    assert main_module.main([*argv, "--results_dir", str(tmp_path / "main")]) == 0
+    assert_same_results(tmp_path / "main", tmp_path / "flower")
+
+
 def test_a_replayed_round_is_refused_and_the_state_stays_local(gauss_db, tmp_path, task_identity):
     _, grid = run_in_process(gauss_db, tmp_path / "r", DPCVAE)
     context = next(iter(grid.contexts.values()))
@@ -234,6 +252,7 @@ def test_settings_are_main_py_flags_with_absolute_paths(tmp_path):
         node_client_id({})
 
 
+@pytest.mark.xdist_group("flower-engines")  # one at a time: each starts several processes
 def test_deployment_on_loopback_equals_main(gauss_db, tmp_path):
     """A SuperLink and two SuperNodes as separate processes, two rounds of DP-CVAE: the same
     results files as main.py, and no process left behind."""
@@ -252,6 +271,7 @@ def test_deployment_on_loopback_equals_main(gauss_db, tmp_path):
     assert_same_results(tmp_path / "main", tmp_path / "flower")
 
 
+@pytest.mark.xdist_group("flower-engines")  # one at a time: each starts several processes
 def test_simulation_engine_equals_main(gauss_db, tmp_path):
     """Flower's simulation engine (Ray, one simulated SuperNode per client), FedAvg with its
     per-round validation: the same results files as main.py, and no process left behind."""
