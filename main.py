@@ -152,8 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="torch CPU threads (torch.set_num_threads); 0 keeps torch's default of one per "
-        "core. More than one helps only on an otherwise idle machine: when other processes "
-        "share the cores, threads wait on each other and training slows down 10-20x. Default: 1",
+        "core. dpcvae / dpcgan spend them on clients: that many train at once, one thread "
+        "each (same results). Elsewhere more than one helps only on an otherwise idle machine: "
+        "when other processes share the cores, threads wait on each other and training slows "
+        "down 10-20x. Default: 1",
     )
 
     add_split_arguments(parser)
