@@ -64,6 +64,7 @@ def run_federation(
     on_round: Callable[[int, StateDict, Sequence[ClientUpdate]], dict | None] | None = None,
     desc: str = "rounds",
     workers: int = 1,
+    after_round: Callable[[int, StateDict, list[dict]], None] | None = None,
 ) -> tuple[StateDict, list[dict]]:
     """Run rounds `start_round .. n_rounds-1` with in-process clients (see `run_rounds`).
 
@@ -92,6 +93,7 @@ def run_federation(
             history=history,
             on_round=on_round,
             desc=desc,
+            after_round=after_round,
         )
 
 
@@ -107,10 +109,12 @@ def run_rounds(
     history: list[dict] | None = None,
     on_round: Callable[[int, StateDict, Sequence[ClientUpdate]], dict | None] | None = None,
     desc: str = "rounds",
+    after_round: Callable[[int, StateDict, list[dict]], None] | None = None,
 ) -> tuple[StateDict, list[dict]]:
     """Run rounds `start_round .. n_rounds-1`. Each round: sample clients, let each fit from the
     current global weights (`fit_round`), aggregate. `on_round(rnd, weights, updates)` may
-    return extra history columns (e.g. validation accuracy) and is where checkpoints are written.
+    return extra history columns (e.g. validation accuracy); `after_round(rnd, weights, history)`
+    runs once the round's row is in the history: that is where checkpoints are written.
 
     Client sampling is a function of (seed, round), so a resumed run samples as an
     uninterrupted one does. Returns the final global weights and one history row per round."""
@@ -135,6 +139,8 @@ def run_rounds(
         if on_round is not None:
             row.update(on_round(rnd, global_weights, updates) or {})
         history.append(row)
+        if after_round is not None:
+            after_round(rnd, global_weights, history)
         bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in ("train_loss", "val_acc")})
     return global_weights, history
 
