@@ -222,10 +222,10 @@ class Processes:
         self.started[name] = proc
         return proc
 
-    def check_alive(self) -> None:
-        """Raise if a started process has exited (a SuperLink or SuperNode must keep running)."""
+    def check_alive(self, names: tuple[str, ...] = ("superlink", "supernode")) -> None:
+        """Raise if a SuperLink or SuperNode this script started has exited."""
         for name, proc in self.started.items():
-            if proc.poll() is not None:
+            if name.startswith(names) and proc.poll() is not None:
                 raise LocalRunError(
                     f"{name} exited with code {proc.returncode}; see {self.log_dir / name}.log"
                 )
@@ -335,16 +335,25 @@ def submit_run(cmd: list[str], procs: Processes, deadline: float) -> int:
 
 
 def wait_for_run(run_id: int, procs: Processes, deadline: float) -> str:
-    """Poll the run's status until it is finished; that status (e.g. finished:completed)."""
-    while True:
+    """Follow the run's log (`flwr log --stream` returns when the run has finished) into
+    logs/run.log, then read its status (e.g. finished:completed). Checks every few seconds
+    that the SuperLink and SuperNodes are still up."""
+    stream = procs.start("run", ["flwr", "log", str(run_id), CONNECTION, "--stream"])
+    while stream.poll() is None:
         procs.check_alive()
+        if time.monotonic() > deadline:
+            raise LocalRunError(
+                f"run {run_id} did not finish within the timeout; see {procs.log_dir}"
+            )
+        time.sleep(0.5)
+    while True:
         ls = ["flwr", "ls", CONNECTION, "--run-id", str(run_id)]
         status = flwr_cli(ls, procs, deadline)["runs"][0]["status"]
         if status.startswith("finished"):
             return status
         if time.monotonic() > deadline:
             raise LocalRunError(f"run {run_id} still {status} at the timeout; see {procs.log_dir}")
-        time.sleep(1.0)
+        time.sleep(2.0)
 
 
 def build_parser() -> argparse.ArgumentParser:

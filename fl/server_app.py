@@ -65,7 +65,10 @@ class Sites:
             Message(content(cid), self.node_of[cid], message_type, group_id=group)
             for cid in client_ids
         ]
-        replies = self.grid.send_and_receive(messages, timeout=self.reply_timeout)
+        start = time.perf_counter()
+        replies = list(self.grid.send_and_receive(messages, timeout=self.reply_timeout))
+        seconds = time.perf_counter() - start
+        print(f"{group}: {message_type}, {len(replies)} replies in {seconds:.1f} s", flush=True)
         out = {}
         for reply in replies:
             cid = self.client_of[reply.metadata.src_node_id]

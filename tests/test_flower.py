@@ -19,7 +19,7 @@ from data.database import load_database
 from data.partition import SplitConfig, client_datasets, split_database
 from fl import client_app, server_app
 from fl.records import load_state, pack_state, save_state, unpack_state
-from fl.run_local import descendants, run_local
+from fl.run_local import LocalRunError, descendants, run_local
 from fl.settings import SettingsError, node_client_id, run_settings
 from utils.io import read_csv, write_json
 from utils.results import read_metrics
@@ -287,3 +287,20 @@ def test_simulation_engine_equals_main(gauss_db, tmp_path):
     assert descendants([os.getpid()]) <= before
     assert main_module.main([*argv, "--results_dir", str(tmp_path / "main")]) == 0
     assert_same_results(tmp_path / "main", tmp_path / "flower")
+
+
+@pytest.mark.xdist_group("flower-engines")
+def test_a_failed_local_run_stops_every_process(gauss_db, tmp_path):
+    """A run that cannot finish in time raises, and leaves no SuperLink, SuperNode or app
+    process behind."""
+    argv = ["--database_root", str(gauss_db), *SMALL, *DPCVAE, "--n_fedavg_rounds", "50"]
+    before = descendants([os.getpid()])
+    with pytest.raises(LocalRunError, match="logs|timed out|did not"):
+        run_local(
+            [*argv, "--results_dir", str(tmp_path / "r")],
+            "deployment",
+            work_dir=tmp_path / "work",
+            timeout=15,
+        )
+    assert descendants([os.getpid()]) <= before
+    assert not (tmp_path / "r" / "metrics.json").exists()
