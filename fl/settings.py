@@ -66,6 +66,10 @@ def run_settings(run_config: dict) -> RunSettings:
         raise SettingsError(
             f"main-args: --method {method} does not run on Flower (one of {FLOWER_METHODS})"
         )
+    if args.save_synthetic:
+        raise SettingsError(
+            "main-args: --save_synthetic does not run on Flower: synthetic data stays on the sites"
+        )
     for flag in ("database_root", "split_file"):
         value = getattr(args, flag)
         if not value or not Path(value).is_absolute():

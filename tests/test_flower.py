@@ -3,6 +3,7 @@ calls the ClientApp directly), and the real engines on loopback, all against mai
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -234,6 +235,22 @@ def test_a_client_that_cannot_start_is_named(gauss_db, tmp_path, task_identity):
         run_in_process(gauss_db, tmp_path / "s", DPCVAE, [{"client-id": 0}, {"client-id": 5}])
 
 
+def test_a_site_reads_its_own_database_and_split_from_node_config(
+    gauss_db, tmp_path, task_identity
+):
+    """In deployment each site names its own paths (--node-config); here client 1 reads a copy
+    of the database elsewhere, with the same results."""
+    run_in_process(gauss_db, tmp_path / "a", DPCVAE)
+    site = tmp_path / "site1"
+    shutil.copytree(gauss_db, site)
+    nodes = [
+        {"client-id": 0},
+        {"client-id": 1, "database-root": str(site), "split-file": str(site / "split.json")},
+    ]
+    run_in_process(gauss_db, tmp_path / "b", DPCVAE, nodes)
+    assert_same_results(tmp_path / "a", tmp_path / "b")
+
+
 def test_settings_are_main_py_flags_with_absolute_paths(tmp_path):
     base = f"--database_root {tmp_path} --split_file {tmp_path}/s.json --results_dir {tmp_path}/r"
     s = run_settings({"main-args": f"{base} --method dpcvae --n_fedavg_rounds 3"})
@@ -244,6 +261,7 @@ def test_settings_are_main_py_flags_with_absolute_paths(tmp_path):
         (f"{base} --method dpcvae --results_dir r", "--results_dir must be an absolute"),
         (f"{base} --method dpcvae --epsilon -1", "--epsilon"),
         (f"{base} --method nope", "invalid choice"),
+        (f"{base} --method dpcvae --save_synthetic", "stays on the sites"),
     ]:
         with pytest.raises(SettingsError, match=needle):
             run_settings({"main-args": bad})
