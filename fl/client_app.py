@@ -7,8 +7,8 @@ its whole state (model, optimizer, RNG states, accountant history) and never lea
 
 Messages (what comes back is all that leaves the site):
 - query: the client id, embedding size, number of classes and training size;
-- train: one local round from the global weights -> shared weights, sample count, train loss
-  and the epsilon spent so far;
+- train: one local round from the global weights -> shared weights, sample count and the
+  epsilon spent so far (the train loss is only printed to the site's log);
 - evaluate.validate (fedavg, fedprox): the global head's validation accuracy;
 - evaluate.synthesize (dpcvae, dpcgan, after the last round): synthesize from the global model and
   fit the two heads, locally -> the validation accuracy of the mixed model for each lambda of
@@ -106,6 +106,8 @@ def train(msg: Message, context: Context) -> Message:
     update = client.fit(record_weights(msg.content.array_records["weights"]), rnd)
     save_state(context.state, STATE, client.state_dict())
     context.state[LAST_ROUND] = ConfigRecord({"round": rnd})
+    local = ", ".join(f"{k} {v:.4g}" for k, v in update.metrics.items())
+    print(f"client {site.client_id}, round {rnd + 1}: {local}", flush=True)  # the site's log
     return Message(update_content(site.client_id, update), reply_to=msg)
 
 

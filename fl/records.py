@@ -1,8 +1,8 @@
 """Conversions between the project's objects and Flower records (no pickle anywhere).
 
 Two kinds of data pass through here:
-- what crosses the network: shared weights (ArrayRecord), a client's sample count, its spent
-  epsilon and scalar metrics (MetricRecord);
+- what crosses the network: shared weights (ArrayRecord), a client's sample count and its spent
+  epsilon (MetricRecord), and the final metrics (see fl/client_app.py);
 - what stays on a site: a client's whole state between rounds (model, optimizer, RNG states,
   accountant history), kept in the node's `Context.state` as an ArrayRecord of its tensors plus
   a JSON skeleton that names them.
@@ -99,14 +99,20 @@ def record_weights(record: ArrayRecord) -> StateDict:
     return {k: torch.from_numpy(np.array(v.numpy())) for k, v in record.items()}
 
 
+# The only metric of a round that leaves a site. The train loss stays: it is computed on the
+# training records without noise, so it is not covered by the DP guarantee.
+SENT_METRICS = ("epsilon",)
+
+
 def update_content(client_id: int, update: ClientUpdate) -> RecordDict:
     """A client's reply to one round: shared weights, its sample count (the FedAvg weight) and
-    its metrics (train loss, spent epsilon so far)."""
+    the epsilon it has spent so far (under DP); nothing else."""
+    sent = {k: v for k, v in update.metrics.items() if k in SENT_METRICS}
     return RecordDict(
         {
             "weights": weights_record(update.weights),
             "client": MetricRecord({"id": client_id, "n_samples": update.n_samples}),
-            "metrics": MetricRecord(dict(update.metrics)),
+            "metrics": MetricRecord(sent),
         }
     )
 
