@@ -66,6 +66,8 @@ def run_settings(run_config: dict) -> RunSettings:
         raise SettingsError(
             f"main-args: --method {method} does not run on Flower (one of {FLOWER_METHODS})"
         )
+    if getattr(args, "resume", False):  # main.py's checkpoints are not written under Flower
+        raise SettingsError("main-args: --resume does not run on Flower; start the run again")
     if args.save_synthetic:
         raise SettingsError(
             "main-args: --save_synthetic does not run on Flower: synthetic data stays on the sites"
