@@ -30,6 +30,9 @@ from torch.utils.data import DataLoader, TensorDataset
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
 ACCOUNTANTS = ("prv", "rdp")
+CALIBRATIONS = ("total", "paper")
+# The paper's code calibrates the noise for this many epochs, whatever the training length.
+PAPER_CALIBRATION_EPOCHS = 20
 # How per-sample gradients are clipped: `fast` (this module's single-backward ghost clipping of
 # nn.Linear layers), or Opacus's own `ghost` (two backward passes) and `hooks` (per-sample
 # gradients materialized). All three give the same clipped sum and feed the same DP optimizer.
@@ -39,9 +42,6 @@ CLIP_EPS = 1e-6
 # Accountant calls silence warnings (process-wide state) and share caches: clients trained in
 # threads (run_federation's `workers`) take turns.
 _ACCOUNTING = threading.Lock()
-CALIBRATIONS = ("total", "paper")
-# The paper's code calibrates the noise for this many epochs, whatever the training length.
-PAPER_CALIBRATION_EPOCHS = 20
 # What DP does not cover in this project's protocol (also written into metrics.json).
 NOT_COVERED = (
     "each client's number of training samples (sent in the clear as its FedAvg weight, and "
@@ -145,13 +145,19 @@ class LinearTape:
     all that the single-backward clipping (`clip_and_sum_linear`) needs."""
 
     def __init__(self, model: nn.Module):
-        self.layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        linear = {id(p) for m in self.layers for p in m.parameters(recurse=False)}
+        # the trained linear layers (frozen ones are passed through, as Opacus does)
+        self.layers = [
+            m
+            for m in model.modules()
+            if isinstance(m, nn.Linear) and any(p.requires_grad for p in m.parameters())
+        ]
+        linear = {id(p) for m in self.layers for p in m.parameters()}
         others = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in linear]
-        if others:
+        partly = [m for m in self.layers if not all(p.requires_grad for p in m.parameters())]
+        if others or partly:
             raise ValueError(
-                f"grad_sample_mode='fast' supports nn.Linear layers only, not {others[:3]}; "
-                "use 'ghost'"
+                "grad_sample_mode='fast' supports fully trained nn.Linear layers only, not "
+                f"{others[:3] or partly[:1]}; use 'ghost'"
             )
         self.records: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
         self.recording = False
