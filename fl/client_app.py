@@ -6,7 +6,7 @@ client object is rebuilt from its seed and restored from the node's Context.stat
 its whole state (model, optimizer, RNG states, accountant history) and never leaves the site.
 
 Messages (what comes back is all that leaves the site):
-- query: the client id, embedding size, number of classes and training size;
+- query: the client id, the embedding size and the number of classes;
 - train: one local round from the global weights -> shared weights, sample count and the
   epsilon spent so far (the train loss is only printed to the site's log);
 - evaluate.validate (fedavg, fedprox): the global head's validation accuracy;
@@ -27,7 +27,14 @@ from flwr.clientapp import ClientApp
 import main  # main.py's checks, as the CLI runs them
 from algorithms.baselines import make_fedavg_clients, val_accuracy
 from algorithms.evaluation import client_row, client_val_accuracies, lambda_grid, mix
-from algorithms.generative import GENERATIVE_METHODS, finish_client, make_clients
+from algorithms.fedavg import FedAvgClient
+from algorithms.generative import (
+    GENERATIVE_METHODS,
+    CGANClient,
+    CVAEClient,
+    finish_client,
+    make_clients,
+)
 from algorithms.heads import new_head, predict_proba
 from data.partition import ClientData
 from fl.records import load_state, record_weights, save_state, update_content
@@ -56,16 +63,15 @@ class Site:
     def method(self) -> str:
         return self.settings.method
 
-    def client(self):
+    def client(self) -> CVAEClient | CGANClient | FedAvgClient:
         """The client object, restored to where the last message left it."""
         s = self.settings
         if self.method in GENERATIVE_METHODS:
             gen, dp = s.configs["generative"], s.configs["dp"]
             client = make_clients(self.method, [self.data], self.n_classes, gen, dp, s.seed)[0]
         else:
-            client = make_fedavg_clients([self.data], self.n_classes, s.configs["fedavg"], s.seed)[
-                0
-            ]
+            cfg = s.configs["fedavg"]
+            client = make_fedavg_clients([self.data], self.n_classes, cfg, s.seed)[0]
         state = load_state(self.context.state, STATE)
         if state is not None:
             client.load_state_dict(state)
@@ -84,7 +90,6 @@ def hello(msg: Message, context: Context) -> Message:
         "id": site.client_id,
         "dim": int(site.data.x_train.shape[1]),
         "n_classes": site.n_classes,
-        "n_train": site.data.n_train,
     }
     return Message(RecordDict({"client": MetricRecord(info)}), reply_to=msg)
 
@@ -152,12 +157,14 @@ def synthesize(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
-def test(msg: Message, context: Context) -> Message:
+def report(msg: Message, context: Context) -> Message:
     """This site's test metrics: of the global head (fedavg), or of the mix at the lambda the
     server chose from the validation accuracies (dpcvae, dpcgan)."""
     site = Site(context)
     if site.method in GENERATIVE_METHODS:
         lam = float(msg.content.config_records["config"]["lambda"])
+        if TEST_PROBS not in context.state:
+            raise RuntimeError(f"client {site.client_id}: test metrics asked before synthesis")
         local_test, global_test = context.state.array_records[TEST_PROBS].to_numpy_ndarrays()
         probs = mix(local_test, global_test, lam)
     else:
