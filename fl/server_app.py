@@ -106,20 +106,17 @@ def serve(grid: Grid, context: Context) -> None:
     )
     if files.finished:
         return
+    n_classes = len(meta["classes"])
     sites, dim = connect(
         grid,
         order,
-        len(meta["classes"]),
+        n_classes,
         float(context.run_config.get("node-timeout-s", 600)),
         float(context.run_config.get("reply-timeout-s", 3600)),
     )
     start = time.perf_counter()
-    if settings.method in GENERATIVE_METHODS:
-        outcome, rows, lam, scores = run_generative(
-            sites, order, settings, dim, len(meta["classes"])
-        )
-    else:
-        outcome, rows, lam, scores = run_fedavg(sites, order, settings, dim, len(meta["classes"]))
+    run = run_generative if settings.method in GENERATIVE_METHODS else run_fedavg
+    outcome, rows, lam, scores = run(sites, order, settings, dim, n_classes)
     wall = time.perf_counter() - start
     main.close_run(files, settings.seed, split, rows, lam, scores, outcome, wall)
 
