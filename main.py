@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shutil
 import sys
-import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,10 +38,12 @@ from data.partition import (
     load_or_make_split,
     split_config_from_args,
 )
-from utils.io import save_npz, sha256_file
+from utils.checkpoint import CheckpointError, RoundCheckpoint
+from utils.io import read_json, save_npz, sha256_file
 from utils.metrics import summarize_clients
 from utils.progress import set_quiet
 from utils.results import (
+    CONFIG_FILE,
     ResultsError,
     config_key,
     default_run_dir,
@@ -56,6 +58,8 @@ METHODS = ("local", "centralized", "fedavg", "fedprox", "fedlambda", "dpcvae", "
 ALGORITHM_ALIASES = {"normal": "fedavg", "fedprox": "fedprox"}
 ANONYMIZER_ALIASES = {"cvae_fedavg": "dpcvae", "cgan_fedavg": "dpcgan"}
 AGGREGATOR_ALIASES = {"local": "local"}
+# The folder of a run directory that holds the checkpoint of an unfinished federated run.
+CHECKPOINT_DIR = "checkpoint"
 
 
 class UsageError(ValueError):
@@ -133,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="replace a finished run in the run directory (refused otherwise)",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from its last finished round (same flags required): "
+        "fedavg, fedprox, fedlambda, dpcvae and dpcgan write a checkpoint into the run "
+        "directory after every round (removed when the run finishes); the results equal an "
+        "uninterrupted run's. On a finished run it does nothing",
     )
     g.add_argument(
         "--save_synthetic",
@@ -439,18 +451,35 @@ def build_configs(args: argparse.Namespace, method: str) -> dict:
     return configs
 
 
-def run_method(method: str, clients: list, n_classes: int, configs: dict, seed: int) -> Outcome:
+def run_method(
+    method: str,
+    clients: list,
+    n_classes: int,
+    configs: dict,
+    seed: int,
+    checkpoint: RoundCheckpoint | None = None,
+) -> Outcome:
+    """Run one method; the federated ones continue from and write to `checkpoint`."""
     if method == "local":
         return run_local(clients, n_classes, configs["head"], seed)
     if method == "centralized":
         return run_centralized(clients, n_classes, configs["head"], seed)
     if method in ("fedavg", "fedprox"):
-        return run_fedavg(clients, n_classes, configs["fedavg"], seed)
+        return run_fedavg(clients, n_classes, configs["fedavg"], seed, checkpoint=checkpoint)
     if method == "fedlambda":
-        return run_fedavg(clients, n_classes, configs["fedavg"], seed, head_cfg=configs["head"])
+        return run_fedavg(
+            clients, n_classes, configs["fedavg"], seed, configs["head"], checkpoint=checkpoint
+        )
     if method in GENERATIVE_METHODS:
         return run_generative(
-            method, clients, n_classes, configs["generative"], configs["dp"], configs["head"], seed
+            method,
+            clients,
+            n_classes,
+            configs["generative"],
+            configs["dp"],
+            configs["head"],
+            seed,
+            checkpoint,
         )
     raise UsageError(f"--method {method!r} is not known")
 
@@ -508,6 +537,8 @@ def versions() -> dict:
 def run(args: argparse.Namespace) -> Path:
     """Set everything up (all input checks happen before any output), run, write results."""
     method = resolve_method(args)
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
     try:
         configs = build_configs(args, method)
     except ValueError as err:
@@ -530,15 +561,18 @@ def run(args: argparse.Namespace) -> Path:
     if files.finished:
         return files.run_dir
 
-    start = time.perf_counter()
-    outcome = run_method(method, clients, db.n_classes, configs, args.seed)
+    checkpoint = RoundCheckpoint(
+        files.run_dir / CHECKPOINT_DIR, {"config_key": files.key, "seed": args.seed}
+    )
+    outcome = run_method(method, clients, db.n_classes, configs, args.seed, checkpoint)
     rows, lam, scores = evaluate_clients(
         clients, outcome.local, outcome.global_, lambda_grid_resolution
     )
-    wall = time.perf_counter() - start
+    wall = checkpoint.elapsed()
     if args.save_synthetic and outcome.synthetic:
         save_synthetic(files.run_dir, clients, outcome.synthetic)
     close_run(files, args.seed, split, rows, lam, scores, outcome, wall)
+    checkpoint.remove()
     return files.run_dir
 
 
@@ -591,14 +625,33 @@ def open_run(
     split_path: Path,
     argv: list[str],
 ) -> RunFiles:
-    """Create the run directory and write config.json (the Flower ServerApp calls it too)."""
+    """Create the run directory and write config.json (the Flower ServerApp calls it too).
+
+    A finished run there is refused (kept with --skip_existing or --resume, replaced with
+    --overwrite); so is an interrupted one, unless --resume continues it (its config.json must
+    name the same configuration and seed) or --overwrite starts over."""
     config, run_dir = describe_run(args, method, configs, meta, split)
     dataset, backbone = config["database"]["dataset"], config["database"]["backbone"]
-    if args.skip_existing and is_finished(run_dir):
-        print(f"skipping: {run_dir} holds a finished run", file=sys.stderr)
-        return RunFiles(run_dir, method, "", dataset, backbone, finished=True)
-    run_dir = prepare_run_dir(run_dir, args.overwrite)
     key = config_key(config)
+    resume = getattr(args, "resume", False)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ResultsError(f"{run_dir}: exists and is not a folder (--results_dir)")
+    if resume and (run_dir / CONFIG_FILE).is_file():
+        check_same_run(run_dir, key, args.seed)
+    if (args.skip_existing or resume) and is_finished(run_dir):
+        print(f"skipping: {run_dir} holds a finished run", file=sys.stderr)
+        return RunFiles(run_dir, method, key, dataset, backbone, finished=True)
+    checkpoint = run_dir / CHECKPOINT_DIR
+    if checkpoint.exists() and not (resume or args.overwrite):
+        raise ResultsError(
+            f"{run_dir}: holds an interrupted run ({checkpoint}); pass --resume to continue it "
+            "or --overwrite to start over"
+        )
+    if args.overwrite:
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    run_dir = prepare_run_dir(run_dir, args.overwrite)
+    if resume and (run_dir / CONFIG_FILE).is_file():
+        return RunFiles(run_dir, method, key, dataset, backbone)
     write_config(
         run_dir,
         {
@@ -612,6 +665,21 @@ def open_run(
         },
     )
     return RunFiles(run_dir, method, key, dataset, backbone)
+
+
+def check_same_run(run_dir: Path, key: str, seed: int) -> None:
+    """Refuse to resume a run directory whose config.json names another configuration or seed."""
+    path = run_dir / CONFIG_FILE
+    try:
+        config = read_json(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise ResultsError(str(err)) from None
+    old = (config.get("config_key"), config.get("seed")) if isinstance(config, dict) else None
+    if old != (key, seed):
+        raise ResultsError(
+            f"{path}: holds another run (config_key, seed = {old}, these flags give "
+            f"{(key, seed)}); --resume needs the flags of the interrupted run"
+        )
 
 
 def close_run(
@@ -660,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.num_threads)
     try:
         run_dir = run(args)
-    except (UsageError, DatabaseError, SplitError, ResultsError) as err:
+    except (UsageError, DatabaseError, SplitError, ResultsError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     metrics_summary(run_dir)

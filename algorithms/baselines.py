@@ -10,6 +10,7 @@ from algorithms.fedavg import FedAvgClient, FedAvgConfig, init_global_head, lr_a
 from algorithms.federation import run_federation
 from algorithms.heads import HeadConfig, new_head, predict_proba, train_head
 from data.partition import ClientData
+from utils.checkpoint import RoundCheckpoint
 from utils.seeding import derive_seed
 
 
@@ -74,9 +75,11 @@ def run_fedavg(
     cfg: FedAvgConfig,
     seed: int,
     head_cfg: HeadConfig | None = None,
+    checkpoint: RoundCheckpoint | None = None,
 ) -> Outcome:
     """FedAvg (FedProx when cfg.mu > 0) on a linear head. With `head_cfg` it is FedLambda: each
-    client also trains a local head, mixed with the global one by the lambda protocol."""
+    client also trains a local head, mixed with the global one by the lambda protocol. With
+    `checkpoint`, training continues from its last round and rewrites it after every round."""
     dim = clients[0].x_train.shape[1]
     fed_clients = make_fedavg_clients(clients, n_classes, cfg, seed)
     evaluator = new_head(dim, n_classes, 0)
@@ -85,14 +88,21 @@ def run_fedavg(
         evaluator.load_state_dict(weights)
         return validation_row(cfg, rnd, [val_accuracy(evaluator, c) for c in clients])
 
+    weights = init_global_head(dim, n_classes, derive_seed(seed, "fedavg-global"))
+    history, start = [], 0
+    if checkpoint is not None:
+        weights, history, start = checkpoint.restore(fed_clients, weights)
     weights, history = run_federation(
         fed_clients,
-        init_global_head(dim, n_classes, derive_seed(seed, "fedavg-global")),
+        weights,
         cfg.n_rounds,
         sampling_rate=cfg.sampling_rate,
         seed=derive_seed(seed, "sampling"),
+        start_round=start,
+        history=history,
         on_round=validate,
         desc="fedprox" if cfg.mu > 0 else "fedavg",
+        after_round=checkpoint.saver(fed_clients) if checkpoint is not None else None,
     )
     evaluator.load_state_dict(weights)
     global_probs = [_probs(evaluator, c) for c in clients]

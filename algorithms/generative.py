@@ -38,6 +38,7 @@ from data.features import squash, unsquash
 from data.partition import ClientData
 from models.cgan import Discriminator, Generator
 from models.cvae import CVAE, cvae_loss_per_sample, decoder_state, load_decoder
+from utils.checkpoint import RoundCheckpoint
 from utils.metrics import prdc, sinkhorn_wasserstein
 from utils.progress import progress
 from utils.seeding import derive_seed, generator, seeded
@@ -418,9 +419,11 @@ def train_generative(
     cfg: GenerativeConfig,
     dp: DPConfig,
     seed: int,
+    checkpoint: RoundCheckpoint | None = None,
 ) -> tuple[list[CVAEClient | CGANClient], StateDict, list[dict]]:
     """The federated training alone: the clients (with their accountants), the final global
-    decoder or generator, and the per-round history.
+    decoder or generator, and the per-round history. With `checkpoint`, training continues from
+    its last round (if any) and the checkpoint is rewritten after every round.
 
     The torch thread budget (torch.get_num_threads(), main.py's --num_threads) is spent on
     clients, not inside them: that many clients train at once, one thread each. Threads inside
@@ -428,16 +431,23 @@ def train_generative(
     cores; clients in threads do not wait on each other. Results do not depend on it."""
     dim = clients[0].x_train.shape[1]
     gen_clients = make_clients(method, clients, n_classes, cfg, dp, seed)
+    weights = init_global_weights(method, dim, n_classes, cfg, derive_seed(seed, method, "global"))
+    history, start = [], 0
+    if checkpoint is not None:
+        weights, history, start = checkpoint.restore(gen_clients, weights)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         weights, history = run_federation(
             gen_clients,
-            init_global_weights(method, dim, n_classes, cfg, derive_seed(seed, method, "global")),
+            weights,
             cfg.n_rounds,
             seed=derive_seed(seed, "sampling"),
+            start_round=start,
+            history=history,
             desc=method,
             workers=min(threads, len(gen_clients)),
+            after_round=checkpoint.saver(gen_clients) if checkpoint is not None else None,
         )
     finally:
         torch.set_num_threads(threads)
@@ -521,11 +531,15 @@ def run_generative(
     dp: DPConfig,
     head_cfg: HeadConfig,
     seed: int,
+    checkpoint: RoundCheckpoint | None = None,
 ) -> Outcome:
-    """Federated training of the generative model, then per client: synthesize, fit a head on
-    real and one on synthetic data, and measure the fidelity of the synthetic embeddings."""
+    """Federated training of the generative model (resumable from `checkpoint`), then per
+    client: synthesize, fit a head on real and one on synthetic data, and measure the fidelity
+    of the synthetic embeddings."""
     dim = clients[0].x_train.shape[1]
-    gen_clients, weights, history = train_generative(method, clients, n_classes, cfg, dp, seed)
+    gen_clients, weights, history = train_generative(
+        method, clients, n_classes, cfg, dp, seed, checkpoint
+    )
     finished = [
         finish_client(client, data, weights, n_classes, cfg, head_cfg, seed)
         for data, client in progress(
