@@ -47,16 +47,6 @@ def test_paper_spellings_select_methods(gauss_db, tmp_path):
     assert read_metrics(tmp_path / "b")["method"] == "local"
 
 
-def test_same_seed_same_metrics_other_seed_different(gauss_db, tmp_path):
-    for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):
-        assert run(gauss_db, tmp_path / name, "--method", "fedlambda", "--seed", seed) == 0
-    a, b, c = (read_metrics(tmp_path / n) for n in "abc")
-    for m in (a, b, c):
-        m["cost"].pop("wall_seconds")
-    assert a["clients"] == b["clients"] and a["summary"] == b["summary"]
-    assert a["clients"] != c["clients"]
-
-
 def test_finished_run_is_refused_then_overwritten(gauss_db, tmp_path, capsys):
     out = tmp_path / "r"
     assert run(gauss_db, out, "--method", "local") == 0

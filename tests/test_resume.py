@@ -19,7 +19,7 @@ from algorithms.generative import CGANClient, CVAEClient
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--n_clients", "3", "--local_epochs", "10", "--quiet"]
-GEN = ["--n_fedavg_rounds", "3", "--local_epochs_gen", "1", "--gen_batch_size", "64"]
+GEN = ["--n_fedavg_rounds", "3", "--local_epochs_gen", "1", "--gen_batch_size", "16"]
 GEN += ["--hidden_dim", "16", "--latent_dim", "4"]
 # Each case: the method's flags (3 rounds in all); Adam and partial participation for FedProx,
 # so that optimizer state and client sampling must survive the interruption.
