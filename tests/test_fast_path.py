@@ -1,5 +1,9 @@
 """The fast DP path (single-backward ghost clipping) against Opacus's reference paths: the same
-clipped gradient, the same noise and accounting, the same training."""
+clipped gradient, the same noise and accounting, the same training; and the benchmark runs."""
+
+import json
+import runpy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +35,7 @@ from data.partition import ClientData
 from models.cvae import CVAE, cvae_loss_per_sample
 from utils.seeding import generator
 
+ROOT = Path(__file__).resolve().parents[1]
 CFG = GenerativeConfig(n_rounds=3, local_epochs=2, batch_size=8, hidden_dim=16, latent_dim=4)
 
 
@@ -225,3 +230,24 @@ def test_train_generative_spends_the_thread_budget_on_clients_and_restores_it():
         CVAEClient.fit = original
         torch.set_num_threads(before)
     assert seen and set(seen) == {1}
+
+
+def test_benchmark_quick_writes_the_documented_keys(tmp_path):
+    bench = runpy.run_path(str(ROOT / "experiments" / "benchmarks" / "bench_train.py"))
+    out = tmp_path / "bench.json"
+    bench["main"](["--quick", "--json", str(out)])
+    result = json.loads(out.read_text())
+    keys = [
+        "sec_per_client_epoch_nodp",
+        "sec_per_client_epoch_dp",
+        "sec_per_client_epoch_hooks",
+        "full_run_sec_dpcvae",
+        "full_run_sec_dpcgan",
+        "peak_rss_mb",
+        "torch_threads",
+    ]
+    assert all(result[k] > 0 for k in keys)
+    assert result["ratio_dp_over_nodp"] == pytest.approx(
+        result["sec_per_client_epoch_dp"] / result["sec_per_client_epoch_nodp"]
+    )
+    assert result["epsilon_max_dpcvae"] <= 1.0
