@@ -39,6 +39,7 @@ from data.partition import (
     split_config_from_args,
 )
 from utils.checkpoint import CheckpointError, RoundCheckpoint
+from utils.cli import OutputError, Parser, check_output
 from utils.io import read_json, save_npz, sha256_file
 from utils.metrics import summarize_clients
 from utils.progress import set_quiet
@@ -67,9 +68,7 @@ class UsageError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = parser.add_argument_group("experiment")
     g.add_argument(
         "--database_root", required=True, help="embedding database folder made by data/create_db.py"
@@ -539,6 +538,9 @@ def run(args: argparse.Namespace) -> Path:
     method = resolve_method(args)
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
+    for flag in ("seed", "split_seed"):
+        if getattr(args, flag) < 0:
+            raise UsageError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
     try:
         configs = build_configs(args, method)
     except ValueError as err:
@@ -634,8 +636,7 @@ def open_run(
     dataset, backbone = config["database"]["dataset"], config["database"]["backbone"]
     key = config_key(config)
     resume = getattr(args, "resume", False)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ResultsError(f"{run_dir}: exists and is not a folder (--results_dir)")
+    check_output(run_dir, "--results_dir" if args.results_dir else "--results_root", folder=True)
     if resume and (run_dir / CONFIG_FILE).is_file():
         check_same_run(run_dir, key, args.seed)
     if (args.skip_existing or resume) and is_finished(run_dir):
@@ -728,7 +729,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.num_threads)
     try:
         run_dir = run(args)
-    except (UsageError, DatabaseError, SplitError, ResultsError, CheckpointError) as err:
+    except (
+        UsageError,
+        DatabaseError,
+        SplitError,
+        ResultsError,
+        CheckpointError,
+        OutputError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     metrics_summary(run_dir)

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from data.backbone import DEFAULT_BACKBONE, Backbone, BackboneError, create_backbone
 from data.database import META_FILE, DatabaseError, load_meta, save_embedding_file, write_meta
 from data.sources import Source, SourceError, medmnist_flags, open_source
+from utils.cli import OutputError, Parser, check_output
 from utils.io import read_json, save_npz, write_json
 
 PARTIAL_DIR = ".partial"
@@ -183,15 +184,10 @@ def encode_source(
 # ----------------------------------------------------------------------------- CLI
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit status 2
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface; every flag is explained in --help."""
     cpus = os.cpu_count() or 1
-    p = _Parser(
+    p = Parser(
         prog="create_db.py",
         description="Encode a dataset's images with a frozen timm backbone into an embedding "
         "database (meta.json + one .npz per file) that every later stage reads.",
@@ -293,8 +289,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
     root = Path(args.database_root)
-    if root.exists() and not root.is_dir():
-        raise UsageError(f"--database_root {root}: exists and is not a folder")
+    check_output(root, "--database_root", folder=True)
     if (root / META_FILE).exists() and not (args.overwrite or args.resume):
         raise UsageError(
             f"--database_root {root}: already holds a database ({META_FILE}); "
@@ -352,6 +347,7 @@ def _plan(args: argparse.Namespace, source: Source, backbone: Backbone, chunk_ro
 
 
 def _check_same_plan(old: dict, plan: dict, what: str) -> None:
+    old = old if isinstance(old, dict) else {}
     diff = [k for k in plan if old.get(k) != plan[k]]
     if diff:
         shown = ", ".join(f"{k}: {old.get(k)!r} vs {plan[k]!r}" for k in diff[:3])
@@ -426,7 +422,11 @@ def run(args: argparse.Namespace, command: list[str], started: float) -> dict:
             print(f"{root}: already complete with these settings; nothing to do", file=sys.stderr)
             return meta
         if args.resume and (work / PLAN_FILE).is_file():
-            _check_same_plan(read_json(work / PLAN_FILE), plan, f"the interrupted run in {work}")
+            try:
+                old_plan = read_json(work / PLAN_FILE)
+            except ValueError as err:
+                raise DatabaseError(f"{err}; rerun with --overwrite") from None
+            _check_same_plan(old_plan, plan, f"the interrupted run in {work}")
         elif work.exists():
             shutil.rmtree(work)
         write_json(work / PLAN_FILE, plan)
@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     command = list(sys.argv) if argv is None else ["data/create_db.py", *argv]
     try:
         meta = run(args, command, started)
-    except (UsageError, SourceError, BackboneError, DatabaseError) as err:
+    except (UsageError, SourceError, BackboneError, DatabaseError, OutputError) as err:
         print(f"create_db.py: error: {err}", file=sys.stderr)
         return 2
     print(summary_table(meta, Path(args.database_root)))

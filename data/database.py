@@ -8,6 +8,7 @@ names in `metadata_fields`. The loader validates everything and names the file i
 
 from __future__ import annotations
 
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ import numpy as np
 from utils.io import read_json, save_npz, write_json
 
 META_FILE = "meta.json"
+# A database file's name in meta.json: `<name>.npz` inside the database folder, nowhere else.
+FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class DatabaseError(ValueError):
@@ -156,6 +159,8 @@ def load_meta(root: str | Path) -> dict:
     path = root / META_FILE
     if not root.is_dir():
         raise DatabaseError(f"{root}: database folder not found")
+    if path.exists() and not path.is_file():
+        raise DatabaseError(f"{path}: not a file")
     if not path.is_file():
         raise DatabaseError(f"{path}: file not found (is {root} a database made by create_db.py?)")
     try:
@@ -167,8 +172,15 @@ def load_meta(root: str | Path) -> dict:
             raise DatabaseError(f"{path}: missing key '{key}'")
     if not isinstance(meta["classes"], list) or len(meta["classes"]) < 2:
         raise DatabaseError(f"{path}: 'classes' must list at least two class names")
-    if not meta["files"]:
+    if not isinstance(meta["files"], dict | list) or not meta["files"]:
         raise DatabaseError(f"{path}: 'files' lists no database file")
+    for name in meta["files"]:
+        # file names are joined with the database folder: plain names only, never a path
+        if not isinstance(name, str) or not FILE_NAME.fullmatch(name):
+            raise DatabaseError(
+                f"{path}: file name {name!r} in 'files' is not a plain name "
+                "(letters, digits, '_', '-', '.'; no folder)"
+            )
     return meta
 
 

@@ -19,11 +19,13 @@ import sys
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
 from data.database import Database, DatabaseError, load_database
 from data.features import standardize_records
+from utils.cli import OutputError, Parser, check_output
 from utils.io import read_json, write_json
 
 SPLIT_METHODS = ("iid", "by_labels_split", "pathological_split", "natural")
@@ -75,6 +77,8 @@ class SplitConfig:
             raise SplitError(f"--test_data_frac must lie in (0, 1), got {self.test_data_frac}")
         if not 0 <= self.val_frac < 1:
             raise SplitError(f"--val_frac must lie in [0, 1), got {self.val_frac}")
+        if self.seed < 0:
+            raise SplitError(f"the split seed must be >= 0, got {self.seed}")
 
     def key(self) -> str:
         """A short stable name for files made with these arguments."""
@@ -206,6 +210,12 @@ def _fingerprint(labels: np.ndarray, sources: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def database_fingerprint(db: Database) -> str:
+    """What identifies a database's content for its splits and runs (its labels and sources)."""
+    _, labels, sources = db.pooled()
+    return _fingerprint(labels, sources)
+
+
 def make_split(
     labels: np.ndarray,
     sources: np.ndarray,
@@ -296,25 +306,52 @@ def split_database(db: Database, cfg: SplitConfig) -> dict:
     return split
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_split(split: dict, db: Database, path: str | Path) -> None:
-    """Refuse a split file that was made for another database or is malformed."""
-    try:
-        info = split["database"]
-        clients = split["clients"]
-        if split.get("format") != SPLIT_FORMAT:
-            raise KeyError("format")
-    except (KeyError, TypeError) as err:
-        raise SplitError(
-            f"{path}: not a split file made by data/partition.py (missing {err})"
-        ) from None
+    """Refuse a split file that was made for another database or is malformed: every client needs
+    a unique integer id, train and test rows, and row indices that are integers in range and
+    used once across all clients and parts."""
+
+    def refuse(what: str) -> NoReturn:
+        raise SplitError(f"{path}: {what}")
+
+    if not isinstance(split, dict) or split.get("format") != SPLIT_FORMAT:
+        refuse(f"not a split file made by data/partition.py (no 'format': {SPLIT_FORMAT})")
+    info, clients = split.get("database"), split.get("clients")
+    if not (
+        isinstance(info, dict) and isinstance(clients, list) and isinstance(split.get("args"), dict)
+    ):
+        refuse("not a split file made by data/partition.py (needs 'args', 'database', 'clients')")
     _, labels, sources = db.pooled()
     if info.get("fingerprint") != _fingerprint(labels, sources):
-        raise SplitError(f"{path}: split was made for a different database than {db.root}")
+        refuse(f"split was made for a different database than {db.root}")
+    if not clients:
+        refuse("lists no client")
+    used = np.zeros(len(labels), dtype=bool)
+    ids = set()
     for client in clients:
+        cid = client.get("id") if isinstance(client, dict) else None
+        if not _is_int(cid) or cid in ids:
+            refuse(f"client id {cid!r} is not a unique integer")
+        ids.add(cid)
         for part in ("train", "val", "test"):
-            idx = np.asarray(client[part], dtype=np.int64)
+            rows = client.get(part)
+            if not isinstance(rows, list) or not all(_is_int(i) for i in rows):
+                refuse(f"client {cid} '{part}' must be a list of row indices")
+            idx = np.asarray(rows, dtype=np.int64)
             if len(idx) and (idx.min() < 0 or idx.max() >= len(labels)):
-                raise SplitError(f"{path}: client {client['id']} {part} indices out of range")
+                refuse(
+                    f"client {cid} '{part}' indices out of range "
+                    f"(the database has {len(labels)} rows)"
+                )
+            if len(np.unique(idx)) != len(idx) or used[idx].any():
+                refuse(f"client {cid} '{part}' uses a row twice (parts must not overlap)")
+            used[idx] = True
+        if not client["train"] or not client["test"]:
+            refuse(f"client {cid} has no train or no test rows")
 
 
 def load_split(path: str | Path, db: Database) -> dict:
@@ -345,7 +382,10 @@ def load_or_make_split(
             )
         return split, path
     split = split_database(db, cfg)
-    write_json(path, split)
+    try:
+        write_json(path, split)
+    except OSError as err:
+        raise SplitError(f"{path}: cannot write the split file ({err.strerror or err})") from None
     return split, path
 
 
@@ -455,7 +495,7 @@ def split_config_from_args(args: argparse.Namespace, seed: int) -> SplitConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         description="Split an embedding database among clients and write the split as JSON."
     )
     parser.add_argument(
@@ -477,15 +517,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        if args.seed < 0:
+            raise SplitError(f"--seed must be >= 0, got {args.seed}")
         cfg = split_config_from_args(args, args.seed)
+        if args.output:
+            check_output(args.output, "--output")
         db = load_database(args.database_root)
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             split = split_database(db, cfg)
         path = Path(args.output) if args.output else default_split_path(db.root, cfg)
         write_json(path, split)
-    except (SplitError, DatabaseError) as err:
+    except (SplitError, DatabaseError, OutputError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: cannot write the split file: {err}", file=sys.stderr)
         return 2
     print(format_class_counts(split, db.classes))
     print(f"wrote {path} ({len(split['clients'])} clients)")

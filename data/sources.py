@@ -10,6 +10,7 @@ Camelyon17 reads only the patches it sampled.
 from __future__ import annotations
 
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,7 +171,12 @@ class NpyStreamReader:
         self.position = 0
 
     def _read_exact(self, n_bytes: int) -> bytes:
-        data = self._fh.read(n_bytes)
+        try:
+            data = self._fh.read(n_bytes)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+            raise SourceError(
+                f"{self.member.path}: array '{self.member.key}' is corrupt ({err})"
+            ) from None
         if len(data) != n_bytes:
             raise SourceError(f"{self.member.path}: array '{self.member.key}' is truncated")
         return data

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from utils.cli import OutputError, Parser, check_output
 from utils.io import atomic_path, read_json, write_csv
 from utils.metrics import CLASSIFICATION_METRICS
 from utils.results import CONFIG_FILE, METRICS_FILE, ResultsError, read_metrics
@@ -45,6 +46,20 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
             f"no finished run (no {METRICS_FILE}) under {', '.join(map(str, paths))}"
         )
     return sorted(runs)
+
+
+def read_config(run_dir: Path) -> dict:
+    """A run's config.json ({} when there is none); ResultsError when it is unreadable."""
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        return {}
+    try:
+        config = read_json(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise ResultsError(str(err)) from None
+    if not isinstance(config, dict):
+        raise ResultsError(f"{path}: must be a JSON object")
+    return config
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -105,8 +120,7 @@ def collect(paths: list[str | Path]) -> list[dict[str, Any]]:
     groups: dict[str, list[dict]] = defaultdict(list)
     for run_dir in find_runs(paths):
         metrics = read_metrics(run_dir)
-        config_path = run_dir / CONFIG_FILE
-        config = read_json(config_path) if config_path.is_file() else {}
+        config = read_config(run_dir)
         groups[_group_key(run_dir, metrics, config)].append(
             {"dir": run_dir, "metrics": metrics, "config": config}
         )
@@ -194,21 +208,26 @@ def write_table(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", help="run directories or folders above them")
     parser.add_argument(
         "--out", default=None, help="folder for the table files. Default: the first results folder"
     )
     parser.add_argument("--name", default="table", help="file name stem. Default: table")
     args = parser.parse_args(argv)
+    out = Path(args.out or args.results[0])
     try:
+        if Path(args.name).name != args.name or args.name in ("", ".", ".."):
+            raise OutputError(f"--name {args.name!r}: a file name stem, not a path")
+        check_output(out, "--out", folder=True)
         rows = collect(args.results)
-    except ResultsError as err:
+        md, csv = write_table(rows, out, args.name)
+    except (ResultsError, OutputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    md, csv = write_table(rows, args.out or args.results[0], args.name)
+    except OSError as err:
+        print(f"error: --out {out}: cannot write ({err.strerror or err})", file=sys.stderr)
+        return 2
     print(to_markdown(rows))
     print(f"\nwrote {md} and {csv}")
     return 0

@@ -68,14 +68,19 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file; a clear error names the file when it is missing or malformed."""
+    """Read a JSON file; a clear error names the file when it is missing (FileNotFoundError),
+    unreadable or malformed (ValueError)."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not valid JSON (not UTF-8 text)") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read ({err.strerror or err})") from None
 
 
 def write_csv(
