@@ -24,10 +24,10 @@ for method in "${methods[@]}"; do
   for epsilon in "${epsilons[@]}"; do
     for seed in "${SEEDS[@]}"; do
       $PY main.py --database_root "${database_root}" --method "${method}" --epsilon "${epsilon}" \
-        "${split_flags[@]}" --seed "${seed}" --results_root "${results_root}" --skip_existing
+        "${split_flags[@]}" --seed "${seed}" --results_root "${results_root}" --skip_existing --resume
     done
   done
 done
 runs=${results_root}/${dataset}/${backbone}
 $PY -m utils.collect "${runs}"
-$PY -m utils.plots "${runs}" --sweep "${runs}" --out "${runs}/plots"
+$PY -m utils.plots "${runs}" --sweep "${runs}" --out "${runs}/plots" --database_root "${database_root}"

@@ -56,8 +56,8 @@ def results(tmp_path_factory):
 
 def test_every_plot_is_written_from_the_files(results, capsys):
     out = results / "plots"
-    code = plots_main([str(results / "main"), "--sweep", str(results / "sweep"), "--out", str(out)])
-    assert code == 0
+    argv = [str(results / "main"), "--sweep", str(results / "sweep"), "--out", str(out)]
+    assert plots_main([*argv, "--database_root", str(results / "db")]) == 0
     names = {p.name for p in out.glob("*.png")}
     assert names == {
         "client_accuracy.png",
@@ -70,11 +70,26 @@ def test_every_plot_is_written_from_the_files(results, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
-def test_plots_without_a_sweep_skip_the_privacy_plot(results):
+def test_plots_without_a_sweep_or_a_database_skip_those_plots(results, capsys):
     out = results / "plots_nosweep"
     assert plots_main([str(results / "main"), "--out", str(out)]) == 0
     assert not (out / "privacy_utility.png").exists()
     assert (out / "client_accuracy.png").exists()
+    # the database is never looked up from config.json: the user names it
+    assert not list(out.glob("real_vs_synthetic_*.png"))
+    assert "pass --database_root" in capsys.readouterr().err
+
+
+def test_real_vs_synthetic_refuses_another_database_and_writes_nothing(results, capsys):
+    from conftest import make_gaussian_db
+
+    other = make_gaussian_db(results / "other_db", n_per_file=(600,), seed=9)
+    out = results / "plots_other"
+    argv = [str(results / "main"), "--out", str(out), "--database_root", str(other)]
+    assert plots_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "different database" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
 
 
 def test_plots_refuse_an_empty_folder(tmp_path, capsys):

@@ -1,18 +1,24 @@
 """Plots made from results files only (metrics.json, history.csv, synthetic.npz).
 
-    python -m utils.plots RESULTS_DIR [--sweep SWEEP_DIR] --out DIR
+    python -m utils.plots RESULTS_DIR [--sweep SWEEP_DIR] --out DIR [--database_root DB]
 
 Writes PNGs: privacy_utility.png (test accuracy against spent epsilon, when a sweep is given),
 client_accuracy.png (per-client accuracy against client size), training_curves.png (from
 history.csv) and real_vs_synthetic_<method>.png (2-D PCA of one client's real and synthetic
-embeddings, for runs saved with --save_synthetic).
+embeddings, for runs saved with --save_synthetic, when --database_root names their database:
+paths written in config.json are never followed).
+
+Every input is read and checked before the first PNG is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import zipfile
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 
 import matplotlib
@@ -21,9 +27,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from utils.collect import METHOD_ORDER, find_runs  # noqa: E402
-from utils.io import read_csv, read_json  # noqa: E402
-from utils.results import CONFIG_FILE, HISTORY_FILE, ResultsError, read_metrics  # noqa: E402
+from utils.cli import OutputError, Parser, check_output  # noqa: E402
+from utils.collect import METHOD_ORDER, find_runs, read_config  # noqa: E402
+from utils.io import read_csv  # noqa: E402
+from utils.results import HISTORY_FILE, ResultsError, read_metrics  # noqa: E402
 
 REFERENCES = ("centralized", "fedlambda", "fedavg", "local")
 COLORS = {
@@ -37,12 +44,43 @@ COLORS = {
 }
 
 
+# history.csv columns that the training curves plot
+CURVES = (
+    ("train_loss", "train loss"),
+    ("val_acc", "validation accuracy (global head)"),
+    ("epsilon_max", "spent epsilon (largest over clients)"),
+)
+
+
 def _load(paths: list[str | Path]) -> list[dict]:
+    """Every run under `paths`: its directory, metrics, config and history (checked)."""
     runs = []
     for d in find_runs(paths):
-        config = read_json(d / CONFIG_FILE) if (d / CONFIG_FILE).is_file() else {}
-        runs.append({"dir": d, "metrics": read_metrics(d), "config": config})
+        runs.append(
+            {"dir": d, "metrics": read_metrics(d), "config": read_config(d), "history": _history(d)}
+        )
     return runs
+
+
+def _history(run_dir: Path) -> list[dict[str, float]]:
+    """The plotted columns of history.csv as numbers (NaN where empty); [] without the file."""
+    path = run_dir / HISTORY_FILE
+    if not path.is_file():
+        return []
+    try:
+        rows = read_csv(path)
+        if rows and "round" not in rows[0]:
+            raise ValueError("no 'round' column")
+        return [
+            {
+                k: float(r[k]) if r[k] not in ("", None) else math.nan
+                for k in ("round", *(key for key, _ in CURVES))
+                if k in r
+            }
+            for r in rows
+        ]
+    except (OSError, ValueError) as err:
+        raise ResultsError(f"{path}: not a valid history file ({err})") from None
 
 
 def _by_method(runs: list[dict]) -> dict[str, list[dict]]:
@@ -128,26 +166,16 @@ def client_accuracy(runs: list[dict], out: Path) -> Path:
 
 def training_curves(runs: list[dict], out: Path) -> Path | None:
     """Train loss, validation accuracy and spent epsilon per round (first seed of each method)."""
-    panels = [
-        ("train_loss", "train loss"),
-        ("val_acc", "validation accuracy (global head)"),
-        ("epsilon_max", "spent epsilon (largest over clients)"),
-    ]
-    curves = {}
-    for method, rs in _by_method(runs).items():
-        path = rs[0]["dir"] / HISTORY_FILE
-        rows = read_csv(path) if path.is_file() else []
-        if rows:
-            curves[method] = rows
+    curves = {m: rs[0]["history"] for m, rs in _by_method(runs).items() if rs[0]["history"]}
     if not curves:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, (key, title) in zip(axes, panels):
+    for ax, (key, title) in zip(axes, CURVES):
         for method, rows in curves.items():
-            if key in rows[0] and rows[0][key] not in ("", None):
+            if key in rows[0] and not math.isnan(rows[0][key]):
                 ax.plot(
-                    [int(r["round"]) for r in rows],
-                    [float(r[key]) for r in rows],
+                    [r["round"] for r in rows],
+                    [r[key] for r in rows],
                     color=COLORS.get(method),
                     label=method,
                 )
@@ -158,47 +186,88 @@ def training_curves(runs: list[dict], out: Path) -> Path | None:
     return _save(fig, out / "training_curves.png")
 
 
-def real_vs_synthetic(run: dict, out: Path, client: int | None = None) -> Path | None:
-    """2-D PCA of one client's real training embeddings and its synthetic ones (model space),
-    coloured by class; the PCA is fitted on the real data."""
-    from data.database import load_database
-    from data.features import squash, standardize_records
-    from data.partition import load_split
+def synthetic_inputs(run: dict, database_root: str | Path, split_file: str | Path | None) -> dict:
+    """What real_vs_synthetic draws for a run saved with --save_synthetic: the largest client's
+    real training embeddings (squashed, model space) and its synthetic ones, with labels.
 
-    path = run["dir"] / "synthetic.npz"
-    if not path.is_file():
-        return None
-    cfg = run["config"]
-    db = load_database(cfg["database_root"])
-    split = load_split(cfg["split_file"], db)
-    with np.load(path) as syn:
-        s_emb, s_lab, s_client = syn["embeddings"], syn["labels"], syn["client"]
+    The database is the one the user names (`database_root`), checked against the run's
+    config.json; the split file is `split_file`, or the one main.py keeps in that database for
+    the run's split arguments. No path written in a results file is followed."""
+    from data.database import DatabaseError, load_database
+    from data.features import squash, standardize_records
+    from data.partition import (
+        SplitConfig,
+        SplitError,
+        database_fingerprint,
+        default_split_path,
+        load_split,
+    )
+
+    cfg, path = run["config"], run["dir"] / "synthetic.npz"
+    try:
+        fingerprint = cfg["database"]["fingerprint"]
+        split_cfg = SplitConfig(**cfg["split"])
+        temperature = float(cfg["generative"]["squash_temperature"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ResultsError(f"{run['dir']}/config.json: does not describe the run ({err})") from None
+    split_path = Path(split_file) if split_file else default_split_path(database_root, split_cfg)
+    try:
+        db = load_database(database_root)
+        if database_fingerprint(db) != fingerprint:
+            raise ResultsError(
+                f"--database_root {database_root}: a different database than run {run['dir']} "
+                "used (its config.json)"
+            )
+        split = load_split(split_path, db)  # refuses a split of another database
+    except (DatabaseError, SplitError) as err:
+        raise ResultsError(str(err)) from None
+    if split["args"] != asdict(split_cfg):
+        raise ResultsError(f"{split_path}: not the split of run {run['dir']} (other arguments)")
+    try:
+        with np.load(path, allow_pickle=False) as syn:
+            s_emb, s_lab, s_client = syn["embeddings"], syn["labels"], syn["client"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        raise ResultsError(f"{path}: not a readable synthetic.npz ({err})") from None
     clients = {c["id"]: c for c in split["clients"]}
-    if client is None:  # the largest client
-        client = max(clients, key=lambda i: len(clients[i]["train"]))
+    client = max(clients, key=lambda i: len(clients[i]["train"]))  # the largest client
     x, y, _ = db.pooled()
     idx = np.asarray(clients[client]["train"])
-    temperature = cfg["generative"]["squash_temperature"]
-    real = squash(standardize_records(x[idx]), temperature)
-    fake = s_emb[s_client == client]
-    fake_y = s_lab[s_client == client]
+    mine = s_client == client
+    if s_emb.ndim != 2 or s_emb.shape[1] != x.shape[1] or not mine.any():
+        raise ResultsError(f"{path}: holds no {x.shape[1]}-d synthetic rows of client {client}")
+    return {
+        "method": run["metrics"]["method"],
+        "client": client,
+        "classes": db.classes,
+        "real": squash(standardize_records(x[idx]), temperature),
+        "real_labels": y[idx],
+        "fake": s_emb[mine],
+        "fake_labels": s_lab[mine],
+    }
+
+
+def real_vs_synthetic(inputs: dict, out: Path) -> Path:
+    """2-D PCA of one client's real training embeddings and its synthetic ones (model space),
+    coloured by class; the PCA is fitted on the real data."""
+    real, fake, client = inputs["real"], inputs["fake"], inputs["client"]
     mean = real.mean(axis=0)
     _, _, vt = np.linalg.svd(real - mean, full_matrices=False)
     pr, pf = (real - mean) @ vt[:2].T, (fake - mean) @ vt[:2].T
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharex=True, sharey=True)
-    cmap = plt.get_cmap("tab10" if db.n_classes <= 10 else "tab20")
+    classes = inputs["classes"]
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
     for ax, pts, labels, title in (
-        (axes[0], pr, y[idx], "real"),
-        (axes[1], pf, fake_y, "synthetic"),
+        (axes[0], pr, inputs["real_labels"], "real"),
+        (axes[1], pf, inputs["fake_labels"], "synthetic"),
     ):
-        for k in np.unique(y[idx]):
+        for k in np.unique(inputs["real_labels"]):
             m = labels == k
-            ax.scatter(pts[m, 0], pts[m, 1], s=8, color=cmap(int(k) % cmap.N), label=db.classes[k])
+            ax.scatter(pts[m, 0], pts[m, 1], s=8, color=cmap(int(k) % cmap.N), label=classes[k])
         ax.set_title(f"client {client}: {title} ({len(pts)})")
         ax.set_xlabel("PC 1")
     axes[0].set_ylabel("PC 2")
     axes[1].legend(fontsize=7, markerscale=2, loc="best")
-    method = run["metrics"]["method"]
+    method = inputs["method"]
     fig.suptitle(f"{method}: real vs synthetic embeddings (PCA fitted on real)")
     return _save(fig, out / f"real_vs_synthetic_{method}.png")
 
@@ -214,25 +283,37 @@ def _save(fig, path: Path) -> Path:
 
 
 def make_all(
-    results: list[str | Path], out: str | Path, sweep: list[str | Path] | None = None
+    results: list[str | Path],
+    out: str | Path,
+    sweep: list[str | Path] | None = None,
+    database_root: str | Path | None = None,
+    split_file: str | Path | None = None,
 ) -> list[Path]:
-    """Every plot the results allow; returns the files written."""
+    """Every plot the results allow; returns the files written. All inputs are read and checked
+    first, so bad input leaves no plot behind."""
     out = Path(out)
     runs = _load(results)
-    written = [client_accuracy(runs, out), training_curves(runs, out)]
-    if sweep:
-        written.append(privacy_utility(runs, _load(sweep), out))
+    sweep_runs = _load(sweep) if sweep else None
+    synthetic = []
     for rs in _by_method(runs).values():
         with_syn = [r for r in rs if (r["dir"] / "synthetic.npz").is_file()]
-        if with_syn:
-            written.append(real_vs_synthetic(with_syn[0], out))
+        if with_syn and database_root is None:
+            print(
+                f"note: {with_syn[0]['dir']} holds synthetic.npz; pass --database_root "
+                "(its database) to plot real vs synthetic embeddings",
+                file=sys.stderr,
+            )
+        elif with_syn:
+            synthetic.append(synthetic_inputs(with_syn[0], database_root, split_file))
+    written = [client_accuracy(runs, out), training_curves(runs, out)]
+    if sweep_runs is not None:
+        written.append(privacy_utility(runs, sweep_runs, out))
+    written += [real_vs_synthetic(inputs, out) for inputs in synthetic]
     return [p for p in written if p is not None]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", help="run directories or folders above them")
     parser.add_argument(
         "--sweep",
@@ -241,11 +322,27 @@ def main(argv: list[str] | None = None) -> int:
         help="runs of a privacy sweep (DP methods at several epsilons)",
     )
     parser.add_argument("--out", required=True, help="folder for the PNG files")
+    parser.add_argument(
+        "--database_root",
+        default=None,
+        help="the runs' embedding database: needed for the real vs synthetic plot of runs "
+        "saved with --save_synthetic (checked against their config.json)",
+    )
+    parser.add_argument(
+        "--split_file",
+        default=None,
+        help="their split file, if main.py was given one. Default: the one main.py keeps "
+        "under <database_root>/splits/ for the runs' split arguments",
+    )
     args = parser.parse_args(argv)
     try:
-        written = make_all(args.results, args.out, args.sweep)
-    except ResultsError as err:
+        check_output(args.out, "--out", folder=True)
+        written = make_all(args.results, args.out, args.sweep, args.database_root, args.split_file)
+    except (ResultsError, OutputError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: --out {args.out}: cannot write ({err.strerror or err})", file=sys.stderr)
         return 2
     for p in written:
         print(f"wrote {p}")

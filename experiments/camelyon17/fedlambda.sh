@@ -32,7 +32,7 @@ for backbone in "${BACKBONES[@]}"; do
       --fedavg_lr "${fedavg_lr}" --optimizer sgd --lr_scheduler "${lr_scheduler}" \
       --classifier_optimizer "${classifier_optimizer}" --local_epochs "${local_epochs}" \
       --lr "${lr}" --weights_grid_resolution "${weights_grid_resolution}" \
-      --seed "${seed}" --results_root "${results_root}" --skip_existing
+      --seed "${seed}" --results_root "${results_root}" --skip_existing --resume
   done
   $PY -m utils.collect "${results_root}/camelyon17/${backbone}"
 done

@@ -30,7 +30,7 @@ for backbone in "${BACKBONES[@]}"; do
       --n_components -1 --test_data_frac 0.2 --val_frac 0.2 --split_seed "${split_seed}" \
       --n_rounds "${n_rounds}" --local_steps "${local_steps}" --bz "${bz}" \
       --fedavg_lr "${fedavg_lr}" --optimizer sgd --lr_scheduler "${lr_scheduler}" --mu "${mu}" \
-      --seed "${seed}" --results_root "${results_root}" --skip_existing
+      --seed "${seed}" --results_root "${results_root}" --skip_existing --resume
   done
   $PY -m utils.collect "${results_root}/digits/${backbone}"
 done

@@ -46,7 +46,7 @@ for seed in "${SEEDS[@]}"; do
     save=(); [ "${seed}" = "${SEEDS[0]}" ] && save=(--save_synthetic)
     $PY main.py --database_root "${database_root}" --method "${method}" --seed "${seed}" \
       "${split_flags[@]}" "${dp_flags[@]}" "${save[@]}" "${extra_flags[@]}" \
-      --results_root "${results}/main" --skip_existing --quiet
+      --results_root "${results}/main" --skip_existing --resume --quiet
   done
 done
 for eps in "${sweep_epsilons[@]}"; do
@@ -54,12 +54,13 @@ for eps in "${sweep_epsilons[@]}"; do
     n=$((n + 1)); step "run ${n}/${total}: ${method} at epsilon ${eps} (sweep), seed ${SEEDS[0]}"
     $PY main.py --database_root "${database_root}" --method "${method}" --seed "${SEEDS[0]}" \
       "${split_flags[@]}" "${dp_flags[@]}" --epsilon "${eps}" "${extra_flags[@]}" \
-      --results_root "${results}/sweep" --skip_existing --quiet
+      --results_root "${results}/sweep" --skip_existing --resume --quiet
   done
 done
 
 step "collecting the table"
 $PY -m utils.collect "${results}/main" --out "${results}" --name table
 sweep=(); [ -d "${results}/sweep" ] && sweep=(--sweep "${results}/sweep")
-$PY -m utils.plots "${results}/main" "${sweep[@]}" --out "${results}/plots"
+$PY -m utils.plots "${results}/main" "${sweep[@]}" --out "${results}/plots" \
+  --database_root "${database_root}"
 step "done: ${results}/table.md, ${results}/table.csv, ${results}/plots/"

@@ -48,7 +48,7 @@ for backbone in "${BACKBONES[@]}"; do
           --weights_grid_resolution 0.1 "${dp}" --epsilon "${epsilon}" --delta "${delta}" \
           --max_grad_norm "${max_grad_norm}" --accountant "${accountant}" \
           --dp_calibration "${dp_calibration}" \
-          --seed "${seed}" --results_root "${results_root}" --skip_existing
+          --seed "${seed}" --results_root "${results_root}" --skip_existing --resume
       done
     done
   done
