@@ -47,6 +47,8 @@ NOT_COVERED = (
     "each client's number of training samples (sent in the clear as its FedAvg weight, and "
     "implied by its sampling rate)",
     "the spent epsilon each client reports",
+    "the end-of-run evaluation each client reports: validation accuracies for the lambda grid, "
+    "test metrics, and fidelity statistics computed on its training embeddings",
     "the choice of hyper-parameters and of the backbone",
 )
 
