@@ -18,7 +18,7 @@ import data.partition as partition
 import main as main_module
 from data.database import save_embedding_file
 from utils.collect import main as collect_main
-from utils.io import sha256_file, write_json
+from utils.io import write_json
 from utils.plots import main as plots_main
 
 FAST = ["--n_clients", "3", "--n_rounds", "2", "--local_epochs", "5", "--quiet"]
@@ -319,30 +319,6 @@ def test_create_db_names_a_corrupt_compressed_dataset_file(tmp_path, capsys):
     code, err = call(create_db.main, argv, capsys)
     assert_refused(code, err, r"organsmnist\.npz: .*(corrupt|not an \.npz)")
     assert not (tmp_path / "db" / "meta.json").exists()
-
-
-def test_create_db_records_the_weights_sha256_and_resume_checks_it(tmp_path, capsys):
-    import timm
-    from safetensors.torch import save_file
-
-    weights = tmp_path / "w.safetensors"
-    model = timm.create_model(TINY_BACKBONE)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-    make_medmnist(tmp_path / "ds", size=28, counts=(6, 2, 3))
-    argv = ["--dataset", "organsmnist", "--size", "28", "--dataset_root", tmp_path / "ds"]
-    argv += ["--database_root", tmp_path / "db", "--weights", weights, *TINY]
-    code, err = call(create_db.main, argv, capsys)
-    assert code == 0, err
-    meta = json.loads((tmp_path / "db" / "meta.json").read_text())
-    assert meta["weights"] == str(weights.resolve())
-    assert meta["weights_sha256"] == sha256_file(weights)
-    assert meta["weights_loaded_by"] == "names"
-
-    # the same path with other content is another backbone: --resume refuses it
-    other = timm.create_model(TINY_BACKBONE)
-    save_file({k: v.contiguous() + 1 for k, v in other.state_dict().items()}, str(weights))
-    code, err = call(create_db.main, [*argv, "--resume"], capsys)
-    assert_refused(code, err, r"used other settings \(weights_sha256")
 
 
 # ----------------------------------------------------------------------------- collect, plots
