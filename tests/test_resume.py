@@ -199,3 +199,17 @@ def test_resume_without_a_checkpoint_runs_from_the_start(db, clean, tmp_path):
     out = tmp_path / "run"
     assert run(db, out, *CASES["fedlambda"], "--resume") == 0
     assert_same_results(clean("fedlambda"), out)
+
+
+def test_run_interrupted_after_its_last_round_only_finishes(db, clean, tmp_path):
+    """Killed between the last round and metrics.json: --resume trains no round again."""
+    out = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        interrupt_after(mp, 3)
+        with pytest.raises(Interrupted):
+            run(db, out, *CASES["dpcvae"])
+    with pytest.MonkeyPatch.context() as mp:
+        rounds = record_rounds(mp)
+        assert run(db, out, *CASES["dpcvae"], "--resume") == 0
+    assert rounds == []
+    assert_same_results(clean("dpcvae"), out)
