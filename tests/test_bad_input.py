@@ -73,6 +73,11 @@ def _other_dimension(db: Path) -> None:
     save_embedding_file(db / "client_1.npz", rng.normal(size=(30, 8)), np.arange(30) % 4)
 
 
+def _list_no_file(db: Path) -> None:
+    meta = json.loads((db / "meta.json").read_text())
+    (db / "meta.json").write_text(json.dumps({**meta, "files": {}}))
+
+
 def _escaping_name(db: Path) -> None:
     outside = db.parent / "outside"
     shutil.copytree(db, outside)
@@ -97,6 +102,7 @@ DATABASE_DEFECTS = {
         lambda db: _rewrite(db, embeddings=np.zeros((0, 4)), labels=np.zeros(0, np.int64)),
         r"all\.npz: the file holds no samples",
     ),
+    "no file listed": (_list_no_file, r"meta\.json: 'files' lists no database file"),
     "dims differ": (_other_dimension, r"embedding dimensions differ between files"),
     "meta.json not UTF-8": (
         lambda db: (db / "meta.json").write_bytes(b"\xff\xfe{}"),
