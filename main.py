@@ -3,7 +3,9 @@
     python main.py --database_root data/digits/database --method fedavg --seed 3407
 
 Creates (or reuses) the client split, runs the method, and writes config.json, history.csv and
-metrics.json into the run directory (default: derived from the configuration).
+metrics.json into the run directory (default: derived from the configuration). While a federated
+method runs, checkpoint/ there holds its state after the last finished round: `--resume` continues
+an interrupted run to the same results; the checkpoint is removed when the run finishes.
 """
 
 from __future__ import annotations
