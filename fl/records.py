@@ -19,59 +19,23 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from algorithms.aggregation import StateDict
 from algorithms.federation import ClientUpdate
-
-# Every JSON object of a skeleton is one of these tags, so plain data never looks like a tag.
-_TENSOR, _DICT, _TUPLE = "tensor", "dict", "tuple"
+from utils.checkpoint import pack, unpack
 
 
 def pack_state(state: Any) -> tuple[ArrayRecord, str]:
-    """Split a nested state (dicts, lists, tuples, tensors, numbers, strings, None) into its
-    tensors and a JSON skeleton that refers to them by name. Dict keys keep their type
-    (optimizer states are keyed by int)."""
+    """A nested state as an ArrayRecord of its tensors and a JSON skeleton naming them (the
+    same encoding as checkpoints on disk: utils.checkpoint.pack)."""
+    tensors, skeleton = pack(state)
     arrays = ArrayRecord()
-
-    def encode(value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            name = str(len(arrays))
-            arrays[name] = Array(value.detach().cpu().numpy())
-            return {_TENSOR: name}
-        if isinstance(value, dict):
-            return {_DICT: [[_key(k), encode(v)] for k, v in value.items()]}
-        if isinstance(value, tuple):
-            return {_TUPLE: [encode(v) for v in value]}
-        if isinstance(value, list):
-            return [encode(v) for v in value]
-        if value is None or isinstance(value, bool | int | float | str):
-            return value
-        raise TypeError(f"cannot store a {type(value).__name__} in a client state")
-
-    return arrays, json.dumps(encode(state))
+    for name, tensor in tensors.items():
+        arrays[name] = Array(tensor.numpy())
+    return arrays, json.dumps(skeleton)
 
 
 def unpack_state(arrays: ArrayRecord, skeleton: str) -> Any:
     """The state that `pack_state` split, with tensors of the original dtypes and shapes."""
-
-    def decode(value: Any) -> Any:
-        if isinstance(value, dict):
-            ((tag, inner),) = value.items()
-            if tag == _TENSOR:
-                return torch.from_numpy(np.array(arrays[inner].numpy()))
-            if tag == _DICT:
-                return {k: decode(v) for k, v in inner}
-            if tag == _TUPLE:
-                return tuple(decode(v) for v in inner)
-            raise ValueError(f"unknown tag {tag!r} in a client state")
-        if isinstance(value, list):
-            return [decode(v) for v in value]
-        return value
-
-    return decode(json.loads(skeleton))
-
-
-def _key(key: Any) -> Any:
-    if not isinstance(key, int | str):
-        raise TypeError(f"cannot store a dict key of type {type(key).__name__}")
-    return key
+    tensors = {name: torch.from_numpy(np.array(arrays[name].numpy())) for name in arrays}
+    return unpack(tensors, json.loads(skeleton))
 
 
 def save_state(state: RecordDict, name: str, value: Any) -> None:
