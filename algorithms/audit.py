@@ -14,12 +14,13 @@ releases. Every score is "higher = member":
 - `synthetic_dcr`: the synthetic data the client generates from the final global decoder (the
   protocol's labels and count): minus the distance to the closest synthetic record of its label.
 
-Canaries (`make_canaries`) are out-of-distribution records that stay exactly orthogonal to each
-other in the models' space, all of one label: by default the target client's rarest class (ties:
-the federation's rarest), so that the decoder's output for that label is fitted to the members
-and to little else. The paper's loss (MSE averaged over dimensions + beta * B * KL) makes the
-decoder close to a class-conditional mean, so a member is seen through its share of that mean:
-the test is sharp for the client's own decoder and diluted by averaging for the global one.
+Canaries (`make_canaries`) are out-of-distribution records, exactly orthogonal to each other in
+the models' space and chosen nearly orthogonal to the mean of the real records of their label.
+All have one label: by default the target client's rarest class (ties: the federation's rarest),
+so that the decoder's output for that label is fitted to the members and to little else. The
+paper's loss (MSE averaged over dimensions + beta * B * KL) keeps the decoder close to a
+class-conditional mean, so a member shows through its share of that mean: the test is sharp
+for the client's own decoder and diluted by averaging in the global one.
 
 Statistics. Each canary is one trial. Over every distinct score t: TPR(t) = #{members >= t} / K,
 FPR(t) = #{non-members >= t} / K. An (epsilon, delta)-DP training bounds every test:
@@ -214,24 +215,31 @@ def attack_summary(
 # Canaries and attacks
 
 
-def make_canaries(n: int, dim: int, seed: int) -> tuple[np.ndarray, str]:
+def make_canaries(
+    n: int, dim: int, seed: int, avoid: np.ndarray | None = None
+) -> tuple[np.ndarray, str]:
     """`n` out-of-distribution records, standardized per record as every real embedding is,
     and the name of their design.
 
-    `hadamard` (when n < H, the largest power of two <= dim): n random non-constant rows of the
-    H x H Hadamard matrix on H random coordinates (0 elsewhere). Their entries are +-a or 0, so
-    the fixed squash keeps them exactly orthogonal and of equal norm in the space the models
-    see: a member moves the decoder's output for its label along its own direction and along
-    no other canary's, which takes the other canaries' noise out of the test.
+    `hadamard` (when n < H, the largest power of two <= dim): n non-constant rows of the H x H
+    Hadamard matrix on H random coordinates (0 elsewhere). Their entries are +-a or 0, so the
+    fixed squash keeps them exactly orthogonal and of equal norm in the space the models see:
+    a member moves the decoder's output for its label along its own direction and along no other
+    canary's. The rows are random, or, given `avoid` (a direction of the models' space: the
+    centred mean of the real records of the canaries' label), the n rows most orthogonal to it,
+    so that what the decoder learned from real data hardly projects onto any canary.
     `gaussian` otherwise: standard Gaussian vectors (nearly orthogonal in high dimension)."""
     rng = np.random.default_rng(seed)
     h = 1 << (dim.bit_length() - 1)
-    if n < h:
-        rows = hadamard(h)[1 + rng.choice(h - 1, size=n, replace=False)]
-        x = np.zeros((n, dim))
-        x[:, rng.choice(dim, size=h, replace=False)] = rows
-        return standardize_records(x), "hadamard"
-    return standardize_records(rng.normal(size=(n, dim))), "gaussian"
+    if n >= h:
+        return standardize_records(rng.normal(size=(n, dim))), "gaussian"
+    cols = rng.choice(dim, size=h, replace=False)
+    rows = hadamard(h)[1:][rng.permutation(h - 1)]
+    if avoid is not None:
+        rows = rows[np.argsort(np.abs(rows @ avoid[cols]), kind="stable")]
+    x = np.zeros((n, dim))
+    x[:, cols] = rows[:n]
+    return standardize_records(x), "hadamard"
 
 
 def with_canaries(data: ClientData, x: np.ndarray, label: int) -> ClientData:
@@ -415,7 +423,12 @@ def run_audit(setup: RunSetup, cfg: AuditConfig) -> dict:
     start = time.perf_counter()
     k = cfg.n_canaries
     seed = derive_seed(setup.seed, "audit")
-    canaries, design = make_canaries(2 * k, target.x_train.shape[1], derive_seed(seed, "canaries"))
+    temp = gen_cfg.squash_temperature
+    real = np.concatenate([c.x_train[c.y_train == label] for c in clients])
+    avoid = squash(real, temp).mean(axis=0) - 0.5 if len(real) else None
+    canaries, design = make_canaries(
+        2 * k, target.x_train.shape[1], derive_seed(seed, "canaries"), avoid
+    )
     order = np.random.default_rng(derive_seed(seed, "members")).permutation(2 * k)
     is_member = np.zeros(2 * k, dtype=bool)
     is_member[order[:k]] = True
@@ -426,7 +439,7 @@ def run_audit(setup: RunSetup, cfg: AuditConfig) -> dict:
         setup.method, audited, setup.n_classes, gen_cfg, setup.dp, setup.seed
     )
     client = gen_clients[index]
-    dim, temp = target.x_train.shape[1], gen_cfg.squash_temperature
+    dim = target.x_train.shape[1]
     x = squash(canaries, temp)  # the space the models see
     y = np.full(2 * k, label)
 

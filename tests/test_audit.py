@@ -115,6 +115,14 @@ def test_canaries_are_standardized_and_orthogonal_in_model_space():
     assert audit.make_canaries(16, 16, seed=1)[1] == "gaussian"
     other, _ = audit.make_canaries(96, 128, seed=2)
     assert not np.allclose(x, other)
+    # given a direction to avoid (the real records' mean), the canaries are nearly orthogonal
+    # to it, and still to each other
+    v = np.random.default_rng(3).normal(size=128)
+    chosen, _ = audit.make_canaries(32, 128, seed=1, avoid=v)
+    proj = np.abs((squash(chosen, 2.0) - 0.5) @ v)
+    assert proj.max() < 0.6 * np.median(np.abs(s @ v))  # the best quarter of 127 rows
+    c = squash(chosen, 2.0).astype(np.float64) - 0.5
+    np.testing.assert_allclose(c @ c.T, gram[0, 0] * np.eye(32), atol=1e-4)
 
 
 def test_canaries_go_into_training_data_only_and_label_is_the_rarest():
