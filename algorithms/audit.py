@@ -71,6 +71,7 @@ from data.features import squash, standardize_records
 from data.partition import ClientData, SplitError, client_datasets, load_split
 from models.cgan import Generator
 from models.cvae import CVAE, decoder_state, load_decoder
+from utils.cli import Parser
 from utils.io import read_json, sha256_file
 from utils.progress import set_quiet
 from utils.results import CONFIG_FILE, ResultsError, read_metrics, write_metrics
@@ -339,6 +340,8 @@ def load_run(
     """A finished dpcvae / dpcgan run: its configuration, metrics and client data (from the
     database and split file recorded in config.json, unless given)."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise AuditError(f"{run_dir}: no such run directory")
     try:
         metrics = read_metrics(run_dir)
         config = read_json(run_dir / CONFIG_FILE)
@@ -548,7 +551,7 @@ def format_report(audit: dict, checked: bool = True) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m algorithms.audit",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

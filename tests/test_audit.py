@@ -214,7 +214,13 @@ def test_bad_input_exits_2_and_names_it(db, tmp_path, capsys):
     assert audit.main([str(local)]) == 2
     assert "'local' has nothing to audit" in capsys.readouterr().err
     assert audit.main([str(tmp_path / "missing")]) == 2
+    assert "no such run directory" in capsys.readouterr().err
+    (tmp_path / "unfinished").mkdir()
+    assert audit.main([str(tmp_path / "unfinished")]) == 2
     assert "not a finished run" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse: one line, status 2
+        audit.main([str(local), "--n_canaries", "x"])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.count("\n") == 1
     run = finished_run(db, tmp_path / "run", "dpcvae", "--n_fedavg_rounds", "1")
     for flags, needle in (
         (["--target_client", "7"], "--target_client 7"),
