@@ -123,6 +123,21 @@ def test_accounting_counts_every_step_at_opacus_rate_with_the_calibrated_noise()
     assert 1.9 <= report["epsilon"] <= 2.0  # the whole budget, spent over the whole training
 
 
+def test_memoized_rdp_terms_leave_the_prv_epsilon_unchanged(monkeypatch):
+    from opacus.accountants import PRVAccountant
+    from opacus.accountants.analysis import rdp
+
+    def fresh_epsilon(steps):
+        acc = PRVAccountant()
+        acc.history = [(1.3, 1 / 7, steps)]
+        return acc.get_epsilon(delta=1e-4)
+
+    memoized = [fresh_epsilon(k) for k in (7, 70, 700)]
+    assert rdp._compute_rdp.cache_info().currsize > 0
+    monkeypatch.setattr(rdp, "_compute_rdp", rdp._compute_rdp.__wrapped__)
+    assert [fresh_epsilon(k) for k in (7, 70, 700)] == memoized
+
+
 def test_empty_batch_takes_a_counted_noise_only_step_in_the_fast_path():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
