@@ -187,13 +187,12 @@ def main(argv: list[str] | None = None) -> dict:
     clients = paper_like_clients(n_clients, n_train, dim, n_classes)
     one = paper_like_clients(1, n_train, dim, n_classes, seed=1)[0]
 
-    torch.set_num_threads(1)
-    per_epoch = per_epoch_figures(one, n_classes, cfg, epochs, repeats)
     torch.set_num_threads(threads)
     cvae = full_run("dpcvae", clients, n_classes, cfg)
-    peak_cvae = _status_mb("VmHWM")
+    peak_cvae = _status_mb("VmHWM")  # first, so that it is the run's own peak
     cgan = None if args.skip_cgan else full_run("dpcgan", clients, n_classes, cfg)
     torch.set_num_threads(1)
+    per_epoch = per_epoch_figures(one, n_classes, cfg, epochs, repeats)
     hooks, hooks_cpu = time_epochs(
         make_client("dpcvae", one, n_classes, cfg, DPConfig(), "hooks"), hooks_epochs
     )
