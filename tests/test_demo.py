@@ -24,8 +24,8 @@ def test_demo_pipeline_reduced(tmp_path):
         "DEMO_SWEEP": "4",
         "DEMO_DATABASE": str(tmp_path / "db"),
         "DEMO_RESULTS": str(tmp_path / "results"),
-        "DEMO_FLAGS": "--n_rounds 2 --n_fedavg_rounds 2 --local_epochs 20 --local_epochs_gen 1 "
-        "--num_threads 1",
+        "DEMO_FLAGS": "--n_rounds 2 --n_fedavg_rounds 2 --local_epochs 20 --local_epochs_gen 1",
+        "DEMO_THREADS": "1",
     }
     proc = subprocess.run(
         ["bash", str(ROOT / "experiments/digits/demo.sh")],

@@ -18,6 +18,7 @@ results=${DEMO_RESULTS:-results/demo}
 split_flags=(--split_method by_labels_split --n_clients 10 --alpha 0.3 --n_components -1
              --test_data_frac 0.2 --val_frac 0.2 --split_seed 202502)
 dp_flags=(--epsilon 1.0 --delta 1e-4 --max_grad_norm 1.5 --accountant prv)
+threads=${DEMO_THREADS:-2}     # clients trained at once by dpcvae / dpcgan (same results for any value)
 sweep_epsilons=(${DEMO_SWEEP-0.5 2 8})  # plus epsilon 1 from the main runs; first seed only
 extra_flags=(${DEMO_FLAGS:-})  # e.g. DEMO_FLAGS="--n_fedavg_rounds 5" for a quick look
 # ------------------------------------------------------------------------------------------------
@@ -45,7 +46,7 @@ for seed in "${SEEDS[@]}"; do
     n=$((n + 1)); step "run ${n}/${total}: ${method}, seed ${seed}"
     save=(); [ "${seed}" = "${SEEDS[0]}" ] && save=(--save_synthetic)
     $PY main.py --database_root "${database_root}" --method "${method}" --seed "${seed}" \
-      "${split_flags[@]}" "${dp_flags[@]}" "${save[@]}" "${extra_flags[@]}" \
+      "${split_flags[@]}" "${dp_flags[@]}" "${save[@]}" --num_threads "${threads}" "${extra_flags[@]}" \
       --results_root "${results}/main" --skip_existing --resume --quiet
   done
 done
@@ -53,7 +54,7 @@ for eps in "${sweep_epsilons[@]}"; do
   for method in dpcgan dpcvae; do
     n=$((n + 1)); step "run ${n}/${total}: ${method} at epsilon ${eps} (sweep), seed ${SEEDS[0]}"
     $PY main.py --database_root "${database_root}" --method "${method}" --seed "${SEEDS[0]}" \
-      "${split_flags[@]}" "${dp_flags[@]}" --epsilon "${eps}" "${extra_flags[@]}" \
+      "${split_flags[@]}" "${dp_flags[@]}" --epsilon "${eps}" --num_threads "${threads}" "${extra_flags[@]}" \
       --results_root "${results}/sweep" --skip_existing --resume --quiet
   done
 done
