@@ -302,13 +302,21 @@ class CGANClient(_DPClient):
         oh = F.one_hot(y, self.n_classes).float()
         return self.generator(z, oh), oh
 
-    def _discriminator_step(self, idx: torch.Tensor) -> float:
-        # A fixed number of fake samples (the nominal batch size, independent of the data) joins
-        # the real Poisson batch in one clipped and noised step: the fake terms do not depend on
-        # any record, so one record still changes the clipped sum by at most max_grad_norm.
-        with torch.no_grad():
-            fake, oh_fake = self._fake(self.cfg.batch_size)
-        x = torch.cat([self.x[idx], fake])
+    def _n_fake(self, idx: torch.Tensor) -> int:
+        """Fake samples per step, as many as real ones on average: under DP the expected batch
+        size q * n (the public number the DP optimizer divides by, whatever the drawn batch),
+        otherwise the batch's own size."""
+        if self.private is not None:
+            return max(1, round(self.private.sample_rate * self.n))
+        return len(idx)
+
+    def _step(self, idx: torch.Tensor) -> float:
+        """One discriminator step, then one generator step on the same fake batch."""
+        fake, oh_fake = self._fake(self._n_fake(idx))
+        # The fake samples join the real Poisson batch in one clipped and noised step: their
+        # number and their terms do not depend on any record, so one record still changes the
+        # clipped sum by at most max_grad_norm.
+        x = torch.cat([self.x[idx], fake.detach()])
         oh = torch.cat([self.onehot[idx], oh_fake])
         target = torch.cat([torch.ones(len(idx)), torch.zeros(len(fake))])
         disc = self.private.module if self.private is not None else self.discriminator
@@ -319,16 +327,14 @@ class CGANClient(_DPClient):
             self.opt_d.zero_grad(set_to_none=True)
             loss.mean().backward()
             self.opt_d.step()
-        return float(loss.detach().mean())
-
-    def _generator_step(self) -> None:
-        fake, oh = self._fake(self.cfg.batch_size)
+        # the generator against the updated discriminator (not a private step: no record)
         with self.private.paused() if self.private is not None else contextlib.nullcontext():
-            prob = self.discriminator(fake, oh)
-            loss = F.binary_cross_entropy(prob, torch.ones_like(prob))
+            prob = self.discriminator(fake, oh_fake)
+            g_loss = F.binary_cross_entropy(prob, torch.ones_like(prob))
             self.opt_g.zero_grad(set_to_none=True)
-            loss.backward(inputs=list(self.generator.parameters()))
+            g_loss.backward(inputs=list(self.generator.parameters()))
             self.opt_g.step()
+        return float(loss.detach().mean())
 
     def fit(self, global_weights: StateDict, rnd: int) -> ClientUpdate:
         """Local epochs from the global generator; returns the generator."""
@@ -344,8 +350,7 @@ class CGANClient(_DPClient):
         losses = []
         for _ in range(n_epochs):
             for idx in self._batches():
-                losses.append(self._discriminator_step(idx))
-                self._generator_step()
+                losses.append(self._step(idx))
         self._release_gradients(self.opt_g, self.private.optimizer if self.private else self.opt_d)
         return losses
 

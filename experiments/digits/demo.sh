@@ -20,6 +20,7 @@ split_flags=(--split_method by_labels_split --n_clients 10 --alpha 0.3 --n_compo
 dp_flags=(--epsilon 1.0 --delta 1e-4 --max_grad_norm 1.5 --accountant prv)
 threads=${DEMO_THREADS:-2}     # clients trained at once by dpcvae / dpcgan (same results for any value)
 sweep_epsilons=(${DEMO_SWEEP-0.5 2 8})  # plus epsilon 1 from the main runs; first seed only
+sweep_methods=(dpcvae)                  # add dpcgan for its curve too (about 2 minutes a run)
 extra_flags=(${DEMO_FLAGS:-})  # e.g. DEMO_FLAGS="--n_fedavg_rounds 5" for a quick look
 # ------------------------------------------------------------------------------------------------
 
@@ -39,7 +40,7 @@ else
   step "database ${database_root} exists, reusing it"
 fi
 
-total=$(( ${#SEEDS[@]} * ${#METHODS[@]} + 2 * ${#sweep_epsilons[@]} ))
+total=$(( ${#SEEDS[@]} * ${#METHODS[@]} + ${#sweep_methods[@]} * ${#sweep_epsilons[@]} ))
 n=0
 for seed in "${SEEDS[@]}"; do
   for method in "${METHODS[@]}"; do
@@ -51,7 +52,7 @@ for seed in "${SEEDS[@]}"; do
   done
 done
 for eps in "${sweep_epsilons[@]}"; do
-  for method in dpcgan dpcvae; do
+  for method in "${sweep_methods[@]}"; do
     n=$((n + 1)); step "run ${n}/${total}: ${method} at epsilon ${eps} (sweep), seed ${SEEDS[0]}"
     $PY main.py --database_root "${database_root}" --method "${method}" --seed "${SEEDS[0]}" \
       "${split_flags[@]}" "${dp_flags[@]}" --epsilon "${eps}" --num_threads "${threads}" "${extra_flags[@]}" \
