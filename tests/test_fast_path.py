@@ -24,6 +24,7 @@ from algorithms.privacy import (
     DPConfig,
     LinearTape,
     calibrate_noise,
+    clip_and_sum_linear,
     dp_step,
     epsilon_from_history,
     make_private,
@@ -147,6 +148,33 @@ def test_empty_batch_takes_a_counted_noise_only_step_in_the_fast_path():
     dp_step(private, None)
     assert private.steps() == 1
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.8])
+def test_fast_noise_step_equals_opacus_optimizer_step_bit_for_bit(sigma):
+    # The same clipped sums in .grad; one path adds noise, scales and steps through Opacus's
+    # DPOptimizer.step(), the other through the fast path's own copy-free step.
+    results = []
+    for own_step in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+        opt = torch.optim.Adam(model.parameters(), lr=0.1)
+        private = make_private(model, opt, 30, 8, DPConfig(), sigma, generator(2), "fast")
+        for step in range(3):
+            x = torch.randn(7, 5, generator=torch.Generator().manual_seed(step))
+            loss = private.module(x).pow(2).sum(dim=1)
+            if own_step:
+                dp_step(private, loss)
+            else:
+                private.optimizer.zero_grad(set_to_none=True)
+                clip_and_sum_linear(private.tape.take(), loss, private.optimizer.max_grad_norm)
+                private.optimizer.step()
+        results.append(
+            ([p.detach().clone() for p in model.parameters()], private.engine.accountant.history)
+        )
+    (params_a, history_a), (params_b, history_b) = results
+    assert all(torch.equal(a, b) for a, b in zip(params_a, params_b))
+    assert history_a == history_b == [(sigma, 1 / 4, 3)]
 
 
 def test_the_same_noise_stream_in_fast_and_ghost_paths():
