@@ -260,7 +260,11 @@ class Backbone:
 
     def to_input(self, batch: np.ndarray) -> torch.Tensor:
         """uint8 B x H x W x 3 to the normalized float input, as ToTensor + Normalize compute it."""
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(batch))
+        if self.device.type == "cuda":  # pinned: the copy queues behind running work, no wait
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        else:
+            x = x.to(self.device)
         x = x.permute(0, 3, 1, 2).contiguous().float().div(255)
         return x.sub(self.mean).div(self.std)
 
@@ -271,7 +275,7 @@ class Backbone:
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """Embeddings (float32 B x D) of a prepared uint8 batch."""
-        return self.forward(self.to_input(batch)).float().cpu().numpy()
+        return fetch(self.forward(self.to_input(batch)))
 
     def embed_images(
         self, images: Sequence[np.ndarray | bytes], batch_size: int = 64
@@ -282,6 +286,11 @@ class Backbone:
             for i in range(0, len(images), batch_size)
         ]
         return np.concatenate(out) if out else np.zeros((0, self.embedding_dim), np.float32)
+
+
+def fetch(embeddings: torch.Tensor) -> np.ndarray:
+    """A forward pass's output as float32 numpy (waits for the device to finish it)."""
+    return embeddings.float().cpu().numpy()
 
 
 def create_backbone(

@@ -30,7 +30,7 @@ import timm
 import torch
 from tqdm import tqdm
 
-from data.backbone import DEFAULT_BACKBONE, Backbone, BackboneError, create_backbone
+from data.backbone import DEFAULT_BACKBONE, Backbone, BackboneError, create_backbone, fetch
 from data.database import META_FILE, DatabaseError, load_meta, save_embedding_file, write_meta
 from data.sources import Source, SourceError, medmnist_flags, open_source
 from utils.cli import OutputError, Parser, check_output
@@ -96,22 +96,33 @@ def embed_batches(
     batches: Sequence[tuple[int, int, int]],
     num_workers: int,
 ) -> Iterator[tuple[tuple[int, int, int], np.ndarray]]:
-    """Embed (file index, lo, hi) batches of a source in order, images prepared by workers."""
+    """Embed (file index, lo, hi) batches of a source in order, images prepared by workers.
+
+    Each batch's forward pass is queued before the previous batch's result is read back, so a
+    GPU never waits for the Python side between batches (on a CPU this changes nothing)."""
     jobs = [
         (b, (lambda r=source.files[b[0]].reader, lo=b[1], hi=b[2]: r.read(lo, hi))) for b in batches
     ]
     stream = prepared_batches(jobs, backbone.prepare_batch, num_workers)
+    pending = None  # (tag, output on the device) of the batch before
     for fi, lo, hi in batches:  # the stream yields in this order, so a failure is this batch's
         try:
             tag, batch = next(stream)
-        except SourceError:
-            raise
         except (OSError, ValueError) as err:
+            if pending is not None:  # the batch before is complete: deliver it first
+                yield pending[0], fetch(pending[1])
+            if isinstance(err, SourceError):
+                raise
             raise SourceError(
                 f"{source.dataset} file '{source.files[fi].name}', images {lo}..{hi - 1}: "
                 f"cannot read or decode ({err})"
             ) from err
-        yield tag, backbone.embed(batch)
+        out = backbone.forward(backbone.to_input(batch))
+        if pending is not None:
+            yield pending[0], fetch(pending[1])
+        pending = (tag, out)
+    if pending is not None:
+        yield pending[0], fetch(pending[1])
 
 
 def chunk_path(work: Path, name: str, k: int) -> Path:

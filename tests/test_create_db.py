@@ -10,7 +10,7 @@ import pytest
 from image_fixtures import TINY_BACKBONE, make_camelyon, make_medmnist
 
 import data.create_db as create_db
-from data.backbone import Backbone, create_backbone
+from data.backbone import create_backbone
 from data.database import load_database, load_embedding_file
 from utils.io import sha256_file
 
@@ -160,13 +160,13 @@ def test_interrupted_camelyon_run_resumes_to_identical_files(tmp_path, capsys, m
     assert code == 2 and "--resume: the interrupted run" in err and "seed" in err
 
     encoded = []
-    real_embed = Backbone.embed
+    real_fetch = create_db.fetch
 
-    def counting_embed(self, batch):
-        encoded.append(len(batch))
-        return real_embed(self, batch)
+    def counting_fetch(embeddings):  # each encoded batch is read back once
+        encoded.append(len(embeddings))
+        return real_fetch(embeddings)
 
-    monkeypatch.setattr(Backbone, "embed", counting_embed)
+    monkeypatch.setattr(create_db, "fetch", counting_fetch)
     code, _, err = run(capsys, *common, "--database_root", db, "--resume")
     assert code == 0, err
     assert sum(encoded) == 7  # client_0's two finished chunks (7 images) were not encoded again
@@ -282,3 +282,26 @@ def test_corrupt_patch_is_named(tmp_path, capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert f"{bad}: cannot decode image" in err
     assert not (tmp_path / "db" / "meta.json").exists()
+
+
+def test_embed_batches_delivers_every_batch_before_a_failing_one(tmp_path):
+    # One batch of lookahead (the next forward is queued before the previous result is read):
+    # a read error still comes after every earlier batch, and names the failing batch.
+    folder, rows = make_camelyon(tmp_path / "ds", {0: 7})
+    r = rows[5]  # the third batch, in file order
+    name = f"patch_patient_{r['patient']}_node_{r['node']}_x_{r['x_coord']}_y_{r['y_coord']}.png"
+    (bad,) = (folder / "patches").rglob(name)
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n but not really")
+    bb = create_backbone(TINY_BACKBONE, random_init=True)
+    with create_db.open_source("camelyon17", tmp_path / "ds") as src:
+        batches = [(0, lo, min(lo + 2, 7)) for lo in range(0, 7, 2)]
+        reader = src.files[0].reader
+        direct = [bb.embed(bb.prepare_batch(reader.read(0, 2)))]
+        direct.append(bb.embed(bb.prepare_batch(reader.read(2, 4))))
+        got = []
+        with pytest.raises(create_db.SourceError, match="cannot decode image"):
+            for tag, emb in create_db.embed_batches(src, bb, batches, num_workers=2):
+                got.append((tag, emb))
+    assert [tag for tag, _ in got] == batches[:2]
+    for (_, emb), ref in zip(got, direct):
+        np.testing.assert_array_equal(emb, ref)
