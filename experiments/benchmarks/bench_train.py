@@ -17,7 +17,7 @@ CVAE and CGAN, batch 256, 50 rounds x 5 local epochs, epsilon 1 (PRV). Measured 
 
 Per-epoch figures are one client on one torch thread, as each client trains in a full run.
 
-    python experiments/benchmarks/bench_train.py --num_threads 2     # ~6 min on 2 CPU cores
+    python experiments/benchmarks/bench_train.py --num_threads 2     # ~18 min on 2 CPU cores
     python experiments/benchmarks/bench_train.py --quick             # smoke version, seconds
     python experiments/benchmarks/bench_train.py --json bench.json   # one thread
 """
