@@ -313,9 +313,10 @@ class CGANClient(_DPClient):
     def _step(self, idx: torch.Tensor) -> float:
         """One discriminator step, then one generator step on the same fake batch."""
         fake, oh_fake = self._fake(self._n_fake(idx))
-        # The fake samples join the real Poisson batch in one clipped and noised step: their
-        # number and their terms do not depend on any record, so one record still changes the
-        # clipped sum by at most max_grad_norm.
+        # The fake samples join the real Poisson batch in one clipped and noised step. Their
+        # terms use no record, and their number is fixed for the run from the client's size,
+        # like the sampling rate (the size is not covered by DP; see NOT_COVERED): one record
+        # still changes the clipped sum by at most max_grad_norm.
         x = torch.cat([self.x[idx], fake.detach()])
         oh = torch.cat([self.onehot[idx], oh_fake])
         target = torch.cat([torch.ones(len(idx)), torch.zeros(len(fake))])

@@ -52,7 +52,7 @@ if not hasattr(_opacus_rdp._compute_rdp, "cache_info"):
 # What DP does not cover in this project's protocol (also written into metrics.json).
 NOT_COVERED = (
     "each client's number of training samples (sent in the clear as its FedAvg weight, and "
-    "implied by its sampling rate)",
+    "implied by its sampling rate and by the size of DP-CGAN's fake batches)",
     "the spent epsilon each client reports",
     "the end-of-run evaluation each client reports: validation accuracies for the lambda grid, "
     "test metrics, and fidelity statistics computed on its training embeddings",
