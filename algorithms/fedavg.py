@@ -5,7 +5,6 @@ FedProx is FedAvg plus the proximal term `mu/2 * ||w - w_global||^2` in each cli
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -107,9 +106,10 @@ class FedAvgClient:
         return ClientUpdate(weights, n, {"train_loss": total / max(seen, 1)})
 
     def state_dict(self) -> dict:
-        """What a checkpoint needs to continue this client exactly."""
+        """What a checkpoint needs to continue this client exactly: live tensors, not copies
+        (serialize it before training goes on)."""
         return {
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "optimizer": self.optimizer.state_dict(),
             "rng": self.rng.get_state(),
         }
 

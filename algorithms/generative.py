@@ -12,7 +12,6 @@ data/features.py): no statistic of private data is used for normalization.
 from __future__ import annotations
 
 import contextlib
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -263,8 +262,8 @@ class CVAEClient(_DPClient):
 
     def state_dict(self) -> dict:
         return {
-            "model": copy.deepcopy(self.model.state_dict()),
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
             **self._rng_state(),
         }
 
@@ -367,10 +366,10 @@ class CGANClient(_DPClient):
 
     def state_dict(self) -> dict:
         return {
-            "generator": copy.deepcopy(self.generator.state_dict()),
-            "discriminator": copy.deepcopy(self.discriminator.state_dict()),
-            "opt_g": copy.deepcopy(self.opt_g.state_dict()),
-            "opt_d": copy.deepcopy(self.opt_d.state_dict()),
+            "generator": self.generator.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
             **self._rng_state(),
         }
 

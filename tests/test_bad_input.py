@@ -219,6 +219,8 @@ def test_bad_split_files_are_refused(tmp_path, capsys, split_setup, defect):
         (["--method", "dpcvae", "--delta", "-0.1"], r"--delta must lie in \(0, 1\)"),
         (["--method", "dpcgan", "--delta", "1.5"], r"--delta must lie in \(0, 1\)"),
         (["--method", "local", "--resume", "--overwrite"], r"exclude each other"),
+        (["--method", "dpcvae", "--checkpoint_interval", "-1"], r"--checkpoint_interval must be"),
+        (["--method", "dpcvae", "--checkpoint_interval", "nan"], r"--checkpoint_interval must be"),
         (["--method", "local", "--n_clients", "8", "--split_method", "iid", "--s_frac", "16"],
          r"leaves every client without train or test data"),  # 2 samples per client
     ],

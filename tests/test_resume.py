@@ -148,12 +148,13 @@ def test_run_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(db,
         import os, signal, sys
         import main
         import utils.checkpoint as c
-        real = c.sha256_file
-        def sha_then_die(path, *args):
-            if str(path).endswith("tensors_000003.safetensors"):
+        real = c.atomic_path
+        def atomic_then_die(path):
+            done = os.path.join(os.path.dirname(path), "tensors_000003.safetensors")
+            if str(path).endswith("state.json") and os.path.exists(done):
                 os.kill(os.getpid(), signal.SIGKILL)
-            return real(path, *args)
-        c.sha256_file = sha_then_die
+            return real(path)
+        c.atomic_path = atomic_then_die
         sys.exit(main.main({flags!r}))
         """
     )
@@ -212,4 +213,33 @@ def test_run_interrupted_after_its_last_round_only_finishes(db, clean, tmp_path)
         rounds = record_rounds(mp)
         assert run(db, out, *CASES["dpcvae"], "--resume") == 0
     assert rounds == []
+    assert_same_results(clean("dpcvae"), out)
+
+
+def test_checkpoint_interval_skips_writes_and_a_resume_replays_the_rounds(db, clean, tmp_path):
+    """With --checkpoint_interval longer than the run nothing is written; a run killed in its
+    last round then resumes from the start and still ends with the uninterrupted results."""
+    out = tmp_path / "run"
+    flags = [*CASES["dpcvae"], "--checkpoint_interval", "1e9"]
+    saves = []
+    with pytest.MonkeyPatch.context() as mp:
+        real_save = checkpoint_module.save_checkpoint
+        mp.setattr(
+            checkpoint_module, "save_checkpoint", lambda *a: saves.append(a[2]) or real_save(*a)
+        )
+        real_fit = CVAEClient.fit
+
+        def fit_then_fail(self, weights, rnd):
+            if rnd == 2:
+                raise Interrupted
+            return real_fit(self, weights, rnd)
+
+        mp.setattr(CVAEClient, "fit", fit_then_fail)
+        with pytest.raises(Interrupted):
+            run(db, out, *flags)
+    assert saves == [] and not (out / "checkpoint" / "state.json").exists()
+    with pytest.MonkeyPatch.context() as mp:
+        rounds = record_rounds(mp)
+        assert run(db, out, *flags, "--resume") == 0
+    assert sorted(set(rounds)) == [0, 1, 2]  # every round trained again
     assert_same_results(clean("dpcvae"), out)

@@ -40,25 +40,52 @@ else
   step "database ${database_root} exists, reusing it"
 fi
 
-total=$(( ${#SEEDS[@]} * ${#METHODS[@]} + ${#sweep_methods[@]} * ${#sweep_epsilons[@]} ))
+# The baselines train in seconds and use one core: they run in the background, one after the
+# other, while the DP methods use both cores in the foreground. Results do not depend on it.
+BASELINES=(); DP_METHODS=()
+for method in "${METHODS[@]}"; do
+  case "${method}" in dpcvae|dpcgan) DP_METHODS+=("${method}") ;; *) BASELINES+=("${method}") ;; esac
+done
+common=(--database_root "${database_root}" "${split_flags[@]}" "${dp_flags[@]}" "${extra_flags[@]}"
+        --skip_existing --resume --quiet)
+run_main() { $PY main.py "${common[@]}" "$@"; }
+
+n_base=$(( ${#SEEDS[@]} * ${#BASELINES[@]} ))
+n_dp=$(( ${#SEEDS[@]} * ${#DP_METHODS[@]} + ${#sweep_methods[@]} * ${#sweep_epsilons[@]} ))
+baselines() {
+  local k=0
+  for seed in "${SEEDS[@]}"; do
+    for method in "${BASELINES[@]}"; do
+      k=$((k + 1)); step "baseline ${k}/${n_base}: ${method}, seed ${seed}"
+      run_main --method "${method}" --seed "${seed}" --num_threads 1 --results_root "${results}/main"
+    done
+  done
+}
+# the first baseline alone writes the split file that every run reads
+step "split: 10 clients (by_labels_split, alpha 0.3, seed 202502)"
+run_main --method local --seed "${SEEDS[0]}" --num_threads 1 --results_root "${results}/main"
+baselines &
+baselines_pid=$!
+trap 'kill "${baselines_pid}" 2>/dev/null || true' EXIT
+
 n=0
 for seed in "${SEEDS[@]}"; do
-  for method in "${METHODS[@]}"; do
-    n=$((n + 1)); step "run ${n}/${total}: ${method}, seed ${seed}"
+  for method in "${DP_METHODS[@]}"; do
+    n=$((n + 1)); step "DP run ${n}/${n_dp}: ${method}, seed ${seed}"
     save=(); [ "${seed}" = "${SEEDS[0]}" ] && save=(--save_synthetic)
-    $PY main.py --database_root "${database_root}" --method "${method}" --seed "${seed}" \
-      "${split_flags[@]}" "${dp_flags[@]}" "${save[@]}" --num_threads "${threads}" "${extra_flags[@]}" \
-      --results_root "${results}/main" --skip_existing --resume --quiet
+    run_main --method "${method}" --seed "${seed}" "${save[@]}" --num_threads "${threads}" \
+      --checkpoint_interval 60 --results_root "${results}/main"
   done
 done
 for eps in "${sweep_epsilons[@]}"; do
   for method in "${sweep_methods[@]}"; do
-    n=$((n + 1)); step "run ${n}/${total}: ${method} at epsilon ${eps} (sweep), seed ${SEEDS[0]}"
-    $PY main.py --database_root "${database_root}" --method "${method}" --seed "${SEEDS[0]}" \
-      "${split_flags[@]}" "${dp_flags[@]}" --epsilon "${eps}" --num_threads "${threads}" "${extra_flags[@]}" \
-      --results_root "${results}/sweep" --skip_existing --resume --quiet
+    n=$((n + 1)); step "DP run ${n}/${n_dp}: ${method} at epsilon ${eps} (sweep), seed ${SEEDS[0]}"
+    run_main --method "${method}" --seed "${SEEDS[0]}" --epsilon "${eps}" --num_threads "${threads}" \
+      --checkpoint_interval 60 --results_root "${results}/sweep"
   done
 done
+wait "${baselines_pid}" || { step "a baseline run failed (see above)"; exit 1; }
+trap - EXIT
 
 step "collecting the table"
 $PY -m utils.collect "${results}/main" --out "${results}" --name table
