@@ -19,7 +19,7 @@ split_flags=(--split_method by_labels_split --n_clients 10 --alpha 0.3 --n_compo
              --test_data_frac 0.2 --val_frac 0.2 --split_seed 202502)
 dp_flags=(--epsilon 1.0 --delta 1e-4 --max_grad_norm 1.5 --accountant prv)
 threads=${DEMO_THREADS:-2}     # clients trained at once by dpcvae / dpcgan (same results for any value)
-sweep_epsilons=(${DEMO_SWEEP-0.5 2 8})  # plus epsilon 1 from the main runs; first seed only
+sweep_epsilons=(${DEMO_SWEEP-0.5 8})    # plus epsilon 1 from the main runs; first seed only
 sweep_methods=(dpcvae)                  # add dpcgan for its curve too (about 2 minutes a run)
 extra_flags=(${DEMO_FLAGS:-})  # e.g. DEMO_FLAGS="--n_fedavg_rounds 5" for a quick look
 # ------------------------------------------------------------------------------------------------
@@ -40,8 +40,9 @@ else
   step "database ${database_root} exists, reusing it"
 fi
 
-# The baselines train in seconds and use one core: they run in the background, one after the
-# other, while the DP methods use both cores in the foreground. Results do not depend on it.
+# Two streams share the 2 cores: the DP runs of the main table in the foreground (both cores,
+# --num_threads), and in the background, one after the other on one core, the baselines (seconds
+# each) and then the privacy sweep. Results do not depend on it.
 BASELINES=(); DP_METHODS=()
 for method in "${METHODS[@]}"; do
   case "${method}" in dpcvae|dpcgan) DP_METHODS+=("${method}") ;; *) BASELINES+=("${method}") ;; esac
@@ -50,23 +51,30 @@ common=(--database_root "${database_root}" "${split_flags[@]}" "${dp_flags[@]}" 
         --skip_existing --resume --quiet)
 run_main() { $PY main.py "${common[@]}" "$@"; }
 
-n_base=$(( ${#SEEDS[@]} * ${#BASELINES[@]} ))
-n_dp=$(( ${#SEEDS[@]} * ${#DP_METHODS[@]} + ${#sweep_methods[@]} * ${#sweep_epsilons[@]} ))
-baselines() {
+n_bg=$(( ${#SEEDS[@]} * ${#BASELINES[@]} + ${#sweep_methods[@]} * ${#sweep_epsilons[@]} ))
+n_dp=$(( ${#SEEDS[@]} * ${#DP_METHODS[@]} ))
+background() {
   local k=0
   for seed in "${SEEDS[@]}"; do
     for method in "${BASELINES[@]}"; do
-      k=$((k + 1)); step "baseline ${k}/${n_base}: ${method}, seed ${seed}"
+      k=$((k + 1)); step "background ${k}/${n_bg}: ${method}, seed ${seed}"
       run_main --method "${method}" --seed "${seed}" --num_threads 1 --results_root "${results}/main"
+    done
+  done
+  for eps in "${sweep_epsilons[@]}"; do
+    for method in "${sweep_methods[@]}"; do
+      k=$((k + 1)); step "background ${k}/${n_bg}: ${method} at epsilon ${eps} (sweep), seed ${SEEDS[0]}"
+      run_main --method "${method}" --seed "${SEEDS[0]}" --epsilon "${eps}" --num_threads 1 \
+        --checkpoint_interval 60 --results_root "${results}/sweep"
     done
   done
 }
 # the first baseline alone writes the split file that every run reads
 step "split: 10 clients (by_labels_split, alpha 0.3, seed 202502)"
 run_main --method local --seed "${SEEDS[0]}" --num_threads 1 --results_root "${results}/main"
-baselines &
-baselines_pid=$!
-trap 'kill "${baselines_pid}" 2>/dev/null || true' EXIT
+background &
+background_pid=$!
+trap 'kill "${background_pid}" 2>/dev/null || true' EXIT
 
 n=0
 for seed in "${SEEDS[@]}"; do
@@ -77,14 +85,8 @@ for seed in "${SEEDS[@]}"; do
       --checkpoint_interval 60 --results_root "${results}/main"
   done
 done
-for eps in "${sweep_epsilons[@]}"; do
-  for method in "${sweep_methods[@]}"; do
-    n=$((n + 1)); step "DP run ${n}/${n_dp}: ${method} at epsilon ${eps} (sweep), seed ${SEEDS[0]}"
-    run_main --method "${method}" --seed "${SEEDS[0]}" --epsilon "${eps}" --num_threads "${threads}" \
-      --checkpoint_interval 60 --results_root "${results}/sweep"
-  done
-done
-wait "${baselines_pid}" || { step "a baseline run failed (see above)"; exit 1; }
+step "waiting for the background runs"
+wait "${background_pid}" || { step "a background run failed (see above)"; exit 1; }
 trap - EXIT
 
 step "collecting the table"
