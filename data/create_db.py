@@ -32,7 +32,13 @@ from tqdm import tqdm
 
 from data.backbone import DEFAULT_BACKBONE, Backbone, BackboneError, create_backbone, fetch
 from data.database import META_FILE, DatabaseError, load_meta, save_embedding_file, write_meta
-from data.sources import Source, SourceError, medmnist_flags, open_source
+from data.sources import (
+    Source,
+    SourceError,
+    default_dataset_root,
+    medmnist_flags,
+    open_source,
+)
 from utils.cli import OutputError, Parser, check_output
 from utils.io import read_json, save_npz, write_json
 
@@ -208,14 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset",
         required=True,
         help="a 2D single-label MedMNIST flag (" + ", ".join(medmnist_flags()) + "), "
-        "'camelyon17' (Camelyon17-WILDS, one file per hospital) or 'digits' (scikit-learn's "
-        "bundled 8x8 digits, no download)",
+        "'camelyon17' (Camelyon17-WILDS, one file per hospital), 'fashionmnist' (the four "
+        "official Fashion-MNIST IDX files: 70,000 28 px grayscale images, 10 classes) or "
+        "'digits' (scikit-learn's bundled 8x8 digits, no download)",
     )
     p.add_argument(
         "--dataset_root",
-        default="datasets",
-        help="folder holding <flag>[_<size>].npz (MedMNIST) or camelyon17_v1.0/ (WILDS layout); "
-        "unused for digits",
+        default=None,
+        help="folder holding <flag>[_<size>].npz (MedMNIST), camelyon17_v1.0/ (WILDS layout) or "
+        "train-images-idx3-ubyte.gz and the three other IDX files (Fashion-MNIST); unused for "
+        "digits. Default: /usr/share/datasets/fashion-mnist for fashionmnist when it exists "
+        "(Debian's dataset-fashion-mnist package), else datasets",
     )
     p.add_argument(
         "--database_root",
@@ -241,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed",
         type=int,
         default=202502,
-        help="seed of the Camelyon17 sampling and of --random_init",
+        help="seed of the Camelyon17 and Fashion-MNIST sampling (--s_frac) and of --random_init",
     )
     p.add_argument(
         "--size",
@@ -260,9 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--s_frac",
         type=float,
         default=None,
-        help="Camelyon17 only: a fraction in (0, 1] of each hospital, or a total count > 1 "
+        help="Camelyon17: a fraction in (0, 1] of each hospital, or a total count > 1 "
         "split equally between hospitals (the paper: 4600, 920 per hospital); drawn uniformly "
-        "within each hospital, seeded by --seed; only these patches are read. Default: all",
+        "within each hospital, seeded by --seed; only these patches are read. Fashion-MNIST: a "
+        "fraction of each official split, or a total count shared in proportion to them "
+        "(e.g. 25000: 21,429 train + 3,571 test), seeded by --seed. Default: all",
     )
     p.add_argument(
         "--download",
@@ -405,6 +416,8 @@ def run(args: argparse.Namespace, command: list[str], started: float) -> dict:
     """Validate everything, then encode and write the database; return its meta.json."""
     _check_args(args)
     root = Path(args.database_root)
+    if args.dataset_root is None:
+        args.dataset_root = default_dataset_root(args.dataset)
     source = open_source(
         args.dataset,
         args.dataset_root,

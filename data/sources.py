@@ -1,4 +1,5 @@
-"""Image sources for `create_db.py`: MedMNIST 2D `.npz` files, Camelyon17-WILDS patches, digits.
+"""Image sources for `create_db.py`: MedMNIST 2D `.npz` files, Camelyon17-WILDS patches,
+Fashion-MNIST IDX files, digits.
 
 A source lists the database files to write, with their labels and metadata known up front, and a
 reader per file that returns its images in order, a batch at a time: uint8 arrays (H x W or
@@ -9,6 +10,9 @@ Camelyon17 reads only the patches it sampled.
 
 from __future__ import annotations
 
+import gzip
+import struct
+import urllib.request
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -23,7 +27,26 @@ CAMELYON_DIR = "camelyon17_v1.0"
 CAMELYON_COLUMNS = ("patient", "node", "x_coord", "y_coord", "tumor", "slide", "center", "split")
 CAMELYON_METADATA = ("row", "patient", "node", "x_coord", "y_coord", "slide", "center", "split")
 CAMELYON_PATCH_SIZE = 96
-OTHER_DATASETS = ("camelyon17", "digits")
+OTHER_DATASETS = ("camelyon17", "fashionmnist", "digits")
+# Fashion-MNIST: the four official IDX files, and where Debian's `dataset-fashion-mnist` puts them.
+FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+FASHION_DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
+FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 class SourceError(ValueError):
@@ -554,6 +577,121 @@ def open_camelyon17(root: str | Path, s_frac: float = 1.0, seed: int = 202502) -
     )
 
 
+# ----------------------------------------------------------------------------- Fashion-MNIST
+
+
+def default_dataset_root(dataset: str) -> str:
+    """`--dataset_root` when none is given: Debian's Fashion-MNIST folder for fashionmnist when it
+    exists (`apt-get install dataset-fashion-mnist`), else `datasets`."""
+    if dataset.lower() == "fashionmnist" and Path(FASHION_DEBIAN_ROOT).is_dir():
+        return FASHION_DEBIAN_ROOT
+    return "datasets"
+
+
+def read_idx(path: str | Path, ndim: int) -> np.ndarray:
+    """An unsigned-byte IDX array (gzipped, or plain when `path` has no .gz suffix): magic
+    0x0000 0x08 <ndim>, then ndim big-endian uint32 sizes, then the bytes."""
+    path = Path(path)
+    if not path.is_file():
+        raise SourceError(f"{path}: file not found")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(4)
+            if len(head) != 4 or head[:3] != b"\x00\x00\x08" or head[3] != ndim:
+                raise SourceError(
+                    f"{path}: not an unsigned-byte IDX file with {ndim} dimension(s) "
+                    f"(magic {head.hex() or 'missing'})"
+                )
+            shape = struct.unpack(f">{ndim}I", f.read(4 * ndim))
+            data = f.read()
+    except (OSError, EOFError, struct.error, zlib.error) as err:
+        raise SourceError(f"{path}: not a readable IDX file ({err})") from None
+    if len(data) != int(np.prod(shape)):
+        raise SourceError(
+            f"{path}: {len(data)} data bytes, the header announces {int(np.prod(shape))} {shape}"
+        )
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+
+def download_fashionmnist(root: str | Path) -> None:
+    """Download the four official Fashion-MNIST files (about 30 MB) into `root`."""
+    Path(root).mkdir(parents=True, exist_ok=True)
+    for names in FASHION_FILES.values():
+        for name in names:
+            target = Path(root) / name
+            if not target.is_file():
+                tmp = target.with_name(f".{name}.part")
+                urllib.request.urlretrieve(FASHION_URL + name, tmp)
+                tmp.replace(target)
+
+
+def fashion_counts(sizes: dict[str, int], s_frac: float) -> dict[str, int]:
+    """Images to keep per official split: a fraction of each, or a total count shared in
+    proportion to the splits' sizes (largest remainders get the rest)."""
+    s_frac = parse_s_frac(s_frac)
+    if s_frac <= 1:
+        return {k: max(1, int(round(s_frac * n))) for k, n in sizes.items()}
+    total = int(s_frac)
+    if total > sum(sizes.values()):
+        raise SourceError(f"--s_frac {total}: the dataset has {sum(sizes.values())} images")
+    share = {k: total * n / sum(sizes.values()) for k, n in sizes.items()}
+    counts = {k: int(v) for k, v in share.items()}
+    for k in sorted(share, key=lambda k: counts[k] - share[k])[: total - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def open_fashionmnist(root: str | Path, s_frac: float = 1.0, seed: int = 202502) -> Source:
+    """Fashion-MNIST from its four official IDX files: files `train` (60,000) and `test`
+    (10,000), 28 px grayscale, 10 classes. `s_frac` keeps a seeded uniform subset of each file
+    (a fraction, or a total count shared in proportion); metadata: official split and index."""
+    root = Path(root)
+    arrays = {}
+    for split, (images, labels) in FASHION_FILES.items():
+        if not (root / images).is_file():
+            raise SourceError(
+                f"--dataset_root {root}: {images} not found (the official Fashion-MNIST files; "
+                "`apt-get install dataset-fashion-mnist` puts them in "
+                f"{FASHION_DEBIAN_ROOT}, or pass --download)"
+            )
+        x, y = read_idx(root / images, 3), read_idx(root / labels, 1)
+        if len(x) != len(y):
+            raise SourceError(f"{root / labels}: {len(y)} labels for {len(x)} images")
+        if len(y) and y.max() >= len(FASHION_CLASSES):
+            raise SourceError(f"{root / labels}: label {y.max()} outside 0..9")
+        arrays[split] = (x, y.astype(np.int64))
+    counts = fashion_counts({k: len(v[1]) for k, v in arrays.items()}, s_frac)
+    files = []
+    for code, (split, (x, y)) in enumerate(arrays.items()):
+        rng = np.random.default_rng([seed, code])
+        keep = np.sort(rng.choice(len(y), size=counts[split], replace=False))
+        meta = np.stack([np.full(len(keep), code), keep], axis=1).astype(np.int64)
+        files.append(
+            OutputFile(
+                name=split,
+                labels=y[keep],
+                metadata=meta,
+                metadata_fields=("split", "index"),
+                reader=ArrayReader(np.ascontiguousarray(x[keep])),
+                info={"available": len(y)},
+            )
+        )
+    return Source(
+        dataset="fashionmnist",
+        task="multi-class",
+        classes=list(FASHION_CLASSES),
+        source_size=28,
+        files=files,
+        info={
+            "source_file": str(root.resolve()),
+            "sampling": "uniform without replacement within each official split, seeded "
+            "(seed, split); metadata split 0 = train, 1 = test",
+            "s_frac": s_frac,
+        },
+    )
+
+
 # ----------------------------------------------------------------------------- digits
 
 
@@ -597,10 +735,15 @@ def open_source(
     dataset = dataset.lower()
     if size is not None and dataset in OTHER_DATASETS:
         raise SourceError(f"--size applies to MedMNIST datasets only, not to {dataset}")
-    if s_frac is not None and dataset != "camelyon17":
-        raise SourceError(f"--s_frac applies to camelyon17 only, not to {dataset}")
+    if s_frac is not None and dataset not in ("camelyon17", "fashionmnist"):
+        raise SourceError(f"--s_frac applies to camelyon17 and fashionmnist only, not to {dataset}")
     if dataset == "digits":
         return open_digits()
+    if dataset == "fashionmnist":
+        s_frac = parse_s_frac(1.0 if s_frac is None else s_frac)
+        if download and not (Path(dataset_root) / FASHION_FILES["train"][0]).is_file():
+            download_fashionmnist(dataset_root)
+        return open_fashionmnist(dataset_root, s_frac, seed)
     if dataset == "camelyon17":
         s_frac = parse_s_frac(1.0 if s_frac is None else s_frac)
         if download and not (camelyon_dir(dataset_root) / "metadata.csv").is_file():

@@ -90,3 +90,35 @@ def make_camelyon(
         lines.append(",".join([str(i)] + [str(row[k]) for k in header[1:]]))
     (folder / "metadata.csv").write_text("\n".join(lines) + "\n")
     return folder, rows
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
+    """An unsigned-byte IDX file as Fashion-MNIST ships it: magic 0x00000803 (or 0x00000801
+    for labels), big-endian uint32 sizes, then the bytes; gzipped like the official files."""
+    import gzip
+    import struct
+
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    raw = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    raw += array.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+    return path
+
+
+def make_fashionmnist(root: Path, n_train: int = 30, n_test: int = 10, seed: int = 0) -> dict:
+    """The four official Fashion-MNIST files in `root` (28 px images, labels 0-9); returns the
+    arrays written, by split."""
+    rng = np.random.default_rng(seed)
+    names = {
+        "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+        "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+    }
+    out = {}
+    for i, (split, n) in enumerate((("train", n_train), ("test", n_test))):
+        x = make_images(n, 28, rgb=False, seed=seed + i)
+        y = rng.integers(0, 10, size=n).astype(np.uint8)
+        write_idx(root / names[split][0], x)
+        write_idx(root / names[split][1], y)
+        out[split] = (x, y)
+    return out

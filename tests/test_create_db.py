@@ -1,4 +1,5 @@
-"""create_db.py end to end on tiny MedMNIST / Camelyon17 / digits data with a tiny random model."""
+"""create_db.py end to end on tiny MedMNIST / Camelyon17 / Fashion-MNIST / digits data with a tiny
+random model."""
 
 import json
 import subprocess
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from image_fixtures import TINY_BACKBONE, make_camelyon, make_medmnist
+from image_fixtures import TINY_BACKBONE, make_camelyon, make_fashionmnist, make_medmnist
 
 import data.create_db as create_db
 from data.backbone import create_backbone
@@ -196,6 +197,19 @@ def test_digits_database(tmp_path, capsys):
     assert "1797" in out
 
 
+def test_fashionmnist_database_subset(tmp_path, capsys):
+    written = make_fashionmnist(tmp_path / "ds", n_train=30, n_test=10)
+    common = ["--dataset", "fashionmnist", "--dataset_root", tmp_path / "ds", *TINY]
+    code, out, err = run(capsys, *common, "--s_frac", 12, "--database_root", tmp_path / "db")
+    assert code == 0, err
+    train, test = load_database(tmp_path / "db").files
+    assert train.embeddings.shape == (9, 64) and test.embeddings.shape == (3, 64)
+    np.testing.assert_array_equal(train.labels, written["train"][1][train.metadata[:, 1]])
+    meta = json.loads((tmp_path / "db" / "meta.json").read_text())
+    assert meta["dataset"] == "fashionmnist" and meta["s_frac"] == 12
+    assert meta["classes"][9] == "Ankle boot" and meta["source_size"] == 28
+
+
 def test_overwrite_replaces_a_database(tmp_path, capsys):
     make_medmnist(tmp_path / "ds", size=28, counts=(6, 2, 3))
     make_camelyon(tmp_path / "ds", {0: 2, 1: 2})
@@ -223,7 +237,7 @@ def test_overwrite_replaces_a_database(tmp_path, capsys):
         (["--dataset", "digits", "--backbone", "resnet_9000"], "--backbone resnet_9000: unknown"),
         (["--dataset", "digits", "--backbone", "test_vit"], "pass --weights FILE"),
         (["--dataset", "digits", "--backbone", "test_vit", "--weights", "LITE0"], "247 tensors"),
-        (["--dataset", "digits", "--s_frac", "0.5"], "--s_frac applies to camelyon17 only"),
+        (["--dataset", "digits", "--s_frac", "0.5"], "--s_frac applies to camelyon17 and"),
         (["--dataset", "camelyon17"], r"camelyon17_v1\.0/metadata\.csv not found"),
         (["--dataset", "camelyon17", "--s_frac", "0"], r"--s_frac 0\.0: must be a fraction"),
         (["--dataset", "digits", "--size", "64"], "--size applies to MedMNIST"),

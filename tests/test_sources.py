@@ -1,8 +1,9 @@
-"""Image sources: MedMNIST npz reading (memory-mapped / streamed), Camelyon17 sampling, digits."""
+"""Image sources: MedMNIST npz reading (memory-mapped / streamed), Camelyon17 sampling,
+Fashion-MNIST IDX files, digits."""
 
 import numpy as np
 import pytest
-from image_fixtures import make_camelyon, make_medmnist
+from image_fixtures import make_camelyon, make_fashionmnist, make_medmnist, write_idx
 
 from data.sources import (
     ArrayReader,
@@ -12,6 +13,7 @@ from data.sources import (
     medmnist_flags,
     open_camelyon17,
     open_digits,
+    open_fashionmnist,
     open_medmnist,
     open_npz_array,
     open_source,
@@ -114,7 +116,7 @@ def test_medmnist_input_errors_name_the_file(tmp_path):
 def test_option_scope_is_checked():
     with pytest.raises(SourceError, match="--size applies to MedMNIST"):
         open_source("digits", ".", size=28)
-    with pytest.raises(SourceError, match="--s_frac applies to camelyon17 only"):
+    with pytest.raises(SourceError, match="--s_frac applies to camelyon17 and fashionmnist only"):
         open_source("organsmnist", ".", s_frac=0.5)
 
 
@@ -209,3 +211,51 @@ def test_digits_are_the_sklearn_images():
         assert images.dtype == np.uint8 and images.shape == (1797, 8, 8)
         assert images.max() == 255 and images.min() == 0
         np.testing.assert_array_equal(images, np.rint(ref.images * 255 / 16).astype(np.uint8))
+
+
+def test_fashionmnist_reads_the_official_idx_files(tmp_path):
+    written = make_fashionmnist(tmp_path, n_train=30, n_test=10)
+    with open_fashionmnist(tmp_path) as src:
+        assert src.dataset == "fashionmnist" and src.classes[0] == "T-shirt/top"
+        assert len(src.classes) == 10 and src.source_size == 28
+        train, test = src.files
+        assert (train.name, len(train), test.name, len(test)) == ("train", 30, "test", 10)
+        for f, (x, y) in zip(src.files, (written["train"], written["test"])):
+            np.testing.assert_array_equal(f.labels, y)
+            np.testing.assert_array_equal(np.stack(f.reader.read(0, len(f))), x)
+        assert train.metadata_fields == ("split", "index")
+        np.testing.assert_array_equal(test.metadata[:, 0], 1)
+        np.testing.assert_array_equal(test.metadata[:, 1], np.arange(10))
+
+
+def test_fashionmnist_seeded_subset(tmp_path):
+    written = make_fashionmnist(tmp_path, n_train=30, n_test=10)
+    with open_fashionmnist(tmp_path, s_frac=8, seed=3) as src:
+        train, test = src.files
+        assert (len(train), len(test)) == (6, 2)  # 8 shared 30:10
+        rows = train.metadata[:, 1]
+        np.testing.assert_array_equal(train.labels, written["train"][1][rows])
+        np.testing.assert_array_equal(np.stack(train.reader.read(0, 6)), written["train"][0][rows])
+    with open_fashionmnist(tmp_path, s_frac=8, seed=3) as again:
+        np.testing.assert_array_equal(again.files[0].metadata, train.metadata)
+    with open_fashionmnist(tmp_path, s_frac=8, seed=4) as other:
+        assert not np.array_equal(other.files[0].metadata, train.metadata)
+    with open_fashionmnist(tmp_path, s_frac=0.5) as half:
+        assert [len(f) for f in half.files] == [15, 5]
+    with pytest.raises(SourceError, match="--s_frac 41: the dataset has 40 images"):
+        open_fashionmnist(tmp_path, s_frac=41)
+
+
+def test_fashionmnist_bad_files(tmp_path):
+    with pytest.raises(SourceError, match="train-images-idx3-ubyte.gz not found.*--download"):
+        open_fashionmnist(tmp_path)
+    make_fashionmnist(tmp_path)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros((10, 2)))  # 2-D labels
+    with pytest.raises(SourceError, match="t10k-labels-idx1-ubyte.gz: not an unsigned-byte IDX"):
+        open_fashionmnist(tmp_path)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(9))
+    with pytest.raises(SourceError, match="9 labels for 10 images"):
+        open_fashionmnist(tmp_path)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(SourceError, match="t10k-images-idx3-ubyte.gz: not a readable IDX"):
+        open_fashionmnist(tmp_path)
