@@ -32,11 +32,11 @@ from algorithms.generative import (
 )
 from algorithms.heads import HeadConfig
 from algorithms.privacy import ACCOUNTANTS, CALIBRATIONS, DPConfig
+from data.clients import client_datasets
 from data.database import DatabaseError, load_database
 from data.partition import (
     SplitError,
     add_split_arguments,
-    client_datasets,
     load_or_make_split,
     split_config_from_args,
 )

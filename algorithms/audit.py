@@ -66,9 +66,10 @@ from algorithms.generative import (
     train_generative,
 )
 from algorithms.privacy import DPConfig
+from data.clients import ClientData, client_datasets
 from data.database import DatabaseError, load_database
 from data.features import squash, standardize_records
-from data.partition import ClientData, SplitError, client_datasets, load_split
+from data.partition import SplitError, load_split
 from models.cgan import Generator
 from models.cvae import CVAE, decoder_state, load_decoder
 from utils.cli import Parser

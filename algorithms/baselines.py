@@ -9,7 +9,7 @@ from algorithms.evaluation import ClientProbs, Outcome
 from algorithms.fedavg import FedAvgClient, FedAvgConfig, init_global_head, lr_at
 from algorithms.federation import run_federation
 from algorithms.heads import HeadConfig, new_head, predict_proba, train_head
-from data.partition import ClientData
+from data.clients import ClientData
 from utils.checkpoint import RoundCheckpoint
 from utils.seeding import derive_seed
 

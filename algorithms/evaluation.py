@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data.partition import ClientData
+from data.clients import ClientData
 from utils.metrics import classification_metrics
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from algorithms.aggregation import StateDict
 from algorithms.federation import ClientUpdate
 from algorithms.heads import make_optimizer, new_head
-from data.partition import ClientData
+from data.clients import ClientData
 from utils.seeding import generator
 
 

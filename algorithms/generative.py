@@ -33,8 +33,8 @@ from algorithms.privacy import (
     sample_rate_for,
     steps_per_epoch,
 )
+from data.clients import ClientData
 from data.features import squash, unsquash
-from data.partition import ClientData
 from models.cgan import Discriminator, Generator
 from models.cvae import CVAE, cvae_loss_per_sample, decoder_state, load_decoder
 from utils.checkpoint import RoundCheckpoint

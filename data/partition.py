@@ -24,7 +24,6 @@ from typing import NoReturn
 import numpy as np
 
 from data.database import Database, DatabaseError, load_database
-from data.features import standardize_records
 from utils.cli import OutputError, Parser, check_output
 from utils.io import read_json, write_json
 
@@ -84,23 +83,6 @@ class SplitConfig:
         """A short stable name for files made with these arguments."""
         text = json.dumps(asdict(self), sort_keys=True)
         return f"{self.split_method}_{hashlib.sha256(text.encode()).hexdigest()[:10]}"
-
-
-@dataclass(frozen=True)
-class ClientData:
-    """One client's embeddings (per-record standardized) and labels for each split."""
-
-    id: int
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-    @property
-    def n_train(self) -> int:
-        return len(self.y_train)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,17 +369,6 @@ def load_or_make_split(
     except OSError as err:
         raise SplitError(f"{path}: cannot write the split file ({err.strerror or err})") from None
     return split, path
-
-
-def client_datasets(db: Database, split: dict) -> list[ClientData]:
-    """Per-client arrays for a split, with every embedding standardized per record."""
-    x, y, _ = db.pooled()
-    u = standardize_records(x)
-    out = []
-    for c in split["clients"]:
-        tr, va, te = (np.asarray(c[k], dtype=np.int64) for k in ("train", "val", "test"))
-        out.append(ClientData(int(c["id"]), u[tr], y[tr], u[va], y[va], u[te], y[te]))
-    return out
 
 
 def format_class_counts(split: dict, classes: list[str] | None = None) -> str:

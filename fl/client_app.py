@@ -36,7 +36,7 @@ from algorithms.generative import (
     make_clients,
 )
 from algorithms.heads import new_head, predict_proba
-from data.partition import ClientData
+from data.clients import ClientData
 from fl.records import load_state, record_weights, save_state, update_content
 from fl.settings import RunSettings, load_client, node_client_id, node_paths, run_settings
 from utils.progress import set_quiet

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import main  # the CLI: its parser and config builders define every flag
 from algorithms.generative import GENERATIVE_METHODS
+from data.clients import ClientData, client_datasets
 from data.database import load_database
-from data.partition import ClientData, client_datasets, load_split
+from data.partition import load_split
 
 FLOWER_METHODS = ("fedavg", "fedprox", *GENERATIVE_METHODS)
 

@@ -17,8 +17,8 @@ from scipy.stats import binom
 
 import main as main_module
 from algorithms import audit
+from data.clients import ClientData
 from data.features import squash
-from data.partition import ClientData
 from utils.results import read_metrics
 
 RUN_FLAGS = [

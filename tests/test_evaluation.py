@@ -10,7 +10,7 @@ from algorithms.evaluation import (
     mix,
     select_lambda,
 )
-from data.partition import ClientData
+from data.clients import ClientData
 
 
 def _onehot(labels, n=3, conf=0.9):

@@ -31,8 +31,8 @@ from algorithms.privacy import (
     sample_rate_for,
     steps_per_epoch,
 )
+from data.clients import ClientData
 from data.features import standardize_records
-from data.partition import ClientData
 from models.cvae import CVAE, cvae_loss_per_sample
 from utils.seeding import generator
 

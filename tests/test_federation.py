@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from algorithms.aggregation import average_state_dicts
 from algorithms.fedavg import FedAvgClient, FedAvgConfig, init_global_head, lr_at
 from algorithms.federation import fedavg_aggregate, run_federation, sample_clients
-from data.partition import ClientData
+from data.clients import ClientData
 
 
 def _client(cid, n, dim=5, n_classes=3, seed=0):

@@ -16,8 +16,9 @@ from algorithms.baselines import make_fedavg_clients
 from algorithms.fedavg import FedAvgConfig, init_global_head
 from algorithms.generative import GenerativeConfig, init_global_weights, make_clients
 from algorithms.privacy import DPConfig
+from data.clients import client_datasets
 from data.database import load_database
-from data.partition import SplitConfig, client_datasets, split_database
+from data.partition import SplitConfig, split_database
 from fl import client_app, server_app
 from fl.records import load_state, pack_state, save_state, unpack_state
 from fl.run_local import LocalRunError, descendants, run_local

@@ -16,8 +16,8 @@ from algorithms.generative import (
 )
 from algorithms.heads import HeadConfig
 from algorithms.privacy import DPConfig
+from data.clients import ClientData
 from data.features import standardize_records
-from data.partition import ClientData
 
 CFG = GenerativeConfig(n_rounds=2, local_epochs=1, batch_size=16, hidden_dim=16, latent_dim=4)
 HEAD = HeadConfig(epochs=5)

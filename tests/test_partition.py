@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
+from data.clients import client_datasets
 from data.database import load_database
 from data.partition import (
     SplitConfig,
     SplitError,
-    client_datasets,
     load_or_make_split,
     main,
     make_split,

@@ -37,8 +37,8 @@ import torch
 import algorithms.privacy as privacy
 from algorithms.generative import CGANClient, CVAEClient, GenerativeConfig, train_generative
 from algorithms.privacy import DPConfig
+from data.clients import ClientData
 from data.features import standardize_records
-from data.partition import ClientData
 from utils.io import write_json
 from utils.progress import set_quiet
 

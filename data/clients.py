@@ -1,0 +1,41 @@
+"""The clients of a simulation: each one's embeddings and labels, split into train/val/test.
+
+`ClientData` is what every algorithm trains and evaluates on; `client_datasets` cuts it out of a
+database with a split file (data/partition.py makes those)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from data.database import Database
+from data.features import standardize_records
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One client's embeddings (per-record standardized) and labels for each split."""
+
+    id: int
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    @property
+    def n_train(self) -> int:
+        return len(self.y_train)
+
+
+def client_datasets(db: Database, split: dict) -> list[ClientData]:
+    """Per-client arrays for a split, with every embedding standardized per record."""
+    x, y, _ = db.pooled()
+    u = standardize_records(x)
+    out = []
+    for c in split["clients"]:
+        tr, va, te = (np.asarray(c[k], dtype=np.int64) for k in ("train", "val", "test"))
+        out.append(ClientData(int(c["id"]), u[tr], y[tr], u[va], y[va], u[te], y[te]))
+    return out
