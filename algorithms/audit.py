@@ -76,7 +76,17 @@ from utils.cli import Parser
 from utils.io import read_json, sha256_file
 from utils.progress import set_quiet
 from utils.results import CONFIG_FILE, ResultsError, read_metrics, write_metrics
-from utils.seeding import derive_seed, generator, seeded
+from utils.seeding import (
+    AUDIT,
+    CANARIES,
+    LABELS,
+    LATENT,
+    MEMBERS,
+    SAMPLE,
+    derive_seed,
+    generator,
+    seeded,
+)
 
 ATTACKS = {
     "decoder_client": "the target client's decoder/generator as sent in the last round",
@@ -426,14 +436,14 @@ def run_audit(setup: RunSetup, cfg: AuditConfig) -> dict:
 
     start = time.perf_counter()
     k = cfg.n_canaries
-    seed = derive_seed(setup.seed, "audit")
+    seed = derive_seed(setup.seed, AUDIT)
     temp = gen_cfg.squash_temperature
     real = np.concatenate([c.x_train[c.y_train == label] for c in clients])
     avoid = squash(real, temp).mean(axis=0) - 0.5 if len(real) else None
     canaries, design = make_canaries(
-        2 * k, target.x_train.shape[1], derive_seed(seed, "canaries"), avoid
+        2 * k, target.x_train.shape[1], derive_seed(seed, CANARIES), avoid
     )
-    order = np.random.default_rng(derive_seed(seed, "members")).permutation(2 * k)
+    order = np.random.default_rng(derive_seed(seed, MEMBERS)).permutation(2 * k)
     is_member = np.zeros(2 * k, dtype=bool)
     is_member[order[:k]] = True
     audited = list(clients)
@@ -460,18 +470,16 @@ def run_audit(setup: RunSetup, cfg: AuditConfig) -> dict:
             setup.n_classes,
             gen_cfg.latent_dim,
             cfg.n_latent,
-            derive_seed(seed, "latent"),
+            derive_seed(seed, LATENT),
         )
     # the client's synthetic data, drawn as finish_client draws it
     data = audited[index]
-    rng = np.random.default_rng(derive_seed(setup.seed, "labels", data.id))
+    rng = np.random.default_rng(derive_seed(setup.seed, LABELS, data.id))
     labels = np.repeat(
         np.arange(setup.n_classes),
         synthetic_label_counts(data.y_train, setup.n_classes, gen_cfg, rng),
     )
-    synthetic = client.sample(
-        weights, labels, generator(derive_seed(setup.seed, "sample", data.id))
-    )
+    synthetic = client.sample(weights, labels, generator(derive_seed(setup.seed, SAMPLE, data.id)))
     scores["synthetic_dcr"] = dcr_scores(x, y, synthetic, labels)
 
     privacy = client.privacy()

@@ -11,7 +11,14 @@ from algorithms.federation import run_federation
 from algorithms.heads import HeadConfig, new_head, predict_proba, train_head
 from data.clients import ClientData
 from utils.checkpoint import RoundCheckpoint
-from utils.seeding import derive_seed
+from utils.seeding import (
+    CENTRALIZED_HEAD,
+    FEDAVG_CLIENT,
+    FEDAVG_GLOBAL,
+    LOCAL_HEAD,
+    SAMPLING,
+    derive_seed,
+)
 
 
 def _probs(head: torch.nn.Module, c: ClientData) -> ClientProbs:
@@ -24,7 +31,7 @@ def local_heads(
     """Each client trains a head on its own training data only."""
     out = []
     for c in clients:
-        head = train_head(c.x_train, c.y_train, n_classes, cfg, derive_seed(seed, "local", c.id))
+        head = train_head(c.x_train, c.y_train, n_classes, cfg, derive_seed(seed, LOCAL_HEAD, c.id))
         out.append(_probs(head, c))
     return out
 
@@ -42,7 +49,7 @@ def run_centralized(
     """One head on the pooled training data of every client (not private: an upper bound)."""
     x = np.concatenate([c.x_train for c in clients])
     y = np.concatenate([c.y_train for c in clients])
-    head = train_head(x, y, n_classes, head_cfg, derive_seed(seed, "centralized"))
+    head = train_head(x, y, n_classes, head_cfg, derive_seed(seed, CENTRALIZED_HEAD))
     return Outcome(None, [_probs(head, c) for c in clients], [], params_shared=0)
 
 
@@ -51,7 +58,7 @@ def make_fedavg_clients(
 ) -> list[FedAvgClient]:
     """One FedAvg client per data set, seeded by the run seed and the client id."""
     return [
-        FedAvgClient(c, n_classes, cfg, derive_seed(seed, "fedavg-client", c.id)) for c in clients
+        FedAvgClient(c, n_classes, cfg, derive_seed(seed, FEDAVG_CLIENT, c.id)) for c in clients
     ]
 
 
@@ -88,7 +95,7 @@ def run_fedavg(
         evaluator.load_state_dict(weights)
         return validation_row(cfg, rnd, [val_accuracy(evaluator, c) for c in clients])
 
-    weights = init_global_head(dim, n_classes, derive_seed(seed, "fedavg-global"))
+    weights = init_global_head(dim, n_classes, derive_seed(seed, FEDAVG_GLOBAL))
     history, start = [], 0
     if checkpoint is not None:
         weights, history, start = checkpoint.restore(fed_clients, weights)
@@ -97,7 +104,7 @@ def run_fedavg(
         weights,
         cfg.n_rounds,
         sampling_rate=cfg.sampling_rate,
-        seed=derive_seed(seed, "sampling"),
+        seed=derive_seed(seed, SAMPLING),
         start_round=start,
         history=history,
         on_round=validate,

@@ -40,7 +40,24 @@ from models.cvae import CVAE, cvae_loss_per_sample, decoder_state, load_decoder
 from utils.checkpoint import RoundCheckpoint
 from utils.metrics import prdc, sinkhorn_wasserstein
 from utils.progress import progress
-from utils.seeding import derive_seed, generator, seeded
+from utils.seeding import (
+    BATCHES,
+    DP_NOISE,
+    GENERATIVE_CLIENT,
+    GENERATIVE_GLOBAL,
+    INIT,
+    INIT_DISCRIMINATOR,
+    INIT_GENERATOR,
+    LABELS,
+    LATENT,
+    LOCAL_HEAD,
+    SAMPLE,
+    SAMPLING,
+    SYNTHETIC_HEAD,
+    derive_seed,
+    generator,
+    seeded,
+)
 
 GENERATIVE_METHODS = ("dpcvae", "dpcgan")
 SYNTHETIC_LABELS = ("match", "uniform")
@@ -129,9 +146,9 @@ class _DPClient:
         self.n = len(self.y)
         self.steps_epoch = steps_per_epoch(self.n, cfg.batch_size)
         self.total_steps = cfg.n_rounds * cfg.local_epochs * self.steps_epoch
-        self.rng_batches = generator(derive_seed(seed, "batches"))
-        self.rng_noise = generator(derive_seed(seed, "dp-noise"))
-        self.rng_latent = generator(derive_seed(seed, "latent"))
+        self.rng_batches = generator(derive_seed(seed, BATCHES))
+        self.rng_noise = generator(derive_seed(seed, DP_NOISE))
+        self.rng_latent = generator(derive_seed(seed, LATENT))
         self.private: PrivateTraining | None = None
 
     def _make_private(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -211,7 +228,7 @@ class CVAEClient(_DPClient):
         super().__init__(data, n_classes, cfg, dp, seed)
         dim = self.x.shape[1]
         self.model = seeded(
-            derive_seed(seed, "init"), lambda: CVAE(dim, n_classes, cfg.hidden_dim, cfg.latent_dim)
+            derive_seed(seed, INIT), lambda: CVAE(dim, n_classes, cfg.hidden_dim, cfg.latent_dim)
         )
         self.optimizer = adam(self.model.parameters(), lr=cfg.lr)
         self._make_private(self.model, self.optimizer)
@@ -284,10 +301,10 @@ class CGANClient(_DPClient):
         super().__init__(data, n_classes, cfg, dp, seed)
         dim = self.x.shape[1]
         self.generator = seeded(
-            derive_seed(seed, "init-g"), lambda: Generator(dim, n_classes, cfg.latent_dim)
+            derive_seed(seed, INIT_GENERATOR), lambda: Generator(dim, n_classes, cfg.latent_dim)
         )
         self.discriminator = seeded(
-            derive_seed(seed, "init-d"), lambda: Discriminator(dim, n_classes)
+            derive_seed(seed, INIT_DISCRIMINATOR), lambda: Discriminator(dim, n_classes)
         )
         betas = (0.5, 0.999)
         self.opt_g = adam(self.generator.parameters(), lr=cfg.gan_lr, betas=betas)
@@ -401,7 +418,10 @@ def make_clients(
     seed: int,
 ) -> list[CVAEClient | CGANClient]:
     cls = CVAEClient if method == "dpcvae" else CGANClient
-    return [cls(c, n_classes, cfg, dp, derive_seed(seed, method, "client", c.id)) for c in clients]
+    return [
+        cls(c, n_classes, cfg, dp, derive_seed(seed, method, GENERATIVE_CLIENT, c.id))
+        for c in clients
+    ]
 
 
 def count_parameters(method: str, dim: int, n_classes: int, cfg: GenerativeConfig) -> dict:
@@ -436,7 +456,9 @@ def train_generative(
     cores; clients in threads do not wait on each other. Results do not depend on it."""
     dim = clients[0].x_train.shape[1]
     gen_clients = make_clients(method, clients, n_classes, cfg, dp, seed)
-    weights = init_global_weights(method, dim, n_classes, cfg, derive_seed(seed, method, "global"))
+    weights = init_global_weights(
+        method, dim, n_classes, cfg, derive_seed(seed, method, GENERATIVE_GLOBAL)
+    )
     history, start = [], 0
     if checkpoint is not None:
         weights, history, start = checkpoint.restore(gen_clients, weights)
@@ -447,7 +469,7 @@ def train_generative(
             gen_clients,
             weights,
             cfg.n_rounds,
-            seed=derive_seed(seed, "sampling"),
+            seed=derive_seed(seed, SAMPLING),
             start_round=start,
             history=history,
             desc=method,
@@ -483,10 +505,10 @@ def finish_client(
 ) -> FinishedClient:
     """Run where the client's data lives: synthesize from the global model, fit a head on real
     and one on synthetic data, and measure the fidelity of the synthetic embeddings."""
-    rng = np.random.default_rng(derive_seed(seed, "labels", data.id))
+    rng = np.random.default_rng(derive_seed(seed, LABELS, data.id))
     counts = synthetic_label_counts(data.y_train, n_classes, cfg, rng)
     labels = np.repeat(np.arange(n_classes), counts)
-    synthetic = client.sample(weights, labels, generator(derive_seed(seed, "sample", data.id)))
+    synthetic = client.sample(weights, labels, generator(derive_seed(seed, SAMPLE, data.id)))
     real = squash(data.x_train, cfg.squash_temperature)
     wasserstein, quality = sinkhorn_wasserstein(real, synthetic), prdc(real, synthetic)
     head_syn = train_head(
@@ -494,10 +516,10 @@ def finish_client(
         labels,
         n_classes,
         head_cfg,
-        derive_seed(seed, "head-synthetic", data.id),
+        derive_seed(seed, SYNTHETIC_HEAD, data.id),
     )
     head_real = train_head(
-        data.x_train, data.y_train, n_classes, head_cfg, derive_seed(seed, "local", data.id)
+        data.x_train, data.y_train, n_classes, head_cfg, derive_seed(seed, LOCAL_HEAD, data.id)
     )
     return FinishedClient(
         local=ClientProbs(

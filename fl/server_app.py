@@ -36,7 +36,7 @@ from fl.settings import RunSettings, SettingsError, run_settings
 from utils.io import read_json
 from utils.metrics import CLASSIFICATION_METRICS
 from utils.progress import set_quiet
-from utils.seeding import derive_seed
+from utils.seeding import FEDAVG_GLOBAL, GENERATIVE_GLOBAL, SAMPLING, derive_seed
 
 app = ServerApp()
 
@@ -192,7 +192,7 @@ def train_rounds(
         initial,
         n_rounds,
         sampling_rate=sampling_rate,
-        seed=derive_seed(settings.seed, "sampling"),
+        seed=derive_seed(settings.seed, SAMPLING),
         on_round=on_round,
         desc=settings.method,
     )
@@ -205,7 +205,9 @@ def run_generative(
     chosen from the sites' validation accuracies, and each site reports its test metrics."""
     method, seed = settings.method, settings.seed
     cfg, dp = settings.configs["generative"], settings.configs["dp"]
-    initial = init_global_weights(method, dim, n_classes, cfg, derive_seed(seed, method, "global"))
+    initial = init_global_weights(
+        method, dim, n_classes, cfg, derive_seed(seed, method, GENERATIVE_GLOBAL)
+    )
     weights, history = train_rounds(sites, order, initial, cfg.n_rounds, 1.0, settings)
 
     record = weights_record(weights)
@@ -259,7 +261,7 @@ def run_fedavg(
         accs = [replies[cid].metric_records["val"].get("acc") for cid in order]
         return validation_row(cfg, rnd, [None if a is None else float(a) for a in accs])
 
-    initial = init_global_head(dim, n_classes, derive_seed(seed, "fedavg-global"))
+    initial = init_global_head(dim, n_classes, derive_seed(seed, FEDAVG_GLOBAL))
     weights, history = train_rounds(
         sites, order, initial, cfg.n_rounds, cfg.sampling_rate, settings, on_round=validate
     )
