@@ -6,19 +6,18 @@ import numpy as np
 import torch
 
 from algorithms.evaluation import ClientProbs, Outcome
-from algorithms.fedavg import FedAvgClient, FedAvgConfig, init_global_head, lr_at
+from algorithms.fedavg import (
+    FedAvgConfig,
+    initial_head,
+    make_fedavg_clients,
+    val_accuracy,
+    validation_row,
+)
 from algorithms.federation import run_federation
 from algorithms.heads import HeadConfig, new_head, predict_proba, train_head
 from data.clients import ClientData
 from utils.checkpoint import RoundCheckpoint
-from utils.seeding import (
-    CENTRALIZED_HEAD,
-    FEDAVG_CLIENT,
-    FEDAVG_GLOBAL,
-    LOCAL_HEAD,
-    SAMPLING,
-    derive_seed,
-)
+from utils.seeding import CENTRALIZED_HEAD, LOCAL_HEAD, SAMPLING, derive_seed
 
 
 def _probs(head: torch.nn.Module, c: ClientData) -> ClientProbs:
@@ -53,29 +52,6 @@ def run_centralized(
     return Outcome(None, [_probs(head, c) for c in clients], [], params_shared=0)
 
 
-def make_fedavg_clients(
-    clients: list[ClientData], n_classes: int, cfg: FedAvgConfig, seed: int
-) -> list[FedAvgClient]:
-    """One FedAvg client per data set, seeded by the run seed and the client id."""
-    return [
-        FedAvgClient(c, n_classes, cfg, derive_seed(seed, FEDAVG_CLIENT, c.id)) for c in clients
-    ]
-
-
-def val_accuracy(head: torch.nn.Module, c: ClientData) -> float | None:
-    """A head's accuracy on one client's validation set (None without validation data)."""
-    if not len(c.y_val):
-        return None
-    return float((predict_proba(head, c.x_val).argmax(1) == c.y_val).mean())
-
-
-def validation_row(cfg: FedAvgConfig, rnd: int, accs: list[float | None]) -> dict:
-    """History columns of a FedAvg round: its learning rate and the global head's validation
-    accuracy averaged over the clients that have validation data."""
-    accs = [a for a in accs if a is not None]
-    return {"lr": lr_at(cfg, rnd), "val_acc": float(np.mean(accs)) if accs else float("nan")}
-
-
 def run_fedavg(
     clients: list[ClientData],
     n_classes: int,
@@ -95,7 +71,7 @@ def run_fedavg(
         evaluator.load_state_dict(weights)
         return validation_row(cfg, rnd, [val_accuracy(evaluator, c) for c in clients])
 
-    weights = init_global_head(dim, n_classes, derive_seed(seed, FEDAVG_GLOBAL))
+    weights = initial_head(dim, n_classes, seed)
     history, start = [], 0
     if checkpoint is not None:
         weights, history, start = checkpoint.restore(fed_clients, weights)

@@ -4,6 +4,11 @@ FedLambda and the DP generative methods.
 Each client has a local head and a global model; their softmax outputs are mixed as
 `lam * p_local + (1 - lam) * p_global`. One `lam` from the grid {0, r, 2r, ..., 1} is chosen by
 the mean validation accuracy across clients (ties go to the smallest lam) and applied on test.
+
+Split as a deployment runs it: each client reports its validation accuracies over the grid
+(`client_val_accuracies`), the server chooses lambda (`choose_lambda`), each client computes its
+test row at that lambda (`client_test_row`). `evaluate_clients` is the same three in one
+process; the Flower apps call them on each side.
 """
 
 from __future__ import annotations
@@ -86,8 +91,19 @@ def client_row(c: ClientData, test_probs: np.ndarray) -> dict:
     }
 
 
+def client_test_row(
+    c: ClientData, local_test: np.ndarray | None, global_test: np.ndarray | None, lam: float | None
+) -> dict:
+    """One client's test row: of the mixed model at `lam`, or of its one model (lam None)."""
+    if lam is not None:
+        probs = mix(local_test, global_test, lam)
+    else:
+        probs = local_test if local_test is not None else global_test
+    return client_row(c, probs)
+
+
 def evaluate_clients(
-    clients: list,
+    clients: list[ClientData],
     local: list[ClientProbs] | None,
     global_: list[ClientProbs] | None,
     grid_resolution: float,
@@ -104,11 +120,9 @@ def evaluate_clients(
         lam, scores = select_lambda(local, global_, [c.y_val for c in clients], grid)
     rows = []
     for i, c in enumerate(clients):
-        if lam is not None:
-            probs = mix(local[i].test, global_[i].test, lam)
-        else:
-            probs = (local or global_)[i].test
-        rows.append(client_row(c, probs))
+        local_test = local[i].test if local is not None else None
+        global_test = global_[i].test if global_ is not None else None
+        rows.append(client_test_row(c, local_test, global_test, lam))
     return rows, lam, scores
 
 

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from algorithms.aggregation import StateDict
 from algorithms.federation import ClientUpdate
-from algorithms.heads import make_optimizer, new_head
+from algorithms.heads import make_optimizer, new_head, predict_proba
 from data.clients import ClientData
-from utils.seeding import generator
+from utils.seeding import FEDAVG_CLIENT, FEDAVG_GLOBAL, derive_seed, generator
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class FedAvgConfig:
     75% of the rounds, every client every round."""
 
     n_rounds: int = 50
+    # local epochs per round (--fedavg_local_epochs); the field keeps the paper's name, which
+    # config.json records and which names the run directories
     local_steps: int = 5
     batch_size: int = 128
     lr: float = 1e-3
@@ -34,7 +37,7 @@ class FedAvgConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.n_rounds >= 1, f"--n_rounds must be >= 1, got {self.n_rounds}"),
-            (self.local_steps >= 1, f"--local_steps must be >= 1, got {self.local_steps}"),
+            (self.local_steps >= 1, f"--fedavg_local_epochs must be >= 1, got {self.local_steps}"),
             (self.batch_size >= 1, f"--bz must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"--fedavg_lr must be > 0, got {self.lr}"),
             (
@@ -67,6 +70,11 @@ def lr_at(cfg: FedAvgConfig, rnd: int) -> float:
 def init_global_head(dim: int, n_classes: int, seed: int) -> StateDict:
     """The server's initial head, seeded by the run seed."""
     return {k: v.detach().clone() for k, v in new_head(dim, n_classes, seed).state_dict().items()}
+
+
+def initial_head(dim: int, n_classes: int, run_seed: int) -> StateDict:
+    """The initial global head of a run, seeded by the run seed's FedAvg stream."""
+    return init_global_head(dim, n_classes, derive_seed(run_seed, FEDAVG_GLOBAL))
 
 
 class FedAvgClient:
@@ -116,3 +124,26 @@ class FedAvgClient:
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.rng.set_state(state["rng"])
+
+
+def make_fedavg_clients(
+    clients: list[ClientData], n_classes: int, cfg: FedAvgConfig, seed: int
+) -> list[FedAvgClient]:
+    """One FedAvg client per data set, seeded by the run seed and the client id."""
+    return [
+        FedAvgClient(c, n_classes, cfg, derive_seed(seed, FEDAVG_CLIENT, c.id)) for c in clients
+    ]
+
+
+def val_accuracy(head: torch.nn.Module, c: ClientData) -> float | None:
+    """A head's accuracy on one client's validation set (None without validation data)."""
+    if not len(c.y_val):
+        return None
+    return float((predict_proba(head, c.x_val).argmax(1) == c.y_val).mean())
+
+
+def validation_row(cfg: FedAvgConfig, rnd: int, accs: list[float | None]) -> dict:
+    """History columns of a FedAvg round: its learning rate and the global head's validation
+    accuracy averaged over the clients that have validation data."""
+    accs = [a for a in accs if a is not None]
+    return {"lr": lr_at(cfg, rnd), "val_acc": float(np.mean(accs)) if accs else float("nan")}

@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import opacus
 import torch
 from opacus import PrivacyEngine
 from opacus.accountants import create_accountant
@@ -27,9 +28,15 @@ from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClippi
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from algorithms.ghost_clipping import LinearTape, Recorded, clip_and_sum_linear
+
 # Opacus's hooks see inputs that need no gradient (embeddings): a benign PyTorch notice.
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
+# The Opacus release this module is tested with: it uses Opacus internals (the memoized
+# `_compute_rdp` below, `_check_skip_next_step` and the DP optimizer's fields in
+# `_noise_and_step`), so DP training refuses any other version (see `check_opacus`).
+TESTED_OPACUS = "1.6.0"
 ACCOUNTANTS = ("prv", "rdp")
 CALIBRATIONS = ("total", "paper")
 # The paper's code calibrates the noise for this many epochs, whatever the training length.
@@ -38,8 +45,6 @@ PAPER_CALIBRATION_EPOCHS = 20
 # nn.Linear layers), or Opacus's own `ghost` (two backward passes) and `hooks` (per-sample
 # gradients materialized). All three give the same clipped sum and feed the same DP optimizer.
 GRAD_SAMPLE_MODES = ("fast", "ghost", "hooks")
-# Opacus's clipping factor: min(1, C / (norm + CLIP_EPS)).
-CLIP_EPS = 1e-6
 # Accountant calls silence warnings (process-wide state) and share caches: clients trained in
 # threads (run_federation's `workers`) take turns.
 _ACCOUNTING = threading.Lock()
@@ -90,6 +95,17 @@ class DPConfig:
             raise ValueError(
                 f"--dp_calibration must be one of {CALIBRATIONS}, got {self.calibration!r}"
             )
+
+
+def check_opacus() -> None:
+    """Refuse DP training with an Opacus other than the tested one (ValueError saying both).
+    Called before any output by the entry points' settings, and by `make_private`."""
+    if opacus.__version__ != TESTED_OPACUS:
+        raise ValueError(
+            f"DP training needs opacus {TESTED_OPACUS}, the tested version (this code uses "
+            f"Opacus internals), but {opacus.__version__} is installed: install "
+            f"opacus=={TESTED_OPACUS}, or train without DP (--dp off)"
+        )
 
 
 def sample_rate_for(n: int, batch_size: int) -> float:
@@ -149,91 +165,6 @@ def _epsilon(accountant: str, history: tuple, delta: float) -> float:
         return float(acc.get_epsilon(delta=delta))
 
 
-class LinearTape:
-    """Inputs and outputs of a model's nn.Linear layers, recorded during a private forward pass:
-    all that the single-backward clipping (`clip_and_sum_linear`) needs."""
-
-    def __init__(self, model: nn.Module):
-        # the trained linear layers (frozen ones are passed through, as Opacus does)
-        self.layers = [
-            m
-            for m in model.modules()
-            if isinstance(m, nn.Linear) and any(p.requires_grad for p in m.parameters())
-        ]
-        linear = {id(p) for m in self.layers for p in m.parameters()}
-        others = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in linear]
-        partly = [m for m in self.layers if not all(p.requires_grad for p in m.parameters())]
-        if others or partly:
-            raise ValueError(
-                "grad_sample_mode='fast' supports fully trained nn.Linear layers only, not "
-                f"{others[:3] or partly[:1]}; use 'ghost'"
-            )
-        self.records: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
-        self.recording = False
-        for layer in self.layers:
-            layer.register_forward_hook(self._record)
-
-    def _record(self, layer: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        if self.recording and torch.is_grad_enabled():
-            self.records.append((layer, inputs[0].detach(), output))
-
-    def take(self) -> list[tuple[nn.Linear, torch.Tensor, torch.Tensor]]:
-        """The records of the last forward pass (each layer exactly once), and forget them."""
-        records, self.records = self.records, []
-        seen = [id(r[0]) for r in records]
-        if len(set(seen)) != len(seen) or len(seen) != len(self.layers):
-            raise RuntimeError(
-                f"expected one forward pass through each of {len(self.layers)} linear layers, "
-                f"recorded {len(seen)} calls (a layer used twice or not at all?)"
-            )
-        return records
-
-
-class _Recorded(nn.Module):
-    """The model as the private forward pass sees it: calls it with the tape recording."""
-
-    def __init__(self, model: nn.Module, tape: LinearTape):
-        super().__init__()
-        self.model, self.tape = model, tape
-
-    def forward(self, *args, **kwargs):
-        self.tape.records.clear()  # a forward pass whose loss never reached dp_step
-        self.tape.recording = True
-        try:
-            return self.model(*args, **kwargs)
-        finally:
-            self.tape.recording = False
-
-
-def clip_and_sum_linear(
-    records: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]],
-    loss_per_sample: torch.Tensor,
-    max_grad_norm: float,
-) -> None:
-    """Set each layer's `.grad` to the sum over samples of the per-sample gradients, each sample's
-    whole gradient clipped to `max_grad_norm` as Opacus clips it.
-
-    One backward pass to the layer outputs gives each sample's output gradient g_i; with input
-    a_i, its weight gradient is g_i a_i^T, of squared norm |g_i|^2 |a_i|^2 (ghost norm), and the
-    clipped sum is one weighted matrix product per layer. Opacus's ghost mode needs two full
-    backward passes for the same sum."""
-    grads = torch.autograd.grad(loss_per_sample.sum(), [r[2] for r in records])
-    sq_norm = torch.zeros(len(loss_per_sample), dtype=loss_per_sample.dtype)
-    for (layer, a, _), g in zip(records, grads):
-        if a.dim() != 2:
-            raise ValueError("grad_sample_mode='fast' needs 2-D inputs to linear layers")
-        g2 = g.pow(2).sum(dim=1)
-        sq_norm += g2 * a.pow(2).sum(dim=1)
-        if layer.bias is not None:
-            sq_norm += g2
-    coef = (max_grad_norm / (sq_norm.sqrt() + CLIP_EPS)).clamp(max=1.0)
-    for (layer, a, _), g in zip(records, grads):
-        scaled = g * coef.unsqueeze(1)
-        layer.weight.grad = scaled.t() @ a
-        if layer.bias is not None:
-            layer.bias.grad = scaled.sum(dim=0)
-
-
 @dataclass
 class PrivateTraining:
     """A model made private once for the whole run: the Opacus engine (and its accountant),
@@ -286,6 +217,7 @@ def make_private(
     Opacus's ghost-mode DP optimizer and accountant but clips in one backward pass instead of
     two (`clip_and_sum_linear`). Batches come from `poisson_batch` at the rate Opacus derives
     from the data loader (1 / ceil(n / batch_size))."""
+    check_opacus()
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ValueError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}")
     tape = LinearTape(model) if grad_sample_mode == "fast" else None
@@ -309,7 +241,7 @@ def make_private(
         # Keep Opacus's ghost-mode optimizer (noise, scaling, accountant hook) but none of its
         # per-layer hooks: the tape records what clip_and_sum_linear needs.
         module._close()
-        module = _Recorded(model, tape)
+        module = Recorded(model, tape)
     rate = 1.0 / len(loader)
     if not math.isclose(rate, sample_rate_for(n, batch_size)):
         raise RuntimeError("sampling rate differs from Opacus's")
@@ -403,3 +335,32 @@ def privacy_report(cfg: DPConfig, clients: list[dict]) -> dict:
         "epsilon_max": max(c["epsilon"] for c in clients),
         "not_covered": list(NOT_COVERED),
     }
+
+
+def delta_warning(cfg: DPConfig | None, sizes: list[int], ids: list[int]) -> str | None:
+    """A warning when delta is not below 1/n for some client (the usual requirement of DP):
+    `sizes` and `ids` are the clients' training sizes and ids. None when all is well."""
+    if cfg is None or not cfg.enabled:
+        return None
+    small = [i for i, n in zip(ids, sizes) if cfg.delta >= 1.0 / max(n, 1)]
+    if not small:
+        return None
+    return (
+        f"--delta {cfg.delta} is not below 1/n for clients {small} "
+        f"(n = their training size); the guarantee is weak for them"
+    )
+
+
+def over_budget_warning(report: dict) -> str | None:
+    """A warning when a run's spent epsilon exceeds its target (only --dp_calibration paper),
+    from its `privacy` block. None when all is well."""
+    if not report.get("enabled"):
+        return None
+    spent, target = report["epsilon_max"], report["target_epsilon"]
+    if spent <= target + 1e-9:
+        return None
+    return (
+        f"the spent epsilon ({spent:.3f}, largest over clients, from the accountant) exceeds "
+        f"the target {target} (--dp_calibration {report['calibration']}); this run is NOT "
+        f"{target}-DP"
+    )

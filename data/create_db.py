@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import platform
 import shutil
 import sys
 import time
@@ -25,9 +24,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import PIL
-import timm
-import torch
 from tqdm import tqdm
 
 from data.backbone import DEFAULT_BACKBONE, Backbone, BackboneError, create_backbone, fetch
@@ -41,6 +37,7 @@ from data.sources import (
 )
 from utils.cli import OutputError, Parser, check_output
 from utils.io import read_json, save_npz, write_json
+from utils.provenance import versions
 
 PARTIAL_DIR = ".partial"
 PLAN_FILE = "plan.json"
@@ -379,16 +376,6 @@ def _check_same_plan(old: dict, plan: dict, what: str) -> None:
         )
 
 
-def _versions() -> dict:
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "numpy": np.__version__,
-        "pillow": PIL.__version__,
-    }
-
-
 def summary_table(meta: dict, root: Path) -> str:
     """A short human summary: files, samples, per-class counts, dimension, time."""
     classes = meta["classes"]
@@ -495,7 +482,7 @@ def run(args: argparse.Namespace, command: list[str], started: float) -> dict:
         "batch_size": args.batch_size,
         "source": source.info,
         "command": command,
-        "versions": _versions(),
+        "versions": versions(),
         "device": str(backbone.device),
         "encode_seconds": round(encode_seconds, 3),
         "elapsed_seconds": round(time.time() - started, 3),

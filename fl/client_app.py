@@ -1,5 +1,6 @@
-"""The Flower ClientApp: one site's side of the federation, with the same client objects as
-main.py (algorithms/generative.py, algorithms/fedavg.py).
+"""The Flower ClientApp: one site's side of the federation, with the same client objects and
+end-of-run functions as main.py (algorithms/generative.py, algorithms/fedavg.py,
+algorithms/evaluation.py).
 
 Each message runs in a fresh process (deployment) or in a shared worker (simulation), so the
 client object is rebuilt from its seed and restored from the node's Context.state, which holds
@@ -24,21 +25,16 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-import main  # main.py's checks, as the CLI runs them
-from algorithms.baselines import make_fedavg_clients, val_accuracy
-from algorithms.evaluation import client_row, client_val_accuracies, lambda_grid, mix
-from algorithms.fedavg import FedAvgClient
-from algorithms.generative import (
-    GENERATIVE_METHODS,
-    CGANClient,
-    CVAEClient,
-    finish_client,
-    make_clients,
-)
+from algorithms.dp_client import DPClient
+from algorithms.evaluation import client_test_row, client_val_accuracies, lambda_grid
+from algorithms.experiment import warn_privacy_settings
+from algorithms.fedavg import FedAvgClient, make_fedavg_clients, val_accuracy
+from algorithms.generative import finish_client, make_clients
 from algorithms.heads import new_head, predict_proba
+from algorithms.options import Settings
 from data.clients import ClientData
 from fl.records import load_state, record_weights, save_state, update_content
-from fl.settings import RunSettings, load_client, node_client_id, node_paths, run_settings
+from fl.settings import is_generative, load_client, node_client_id, node_paths, run_settings
 from utils.progress import set_quiet
 
 app = ClientApp()
@@ -53,22 +49,18 @@ class Site:
 
     def __init__(self, context: Context):
         set_quiet(True)
-        self.settings: RunSettings = run_settings(context.run_config)
+        self.settings: Settings = run_settings(context.run_config)
         self.client_id = node_client_id(context.node_config)
         root, split = node_paths(context.node_config, self.settings)
         self.data, self.n_classes = load_client(root, split, self.client_id)
         self.context = context
 
-    @property
-    def method(self) -> str:
-        return self.settings.method
-
-    def client(self) -> CVAEClient | CGANClient | FedAvgClient:
+    def client(self) -> DPClient | FedAvgClient:
         """The client object, restored to where the last message left it."""
         s = self.settings
-        if self.method in GENERATIVE_METHODS:
+        if is_generative(s):
             gen, dp = s.configs["generative"], s.configs["dp"]
-            client = make_clients(self.method, [self.data], self.n_classes, gen, dp, s.seed)[0]
+            client = make_clients(s.method.name, [self.data], self.n_classes, gen, dp, s.seed)[0]
         else:
             cfg = s.configs["fedavg"]
             client = make_fedavg_clients([self.data], self.n_classes, cfg, s.seed)[0]
@@ -106,7 +98,7 @@ def train(msg: Message, context: Context) -> Message:
                 f"client {site.client_id}: asked for round {rnd + 1} after round {last + 1}"
             )
     else:
-        main.check_privacy_settings(site.settings.configs, [site.data])
+        warn_privacy_settings(site.settings.configs, [site.data])
     client = site.client()
     update = client.fit(record_weights(msg.content.array_records["weights"]), rnd)
     save_state(context.state, STATE, client.state_dict())
@@ -161,16 +153,16 @@ def report(msg: Message, context: Context) -> Message:
     """This site's test metrics: of the global head (fedavg), or of the mix at the lambda the
     server chose from the validation accuracies (dpcvae, dpcgan)."""
     site = Site(context)
-    if site.method in GENERATIVE_METHODS:
+    if is_generative(site.settings):
         lam = float(msg.content.config_records["config"]["lambda"])
         if TEST_PROBS not in context.state:
             raise RuntimeError(f"client {site.client_id}: test metrics asked before synthesis")
         local_test, global_test = context.state.array_records[TEST_PROBS].to_numpy_ndarrays()
-        probs = mix(local_test, global_test, lam)
+        row = client_test_row(site.data, local_test, global_test, lam)
     else:
         head = _head(site.data, site.n_classes, msg.content.array_records["weights"])
-        probs = predict_proba(head, site.data.x_test)
-    return site.reply(msg, {"row": MetricRecord(client_row(site.data, probs))})
+        row = client_test_row(site.data, None, predict_proba(head, site.data.x_test), None)
+    return site.reply(msg, {"row": MetricRecord(row)})
 
 
 def _head(data: ClientData, n_classes: int, weights: ArrayRecord) -> torch.nn.Module:

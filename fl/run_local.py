@@ -4,12 +4,13 @@
     python -m fl.run_local --engine deployment -- --database_root DB --method dpcvae --n_clients 3
     python -m fl.run_local --engine simulation -- --database_root DB --method fedavg
 
-After `--` come main.py's flags. The split file is made as main.py makes it (or reused), paths
-are made absolute, and then: deployment starts a SuperLink and one SuperNode per client
-(`--node-config client-id=i`); simulation starts a SuperLink with Flower's simulation engine
-(Ray, one simulated SuperNode per client). The run is submitted with `flwr run`, and this script
-waits for it to finish, stops every process it started (also on error, timeout or Ctrl-C), and
-prints where main.py's results files are. Flower's own state and logs go to `--work_dir`.
+After `--` come main.py's flags (parsed by the library's parser, algorithms/options.py). The
+split file is made as main.py makes it (or reused), paths are made absolute, and then:
+deployment starts a SuperLink and one SuperNode per client (`--node-config client-id=i`);
+simulation starts a SuperLink with Flower's simulation engine (Ray, one simulated SuperNode per
+client). The run is submitted with `flwr run`, and this script waits for it to finish, stops
+every process it started (also on error, timeout or Ctrl-C), and prints where main.py's results
+files are. Flower's own state and logs go to `--work_dir`.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ from pathlib import Path
 import tomli
 import tomli_w
 
-import main
-from data.database import DatabaseError, load_database
-from data.partition import SplitError, load_or_make_split
-from fl.settings import FLOWER_METHODS
+from algorithms import registry
+from algorithms.experiment import RUN_ERRORS, describe_run, summary_line
+from algorithms.options import UsageError, load_settings
+from data.database import load_database
+from data.partition import load_or_make_split
 from utils.results import METRICS_FILE, ResultsError, is_finished
 
 APP_DIR = Path(__file__).resolve().parent.parent  # the repository: pyproject.toml's Flower app
@@ -60,16 +62,13 @@ class LocalRun:
 def prepare(main_argv: list[str]) -> tuple[list[str], Path, int]:
     """main.py's flags with absolute paths (made or reused split file included), the run's
     results directory, and the number of clients."""
-    args = main.build_parser().parse_args(main_argv)
-    method = main.resolve_method(args)
-    if method not in FLOWER_METHODS:
-        raise main.UsageError(f"--method {method} does not run on Flower ({FLOWER_METHODS})")
-    try:
-        configs = main.build_configs(args, method)
-    except ValueError as err:
-        raise main.UsageError(str(err)) from None
+    settings = load_settings(main_argv)
+    args, method = settings.args, settings.method
+    if not method.flower:
+        flower = ", ".join(registry.flower_methods())
+        raise UsageError(f"--method {method.name} does not run on Flower ({flower})")
     db = load_database(args.database_root)
-    split, split_path = load_or_make_split(db, configs["split"], args.split_file)
+    split, split_path = load_or_make_split(db, settings.configs["split"], args.split_file)
     absolute = [
         *main_argv,
         "--database_root",
@@ -81,9 +80,7 @@ def prepare(main_argv: list[str]) -> tuple[list[str], Path, int]:
     ]
     if args.results_dir:
         absolute += ["--results_dir", str(Path(args.results_dir).resolve())]
-    _, run_dir = main.describe_run(
-        main.build_parser().parse_args(absolute), method, configs, db.meta, split
-    )
+    _, run_dir = describe_run(load_settings(absolute), db.meta, split)
     if is_finished(run_dir) and not args.overwrite:
         raise ResultsError(
             f"{run_dir}: holds a finished run ({METRICS_FILE} exists); "
@@ -379,10 +376,10 @@ def cli(argv: list[str] | None = None) -> int:
     main_args = args.main_args[1:] if args.main_args[:1] == ["--"] else args.main_args
     try:
         result = run_local(main_args, args.engine, args.work_dir, args.timeout)
-    except (main.UsageError, DatabaseError, SplitError, ResultsError, LocalRunError) as err:
+    except (*RUN_ERRORS, LocalRunError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    main.metrics_summary(result.run_dir)
+    print(summary_line(result.run_dir))
     print(f"flower: {args.engine} in {result.seconds:.1f} s, logs in {result.work_dir / 'logs'}")
     return 0
 

@@ -2,8 +2,10 @@
 (`fedavg_aggregate`), with each round's local training done by the sites' ClientApps.
 
 It reads the database's meta.json and the split file (indices, no embeddings), writes the same
-config.json, history.csv and metrics.json as main.py (main.open_run / main.close_run), and sees
-of each site only what the ClientApp sends back (see fl/client_app.py).
+config.json, history.csv and metrics.json as main.py (the run lifecycle of
+algorithms/experiment.py), and sees of each site only what the ClientApp sends back (see
+fl/client_app.py). The end of a generative run is the library's: the sites run
+`finish_client` and report, the server runs `choose_lambda`, the sites compute their test rows.
 """
 
 from __future__ import annotations
@@ -17,26 +19,20 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-import main
 from algorithms.aggregation import StateDict
-from algorithms.baselines import validation_row
 from algorithms.evaluation import Outcome, choose_lambda, lambda_grid
-from algorithms.fedavg import init_global_head
+from algorithms.experiment import close_run, open_run
+from algorithms.fedavg import initial_head, validation_row
 from algorithms.federation import ClientUpdate, run_rounds
-from algorithms.generative import (
-    GENERATIVE_METHODS,
-    count_parameters,
-    fidelity_report,
-    init_global_weights,
-)
-from algorithms.privacy import privacy_report
+from algorithms.generative import generative_outcome, initial_global_weights
+from algorithms.options import Settings
 from data.database import load_meta
 from fl.records import content_update, weights_record
-from fl.settings import RunSettings, SettingsError, run_settings
+from fl.settings import SettingsError, is_generative, run_settings
 from utils.io import read_json
 from utils.metrics import CLASSIFICATION_METRICS
 from utils.progress import set_quiet
-from utils.seeding import FEDAVG_GLOBAL, GENERATIVE_GLOBAL, SAMPLING, derive_seed
+from utils.seeding import SAMPLING, derive_seed
 
 app = ServerApp()
 
@@ -101,9 +97,7 @@ def serve(grid: Grid, context: Context) -> None:
             f"not {asdict(settings.configs['split'])}: pass its partition flags in main-args"
         )
     order = [int(c["id"]) for c in split["clients"]]  # client index -> client id, as main.py
-    files = main.open_run(
-        args, settings.method, settings.configs, meta, split, split_path, settings.argv
-    )
+    files = open_run(settings, meta, split, split_path)
     if files.finished:
         return
     n_classes = len(meta["classes"])
@@ -115,10 +109,10 @@ def serve(grid: Grid, context: Context) -> None:
         float(context.run_config.get("reply-timeout-s", 3600)),
     )
     start = time.perf_counter()
-    run = run_generative if settings.method in GENERATIVE_METHODS else run_fedavg
+    run = run_generative if is_generative(settings) else run_fedavg
     outcome, rows, lam, scores = run(sites, order, settings, dim, n_classes)
     wall = time.perf_counter() - start
-    main.close_run(files, settings.seed, split, rows, lam, scores, outcome, wall)
+    close_run(files, settings.seed, split, rows, lam, scores, outcome, wall)
 
 
 def connect(
@@ -164,7 +158,7 @@ def train_rounds(
     initial: StateDict,
     n_rounds: int,
     sampling_rate: float,
-    settings: RunSettings,
+    settings: Settings,
     on_round: Callable | None = None,
 ) -> tuple[StateDict, list[dict]]:
     """main.py's rounds (same sampling seed and aggregation); each chosen site trains locally."""
@@ -194,57 +188,43 @@ def train_rounds(
         sampling_rate=sampling_rate,
         seed=derive_seed(settings.seed, SAMPLING),
         on_round=on_round,
-        desc=settings.method,
+        desc=settings.method.name,
     )
 
 
 def run_generative(
-    sites: Sites, order: list[int], settings: RunSettings, dim: int, n_classes: int
+    sites: Sites, order: list[int], settings: Settings, dim: int, n_classes: int
 ) -> tuple[Outcome, list[dict], float, list[float]]:
-    """DP-CVAE / DP-CGAN: the rounds, then each site synthesizes and fits its heads; lambda is
+    """DP-CVAE / DP-CGAN: the rounds, then each site runs `finish_client` and reports; lambda is
     chosen from the sites' validation accuracies, and each site reports its test metrics."""
-    method, seed = settings.method, settings.seed
+    method, seed = settings.method.name, settings.seed
     cfg, dp = settings.configs["generative"], settings.configs["dp"]
-    initial = init_global_weights(
-        method, dim, n_classes, cfg, derive_seed(seed, method, GENERATIVE_GLOBAL)
-    )
+    initial = initial_global_weights(method, dim, n_classes, cfg, seed)
     weights, history = train_rounds(sites, order, initial, cfg.n_rounds, 1.0, settings)
 
     record = weights_record(weights)
     done = sites.ask(
         order, "evaluate.synthesize", lambda cid: RecordDict({"weights": record}), "end"
     )
-    grid = lambda_grid(settings.args.weights_grid_resolution)
-    per_client = []
-    wass, quality, privacy = [], [], []
+    per_client, fidelity, privacy = [], [], []
     for cid in order:
         reply = done[cid]
         accs = reply.metric_records["lambda"]
         per_client.append([float(a) for a in accs["val_acc"]] if "val_acc" in accs else None)
-        fidelity = dict(reply.metric_records["fidelity"])
-        wass.append(float(fidelity.pop("wasserstein")))
-        quality.append({k: float(v) for k, v in fidelity.items()})
+        numbers = {k: float(v) for k, v in reply.metric_records["fidelity"].items()}
+        fidelity.append((numbers.pop("wasserstein"), numbers))
         line = json.loads(str(reply.config_records["privacy"]["json"]))
         privacy.append({"id": cid, **line})
-    lam, scores = choose_lambda(per_client, grid)
+    lam, scores = choose_lambda(per_client, lambda_grid(settings.args.weights_grid_resolution))
 
     config = ConfigRecord({"lambda": lam})
     rows = report_rows(sites, order, lambda cid: RecordDict({"config": config}))
-    params = count_parameters(method, dim, n_classes, cfg)
-    outcome = Outcome(
-        None,
-        None,
-        history,
-        params_shared=params["shared"],
-        privacy=privacy_report(dp, privacy),
-        fidelity=fidelity_report(cfg, wass, quality),
-        params_model=params["total"],
-    )
+    outcome = generative_outcome(method, dim, n_classes, cfg, dp, history, fidelity, privacy)
     return outcome, rows, lam, scores
 
 
 def run_fedavg(
-    sites: Sites, order: list[int], settings: RunSettings, dim: int, n_classes: int
+    sites: Sites, order: list[int], settings: Settings, dim: int, n_classes: int
 ) -> tuple[Outcome, list[dict], None, None]:
     """FedAvg / FedProx on a linear head: the rounds with each round's validation accuracy
     (reported by the sites), then each site's test metrics of the final global head."""
@@ -261,7 +241,7 @@ def run_fedavg(
         accs = [replies[cid].metric_records["val"].get("acc") for cid in order]
         return validation_row(cfg, rnd, [None if a is None else float(a) for a in accs])
 
-    initial = init_global_head(dim, n_classes, derive_seed(seed, FEDAVG_GLOBAL))
+    initial = initial_head(dim, n_classes, seed)
     weights, history = train_rounds(
         sites, order, initial, cfg.n_rounds, cfg.sampling_rate, settings, on_round=validate
     )

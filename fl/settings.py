@@ -1,8 +1,9 @@
 """What a Flower run is: main.py's flags (one run-config string), plus per-site node config.
 
 Run config (pyproject.toml `[tool.flwr.app.config]`, overridden by `flwr run --run-config`):
-- `main-args`: main.py's command line, parsed by main.py's own parser, so every flag, default and
-  check is main.py's. Paths in it must be absolute: Flower runs the apps in other directories.
+- `main-args`: main.py's command line, parsed by the library's parser (algorithms/options.py),
+  so every flag, default and check is main.py's. Paths in it must be absolute: Flower runs the
+  apps in other directories.
 - `node-timeout-s`: how long the ServerApp waits for every client's SuperNode to connect;
 - `reply-timeout-s`: how long it waits for the replies to one message (one round).
 
@@ -13,61 +14,41 @@ paths, replacing those of `main-args`.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import io
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
 
-import main  # the CLI: its parser and config builders define every flag
-from algorithms.generative import GENERATIVE_METHODS
+from algorithms import registry
+from algorithms.options import Settings, UsageError, load_settings
 from data.clients import ClientData, client_datasets
 from data.database import load_database
 from data.partition import load_split
-
-FLOWER_METHODS = ("fedavg", "fedprox", *GENERATIVE_METHODS)
 
 
 class SettingsError(ValueError):
     """A run or node config that cannot run; the message names the key or flag."""
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    """main.py's parsed flags for this run, its method and its validated config dataclasses."""
-
-    argv: list[str]
-    args: argparse.Namespace
-    method: str
-    configs: dict
-
-    @property
-    def seed(self) -> int:
-        return int(self.args.seed)
-
-
-def run_settings(run_config: dict) -> RunSettings:
+def run_settings(run_config: dict) -> Settings:
     """Parse and check the run config (both apps call this, so both see the same settings)."""
     argv = shlex.split(str(run_config.get("main-args", "")))
-    parser = main.build_parser()
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):
-            args = parser.parse_args(argv)
+            settings = load_settings(argv)
     except SystemExit:
         raise SettingsError(f"main-args: {stderr.getvalue().strip()}") from None
-    try:
-        method = main.resolve_method(args)
-        configs = main.build_configs(args, method)
-    except ValueError as err:
+    except UsageError as err:
         raise SettingsError(f"main-args: {err}") from None
-    if method not in FLOWER_METHODS:
+    args, method = settings.args, settings.method
+    if not method.flower:
         raise SettingsError(
-            f"main-args: --method {method} does not run on Flower (one of {FLOWER_METHODS})"
+            f"main-args: --method {method.name} does not run on Flower "
+            f"(one of {', '.join(registry.flower_methods())})"
         )
-    if getattr(args, "resume", False):  # main.py's checkpoints are not written under Flower
+    if args.resume:  # main.py's checkpoints are not written under Flower
         raise SettingsError("main-args: --resume does not run on Flower; start the run again")
     if args.save_synthetic:
         raise SettingsError(
@@ -81,7 +62,13 @@ def run_settings(run_config: dict) -> RunSettings:
     if not Path(results).is_absolute():
         flag = "--results_dir" if args.results_dir else "--results_root"
         raise SettingsError(f"main-args: {flag} must be an absolute path, got {results!r}")
-    return RunSettings(argv, args, method, configs)
+    return settings
+
+
+def is_generative(settings: Settings) -> bool:
+    """Whether the run is a generative federation (decoders or generators, then synthesis),
+    rather than a federated head: the method reads the generative config."""
+    return "generative" in settings.method.sections
 
 
 def node_client_id(node_config: dict) -> int:
@@ -92,7 +79,7 @@ def node_client_id(node_config: dict) -> int:
     raise SettingsError("node config: set client-id (flower-supernode --node-config 'client-id=0')")
 
 
-def node_paths(node_config: dict, settings: RunSettings) -> tuple[str, str]:
+def node_paths(node_config: dict, settings: Settings) -> tuple[str, str]:
     """(database root, split file) of this site: its node config's, else main-args'."""
     root = str(node_config.get("database-root", settings.args.database_root))
     split = str(node_config.get("split-file", settings.args.split_file))

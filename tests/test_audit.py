@@ -16,7 +16,8 @@ from conftest import make_gaussian_db
 from scipy.stats import binom
 
 import main as main_module
-from algorithms import audit
+from algorithms.audit import canaries, cli, stats
+from algorithms.audit import run as audit_run
 from data.clients import ClientData
 from data.features import squash
 from utils.results import read_metrics
@@ -24,7 +25,7 @@ from utils.results import read_metrics
 RUN_FLAGS = [
     "--n_clients", "2", "--split_method", "pathological_split", "--n_shards", "1",
     "--n_fedavg_rounds", "10", "--local_epochs_gen", "40", "--gen_batch_size", "256",
-    "--hidden_dim", "64", "--latent_dim", "8", "--local_epochs", "5", "--quiet",
+    "--latent_dim", "8", "--local_epochs", "5", "--quiet",
 ]  # fmt: skip
 K = 48
 
@@ -36,7 +37,8 @@ def db(tmp_path_factory):
 
 def finished_run(db, out, method="dpcvae", *extra):
     args = ["--database_root", str(db), "--results_dir", str(out), "--method", method]
-    assert main_module.main([*args, *RUN_FLAGS, *extra]) == 0
+    cvae = ["--hidden_dim", "64"] if method == "dpcvae" else []  # the CGAN's widths are fixed
+    assert main_module.main([*args, *RUN_FLAGS, *cvae, *extra]) == 0
     return out
 
 
@@ -45,7 +47,7 @@ def finished_run(db, out, method="dpcvae", *extra):
 
 @pytest.mark.parametrize(("k", "n"), [(0, 20), (7, 20), (20, 20), (33, 64)])
 def test_clopper_pearson_bounds_have_the_binomial_tail_mass(k, n):
-    lo, hi = audit.clopper_pearson(k, n, 0.025)
+    lo, hi = stats.clopper_pearson(k, n, 0.025)
     if k > 0:  # P(X >= k | p = lo) = alpha
         assert binom.sf(k - 1, n, lo) == pytest.approx(0.025, rel=1e-6)
     else:
@@ -59,25 +61,25 @@ def test_clopper_pearson_bounds_have_the_binomial_tail_mass(k, n):
 
 def test_perfect_separation_reaches_the_ceiling_and_equal_scores_give_nothing():
     members, nonmembers = np.arange(50.0, 100.0), np.arange(50.0)
-    s = audit.attack_summary(members, nonmembers, delta=1e-5, confidence=0.95)
+    s = stats.attack_summary(members, nonmembers, delta=1e-5, confidence=0.95)
     assert s["auc"] == 1.0 and s["tpr_at_fpr_0.01"] == 1.0
     # 100 thresholds: each one-sided interval at 0.05 / 200; TPR 50/50 and FPR 0/50
     a = 0.05 / 200
     expected = math.log((a ** (1 / 50) - 1e-5) / (1 - a ** (1 / 50)))
     assert s["eps_lb"] == pytest.approx(expected, rel=1e-9)
     assert s["eps_lb_ceiling"] == pytest.approx(expected, rel=1e-9)
-    same = audit.attack_summary(np.zeros(50), np.zeros(50), delta=1e-5, confidence=0.95)
+    same = stats.attack_summary(np.zeros(50), np.zeros(50), delta=1e-5, confidence=0.95)
     assert same["auc"] == 0.5 and same["eps_lb"] == 0.0
-    flipped = audit.attack_summary(nonmembers, members, delta=1e-5, confidence=0.95)
+    flipped = stats.attack_summary(nonmembers, members, delta=1e-5, confidence=0.95)
     assert flipped["auc"] == 0.0 and flipped["eps_lb"] == 0.0
 
 
 def test_tpr_at_fpr_reads_the_roc():
     members = np.array([10.0, 9, 8, 3, 2])
     nonmembers = np.array([7.0, 1, 0, -1, -2])
-    assert audit.tpr_at_fpr(members, nonmembers, 0.0) == pytest.approx(0.6)
-    assert audit.tpr_at_fpr(members, nonmembers, 0.2) == pytest.approx(1.0)
-    assert audit.auc(members, nonmembers) == pytest.approx(23 / 25)
+    assert stats.tpr_at_fpr(members, nonmembers, 0.0) == pytest.approx(0.6)
+    assert stats.tpr_at_fpr(members, nonmembers, 0.2) == pytest.approx(1.0)
+    assert stats.auc(members, nonmembers) == pytest.approx(23 / 25)
 
 
 def test_lower_bound_is_valid_and_close_on_randomized_response():
@@ -91,10 +93,10 @@ def test_lower_bound_is_valid_and_close_on_randomized_response():
     for _ in range(20):
         members = (rng.random(n) < p).astype(float)
         nonmembers = (rng.random(n) < 1 - p).astype(float)
-        bounds.append(audit.attack_summary(members, nonmembers, 0.0, 0.95)["eps_lb"])
+        bounds.append(stats.attack_summary(members, nonmembers, 0.0, 0.95)["eps_lb"])
     assert max(bounds) <= eps and min(bounds) > 0.8
     null = [
-        audit.attack_summary(rng.normal(size=64), rng.normal(size=64), 1e-4, 0.95)["eps_lb"]
+        stats.attack_summary(rng.normal(size=64), rng.normal(size=64), 1e-4, 0.95)["eps_lb"]
         for _ in range(50)
     ]
     assert max(null) == 0.0
@@ -104,21 +106,21 @@ def test_lower_bound_is_valid_and_close_on_randomized_response():
 
 
 def test_canaries_are_standardized_and_orthogonal_in_model_space():
-    x, design = audit.make_canaries(96, 128, seed=1)
+    x, design = canaries.make_canaries(96, 128, seed=1)
     assert design == "hadamard" and x.shape == (96, 128)
     np.testing.assert_allclose(x.mean(axis=1), 0, atol=1e-6)
     np.testing.assert_allclose(x.std(axis=1), 1, atol=1e-5)
     s = squash(x, 2.0).astype(np.float64) - 0.5
     gram = s @ s.T
     np.testing.assert_allclose(gram, gram[0, 0] * np.eye(96), atol=1e-4)
-    assert audit.make_canaries(10, 16, seed=1)[1] == "hadamard"
-    assert audit.make_canaries(16, 16, seed=1)[1] == "gaussian"
-    other, _ = audit.make_canaries(96, 128, seed=2)
+    assert canaries.make_canaries(10, 16, seed=1)[1] == "hadamard"
+    assert canaries.make_canaries(16, 16, seed=1)[1] == "gaussian"
+    other, _ = canaries.make_canaries(96, 128, seed=2)
     assert not np.allclose(x, other)
     # given a direction to avoid (the real records' mean), the canaries are nearly orthogonal
     # to it, and still to each other
     v = np.random.default_rng(3).normal(size=128)
-    chosen, _ = audit.make_canaries(32, 128, seed=1, avoid=v)
+    chosen, _ = canaries.make_canaries(32, 128, seed=1, avoid=v)
     proj = np.abs((squash(chosen, 2.0) - 0.5) @ v)
     assert proj.max() < 0.6 * np.median(np.abs(s @ v))  # the best quarter of 127 rows
     c = squash(chosen, 2.0).astype(np.float64) - 0.5
@@ -130,10 +132,10 @@ def test_canaries_go_into_training_data_only_and_label_is_the_rarest():
     a = ClientData(0, rng.normal(size=(6, 4)), np.array([0, 0, 1, 1, 2, 2]), *[None] * 4)
     b = ClientData(1, rng.normal(size=(5, 4)), np.array([0, 1, 1, 2, 2]), *[None] * 4)
     # class 3 is absent at both; among classes absent at client 1, 3 is the federation's rarest
-    assert audit.canary_label([a, b], 1, 4) == 3
-    assert audit.canary_label([a, b], 1, 3) == 0
+    assert canaries.canary_label([a, b], 1, 4) == 3
+    assert canaries.canary_label([a, b], 1, 3) == 0
     x = np.ones((3, 4))
-    c = audit.with_canaries(a, x, 3)
+    c = canaries.with_canaries(a, x, 3)
     assert c.n_train == 9 and c.y_train[-3:].tolist() == [3, 3, 3]
     np.testing.assert_array_equal(c.x_train[:6], a.x_train)
     assert c.x_val is None and c.id == 0
@@ -142,21 +144,22 @@ def test_canaries_go_into_training_data_only_and_label_is_the_rarest():
 def test_check_bounds_fails_loudly_above_the_spent_epsilon():
     attacks = {"decoder_client": {"eps_lb": 1.2}, "synthetic_dcr": {"eps_lb": 0.0}}
     ok = {"dp_enabled": True, "target_client": 3, "attacks": attacks}
-    audit.check_bounds({**ok, "epsilon_spent": 1.5, "epsilon_reported": 1.3})
-    with pytest.raises(audit.PrivacyViolation, match="decoder_client.*1.2.*reported.*1.1"):
-        audit.check_bounds({**ok, "epsilon_spent": 1.5, "epsilon_reported": 1.1})
-    with pytest.raises(audit.PrivacyViolation, match="spent"):
-        audit.check_bounds({**ok, "epsilon_spent": 1.0, "epsilon_reported": None})
-    audit.check_bounds({**ok, "dp_enabled": False, "epsilon_spent": None})
+    audit_run.check_bounds({**ok, "epsilon_spent": 1.5, "epsilon_reported": 1.3})
+    with pytest.raises(audit_run.PrivacyViolation, match="decoder_client.*1.2.*reported.*1.1"):
+        audit_run.check_bounds({**ok, "epsilon_spent": 1.5, "epsilon_reported": 1.1})
+    with pytest.raises(audit_run.PrivacyViolation, match="spent"):
+        audit_run.check_bounds({**ok, "epsilon_spent": 1.0, "epsilon_reported": None})
+    audit_run.check_bounds({**ok, "dp_enabled": False, "epsilon_spent": None})
 
 
 # --- end to end ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_without_dp_the_attacks_find_the_canaries(db, tmp_path, capsys):
     run = finished_run(db, tmp_path / "run", "dpcvae", "--disable_dp")
     before = read_metrics(run)
-    assert audit.main([str(run), "--n_canaries", str(K), "--quiet"]) == 0
+    assert cli.main([str(run), "--n_canaries", str(K), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "DP OFF" in out and "decoder_client" in out
     m = read_metrics(run)  # validated schema; the run's own results are untouched
@@ -172,15 +175,16 @@ def test_without_dp_the_attacks_find_the_canaries(db, tmp_path, capsys):
     assert dcr["auc"] > 0.8 and dcr["eps_lb"] > 0.0
     assert a["eps_lb_max"] == max(x["eps_lb"] for x in a["attacks"].values())
     # an audit is not replaced silently
-    assert audit.main([str(run), "--n_canaries", str(K), "--quiet"]) == 2
+    assert cli.main([str(run), "--n_canaries", str(K), "--quiet"]) == 2
     assert "--overwrite" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["dpcvae", "dpcgan"])
 def test_with_dp_the_bound_stays_below_the_spent_epsilon(db, tmp_path, capsys, method):
     extra = [] if method == "dpcvae" else ["--n_fedavg_rounds", "2", "--local_epochs_gen", "2"]
     run = finished_run(db, tmp_path / "run", method, *extra)
-    assert audit.main([str(run), "--n_canaries", str(K), "--quiet"]) == 0
+    assert cli.main([str(run), "--n_canaries", str(K), "--quiet"]) == 0
     assert "spent epsilon: OK" in capsys.readouterr().out
     a = read_metrics(run)["audit"]
     reported = read_metrics(run)["privacy"]["clients"][a["target_client"]]["epsilon"]
@@ -194,15 +198,15 @@ def test_with_dp_the_bound_stays_below_the_spent_epsilon(db, tmp_path, capsys, m
 def test_a_violation_exits_1_and_writes_nothing(db, tmp_path, capsys, monkeypatch):
     run = finished_run(db, tmp_path / "run", "dpcvae", "--n_fedavg_rounds", "1")
     before = (run / "metrics.json").read_bytes()
-    real = audit.run_audit
+    real = audit_run.run_audit
 
     def bigger_than_spent(setup, cfg):
         result = real(setup, cfg)
         result["attacks"]["synthetic_dcr"]["eps_lb"] = result["epsilon_spent"] + 0.5
         return result
 
-    monkeypatch.setattr(audit, "run_audit", bigger_than_spent)
-    assert audit.main([str(run), "--n_canaries", "8", "--quiet"]) == 1
+    monkeypatch.setattr(cli, "run_audit", bigger_than_spent)
+    assert cli.main([str(run), "--n_canaries", "8", "--quiet"]) == 1
     assert "BUG" in capsys.readouterr().err
     assert (run / "metrics.json").read_bytes() == before
 
@@ -211,15 +215,15 @@ def test_bad_input_exits_2_and_names_it(db, tmp_path, capsys):
     local = tmp_path / "local"
     args = ["--database_root", str(db), "--results_dir", str(local), "--method", "local"]
     assert main_module.main([*args, "--n_clients", "2", "--quiet"]) == 0
-    assert audit.main([str(local)]) == 2
+    assert cli.main([str(local)]) == 2
     assert "'local' has nothing to audit" in capsys.readouterr().err
-    assert audit.main([str(tmp_path / "missing")]) == 2
+    assert cli.main([str(tmp_path / "missing")]) == 2
     assert "no such run directory" in capsys.readouterr().err
     (tmp_path / "unfinished").mkdir()
-    assert audit.main([str(tmp_path / "unfinished")]) == 2
+    assert cli.main([str(tmp_path / "unfinished")]) == 2
     assert "not a finished run" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # argparse: one line, status 2
-        audit.main([str(local), "--n_canaries", "x"])
+        cli.main([str(local), "--n_canaries", "x"])
     assert exit_info.value.code == 2 and capsys.readouterr().err.count("\n") == 1
     run = finished_run(db, tmp_path / "run", "dpcvae", "--n_fedavg_rounds", "1")
     for flags, needle in (
@@ -228,7 +232,7 @@ def test_bad_input_exits_2_and_names_it(db, tmp_path, capsys):
         (["--canary_label", "9"], "--canary_label 9"),
         (["--confidence", "1"], "--confidence"),
     ):
-        assert audit.main([str(run), *flags, "--quiet"]) == 2
+        assert cli.main([str(run), *flags, "--quiet"]) == 2
         assert needle in capsys.readouterr().err
     config = json.loads((run / "config.json").read_text())
     assert "audit" not in read_metrics(run) and config["method"] == "dpcvae"

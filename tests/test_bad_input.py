@@ -21,7 +21,8 @@ from utils.collect import main as collect_main
 from utils.io import write_json
 from utils.plots import main as plots_main
 
-FAST = ["--n_clients", "3", "--n_rounds", "2", "--local_epochs", "5", "--quiet"]
+FAST = ["--n_clients", "3", "--quiet"]
+HEAD = ["--local_epochs", "5"]  # for the methods with heads (a flag a method ignores is refused)
 
 
 def call(tool, argv, capsys) -> tuple[int, str]:
@@ -251,7 +252,8 @@ TINY_GEN += ["--hidden_dim", "8", "--latent_dim", "2"]
 def test_delta_not_below_one_over_n_warns_and_runs(tmp_path, capsys):
     db = make_gaussian_db(tmp_path / "db", n_per_file=(60,), dim=4)
     argv = ["--database_root", db, "--results_dir", tmp_path / "run", "--method", "dpcvae"]
-    code, err = call(main_module.main, [*argv, *FAST, *TINY_GEN, "--delta", "0.2"], capsys)
+    argv += [*FAST, *HEAD, *TINY_GEN, "--delta", "0.2"]
+    code, err = call(main_module.main, argv, capsys)
     assert code == 0
     assert "warning: --delta 0.2 is not below 1/n for clients [" in err
 
@@ -264,10 +266,11 @@ def test_a_class_with_a_single_sample_works(tmp_path, capsys):
     x = rng.normal(size=(60, 4)) + 3 * np.eye(4)[y]
     save_embedding_file(tmp_path / "db" / "all.npz", x, y)
     write_json(tmp_path / "db" / "meta.json", {"classes": list("abcd"), "files": {"all": {}}})
-    for method, extra in (("fedlambda", []), ("dpcvae", TINY_GEN)):
+    for method, extra in (("fedlambda", ["--n_rounds", "2"]), ("dpcvae", TINY_GEN)):
         out = tmp_path / method
         argv = ["--database_root", tmp_path / "db", "--results_dir", out, "--method", method]
-        code, err = call(main_module.main, [*argv, *FAST, "--split_method", "iid", *extra], capsys)
+        argv += [*FAST, *HEAD, "--split_method", "iid", *extra]
+        code, err = call(main_module.main, argv, capsys)
         assert code == 0, err
         metrics = json.loads((out / "metrics.json").read_text())
         assert (
@@ -338,6 +341,7 @@ def finished_run(tmp_path):
     db = make_gaussian_db(tmp_path / "db", n_per_file=(60,), dim=4)
     run = tmp_path / "results" / "run"
     argv = ["--database_root", str(db), "--results_dir", str(run), "--method", "fedavg", *FAST]
+    argv += ["--n_rounds", "2"]
     assert main_module.main(argv) == 0
     return run
 

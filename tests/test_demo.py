@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from utils.results import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["local", "centralized", "fedavg", "fedprox", "fedlambda", "dpcgan", "dpcvae"]
 
 
+@pytest.mark.slow
 def test_demo_pipeline_reduced(tmp_path):
     env = {
         **os.environ,
@@ -24,7 +27,9 @@ def test_demo_pipeline_reduced(tmp_path):
         "DEMO_SWEEP": "4",
         "DEMO_DATABASE": str(tmp_path / "db"),
         "DEMO_RESULTS": str(tmp_path / "results"),
-        "DEMO_FLAGS": "--n_rounds 2 --n_fedavg_rounds 2 --local_epochs 20 --local_epochs_gen 1",
+        "DEMO_HEAD_FLAGS": "--local_epochs 20",
+        "DEMO_FED_FLAGS": "--n_rounds 2",
+        "DEMO_GEN_FLAGS": "--n_fedavg_rounds 2 --local_epochs_gen 1",
         "DEMO_THREADS": "1",
     }
     proc = subprocess.run(

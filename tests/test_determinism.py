@@ -9,9 +9,21 @@ import pytest
 import main as main_module
 from utils.io import read_csv
 
-FAST = ["--n_clients", "3", "--n_rounds", "2", "--local_epochs", "5", "--quiet"]
-GEN = ["--n_fedavg_rounds", "2", "--local_epochs_gen", "1", "--gen_batch_size", "128"]
-GEN += ["--hidden_dim", "16", "--latent_dim", "4"]
+FAST = ["--n_clients", "3", "--quiet"]
+HEAD = ["--local_epochs", "5"]
+ROUNDS = ["--n_rounds", "2"]
+GEN = [*HEAD, "--n_fedavg_rounds", "2", "--local_epochs_gen", "1", "--gen_batch_size", "128"]
+GEN += ["--latent_dim", "4"]
+# each method's flags (a flag that a method does not read is refused)
+FLAGS = {
+    "local": HEAD,
+    "centralized": HEAD,
+    "fedavg": ROUNDS,
+    "fedprox": ROUNDS,
+    "fedlambda": [*ROUNDS, *HEAD],
+    "dpcvae": [*GEN, "--hidden_dim", "16"],
+    "dpcgan": GEN,
+}
 METHODS = ("local", "centralized", "fedavg", "fedprox", "fedlambda", "dpcvae", "dpcgan")
 
 
@@ -43,7 +55,7 @@ def results(run_dir) -> dict:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_same_seed_same_files_other_seed_other_results(db, tmp_path, method):
-    extra = GEN if method in ("dpcvae", "dpcgan") else []
+    extra = FLAGS[method]
     for name, seed in (("a", "11"), ("b", "11"), ("c", "12")):
         argv = ["--database_root", str(db), "--results_dir", str(tmp_path / name), *FAST]
         assert main_module.main([*argv, "--method", method, "--seed", seed, *extra]) == 0

@@ -11,20 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from algorithms.dp_client import GenerativeConfig
+from algorithms.dpcgan import CGANClient
+from algorithms.dpcvae import CVAEClient
 from algorithms.federation import run_federation
-from algorithms.generative import (
-    CGANClient,
-    CVAEClient,
-    GenerativeConfig,
-    init_global_weights,
-    make_clients,
-    train_generative,
-)
+from algorithms.generative import init_global_weights, make_clients, train_generative
+from algorithms.ghost_clipping import LinearTape, clip_and_sum_linear
 from algorithms.privacy import (
     DPConfig,
-    LinearTape,
     calibrate_noise,
-    clip_and_sum_linear,
     dp_step,
     epsilon_from_history,
     make_private,

@@ -12,9 +12,9 @@ from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 import main as main_module
-from algorithms.baselines import make_fedavg_clients
-from algorithms.fedavg import FedAvgConfig, init_global_head
-from algorithms.generative import GenerativeConfig, init_global_weights, make_clients
+from algorithms.dp_client import GenerativeConfig
+from algorithms.fedavg import FedAvgConfig, init_global_head, make_fedavg_clients
+from algorithms.generative import init_global_weights, make_clients
 from algorithms.privacy import DPConfig
 from data.clients import client_datasets
 from data.database import load_database
@@ -26,8 +26,9 @@ from fl.settings import SettingsError, node_client_id, run_settings
 from utils.io import read_csv, write_json
 from utils.results import read_metrics
 
-SMALL = ["--n_clients", "2", "--local_epochs", "20", "--quiet"]
-DPCVAE = ["--method", "dpcvae", "--n_fedavg_rounds", "2", "--local_epochs_gen", "1"]
+SMALL = ["--n_clients", "2", "--quiet"]
+HEAD = ["--local_epochs", "20"]  # dpcvae, dpcgan (FedAvg trains no other head)
+DPCVAE = ["--method", "dpcvae", *HEAD, "--n_fedavg_rounds", "2", "--local_epochs_gen", "1"]
 FEDAVG = ["--method", "fedavg", "--n_rounds", "3", "--local_steps", "2"]
 
 
@@ -192,7 +193,7 @@ def test_flower_apps_give_main_py_results(gauss_db, tmp_path, args, task_identit
 @pytest.mark.parametrize(
     "args",
     [
-        ["--method", "dpcgan", "--n_fedavg_rounds", "2", "--local_epochs_gen", "1"],
+        ["--method", "dpcgan", *HEAD, "--n_fedavg_rounds", "2", "--local_epochs_gen", "1"],
         [*FEDAVG, "--sampling_rate", "0.5"],
         [*DPCVAE, "--disable_dp"],
         ["--method", "fedprox", "--n_rounds", "2"],
@@ -261,7 +262,7 @@ def test_a_site_reads_its_own_database_and_split_from_node_config(
 def test_settings_are_main_py_flags_with_absolute_paths(tmp_path):
     base = f"--database_root {tmp_path} --split_file {tmp_path}/s.json --results_dir {tmp_path}/r"
     s = run_settings({"main-args": f"{base} --method dpcvae --n_fedavg_rounds 3"})
-    assert s.method == "dpcvae" and s.configs["generative"].n_rounds == 3 and s.seed == 3407
+    assert s.method.name == "dpcvae" and s.configs["generative"].n_rounds == 3 and s.seed == 3407
     for bad, needle in [
         (f"{base} --method local", "does not run on Flower"),
         (f"{base} --method dpcvae --split_file s.json", "--split_file must be an absolute"),
@@ -277,6 +278,7 @@ def test_settings_are_main_py_flags_with_absolute_paths(tmp_path):
         node_client_id({})
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("flower-engines")  # one at a time: each starts several processes
 def test_deployment_on_loopback_equals_main(gauss_db, tmp_path):
     """A SuperLink and two SuperNodes as separate processes, two rounds of DP-CVAE: the same
@@ -296,6 +298,7 @@ def test_deployment_on_loopback_equals_main(gauss_db, tmp_path):
     assert_same_results(tmp_path / "main", tmp_path / "flower")
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("flower-engines")  # one at a time: each starts several processes
 def test_simulation_engine_equals_main(gauss_db, tmp_path):
     """Flower's simulation engine (Ray, one simulated SuperNode per client), FedAvg with its
@@ -314,6 +317,7 @@ def test_simulation_engine_equals_main(gauss_db, tmp_path):
     assert_same_results(tmp_path / "main", tmp_path / "flower")
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("flower-engines")
 def test_a_failed_local_run_stops_every_process(gauss_db, tmp_path):
     """A run that cannot finish in time raises, and leaves no SuperLink, SuperNode or app

@@ -5,15 +5,11 @@ import pytest
 import torch
 from opacus.accountants import PRVAccountant
 
+from algorithms.dp_client import GenerativeConfig
+from algorithms.dpcgan import CGANClient
+from algorithms.dpcvae import CVAEClient
 from algorithms.federation import fedavg_aggregate, run_federation
-from algorithms.generative import (
-    CGANClient,
-    CVAEClient,
-    GenerativeConfig,
-    init_global_weights,
-    run_generative,
-    synthetic_label_counts,
-)
+from algorithms.generative import init_global_weights, run_generative, synthetic_label_counts
 from algorithms.heads import HeadConfig
 from algorithms.privacy import DPConfig
 from data.clients import ClientData

@@ -1,22 +1,25 @@
 """Plots are made from results files: each expected PNG is written and is a real image."""
 
+import shutil
+
+import numpy as np
 import pytest
 
 import main as main_module
 from utils.plots import main as plots_main
+from utils.results import read_metrics
 
-GEN = [
-    "--n_fedavg_rounds",
-    "2",
-    "--local_epochs_gen",
-    "1",
-    "--gen_batch_size",
-    "64",
-    "--hidden_dim",
-    "16",
-    "--latent_dim",
-    "4",
-]
+HEAD = ["--local_epochs", "10"]
+GEN = [*HEAD, "--n_fedavg_rounds", "2", "--local_epochs_gen", "1", "--gen_batch_size", "64"]
+GEN += ["--hidden_dim", "16", "--latent_dim", "4"]
+# each method's flags (a flag that a method does not read is refused)
+FLAGS = {
+    "local": HEAD,
+    "centralized": HEAD,
+    "fedavg": ["--n_rounds", "2"],
+    "fedlambda": ["--n_rounds", "2", *HEAD],
+    "dpcvae": GEN,
+}
 
 
 @pytest.fixture(scope="module")
@@ -25,39 +28,21 @@ def results(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("plots")
     db = make_gaussian_db(root / "db", n_per_file=(600,))
-    common = [
-        "--database_root",
-        str(db),
-        "--n_clients",
-        "3",
-        "--n_rounds",
-        "2",
-        "--local_epochs",
-        "10",
-        "--quiet",
-        *GEN,
-    ]
+    common = ["--database_root", str(db), "--n_clients", "3", "--quiet"]
     for method in ("local", "centralized", "fedavg", "fedlambda", "dpcvae"):
-        extra = ["--save_synthetic"] if method == "dpcvae" else []
-        assert (
-            main_module.main(
-                [*common, "--method", method, "--results_root", str(root / "main"), *extra]
-            )
-            == 0
-        )
-    assert (
-        main_module.main(
-            [*common, "--method", "dpcvae", "--epsilon", "4", "--results_root", str(root / "sweep")]
-        )
-        == 0
-    )
+        extra = [*FLAGS[method], "--results_root", str(root / "main")]
+        if method == "dpcvae":
+            extra.append("--save_synthetic")
+        assert main_module.main([*common, "--method", method, *extra]) == 0
+    sweep = [*GEN, "--epsilon", "4", "--results_root", str(root / "sweep")]
+    assert main_module.main([*common, "--method", "dpcvae", *sweep]) == 0
     return root
 
 
 def test_every_plot_is_written_from_the_files(results, capsys):
     out = results / "plots"
     argv = [str(results / "main"), "--sweep", str(results / "sweep"), "--out", str(out)]
-    assert plots_main([*argv, "--database_root", str(results / "db")]) == 0
+    assert plots_main(argv) == 0
     names = {p.name for p in out.glob("*.png")}
     assert names == {
         "client_accuracy.png",
@@ -70,25 +55,46 @@ def test_every_plot_is_written_from_the_files(results, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
-def test_plots_without_a_sweep_or_a_database_skip_those_plots(results, capsys):
+def test_plots_without_a_sweep_skip_that_plot_and_read_synthetic_npz_alone(results, capsys):
     out = results / "plots_nosweep"
     assert plots_main([str(results / "main"), "--out", str(out)]) == 0
     assert not (out / "privacy_utility.png").exists()
     assert (out / "client_accuracy.png").exists()
-    # the database is never looked up from config.json: the user names it
-    assert not list(out.glob("real_vs_synthetic_*.png"))
-    assert "pass --database_root" in capsys.readouterr().err
+    # real vs synthetic needs no database: synthetic.npz holds the plotted client's real rows
+    assert (out / "real_vs_synthetic_dpcvae.png").exists()
 
 
-def test_real_vs_synthetic_refuses_another_database_and_writes_nothing(results, capsys):
-    from conftest import make_gaussian_db
+def test_synthetic_npz_holds_the_largest_clients_real_training_rows(results):
+    """What the plot draws as real is the largest client's training data in model space."""
+    from data.clients import client_datasets
+    from data.database import load_database
+    from data.features import squash
+    from data.partition import load_split
+    from utils.plots import synthetic_inputs
 
-    other = make_gaussian_db(results / "other_db", n_per_file=(600,), seed=9)
-    out = results / "plots_other"
-    argv = [str(results / "main"), "--out", str(out), "--database_root", str(other)]
-    assert plots_main(argv) == 2
+    run = next((results / "main").rglob("synthetic.npz")).parent
+    metrics = read_metrics(run)
+    inputs = synthetic_inputs({"dir": run, "metrics": metrics})
+    db = load_database(results / "db")
+    clients = client_datasets(db, load_split(next((results / "db" / "splits").glob("*")), db))
+    largest = max(clients, key=lambda c: c.n_train)
+    assert inputs["client"] == largest.id and inputs["classes"] == ["c0", "c1", "c2", "c3"]
+    np.testing.assert_allclose(inputs["real"], squash(largest.x_train, 2.0), rtol=1e-6)
+    np.testing.assert_array_equal(inputs["real_labels"], largest.y_train)
+    assert len(inputs["fake"]) == largest.n_train  # --synthetic_labels match
+
+
+def test_a_synthetic_npz_without_real_rows_is_refused_and_nothing_written(results, capsys):
+    copy = results / "old"
+    run = next((results / "main").rglob("synthetic.npz")).parent
+    shutil.copytree(run, copy / run.name)
+    with np.load(copy / run.name / "synthetic.npz") as npz:
+        old = {k: npz[k] for k in ("embeddings", "labels", "client")}
+    np.savez(copy / run.name / "synthetic.npz", **old)  # as main.py wrote it before
+    out = results / "plots_old"
+    assert plots_main([str(copy), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "different database" in err and len(err.strip().splitlines()) == 1
+    assert "lacks real_embeddings" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
 
 

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 
+from algorithms import registry
 from utils.collect import collect, to_markdown
 from utils.collect import main as collect_main
 from utils.io import write_json
@@ -26,6 +27,9 @@ def fake_metrics(method="fedavg", seed=1, accs=(0.5, 0.7), key="k1"):
     summary = {f"test_{n}_{s}": 0.0 for n in NAMES for s in ("mean", "std", "weighted")}
     return {
         "method": method,
+        # as the run lifecycle writes them, from the method registry
+        "display_order": registry.display_order(method),
+        "private": registry.get(method).private,
         "dataset": "d",
         "backbone": "b",
         "seed": seed,

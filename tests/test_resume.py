@@ -14,21 +14,23 @@ import torch
 
 import main as main_module
 import utils.checkpoint as checkpoint_module
+from algorithms.dpcgan import CGANClient
+from algorithms.dpcvae import CVAEClient
 from algorithms.fedavg import FedAvgClient
-from algorithms.generative import CGANClient, CVAEClient
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = ["--n_clients", "3", "--local_epochs", "10", "--quiet"]
-GEN = ["--n_fedavg_rounds", "3", "--local_epochs_gen", "1", "--gen_batch_size", "16"]
-GEN += ["--hidden_dim", "16", "--latent_dim", "4"]
+FAST = ["--n_clients", "3", "--quiet"]
+HEAD = ["--local_epochs", "10"]
+GEN = [*HEAD, "--n_fedavg_rounds", "3", "--local_epochs_gen", "1", "--gen_batch_size", "16"]
+GEN += ["--latent_dim", "4"]
 # Each case: the method's flags (3 rounds in all); Adam and partial participation for FedProx,
 # so that optimizer state and client sampling must survive the interruption.
 CASES = {
     "fedprox": ["--method", "fedprox", "--n_rounds", "3", "--optimizer", "adam"]
     + ["--sampling_rate", "0.67"],
-    "fedlambda": ["--method", "fedlambda", "--n_rounds", "3"],
-    "dpcvae": ["--method", "dpcvae", *GEN],
-    "dpcvae-threads": ["--method", "dpcvae", *GEN, "--num_threads", "2"],
+    "fedlambda": ["--method", "fedlambda", "--n_rounds", "3", *HEAD],
+    "dpcvae": ["--method", "dpcvae", *GEN, "--hidden_dim", "16"],
+    "dpcvae-threads": ["--method", "dpcvae", *GEN, "--hidden_dim", "16", "--num_threads", "2"],
     "dpcgan": ["--method", "dpcgan", *GEN],
 }
 

@@ -4,6 +4,7 @@
 
 Runs are grouped by configuration (all seeds of one configuration form one row). Per client,
 each metric is averaged over seeds; the row shows the mean +- std of those across clients.
+Rows follow the methods' display order that each metrics.json records (the method registry's).
 Writes `<name>.md` and `<name>.csv` and prints the Markdown table.
 """
 
@@ -20,7 +21,14 @@ import numpy as np
 from utils.cli import OutputError, Parser, check_output
 from utils.io import atomic_path, read_json, write_csv
 from utils.metrics import CLASSIFICATION_METRICS
-from utils.results import CONFIG_FILE, METRICS_FILE, ResultsError, read_metrics
+from utils.results import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    ResultsError,
+    display_key,
+    epsilon_spent,
+    read_metrics,
+)
 
 METRIC_TITLES = {
     "acc": "Acc (%)",
@@ -28,8 +36,6 @@ METRIC_TITLES = {
     "f1_macro": "F1 macro (%)",
     "f1_weighted": "F1 weighted (%)",
 }
-# Methods in the order the tables list them.
-METHOD_ORDER = ("local", "centralized", "fedavg", "fedprox", "fedlambda", "dpcgan", "dpcvae")
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:
@@ -91,23 +97,16 @@ def _labels(groups: dict[str, list[dict]]) -> dict[str, str]:
     return labels
 
 
-def _epsilon_spent(ms: list[dict]) -> float:
-    """Largest spent epsilon over clients and seeds; inf when something is shared without DP
-    (FedAvg heads, a DP-disabled generator, or the pooled data of `centralized`); 0 when
-    nothing leaves the clients (`local`)."""
-    eps = []
-    for m in ms:
-        p = m.get("privacy")
-        if isinstance(p, dict) and p.get("enabled"):
-            eps.append(max(c["epsilon"] for c in p["clients"]))
-        elif m["method"] == "local":
-            eps.append(0.0)
-        else:
-            eps.append(float("inf"))
-    return float(max(eps))
+def _epsilon_spent(ms: list[dict]) -> float | None:
+    """Largest spent epsilon over clients and seeds (see utils.results.epsilon_spent); None
+    when a run does not say."""
+    eps = [epsilon_spent(m) for m in ms]
+    return None if None in eps else float(max(eps))
 
 
-def _eps_text(eps: float) -> str:
+def _eps_text(eps: float | None) -> str:
+    if eps is None:
+        return "-"
     return "∞" if eps == float("inf") else "0" if eps == 0 else f"{eps:.3f}"
 
 
@@ -125,7 +124,7 @@ def collect(paths: list[str | Path]) -> list[dict[str, Any]]:
             {"dir": run_dir, "metrics": metrics, "config": config}
         )
     labels = _labels(groups)
-    rows = []
+    keyed = []
     for key, runs in groups.items():
         ms = [r["metrics"] for r in runs]
         row: dict[str, Any] = {
@@ -157,10 +156,8 @@ def collect(paths: list[str | Path]) -> list[dict[str, Any]]:
         row["params_shared"] = int(ms[0]["cost"]["params_shared"])
         row["bytes_per_round"] = int(ms[0]["cost"]["bytes_per_round"])
         row["wall_seconds"] = float(np.mean([m["cost"]["wall_seconds"] for m in ms]))
-        rows.append(row)
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    rows.sort(key=lambda r: (order.get(r["method"].split(" ")[0], len(order)), r["method"]))
-    return rows
+        keyed.append(((display_key(ms[0]), row["method"]), row))
+    return [row for _, row in sorted(keyed, key=lambda kr: kr[0])]
 
 
 def _fmt(v: Any, spec: str) -> str:

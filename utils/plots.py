@@ -1,12 +1,12 @@
 """Plots made from results files only (metrics.json, history.csv, synthetic.npz).
 
-    python -m utils.plots RESULTS_DIR [--sweep SWEEP_DIR] --out DIR [--database_root DB]
+    python -m utils.plots RESULTS_DIR [--sweep SWEEP_DIR] --out DIR
 
 Writes PNGs: privacy_utility.png (test accuracy against spent epsilon, when a sweep is given),
 client_accuracy.png (per-client accuracy against client size), training_curves.png (from
 history.csv) and real_vs_synthetic_<method>.png (2-D PCA of one client's real and synthetic
-embeddings, for runs saved with --save_synthetic, when --database_root names their database:
-paths written in config.json are never followed).
+embeddings, for runs saved with --save_synthetic: their synthetic.npz holds both). Methods are
+ordered and coloured by the display order that each metrics.json records.
 
 Every input is read and checked before the first PNG is written.
 """
@@ -18,7 +18,6 @@ import math
 import sys
 import zipfile
 from collections import defaultdict
-from dataclasses import asdict
 from pathlib import Path
 
 import matplotlib
@@ -28,20 +27,41 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from utils.cli import OutputError, Parser, check_output  # noqa: E402
-from utils.collect import METHOD_ORDER, find_runs, read_config  # noqa: E402
+from utils.collect import find_runs, read_config  # noqa: E402
 from utils.io import read_csv  # noqa: E402
-from utils.results import HISTORY_FILE, ResultsError, read_metrics  # noqa: E402
+from utils.results import (  # noqa: E402
+    HISTORY_FILE,
+    ResultsError,
+    display_key,
+    epsilon_spent,
+    read_metrics,
+)
 
-REFERENCES = ("centralized", "fedlambda", "fedavg", "local")
-COLORS = {
-    "local": "tab:gray",
-    "centralized": "black",
-    "fedavg": "tab:blue",
-    "fedprox": "tab:cyan",
-    "fedlambda": "tab:purple",
-    "dpcvae": "tab:red",
-    "dpcgan": "tab:orange",
-}
+# A method's colour: by its display order (metrics.json), so that each method keeps its colour
+# in every plot; methods without a recorded order get matplotlib's next colour.
+PALETTE = (
+    "tab:gray",
+    "black",
+    "tab:blue",
+    "tab:cyan",
+    "tab:purple",
+    "tab:orange",
+    "tab:red",
+    "tab:green",
+    "tab:brown",
+    "tab:pink",
+    "tab:olive",
+)
+# What synthetic.npz holds (main.py --save_synthetic)
+SYNTHETIC_KEYS = (
+    "embeddings",
+    "labels",
+    "client",
+    "real_embeddings",
+    "real_labels",
+    "real_client",
+    "class_names",
+)
 
 
 # history.csv columns that the training curves plot
@@ -83,12 +103,24 @@ def _history(run_dir: Path) -> list[dict[str, float]]:
         raise ResultsError(f"{path}: not a valid history file ({err})") from None
 
 
-def _by_method(runs: list[dict]) -> dict[str, list[dict]]:
+def by_method(runs: list[dict]) -> dict[str, list[dict]]:
+    """Runs by method, in the display order their metrics.json record."""
     out = defaultdict(list)
     for r in runs:
         out[r["metrics"]["method"]].append(r)
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], len(order))))
+    return dict(sorted(out.items(), key=lambda kv: display_key(kv[1][0]["metrics"])))
+
+
+def color(metrics: dict) -> str | None:
+    """The colour of a run's method (None: matplotlib's next one)."""
+    order = display_key(metrics)[0]
+    return PALETTE[int(order) % len(PALETTE)] if math.isfinite(order) else None
+
+
+def _accounted(run: dict) -> bool:
+    """Whether a run trained with DP (its metrics.json holds an enabled privacy accounting)."""
+    p = run["metrics"].get("privacy")
+    return bool(p and p.get("enabled"))
 
 
 def _acc(runs: list[dict]) -> float:
@@ -104,26 +136,28 @@ def privacy_utility(main_runs: list[dict], sweep_runs: list[dict], out: Path) ->
     )
     unique = {str(r["dir"]): r for r in [*main_runs, *sweep_runs]}  # a run may be in both
     for r in unique.values():
-        p = r["metrics"].get("privacy")
-        if not p or not p.get("enabled"):
+        if not _accounted(r):
             continue
+        p = r["metrics"]["privacy"]
         points[r["metrics"]["method"]][p["target_epsilon"]].append(
             (p["epsilon_max"], r["metrics"]["summary"]["test_acc_mean"])
         )
-    for method, by_target in points.items():
+    dp_runs = by_method([r for r in unique.values() if _accounted(r)])
+    for method in dp_runs:
+        by_target = points[method]
         xs = [np.mean([e for e, _ in v]) for _, v in sorted(by_target.items())]
         ys = [np.mean([a for _, a in v]) for _, v in sorted(by_target.items())]
-        ax.plot(xs, ys, "o-", color=COLORS.get(method), label=method)
-    grouped = _by_method(main_runs)
-    for method in REFERENCES:
-        if method in grouped:
-            ax.axhline(
-                _acc(grouped[method]),
-                ls="--",
-                lw=1,
-                color=COLORS.get(method),
-                label=f"{method} (no DP)" if method != "local" else "local (nothing shared)",
-            )
+        ax.plot(xs, ys, "o-", color=color(dp_runs[method][0]["metrics"]), label=method)
+    # every method of the main runs without DP accounting, as a reference line
+    for method, rs in by_method([r for r in main_runs if not _accounted(r)]).items():
+        what = "nothing shared" if epsilon_spent(rs[0]["metrics"]) == 0 else "no DP"
+        ax.axhline(
+            _acc(rs),
+            ls="--",
+            lw=1,
+            color=color(rs[0]["metrics"]),
+            label=f"{method} ({what})",
+        )
     ax.set_xscale("log")
     ticks = sorted({t for by_target in points.values() for t in by_target})
     if ticks:
@@ -140,7 +174,7 @@ def privacy_utility(main_runs: list[dict], sweep_runs: list[dict], out: Path) ->
 def client_accuracy(runs: list[dict], out: Path) -> Path:
     """Per-client test accuracy (mean over seeds) against the client's training size."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for method, rs in _by_method(runs).items():
+    for method, rs in by_method(runs).items():
         acc, size = defaultdict(list), {}
         for r in rs:
             for c in r["metrics"]["clients"]:
@@ -151,7 +185,7 @@ def client_accuracy(runs: list[dict], out: Path) -> Path:
             [size[i] for i in ids],
             [np.mean(acc[i]) for i in ids],
             s=18,
-            color=COLORS.get(method),
+            color=color(rs[0]["metrics"]),
             label=method,
             alpha=0.8,
         )
@@ -166,17 +200,18 @@ def client_accuracy(runs: list[dict], out: Path) -> Path:
 
 def training_curves(runs: list[dict], out: Path) -> Path | None:
     """Train loss, validation accuracy and spent epsilon per round (first seed of each method)."""
-    curves = {m: rs[0]["history"] for m, rs in _by_method(runs).items() if rs[0]["history"]}
+    curves = {m: rs[0] for m, rs in by_method(runs).items() if rs[0]["history"]}
     if not curves:
         return None
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, (key, title) in zip(axes, CURVES):
-        for method, rows in curves.items():
+        for method, run in curves.items():
+            rows = run["history"]
             if key in rows[0] and not math.isnan(rows[0][key]):
                 ax.plot(
                     [r["round"] for r in rows],
                     [r[key] for r in rows],
-                    color=COLORS.get(method),
+                    color=color(run["metrics"]),
                     label=method,
                 )
         ax.set_xlabel("round")
@@ -186,63 +221,37 @@ def training_curves(runs: list[dict], out: Path) -> Path | None:
     return _save(fig, out / "training_curves.png")
 
 
-def synthetic_inputs(run: dict, database_root: str | Path, split_file: str | Path | None) -> dict:
-    """What real_vs_synthetic draws for a run saved with --save_synthetic: the largest client's
-    real training embeddings (squashed, model space) and its synthetic ones, with labels.
-
-    The database is the one the user names (`database_root`), checked against the run's
-    config.json; the split file is `split_file`, or the one main.py keeps in that database for
-    the run's split arguments. No path written in a results file is followed."""
-    from data.database import DatabaseError, load_database
-    from data.features import squash, standardize_records
-    from data.partition import (
-        SplitConfig,
-        SplitError,
-        database_fingerprint,
-        default_split_path,
-        load_split,
-    )
-
-    cfg, path = run["config"], run["dir"] / "synthetic.npz"
+def synthetic_inputs(run: dict) -> dict:
+    """What real_vs_synthetic draws for a run saved with --save_synthetic, from its
+    synthetic.npz: one client's real training embeddings and its synthetic ones (model space),
+    with labels and the class names."""
+    path = run["dir"] / "synthetic.npz"
     try:
-        fingerprint = cfg["database"]["fingerprint"]
-        split_cfg = SplitConfig(**cfg["split"])
-        temperature = float(cfg["generative"]["squash_temperature"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ResultsError(f"{run['dir']}/config.json: does not describe the run ({err})") from None
-    split_path = Path(split_file) if split_file else default_split_path(database_root, split_cfg)
-    try:
-        db = load_database(database_root)
-        if database_fingerprint(db) != fingerprint:
-            raise ResultsError(
-                f"--database_root {database_root}: a different database than run {run['dir']} "
-                "used (its config.json)"
-            )
-        split = load_split(split_path, db)  # refuses a split of another database
-    except (DatabaseError, SplitError) as err:
-        raise ResultsError(str(err)) from None
-    if split["args"] != asdict(split_cfg):
-        raise ResultsError(f"{split_path}: not the split of run {run['dir']} (other arguments)")
-    try:
-        with np.load(path, allow_pickle=False) as syn:
-            s_emb, s_lab, s_client = syn["embeddings"], syn["labels"], syn["client"]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in SYNTHETIC_KEYS if k not in npz.files]
+            if missing:
+                raise ResultsError(
+                    f"{path}: lacks {', '.join(missing)} (written by an older main.py? rerun "
+                    "the run with --save_synthetic --overwrite)"
+                )
+            syn = {k: npz[k] for k in SYNTHETIC_KEYS}
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise ResultsError(f"{path}: not a readable synthetic.npz ({err})") from None
-    clients = {c["id"]: c for c in split["clients"]}
-    client = max(clients, key=lambda i: len(clients[i]["train"]))  # the largest client
-    x, y, _ = db.pooled()
-    idx = np.asarray(clients[client]["train"])
-    mine = s_client == client
-    if s_emb.ndim != 2 or s_emb.shape[1] != x.shape[1] or not mine.any():
-        raise ResultsError(f"{path}: holds no {x.shape[1]}-d synthetic rows of client {client}")
+    client = int(syn["real_client"])
+    mine = syn["client"] == client
+    real = syn["real_embeddings"]
+    if syn["embeddings"].ndim != 2 or real.ndim != 2 or not mine.any():
+        raise ResultsError(f"{path}: holds no synthetic rows of client {client}")
+    if syn["embeddings"].shape[1] != real.shape[1]:
+        raise ResultsError(f"{path}: real and synthetic embeddings differ in dimension")
     return {
         "method": run["metrics"]["method"],
         "client": client,
-        "classes": db.classes,
-        "real": squash(standardize_records(x[idx]), temperature),
-        "real_labels": y[idx],
-        "fake": s_emb[mine],
-        "fake_labels": s_lab[mine],
+        "classes": [str(c) for c in syn["class_names"]],
+        "real": real,
+        "real_labels": syn["real_labels"],
+        "fake": syn["embeddings"][mine],
+        "fake_labels": syn["labels"][mine],
     }
 
 
@@ -283,11 +292,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def make_all(
-    results: list[str | Path],
-    out: str | Path,
-    sweep: list[str | Path] | None = None,
-    database_root: str | Path | None = None,
-    split_file: str | Path | None = None,
+    results: list[str | Path], out: str | Path, sweep: list[str | Path] | None = None
 ) -> list[Path]:
     """Every plot the results allow; returns the files written. All inputs are read and checked
     first, so bad input leaves no plot behind."""
@@ -295,16 +300,10 @@ def make_all(
     runs = _load(results)
     sweep_runs = _load(sweep) if sweep else None
     synthetic = []
-    for rs in _by_method(runs).values():
+    for rs in by_method(runs).values():
         with_syn = [r for r in rs if (r["dir"] / "synthetic.npz").is_file()]
-        if with_syn and database_root is None:
-            print(
-                f"note: {with_syn[0]['dir']} holds synthetic.npz; pass --database_root "
-                "(its database) to plot real vs synthetic embeddings",
-                file=sys.stderr,
-            )
-        elif with_syn:
-            synthetic.append(synthetic_inputs(with_syn[0], database_root, split_file))
+        if with_syn:
+            synthetic.append(synthetic_inputs(with_syn[0]))
     written = [client_accuracy(runs, out), training_curves(runs, out)]
     if sweep_runs is not None:
         written.append(privacy_utility(runs, sweep_runs, out))
@@ -322,22 +321,10 @@ def main(argv: list[str] | None = None) -> int:
         help="runs of a privacy sweep (DP methods at several epsilons)",
     )
     parser.add_argument("--out", required=True, help="folder for the PNG files")
-    parser.add_argument(
-        "--database_root",
-        default=None,
-        help="the runs' embedding database: needed for the real vs synthetic plot of runs "
-        "saved with --save_synthetic (checked against their config.json)",
-    )
-    parser.add_argument(
-        "--split_file",
-        default=None,
-        help="their split file, if main.py was given one. Default: the one main.py keeps "
-        "under <database_root>/splits/ for the runs' split arguments",
-    )
     args = parser.parse_args(argv)
     try:
         check_output(args.out, "--out", folder=True)
-        written = make_all(args.results, args.out, args.sweep, args.database_root, args.split_file)
+        written = make_all(args.results, args.out, args.sweep)
     except (ResultsError, OutputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

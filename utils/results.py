@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,26 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any]:
     return metrics
 
 
+def display_key(metrics: dict[str, Any]) -> tuple[float, str]:
+    """Where a run's method goes in tables and plots: the display order its metrics.json
+    records (the method registry's), then the name. Runs whose file records none (written
+    before it was recorded) come last."""
+    order = metrics.get("display_order")
+    return (order if isinstance(order, int) else math.inf, metrics["method"])
+
+
+def epsilon_spent(metrics: dict[str, Any]) -> float | None:
+    """The largest epsilon a run's clients spent: from its privacy accounting; 0 when it is
+    private without accounting (it shares nothing); infinite when it shares without DP; None
+    when its file does not say (written before `private` was recorded)."""
+    privacy = metrics.get("privacy")
+    if isinstance(privacy, dict) and privacy.get("enabled"):
+        return float(max(c["epsilon"] for c in privacy["clients"]))
+    if "private" not in metrics:
+        return None
+    return 0.0 if metrics["private"] else math.inf
+
+
 def _require(cond: bool, source: str, what: str) -> None:
     if not cond:
         raise ResultsError(f"{source}: {what}")
@@ -118,6 +139,14 @@ def validate_metrics(m: Any, source: str = "metrics") -> None:
         _require(isinstance(m.get(key), kind), source, f"'{key}' must be a {kind.__name__}")
     for key in ("lambda", "privacy"):
         _require(key in m, source, f"missing key '{key}'")
+    # written by every run since the method registry (older files lack them)
+    _require(
+        not isinstance(m.get("display_order", 0), bool)
+        and isinstance(m.get("display_order", 0), int),
+        source,
+        "'display_order' must be an integer",
+    )
+    _require(isinstance(m.get("private", False), bool), source, "'private' must be true or false")
     _require(
         m["lambda"] is None or _is_num(m["lambda"]), source, "'lambda' must be a number or null"
     )

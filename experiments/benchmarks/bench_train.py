@@ -35,7 +35,10 @@ import numpy as np
 import torch
 
 import algorithms.privacy as privacy
-from algorithms.generative import CGANClient, CVAEClient, GenerativeConfig, train_generative
+from algorithms.dp_client import GenerativeConfig
+from algorithms.dpcgan import CGANClient
+from algorithms.dpcvae import CVAEClient
+from algorithms.generative import train_generative
 from algorithms.privacy import DPConfig
 from data.clients import ClientData
 from data.features import standardize_records

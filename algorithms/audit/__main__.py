@@ -1,0 +1,7 @@
+"""`python -m algorithms.audit`: the audit's command line (algorithms/audit/cli.py)."""
+
+import sys
+
+from algorithms.audit.cli import main
+
+sys.exit(main())

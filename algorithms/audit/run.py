@@ -1,0 +1,317 @@
+"""The audit itself: read a finished run, rerun its training with canaries in one client,
+attack what that client releases, and check the bounds against the spent epsilon (see the
+package docstring)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from algorithms.audit.canaries import canary_label, make_canaries, with_canaries
+from algorithms.audit.stats import attack_summary
+from algorithms.dp_client import GenerativeConfig
+from algorithms.generative import CLIENT_TYPES, synthesize, train_generative
+from algorithms.privacy import DPConfig, check_opacus
+from data.clients import ClientData, client_datasets
+from data.database import DatabaseError, load_database
+from data.features import squash
+from data.partition import SplitError, load_split
+from utils.io import read_json, sha256_file
+from utils.results import CONFIG_FILE, ResultsError, read_metrics
+from utils.seeding import AUDIT, CANARIES, LATENT, MEMBERS, derive_seed, generator
+
+ATTACKS = {
+    "decoder_client": "the target client's decoder/generator as sent in the last round",
+    "decoder_global": "the final global (averaged) decoder/generator",
+    "synthetic_dcr": "the target client's synthetic data (distance to closest record)",
+}
+
+
+class AuditError(ValueError):
+    """Bad input to the audit (the message names the file or flag)."""
+
+
+class PrivacyViolation(RuntimeError):
+    """An empirical lower bound above the spent epsilon: the privacy accounting has a bug."""
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """What the audit does. `target_client` None: the client with the fewest training records
+    (the most exposed); `canary_label` None: see `canary_label`."""
+
+    target_client: int | None = None
+    n_canaries: int = 64
+    canary_label: int | None = None
+    n_latent: int = 2048
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.n_canaries >= 1, f"--n_canaries must be >= 1, got {self.n_canaries}"),
+            (self.n_latent >= 1, f"--n_latent must be >= 1, got {self.n_latent}"),
+            (
+                0 < self.confidence < 1,
+                f"--confidence must lie in (0, 1), got {self.confidence}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+@torch.no_grad()
+def reconstruction_scores(
+    decode: torch.nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    latent_dim: int,
+    n_latent: int,
+    seed: int,
+) -> np.ndarray:
+    """Minus each candidate's best reconstruction by the released model: min over `n_latent`
+    prior draws z of mean_d (x - decode(z, y))^2. The same draws serve every candidate."""
+    z = torch.randn(n_latent, latent_dim, generator=generator(seed))
+    x_t = torch.as_tensor(x, dtype=torch.float32)
+    scores = np.empty(len(x))
+    for label in np.unique(y):
+        onehot = F.one_hot(torch.full((n_latent,), int(label)), n_classes).float()
+        recon = decode(z, onehot)
+        rows = np.flatnonzero(y == label)
+        dist = torch.cdist(x_t[rows], recon).pow(2) / x.shape[1]
+        scores[rows] = -dist.min(dim=1).values.double().numpy()
+    return scores
+
+
+def dcr_scores(
+    x: np.ndarray, y: np.ndarray, synthetic: np.ndarray, labels: np.ndarray
+) -> np.ndarray:
+    """Minus each candidate's distance to the closest synthetic record of its label (of any
+    label when none was generated)."""
+    scores = np.empty(len(x))
+    syn = torch.as_tensor(synthetic, dtype=torch.float32)
+    x_t = torch.as_tensor(x, dtype=torch.float32)
+    for label in np.unique(y):
+        rows = np.flatnonzero(y == label)
+        pool = syn[torch.as_tensor(labels == label)] if (labels == label).any() else syn
+        scores[rows] = -torch.cdist(x_t[rows], pool).min(dim=1).values.double().numpy()
+    return scores
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """What the audit reads from a finished run directory."""
+
+    run_dir: Path
+    method: str
+    seed: int
+    generative: GenerativeConfig
+    dp: DPConfig
+    clients: list[ClientData]
+    n_classes: int
+    metrics: dict
+
+
+def load_run(
+    run_dir: str | Path, database_root: str | None = None, split_file: str | None = None
+) -> RunSetup:
+    """A finished dpcvae / dpcgan run: its configuration, metrics and client data (from the
+    database and split file recorded in config.json, unless given)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise AuditError(f"{run_dir}: no such run directory")
+    try:
+        metrics = read_metrics(run_dir)
+        config = read_json(run_dir / CONFIG_FILE)
+    except (ResultsError, FileNotFoundError, ValueError) as err:
+        raise AuditError(f"{run_dir}: not a finished run ({err})") from None
+    method = config.get("method")
+    if method not in CLIENT_TYPES:
+        raise AuditError(
+            f"{run_dir}: method {method!r} has nothing to audit ({', '.join(CLIENT_TYPES)})"
+        )
+    try:
+        gen_cfg = GenerativeConfig(**config["generative"])
+        dp_cfg = DPConfig(**config["dp"])
+        if dp_cfg.enabled:
+            check_opacus()
+        seed = int(config["seed"])
+        root = database_root or config["database_root"]
+        split_path = split_file or config["split_file"]
+    except (KeyError, TypeError, ValueError) as err:
+        raise AuditError(f"{run_dir / CONFIG_FILE}: unusable configuration ({err})") from None
+    try:
+        db = load_database(root)
+        split = load_split(split_path, db)
+    except (DatabaseError, SplitError) as err:
+        raise AuditError(str(err)) from None
+    recorded = config.get("split_sha256")
+    if recorded is not None and sha256_file(split_path) != recorded:
+        raise AuditError(f"{split_path}: not the split file this run used (sha256 differs)")
+    return RunSetup(
+        run_dir,
+        method,
+        seed,
+        gen_cfg,
+        dp_cfg,
+        client_datasets(db, split),
+        db.n_classes,
+        metrics,
+    )
+
+
+def _reported_epsilon(metrics: dict, client_id: int) -> float | None:
+    privacy = metrics.get("privacy") or {}
+    for c in privacy.get("clients", []):
+        if c.get("id") == client_id:
+            return c.get("epsilon")
+    return None
+
+
+def run_audit(setup: RunSetup, cfg: AuditConfig) -> dict:
+    """Rerun the training with canaries in the target client and attack its releases; the
+    "audit" block of metrics.json (not yet checked: see `check_bounds`)."""
+    clients, gen_cfg = setup.clients, setup.generative
+    ids = [c.id for c in clients]
+    target_id = (
+        min(clients, key=lambda c: (c.n_train, c.id)).id
+        if cfg.target_client is None
+        else cfg.target_client
+    )
+    if target_id not in ids:
+        raise AuditError(f"--target_client {target_id}: the run has clients {ids}")
+    index = ids.index(target_id)
+    target = clients[index]
+    label = (
+        canary_label(clients, index, setup.n_classes)
+        if cfg.canary_label is None
+        else cfg.canary_label
+    )
+    if not 0 <= label < setup.n_classes:
+        raise AuditError(f"--canary_label {label}: classes are 0..{setup.n_classes - 1}")
+
+    start = time.perf_counter()
+    k = cfg.n_canaries
+    seed = derive_seed(setup.seed, AUDIT)
+    temp = gen_cfg.squash_temperature
+    real = np.concatenate([c.x_train[c.y_train == label] for c in clients])
+    avoid = squash(real, temp).mean(axis=0) - 0.5 if len(real) else None
+    canaries, design = make_canaries(
+        2 * k, target.x_train.shape[1], derive_seed(seed, CANARIES), avoid
+    )
+    order = np.random.default_rng(derive_seed(seed, MEMBERS)).permutation(2 * k)
+    is_member = np.zeros(2 * k, dtype=bool)
+    is_member[order[:k]] = True
+    audited = list(clients)
+    audited[index] = with_canaries(target, canaries[is_member], label)
+
+    gen_clients, weights, _ = train_generative(
+        setup.method, audited, setup.n_classes, gen_cfg, setup.dp, setup.seed
+    )
+    client = gen_clients[index]
+    dim = target.x_train.shape[1]
+    x = squash(canaries, temp)  # the space the models see
+    y = np.full(2 * k, label)
+
+    scores = {}
+    for name, released in (
+        ("decoder_client", client.released_weights()),
+        ("decoder_global", weights),
+    ):
+        model = client.released_model(released, dim, setup.n_classes, gen_cfg)
+        scores[name] = reconstruction_scores(
+            model,
+            x,
+            y,
+            setup.n_classes,
+            gen_cfg.latent_dim,
+            cfg.n_latent,
+            derive_seed(seed, LATENT),
+        )
+    # the client's synthetic data, as finish_client draws it
+    synthetic, labels = synthesize(
+        client, audited[index], weights, setup.n_classes, gen_cfg, setup.seed
+    )
+    scores["synthetic_dcr"] = dcr_scores(x, y, synthetic, labels)
+
+    privacy = client.privacy()
+    delta = setup.dp.delta
+    # Bonferroni over the attacks too: the largest of their bounds holds at `confidence`
+    each = 1.0 - (1.0 - cfg.confidence) / len(scores)
+    attacks = {
+        name: {"target": ATTACKS[name], **attack_summary(s[is_member], s[~is_member], delta, each)}
+        for name, s in scores.items()
+    }
+    return {
+        "method": setup.method,
+        "target_client": target_id,
+        "n_train": target.n_train,
+        "n_canaries": k,
+        "n_nonmembers": k,
+        "canary": {"label": label, "design": design},
+        "config": asdict(cfg),
+        "dp_enabled": setup.dp.enabled,
+        "delta": delta,
+        "confidence": cfg.confidence,
+        "confidence_per_attack": each,
+        "epsilon_spent": privacy["epsilon"],
+        "epsilon_reported": _reported_epsilon(setup.metrics, target_id),
+        "attacks": attacks,
+        "eps_lb_max": max(a["eps_lb"] for a in attacks.values()),
+        "wall_seconds": time.perf_counter() - start,
+    }
+
+
+def check_bounds(audit: dict) -> None:
+    """Raise PrivacyViolation when a lower bound exceeds the epsilon the client spent (in the
+    audited training, or as the run reported it): the accounting would have a bug."""
+    if not audit["dp_enabled"]:
+        return
+    for source in ("epsilon_spent", "epsilon_reported"):
+        spent = audit[source]
+        if spent is None:
+            continue
+        for name, attack in audit["attacks"].items():
+            if attack["eps_lb"] > spent:
+                raise PrivacyViolation(
+                    f"attack {name}: empirical epsilon lower bound {attack['eps_lb']:.4f} "
+                    f"exceeds the {source.replace('_', ' ')} {spent:.4f} of client "
+                    f"{audit['target_client']}: the privacy accounting is wrong"
+                )
+
+
+def format_report(audit: dict, checked: bool = True) -> str:
+    """The audit as a short plain-text table (`checked`: the bounds passed `check_bounds`)."""
+    lines = [
+        f"{audit['method']}: client {audit['target_client']} ({audit['n_train']} records + "
+        f"{audit['n_canaries']} canaries of class {audit['canary']['label']}; "
+        f"{audit['n_nonmembers']} held out), DP {'on' if audit['dp_enabled'] else 'OFF'}",
+        f"{'attack':<16} {'AUC':>6} {'TPR@1%':>7} {'TPR@10%':>8} {'eps_lb':>7} {'ceiling':>8}",
+    ]
+    for name, a in audit["attacks"].items():
+        lines.append(
+            f"{name:<16} {a['auc']:6.3f} {a['tpr_at_fpr_0.01']:7.3f} {a['tpr_at_fpr_0.1']:8.3f} "
+            f"{a['eps_lb']:7.3f} {a['eps_lb_ceiling']:8.3f}"
+        )
+    conf = f"{100 * audit['confidence']:g}%"
+    if audit["dp_enabled"]:
+        reported = audit["epsilon_reported"]
+        reported = "n/a" if reported is None else f"{reported:.4f}"
+        lines.append(
+            f"spent epsilon (delta {audit['delta']:g}): {audit['epsilon_spent']:.4f} in the "
+            f"audited training, {reported} reported by the run"
+        )
+        if checked:
+            lines.append(
+                f"check: largest lower bound ({conf} confidence) {audit['eps_lb_max']:.4f} <= "
+                f"spent epsilon: OK"
+            )
+    else:
+        lines.append(f"DP disabled: no guarantee; lower bounds at {conf} confidence")
+    return "\n".join(lines)

@@ -1,0 +1,175 @@
+"""What DP-CVAE and DP-CGAN clients share: their settings, their data in model space, their
+random streams, and the DP-SGD engine of the network that sees the data.
+
+Data: per-record standardized embeddings, squashed into (0, 1) by a fixed logistic (see
+data/features.py): no statistic of private data is used for normalization.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from algorithms.privacy import (
+    DPConfig,
+    PrivateTraining,
+    calibrate_noise,
+    make_private,
+    poisson_batch,
+    sample_rate_for,
+    steps_per_epoch,
+)
+from data.clients import ClientData
+from data.features import squash
+from utils.seeding import BATCHES, DP_NOISE, LATENT, derive_seed, generator
+
+SYNTHETIC_LABELS = ("match", "uniform")
+
+
+@dataclass(frozen=True)
+class GenerativeConfig:
+    """Paper defaults: 50 rounds x 5 local epochs, batch 256, CVAE Adam lr 1e-3 and beta 0.1,
+    CGAN Adam lr 2e-4 with betas (0.5, 0.999), latent 100, as many samples per class as real."""
+
+    n_rounds: int = 50
+    local_epochs: int = 5
+    batch_size: int = 256
+    lr: float = 1e-3
+    gan_lr: float = 2e-4
+    beta: float = 0.1
+    latent_var: float = 1.0
+    hidden_dim: int = 256
+    latent_dim: int = 100
+    generated_factor: float = 1.0
+    synthetic_labels: str = "match"
+    squash_temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.n_rounds >= 1, f"--n_fedavg_rounds must be >= 1, got {self.n_rounds}"),
+            (self.local_epochs >= 1, f"--local_epochs_gen must be >= 1, got {self.local_epochs}"),
+            (self.batch_size >= 1, f"--gen_batch_size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (self.gan_lr > 0, f"--gan_lr must be > 0, got {self.gan_lr}"),
+            (self.beta >= 0, f"--cvae_beta must be >= 0, got {self.beta}"),
+            (self.latent_var > 0, f"--cvae_var must be > 0, got {self.latent_var}"),
+            (self.hidden_dim >= 1, f"--hidden_dim must be >= 1, got {self.hidden_dim}"),
+            (self.latent_dim >= 1, f"--latent_dim must be >= 1, got {self.latent_dim}"),
+            (
+                self.generated_factor > 0,
+                f"--generated_factor must be > 0, got {self.generated_factor}",
+            ),
+            (
+                self.synthetic_labels in SYNTHETIC_LABELS,
+                f"--synthetic_labels must be one of {SYNTHETIC_LABELS}, "
+                f"got {self.synthetic_labels!r}",
+            ),
+            (
+                self.squash_temperature > 0,
+                f"--squash_temperature must be > 0, got {self.squash_temperature}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+def adam(params, lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Adam:
+    """Adam with the fused kernel: the same update as the per-tensor loop (up to rounding),
+    about 3x faster on CPU for these models (a tenth of a DP step)."""
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+
+
+class DPClient:
+    """The base of DP-CVAE and DP-CGAN clients: data in model space, RNGs, the private engine.
+
+    A subclass trains its networks (`fit`, `train_epochs`), samples from released weights
+    (`sample`), and says what it shares (`released_weights`, `initial_weights`)."""
+
+    # How DP-SGD clips (see algorithms.privacy.GRAD_SAMPLE_MODES); the others are references.
+    grad_sample_mode = "fast"
+
+    def __init__(
+        self, data: ClientData, n_classes: int, cfg: GenerativeConfig, dp: DPConfig, seed: int
+    ):
+        self.id, self.cfg, self.dp, self.n_classes = data.id, cfg, dp, n_classes
+        self.x = torch.as_tensor(squash(data.x_train, cfg.squash_temperature))
+        self.y = torch.as_tensor(data.y_train, dtype=torch.int64)
+        self.onehot = F.one_hot(self.y, n_classes).float()
+        self.n = len(self.y)
+        self.steps_epoch = steps_per_epoch(self.n, cfg.batch_size)
+        self.total_steps = cfg.n_rounds * cfg.local_epochs * self.steps_epoch
+        self.rng_batches = generator(derive_seed(seed, BATCHES))
+        self.rng_noise = generator(derive_seed(seed, DP_NOISE))
+        self.rng_latent = generator(derive_seed(seed, LATENT))
+        self.private: PrivateTraining | None = None
+
+    def _make_private(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if not self.dp.enabled:
+            return
+        rate = sample_rate_for(self.n, self.cfg.batch_size)
+        sigma = calibrate_noise(self.dp, rate, self.total_steps, self.steps_epoch)
+        self.private = make_private(
+            model,
+            optimizer,
+            self.n,
+            self.cfg.batch_size,
+            self.dp,
+            sigma,
+            self.rng_noise,
+            grad_sample_mode=self.grad_sample_mode,
+        )
+
+    def _batches(self):
+        """Index batches of one local epoch: Poisson sampled under DP, shuffled otherwise."""
+        if self.private is not None:
+            for _ in range(self.steps_epoch):
+                yield poisson_batch(self.n, self.private.sample_rate, self.rng_batches)
+        else:
+            order = torch.randperm(self.n, generator=self.rng_batches)
+            yield from order.split(self.cfg.batch_size)
+
+    def _release_gradients(self, *optimizers: torch.optim.Optimizer) -> None:
+        """Drop the gradients (and Opacus's summed gradients) after local training: nothing
+        reads them between rounds, and ten clients' copies would cost memory."""
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+
+    def _metrics(self, losses: list[float]) -> dict[str, float]:
+        out = {"train_loss": float(np.mean(losses)) if losses else float("nan")}
+        if self.private is not None:
+            out["epsilon"] = self.private.epsilon(self.dp.delta)
+        return out
+
+    def privacy(self) -> dict:
+        """This client's line of the privacy report, read from its accountant."""
+        if self.private is None:
+            return {"id": self.id, "epsilon": None}
+        return {
+            "id": self.id,
+            "sample_rate": self.private.sample_rate,
+            "steps": self.private.steps(),
+            "noise_multiplier": self.private.noise_multiplier,
+            "epsilon": self.private.epsilon(self.dp.delta),
+            "accountant_history": [list(h) for h in self.private.engine.accountant.history],
+        }
+
+    def _rng_state(self) -> dict:
+        return {
+            "batches": self.rng_batches.get_state(),
+            "noise": self.rng_noise.get_state(),
+            "latent": self.rng_latent.get_state(),
+            "accountant": [list(h) for h in self.private.engine.accountant.history]
+            if self.private
+            else [],
+        }
+
+    def _load_rng_state(self, state: dict) -> None:
+        self.rng_batches.set_state(state["batches"])
+        self.rng_noise.set_state(state["noise"])
+        self.rng_latent.set_state(state["latent"])
+        if self.private is not None:
+            self.private.engine.accountant.history = [tuple(h) for h in state["accountant"]]

@@ -1,0 +1,127 @@
+"""DP-CVAE (the paper's method): each client trains a conditional VAE with DP-SGD on encoder
+and decoder; only the decoder leaves the client, and the server averages the decoders.
+
+The rounds, the synthesis and the lambda protocol are shared with DP-CGAN (generative.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from algorithms.aggregation import StateDict
+from algorithms.dp_client import DPClient, GenerativeConfig, adam
+from algorithms.federation import ClientUpdate
+from algorithms.privacy import DPConfig, dp_step
+from data.clients import ClientData
+from models.cvae import CVAE, cvae_loss_per_sample, decoder_state, load_decoder
+from utils.seeding import INIT, derive_seed, seeded
+
+
+class CVAEClient(DPClient):
+    """A DP-CVAE client: encoder and decoder trained with DP-SGD; only the decoder is sent."""
+
+    def __init__(
+        self, data: ClientData, n_classes: int, cfg: GenerativeConfig, dp: DPConfig, seed: int
+    ):
+        super().__init__(data, n_classes, cfg, dp, seed)
+        dim = self.x.shape[1]
+        self.model = seeded(
+            derive_seed(seed, INIT), lambda: CVAE(dim, n_classes, cfg.hidden_dim, cfg.latent_dim)
+        )
+        self.optimizer = adam(self.model.parameters(), lr=cfg.lr)
+        self._make_private(self.model, self.optimizer)
+
+    @staticmethod
+    def initial_weights(dim: int, n_classes: int, cfg: GenerativeConfig, seed: int) -> StateDict:
+        """The server's initial decoder, seeded by `seed`."""
+        return decoder_state(
+            seeded(seed, lambda: CVAE(dim, n_classes, cfg.hidden_dim, cfg.latent_dim))
+        )
+
+    @staticmethod
+    def parameter_counts(dim: int, n_classes: int, cfg: GenerativeConfig) -> dict[str, int]:
+        """Parameters of the shared decoder and of the whole CVAE."""
+        model = CVAE(dim, n_classes, cfg.hidden_dim, cfg.latent_dim)
+        shared = sum(p.numel() for p in model.decoder.parameters())
+        return {"shared": shared, "total": sum(p.numel() for p in model.parameters())}
+
+    @staticmethod
+    def released_model(
+        weights: StateDict, dim: int, n_classes: int, cfg: GenerativeConfig
+    ) -> torch.nn.Module:
+        """A decoder holding released weights, called as (z, onehot) (the audit attacks it)."""
+        model = seeded(0, lambda: CVAE(dim, n_classes, cfg.hidden_dim, cfg.latent_dim))
+        load_decoder(model, weights)
+        return _Decode(model)
+
+    def released_weights(self) -> StateDict:
+        """What this client sends: a copy of its decoder."""
+        return decoder_state(self.model)
+
+    def _loss(self, idx: torch.Tensor) -> torch.Tensor:
+        x, oh = self.x[idx], self.onehot[idx]
+        eps = torch.randn(len(idx), self.cfg.latent_dim, generator=self.rng_latent)
+        forward = self.private.module if self.private is not None else self.model
+        recon, mu, logvar = forward(x, oh, eps)
+        return cvae_loss_per_sample(x, recon, mu, logvar, self.cfg.beta, self.cfg.batch_size)
+
+    def fit(self, global_weights: StateDict, rnd: int) -> ClientUpdate:
+        """Local epochs from the global decoder (the encoder stays local); returns the decoder."""
+        load_decoder(self.model, global_weights)
+        losses = self.train_epochs(self.cfg.local_epochs)
+        return ClientUpdate(self.released_weights(), self.n, self._metrics(losses))
+
+    def train_epochs(self, n_epochs: int) -> list[float]:
+        """`n_epochs` local epochs from the current weights; the mean loss of each step."""
+        self.model.train()
+        losses = []
+        for _ in range(n_epochs):
+            for idx in self._batches():
+                if self.private is not None:
+                    loss = self._loss(idx) if len(idx) else None
+                    dp_step(self.private, loss)
+                else:
+                    loss = self._loss(idx)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.mean().backward()
+                    self.optimizer.step()
+                if loss is not None:
+                    losses.append(float(loss.detach().mean()))
+        self._release_gradients(self.private.optimizer if self.private else self.optimizer)
+        return losses
+
+    @torch.no_grad()
+    def sample(
+        self, global_weights: StateDict, labels: np.ndarray, rng: torch.Generator
+    ) -> np.ndarray:
+        """Synthetic embeddings (model space) from the global decoder: z = var x N(0, I), as in
+        the paper's code (`--cvae_var` scales the latent draw)."""
+        load_decoder(self.model, global_weights)
+        self.model.eval()
+        z = self.cfg.latent_var * torch.randn(len(labels), self.cfg.latent_dim, generator=rng)
+        oh = F.one_hot(torch.as_tensor(labels, dtype=torch.int64), self.n_classes).float()
+        return self.model.decode(z, oh).numpy()
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            **self._rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._load_rng_state(state)
+
+
+class _Decode(torch.nn.Module):
+    """A CVAE's decode(z, onehot) as a module call."""
+
+    def __init__(self, model: CVAE):
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, z: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(z, onehot)

@@ -1,0 +1,291 @@
+"""One run's lifecycle, for main.py and the Flower apps: load the data, open the run directory
+and write config.json, run the method through the registry, and close the run with history.csv
+and metrics.json (written last: its presence marks a finished run).
+
+A federated method writes its state after every round into checkpoint/ in the run directory;
+`--resume` continues from it to the results an uninterrupted run gives, and the checkpoint is
+removed when the run finishes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from algorithms.dp_client import GenerativeConfig
+from algorithms.evaluation import Outcome, evaluate_clients
+from algorithms.options import Settings, UsageError
+from algorithms.privacy import delta_warning, over_budget_warning
+from algorithms.registry import Method, display_order
+from data.clients import ClientData, client_datasets
+from data.database import Database, DatabaseError, load_database
+from data.features import squash
+from data.partition import SplitError, load_or_make_split
+from utils.checkpoint import CheckpointError, RoundCheckpoint
+from utils.cli import OutputError, check_output
+from utils.io import read_json, save_npz, sha256_file
+from utils.metrics import summarize_clients
+from utils.provenance import versions
+from utils.results import (
+    CONFIG_FILE,
+    ResultsError,
+    config_key,
+    default_run_dir,
+    is_finished,
+    prepare_run_dir,
+    read_metrics,
+    write_config,
+    write_history,
+    write_metrics,
+)
+
+# The folder of a run directory that holds the checkpoint of an unfinished federated run.
+CHECKPOINT_DIR = "checkpoint"
+# What a run refuses with one line naming the flag or file (entry points exit with status 2).
+RUN_ERRORS = (UsageError, DatabaseError, SplitError, ResultsError, CheckpointError, OutputError)
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The data of a run: the database, its split (and the file holding it), the clients."""
+
+    db: Database
+    split: dict
+    split_path: Path
+    clients: list[ClientData]
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Where a run writes and what names it. `finished`: --skip_existing (or --resume) found a
+    finished run there, and nothing was written."""
+
+    run_dir: Path
+    method: Method
+    key: str
+    dataset: str
+    backbone: str
+    finished: bool = False
+
+
+def run(settings: Settings) -> Path:
+    """Set everything up (all input checks happen before any output), run, write results;
+    returns the run directory."""
+    data = load_run_data(settings)
+    files = open_run(settings, data.db.meta, data.split, data.split_path)
+    if files.finished:
+        return files.run_dir
+    checkpoint = RoundCheckpoint(
+        files.run_dir / CHECKPOINT_DIR,
+        {"config_key": files.key, "seed": settings.seed},
+        interval=settings.args.checkpoint_interval,
+    )
+    outcome = settings.method.run(
+        data.clients, data.db.n_classes, settings.configs, settings.seed, checkpoint
+    )
+    rows, lam, scores = evaluate_clients(
+        data.clients, outcome.local, outcome.global_, settings.args.weights_grid_resolution
+    )
+    wall = checkpoint.elapsed()
+    if settings.args.save_synthetic and outcome.synthetic:
+        save_synthetic(files.run_dir, data, settings.configs["generative"], outcome.synthetic)
+    close_run(files, settings.seed, data.split, rows, lam, scores, outcome, wall)
+    checkpoint.remove()
+    return files.run_dir
+
+
+def load_run_data(settings: Settings) -> RunData:
+    """The database and the split (made and saved if missing; its warnings printed), and the
+    clients' data; warns when delta is not below 1/n for a client."""
+    db = load_database(settings.args.database_root)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        split, split_path = load_or_make_split(
+            db, settings.configs["split"], settings.args.split_file
+        )
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    clients = client_datasets(db, split)
+    warn_privacy_settings(settings.configs, clients)
+    return RunData(db, split, Path(split_path), clients)
+
+
+def warn_privacy_settings(configs: dict, clients: list[ClientData]) -> None:
+    """Print the privacy module's warning about delta and the clients' sizes, if any."""
+    message = delta_warning(
+        configs.get("dp"), [c.n_train for c in clients], [c.id for c in clients]
+    )
+    if message:
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def describe_run(settings: Settings, meta: dict, split: dict) -> tuple[dict, Path]:
+    """The run's configuration (whose hash names its directory) and its directory. Needs the
+    database's meta.json and the split file only, not the embeddings."""
+    args = settings.args
+    dataset = str(meta.get("dataset", Path(args.database_root).name))
+    backbone = str(meta.get("backbone", "unknown"))
+    config = {
+        "method": settings.method.name,
+        "database_root": str(Path(args.database_root).resolve()),
+        # what identifies the data in the config hash: not its path, but its content
+        "database": {
+            "dataset": dataset,
+            "backbone": backbone,
+            "fingerprint": split["database"]["fingerprint"],
+        },
+        **{name: asdict(cfg) for name, cfg in settings.configs.items()},
+        "weights_grid_resolution": args.weights_grid_resolution,
+    }
+    run_dir = (
+        Path(args.results_dir)
+        if args.results_dir
+        else default_run_dir(
+            args.results_root, dataset, backbone, settings.method.name, config, settings.seed
+        )
+    )
+    return config, run_dir
+
+
+def open_run(settings: Settings, meta: dict, split: dict, split_path: Path) -> RunFiles:
+    """Create the run directory and write config.json.
+
+    A finished run there is refused (kept with --skip_existing or --resume, replaced with
+    --overwrite); so is an interrupted one, unless --resume continues it (its config.json must
+    name the same configuration and seed) or --overwrite starts over."""
+    args = settings.args
+    config, run_dir = describe_run(settings, meta, split)
+    dataset, backbone = config["database"]["dataset"], config["database"]["backbone"]
+    key = config_key(config)
+    method = settings.method
+    check_output(run_dir, "--results_dir" if args.results_dir else "--results_root", folder=True)
+    if args.resume and (run_dir / CONFIG_FILE).is_file():
+        check_same_run(run_dir, key, settings.seed)
+    if (args.skip_existing or args.resume) and is_finished(run_dir):
+        print(f"skipping: {run_dir} holds a finished run", file=sys.stderr)
+        return RunFiles(run_dir, method, key, dataset, backbone, finished=True)
+    checkpoint = run_dir / CHECKPOINT_DIR
+    if checkpoint.exists() and not (args.resume or args.overwrite):
+        raise ResultsError(
+            f"{run_dir}: holds an interrupted run ({checkpoint}); pass --resume to continue it "
+            "or --overwrite to start over"
+        )
+    if args.overwrite:
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    run_dir = prepare_run_dir(run_dir, args.overwrite)
+    if args.resume and (run_dir / CONFIG_FILE).is_file():
+        return RunFiles(run_dir, method, key, dataset, backbone)
+    write_config(
+        run_dir,
+        {
+            **config,
+            "config_key": key,
+            "seed": settings.seed,
+            "split_file": str(split_path),
+            "split_sha256": sha256_file(split_path),
+            "argv": list(settings.argv),
+            "versions": versions(),
+        },
+    )
+    return RunFiles(run_dir, method, key, dataset, backbone)
+
+
+def check_same_run(run_dir: Path, key: str, seed: int) -> None:
+    """Refuse to resume a run directory whose config.json names another configuration or seed."""
+    path = run_dir / CONFIG_FILE
+    try:
+        config = read_json(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise ResultsError(str(err)) from None
+    old = (config.get("config_key"), config.get("seed")) if isinstance(config, dict) else None
+    if old != (key, seed):
+        raise ResultsError(
+            f"{path}: holds another run (config_key, seed = {old}, these flags give "
+            f"{(key, seed)}); --resume needs the flags of the interrupted run"
+        )
+
+
+def close_run(
+    run: RunFiles,
+    seed: int,
+    split: dict,
+    rows: list[dict],
+    lam: float | None,
+    scores: list[float] | None,
+    outcome: Outcome,
+    wall: float,
+) -> None:
+    """history.csv, then metrics.json (the last file: its presence marks a finished run).
+
+    metrics.json also records the method's place in the tables (`display_order`) and whether
+    what this run shared is private (`private`: a private method, and DP not switched off), so
+    that tables and plots are made from results files alone."""
+    method = run.method
+    dp_off = outcome.privacy is not None and not outcome.privacy["enabled"]
+    metrics = {
+        "method": method.name,
+        "display_order": display_order(method.name),
+        "private": method.private and not dp_off,
+        "dataset": run.dataset,
+        "backbone": run.backbone,
+        "seed": seed,
+        "config_key": run.key,
+        "split": split["args"],
+        "clients": rows,
+        "summary": summarize_clients(rows),
+        "lambda": lam,
+        "lambda_val_acc": scores,
+        "privacy": outcome.privacy,
+        "fidelity": outcome.fidelity,
+        "cost": {
+            "wall_seconds": wall,
+            "params_shared": outcome.params_shared,
+            "bytes_per_round": 4 * outcome.params_shared,
+            "params_model": outcome.params_model,
+        },
+    }
+    warning = over_budget_warning(outcome.privacy) if outcome.privacy else None
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    write_history(run.run_dir, outcome.history)
+    write_metrics(run.run_dir, metrics)
+
+
+def save_synthetic(
+    run_dir: Path,
+    data: RunData,
+    cfg: GenerativeConfig,
+    synthetic: list[tuple[np.ndarray, np.ndarray]],
+) -> None:
+    """synthetic.npz, for the real-vs-synthetic plot: every client's synthetic embeddings (model
+    space), labels and client id, and the real training embeddings (model space) and labels of
+    the largest client, with the class names."""
+    clients = data.clients
+    largest = max(clients, key=lambda c: c.n_train)
+    save_npz(
+        run_dir / "synthetic.npz",
+        embeddings=np.concatenate([s for s, _ in synthetic]).astype(np.float32),
+        labels=np.concatenate([y for _, y in synthetic]).astype(np.int64),
+        client=np.concatenate([np.full(len(y), c.id) for c, (_, y) in zip(clients, synthetic)]),
+        real_embeddings=squash(largest.x_train, cfg.squash_temperature).astype(np.float32),
+        real_labels=largest.y_train.astype(np.int64),
+        real_client=np.int64(largest.id),
+        class_names=np.asarray(data.db.classes, dtype=str),
+    )
+
+
+def summary_line(run_dir: Path) -> str:
+    """A finished run's headline numbers and where its files are (two lines)."""
+    m = read_metrics(run_dir)
+    s = m["summary"]
+    lam = "" if m["lambda"] is None else f"  lambda {m['lambda']:.1f}"
+    return (
+        f"{m['method']}: test acc {s['test_acc_mean']:.4f} +- {s['test_acc_std']:.4f} "
+        f"(balanced {s['test_balanced_acc_mean']:.4f}, F1 macro {s['test_f1_macro_mean']:.4f})"
+        f"{lam}  [{m['cost']['wall_seconds']:.1f} s]\nresults: {run_dir}"
+    )

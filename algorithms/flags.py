@@ -1,0 +1,436 @@
+"""main.py's flags: one parser for main.py, the Flower apps (`main-args`) and fl/run_local.py.
+
+Every flag belongs to a section, its --help group: `None` (the experiment and the partition:
+every method), or a config section that the registry lists for the methods that read it. A flag
+given explicitly whose section the method does not read is refused (algorithms/options.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from algorithms import registry
+from algorithms.dp_client import SYNTHETIC_LABELS, GenerativeConfig
+from algorithms.fedavg import FedAvgConfig
+from algorithms.heads import HeadConfig
+from algorithms.privacy import ACCOUNTANTS, CALIBRATIONS, DPConfig
+from data.partition import add_split_arguments
+from utils.cli import Parser
+
+# The sections of flags, with the title of their --help group.
+SECTIONS = {
+    "head": "classification heads",
+    "lambda": "lambda protocol: lam * p_local + (1 - lam) * p_global",
+    "fedavg": "federated head",
+    "fedprox": "FedProx",
+    "generative": "DP generative models",
+    "cvae": "CVAE",
+    "cgan": "CGAN",
+    "dp": "differential privacy",
+}
+
+
+class FlagParser(Parser):
+    """The parser of main.py's flags; it remembers the section of every flag it adds."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.section_of: dict[str, str] = {}  # dest -> section (absent: every method)
+        self.names_of: dict[str, list[str]] = {}  # dest -> its spellings, as --help shows them
+
+    def group(self, section: str) -> argparse._ArgumentGroup:
+        """The --help group of `section`, titled with the methods that read it."""
+        methods = ", ".join(registry.using(section))
+        return self.add_argument_group(f"{SECTIONS[section]} ({methods})")
+
+    def add(self, group, section: str | None, *names: str, **kwargs) -> argparse.Action:
+        """`group.add_argument(*names, **kwargs)`, remembering the flag's section."""
+        action = group.add_argument(*names, **kwargs)
+        self.names_of.setdefault(action.dest, []).extend(action.option_strings)
+        if section is not None:
+            self.section_of[action.dest] = section
+        return action
+
+
+def _method_help() -> str:
+    return "; ".join(f"{m.name}: {m.help}" for m in registry.METHODS)
+
+
+def _alias_help(flag: str) -> str:
+    pairs = ", ".join(f"{v} = --method {m}" for v, m in sorted(registry.aliases(flag).items()))
+    return f"the paper's spelling: {pairs}"
+
+
+def build_parser(description: str | None = None, prog: str | None = None) -> FlagParser:
+    """main.py's parser (`description`: its --help text)."""
+    parser = FlagParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    _experiment_flags(parser)
+    add_split_arguments(parser)
+    _head_flags(parser)
+    _fedavg_flags(parser)
+    _generative_flags(parser)
+    _dp_flags(parser)
+    return parser
+
+
+def _experiment_flags(parser: FlagParser) -> None:
+    g = parser.add_argument_group("experiment (every method)")
+
+    def add(*names: str, **kwargs) -> None:
+        parser.add(g, None, *names, **kwargs)
+
+    add(
+        "--database_root", required=True, help="embedding database folder made by data/create_db.py"
+    )
+    add("--method", choices=registry.NAMES, default=None, help=_method_help())
+    add("--algorithm", choices=sorted(registry.aliases("algorithm")), help=_alias_help("algorithm"))
+    add(
+        "--anonymizer",
+        choices=sorted(registry.aliases("anonymizer")),
+        help=_alias_help("anonymizer"),
+    )
+    add(
+        "--aggregator_type",
+        choices=[*sorted(registry.aliases("aggregator_type")), "centralized"],
+        help=f"{_alias_help('aggregator_type')}. centralized names the paper's FedAvg server, "
+        "not a method, and is refused: choose the method with --method",
+    )
+    add(
+        "--seed",
+        type=int,
+        default=3407,
+        help="run seed: model initialization, batch order, client sampling, DP noise. "
+        "The paper uses 3407, 12345 and 202502. Default: 3407",
+    )
+    add(
+        "--split_seed",
+        type=int,
+        default=202502,
+        help="seed of the client split, kept apart from the run seed. Default: 202502",
+    )
+    add(
+        "--split_file",
+        default=None,
+        help="use this split file (from data/partition.py) instead of the one named by the "
+        "partition flags under <database_root>/splits/. Default: that one (made if missing)",
+    )
+    add(
+        "--results_dir",
+        default=None,
+        help="run directory. Default: <results_root>/<dataset>/<backbone>/"
+        "<method>-<config hash>/seed_<seed>",
+    )
+    add(
+        "--results_root",
+        default="results",
+        help="root of the default run directories. Default: results",
+    )
+    add(
+        "--overwrite",
+        action="store_true",
+        help="replace a finished run in the run directory (refused otherwise). Default: off",
+    )
+    add(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from its last finished round (same flags required): "
+        "methods with rounds write a checkpoint into the run directory after every round "
+        "(removed when the run finishes); the results equal an uninterrupted run's. On a "
+        "finished run it does nothing; a method without rounds simply reruns. Default: off",
+    )
+    add(
+        "--checkpoint_interval",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="write the checkpoint after a round only when at least this many seconds have "
+        "passed since the last one (0: after every round). A resumed run replays the rounds "
+        "since the last checkpoint and still ends with the same results; a positive value "
+        "saves the writing time of runs whose rounds take a second or two (the demo uses 60). "
+        "Default: 0",
+    )
+    add(
+        "--skip_existing",
+        action="store_true",
+        help="if the run directory already holds a finished run, report it and exit 0 "
+        "(for scripts that loop over seeds and are rerun). Default: off",
+    )
+    add("--quiet", action="store_true", help="no progress bars. Default: off")
+    generative = " / ".join(registry.using("generative"))
+    add(
+        "--num_threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (torch.set_num_threads); 0 keeps torch's default of one per "
+        f"core. {generative} spend them on clients: that many train at once, one thread "
+        "each (same results). Elsewhere more than one helps only on an otherwise idle machine: "
+        "when other processes share the cores, threads wait on each other and training slows "
+        "down 10-20x. Default: 1",
+    )
+
+
+def _head_flags(parser: FlagParser) -> None:
+    d = HeadConfig()
+    g = parser.group("head")
+
+    def add(*names: str, **kwargs) -> None:
+        parser.add(g, "head", *names, **kwargs)
+
+    add(
+        "--local_epochs",
+        type=int,
+        default=d.epochs,
+        help=f"full-batch epochs of a linear head. Default: {d.epochs}",
+    )
+    add(
+        "--lr",
+        type=float,
+        default=d.lr,
+        help=f"learning rate of the heads and of the CVAE (the CGAN has --gan_lr). Default: {d.lr}",
+    )
+    add(
+        "--weight_decay",
+        type=float,
+        default=d.weight_decay,
+        help=f"weight decay of the heads. Default: {d.weight_decay}",
+    )
+    add(
+        "--classifier_optimizer",
+        choices=["adam", "sgd"],
+        default=d.optimizer,
+        help=f"optimizer of the heads. Default: {d.optimizer}",
+    )
+    parser.add(
+        parser.group("lambda"),
+        "lambda",
+        "--weights_grid_resolution",
+        type=float,
+        default=0.1,
+        help="step of the grid {0, step, ..., 1} from which lam is chosen by the mean "
+        "validation accuracy across clients; it must divide 1. Default: 0.1",
+    )
+
+
+def _fedavg_flags(parser: FlagParser) -> None:
+    d = FedAvgConfig()
+    g = parser.group("fedavg")
+
+    def add(*names: str, **kwargs) -> None:
+        parser.add(g, "fedavg", *names, **kwargs)
+
+    add(
+        "--n_rounds",
+        type=int,
+        default=d.n_rounds,
+        help=f"communication rounds. Default: {d.n_rounds}",
+    )
+    add(
+        "--fedavg_local_epochs",
+        "--local_steps",
+        dest="fedavg_local_epochs",
+        type=int,
+        default=d.local_steps,
+        help="local epochs per round (--local_steps is the paper's name: it counts epochs, "
+        f"not steps). Default: {d.local_steps}",
+    )
+    add(
+        "--bz",
+        type=int,
+        default=d.batch_size,
+        help=f"local minibatch size. Default: {d.batch_size}",
+    )
+    add("--fedavg_lr", type=float, default=d.lr, help=f"client learning rate. Default: {d.lr}")
+    add(
+        "--optimizer",
+        choices=["sgd", "adam"],
+        default=d.optimizer,
+        help=f"client optimizer. Default: {d.optimizer}",
+    )
+    add(
+        "--lr_scheduler",
+        choices=["multi_step", "none"],
+        default=d.lr_scheduler,
+        help="multi_step: x0.1 at 50%% and 75%% of the rounds. Default: multi_step",
+    )
+    add(
+        "--sampling_rate",
+        type=float,
+        default=d.sampling_rate,
+        help=f"fraction of clients taking part in each round. Default: {d.sampling_rate}",
+    )
+    parser.add(
+        parser.group("fedprox"),
+        "fedprox",
+        "--mu",
+        type=float,
+        default=0.05,
+        help="FedProx proximal weight: the term mu/2 * ||w - w_global||^2. Default: 0.05",
+    )
+
+
+def _generative_flags(parser: FlagParser) -> None:
+    """Flags of the DP generative models (names as in the paper's scripts)."""
+    d = GenerativeConfig()
+    g = parser.group("generative")
+
+    def add(*names: str, **kwargs) -> None:
+        parser.add(g, "generative", *names, **kwargs)
+
+    add(
+        "--n_fedavg_rounds",
+        type=int,
+        default=d.n_rounds,
+        help=f"communication rounds of the generative model. Default: {d.n_rounds}",
+    )
+    add(
+        "--local_epochs_gen",
+        type=int,
+        default=d.local_epochs,
+        help=f"local epochs per round. Default: {d.local_epochs}",
+    )
+    add(
+        "--gen_batch_size",
+        type=int,
+        default=d.batch_size,
+        help="nominal batch size B; under DP, batches are Poisson sampled at rate "
+        f"1/ceil(n/B). Default: {d.batch_size}",
+    )
+    add(
+        "--latent_dim",
+        type=int,
+        default=d.latent_dim,
+        help=f"latent size of the CVAE and of the CGAN. Default: {d.latent_dim}",
+    )
+    add(
+        "--generated_factor",
+        type=float,
+        default=d.generated_factor,
+        help=f"synthetic samples per real training sample. Default: {d.generated_factor}",
+    )
+    add(
+        "--synthetic_labels",
+        choices=SYNTHETIC_LABELS,
+        default=d.synthetic_labels,
+        help="match: per class as many samples as the client holds (the paper); uniform: the "
+        "same total spread evenly over all classes. Default: match",
+    )
+    add(
+        "--squash_temperature",
+        type=float,
+        default=d.squash_temperature,
+        help="t of the fixed squash sigmoid(u / t) that maps per-record standardized "
+        f"embeddings into (0, 1) for the sigmoid decoders. Default: {d.squash_temperature}",
+    )
+    add(
+        "--save_synthetic",
+        action="store_true",
+        help="also write synthetic.npz into the run directory, for plots: every client's "
+        "synthetic embeddings (model space) and labels, and the real training embeddings "
+        "(model space) and labels of the largest client. Default: off",
+    )
+    cvae = parser.group("cvae")
+    parser.add(
+        cvae,
+        "cvae",
+        "--cvae_beta",
+        type=float,
+        default=d.beta,
+        help=f"weight of the KL term of the CVAE loss. Default: {d.beta}",
+    )
+    parser.add(
+        cvae,
+        "cvae",
+        "--cvae_var",
+        type=float,
+        default=d.latent_var,
+        help="scale of the latent draw when sampling, z = var * N(0, I), as in the paper's "
+        f"code. Default: {d.latent_var}",
+    )
+    parser.add(
+        cvae,
+        "cvae",
+        "--hidden_dim",
+        type=int,
+        default=d.hidden_dim,
+        help=f"hidden width of the CVAE. Default: {d.hidden_dim}",
+    )
+    parser.add(
+        parser.group("cgan"),
+        "cgan",
+        "--gan_lr",
+        type=float,
+        default=d.gan_lr,
+        help=f"Adam learning rate of the CGAN (betas 0.5, 0.999). Default: {d.gan_lr}",
+    )
+
+
+def _dp_flags(parser: FlagParser) -> None:
+    d = DPConfig()
+    g = parser.group("dp")
+    switch = g.add_mutually_exclusive_group()
+    parser.add(
+        switch,
+        "dp",
+        "--dp",
+        choices=("on", "off"),
+        default=None,  # on (None lets argparse see a clash with the spellings below)
+        help="on: train the generative model with DP-SGD; off: without DP (an ablation: "
+        "nothing is private, epsilon is infinite in the tables). Default: on",
+    )
+    parser.add(
+        switch,
+        "dp",
+        "--enable_dp",
+        dest="dp",
+        action="store_const",
+        const="on",
+        help="the paper's spelling of --dp on",
+    )
+    parser.add(
+        switch,
+        "dp",
+        "--disable_dp",
+        dest="dp",
+        action="store_const",
+        const="off",
+        help="the paper's spelling of --dp off",
+    )
+
+    def add(*names: str, **kwargs) -> None:
+        parser.add(g, "dp", *names, **kwargs)
+
+    add(
+        "--epsilon",
+        type=float,
+        default=d.epsilon,
+        help=f"target epsilon of each client over the whole training. Default: {d.epsilon}",
+    )
+    add(
+        "--delta",
+        type=float,
+        default=d.delta,
+        help=f"target delta; should be below 1/n for every client. Default: {d.delta}",
+    )
+    add(
+        "--max_grad_norm",
+        type=float,
+        default=d.max_grad_norm,
+        help=f"per-sample gradient clipping norm. Default: {d.max_grad_norm}",
+    )
+    add(
+        "--accountant",
+        choices=ACCOUNTANTS,
+        default=d.accountant,
+        help="prv (a numerically tight upper bound, so less noise for the same guarantee) or "
+        f"rdp (analytic, looser). Default: {d.accountant}",
+    )
+    add(
+        "--dp_calibration",
+        choices=CALIBRATIONS,
+        default=d.calibration,
+        help="total: noise calibrated for every DP step of the run, so the spent epsilon "
+        "meets the target; paper: as the paper's code, noise for 20 epochs while training all "
+        f"rounds (the reported spent epsilon exceeds the target). Default: {d.calibration}",
+    )

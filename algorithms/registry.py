@@ -1,0 +1,153 @@
+"""The method registry: every method the project runs, in the order that tables list them.
+
+Each entry says what the method is in one line, which function runs it, which config sections
+(flag groups of algorithms/options.py) it reads, which of the paper's spellings select it,
+whether it runs under Flower, and whether what it shares is private. `--method` and its help,
+the flag checks, the run lifecycle, the Flower apps, and (through each run's metrics.json) the
+tables and plots all read this table. Adding a method: its module, one entry here, and its
+flags in algorithms/options.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from algorithms.baselines import run_centralized, run_fedavg, run_local
+from algorithms.evaluation import Outcome
+from algorithms.generative import run_generative
+from data.clients import ClientData
+from utils.checkpoint import RoundCheckpoint
+
+# (clients, n_classes, configs by section, run seed, checkpoint) -> what evaluation needs
+Runner = Callable[[list[ClientData], int, dict, int, RoundCheckpoint | None], Outcome]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method. `sections`: the config sections whose flags apply to it (flags of other
+    sections are refused); `aliases`: (flag, value) pairs of the paper's scripts that select
+    it; `private`: what it shares is covered by DP, or it shares nothing."""
+
+    name: str
+    help: str
+    run: Runner
+    sections: tuple[str, ...]
+    aliases: tuple[tuple[str, str], ...] = ()
+    flower: bool = False
+    private: bool = False
+
+
+def _local(clients, n_classes, configs, seed, checkpoint) -> Outcome:
+    return run_local(clients, n_classes, configs["head"], seed)
+
+
+def _centralized(clients, n_classes, configs, seed, checkpoint) -> Outcome:
+    return run_centralized(clients, n_classes, configs["head"], seed)
+
+
+def _fedavg(clients, n_classes, configs, seed, checkpoint) -> Outcome:
+    return run_fedavg(clients, n_classes, configs["fedavg"], seed, checkpoint=checkpoint)
+
+
+def _fedlambda(clients, n_classes, configs, seed, checkpoint) -> Outcome:
+    fedavg, head = configs["fedavg"], configs["head"]
+    return run_fedavg(clients, n_classes, fedavg, seed, head, checkpoint=checkpoint)
+
+
+def _generative(name: str) -> Runner:
+    def run(clients, n_classes, configs, seed, checkpoint) -> Outcome:
+        gen, dp, head = configs["generative"], configs["dp"], configs["head"]
+        return run_generative(name, clients, n_classes, gen, dp, head, seed, checkpoint)
+
+    return run
+
+
+# The methods, in display order (tables, plots, --help).
+METHODS = (
+    Method(
+        "local",
+        "a head per client on its own data; nothing is shared",
+        _local,
+        ("head",),
+        aliases=(("aggregator_type", "local"),),
+        private=True,
+    ),
+    Method(
+        "centralized",
+        "one head on the pooled data of every client (not private: an upper bound)",
+        _centralized,
+        ("head",),
+    ),
+    Method(
+        "fedavg",
+        "a linear head trained federatedly (FedAvg)",
+        _fedavg,
+        ("fedavg",),
+        aliases=(("algorithm", "normal"),),
+        flower=True,
+    ),
+    Method(
+        "fedprox",
+        "FedAvg with the proximal term mu/2 ||w - w_global||^2 in each client's loss",
+        _fedavg,
+        ("fedavg", "fedprox"),
+        aliases=(("algorithm", "fedprox"),),
+        flower=True,
+    ),
+    Method(
+        "fedlambda",
+        "the FedAvg head mixed with a local head by the lambda protocol",
+        _fedlambda,
+        ("head", "fedavg", "lambda"),
+    ),
+    Method(
+        "dpcgan",
+        "a DP conditional GAN trained federatedly (generators averaged); its synthetic data "
+        "trains a head that the lambda protocol mixes with a local head",
+        _generative("dpcgan"),
+        ("head", "lambda", "generative", "cgan", "dp"),
+        aliases=(("anonymizer", "cgan_fedavg"),),
+        flower=True,
+        private=True,
+    ),
+    Method(
+        "dpcvae",
+        "the paper's method: a DP conditional VAE trained federatedly (decoders averaged); its "
+        "synthetic data trains a head that the lambda protocol mixes with a local head",
+        _generative("dpcvae"),
+        ("head", "lambda", "generative", "cvae", "dp"),
+        aliases=(("anonymizer", "cvae_fedavg"),),
+        flower=True,
+        private=True,
+    ),
+)
+NAMES = tuple(m.name for m in METHODS)
+
+
+def get(name: str) -> Method:
+    """The registry entry of `name` (ValueError naming the known methods otherwise)."""
+    for m in METHODS:
+        if m.name == name:
+            return m
+    raise ValueError(f"--method {name!r} is not known (one of {', '.join(NAMES)})")
+
+
+def display_order(name: str) -> int:
+    """The method's position in tables and plots."""
+    return NAMES.index(get(name).name)
+
+
+def using(section: str) -> tuple[str, ...]:
+    """The methods whose flags include `section`'s, in display order."""
+    return tuple(m.name for m in METHODS if section in m.sections)
+
+
+def aliases(flag: str) -> dict[str, str]:
+    """The paper's values of `flag` (e.g. 'algorithm') and the method each selects."""
+    return {value: m.name for m in METHODS for f, value in m.aliases if f == flag}
+
+
+def flower_methods() -> tuple[str, ...]:
+    """The methods that run under Flower (fl/), in display order."""
+    return tuple(m.name for m in METHODS if m.flower)

@@ -1,0 +1,32 @@
+"""What produced a file: the Python and library versions, recorded in config.json (every run)
+and meta.json (every database). Epsilon, fidelity and embeddings depend on them."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+
+# Distributions whose versions are recorded when installed (the names pip knows them by).
+PACKAGES = (
+    "torch",
+    "numpy",
+    "scikit-learn",
+    "opacus",
+    "flwr",
+    "geomloss",
+    "timm",
+    "safetensors",
+    "pillow",
+)
+
+
+def versions() -> dict[str, str]:
+    """Python's version and that of every installed package of PACKAGES (read from the
+    installed metadata: nothing is imported)."""
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
