@@ -3,9 +3,7 @@
 # First download the WILDS data (about 10 GB) once:
 #   .venv/bin/python -c "from wilds import get_dataset; get_dataset('camelyon17', root_dir='data/camelyon17/dataset', download=True)"
 # or add --download below. Only the sampled patches are read and encoded.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PY:-.venv/bin/python}
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 BACKBONES=(
   vit_base_patch14_dinov2.lvd142m

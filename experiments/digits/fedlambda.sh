@@ -1,39 +1,22 @@
 #!/usr/bin/env bash
-# FedLambda on the bundled digits dataset (no download): the FedAvg head mixed with each client's local head,
-# lam * local + (1 - lam) * global, lam chosen on validation from {0, 0.1, ..., 1}.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PY:-.venv/bin/python}
+# FedLambda (the FedAvg head mixed with each client's local head, lam * local + (1 - lam) *
+# global, lam chosen on validation from {0, 0.1, ..., 1}) on the bundled digits dataset (no
+# download) embeddings, with the paper's settings. Needs the database that `make demo` builds.
+# Ends with the table of every run so far. Edit the flags below; experiments/common.sh runs them
+# (every seed, skipping finished runs).
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 # ---- flags (edit here) -----------------------------------------------------------------------
+dataset=digits
 SEEDS=(3407 12345 202502)
-BACKBONES=(tf_efficientnet_lite0)
-split_method=by_labels_split
-n_clients=10
-alpha=0.3
-split_seed=202502
-n_rounds=50               # FedAvg part, as in base.sh
-local_steps=5
-bz=128
-fedavg_lr=0.001
-lr_scheduler=multi_step
-classifier_optimizer=adam # local head: 100 full-batch epochs, Adam lr 1e-3, weight decay 5e-4
-local_epochs=100
-lr=0.001
-weights_grid_resolution=0.1
+BACKBONES=(tf_efficientnet_lite0)                # the database that make demo builds
+methods=(fedlambda)
+split_flags=(--split_method by_labels_split --n_clients 10 --alpha 0.3 --n_components -1
+             --test_data_frac 0.2 --val_frac 0.2 --split_seed 202502)
+fedlambda_flags=(--n_rounds 50 --fedavg_local_epochs 5 --bz 128 --fedavg_lr 0.001 --optimizer sgd
+                 --lr_scheduler multi_step                 # the FedAvg part, as in base.sh
+                 --local_epochs 100 --lr 0.001 --weight_decay 5e-4 --classifier_optimizer adam
+                 --weights_grid_resolution 0.1)            # the local head and the lambda grid
 results_root=results
 # ------------------------------------------------------------------------------------------------
-
-for backbone in "${BACKBONES[@]}"; do
-  for seed in "${SEEDS[@]}"; do
-    $PY main.py --database_root "data/digits/database/${backbone}" --method fedlambda \
-      --split_method "${split_method}" --n_clients "${n_clients}" --alpha "${alpha}" \
-      --n_components -1 --test_data_frac 0.2 --val_frac 0.2 --split_seed "${split_seed}" \
-      --n_rounds "${n_rounds}" --local_steps "${local_steps}" --bz "${bz}" \
-      --fedavg_lr "${fedavg_lr}" --optimizer sgd --lr_scheduler "${lr_scheduler}" \
-      --classifier_optimizer "${classifier_optimizer}" --local_epochs "${local_epochs}" \
-      --lr "${lr}" --weights_grid_resolution "${weights_grid_resolution}" \
-      --seed "${seed}" --results_root "${results_root}" --skip_existing --resume
-  done
-  $PY -m utils.collect "${results_root}/digits/${backbone}"
-done
+run_unless_sourced

@@ -1,36 +1,23 @@
 #!/usr/bin/env bash
-# FedAvg / FedProx baselines on OrganSMNIST embeddings, with the paper's settings.
-# Switch `algorithm` between normal (FedAvg) and fedprox (FedProx). Needs the databases of
-# experiments/organsmnist/create_db.sh. Ends with the table of every run so far.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PY:-.venv/bin/python}
+# The baselines: FedAvg, FedProx, local heads and a centralized head on OrganSMNIST embeddings,
+# with the paper's settings. Needs the databases of experiments/organsmnist/create_db.sh. Ends
+# with the table of every run so far. Edit the flags below; experiments/common.sh runs them (every
+# seed, skipping finished runs).
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 # ---- flags (edit here) -----------------------------------------------------------------------
+dataset=organsmnist
 SEEDS=(3407 12345 202502)
-BACKBONES=(vit_base_patch14_dinov2.lvd142m)   # the paper's six are listed in create_db.sh
-algorithm=normal          # normal (FedAvg) | fedprox
-split_method=by_labels_split
-n_clients=10
-alpha=0.3
-split_seed=202502
-n_rounds=50
-local_steps=5
-bz=128
-fedavg_lr=0.001
-lr_scheduler=multi_step
-mu=0.05                   # FedProx only: mu/2 * ||w - w_global||^2
+BACKBONES=(vit_base_patch14_dinov2.lvd142m)      # the paper's six: see create_db.sh
+methods=(fedavg)          # any of: local centralized fedavg fedprox
+algorithm=                # or the paper's spelling instead: normal (FedAvg) | fedprox
+split_flags=(--split_method by_labels_split --n_clients 10 --alpha 0.3 --n_components -1
+             --test_data_frac 0.2 --val_frac 0.2 --split_seed 202502)
+fedavg_flags=(--n_rounds 50 --fedavg_local_epochs 5 --bz 128 --fedavg_lr 0.001 --optimizer sgd
+              --lr_scheduler multi_step --sampling_rate 1.0)
+fedprox_flags=("${fedavg_flags[@]}" --mu 0.05)      # proximal term mu/2 * ||w - w_global||^2
+local_flags=(--local_epochs 100 --lr 0.001 --weight_decay 5e-4 --classifier_optimizer adam)
+centralized_flags=("${local_flags[@]}")             # one head on the pooled data (not private)
 results_root=results
 # ------------------------------------------------------------------------------------------------
-
-for backbone in "${BACKBONES[@]}"; do
-  for seed in "${SEEDS[@]}"; do
-    $PY main.py --database_root "data/organsmnist/database/${backbone}" --algorithm "${algorithm}" \
-      --split_method "${split_method}" --n_clients "${n_clients}" --alpha "${alpha}" \
-      --n_components -1 --test_data_frac 0.2 --val_frac 0.2 --split_seed "${split_seed}" \
-      --n_rounds "${n_rounds}" --local_steps "${local_steps}" --bz "${bz}" \
-      --fedavg_lr "${fedavg_lr}" --optimizer sgd --lr_scheduler "${lr_scheduler}" --mu "${mu}" \
-      --seed "${seed}" --results_root "${results_root}" --skip_existing --resume
-  done
-  $PY -m utils.collect "${results_root}/organsmnist/${backbone}"
-done
+run_unless_sourced

@@ -4,9 +4,7 @@
 #   mkdir -p data/organsmnist/dataset
 #   wget -P data/organsmnist/dataset https://zenodo.org/records/10519652/files/organsmnist_224.npz
 # or add --download below (create_db.py fetches it through the medmnist package).
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PY:-.venv/bin/python}
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 BACKBONES=(
   vit_base_patch14_dinov2.lvd142m          # the paper's default (768-d)

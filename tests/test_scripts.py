@@ -1,0 +1,99 @@
+"""Every experiment script builds commands that main.py accepts: each script runs with PY=echo
+(which prints the commands instead of running them), and each printed main.py command goes
+through the library's parser, flag checks and config builders. The databases the scripts read
+are the ones the create_db.sh scripts write."""
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from algorithms import registry
+from algorithms.options import load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ("digits", "organsmnist", "camelyon17", "fashionmnist")
+
+
+def commands(script: str, tmp_path: Path, **env: str) -> list[list[str]]:
+    """The commands `script` runs, printed by PY=echo (the Python interpreter's arguments)."""
+    proc = subprocess.run(
+        ["bash", str(ROOT / script)],
+        env={**os.environ, "PY": "echo", **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [shlex.split(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def main_commands(script: str, tmp_path: Path, **env: str) -> list[list[str]]:
+    """The main.py command lines of `script`, each parsed and checked by the library."""
+    argvs = [c[1:] for c in commands(script, tmp_path, **env) if c[:1] == ["main.py"]]
+    assert argvs, f"{script} runs no main.py"
+    for argv in argvs:
+        load_settings(argv)  # raises (or exits) on any flag main.py would refuse
+    return argvs
+
+
+def methods_of(argvs: list[list[str]]) -> set[str]:
+    return {argv[argv.index("--method") + 1] for argv in argvs}
+
+
+def value(argv: list[str], flag: str) -> str:
+    return argv[len(argv) - 1 - argv[::-1].index(flag) + 1]  # the last one, as argparse
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_each_dataset_script_runs_commands_main_accepts(dataset, tmp_path):
+    folder = f"experiments/{dataset}"
+    base = main_commands(f"{folder}/base.sh", tmp_path)
+    assert methods_of(base) == {"fedavg"}
+    baselines = ("local", "centralized", "fedavg", "fedprox")
+    everything = main_commands(f"{folder}/base.sh", tmp_path, METHODS=" ".join(baselines))
+    assert methods_of(everything) == set(baselines)
+    assert methods_of(main_commands(f"{folder}/fedlambda.sh", tmp_path)) == {"fedlambda"}
+    ours = main_commands(f"{folder}/ours.sh", tmp_path, METHODS="dpcvae dpcgan")
+    assert methods_of(ours) == {"dpcvae", "dpcgan"}
+    for argv in [*base, *everything, *ours]:
+        assert value(argv, "--database_root").startswith(f"data/{dataset}/database/")
+        assert "--skip_existing" in argv and "--resume" in argv
+    # three seeds of every method
+    assert len(everything) == 3 * len(baselines)
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_the_privacy_sweep_takes_the_flags_of_ours_sh(dataset, tmp_path):
+    ours = main_commands(f"experiments/{dataset}/ours.sh", tmp_path, METHODS="dpcvae")[0]
+    sweep = main_commands("experiments/privacy_sweep.sh", tmp_path, DATASET=dataset)
+    assert methods_of(sweep) == {"dpcvae", "dpcgan"}
+    epsilons = {float(value(argv, "--epsilon")) for argv in sweep}
+    assert epsilons == {0.5, 1.0, 2.0, 4.0, 8.0}
+    same = [a for a in sweep if value(a, "--epsilon") == "1" and value(a, "--method") == "dpcvae"]
+    # at epsilon 1, the same configuration as ours.sh's run (3 seeds, one of them ours.sh's)
+    o = load_settings(ours)
+    assert len(same) == 3 and sum(load_settings(a).seed == o.seed for a in same) == 1
+    for a in same:
+        assert load_settings(a).configs == o.configs
+
+
+def test_the_demo_runs_every_registry_method(tmp_path):
+    env = {"DEMO_DATABASE": str(tmp_path / "db"), "DEMO_RESULTS": str(tmp_path / "results")}
+    argvs = main_commands("experiments/digits/demo.sh", tmp_path, **env)
+    assert methods_of(argvs) == set(registry.NAMES)
+
+
+@pytest.mark.parametrize("dataset", ("organsmnist", "camelyon17", "fashionmnist"))
+def test_the_runs_read_the_databases_that_create_db_writes(dataset, tmp_path):
+    written = {
+        value(c, "--database_root")
+        for c in commands(f"experiments/{dataset}/create_db.sh", tmp_path)
+        if "data/create_db.py" in c
+    }
+    for script in ("base.sh", "fedlambda.sh", "ours.sh"):
+        argvs = main_commands(f"experiments/{dataset}/{script}", tmp_path)
+        assert {value(a, "--database_root") for a in argvs} <= written
