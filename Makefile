@@ -17,8 +17,11 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
+# The fast tests first (a failure shows early), then the slow end-to-end ones; exit status 5
+# (no test selected, e.g. with PYTEST_ADDOPTS="-k ...") is not a failure.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow" || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m slow || [ $$? -eq 5 ]
 
 demo: $(STAMP)
 	bash experiments/digits/demo.sh
