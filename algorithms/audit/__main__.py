@@ -2,6 +2,6 @@
 
 import sys
 
-from algorithms.audit.cli import main
+from algorithms.audit import cli
 
-sys.exit(main())
+sys.exit(cli.main())
