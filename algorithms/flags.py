@@ -58,7 +58,7 @@ def _method_help() -> str:
 
 def _alias_help(flag: str) -> str:
     pairs = ", ".join(f"{v} = --method {m}" for v, m in sorted(registry.aliases(flag).items()))
-    return f"the paper's spelling: {pairs}"
+    return f"the paper's spelling: {pairs}. Default: none"
 
 
 def build_parser(description: str | None = None, prog: str | None = None) -> FlagParser:
@@ -82,9 +82,16 @@ def _experiment_flags(parser: FlagParser) -> None:
         parser.add(g, None, *names, **kwargs)
 
     add(
-        "--database_root", required=True, help="embedding database folder made by data/create_db.py"
+        "--database_root",
+        required=True,
+        help="embedding database folder made by data/create_db.py. Required",
     )
-    add("--method", choices=registry.NAMES, default=None, help=_method_help())
+    add(
+        "--method",
+        choices=registry.NAMES,
+        default=None,
+        help=f"{_method_help()}. Required, unless a paper's spelling below names the method",
+    )
     add("--algorithm", choices=sorted(registry.aliases("algorithm")), help=_alias_help("algorithm"))
     add(
         "--anonymizer",
@@ -94,8 +101,9 @@ def _experiment_flags(parser: FlagParser) -> None:
     add(
         "--aggregator_type",
         choices=[*sorted(registry.aliases("aggregator_type")), "centralized"],
-        help=f"{_alias_help('aggregator_type')}. centralized names the paper's FedAvg server, "
-        "not a method, and is refused: choose the method with --method",
+        help="the paper's spelling: local = --method local; centralized names the paper's "
+        "FedAvg server, not a method, and is refused: choose the method with --method. "
+        "Default: none",
     )
     add(
         "--seed",
@@ -386,7 +394,7 @@ def _dp_flags(parser: FlagParser) -> None:
         dest="dp",
         action="store_const",
         const="on",
-        help="the paper's spelling of --dp on",
+        help="the paper's spelling of --dp on. Default: on",
     )
     parser.add(
         switch,
@@ -395,7 +403,7 @@ def _dp_flags(parser: FlagParser) -> None:
         dest="dp",
         action="store_const",
         const="off",
-        help="the paper's spelling of --dp off",
+        help="the paper's spelling of --dp off. Default: off (DP on)",
     )
 
     def add(*names: str, **kwargs) -> None:

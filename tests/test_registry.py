@@ -49,6 +49,14 @@ def test_help_lists_exactly_the_registry_methods(capsys):
         assert f"{m.name}: {m.help}" in flat
 
 
+def test_every_flag_says_its_default_in_its_help():
+    from algorithms.flags import build_parser
+
+    for action in build_parser()._actions:
+        if action.dest != "help":
+            assert re.search(r"Default|Required", action.help), action.option_strings
+
+
 def test_tables_and_plots_list_the_registry_methods_in_its_order(tmp_path):
     dirs = finished_runs(tmp_path)
     assert [r["method"] for r in collect([tmp_path])] == list(registry.NAMES)
