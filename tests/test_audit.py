@@ -155,7 +155,6 @@ def test_check_bounds_fails_loudly_above_the_spent_epsilon():
 # --- end to end ------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_without_dp_the_attacks_find_the_canaries(db, tmp_path, capsys):
     run = finished_run(db, tmp_path / "run", "dpcvae", "--disable_dp")
     before = read_metrics(run)
@@ -179,7 +178,6 @@ def test_without_dp_the_attacks_find_the_canaries(db, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("method", ["dpcvae", "dpcgan"])
 def test_with_dp_the_bound_stays_below_the_spent_epsilon(db, tmp_path, capsys, method):
     extra = [] if method == "dpcvae" else ["--n_fedavg_rounds", "2", "--local_epochs_gen", "2"]

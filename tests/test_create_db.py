@@ -275,7 +275,6 @@ def test_help_explains_every_flag(capsys):
     assert "organsmnist" in out and "camelyon17" in out and "digits" in out
 
 
-@pytest.mark.slow
 def test_script_runs_from_the_repository_root(tmp_path):
     """`python data/create_db.py` puts data/ first on sys.path: nothing may shadow a package."""
     bad = subprocess.run(
