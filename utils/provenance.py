@@ -4,6 +4,7 @@ and meta.json (every database). Epsilon, fidelity and embeddings depend on them.
 from __future__ import annotations
 
 import platform
+import sys
 from importlib import metadata
 
 # Distributions whose versions are recorded when installed (the names pip knows them by).
@@ -22,11 +23,14 @@ PACKAGES = (
 
 def versions() -> dict[str, str]:
     """Python's version and that of every installed package of PACKAGES (read from the
-    installed metadata: nothing is imported)."""
+    installed metadata: nothing is imported). torch's own version string, when it is loaded,
+    also names its build (e.g. 2.14.1+cu130)."""
     out = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
+    if "torch" in sys.modules:
+        out["torch"] = sys.modules["torch"].__version__
     return out
