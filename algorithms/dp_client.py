@@ -24,15 +24,21 @@ from algorithms.privacy import (
 )
 from data.clients import ClientData
 from data.features import squash
+from models.cvae import CVAE_LOSSES
 from utils.seeding import BATCHES, DP_NOISE, LATENT, derive_seed, generator
 
-SYNTHETIC_LABELS = ("match", "uniform")
+SYNTHETIC_LABELS = ("match", "uniform", "balanced")
+PRESETS = ("paper", "dp")
 
 
 @dataclass(frozen=True)
 class GenerativeConfig:
     """Paper defaults: 50 rounds x 5 local epochs, batch 256, CVAE Adam lr 1e-3 and beta 0.1,
-    CGAN Adam lr 2e-4 with betas (0.5, 0.999), latent 100, as many samples per class as real."""
+    CGAN Adam lr 2e-4 with betas (0.5, 0.999), latent 100, as many samples per class as real.
+
+    `batch_size` 0: the whole client in every step (sampling rate 1). `cvae_lr` None: the CVAE
+    trains with `lr`, as in the paper. `preset` names the defaults the flags started from
+    (algorithms/options.py: PRESETS); the other fields hold the values actually used."""
 
     n_rounds: int = 50
     local_epochs: int = 5
@@ -46,12 +52,25 @@ class GenerativeConfig:
     generated_factor: float = 1.0
     synthetic_labels: str = "match"
     squash_temperature: float = 2.0
+    cvae_loss: str = "paper"
+    obs_std: float = 0.125
+    cvae_layers: int = 3
+    encoder_scale: float = 1.0
+    cvae_lr: float | None = None
+    preset: str = "paper"
+
+    @property
+    def cvae_learning_rate(self) -> float:
+        return self.lr if self.cvae_lr is None else self.cvae_lr
 
     def __post_init__(self) -> None:
         checks = [
             (self.n_rounds >= 1, f"--n_fedavg_rounds must be >= 1, got {self.n_rounds}"),
             (self.local_epochs >= 1, f"--local_epochs_gen must be >= 1, got {self.local_epochs}"),
-            (self.batch_size >= 1, f"--gen_batch_size must be >= 1, got {self.batch_size}"),
+            (
+                self.batch_size >= 0,
+                f"--gen_batch_size must be >= 0 (0: the whole client), got {self.batch_size}",
+            ),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (self.gan_lr > 0, f"--gan_lr must be > 0, got {self.gan_lr}"),
             (self.beta >= 0, f"--cvae_beta must be >= 0, got {self.beta}"),
@@ -71,6 +90,21 @@ class GenerativeConfig:
                 self.squash_temperature > 0,
                 f"--squash_temperature must be > 0, got {self.squash_temperature}",
             ),
+            (
+                self.cvae_loss in CVAE_LOSSES,
+                f"--cvae_loss must be one of {CVAE_LOSSES}, got {self.cvae_loss!r}",
+            ),
+            (self.obs_std > 0, f"--cvae_obs_std must be > 0, got {self.obs_std}"),
+            (self.cvae_layers >= 0, f"--cvae_layers must be >= 0, got {self.cvae_layers}"),
+            (
+                self.encoder_scale > 0,
+                f"--cvae_encoder_scale must be > 0, got {self.encoder_scale}",
+            ),
+            (
+                self.cvae_lr is None or self.cvae_lr > 0,
+                f"--cvae_lr must be > 0, got {self.cvae_lr}",
+            ),
+            (self.preset in PRESETS, f"--preset must be one of {PRESETS}, got {self.preset!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -100,7 +134,9 @@ class DPClient:
         self.y = torch.as_tensor(data.y_train, dtype=torch.int64)
         self.onehot = F.one_hot(self.y, n_classes).float()
         self.n = len(self.y)
-        self.steps_epoch = steps_per_epoch(self.n, cfg.batch_size)
+        # the nominal batch size B (0: the whole client, one step per epoch)
+        self.batch_size = cfg.batch_size or self.n
+        self.steps_epoch = steps_per_epoch(self.n, self.batch_size)
         self.total_steps = cfg.n_rounds * cfg.local_epochs * self.steps_epoch
         self.rng_batches = generator(derive_seed(seed, BATCHES))
         self.rng_noise = generator(derive_seed(seed, DP_NOISE))
@@ -110,13 +146,13 @@ class DPClient:
     def _make_private(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         if not self.dp.enabled:
             return
-        rate = sample_rate_for(self.n, self.cfg.batch_size)
+        rate = sample_rate_for(self.n, self.batch_size)
         sigma = calibrate_noise(self.dp, rate, self.total_steps, self.steps_epoch)
         self.private = make_private(
             model,
             optimizer,
             self.n,
-            self.cfg.batch_size,
+            self.batch_size,
             self.dp,
             sigma,
             self.rng_noise,
@@ -130,7 +166,7 @@ class DPClient:
                 yield poisson_batch(self.n, self.private.sample_rate, self.rng_batches)
         else:
             order = torch.randperm(self.n, generator=self.rng_batches)
-            yield from order.split(self.cfg.batch_size)
+            yield from order.split(self.batch_size)
 
     def _release_gradients(self, *optimizers: torch.optim.Optimizer) -> None:
         """Drop the gradients (and Opacus's summed gradients) after local training: nothing

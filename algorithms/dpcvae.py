@@ -18,6 +18,13 @@ from models.cvae import CVAE, cvae_loss_per_sample, decoder_state, load_decoder
 from utils.seeding import INIT, derive_seed, seeded
 
 
+def new_cvae(dim: int, n_classes: int, cfg: GenerativeConfig) -> CVAE:
+    """The CVAE of these settings (unseeded: call it under `seeded`)."""
+    return CVAE(
+        dim, n_classes, cfg.hidden_dim, cfg.latent_dim, cfg.cvae_layers, cfg.encoder_scale
+    )
+
+
 class CVAEClient(DPClient):
     """A DP-CVAE client: encoder and decoder trained with DP-SGD; only the decoder is sent."""
 
@@ -26,23 +33,19 @@ class CVAEClient(DPClient):
     ):
         super().__init__(data, n_classes, cfg, dp, seed)
         dim = self.x.shape[1]
-        self.model = seeded(
-            derive_seed(seed, INIT), lambda: CVAE(dim, n_classes, cfg.hidden_dim, cfg.latent_dim)
-        )
-        self.optimizer = adam(self.model.parameters(), lr=cfg.lr)
+        self.model = seeded(derive_seed(seed, INIT), lambda: new_cvae(dim, n_classes, cfg))
+        self.optimizer = adam(self.model.parameters(), lr=cfg.cvae_learning_rate)
         self._make_private(self.model, self.optimizer)
 
     @staticmethod
     def initial_weights(dim: int, n_classes: int, cfg: GenerativeConfig, seed: int) -> StateDict:
         """The server's initial decoder, seeded by `seed`."""
-        return decoder_state(
-            seeded(seed, lambda: CVAE(dim, n_classes, cfg.hidden_dim, cfg.latent_dim))
-        )
+        return decoder_state(seeded(seed, lambda: new_cvae(dim, n_classes, cfg)))
 
     @staticmethod
     def parameter_counts(dim: int, n_classes: int, cfg: GenerativeConfig) -> dict[str, int]:
         """Parameters of the shared decoder and of the whole CVAE."""
-        model = CVAE(dim, n_classes, cfg.hidden_dim, cfg.latent_dim)
+        model = new_cvae(dim, n_classes, cfg)
         shared = sum(p.numel() for p in model.decoder.parameters())
         return {"shared": shared, "total": sum(p.numel() for p in model.parameters())}
 
@@ -51,7 +54,7 @@ class CVAEClient(DPClient):
         weights: StateDict, dim: int, n_classes: int, cfg: GenerativeConfig
     ) -> torch.nn.Module:
         """A decoder holding released weights, called as (z, onehot) (the audit attacks it)."""
-        model = seeded(0, lambda: CVAE(dim, n_classes, cfg.hidden_dim, cfg.latent_dim))
+        model = seeded(0, lambda: new_cvae(dim, n_classes, cfg))
         load_decoder(model, weights)
         return _Decode(model)
 
@@ -64,7 +67,10 @@ class CVAEClient(DPClient):
         eps = torch.randn(len(idx), self.cfg.latent_dim, generator=self.rng_latent)
         forward = self.private.module if self.private is not None else self.model
         recon, mu, logvar = forward(x, oh, eps)
-        return cvae_loss_per_sample(x, recon, mu, logvar, self.cfg.beta, self.cfg.batch_size)
+        cfg = self.cfg
+        return cvae_loss_per_sample(
+            x, recon, mu, logvar, cfg.beta, self.batch_size, cfg.cvae_loss, cfg.obs_std
+        )
 
     def fit(self, global_weights: StateDict, rnd: int) -> ClientUpdate:
         """Local epochs from the global decoder (the encoder stays local); returns the decoder."""

@@ -1,7 +1,9 @@
-"""The paper's conditional VAE on embeddings (inputs squashed into (0, 1)).
+"""The paper's conditional VAE on embeddings (inputs squashed into (0, 1)), and its losses.
 
-Encoder [D + C -> H -> H -> H] with ReLU, then mu / logvar heads H -> L; decoder
-[L + C -> H -> H -> H -> D] with ReLU and a sigmoid output. Defaults: H = 256, L = 100.
+Encoder [D + C -> H x n_layers] with ReLU, then mu / logvar heads -> L; decoder
+[L + C -> H x n_layers -> D] with ReLU and a sigmoid output. The paper: H = 256, L = 100,
+n_layers = 3. `n_layers = 0` gives linear maps (encoder [D + C -> L], decoder [L + C -> D]):
+a class-conditional linear-Gaussian model, the small model of the DP preset.
 Only the decoder (keys starting with `decoder.`) is shared in federated training.
 """
 
@@ -12,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 DECODER_PREFIX = "decoder."
+CVAE_LOSSES = ("paper", "elbo")
 
 
 def mlp(sizes: list[int], final: nn.Module | None = None) -> nn.Sequential:
@@ -27,7 +30,13 @@ def mlp(sizes: list[int], final: nn.Module | None = None) -> nn.Sequential:
 
 
 class CVAE(nn.Module):
-    """Conditional VAE: q(z | x, y) and p(x | z, y), labels given as one-hot vectors."""
+    """Conditional VAE: q(z | x, y) and p(x | z, y), labels given as one-hot vectors.
+
+    `encoder_scale` multiplies the embedding before the encoder sees it (a fixed,
+    data-independent factor; 1 in the paper). Under DP-SGD every sample's whole gradient is
+    clipped to one norm, and the encoder's first layer, whose gradient is the product of its
+    output gradient and the D-dimensional input, takes nearly all of it; a small factor leaves
+    the clipping norm to the decoder, the part that is shared."""
 
     def __init__(
         self,
@@ -36,16 +45,24 @@ class CVAE(nn.Module):
         hidden_dim: int = 256,
         latent_dim: int = 100,
         n_layers: int = 3,
+        encoder_scale: float = 1.0,
     ):
         super().__init__()
         self.input_dim, self.n_classes, self.latent_dim = input_dim, n_classes, latent_dim
+        self.encoder_scale = encoder_scale
         hidden = [hidden_dim] * n_layers
-        self.encoder = nn.Sequential(*mlp([input_dim + n_classes, *hidden]), nn.ReLU())
-        self.mu = nn.Linear(hidden_dim, latent_dim)
-        self.logvar = nn.Linear(hidden_dim, latent_dim)
+        if n_layers:
+            self.encoder = nn.Sequential(*mlp([input_dim + n_classes, *hidden]), nn.ReLU())
+        else:
+            self.encoder = nn.Identity()
+        width = hidden_dim if n_layers else input_dim + n_classes
+        self.mu = nn.Linear(width, latent_dim)
+        self.logvar = nn.Linear(width, latent_dim)
         self.decoder = mlp([latent_dim + n_classes, *hidden, input_dim], final=nn.Sigmoid())
 
     def encode(self, x: torch.Tensor, onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.encoder_scale != 1.0:
+            x = x * self.encoder_scale
         h = self.encoder(torch.cat([x, onehot], dim=1))
         return self.mu(h), self.logvar(h)
 
@@ -61,6 +78,11 @@ class CVAE(nn.Module):
         return self.decode(z, onehot), mu, logvar
 
 
+def kl_per_sample(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(q(z | x, y) || N(0, I)) of each sample, in nats."""
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
+
+
 def cvae_loss_per_sample(
     x: torch.Tensor,
     recon: torch.Tensor,
@@ -68,15 +90,25 @@ def cvae_loss_per_sample(
     logvar: torch.Tensor,
     beta: float,
     batch_size: int,
+    loss: str = "paper",
+    obs_std: float = 0.125,
 ) -> torch.Tensor:
-    """The paper's loss written per sample, so that DP can clip each sample's gradient.
+    """The loss of each sample (DP clips each sample's gradient).
 
-    The paper minimizes MSE averaged over batch and dimensions plus beta x KL summed over the
-    batch. Its batch mean of `mean_d (x - recon)^2 + beta * B * KL_i`, with B the nominal
-    batch size, is exactly that loss, and it is what Opacus clipped per sample there."""
-    mse = F.mse_loss(recon, x, reduction="none").mean(dim=1)
-    kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
-    return mse + beta * batch_size * kl
+    `paper`: the paper's MSE averaged over batch and dimensions plus beta x KL summed over the
+    batch, written per sample as `mean_d (x - recon)^2 + beta * B * KL_i` (B the nominal batch
+    size): its batch mean is exactly the paper's loss, and Opacus clipped it per sample there.
+    Its KL weight beta * B (25.6 at the paper's settings) against a reconstruction term of order
+    0.01 makes the posterior collapse: the decoder learns to ignore z.
+    `elbo`: the negative evidence lower bound of a Gaussian likelihood p(x | z, y) =
+    N(recon, obs_std^2 I) in the model's space, `sum_d (x - recon)^2 / (2 obs_std^2) +
+    beta * KL_i` (the constant D log(obs_std sqrt(2 pi)) left out); beta = 1 is the ELBO."""
+    kl = kl_per_sample(mu, logvar)
+    if loss == "paper":
+        return F.mse_loss(recon, x, reduction="none").mean(dim=1) + beta * batch_size * kl
+    if loss == "elbo":
+        return (recon - x).pow(2).sum(dim=1) / (2.0 * obs_std**2) + beta * kl
+    raise ValueError(f"--cvae_loss must be one of {CVAE_LOSSES}, got {loss!r}")
 
 
 def decoder_state(model: CVAE) -> dict[str, torch.Tensor]:
