@@ -20,9 +20,7 @@ from utils.seeding import INIT, derive_seed, seeded
 
 def new_cvae(dim: int, n_classes: int, cfg: GenerativeConfig) -> CVAE:
     """The CVAE of these settings (unseeded: call it under `seeded`)."""
-    return CVAE(
-        dim, n_classes, cfg.hidden_dim, cfg.latent_dim, cfg.cvae_layers, cfg.encoder_scale
-    )
+    return CVAE(dim, n_classes, cfg.hidden_dim, cfg.latent_dim, cfg.cvae_layers, cfg.encoder_scale)
 
 
 class CVAEClient(DPClient):
