@@ -63,6 +63,11 @@ class CGANClient(DPClient):
         gen.load_state_dict(weights)
         return gen.eval()
 
+    @staticmethod
+    def latent_draw(n: int, cfg: GenerativeConfig, rng: torch.Generator) -> torch.Tensor:
+        """The latent draws of `n` synthetic samples: N(0, I)."""
+        return torch.randn(n, cfg.latent_dim, generator=rng)
+
     def released_weights(self) -> StateDict:
         """What this client sends: a copy of its generator."""
         return {k: v.detach().clone() for k, v in self.generator.state_dict().items()}
@@ -132,7 +137,7 @@ class CGANClient(DPClient):
     ) -> np.ndarray:
         self.generator.load_state_dict(global_weights)
         self.generator.eval()
-        z = torch.randn(len(labels), self.cfg.latent_dim, generator=rng)
+        z = self.latent_draw(len(labels), self.cfg, rng)
         oh = F.one_hot(torch.as_tensor(labels, dtype=torch.int64), self.n_classes).float()
         return self.generator(z, oh).numpy()
 

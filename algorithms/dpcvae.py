@@ -56,6 +56,11 @@ class CVAEClient(DPClient):
         load_decoder(model, weights)
         return _Decode(model)
 
+    @staticmethod
+    def latent_draw(n: int, cfg: GenerativeConfig, rng: torch.Generator) -> torch.Tensor:
+        """The latent draws of `n` synthetic samples: var x N(0, I), as the paper's code."""
+        return cfg.latent_var * torch.randn(n, cfg.latent_dim, generator=rng)
+
     def released_weights(self) -> StateDict:
         """What this client sends: a copy of its decoder."""
         return decoder_state(self.model)
@@ -103,7 +108,7 @@ class CVAEClient(DPClient):
         the paper's code (`--cvae_var` scales the latent draw)."""
         load_decoder(self.model, global_weights)
         self.model.eval()
-        z = self.cfg.latent_var * torch.randn(len(labels), self.cfg.latent_dim, generator=rng)
+        z = self.latent_draw(len(labels), self.cfg, rng)
         oh = F.one_hot(torch.as_tensor(labels, dtype=torch.int64), self.n_classes).float()
         return self.model.decode(z, oh).numpy()
 

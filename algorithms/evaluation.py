@@ -3,11 +3,16 @@ FedLambda and the DP generative methods.
 
 Each client has a local head and a global model; their softmax outputs are mixed as
 `lam * p_local + (1 - lam) * p_global`. One `lam` from the grid {0, r, 2r, ..., 1} is chosen by
-the mean validation accuracy across clients (ties go to the smallest lam) and applied on test.
+the mean validation score across clients (ties go to the smallest lam) and applied on test. The
+score is `--lambda_metric`: accuracy (the paper's) or balanced accuracy. Under label skew the
+local head wins on accuracy (it has learnt the client's own prior) while the gain of sharing is
+on the client's rare classes, which balanced accuracy weighs as much as the frequent ones. Every
+run reports the protocol under both metrics (`lambda_protocol` in metrics.json); the tables use
+the chosen one.
 
-Split as a deployment runs it: each client reports its validation accuracies over the grid
-(`client_val_accuracies`), the server chooses lambda (`choose_lambda`), each client computes its
-test row at that lambda (`client_test_row`). `evaluate_clients` is the same three in one
+Split as a deployment runs it: each client reports its validation scores over the grid
+(`client_val_scores`), the server chooses lambda (`choose_lambda`), each client computes its
+test rows at the chosen lambdas (`client_test_row`). `evaluate_clients` is the same three in one
 process; the Flower apps call them on each side.
 """
 
@@ -18,7 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from data.clients import ClientData
-from utils.metrics import classification_metrics
+from utils.metrics import classification_metrics, summarize_clients
+
+# --lambda_metric values, with the key of the test metric each one is (classification_metrics).
+LAMBDA_METRICS = {"accuracy": "acc", "balanced_accuracy": "balanced_acc"}
 
 
 @dataclass(frozen=True)
@@ -39,44 +47,43 @@ def lambda_grid(resolution: float) -> np.ndarray:
     return np.linspace(0.0, 1.0, n + 1)
 
 
+def check_lambda_metric(metric: str) -> None:
+    if metric not in LAMBDA_METRICS:
+        raise ValueError(f"--lambda_metric must be one of {tuple(LAMBDA_METRICS)}, got {metric!r}")
+
+
 def mix(p_local: np.ndarray, p_global: np.ndarray, lam: float) -> np.ndarray:
     """lam * p_local + (1 - lam) * p_global."""
     return lam * p_local + (1.0 - lam) * p_global
 
 
-def client_val_accuracies(
+def client_val_scores(
     local: ClientProbs, global_: ClientProbs, y_val: np.ndarray, grid: np.ndarray
-) -> list[float] | None:
-    """One client's validation accuracy of the mixed model for every grid value (None without
-    validation data). This, not the probabilities, is what a client reports to choose lambda."""
+) -> dict[str, list[float]] | None:
+    """One client's validation score of the mixed model for every grid value, under every
+    lambda metric (None without validation data). This, not the probabilities, is what a
+    client reports to choose lambda."""
     if not len(y_val):
         return None
-    return [float((mix(local.val, global_.val, lam).argmax(1) == y_val).mean()) for lam in grid]
+    scores: dict[str, list[float]] = {m: [] for m in LAMBDA_METRICS}
+    for lam in grid:
+        values = classification_metrics(y_val, mix(local.val, global_.val, lam).argmax(1))
+        for metric, key in LAMBDA_METRICS.items():
+            scores[metric].append(values[key])
+    return scores
 
 
 def choose_lambda(
-    per_client: list[list[float] | None], grid: np.ndarray
+    per_client: list[dict[str, list[float]] | None], grid: np.ndarray, metric: str = "accuracy"
 ) -> tuple[float, list[float]]:
-    """The grid value with the best mean validation accuracy across the clients that have
-    validation data (ties: the smallest), and that mean accuracy for every grid value."""
-    reported = [accs for accs in per_client if accs is not None]
+    """The grid value with the best mean validation `metric` across the clients that have
+    validation data (ties: the smallest), and that mean score for every grid value."""
+    check_lambda_metric(metric)
+    reported = [scores[metric] for scores in per_client if scores is not None]
     if not reported:
         raise ValueError("no client has validation data to choose lambda; use --val_frac > 0")
-    scores = [float(np.mean([accs[j] for accs in reported])) for j in range(len(grid))]
-    return float(grid[int(np.argmax(scores))]), scores
-
-
-def select_lambda(
-    local: list[ClientProbs],
-    global_: list[ClientProbs],
-    y_val: list[np.ndarray],
-    grid: np.ndarray,
-) -> tuple[float, list[float]]:
-    """`choose_lambda` over the clients' validation accuracies."""
-    per_client = [
-        client_val_accuracies(lo, gl, y, grid) for lo, gl, y in zip(local, global_, y_val)
-    ]
-    return choose_lambda(per_client, grid)
+    mean = [float(np.mean([s[j] for s in reported])) for j in range(len(grid))]
+    return float(grid[int(np.argmax(mean))]), mean
 
 
 def client_row(c: ClientData, test_probs: np.ndarray) -> dict:
@@ -102,28 +109,73 @@ def client_test_row(
     return client_row(c, probs)
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """A run's test rows (of the mixed model at the chosen lambda, or of its one model), the
+    lambda chosen under `metric`, the mean validation accuracy per grid value, and the protocol
+    under every metric: {metric: {lambda, val_scores, clients, summary}} (None without mixing)."""
+
+    rows: list[dict]
+    lam: float | None = None
+    val_acc: list[float] | None = None
+    metric: str = "accuracy"
+    protocol: dict | None = None
+
+
+def lambda_protocol(
+    per_client: list[dict[str, list[float]] | None], grid: np.ndarray
+) -> dict[str, tuple[float, list[float]]]:
+    """The lambda and the mean validation scores under every lambda metric."""
+    return {m: choose_lambda(per_client, grid, m) for m in LAMBDA_METRICS}
+
+
+def protocol_report(
+    chosen: dict[str, tuple[float, list[float]]], rows_at: dict[str, list[dict]]
+) -> dict:
+    """The `lambda_protocol` block of metrics.json: per metric its lambda, its mean validation
+    scores over the grid, the clients' test rows at that lambda and their summary."""
+    return {
+        m: {
+            "lambda": lam,
+            "val_scores": scores,
+            "clients": rows_at[m],
+            "summary": summarize_clients(rows_at[m]),
+        }
+        for m, (lam, scores) in chosen.items()
+    }
+
+
 def evaluate_clients(
     clients: list[ClientData],
     local: list[ClientProbs] | None,
     global_: list[ClientProbs] | None,
     grid_resolution: float,
-) -> tuple[list[dict], float | None, list[float] | None]:
+    metric: str = "accuracy",
+) -> Evaluation:
     """Per-client test metrics. With both a local and a global model, lambda is chosen on
-    validation and applied on test; with one model its predictions are used as they are.
-
-    Returns (client rows, lambda or None, mean validation accuracy per grid value or None)."""
+    validation (by `metric`) and applied on test; with one model its predictions are used."""
+    check_lambda_metric(metric)
     if local is None and global_ is None:
         raise ValueError("nothing to evaluate: no local and no global predictions")
-    lam, scores = None, None
-    if local is not None and global_ is not None:
-        grid = lambda_grid(grid_resolution)
-        lam, scores = select_lambda(local, global_, [c.y_val for c in clients], grid)
-    rows = []
-    for i, c in enumerate(clients):
-        local_test = local[i].test if local is not None else None
-        global_test = global_[i].test if global_ is not None else None
-        rows.append(client_test_row(c, local_test, global_test, lam))
-    return rows, lam, scores
+    if local is None or global_ is None:
+        only = local if local is not None else global_
+        return Evaluation([client_row(c, p.test) for c, p in zip(clients, only)], metric=metric)
+    grid = lambda_grid(grid_resolution)
+    per_client = [
+        client_val_scores(lo, gl, c.y_val, grid) for lo, gl, c in zip(local, global_, clients)
+    ]
+    chosen = lambda_protocol(per_client, grid)
+    rows_at = {
+        m: [client_test_row(c, lo.test, gl.test, lam) for c, lo, gl in zip(clients, local, global_)]
+        for m, (lam, _) in chosen.items()
+    }
+    return Evaluation(
+        rows_at[metric],
+        chosen[metric][0],
+        chosen["accuracy"][1],
+        metric,
+        protocol_report(chosen, rows_at),
+    )
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from algorithms.dp_client import GenerativeConfig
-from algorithms.evaluation import Outcome, evaluate_clients
+from algorithms.evaluation import Evaluation, Outcome, evaluate_clients
 from algorithms.options import Settings, UsageError
 from algorithms.privacy import delta_warning, over_budget_warning
 from algorithms.registry import Method, display_order
@@ -88,13 +88,17 @@ def run(settings: Settings) -> Path:
     outcome = settings.method.run(
         data.clients, data.db.n_classes, settings.configs, settings.seed, checkpoint
     )
-    rows, lam, scores = evaluate_clients(
-        data.clients, outcome.local, outcome.global_, settings.args.weights_grid_resolution
+    evaluation = evaluate_clients(
+        data.clients,
+        outcome.local,
+        outcome.global_,
+        settings.args.weights_grid_resolution,
+        settings.args.lambda_metric,
     )
     wall = checkpoint.elapsed()
     if settings.args.save_synthetic and outcome.synthetic:
         save_synthetic(files.run_dir, data, settings.configs["generative"], outcome.synthetic)
-    close_run(files, settings.seed, data.split, rows, lam, scores, outcome, wall)
+    close_run(files, settings.seed, data.split, evaluation, outcome, wall)
     checkpoint.remove()
     return files.run_dir
 
@@ -214,9 +218,7 @@ def close_run(
     run: RunFiles,
     seed: int,
     split: dict,
-    rows: list[dict],
-    lam: float | None,
-    scores: list[float] | None,
+    evaluation: Evaluation,
     outcome: Outcome,
     wall: float,
 ) -> None:
@@ -236,10 +238,12 @@ def close_run(
         "seed": seed,
         "config_key": run.key,
         "split": split["args"],
-        "clients": rows,
-        "summary": summarize_clients(rows),
-        "lambda": lam,
-        "lambda_val_acc": scores,
+        "clients": evaluation.rows,
+        "summary": summarize_clients(evaluation.rows),
+        "lambda": evaluation.lam,
+        "lambda_val_acc": evaluation.val_acc,
+        "lambda_metric": evaluation.metric if evaluation.protocol else None,
+        "lambda_protocol": evaluation.protocol,
         "privacy": outcome.privacy,
         "fidelity": outcome.fidelity,
         "cost": {
@@ -249,11 +253,28 @@ def close_run(
             "params_model": outcome.params_model,
         },
     }
-    warning = over_budget_warning(outcome.privacy) if outcome.privacy else None
-    if warning:
+    warnings_ = [over_budget_warning(outcome.privacy) if outcome.privacy else None]
+    warnings_.append(chance_warning(metrics["private"], outcome.fidelity))
+    for warning in filter(None, warnings_):
         print(f"warning: {warning}", file=sys.stderr)
     write_history(run.run_dir, outcome.history)
     write_metrics(run.run_dir, metrics)
+
+
+def chance_warning(private: bool, fidelity: dict | None) -> str | None:
+    """A warning when a private run's synthetic data is worth nothing for the task: its
+    synthetic-only accuracy within noise of chance (its private rows then say nothing about
+    sharing, and neither does a sweep over epsilon)."""
+    if not private or not fidelity or not fidelity.get("synthetic_at_chance"):
+        return None
+    glob = fidelity.get("global_synthetic") or {}
+    return (
+        "the synthetic data is at chance: synthetic-only accuracy "
+        f"{fidelity['synthetic_acc_mean']:.3f} per client (chance "
+        f"{fidelity['synthetic_acc_client_chance']:.3f}), {glob.get('acc', float('nan')):.3f} "
+        f"for the global model (chance {glob.get('chance', float('nan')):.3f}); what this run "
+        "shares carries no information about the task"
+    )
 
 
 def save_synthetic(

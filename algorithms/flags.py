@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 
 from algorithms import registry
-from algorithms.dp_client import SYNTHETIC_LABELS, GenerativeConfig
+from algorithms.dp_client import PRESETS, SYNTHETIC_LABELS, GenerativeConfig
+from algorithms.evaluation import LAMBDA_METRICS
 from algorithms.fedavg import FedAvgConfig
 from algorithms.heads import HeadConfig
 from algorithms.privacy import ACCOUNTANTS, CALIBRATIONS, DPConfig
@@ -28,6 +29,32 @@ SECTIONS = {
     "cgan": "CGAN",
     "dp": "differential privacy",
 }
+
+
+# --preset: the values a preset gives to flags not given explicitly (by dest). `dp` is our DP
+# recipe for the CVAE at epsilon <= 1, measured in docs/dp_recipe.md.
+PRESET_FLAGS: dict[str, dict[str, object]] = {
+    "paper": {},
+    "dp": {
+        "cvae_loss": "elbo",
+        "cvae_beta": 1.0,
+        "cvae_layers": 0,
+        "latent_dim": 4,
+        "cvae_encoder_scale": 0.03,
+        "gen_batch_size": 0,
+        "n_fedavg_rounds": 40,
+        "local_epochs_gen": 1,
+        "cvae_lr": 0.1,
+        "synthetic_labels": "balanced",
+    },
+}
+assert tuple(PRESET_FLAGS) == PRESETS
+
+
+def preset_note(dest: str) -> str:
+    """' (--preset dp: value)' for the --help of a flag that a preset sets, else ''."""
+    notes = [f"--preset {p}: {v[dest]}" for p, v in PRESET_FLAGS.items() if dest in v]
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 class FlagParser(Parser):
@@ -71,6 +98,7 @@ def build_parser(description: str | None = None, prog: str | None = None) -> Fla
     _head_flags(parser)
     _fedavg_flags(parser)
     _generative_flags(parser)
+    _cgan_flags(parser)
     _dp_flags(parser)
     return parser
 
@@ -217,7 +245,17 @@ def _head_flags(parser: FlagParser) -> None:
         type=float,
         default=0.1,
         help="step of the grid {0, step, ..., 1} from which lam is chosen by the mean "
-        "validation accuracy across clients; it must divide 1. Default: 0.1",
+        "validation score across clients; it must divide 1. Default: 0.1",
+    )
+    parser.add(
+        parser.group("lambda"),
+        "lambda",
+        "--lambda_metric",
+        choices=tuple(LAMBDA_METRICS),
+        default="accuracy",
+        help="the validation score that chooses lam: accuracy (the paper's) or "
+        "balanced_accuracy (weighs each client's rare classes, where sharing helps, as much as "
+        "its frequent ones). metrics.json reports the protocol under both. Default: accuracy",
     )
 
 
@@ -290,26 +328,29 @@ def _generative_flags(parser: FlagParser) -> None:
         "--n_fedavg_rounds",
         type=int,
         default=d.n_rounds,
-        help=f"communication rounds of the generative model. Default: {d.n_rounds}",
+        help=f"communication rounds of the generative model. Default: {d.n_rounds}"
+        + preset_note("n_fedavg_rounds"),
     )
     add(
         "--local_epochs_gen",
         type=int,
         default=d.local_epochs,
-        help=f"local epochs per round. Default: {d.local_epochs}",
+        help=f"local epochs per round. Default: {d.local_epochs}" + preset_note("local_epochs_gen"),
     )
     add(
         "--gen_batch_size",
         type=int,
         default=d.batch_size,
-        help="nominal batch size B; under DP, batches are Poisson sampled at rate "
-        f"1/ceil(n/B). Default: {d.batch_size}",
+        help="nominal batch size B (0: the whole client in every step); under DP, batches "
+        f"are Poisson sampled at rate 1/ceil(n/B). Default: {d.batch_size}"
+        + preset_note("gen_batch_size"),
     )
     add(
         "--latent_dim",
         type=int,
         default=d.latent_dim,
-        help=f"latent size of the CVAE and of the CGAN. Default: {d.latent_dim}",
+        help=f"latent size of the CVAE and of the CGAN. Default: {d.latent_dim}"
+        + preset_note("latent_dim"),
     )
     add(
         "--generated_factor",
@@ -322,7 +363,8 @@ def _generative_flags(parser: FlagParser) -> None:
         choices=SYNTHETIC_LABELS,
         default=d.synthetic_labels,
         help="match: per class as many samples as the client holds (the paper); uniform: the "
-        "same total spread evenly over all classes. Default: match",
+        "same total spread evenly over all classes; balanced: spread evenly over the classes "
+        "the client holds. Default: match" + preset_note("synthetic_labels"),
     )
     add(
         "--squash_temperature",
@@ -339,13 +381,15 @@ def _generative_flags(parser: FlagParser) -> None:
         "(model space) and labels of the largest client. Default: off",
     )
     cvae = parser.group("cvae")
+    _cvae_flags(parser, cvae, d)
     parser.add(
         cvae,
         "cvae",
         "--cvae_beta",
         type=float,
         default=d.beta,
-        help=f"weight of the KL term of the CVAE loss. Default: {d.beta}",
+        help=f"weight of the KL term of the CVAE loss. Default: {d.beta}"
+        + preset_note("cvae_beta"),
     )
     parser.add(
         cvae,
@@ -364,6 +408,65 @@ def _generative_flags(parser: FlagParser) -> None:
         default=d.hidden_dim,
         help=f"hidden width of the CVAE. Default: {d.hidden_dim}",
     )
+
+
+def _cvae_flags(parser: FlagParser, cvae, d: GenerativeConfig) -> None:
+    """The CVAE's own flags (beta, latent scale and width are the paper's; the rest is ours)."""
+
+    def add(*names: str, **kwargs) -> None:
+        parser.add(cvae, "cvae", *names, **kwargs)
+
+    add(
+        "--preset",
+        choices=PRESETS,
+        default=d.preset,
+        help="the defaults of other flags: paper (the paper's settings) or dp (our DP recipe "
+        "for epsilon <= 1, docs/dp_recipe.md: "
+        + ", ".join(f"--{k} {v}" for k, v in PRESET_FLAGS["dp"].items())
+        + "). A flag given explicitly overrides its preset value. "
+        f"Default: {d.preset}",
+    )
+    add(
+        "--cvae_loss",
+        choices=("paper", "elbo"),
+        default=d.cvae_loss,
+        help="paper: MSE averaged over dimensions + beta x B x KL per sample (the paper's "
+        "scaling; its KL weight collapses the posterior); elbo: the negative ELBO of a Gaussian "
+        "likelihood with std --cvae_obs_std, summed over dimensions, + beta x KL. "
+        f"Default: {d.cvae_loss}" + preset_note("cvae_loss"),
+    )
+    add(
+        "--cvae_obs_std",
+        type=float,
+        default=d.obs_std,
+        help="std of the Gaussian likelihood of --cvae_loss elbo, in the squashed space. "
+        f"Default: {d.obs_std}",
+    )
+    add(
+        "--cvae_layers",
+        type=int,
+        default=d.cvae_layers,
+        help="hidden layers of the encoder and of the decoder (0: linear maps). "
+        f"Default: {d.cvae_layers}" + preset_note("cvae_layers"),
+    )
+    add(
+        "--cvae_encoder_scale",
+        type=float,
+        default=d.encoder_scale,
+        help="fixed factor on the embedding before the encoder; a small one leaves DP-SGD's "
+        "clipping norm to the decoder (the shared part). "
+        f"Default: {d.encoder_scale}" + preset_note("cvae_encoder_scale"),
+    )
+    add(
+        "--cvae_lr",
+        type=float,
+        default=None,
+        help="Adam learning rate of the CVAE. Default: --lr, as the paper" + preset_note("cvae_lr"),
+    )
+
+
+def _cgan_flags(parser: FlagParser) -> None:
+    d = GenerativeConfig()
     parser.add(
         parser.group("cgan"),
         "cgan",

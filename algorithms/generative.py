@@ -10,6 +10,7 @@ mixes the two heads. The same functions run in process, under Flower and in the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,8 @@ from utils.progress import progress
 from utils.seeding import (
     GENERATIVE_CLIENT,
     GENERATIVE_GLOBAL,
+    GLOBAL_HEAD,
+    GLOBAL_SAMPLE,
     LABELS,
     LOCAL_HEAD,
     SAMPLE,
@@ -135,12 +138,16 @@ def synthetic_label_counts(
     y: np.ndarray, n_classes: int, cfg: GenerativeConfig, rng: np.random.Generator
 ) -> np.ndarray:
     """Samples to generate per class: the client's own counts x factor (`match`, as the paper),
-    or its total x factor spread evenly over all classes (`uniform`)."""
+    or its total x factor spread evenly over all classes (`uniform`) or over the classes the
+    client holds (`balanced`: its rare classes get as many samples as its frequent ones)."""
+    own = np.bincount(y, minlength=n_classes)
     if cfg.synthetic_labels == "match":
-        return (np.bincount(y, minlength=n_classes) * cfg.generated_factor).astype(np.int64)
+        return (own * cfg.generated_factor).astype(np.int64)
+    classes = np.arange(n_classes) if cfg.synthetic_labels == "uniform" else np.flatnonzero(own)
     total = int(len(y) * cfg.generated_factor)
-    counts = np.full(n_classes, total // n_classes, dtype=np.int64)
-    counts[rng.choice(n_classes, size=total % n_classes, replace=False)] += 1
+    counts = np.zeros(n_classes, dtype=np.int64)
+    counts[classes] = total // len(classes)
+    counts[rng.choice(classes, size=total % len(classes), replace=False)] += 1
     return counts
 
 
@@ -174,6 +181,18 @@ class FinishedClient:
     quality: dict[str, float]
     synthetic: np.ndarray
     labels: np.ndarray
+    synthetic_acc: float  # the synthetic head alone on the client's real test data
+    chance: float  # the share of the most frequent class in the client's test data
+
+    def fidelity(self) -> dict[str, float]:
+        """What leaves the client of its synthetic set: fidelity and synthetic-only accuracy."""
+        return {
+            "wasserstein": self.wasserstein,
+            **self.quality,
+            "synthetic_acc": self.synthetic_acc,
+            "chance": self.chance,
+            "n_test": float(len(self.local.test)),
+        }
 
 
 def finish_client(
@@ -200,32 +219,133 @@ def finish_client(
     head_real = train_head(
         data.x_train, data.y_train, n_classes, head_cfg, derive_seed(seed, LOCAL_HEAD, data.id)
     )
+    syn_test = predict_proba(head_syn, data.x_test)
     return FinishedClient(
         local=ClientProbs(
             predict_proba(head_real, data.x_val), predict_proba(head_real, data.x_test)
         ),
-        global_=ClientProbs(
-            predict_proba(head_syn, data.x_val), predict_proba(head_syn, data.x_test)
-        ),
+        global_=ClientProbs(predict_proba(head_syn, data.x_val), syn_test),
         wasserstein=wasserstein,
         quality=quality,
         synthetic=synthetic,
         labels=labels,
+        synthetic_acc=accuracy(syn_test, data.y_test),
+        chance=majority_share(data.y_test),
     )
 
 
-def fidelity_report(
-    cfg: GenerativeConfig, wasserstein: list[float], quality: list[dict[str, float]]
-) -> dict:
-    """The `fidelity` block of metrics.json from the clients' values (in client order)."""
-    fidelity = {
-        "space": f"squashed (temperature {cfg.squash_temperature})",
-        "wasserstein": wasserstein,
-        "wasserstein_mean": float(np.mean(wasserstein)),
+def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
+    """The accuracy of argmax predictions (nan without data)."""
+    return float((probs.argmax(1) == y).mean()) if len(y) else float("nan")
+
+
+def majority_share(y: np.ndarray) -> float:
+    """The accuracy of always predicting the most frequent class of `y` (chance level of a head
+    that has learnt the label prior only; nan without data)."""
+    return float(np.bincount(y).max() / len(y)) if len(y) else float("nan")
+
+
+# The server's synthetic set from the global model for the global synthetic-only accuracy: this
+# many samples per class (public: it depends on nothing private).
+GLOBAL_SYNTHETIC_PER_CLASS = 500
+
+
+def sample_released(
+    method: str,
+    weights: StateDict,
+    labels: np.ndarray,
+    dim: int,
+    n_classes: int,
+    cfg: GenerativeConfig,
+    rng: torch.Generator,
+) -> np.ndarray:
+    """Synthetic embeddings (model space) from released weights, where no client is (the
+    server): the clients' own latent draw (`latent_draw`) through the released model."""
+    cls = client_type(method)
+    model = cls.released_model(weights, dim, n_classes, cfg)
+    z = cls.latent_draw(len(labels), cfg, rng)
+    onehot = torch.nn.functional.one_hot(torch.as_tensor(labels, dtype=torch.int64), n_classes)
+    with torch.no_grad():
+        return model(z, onehot.float()).numpy()
+
+
+def global_synthetic_head(
+    method: str,
+    weights: StateDict,
+    dim: int,
+    n_classes: int,
+    cfg: GenerativeConfig,
+    head_cfg: HeadConfig,
+    seed: int,
+) -> torch.nn.Module:
+    """A head trained on a class-balanced synthetic set from the global model alone
+    (GLOBAL_SYNTHETIC_PER_CLASS per class, run seed `seed`): what the shared model is worth by
+    itself, tested on every client's real test data (`global_synthetic_report`)."""
+    labels = np.repeat(np.arange(n_classes), GLOBAL_SYNTHETIC_PER_CLASS)
+    rng = generator(derive_seed(seed, GLOBAL_SAMPLE))
+    x = sample_released(method, weights, labels, dim, n_classes, cfg, rng)
+    x = unsquash(x, cfg.squash_temperature)
+    return train_head(x, labels, n_classes, head_cfg, derive_seed(seed, GLOBAL_HEAD))
+
+
+def correct_count(head: torch.nn.Module, data: ClientData) -> int:
+    """How many of the client's test records `head` classifies right (a client reports this)."""
+    return int((predict_proba(head, data.x_test).argmax(1) == data.y_test).sum())
+
+
+def at_chance(acc: float, chance: float, n: int) -> bool:
+    """Whether an accuracy on `n` test records is within noise of `chance`: below chance plus
+    three binomial standard errors."""
+    return n > 0 and acc <= chance + 3.0 * math.sqrt(chance * (1.0 - chance) / n)
+
+
+def global_synthetic_report(correct: list[int], n_test: list[int], n_classes: int) -> dict:
+    """The global synthetic-only accuracy on the pooled test data (from the clients' correct
+    counts), against chance 1 / n_classes (the head never saw the clients' label prior)."""
+    n = int(sum(n_test))
+    acc = sum(correct) / n if n else float("nan")
+    chance = 1.0 / n_classes
+    return {
+        "acc": acc,
+        "n_test": n,
+        "chance": chance,
+        "per_class": GLOBAL_SYNTHETIC_PER_CLASS,
+        "at_chance": at_chance(acc, chance, n),
     }
-    for name in ("precision", "recall", "density", "coverage"):
-        fidelity[name] = [q[name] for q in quality]
+
+
+FIDELITY_NUMBERS = (
+    "wasserstein",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "synthetic_acc",
+    "chance",
+)
+
+
+def fidelity_report(
+    cfg: GenerativeConfig, per_client: list[dict[str, float]], global_synthetic: dict | None
+) -> dict:
+    """The `fidelity` block of metrics.json from the clients' `FinishedClient.fidelity()` (in
+    client order) and the global synthetic-only accuracy. `synthetic_at_chance`: the synthetic
+    data is worth nothing for the task (per client, or the global model's), within noise."""
+    fidelity: dict = {"space": f"squashed (temperature {cfg.squash_temperature})"}
+    for name in FIDELITY_NUMBERS:
+        fidelity[name] = [float(c[name]) for c in per_client]
         fidelity[f"{name}_mean"] = float(np.nanmean(fidelity[name]))
+    fidelity["synthetic_acc_client_chance"] = fidelity.pop("chance_mean")
+    fidelity["client_chance"] = fidelity.pop("chance")
+    fidelity["global_synthetic"] = global_synthetic
+    per_client_at_chance = at_chance(
+        fidelity["synthetic_acc_mean"],
+        fidelity["synthetic_acc_client_chance"],
+        int(sum(c.get("n_test", 0) for c in per_client)),
+    )
+    fidelity["synthetic_at_chance"] = bool(
+        per_client_at_chance or (global_synthetic is not None and global_synthetic["at_chance"])
+    )
     return fidelity
 
 
@@ -236,21 +356,22 @@ def generative_outcome(
     cfg: GenerativeConfig,
     dp: DPConfig,
     history: list[dict],
-    fidelity: list[tuple[float, dict[str, float]]],
+    fidelity: list[dict[str, float]],
     privacy: list[dict],
+    global_synthetic: dict | None,
     finished: list[FinishedClient] | None = None,
 ) -> Outcome:
     """What a generative run reports, from the clients' fidelity numbers and privacy lines (in
-    client order). `finished`: the clients' end-of-run results, when they are in this process
-    (their heads' probabilities and synthetic sets)."""
+    client order) and the global synthetic-only accuracy. `finished`: the clients' end-of-run
+    results, when they are in this process (their heads' probabilities and synthetic sets)."""
     params = count_parameters(method, dim, n_classes, cfg)
     return Outcome(
         [f.local for f in finished] if finished else None,
         [f.global_ for f in finished] if finished else None,
         history,
         params_shared=params["shared"],
-        privacy=privacy_report(dp, privacy),
-        fidelity=fidelity_report(cfg, [w for w, _ in fidelity], [q for _, q in fidelity]),
+        privacy=privacy_report(dp, privacy, preset=cfg.preset),
+        fidelity=fidelity_report(cfg, fidelity, global_synthetic),
         params_model=params["total"],
         synthetic=[(f.synthetic, f.labels) for f in finished] if finished else None,
     )
@@ -277,14 +398,20 @@ def run_generative(
             list(zip(clients, gen_clients)), desc="synthesize", unit="client"
         )
     ]
+    dim = clients[0].x_train.shape[1]
+    head = global_synthetic_head(method, weights, dim, n_classes, cfg, head_cfg, seed)
+    global_synthetic = global_synthetic_report(
+        [correct_count(head, c) for c in clients], [len(c.y_test) for c in clients], n_classes
+    )
     return generative_outcome(
         method,
-        clients[0].x_train.shape[1],
+        dim,
         n_classes,
         cfg,
         dp,
         history,
-        [(f.wasserstein, f.quality) for f in finished],
+        [f.fidelity() for f in finished],
         [c.privacy() for c in gen_clients],
+        global_synthetic,
         finished,
     )

@@ -17,7 +17,7 @@ from algorithms import registry
 from algorithms.dp_client import GenerativeConfig
 from algorithms.evaluation import lambda_grid
 from algorithms.fedavg import FedAvgConfig
-from algorithms.flags import FlagParser, build_parser
+from algorithms.flags import PRESET_FLAGS, FlagParser, build_parser
 from algorithms.heads import HeadConfig
 from algorithms.privacy import DPConfig, check_opacus
 from algorithms.registry import Method
@@ -48,7 +48,9 @@ def load_settings(argv: Sequence[str], description: str | None = None) -> Settin
     parser = build_parser(description)
     args = parser.parse_args(list(argv))
     method = resolve_method(args)
-    check_applicable(parser, given_flags(parser, argv, args), method)
+    given = given_flags(parser, argv, args)
+    check_applicable(parser, given, method)
+    apply_preset(args, given)
     check_run_flags(args)
     try:
         configs = build_configs(args, method)
@@ -102,6 +104,14 @@ def check_applicable(parser: FlagParser, given: frozenset[str], method: Method) 
             )
 
 
+def apply_preset(args: argparse.Namespace, given: frozenset[str]) -> None:
+    """Give the flags that --preset sets its values, unless given explicitly."""
+    preset = getattr(args, "preset", "paper")
+    for dest, value in PRESET_FLAGS[preset].items():
+        if dest not in given:
+            setattr(args, dest, value)
+
+
 def check_run_flags(args: argparse.Namespace) -> None:
     """The flags of the experiment itself that no config dataclass checks."""
     if args.resume and args.overwrite:
@@ -151,6 +161,12 @@ def generative_config(args: argparse.Namespace, method: Method) -> GenerativeCon
         generated_factor=args.generated_factor,
         synthetic_labels=args.synthetic_labels,
         squash_temperature=args.squash_temperature,
+        cvae_loss=args.cvae_loss,
+        obs_std=args.cvae_obs_std,
+        cvae_layers=args.cvae_layers,
+        encoder_scale=args.cvae_encoder_scale,
+        cvae_lr=args.cvae_lr,
+        preset=args.preset,
     )
 
 

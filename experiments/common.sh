@@ -39,6 +39,16 @@ chosen_methods() {
   fi
 }
 
+# One run: run_main BACKBONE METHOD SEED [more flags] with the script's split flags (a finished
+# run is skipped, an interrupted one resumed).
+run_main() {
+  local backbone=$1 method=$2 seed=$3
+  shift 3
+  $PY main.py --database_root "data/${dataset}/database/${backbone}" --method "${method}" \
+    "${split_flags[@]}" "$@" --seed "${seed}" --results_root "${results_root}" \
+    --skip_existing --resume
+}
+
 # Every run of the script (backbone x method x epsilon x seed; finished runs are skipped and
 # interrupted ones resumed), then the table of each backbone's runs.
 run_experiments() {
@@ -49,9 +59,8 @@ run_experiments() {
       flags_of "${method}"
       for epsilon in "${epsilons[@]:-}"; do
         for seed in "${SEEDS[@]}"; do
-          $PY main.py --database_root "data/${dataset}/database/${backbone}" --method "${method}" \
-            "${split_flags[@]}" "${FLAGS[@]}" ${epsilon:+--epsilon "${epsilon}"} \
-            --seed "${seed}" --results_root "${results_root}" --skip_existing --resume
+          run_main "${backbone}" "${method}" "${seed}" "${FLAGS[@]}" \
+            ${epsilon:+--epsilon "${epsilon}"}
         done
       done
     done

@@ -12,9 +12,12 @@ Messages (what comes back is all that leaves the site):
   epsilon spent so far (the train loss is only printed to the site's log);
 - evaluate.validate (fedavg, fedprox): the global head's validation accuracy;
 - evaluate.synthesize (dpcvae, dpcgan, after the last round): synthesize from the global model and
-  fit the two heads, locally -> the validation accuracy of the mixed model for each lambda of
-  the grid, the fidelity of the synthetic data, and the client's privacy accounting;
-- evaluate: test metrics, of the global head (fedavg) or of the mix at the chosen lambda.
+  fit the two heads, locally -> the validation accuracy and balanced accuracy of the mixed
+  model for each lambda of the grid, the fidelity of the synthetic data and the synthetic
+  head's test accuracy, and the client's privacy accounting;
+- evaluate: test metrics, of the global head (fedavg) or of the mix at the lambda chosen under
+  each lambda metric; for dpcvae / dpcgan also how many test records the server's head on the
+  global model's synthetic data classifies right.
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from algorithms.dp_client import DPClient
-from algorithms.evaluation import client_test_row, client_val_accuracies, lambda_grid
+from algorithms.evaluation import LAMBDA_METRICS, client_test_row, client_val_scores, lambda_grid
 from algorithms.experiment import warn_privacy_settings
 from algorithms.fedavg import FedAvgClient, make_fedavg_clients, val_accuracy
-from algorithms.generative import finish_client, make_clients
+from algorithms.generative import correct_count, finish_client, make_clients
 from algorithms.heads import new_head, predict_proba
 from algorithms.options import Settings
 from data.clients import ClientData
@@ -136,13 +139,13 @@ def synthesize(msg: Message, context: Context) -> Message:
     )
     context.state[TEST_PROBS] = ArrayRecord([result.local.test, result.global_.test])
     grid = lambda_grid(s.args.weights_grid_resolution)
-    accs = client_val_accuracies(result.local, result.global_, site.data.y_val, grid)
+    scores = client_val_scores(result.local, result.global_, site.data.y_val, grid)
     privacy = {k: v for k, v in client.privacy().items() if k != "id"}
     return site.reply(
         msg,
         {
-            "lambda": MetricRecord({} if accs is None else {"val_acc": accs}),
-            "fidelity": MetricRecord({"wasserstein": result.wasserstein, **result.quality}),
+            "lambda": MetricRecord(scores or {}),
+            "fidelity": MetricRecord(result.fidelity()),
             "privacy": ConfigRecord({"json": json.dumps(privacy)}),
         },
     )
@@ -150,19 +153,26 @@ def synthesize(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def report(msg: Message, context: Context) -> Message:
-    """This site's test metrics: of the global head (fedavg), or of the mix at the lambda the
-    server chose from the validation accuracies (dpcvae, dpcgan)."""
+    """This site's test metrics: of the global head (fedavg), or of the mix at the lambdas the
+    server chose from the validation scores (dpcvae, dpcgan), with the number of test records
+    that the server's head on the global model's synthetic data classifies right."""
     site = Site(context)
-    if is_generative(site.settings):
-        lam = float(msg.content.config_records["config"]["lambda"])
-        if TEST_PROBS not in context.state:
-            raise RuntimeError(f"client {site.client_id}: test metrics asked before synthesis")
-        local_test, global_test = context.state.array_records[TEST_PROBS].to_numpy_ndarrays()
-        row = client_test_row(site.data, local_test, global_test, lam)
-    else:
-        head = _head(site.data, site.n_classes, msg.content.array_records["weights"])
+    head = _head(site.data, site.n_classes, msg.content.array_records["weights"])
+    if not is_generative(site.settings):
         row = client_test_row(site.data, None, predict_proba(head, site.data.x_test), None)
-    return site.reply(msg, {"row": MetricRecord(row)})
+        return site.reply(msg, {"row": MetricRecord(row)})
+    if TEST_PROBS not in context.state:
+        raise RuntimeError(f"client {site.client_id}: test metrics asked before synthesis")
+    local_test, global_test = context.state.array_records[TEST_PROBS].to_numpy_ndarrays()
+    config = msg.content.config_records["config"]
+    rows = {
+        f"row-{m}": MetricRecord(
+            client_test_row(site.data, local_test, global_test, float(config[f"lambda-{m}"]))
+        )
+        for m in LAMBDA_METRICS
+    }
+    synthetic = {"global_correct": correct_count(head, site.data)}
+    return site.reply(msg, {**rows, "synthetic": MetricRecord(synthetic)})
 
 
 def _head(data: ClientData, n_classes: int, weights: ArrayRecord) -> torch.nn.Module:

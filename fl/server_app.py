@@ -20,11 +20,23 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from algorithms.aggregation import StateDict
-from algorithms.evaluation import Outcome, choose_lambda, lambda_grid
+from algorithms.evaluation import (
+    LAMBDA_METRICS,
+    Evaluation,
+    Outcome,
+    lambda_grid,
+    lambda_protocol,
+    protocol_report,
+)
 from algorithms.experiment import close_run, open_run
 from algorithms.fedavg import initial_head, validation_row
 from algorithms.federation import ClientUpdate, run_rounds
-from algorithms.generative import generative_outcome, initial_global_weights
+from algorithms.generative import (
+    generative_outcome,
+    global_synthetic_head,
+    global_synthetic_report,
+    initial_global_weights,
+)
 from algorithms.options import Settings
 from data.database import load_meta
 from fl.records import content_update, weights_record
@@ -110,9 +122,9 @@ def serve(grid: Grid, context: Context) -> None:
     )
     start = time.perf_counter()
     run = run_generative if is_generative(settings) else run_fedavg
-    outcome, rows, lam, scores = run(sites, order, settings, dim, n_classes)
+    outcome, evaluation = run(sites, order, settings, dim, n_classes)
     wall = time.perf_counter() - start
-    close_run(files, settings.seed, split, rows, lam, scores, outcome, wall)
+    close_run(files, settings.seed, split, evaluation, outcome, wall)
 
 
 def connect(
@@ -194,9 +206,10 @@ def train_rounds(
 
 def run_generative(
     sites: Sites, order: list[int], settings: Settings, dim: int, n_classes: int
-) -> tuple[Outcome, list[dict], float, list[float]]:
+) -> tuple[Outcome, Evaluation]:
     """DP-CVAE / DP-CGAN: the rounds, then each site runs `finish_client` and reports; lambda is
-    chosen from the sites' validation accuracies, and each site reports its test metrics."""
+    chosen from the sites' validation scores (under every lambda metric), and each site reports
+    its test metrics at those lambdas and its count for the global synthetic-only accuracy."""
     method, seed = settings.method.name, settings.seed
     cfg, dp = settings.configs["generative"], settings.configs["dp"]
     initial = initial_global_weights(method, dim, n_classes, cfg, seed)
@@ -209,23 +222,48 @@ def run_generative(
     per_client, fidelity, privacy = [], [], []
     for cid in order:
         reply = done[cid]
-        accs = reply.metric_records["lambda"]
-        per_client.append([float(a) for a in accs["val_acc"]] if "val_acc" in accs else None)
-        numbers = {k: float(v) for k, v in reply.metric_records["fidelity"].items()}
-        fidelity.append((numbers.pop("wasserstein"), numbers))
+        scores = reply.metric_records["lambda"]
+        per_client.append(
+            {m: [float(a) for a in scores[m]] for m in LAMBDA_METRICS} if scores else None
+        )
+        fidelity.append({k: float(v) for k, v in reply.metric_records["fidelity"].items()})
         line = json.loads(str(reply.config_records["privacy"]["json"]))
         privacy.append({"id": cid, **line})
-    lam, scores = choose_lambda(per_client, lambda_grid(settings.args.weights_grid_resolution))
+    chosen = lambda_protocol(per_client, lambda_grid(settings.args.weights_grid_resolution))
 
-    config = ConfigRecord({"lambda": lam})
-    rows = report_rows(sites, order, lambda cid: RecordDict({"config": config}))
-    outcome = generative_outcome(method, dim, n_classes, cfg, dp, history, fidelity, privacy)
-    return outcome, rows, lam, scores
+    head = global_synthetic_head(
+        method, weights, dim, n_classes, cfg, settings.configs["head"], seed
+    )
+    head_record = weights_record({k: v.detach() for k, v in head.state_dict().items()})
+    config = ConfigRecord({f"lambda-{m}": lam for m, (lam, _) in chosen.items()})
+    replies = sites.ask(
+        order,
+        "evaluate",
+        lambda cid: RecordDict({"config": config, "weights": head_record}),
+        group="test",
+    )
+    rows_at = {m: [row_of(replies[cid], f"row-{m}") for cid in order] for m in LAMBDA_METRICS}
+    correct = [int(replies[cid].metric_records["synthetic"]["global_correct"]) for cid in order]
+    global_synthetic = global_synthetic_report(
+        correct, [int(r["n_test"]) for r in rows_at["accuracy"]], n_classes
+    )
+    outcome = generative_outcome(
+        method, dim, n_classes, cfg, dp, history, fidelity, privacy, global_synthetic
+    )
+    metric = settings.args.lambda_metric
+    evaluation = Evaluation(
+        rows_at[metric],
+        chosen[metric][0],
+        chosen["accuracy"][1],
+        metric,
+        protocol_report(chosen, rows_at),
+    )
+    return outcome, evaluation
 
 
 def run_fedavg(
     sites: Sites, order: list[int], settings: Settings, dim: int, n_classes: int
-) -> tuple[Outcome, list[dict], None, None]:
+) -> tuple[Outcome, Evaluation]:
     """FedAvg / FedProx on a linear head: the rounds with each round's validation accuracy
     (reported by the sites), then each site's test metrics of the final global head."""
     cfg, seed = settings.configs["fedavg"], settings.seed
@@ -246,16 +284,13 @@ def run_fedavg(
         sites, order, initial, cfg.n_rounds, cfg.sampling_rate, settings, on_round=validate
     )
     record = weights_record(weights)
-    rows = report_rows(sites, order, lambda cid: RecordDict({"weights": record}))
+    replies = sites.ask(order, "evaluate", lambda cid: RecordDict({"weights": record}), "test")
+    rows = [row_of(replies[cid], "row") for cid in order]
     params = sum(v.numel() for v in weights.values())
-    return Outcome(None, None, history, params_shared=params), rows, None, None
+    return Outcome(None, None, history, params_shared=params), Evaluation(rows)
 
 
-def report_rows(sites: Sites, order: list[int], content: Callable[[int], RecordDict]) -> list[dict]:
-    """Each site's line of metrics.json, in client order."""
-    replies = sites.ask(order, "evaluate", content, group="test")
-    rows = []
-    for cid in order:
-        row = replies[cid].metric_records["row"]
-        rows.append({k: row[k] for k in ROW_KEYS})
-    return rows
+def row_of(reply: RecordDict, name: str) -> dict:
+    """A site's line of metrics.json from its reply's metric record `name`."""
+    row = reply.metric_records[name]
+    return {k: row[k] for k in ROW_KEYS}

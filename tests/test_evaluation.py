@@ -5,10 +5,11 @@ import pytest
 
 from algorithms.evaluation import (
     ClientProbs,
+    choose_lambda,
+    client_val_scores,
     evaluate_clients,
     lambda_grid,
     mix,
-    select_lambda,
 )
 from data.clients import ClientData
 
@@ -62,26 +63,53 @@ def test_lambda_one_reproduces_the_local_heads_predictions_exactly():
         ClientProbs(_onehot((v + 1) % 3, conf=0.99), rng.dirichlet(np.ones(3), len(t)))
         for v, t in zip(y_val, y_test)
     ]
-    rows, lam, scores = evaluate_clients(clients, local, glob, grid_resolution=1.0)
-    assert lam == 1.0 and scores == [0.0, 1.0]
-    local_only, none_lam, _ = evaluate_clients(clients, local, None, grid_resolution=1.0)
-    assert none_lam is None
-    assert rows == local_only
+    mixed = evaluate_clients(clients, local, glob, grid_resolution=1.0)
+    assert mixed.lam == 1.0 and mixed.val_acc == [0.0, 1.0]
+    local_only = evaluate_clients(clients, local, None, grid_resolution=1.0)
+    assert local_only.lam is None and local_only.protocol is None
+    assert mixed.rows == local_only.rows
 
 
 def test_lambda_is_chosen_by_mean_validation_accuracy_ties_to_the_smallest():
     y = [np.array([0, 1])]
     same = [ClientProbs(_onehot(y[0]), _onehot(y[0]))]
-    lam, scores = select_lambda(same, same, y, lambda_grid(0.5))
+    grid = lambda_grid(0.5)
+    per_client = [client_val_scores(same[0], same[0], y[0], grid)]
+    lam, scores = choose_lambda(per_client, grid)
     assert lam == 0.0 and scores == [1.0, 1.0, 1.0]
+    empty = client_val_scores(same[0], same[0], np.array([], int), grid)
+    assert empty is None
     with pytest.raises(ValueError, match="--val_frac"):
-        select_lambda(same, same, [np.array([], int)], lambda_grid(0.5))
+        choose_lambda([empty], grid)
 
 
 def test_rows_carry_sizes_and_metrics():
     c = _client(7, [0], [0, 1, 1, 2])
     probs = [ClientProbs(_onehot([0]), _onehot([0, 1, 2, 2]))]
-    rows, _, _ = evaluate_clients([c], None, probs, 0.1)
+    rows = evaluate_clients([c], None, probs, 0.1).rows
     assert rows[0]["id"] == 7 and rows[0]["n_test"] == 4 and rows[0]["n_val"] == 1
     assert rows[0]["test_acc"] == pytest.approx(0.75)
     assert rows[0]["test_balanced_acc"] == pytest.approx((1 + 0.5 + 1) / 3)
+
+
+def test_balanced_accuracy_picks_the_synthetic_head_that_accuracy_ignores():
+    # validation: 8 records of the frequent class 0, one each of the rare classes 1 and 2; the
+    # local head predicts 0 always (accuracy 0.8), the global one is right on 1 and 2 only
+    y_val = np.array([0] * 8 + [1, 2])
+    local = ClientProbs(_onehot(np.zeros(10, int)), _onehot([0, 0, 0]))
+    glob = ClientProbs(_onehot(np.array([1] * 8 + [1, 2])), _onehot([1, 1, 2]))
+    clients = [_client(0, y_val, [0, 1, 2])]
+    grid = lambda_grid(1.0)
+    scores = client_val_scores(local, glob, y_val, grid)
+    assert scores["accuracy"] == [0.2, 0.8]
+    assert scores["balanced_accuracy"] == pytest.approx([2 / 3, 1 / 3])
+    by_acc = evaluate_clients(clients, [local], [glob], 1.0, "accuracy")
+    by_bal = evaluate_clients(clients, [local], [glob], 1.0, "balanced_accuracy")
+    assert (by_acc.lam, by_bal.lam) == (1.0, 0.0)
+    # both runs report the protocol under both metrics, and the rows of the chosen one
+    assert by_acc.protocol == by_bal.protocol
+    assert by_bal.protocol["balanced_accuracy"]["lambda"] == 0.0
+    assert by_bal.rows[0]["test_acc"] == pytest.approx(2 / 3)
+    assert by_bal.protocol["accuracy"]["summary"]["test_acc_mean"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="--lambda_metric"):
+        evaluate_clients(clients, [local], [glob], 1.0, "f1")

@@ -9,7 +9,14 @@ from algorithms.dp_client import GenerativeConfig
 from algorithms.dpcgan import CGANClient
 from algorithms.dpcvae import CVAEClient
 from algorithms.federation import fedavg_aggregate, run_federation
-from algorithms.generative import init_global_weights, run_generative, synthetic_label_counts
+from algorithms.generative import (
+    at_chance,
+    fidelity_report,
+    global_synthetic_report,
+    init_global_weights,
+    run_generative,
+    synthetic_label_counts,
+)
 from algorithms.heads import HeadConfig
 from algorithms.privacy import DPConfig
 from data.clients import ClientData
@@ -144,6 +151,43 @@ def test_synthetic_label_counts_as_requested():
     uniform = GenerativeConfig(synthetic_labels="uniform", generated_factor=1.5)
     counts = synthetic_label_counts(y, 4, uniform, rng)
     assert counts.sum() == 9 and counts.max() - counts.min() <= 1
+    balanced = GenerativeConfig(synthetic_labels="balanced", generated_factor=1.5)
+    counts = synthetic_label_counts(y, 4, balanced, rng)
+    # 9 samples over the three classes the client holds, none for the class it lacks
+    assert counts.tolist() == [3, 3, 3, 0]
+    counts = synthetic_label_counts(np.array([0, 0, 0, 0, 2]), 4, balanced, rng)
+    assert counts.sum() == 7 and counts[[1, 3]].tolist() == [0, 0] and set(counts[[0, 2]]) == {3, 4}
+
+
+def test_chance_is_flagged_within_three_standard_errors():
+    assert at_chance(0.1, 0.1, 1000) and at_chance(0.12, 0.1, 1000)
+    assert not at_chance(0.2, 0.1, 1000)
+    assert at_chance(0.2, 0.1, 50)  # 50 records cannot tell 0.2 from 0.1
+    report = global_synthetic_report([30, 20], [200, 300], 10)
+    assert report["acc"] == 0.1 and report["chance"] == 0.1 and report["at_chance"]
+    assert not global_synthetic_report([150, 250], [200, 300], 10)["at_chance"]
+    client = {"wasserstein": 1.0, "precision": 0, "recall": 0, "density": 0, "coverage": 0}
+    good = {**client, "synthetic_acc": 0.9, "chance": 0.5, "n_test": 400.0}
+    bad = {**client, "synthetic_acc": 0.5, "chance": 0.5, "n_test": 400.0}
+    glob = global_synthetic_report([400], [400], 10)
+    # per client: the mean synthetic-only accuracy against the mean chance level
+    assert not fidelity_report(CFG, [good, bad], glob)["synthetic_at_chance"]
+    assert fidelity_report(CFG, [bad, bad], glob)["synthetic_at_chance"]
+    assert fidelity_report(CFG, [good], global_synthetic_report([41], [400], 10))[
+        "synthetic_at_chance"
+    ]
+
+
+def test_the_global_synthetic_accuracy_is_the_pooled_accuracy_of_one_head():
+    out = run_generative("dpcvae", _clients(), 3, CFG, DPConfig(enabled=False), HEAD, seed=0)
+    glob = out.fidelity["global_synthetic"]
+    assert glob["n_test"] == 3 * 5 and glob["chance"] == pytest.approx(1 / 3)
+    assert glob["acc"] * glob["n_test"] == pytest.approx(round(glob["acc"] * glob["n_test"]))
+    per_client = out.fidelity["synthetic_acc"]
+    expected = [
+        float((p.test.argmax(1) == c.y_test).mean()) for p, c in zip(out.global_, _clients())
+    ]
+    assert per_client == pytest.approx(expected)
 
 
 def test_disabled_dp_reports_no_guarantee():

@@ -63,7 +63,7 @@ def test_fedavg_on_an_iid_split_reaches_the_centralized_head():
     centralized = run_centralized(clients, 10, HeadConfig(epochs=200, lr=1e-2), seed=0)
     accs = {}
     for name, out in (("fedavg", fedavg), ("centralized", centralized)):
-        rows, _, _ = evaluate_clients(clients, out.local, out.global_, 0.1)
+        rows = evaluate_clients(clients, out.local, out.global_, 0.1).rows
         accs[name] = np.mean([r["test_acc"] for r in rows])
     assert accs["centralized"] > 0.9
     assert abs(accs["fedavg"] - accs["centralized"]) < 0.05, accs

@@ -135,6 +135,19 @@ def test_generative_methods_write_privacy_fidelity_and_cost(gauss_db, tmp_path, 
     assert all({"sample_rate", "steps", "noise_multiplier"} <= set(c) for c in p["clients"])
     assert len(m["fidelity"]["wasserstein"]) == 3 and m["fidelity"]["wasserstein_mean"] > 0
     assert m["lambda"] is not None
+    # the synthetic data's own worth: per client, and the global model's on the pooled test data
+    fid = m["fidelity"]
+    assert len(fid["synthetic_acc"]) == 3 and all(0 <= a <= 1 for a in fid["synthetic_acc"])
+    glob = fid["global_synthetic"]
+    assert glob["n_test"] == sum(c["n_test"] for c in m["clients"]) and glob["chance"] == 0.25
+    assert 0 <= glob["acc"] <= 1 and isinstance(fid["synthetic_at_chance"], bool)
+    # the lambda protocol under both metrics; the table's rows are the chosen one's
+    assert m["lambda_metric"] == "accuracy" and set(m["lambda_protocol"]) == {
+        "accuracy",
+        "balanced_accuracy",
+    }
+    chosen = m["lambda_protocol"]["accuracy"]
+    assert chosen["lambda"] == m["lambda"] and chosen["summary"] == m["summary"]
     assert m["cost"]["params_shared"] > 0 and m["cost"]["params_model"] > m["cost"]["params_shared"]
     history = read_csv(out / "history.csv")
     assert len(history) == 2
@@ -210,3 +223,27 @@ def test_run_directory_does_not_depend_on_where_the_database_lies(gauss_db, tmp_
     assert main_module.main(["--database_root", str(gauss_db), *common]) == 0
     assert main_module.main(["--database_root", str(moved), *common, "--skip_existing"]) == 0
     assert len(list((tmp_path / "res").rglob("metrics.json"))) == 1
+
+
+def test_preset_dp_sets_the_recipe_and_explicit_flags_override_it(gauss_db, tmp_path):
+    out = tmp_path / "preset"
+    argv = ["--method", "dpcvae", "--preset", "dp", "--n_fedavg_rounds", "3", *HEAD]
+    assert run(gauss_db, out, *argv, "--lambda_metric", "balanced_accuracy") == 0
+    config = json.loads((out / "config.json").read_text())
+    gen = config["generative"]
+    assert gen["preset"] == "dp" and gen["cvae_loss"] == "elbo" and gen["cvae_layers"] == 0
+    assert gen["batch_size"] == 0 and gen["latent_dim"] == 4 and gen["cvae_lr"] == 0.1
+    assert gen["n_rounds"] == 3  # given explicitly
+    m = read_metrics(out)
+    assert m["lambda_metric"] == "balanced_accuracy"
+    assert m["lambda"] == m["lambda_protocol"]["balanced_accuracy"]["lambda"]
+    # whole-client batches: sampling rate 1, one step per round
+    assert all(c["sample_rate"] == 1.0 and c["steps"] == 3 for c in m["privacy"]["clients"])
+    assert any("--preset dp" in line for line in m["privacy"]["not_covered"])
+    # the decoder is one linear map: (latent 4 + 4 classes) x 16 + 16 numbers
+    assert m["cost"]["params_shared"] == (4 + 4) * 16 + 16
+
+
+def test_preset_is_a_cvae_flag(gauss_db, tmp_path, capsys):
+    assert run(gauss_db, tmp_path / "r", "--method", "dpcgan", "--preset", "dp") == 2
+    assert "--preset does not apply to --method dpcgan" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import pytest
 
 import main as main_module
 from algorithms import registry
-from algorithms.evaluation import Outcome
+from algorithms.evaluation import Evaluation, Outcome
 from algorithms.experiment import RunFiles, close_run
 from algorithms.options import UsageError, load_settings
 from fl.settings import SettingsError, run_settings
@@ -32,7 +32,7 @@ def finished_runs(root: Path) -> list[Path]:
     for i, method in enumerate(reversed(registry.METHODS)):
         run = RunFiles(root / f"run{i}", method, f"key{i}", "d", "b")
         run.run_dir.mkdir(parents=True)
-        close_run(run, 1, {"args": {}}, ROWS, None, None, Outcome(None, None, [], 0), 1.0)
+        close_run(run, 1, {"args": {}}, Evaluation(ROWS), Outcome(None, None, [], 0), 1.0)
         dirs.append(run.run_dir)
     return dirs
 

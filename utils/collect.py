@@ -5,7 +5,9 @@
 Runs are grouped by configuration (all seeds of one configuration form one row). Per client,
 each metric is averaged over seeds; the row shows the mean +- std of those across clients.
 Rows follow the methods' display order that each metrics.json records (the method registry's).
-Writes `<name>.md` and `<name>.csv` and prints the Markdown table.
+Writes `<name>.md` and `<name>.csv` and prints the Markdown table. "Syn. acc" is the accuracy of
+a head trained on the global model's synthetic data alone, on the pooled real test data
+(train on synthetic, test on real), marked "(chance)" when within noise of chance.
 """
 
 from __future__ import annotations
@@ -97,6 +99,34 @@ def _labels(groups: dict[str, list[dict]]) -> dict[str, str]:
     return labels
 
 
+def _lambda(metrics: dict, lambda_metric: str | None) -> float | None:
+    protocol = metrics.get("lambda_protocol")
+    if lambda_metric is None or not protocol:
+        return metrics["lambda"]
+    return protocol[lambda_metric]["lambda"]
+
+
+def _synthetic_only(ms: list[dict]) -> dict[str, Any]:
+    """The synthetic data's own accuracy, averaged over seeds: of the global model's synthetic
+    data on the pooled test data (`syn_acc`), of each client's (`syn_acc_client`), and whether
+    any seed's synthetic data was within noise of chance. None for runs without it."""
+    fids = [m.get("fidelity") or {} for m in ms]
+    glob = [f["global_synthetic"]["acc"] for f in fids if f.get("global_synthetic")]
+    client = [f["synthetic_acc_mean"] for f in fids if "synthetic_acc_mean" in f]
+    complete = len(glob) == len(ms)
+    return {
+        "syn_acc": float(np.mean(glob)) if complete else None,
+        "syn_acc_client": float(np.mean(client)) if len(client) == len(ms) else None,
+        "syn_at_chance": any(f.get("synthetic_at_chance") for f in fids) if complete else None,
+    }
+
+
+def _syn_text(r: dict[str, Any]) -> str:
+    if r.get("syn_acc") is None:
+        return "-"
+    return f"{100 * r['syn_acc']:.2f}" + (" (chance)" if r["syn_at_chance"] else "")
+
+
 def _epsilon_spent(ms: list[dict]) -> float | None:
     """Largest spent epsilon over clients and seeds (see utils.results.epsilon_spent); None
     when a run does not say."""
@@ -114,8 +144,21 @@ def _group_key(run_dir: Path, metrics: dict, config: dict) -> str:
     return str(metrics.get("config_key") or config.get("config_key") or run_dir.parent)
 
 
-def collect(paths: list[str | Path]) -> list[dict[str, Any]]:
-    """One row per configuration with the across-client mean/std of seed-averaged metrics."""
+def client_rows(metrics: dict, lambda_metric: str | None = None) -> list[dict]:
+    """A run's per-client test rows: those of its table (the lambda its --lambda_metric chose),
+    or, with `lambda_metric`, those at the lambda that metric chooses (runs that mix two heads
+    report the protocol under every metric; the others have one set of rows)."""
+    protocol = metrics.get("lambda_protocol")
+    if lambda_metric is None or not protocol:
+        return metrics["clients"]
+    if lambda_metric not in protocol:
+        raise ResultsError(f"lambda metric {lambda_metric!r} is not in {sorted(protocol)}")
+    return protocol[lambda_metric]["clients"]
+
+
+def collect(paths: list[str | Path], lambda_metric: str | None = None) -> list[dict[str, Any]]:
+    """One row per configuration with the across-client mean/std of seed-averaged metrics
+    (`lambda_metric`: the rows at the lambda chosen by that metric, see `client_rows`)."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for run_dir in find_runs(paths):
         metrics = read_metrics(run_dir)
@@ -135,7 +178,7 @@ def collect(paths: list[str | Path]) -> list[dict[str, Any]]:
         for name in CLASSIFICATION_METRICS:
             per_client = defaultdict(list)
             for m in ms:
-                for c in m["clients"]:
+                for c in client_rows(m, lambda_metric):
                     per_client[c["id"]].append(c[f"test_{name}"])
             means = np.array([np.mean(v) for v in per_client.values()])
             row[f"{name}_mean"] = float(means.mean())
@@ -147,12 +190,10 @@ def collect(paths: list[str | Path]) -> list[dict[str, Any]]:
             and m["fidelity"].get("wasserstein_mean") is not None
         ]
         row["wasserstein"] = float(np.mean(wass)) if wass else None
+        row.update(_synthetic_only(ms))
         row["epsilon_spent"] = _epsilon_spent(ms)
-        row["lambda"] = (
-            float(np.mean([m["lambda"] for m in ms]))
-            if all(m["lambda"] is not None for m in ms)
-            else None
-        )
+        lams = [_lambda(m, lambda_metric) for m in ms]
+        row["lambda"] = float(np.mean(lams)) if None not in lams else None
         row["params_shared"] = int(ms[0]["cost"]["params_shared"])
         row["bytes_per_round"] = int(ms[0]["cost"]["bytes_per_round"])
         row["wall_seconds"] = float(np.mean([m["cost"]["wall_seconds"] for m in ms]))
@@ -170,6 +211,8 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         "Method",
         *METRIC_TITLES.values(),
         "W-dist",
+        "Syn. acc (%)",
+        "λ",
         "eps spent",
         "Shared params",
         "Bytes/round",
@@ -182,6 +225,8 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         cells += [f"{100 * r[f'{n}_mean']:.2f} ± {100 * r[f'{n}_std']:.2f}" for n in METRIC_TITLES]
         cells += [
             _fmt(r["wasserstein"], ".4f"),
+            _syn_text(r),
+            _fmt(r["lambda"], ".2f"),
             _eps_text(r["epsilon_spent"]),
             f"{r['params_shared']:,}",
             f"{r['bytes_per_round']:,}",
@@ -211,13 +256,20 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default=None, help="folder for the table files. Default: the first results folder"
     )
     parser.add_argument("--name", default="table", help="file name stem. Default: table")
+    parser.add_argument(
+        "--lambda_metric",
+        choices=("accuracy", "balanced_accuracy"),
+        default=None,
+        help="for methods that mix two heads: the rows at the lambda that this validation "
+        "metric chooses (every run reports both). Default: each run's own --lambda_metric",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out or args.results[0])
     try:
         if Path(args.name).name != args.name or args.name in ("", ".", ".."):
             raise OutputError(f"--name {args.name!r}: a file name stem, not a path")
         check_output(out, "--out", folder=True)
-        rows = collect(args.results)
+        rows = collect(args.results, args.lambda_metric)
         md, csv = write_table(rows, out, args.name)
     except (ResultsError, OutputError) as err:
         print(f"error: {err}", file=sys.stderr)

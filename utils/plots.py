@@ -2,7 +2,8 @@
 
     python -m utils.plots RESULTS_DIR [--sweep SWEEP_DIR] --out DIR
 
-Writes PNGs: privacy_utility.png (test accuracy against spent epsilon, when a sweep is given),
+Writes PNGs: privacy_utility.png (test accuracy, balanced accuracy, macro-F1 and the synthetic-only
+accuracy against spent epsilon, when a sweep is given),
 client_accuracy.png (per-client accuracy against client size), training_curves.png (from
 history.csv) and real_vs_synthetic_<method>.png (2-D PCA of one client's real and synthetic
 embeddings, for runs saved with --save_synthetic: their synthetic.npz holds both). Methods are
@@ -123,51 +124,77 @@ def _accounted(run: dict) -> bool:
     return bool(p and p.get("enabled"))
 
 
-def _acc(runs: list[dict]) -> float:
-    return float(np.mean([r["metrics"]["summary"]["test_acc_mean"] for r in runs]))
+# The panels of privacy_utility.png: (title, value of a run or None where it has none).
+UTILITY_PANELS = (
+    ("test accuracy", lambda m: m["summary"]["test_acc_mean"]),
+    ("test balanced accuracy", lambda m: m["summary"]["test_balanced_acc_mean"]),
+    ("test macro-F1", lambda m: m["summary"]["test_f1_macro_mean"]),
+    (
+        "synthetic-only accuracy (global model)",
+        lambda m: ((m.get("fidelity") or {}).get("global_synthetic") or {}).get("acc"),
+    ),
+)
+
+
+def variant(run: dict) -> str:
+    """A run's line in the privacy-utility plot: its method, with the preset it started from
+    when not the paper's."""
+    method = run["metrics"]["method"]
+    preset = (run["config"].get("generative") or {}).get("preset", "paper")
+    return method if preset == "paper" else f"{method} ({preset})"
 
 
 def privacy_utility(main_runs: list[dict], sweep_runs: list[dict], out: Path) -> Path:
-    """Mean test accuracy against the spent epsilon (largest over clients), one line per DP
-    method (mean over seeds at each target); the baselines as horizontal references."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    points: dict[str, dict[float, list[tuple[float, float]]]] = defaultdict(
-        lambda: defaultdict(list)
-    )
+    """Test accuracy, balanced accuracy, macro-F1 (means over clients) and the global
+    synthetic-only accuracy against the spent epsilon (largest over clients): one line per DP
+    method and preset (mean over seeds at each target); the runs without DP as horizontal
+    references (methods that share nothing, or a DP method trained without DP)."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8.4))
     unique = {str(r["dir"]): r for r in [*main_runs, *sweep_runs]}  # a run may be in both
-    for r in unique.values():
+    dp_runs = [r for r in unique.values() if _accounted(r)]
+    lines: dict[str, list[dict]] = defaultdict(list)
+    for r in sorted(dp_runs, key=lambda r: display_key(r["metrics"])):
+        lines[variant(r)].append(r)
+    refs: dict[str, list[dict]] = defaultdict(list)
+    for r in sorted(unique.values(), key=lambda r: display_key(r["metrics"])):
         if not _accounted(r):
-            continue
-        p = r["metrics"]["privacy"]
-        points[r["metrics"]["method"]][p["target_epsilon"]].append(
-            (p["epsilon_max"], r["metrics"]["summary"]["test_acc_mean"])
-        )
-    dp_runs = by_method([r for r in unique.values() if _accounted(r)])
-    for method in dp_runs:
-        by_target = points[method]
-        xs = [np.mean([e for e, _ in v]) for _, v in sorted(by_target.items())]
-        ys = [np.mean([a for _, a in v]) for _, v in sorted(by_target.items())]
-        ax.plot(xs, ys, "o-", color=color(dp_runs[method][0]["metrics"]), label=method)
-    # every method of the main runs without DP accounting, as a reference line
-    for method, rs in by_method([r for r in main_runs if not _accounted(r)]).items():
-        what = "nothing shared" if epsilon_spent(rs[0]["metrics"]) == 0 else "no DP"
-        ax.axhline(
-            _acc(rs),
-            ls="--",
-            lw=1,
-            color=color(rs[0]["metrics"]),
-            label=f"{method} ({what})",
-        )
-    ax.set_xscale("log")
-    ticks = sorted({t for by_target in points.values() for t in by_target})
-    if ticks:
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        ax.minorticks_off()
-    ax.set_xlabel("spent epsilon (largest over clients, from the accountant)")
-    ax.set_ylabel("test accuracy (mean over clients)")
-    ax.set_title("Privacy-utility")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+            refs[variant(r)].append(r)
+    ticks = sorted({r["metrics"]["privacy"]["target_epsilon"] for r in dp_runs})
+    for ax, (title, value) in zip(axes.flat, UTILITY_PANELS):
+        for name, rs in lines.items():
+            by_target: dict[float, list[tuple[float, float]]] = defaultdict(list)
+            for r in rs:
+                p, y = r["metrics"]["privacy"], value(r["metrics"])
+                if y is not None:
+                    by_target[p["target_epsilon"]].append((p["epsilon_max"], y))
+            if not by_target:
+                continue
+            xs = [np.mean([e for e, _ in v]) for _, v in sorted(by_target.items())]
+            ys = [np.mean([a for _, a in v]) for _, v in sorted(by_target.items())]
+            ls = "o-" if "(" not in name else "s--"
+            ax.plot(xs, ys, ls, color=color(rs[0]["metrics"]), label=name)
+        for name, rs in refs.items():
+            ys = [value(r["metrics"]) for r in rs]
+            if None in ys:
+                continue
+            what = "nothing shared" if epsilon_spent(rs[0]["metrics"]) == 0 else "no DP"
+            ax.axhline(
+                float(np.mean(ys)),
+                ls=":",
+                lw=1.2,
+                color=color(rs[0]["metrics"]),
+                label=f"{name} ({what})",
+            )
+        ax.set_xscale("log")
+        if ticks:
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.minorticks_off()
+        ax.set_xlabel("spent epsilon (largest over clients, from the accountant)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("Privacy-utility (means over clients and seeds)")
+    fig.tight_layout()
     return _save(fig, out / "privacy_utility.png")
 
 

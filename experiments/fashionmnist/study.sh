@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The privacy-utility study on the Fashion-MNIST split at the paper's client sizes (10 clients,
+# label Dirichlet 0.3): DP-CVAE with the paper's settings, DP-CVAE with --preset dp (our recipe,
+# docs/dp_recipe.md), DP-CGAN and, when present, DP-FedPFT, at each target epsilon of `epsilons`
+# and without DP (one seed), and at epsilon 1 with every seed of SEEDS; against local,
+# centralized, FedAvg and FedLambda (every seed). The flags of each method are those of base.sh,
+# fedlambda.sh and ours.sh (edit them there). Every run reports the lambda protocol under both
+# lambda metrics; the study writes both tables and the privacy-utility plot into `out`.
+# Needs the database of experiments/fashionmnist/create_db.sh. Prints its run time at the end.
+#   bash experiments/fashionmnist/study.sh           (STUDY_METHODS="dpcvae_preset" to run some)
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "${here}/base.sh"        # fedavg_flags, local_flags, centralized_flags (no runs)
+source "${here}/fedlambda.sh"   # fedlambda_flags
+source "${here}/ours.sh"        # dpcvae_flags, dpcgan_flags, dp_flags
+
+# ---- flags (edit here) -----------------------------------------------------------------------
+SEEDS=(3407 12345 202502)
+sweep_seed=3407
+epsilons=(0.5 1 2 4 8)
+study=(baselines dpcvae_preset dpcvae dpfedpft dpcgan)   # in this order (cheapest first)
+dpcvae_preset_flags=(--local_epochs 100 --lr 0.001 --classifier_optimizer adam
+                     --weights_grid_resolution 0.1 "${dp_flags[@]}" --preset dp)
+dpfedpft_flags=(--local_epochs 100 --lr 0.001 --classifier_optimizer adam
+                --weights_grid_resolution 0.1 --delta 1e-4)
+results_root=results/fashionmnist_study
+out=assets/fashionmnist_study
+# ------------------------------------------------------------------------------------------------
+read -ra study <<< "${STUDY_METHODS:-${study[*]}}"
+backbone=${BACKBONES[0]}
+has_method() { [[ "$($PY main.py --help)" == *"$1:"* ]]; }
+
+# A DP method: the sweep (one seed), without DP, and every seed at epsilon 1.
+sweep() {
+  local method=$1 flags_name=$2
+  flags_of "${flags_name}"
+  for epsilon in "${epsilons[@]}"; do
+    run_main "${backbone}" "${method}" "${sweep_seed}" "${FLAGS[@]}" --epsilon "${epsilon}"
+  done
+  for seed in "${SEEDS[@]}"; do
+    run_main "${backbone}" "${method}" "${seed}" "${FLAGS[@]}" --epsilon 1
+  done
+  run_main "${backbone}" "${method}" "${sweep_seed}" "${FLAGS[@]}" --dp off  # the last --dp wins
+}
+
+start=${SECONDS}
+for what in "${study[@]}"; do
+  case "${what}" in
+    baselines)
+      for method in local centralized fedavg fedlambda; do
+        flags_of "${method}"
+        for seed in "${SEEDS[@]}"; do run_main "${backbone}" "${method}" "${seed}" "${FLAGS[@]}"; done
+      done ;;
+    dpcvae_preset) sweep dpcvae dpcvae_preset ;;
+    dpfedpft) if has_method dpfedpft; then sweep dpfedpft dpfedpft; fi ;;
+    *) sweep "${what}" "${what}" ;;
+  esac
+done
+runs="${results_root}/${dataset}/${backbone}"
+mkdir -p "${out}"
+$PY -m utils.collect "${runs}" --out "${out}" --name table_lambda_accuracy --lambda_metric accuracy
+$PY -m utils.collect "${runs}" --out "${out}" --name table_lambda_balanced \
+  --lambda_metric balanced_accuracy
+$PY -m utils.plots "${runs}" --sweep "${runs}" --out "${out}"
+echo "study: $(( SECONDS - start )) s on $(nproc) CPU cores"
