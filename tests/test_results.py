@@ -104,3 +104,42 @@ def test_collect_cli_writes_files_and_refuses_empty_input(tmp_path, capsys):
     write_json(tmp_path / "bad/seed_1/metrics.json", {"method": "x"})
     assert collect_main([str(tmp_path / "bad")]) == 2
     assert "metrics.json" in capsys.readouterr().err
+
+
+def _mixed(seed, key, lam_acc, lam_bal, syn_acc, at_chance, preset="paper", eps=1.0):
+    m = fake_metrics("dpcvae", seed, (0.5, 0.5), key=key)
+    bal_rows = [{**c, "test_balanced_acc": 0.9} for c in m["clients"]]
+    m["lambda"] = lam_acc
+    m["lambda_protocol"] = {
+        "accuracy": {"lambda": lam_acc, "clients": m["clients"]},
+        "balanced_accuracy": {"lambda": lam_bal, "clients": bal_rows},
+    }
+    m["fidelity"] = {
+        "wasserstein_mean": 1.0,
+        "synthetic_acc_mean": 0.5,
+        "global_synthetic": {"acc": syn_acc},
+        "synthetic_at_chance": at_chance,
+    }
+    config = {"generative": {"preset": preset, "n_rounds": 50 if preset == "paper" else 40}}
+    return m, {**config, "dp": {"enabled": True, "epsilon": eps}}
+
+
+def test_collect_shows_synthetic_accuracy_marks_chance_and_reads_either_lambda(tmp_path):
+    for seed in (1, 2):
+        m, config = _mixed(seed, "k1", 1.0, 0.2, 0.1 * seed, at_chance=seed == 1)
+        write_json(tmp_path / f"paper/seed_{seed}/metrics.json", m)
+        write_json(tmp_path / f"paper/seed_{seed}/config.json", config)
+    m, config = _mixed(1, "k2", 0.5, 0.0, 0.8, False, preset="dp")
+    write_json(tmp_path / "dp/seed_1/metrics.json", m)
+    write_json(tmp_path / "dp/seed_1/config.json", config)
+    rows = {r["method"]: r for r in collect([tmp_path])}
+    # the preset names the variant, not the many settings it changes
+    assert set(rows) == {"dpcvae (preset=paper)", "dpcvae (preset=dp)"}
+    paper = rows["dpcvae (preset=paper)"]
+    assert paper["syn_acc"] == pytest.approx(0.15) and paper["syn_at_chance"] is True
+    assert paper["lambda"] == 1.0 and paper["balanced_acc_mean"] == pytest.approx(0.5)
+    md = to_markdown(list(rows.values()))
+    assert "15.00 (chance)" in md and "80.00 |" in md
+    by_bal = {r["method"]: r for r in collect([tmp_path], "balanced_accuracy")}
+    assert by_bal["dpcvae (preset=paper)"]["lambda"] == pytest.approx(0.2)
+    assert by_bal["dpcvae (preset=paper)"]["balanced_acc_mean"] == pytest.approx(0.9)

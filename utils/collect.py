@@ -80,6 +80,10 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# config.json keys that name a variant of a method (a preset sets many others with it).
+LABEL_KEYS = ("generative.preset", "generative.cvae_loss", "dp.enabled", "dp.epsilon")
+
+
 def _labels(groups: dict[str, list[dict]]) -> dict[str, str]:
     """Row labels: the method, plus the settings that tell apart rows of the same method."""
     by_method = defaultdict(list)
@@ -93,6 +97,10 @@ def _labels(groups: dict[str, list[dict]]) -> dict[str, str]:
         flat = {k: _flatten(groups[k][0]["config"]) for k in keys}
         names = sorted(set().union(*flat.values()))
         differing = [n for n in names if len({repr(flat[k].get(n)) for k in keys}) > 1]
+        # the settings that name a variant, when they alone tell the rows apart
+        short = [n for n in LABEL_KEYS if n in differing]
+        if len({tuple(repr(flat[k].get(n)) for n in short) for k in keys}) == len(keys):
+            differing = short
         for k in keys:
             parts = [f"{n.split('.')[-1]}={flat[k].get(n)}" for n in differing]
             labels[k] = f"{method} ({', '.join(parts)})" if parts else f"{method} [{k}]"

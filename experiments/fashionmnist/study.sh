@@ -5,7 +5,8 @@
 # and without DP (one seed), and at epsilon 1 with every seed of SEEDS; against local,
 # centralized, FedAvg and FedLambda (every seed). The flags of each method are those of base.sh,
 # fedlambda.sh and ours.sh (edit them there). Every run reports the lambda protocol under both
-# lambda metrics; the study writes both tables and the privacy-utility plot into `out`.
+# lambda metrics; the study writes both tables and the privacy-utility plot into `out`, and
+# compares the two CVAE losses without DP (synthetic-only accuracy, W-distance, PCA plots).
 # Needs the database of experiments/fashionmnist/create_db.sh. Prints its run time at the end.
 #   bash experiments/fashionmnist/study.sh           (STUDY_METHODS="dpcvae_preset" to run some)
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -17,7 +18,7 @@ source "${here}/ours.sh"        # dpcvae_flags, dpcgan_flags, dp_flags
 SEEDS=(3407 12345 202502)
 sweep_seed=3407
 epsilons=(0.5 1 2 4 8)
-study=(baselines dpcvae_preset dpcvae dpfedpft dpcgan)   # in this order (cheapest first)
+study=(baselines dpcvae_preset dpcvae losses dpfedpft dpcgan)   # in this order
 dpcvae_preset_flags=(--local_epochs 100 --lr 0.001 --classifier_optimizer adam
                      --weights_grid_resolution 0.1 "${dp_flags[@]}" --preset dp)
 dpfedpft_flags=(--local_epochs 100 --lr 0.001 --classifier_optimizer adam
@@ -51,6 +52,17 @@ for what in "${study[@]}"; do
         for seed in "${SEEDS[@]}"; do run_main "${backbone}" "${method}" "${seed}" "${FLAGS[@]}"; done
       done ;;
     dpcvae_preset) sweep dpcvae dpcvae_preset ;;
+    losses)  # the two CVAE losses without DP, the paper's architecture, with their PCA plots
+      flags_of dpcvae
+      run_main "${backbone}" dpcvae "${sweep_seed}" "${FLAGS[@]}" --dp off --save_synthetic
+      run_main "${backbone}" dpcvae "${sweep_seed}" "${FLAGS[@]}" --dp off --save_synthetic \
+        --cvae_loss elbo --cvae_beta 1
+      for run in "${results_root}/${dataset}/${backbone}"/dpcvae-*/"seed_${sweep_seed}"; do
+        if [ -f "${run}/synthetic.npz" ]; then
+          loss=$($PY -c 'import json, sys; print(json.load(open(sys.argv[1]))["generative"]["cvae_loss"])' "${run}/config.json")
+          $PY -m utils.plots "${run}" --out "${out}/pca_${loss}_loss_no_dp"
+        fi
+      done ;;
     dpfedpft) if has_method dpfedpft; then sweep dpfedpft dpfedpft; fi ;;
     *) sweep "${what}" "${what}" ;;
   esac
