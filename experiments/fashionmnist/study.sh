@@ -17,7 +17,7 @@ source "${here}/ours.sh"        # dpcvae_flags, dpcgan_flags, dp_flags
 # ---- flags (edit here) -----------------------------------------------------------------------
 SEEDS=(3407 12345 202502)
 sweep_seed=3407
-epsilons=(0.5 1 2 4 8)
+epsilons=(1 8 0.5 2 4)   # in this order, so that a partial study has the ends first
 study=(baselines dpcvae_preset dpcvae losses dpfedpft dpcgan)   # in this order
 dpcvae_preset_flags=(--local_epochs 100 --lr 0.001 --classifier_optimizer adam
                      --weights_grid_resolution 0.1 "${dp_flags[@]}" --preset dp)
