@@ -11,6 +11,7 @@ mixes the two heads. The same functions run in process, under Flower and in the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -131,6 +132,19 @@ def train_generative(
     return gen_clients, weights, history
 
 
+class Sampler(Protocol):
+    """What the end of a generative run needs of a client: sampling from what was released
+    (DPClient: the global decoder or generator; fedpft.PFTClient: the pooled Gaussians)."""
+
+    def sample(self, weights: StateDict, labels: np.ndarray, rng: torch.Generator) -> np.ndarray:
+        """Synthetic embeddings (model space), one per label."""
+        ...
+
+    def can_sample(self, weights: StateDict) -> np.ndarray:
+        """Per class, whether the released model can sample it (bool)."""
+        ...
+
+
 def synthetic_label_counts(
     y: np.ndarray, n_classes: int, cfg: GenerativeConfig, rng: np.random.Generator
 ) -> np.ndarray:
@@ -145,7 +159,7 @@ def synthetic_label_counts(
 
 
 def synthesize(
-    client: DPClient,
+    client: Sampler,
     data: ClientData,
     weights: StateDict,
     n_classes: int,
@@ -153,11 +167,11 @@ def synthesize(
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A client's synthetic set from the global model (model space) and its labels, as the
-    protocol draws them (`--synthetic_labels`, `--generated_factor`; run seed `seed`)."""
+    protocol draws them (`--synthetic_labels`, `--generated_factor`; run seed `seed`), without
+    the classes that the global model cannot sample."""
     rng = np.random.default_rng(derive_seed(seed, LABELS, data.id))
-    labels = np.repeat(
-        np.arange(n_classes), synthetic_label_counts(data.y_train, n_classes, cfg, rng)
-    )
+    counts = synthetic_label_counts(data.y_train, n_classes, cfg, rng)
+    labels = np.repeat(np.arange(n_classes), np.where(client.can_sample(weights), counts, 0))
     synthetic = client.sample(weights, labels, generator(derive_seed(seed, SAMPLE, data.id)))
     return synthetic, labels
 
@@ -177,7 +191,7 @@ class FinishedClient:
 
 
 def finish_client(
-    client: DPClient,
+    client: Sampler,
     data: ClientData,
     weights: StateDict,
     n_classes: int,
@@ -229,27 +243,41 @@ def fidelity_report(
     return fidelity
 
 
-def generative_outcome(
-    method: str,
-    dim: int,
+def finish_clients(
+    samplers: list[Sampler],
+    clients: list[ClientData],
+    weights: StateDict,
     n_classes: int,
     cfg: GenerativeConfig,
-    dp: DPConfig,
+    head_cfg: HeadConfig,
+    seed: int,
+) -> list[FinishedClient]:
+    """`finish_client` for every client, in process."""
+    pairs = list(zip(clients, samplers))
+    return [
+        finish_client(client, data, weights, n_classes, cfg, head_cfg, seed)
+        for data, client in progress(pairs, desc="synthesize", unit="client")
+    ]
+
+
+def generative_outcome(
+    params: dict[str, int],
+    cfg: GenerativeConfig,
     history: list[dict],
     fidelity: list[tuple[float, dict[str, float]]],
-    privacy: list[dict],
+    privacy: dict | None,
     finished: list[FinishedClient] | None = None,
 ) -> Outcome:
-    """What a generative run reports, from the clients' fidelity numbers and privacy lines (in
-    client order). `finished`: the clients' end-of-run results, when they are in this process
-    (their heads' probabilities and synthetic sets)."""
-    params = count_parameters(method, dim, n_classes, cfg)
+    """What a generative run reports, from the numbers it shares (`params`: shared, total), the
+    clients' fidelity numbers (in client order) and its privacy block. `finished`: the clients'
+    end-of-run results, when they are in this process (their heads' probabilities and synthetic
+    sets)."""
     return Outcome(
         [f.local for f in finished] if finished else None,
         [f.global_ for f in finished] if finished else None,
         history,
         params_shared=params["shared"],
-        privacy=privacy_report(dp, privacy),
+        privacy=privacy,
         fidelity=fidelity_report(cfg, [w for w, _ in fidelity], [q for _, q in fidelity]),
         params_model=params["total"],
         synthetic=[(f.synthetic, f.labels) for f in finished] if finished else None,
@@ -271,20 +299,12 @@ def run_generative(
     gen_clients, weights, history = train_generative(
         method, clients, n_classes, cfg, dp, seed, checkpoint
     )
-    finished = [
-        finish_client(client, data, weights, n_classes, cfg, head_cfg, seed)
-        for data, client in progress(
-            list(zip(clients, gen_clients)), desc="synthesize", unit="client"
-        )
-    ]
+    finished = finish_clients(gen_clients, clients, weights, n_classes, cfg, head_cfg, seed)
     return generative_outcome(
-        method,
-        clients[0].x_train.shape[1],
-        n_classes,
+        count_parameters(method, clients[0].x_train.shape[1], n_classes, cfg),
         cfg,
-        dp,
         history,
         [(f.wasserstein, f.quality) for f in finished],
-        [c.privacy() for c in gen_clients],
+        privacy_report(dp, [c.privacy() for c in gen_clients]),
         finished,
     )
