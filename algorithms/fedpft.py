@@ -71,6 +71,8 @@ MIN_COUNT_STDS = 3.0
 # Floor of a variance (diag, spherical) or covariance eigenvalue (full), in standardized units
 # (every record has mean square 1 over its dimensions).
 VARIANCE_FLOOR = 1e-3
+# What scikit-learn adds to fedpft's fitted variances (its default), for numerical stability.
+REG_COVAR = 1e-6
 
 
 @dataclass(frozen=True)
@@ -147,8 +149,7 @@ def fit_mixtures(
     x: np.ndarray, y: np.ndarray, n_classes: int, cfg: PFTConfig, seed: int
 ) -> StateDict:
     """fedpft's release: per class, its count and a Gaussian mixture fitted by scikit-learn
-    (default reg_covar: 1e-6 is added to the variances), as weights (C, K), means (C, K, D) and
-    scales. A class with fewer records than K gets as many components as records (one record:
+    (REG_COVAR added to the variances), as weights (C, K), means (C, K, D) and scales. A class with fewer records than K gets as many components as records (one record:
     a Gaussian at it, of variance 1e-6); a class the client lacks, zero weights."""
     d, k = x.shape[1], cfg.components
     count = np.bincount(y, minlength=n_classes).astype(np.float64)
@@ -157,10 +158,20 @@ def fit_mixtures(
     for c in np.flatnonzero(count):
         xc = np.asarray(x[y == c], dtype=np.float64)
         m = min(k, len(xc))
-        gm = GaussianMixture(m, covariance_type=cfg.covariance, random_state=_seed32(seed, c))
-        gm.fit(xc)
-        weights[c, :m], means[c, :m] = gm.weights_, gm.means_
-        scales[c, :m] = _scales(gm.covariances_, cfg.covariance, d)
+        if m == 1 and len(xc) == 1:  # scikit-learn needs two records: the Gaussian it would fit
+            covariances = {"diag": np.full((1, d), REG_COVAR), "spherical": np.full(1, REG_COVAR)}
+            weights[c, 0], means[c, 0] = 1.0, xc[0]
+            covariances = covariances.get(cfg.covariance, REG_COVAR * np.eye(d)[None])
+        else:
+            gm = GaussianMixture(
+                m,
+                covariance_type=cfg.covariance,
+                reg_covar=REG_COVAR,
+                random_state=_seed32(seed, c),
+            )
+            gm.fit(xc)
+            weights[c, :m], means[c, :m], covariances = gm.weights_, gm.means_, gm.covariances_
+        scales[c, :m] = _scales(covariances, cfg.covariance, d)
     release = {"count": count, "weights": weights, "means": means, "scales": scales}
     return {key: torch.from_numpy(v) for key, v in release.items()}
 

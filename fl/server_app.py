@@ -6,6 +6,7 @@ config.json, history.csv and metrics.json as main.py (the run lifecycle of
 algorithms/experiment.py), and sees of each site only what the ClientApp sends back (see
 fl/client_app.py). The end of a generative run is the library's: the sites run
 `finish_client` and report, the server runs `choose_lambda`, the sites compute their test rows.
+FedPFT is one such round: each site releases its statistics, the server pools them.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from algorithms.aggregation import StateDict
 from algorithms.evaluation import Outcome, choose_lambda, lambda_grid
 from algorithms.experiment import close_run, open_run
 from algorithms.fedavg import initial_head, validation_row
-from algorithms.federation import ClientUpdate, run_rounds
-from algorithms.generative import generative_outcome, initial_global_weights
+from algorithms.federation import ClientUpdate, fedavg_aggregate, run_rounds
+from algorithms.fedpft import pft_outcome, pooler
+from algorithms.generative import count_parameters, generative_outcome, initial_global_weights
 from algorithms.options import Settings
+from algorithms.privacy import privacy_report
 from data.database import load_meta
 from fl.records import content_update, weights_record
-from fl.settings import SettingsError, is_generative, run_settings
+from fl.settings import SettingsError, is_generative, is_pft, run_settings
 from utils.io import read_json
 from utils.metrics import CLASSIFICATION_METRICS
 from utils.progress import set_quiet
@@ -109,7 +112,7 @@ def serve(grid: Grid, context: Context) -> None:
         float(context.run_config.get("reply-timeout-s", 3600)),
     )
     start = time.perf_counter()
-    run = run_generative if is_generative(settings) else run_fedavg
+    run = run_pft if is_pft(settings) else run_generative if is_generative(settings) else run_fedavg
     outcome, rows, lam, scores = run(sites, order, settings, dim, n_classes)
     wall = time.perf_counter() - start
     close_run(files, settings.seed, split, rows, lam, scores, outcome, wall)
@@ -160,6 +163,7 @@ def train_rounds(
     sampling_rate: float,
     settings: Settings,
     on_round: Callable | None = None,
+    aggregate: Callable[[Sequence[ClientUpdate]], StateDict] = fedavg_aggregate,
 ) -> tuple[StateDict, list[dict]]:
     """main.py's rounds (same sampling seed and aggregation); each chosen site trains locally."""
 
@@ -185,6 +189,7 @@ def train_rounds(
         fit_round,
         initial,
         n_rounds,
+        aggregate=aggregate,
         sampling_rate=sampling_rate,
         seed=derive_seed(settings.seed, SAMPLING),
         on_round=on_round,
@@ -201,7 +206,33 @@ def run_generative(
     cfg, dp = settings.configs["generative"], settings.configs["dp"]
     initial = initial_global_weights(method, dim, n_classes, cfg, seed)
     weights, history = train_rounds(sites, order, initial, cfg.n_rounds, 1.0, settings)
+    fidelity, privacy, rows, lam, scores = finish_sites(sites, order, settings, weights)
+    params = count_parameters(method, dim, n_classes, cfg)
+    outcome = generative_outcome(params, cfg, history, fidelity, privacy_report(dp, privacy))
+    return outcome, rows, lam, scores
 
+
+def run_pft(
+    sites: Sites, order: list[int], settings: Settings, dim: int, n_classes: int
+) -> tuple[Outcome, list[dict], float, list[float]]:
+    """FedPFT / DP-FedPFT: one round (each site releases its statistics once, the server pools
+    them), then the end of a generative run from the pooled Gaussians."""
+    method, configs = settings.method.name, settings.configs
+    cfg, gen, dp = configs["pft"], configs["generative"], configs.get("dp")
+    aggregate = pooler(method, cfg, dp)
+    pooled, history = train_rounds(sites, order, {}, 1, 1.0, settings, aggregate=aggregate)
+    fidelity, privacy, rows, lam, scores = finish_sites(sites, order, settings, pooled)
+    outcome = pft_outcome(method, dim, n_classes, cfg, gen, dp, history, fidelity, privacy)
+    return outcome, rows, lam, scores
+
+
+def finish_sites(
+    sites: Sites, order: list[int], settings: Settings, weights: StateDict
+) -> tuple[list[tuple[float, dict]], list[dict], list[dict], float, list[float]]:
+    """The end of a generative run: each site runs `finish_client` from the global `weights`
+    and reports its lambda-grid validation accuracies, fidelity and privacy line; the server
+    chooses lambda; each site reports its test row. Returns (fidelity, privacy lines, rows,
+    lambda, mean validation accuracy per grid value)."""
     record = weights_record(weights)
     done = sites.ask(
         order, "evaluate.synthesize", lambda cid: RecordDict({"weights": record}), "end"
@@ -219,8 +250,7 @@ def run_generative(
 
     config = ConfigRecord({"lambda": lam})
     rows = report_rows(sites, order, lambda cid: RecordDict({"config": config}))
-    outcome = generative_outcome(method, dim, n_classes, cfg, dp, history, fidelity, privacy)
-    return outcome, rows, lam, scores
+    return fidelity, privacy, rows, lam, scores
 
 
 def run_fedavg(
