@@ -149,8 +149,9 @@ def fit_mixtures(
     x: np.ndarray, y: np.ndarray, n_classes: int, cfg: PFTConfig, seed: int
 ) -> StateDict:
     """fedpft's release: per class, its count and a Gaussian mixture fitted by scikit-learn
-    (REG_COVAR added to the variances), as weights (C, K), means (C, K, D) and scales. A class with fewer records than K gets as many components as records (one record:
-    a Gaussian at it, of variance 1e-6); a class the client lacks, zero weights."""
+    (REG_COVAR added to the variances), as weights (C, K), means (C, K, D) and scales. A class
+    with fewer records than K gets as many components as records (one record: a Gaussian at it,
+    of variance REG_COVAR); a class the client lacks, zero weights."""
     d, k = x.shape[1], cfg.components
     count = np.bincount(y, minlength=n_classes).astype(np.float64)
     weights, means = np.zeros((n_classes, k)), np.zeros((n_classes, k, d))
