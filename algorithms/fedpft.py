@@ -30,8 +30,8 @@ mean = sum / count; variances (diag, spherical) and covariance eigenvalues (full
 VARIANCE_FLOOR, which projects the covariance to positive definite.
 
 What crosses the network, as float32: a client's release (once), and back the pooled mixture
-{"weights" (C, M), "means" (C, M, D), "scales"}: per component its standard deviations (diag:
-(D,); spherical: (1,)) or a factor F with covariance F F^T (full: (D, D)).
+(one Gaussian per class for dpfedpft). The statistics, fits, pooling and sampling, and the
+constants named here, are in algorithms/gaussians.py.
 """
 
 from __future__ import annotations
@@ -42,12 +42,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.mixture import GaussianMixture
 
 from algorithms.aggregation import StateDict
 from algorithms.dp_client import GenerativeConfig
 from algorithms.evaluation import Outcome
 from algorithms.federation import ClientUpdate, run_federation
+from algorithms.gaussians import (
+    COVARIANCES,
+    fit_mixtures,
+    noisy_statistics,
+    pool_mixtures,
+    pool_statistics,
+    sample_mixture,
+    scale_shape,
+    to_float32,
+)
 from algorithms.generative import finish_clients, generative_outcome
 from algorithms.heads import HeadConfig
 from algorithms.privacy import (
@@ -55,24 +64,14 @@ from algorithms.privacy import (
     RELEASE_NOT_COVERED,
     DPConfig,
     calibrate_release,
-    gaussian_noise,
     privacy_report,
     release_epsilon,
 )
 from data.clients import ClientData
 from data.features import squash
-from utils.seeding import DP_NOISE, GENERATIVE_CLIENT, PFT_FIT, derive_seed, generator
+from utils.seeding import DP_NOISE, GENERATIVE_CLIENT, derive_seed, generator
 
 METHODS = ("fedpft", "dpfedpft")
-COVARIANCES = ("diag", "full", "spherical")
-# A class is sampled only if its pooled count is at least this many standard deviations of the
-# pooled count's noise (and at least 1).
-MIN_COUNT_STDS = 3.0
-# Floor of a variance (diag, spherical) or covariance eigenvalue (full), in standardized units
-# (every record has mean square 1 over its dimensions).
-VARIANCE_FLOOR = 1e-3
-# What scikit-learn adds to fedpft's fitted variances (its default), for numerical stability.
-REG_COVAR = 1e-6
 
 
 @dataclass(frozen=True)
@@ -92,105 +91,10 @@ class PFTConfig:
             )
 
 
-# --- a client's release ------------------------------------------------------------------------
-
-
 def sensitivity(covariance: str) -> float:
     """L2 sensitivity of dpfedpft's scaled release (count, sum / sqrt(D), moment / D) under
     add/remove-one: each part moves by at most 1 (module docstring); spherical has no moment."""
     return math.sqrt(2.0) if covariance == "spherical" else math.sqrt(3.0)
-
-
-def clip_records(x: np.ndarray) -> np.ndarray:
-    """Rows scaled down to L2 norm <= sqrt(D) (float64). Per-record standardized rows have norm
-    sqrt(D) already (0 for a constant row): a guard that the sensitivity does not rest on."""
-    x = np.asarray(x, dtype=np.float64)
-    bound = math.sqrt(x.shape[1])
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x * np.minimum(1.0, bound / np.maximum(norms, 1e-300))
-
-
-def class_statistics(x: np.ndarray, y: np.ndarray, n_classes: int, covariance: str) -> StateDict:
-    """Per class: record count, sum, and second moment (diag: (C, D); full: (C, D, D);
-    spherical: none) of the clipped records, exactly (float64)."""
-    x = clip_records(x)
-    onehot = np.eye(n_classes)[np.asarray(y, dtype=np.int64)]
-    stats = {"count": onehot.sum(0), "sum": onehot.T @ x}
-    if covariance == "diag":
-        stats["moment"] = onehot.T @ (x * x)
-    elif covariance == "full":
-        stats["moment"] = np.stack([x[y == c].T @ x[y == c] for c in range(n_classes)])
-    return {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in stats.items()}
-
-
-def noisy_statistics(
-    x: np.ndarray,
-    y: np.ndarray,
-    n_classes: int,
-    covariance: str,
-    noise_std: float,
-    rng: torch.Generator,
-) -> StateDict:
-    """dpfedpft's release (float64): `class_statistics` plus Gaussian noise of std `noise_std`
-    on every coordinate of the scaled vector (count, sum / sqrt(D), moment / D), drawn in that
-    order from `rng`; a full moment's noise is symmetric (upper triangle mirrored)."""
-    stats = class_statistics(x, y, n_classes, covariance)
-    scale = {"count": 1.0, "sum": math.sqrt(x.shape[1]), "moment": float(x.shape[1])}
-    out = {}
-    for name, value in stats.items():
-        noise = gaussian_noise(tuple(value.shape), noise_std, rng)
-        if value.dim() == 3:
-            noise = noise.triu() + noise.triu(1).transpose(1, 2)
-        out[name] = value + scale[name] * noise
-    return out
-
-
-def fit_mixtures(
-    x: np.ndarray, y: np.ndarray, n_classes: int, cfg: PFTConfig, seed: int
-) -> StateDict:
-    """fedpft's release: per class, its count and a Gaussian mixture fitted by scikit-learn
-    (REG_COVAR added to the variances), as weights (C, K), means (C, K, D) and scales. A class
-    with fewer records than K gets as many components as records (one record: a Gaussian at it,
-    of variance REG_COVAR); a class the client lacks, zero weights."""
-    d, k = x.shape[1], cfg.components
-    count = np.bincount(y, minlength=n_classes).astype(np.float64)
-    weights, means = np.zeros((n_classes, k)), np.zeros((n_classes, k, d))
-    scales = np.zeros((n_classes, k, *scale_shape(cfg.covariance, d)))
-    for c in np.flatnonzero(count):
-        xc = np.asarray(x[y == c], dtype=np.float64)
-        m = min(k, len(xc))
-        if m == 1 and len(xc) == 1:  # scikit-learn needs two records: the Gaussian it would fit
-            covariances = {"diag": np.full((1, d), REG_COVAR), "spherical": np.full(1, REG_COVAR)}
-            weights[c, 0], means[c, 0] = 1.0, xc[0]
-            covariances = covariances.get(cfg.covariance, REG_COVAR * np.eye(d)[None])
-        else:
-            gm = GaussianMixture(
-                m,
-                covariance_type=cfg.covariance,
-                reg_covar=REG_COVAR,
-                random_state=_seed32(seed, c),
-            )
-            gm.fit(xc)
-            weights[c, :m], means[c, :m], covariances = gm.weights_, gm.means_, gm.covariances_
-        scales[c, :m] = _scales(covariances, cfg.covariance, d)
-    release = {"count": count, "weights": weights, "means": means, "scales": scales}
-    return {key: torch.from_numpy(v) for key, v in release.items()}
-
-
-def scale_shape(covariance: str, dim: int) -> tuple[int, ...]:
-    """The shape of one component's scales."""
-    return {"diag": (dim,), "spherical": (1,), "full": (dim, dim)}[covariance]
-
-
-def _scales(covariances: np.ndarray, covariance: str, dim: int) -> np.ndarray:
-    """Scikit-learn's covariances_ as standard deviations, or Cholesky factors (full)."""
-    if covariance == "full":
-        return np.linalg.cholesky(covariances)
-    return np.sqrt(covariances).reshape(len(covariances), *scale_shape(covariance, dim))
-
-
-def _seed32(seed: int, c: int) -> int:
-    return derive_seed(seed, PFT_FIT, int(c)) % 2**32
 
 
 def release_size(method: str, cfg: PFTConfig, dim: int, n_classes: int) -> int:
@@ -202,83 +106,14 @@ def release_size(method: str, cfg: PFTConfig, dim: int, n_classes: int) -> int:
     return n_classes * (1 + dim + moment)
 
 
-# --- the server: pooling -----------------------------------------------------------------------
-
-
-def pool_mixtures(updates: Sequence[ClientUpdate]) -> StateDict:
-    """fedpft's server step: per class, every client's components side by side, weighted by
-    the client's count of the class times the component's weight (normalized per class)."""
-    rel = [u.weights for u in updates]
-    weights = torch.cat([r["count"].double()[:, None] * r["weights"].double() for r in rel], 1)
-    total = weights.sum(1, keepdim=True)
-    return _float32(
-        {
-            "weights": weights / total.clamp_min(1e-300),
-            "means": torch.cat([r["means"].double() for r in rel], 1),
-            "scales": torch.cat([r["scales"].double() for r in rel], 1),
-        }
-    )
-
-
-def pool_statistics(
-    updates: Sequence[ClientUpdate], covariance: str, noise_std: float
-) -> StateDict:
-    """dpfedpft's server step: sum the released statistics over clients, then post-process them
-    into one Gaussian per class (module docstring). `noise_std`: each release's noise std."""
-    rel = [u.weights for u in updates]
-    count, total = (sum(r[k].double() for r in rel) for k in ("count", "sum"))
-    dim = total.shape[1]
-    keep = count >= max(1.0, MIN_COUNT_STDS * noise_std * math.sqrt(len(rel)))
-    n = count.clamp_min(1.0)[:, None]
-    mean = total / n
-    if covariance == "spherical":
-        var = (1.0 - (mean * mean).sum(1, keepdim=True) / dim).clamp_min(VARIANCE_FLOOR)
-        scales = var.sqrt()
-    elif covariance == "diag":
-        moment = sum(r["moment"].double() for r in rel)
-        scales = (moment / n - mean * mean).clamp_min(VARIANCE_FLOOR).sqrt()
-    else:
-        moment = sum(r["moment"].double() for r in rel)
-        cov = moment / n[:, :, None] - mean[:, :, None] * mean[:, None, :]
-        values, vectors = torch.linalg.eigh(0.5 * (cov + cov.transpose(1, 2)))
-        scales = vectors * values.clamp_min(VARIANCE_FLOOR).sqrt()[:, None, :]
-    return _float32(
-        {"weights": keep.double()[:, None], "means": mean[:, None], "scales": scales[:, None]}
-    )
-
-
 def pooler(
     method: str, cfg: PFTConfig, dp: DPConfig | None
 ) -> Callable[[Sequence[ClientUpdate]], StateDict]:
     """The server's step of `method` (the `aggregate` of the one round)."""
     if method == "fedpft":
-        return pool_mixtures
+        return lambda updates: pool_mixtures([u.weights for u in updates])
     noise_std = calibrate_release(dp) * sensitivity(cfg.covariance)
-    return lambda updates: pool_statistics(updates, cfg.covariance, noise_std)
-
-
-def _float32(state: StateDict) -> StateDict:
-    return {k: v.to(torch.float32).contiguous() for k, v in state.items()}
-
-
-# --- sampling ----------------------------------------------------------------------------------
-
-
-def sample_mixture(mixture: StateDict, labels: np.ndarray, rng: torch.Generator) -> np.ndarray:
-    """One draw per label from its class's pooled mixture (standardized space, float64): per
-    class in label order, the components, then N(0, I) draws, from `rng`."""
-    weights, means, scales = (mixture[k].double() for k in ("weights", "means", "scales"))
-    labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-    out = torch.zeros(len(labels), means.shape[2], dtype=torch.float64)
-    for c in labels.unique().tolist():
-        idx = torch.nonzero(labels == c).flatten()
-        comp = torch.multinomial(weights[c], len(idx), replacement=True, generator=rng)
-        z = torch.randn(len(idx), means.shape[2], generator=rng, dtype=torch.float64)
-        for j in comp.unique().tolist():
-            sel = comp == j
-            s = scales[c, j]
-            out[idx[sel]] = means[c, j] + (z[sel] @ s.T if s.dim() == 2 else z[sel] * s)
-    return out.numpy()
+    return lambda updates: pool_statistics([u.weights for u in updates], cfg.covariance, noise_std)
 
 
 class PFTClient:
@@ -313,13 +148,13 @@ class PFTClient:
             raise RuntimeError(f"client {self.id}: {self.method} releases once, in round 1 only")
         x, y, c = self.data.x_train, self.data.y_train, self.n_classes
         if self.method == "fedpft":
-            release = fit_mixtures(x, y, c, self.cfg, self.seed)
+            release = fit_mixtures(x, y, c, self.cfg.components, self.cfg.covariance, self.seed)
         else:
             std = (self.noise_multiplier or 0.0) * sensitivity(self.cfg.covariance)
             release = noisy_statistics(x, y, c, self.cfg.covariance, std, self.rng_noise)
         self.released = True
         metrics = {"epsilon": self.epsilon()} if self.noise_multiplier else {}
-        return ClientUpdate(_float32(release), 0, metrics)
+        return ClientUpdate(to_float32(release), 0, metrics)
 
     def epsilon(self) -> float:
         """The epsilon spent so far: the release's, once it is made."""
