@@ -199,18 +199,8 @@ def make_pft_clients(
     seed: int,
 ) -> list[PFTClient]:
     """One client per data set, seeded as the generative methods' (run seed, method, id)."""
-    return [
-        PFTClient(
-            method,
-            c,
-            n_classes,
-            cfg,
-            gen_cfg,
-            dp,
-            derive_seed(seed, method, GENERATIVE_CLIENT, c.id),
-        )
-        for c in clients
-    ]
+    seeds = [derive_seed(seed, method, GENERATIVE_CLIENT, c.id) for c in clients]
+    return [PFTClient(method, c, n_classes, cfg, gen_cfg, dp, s) for c, s in zip(clients, seeds)]
 
 
 def pft_outcome(
