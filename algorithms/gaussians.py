@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from sklearn.mixture import GaussianMixture
 
 from algorithms.aggregation import StateDict
 from algorithms.privacy import gaussian_noise
@@ -82,6 +81,9 @@ def fit_mixtures(
     (REG_COVAR added to the variances), as weights (C, K), means (C, K, D) and scales. A class
     with fewer records than K gets as many components as records (one record: a Gaussian at it,
     of variance REG_COVAR); a class the client lacks, zero weights."""
+    # imported here: every Flower message starts a process that imports the apps' modules
+    from sklearn.mixture import GaussianMixture
+
     d, k = x.shape[1], components
     count = np.bincount(y, minlength=n_classes).astype(np.float64)
     weights, means = np.zeros((n_classes, k)), np.zeros((n_classes, k, d))
