@@ -314,7 +314,7 @@ def test_deployment_on_loopback_equals_main(gauss_db, tmp_path):
         [*argv, "--results_dir", str(tmp_path / "flower")],
         "deployment",
         work_dir=tmp_path / "work",
-        timeout=240,
+        timeout=480,  # a process per message: ~40 s each when other jobs share the 2 cores
         env={"OMP_NUM_THREADS": "1"},
     )
     assert run.status == "finished:completed"
