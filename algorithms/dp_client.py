@@ -168,6 +168,10 @@ class DPClient:
             order = torch.randperm(self.n, generator=self.rng_batches)
             yield from order.split(self.batch_size)
 
+    def can_sample(self, weights: dict[str, torch.Tensor]) -> np.ndarray:
+        """Per class, whether the global model can sample it: always (it takes any label)."""
+        return np.ones(self.n_classes, dtype=bool)
+
     def _release_gradients(self, *optimizers: torch.optim.Optimizer) -> None:
         """Drop the gradients (and Opacus's summed gradients) after local training: nothing
         reads them between rounds, and ten clients' copies would cost memory."""

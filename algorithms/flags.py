@@ -13,6 +13,7 @@ from algorithms import registry
 from algorithms.dp_client import PRESETS, SYNTHETIC_LABELS, GenerativeConfig
 from algorithms.evaluation import LAMBDA_METRICS
 from algorithms.fedavg import FedAvgConfig
+from algorithms.fedpft import COVARIANCES, PFTConfig
 from algorithms.heads import HeadConfig
 from algorithms.privacy import ACCOUNTANTS, CALIBRATIONS, DPConfig
 from data.partition import add_split_arguments
@@ -25,9 +26,13 @@ SECTIONS = {
     "fedavg": "federated head",
     "fedprox": "FedProx",
     "generative": "DP generative models",
+    "synthesis": "synthetic data",
     "cvae": "CVAE",
     "cgan": "CGAN",
+    "pft": "class-conditional Gaussians",
+    "fedpft": "FedPFT mixtures",
     "dp": "differential privacy",
+    "dpsgd": "DP-SGD",
 }
 
 
@@ -99,6 +104,7 @@ def build_parser(description: str | None = None, prog: str | None = None) -> Fla
     _fedavg_flags(parser)
     _generative_flags(parser)
     _cgan_flags(parser)
+    _pft_flags(parser)
     _dp_flags(parser)
     return parser
 
@@ -319,10 +325,13 @@ def _fedavg_flags(parser: FlagParser) -> None:
 def _generative_flags(parser: FlagParser) -> None:
     """Flags of the DP generative models (names as in the paper's scripts)."""
     d = GenerativeConfig()
-    g = parser.group("generative")
+    g, s = parser.group("generative"), parser.group("synthesis")
 
     def add(*names: str, **kwargs) -> None:
         parser.add(g, "generative", *names, **kwargs)
+
+    def synth(*names: str, **kwargs) -> None:
+        parser.add(s, "synthesis", *names, **kwargs)
 
     add(
         "--n_fedavg_rounds",
@@ -352,13 +361,13 @@ def _generative_flags(parser: FlagParser) -> None:
         help=f"latent size of the CVAE and of the CGAN. Default: {d.latent_dim}"
         + preset_note("latent_dim"),
     )
-    add(
+    synth(
         "--generated_factor",
         type=float,
         default=d.generated_factor,
         help=f"synthetic samples per real training sample. Default: {d.generated_factor}",
     )
-    add(
+    synth(
         "--synthetic_labels",
         choices=SYNTHETIC_LABELS,
         default=d.synthetic_labels,
@@ -366,14 +375,15 @@ def _generative_flags(parser: FlagParser) -> None:
         "same total spread evenly over all classes; balanced: spread evenly over the classes "
         "the client holds. Default: match" + preset_note("synthetic_labels"),
     )
-    add(
+    synth(
         "--squash_temperature",
         type=float,
         default=d.squash_temperature,
         help="t of the fixed squash sigmoid(u / t) that maps per-record standardized "
-        f"embeddings into (0, 1) for the sigmoid decoders. Default: {d.squash_temperature}",
+        "embeddings into (0, 1) for the sigmoid decoders (and where fidelity is measured). "
+        f"Default: {d.squash_temperature}",
     )
-    add(
+    synth(
         "--save_synthetic",
         action="store_true",
         help="also write synthetic.npz into the run directory, for plots: every client's "
@@ -477,6 +487,28 @@ def _cgan_flags(parser: FlagParser) -> None:
     )
 
 
+def _pft_flags(parser: FlagParser) -> None:
+    d = PFTConfig()
+    parser.add(
+        parser.group("pft"),
+        "pft",
+        "--pft_covariance",
+        choices=COVARIANCES,
+        default=d.covariance,
+        help="covariance of each Gaussian: diag, full (D x D) or spherical (one variance). "
+        f"Default: {d.covariance}",
+    )
+    parser.add(
+        parser.group("fedpft"),
+        "fedpft",
+        "--pft_components",
+        type=int,
+        default=d.components,
+        help="Gaussian mixture components per client and class (a class with fewer records "
+        f"gets one per record). Default: {d.components}",
+    )
+
+
 def _dp_flags(parser: FlagParser) -> None:
     d = DPConfig()
     g = parser.group("dp")
@@ -487,8 +519,9 @@ def _dp_flags(parser: FlagParser) -> None:
         "--dp",
         choices=("on", "off"),
         default=None,  # on (None lets argparse see a clash with the spellings below)
-        help="on: train the generative model with DP-SGD; off: without DP (an ablation: "
-        "nothing is private, epsilon is infinite in the tables). Default: on",
+        help="on: train the generative model with DP-SGD (dpfedpft: noise its release); off: "
+        "without DP (an ablation: nothing is private, epsilon is infinite in the tables). "
+        "Default: on",
     )
     parser.add(
         switch,
@@ -516,7 +549,8 @@ def _dp_flags(parser: FlagParser) -> None:
         "--epsilon",
         type=float,
         default=d.epsilon,
-        help=f"target epsilon of each client over the whole training. Default: {d.epsilon}",
+        help="target epsilon of each client over the whole training (dpfedpft: its one "
+        f"release). Default: {d.epsilon}",
     )
     add(
         "--delta",
@@ -524,20 +558,25 @@ def _dp_flags(parser: FlagParser) -> None:
         default=d.delta,
         help=f"target delta; should be below 1/n for every client. Default: {d.delta}",
     )
-    add(
+    sgd = parser.group("dpsgd")
+
+    def add_sgd(*names: str, **kwargs) -> None:
+        parser.add(sgd, "dpsgd", *names, **kwargs)
+
+    add_sgd(
         "--max_grad_norm",
         type=float,
         default=d.max_grad_norm,
         help=f"per-sample gradient clipping norm. Default: {d.max_grad_norm}",
     )
-    add(
+    add_sgd(
         "--accountant",
         choices=ACCOUNTANTS,
         default=d.accountant,
         help="prv (a numerically tight upper bound, so less noise for the same guarantee) or "
         f"rdp (analytic, looser). Default: {d.accountant}",
     )
-    add(
+    add_sgd(
         "--dp_calibration",
         choices=CALIBRATIONS,
         default=d.calibration,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from algorithms.dpcvae import CVAEClient
 from algorithms.evaluation import ClientProbs, Outcome
 from algorithms.federation import run_federation
 from algorithms.heads import HeadConfig, predict_proba, train_head
-from algorithms.privacy import DPConfig, privacy_report
+from algorithms.privacy import NOT_COVERED, PRESET_NOT_COVERED, DPConfig, privacy_report
 from data.clients import ClientData
 from data.features import squash, unsquash
 from utils.checkpoint import RoundCheckpoint
@@ -134,6 +135,19 @@ def train_generative(
     return gen_clients, weights, history
 
 
+class Sampler(Protocol):
+    """What the end of a generative run needs of a client: sampling from what was released
+    (DPClient: the global decoder or generator; fedpft.PFTClient: the pooled Gaussians)."""
+
+    def sample(self, weights: StateDict, labels: np.ndarray, rng: torch.Generator) -> np.ndarray:
+        """Synthetic embeddings (model space), one per label."""
+        ...
+
+    def can_sample(self, weights: StateDict) -> np.ndarray:
+        """Per class, whether the released model can sample it (bool)."""
+        ...
+
+
 def synthetic_label_counts(
     y: np.ndarray, n_classes: int, cfg: GenerativeConfig, rng: np.random.Generator
 ) -> np.ndarray:
@@ -152,7 +166,7 @@ def synthetic_label_counts(
 
 
 def synthesize(
-    client: DPClient,
+    client: Sampler,
     data: ClientData,
     weights: StateDict,
     n_classes: int,
@@ -160,11 +174,11 @@ def synthesize(
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A client's synthetic set from the global model (model space) and its labels, as the
-    protocol draws them (`--synthetic_labels`, `--generated_factor`; run seed `seed`)."""
+    protocol draws them (`--synthetic_labels`, `--generated_factor`; run seed `seed`), without
+    the classes that the global model cannot sample."""
     rng = np.random.default_rng(derive_seed(seed, LABELS, data.id))
-    labels = np.repeat(
-        np.arange(n_classes), synthetic_label_counts(data.y_train, n_classes, cfg, rng)
-    )
+    counts = synthetic_label_counts(data.y_train, n_classes, cfg, rng)
+    labels = np.repeat(np.arange(n_classes), np.where(client.can_sample(weights), counts, 0))
     synthetic = client.sample(weights, labels, generator(derive_seed(seed, SAMPLE, data.id)))
     return synthetic, labels
 
@@ -196,7 +210,7 @@ class FinishedClient:
 
 
 def finish_client(
-    client: DPClient,
+    client: Sampler,
     data: ClientData,
     weights: StateDict,
     n_classes: int,
@@ -250,40 +264,44 @@ def majority_share(y: np.ndarray) -> float:
 GLOBAL_SYNTHETIC_PER_CLASS = 500
 
 
-def sample_released(
-    method: str,
-    weights: StateDict,
-    labels: np.ndarray,
-    dim: int,
-    n_classes: int,
-    cfg: GenerativeConfig,
-    rng: torch.Generator,
-) -> np.ndarray:
-    """Synthetic embeddings (model space) from released weights, where no client is (the
-    server): the clients' own latent draw (`latent_draw`) through the released model."""
-    cls = client_type(method)
-    model = cls.released_model(weights, dim, n_classes, cfg)
-    z = cls.latent_draw(len(labels), cfg, rng)
-    onehot = torch.nn.functional.one_hot(torch.as_tensor(labels, dtype=torch.int64), n_classes)
-    with torch.no_grad():
-        return model(z, onehot.float()).numpy()
+@dataclass(frozen=True)
+class ReleasedSampler:
+    """Sampling from a released decoder or generator where no client is (the server): the
+    clients' own latent draw (`latent_draw`) through the released model (a `Sampler`)."""
+
+    method: str
+    dim: int
+    n_classes: int
+    cfg: GenerativeConfig
+
+    def sample(self, weights: StateDict, labels: np.ndarray, rng: torch.Generator) -> np.ndarray:
+        cls = client_type(self.method)
+        model = cls.released_model(weights, self.dim, self.n_classes, self.cfg)
+        z = cls.latent_draw(len(labels), self.cfg, rng)
+        onehot = torch.nn.functional.one_hot(
+            torch.as_tensor(labels, dtype=torch.int64), self.n_classes
+        )
+        with torch.no_grad():
+            return model(z, onehot.float()).numpy()
+
+    def can_sample(self, weights: StateDict) -> np.ndarray:
+        return np.ones(self.n_classes, dtype=bool)
 
 
 def global_synthetic_head(
-    method: str,
+    sampler: Sampler,
     weights: StateDict,
-    dim: int,
     n_classes: int,
     cfg: GenerativeConfig,
     head_cfg: HeadConfig,
     seed: int,
 ) -> torch.nn.Module:
-    """A head trained on a class-balanced synthetic set from the global model alone
-    (GLOBAL_SYNTHETIC_PER_CLASS per class, run seed `seed`): what the shared model is worth by
-    itself, tested on every client's real test data (`global_synthetic_report`)."""
-    labels = np.repeat(np.arange(n_classes), GLOBAL_SYNTHETIC_PER_CLASS)
-    rng = generator(derive_seed(seed, GLOBAL_SAMPLE))
-    x = sample_released(method, weights, labels, dim, n_classes, cfg, rng)
+    """A head trained on a class-balanced synthetic set from the released model alone
+    (GLOBAL_SYNTHETIC_PER_CLASS per class it can sample, run seed `seed`), where the released
+    model is (the server): what the shared model is worth by itself, tested on every client's
+    real test data (`global_synthetic_report`)."""
+    labels = np.repeat(np.flatnonzero(sampler.can_sample(weights)), GLOBAL_SYNTHETIC_PER_CLASS)
+    x = sampler.sample(weights, labels, generator(derive_seed(seed, GLOBAL_SAMPLE)))
     x = unsquash(x, cfg.squash_temperature)
     return train_head(x, labels, n_classes, head_cfg, derive_seed(seed, GLOBAL_HEAD))
 
@@ -349,28 +367,43 @@ def fidelity_report(
     return fidelity
 
 
-def generative_outcome(
-    method: str,
-    dim: int,
+def finish_clients(
+    samplers: list[Sampler],
+    clients: list[ClientData],
+    weights: StateDict,
     n_classes: int,
     cfg: GenerativeConfig,
-    dp: DPConfig,
+    head_cfg: HeadConfig,
+    seed: int,
+) -> list[FinishedClient]:
+    """`finish_client` for every client, in process."""
+    pairs = list(zip(clients, samplers))
+    return [
+        finish_client(client, data, weights, n_classes, cfg, head_cfg, seed)
+        for data, client in progress(pairs, desc="synthesize", unit="client")
+    ]
+
+
+def generative_outcome(
+    params: dict[str, int],
+    cfg: GenerativeConfig,
     history: list[dict],
     fidelity: list[dict[str, float]],
-    privacy: list[dict],
+    privacy: dict | None,
     global_synthetic: dict | None,
     finished: list[FinishedClient] | None = None,
 ) -> Outcome:
-    """What a generative run reports, from the clients' fidelity numbers and privacy lines (in
-    client order) and the global synthetic-only accuracy. `finished`: the clients' end-of-run
-    results, when they are in this process (their heads' probabilities and synthetic sets)."""
-    params = count_parameters(method, dim, n_classes, cfg)
+    """What a generative run reports, from the numbers it shares (`params`: shared, total), the
+    clients' fidelity numbers (`FinishedClient.fidelity()`, in client order), its privacy block
+    and the global synthetic-only accuracy (`global_synthetic_report`). `finished`: the clients'
+    end-of-run results, when they are in this process (their heads' probabilities and synthetic
+    sets)."""
     return Outcome(
         [f.local for f in finished] if finished else None,
         [f.global_ for f in finished] if finished else None,
         history,
         params_shared=params["shared"],
-        privacy=privacy_report(dp, privacy, preset=cfg.preset),
+        privacy=privacy,
         fidelity=fidelity_report(cfg, fidelity, global_synthetic),
         params_model=params["total"],
         synthetic=[(f.synthetic, f.labels) for f in finished] if finished else None,
@@ -392,26 +425,32 @@ def run_generative(
     gen_clients, weights, history = train_generative(
         method, clients, n_classes, cfg, dp, seed, checkpoint
     )
-    finished = [
-        finish_client(client, data, weights, n_classes, cfg, head_cfg, seed)
-        for data, client in progress(
-            list(zip(clients, gen_clients)), desc="synthesize", unit="client"
-        )
-    ]
+    finished = finish_clients(gen_clients, clients, weights, n_classes, cfg, head_cfg, seed)
     dim = clients[0].x_train.shape[1]
-    head = global_synthetic_head(method, weights, dim, n_classes, cfg, head_cfg, seed)
-    global_synthetic = global_synthetic_report(
-        [correct_count(head, c) for c in clients], [len(c.y_test) for c in clients], n_classes
-    )
+    sampler = ReleasedSampler(method, dim, n_classes, cfg)
+    head = global_synthetic_head(sampler, weights, n_classes, cfg, head_cfg, seed)
     return generative_outcome(
-        method,
-        dim,
-        n_classes,
+        count_parameters(method, dim, n_classes, cfg),
         cfg,
-        dp,
         history,
         [f.fidelity() for f in finished],
-        [c.privacy() for c in gen_clients],
-        global_synthetic,
+        dpsgd_privacy_report(dp, cfg, [c.privacy() for c in gen_clients]),
+        pooled_synthetic_report(head, clients, n_classes),
         finished,
+    )
+
+
+def dpsgd_privacy_report(dp: DPConfig, cfg: GenerativeConfig, lines: list[dict]) -> dict:
+    """The privacy block of a DP-SGD method (DP-CVAE, DP-CGAN): `--preset dp` adds its search
+    to what is not covered."""
+    extra = (PRESET_NOT_COVERED,) if cfg.preset == "dp" else ()
+    return privacy_report(dp, lines, not_covered=(*NOT_COVERED, *extra))
+
+
+def pooled_synthetic_report(
+    head: torch.nn.Module, clients: list[ClientData], n_classes: int
+) -> dict:
+    """`global_synthetic_report` in process: every client's correct count of `head`."""
+    return global_synthetic_report(
+        [correct_count(head, c) for c in clients], [len(c.y_test) for c in clients], n_classes
     )

@@ -17,6 +17,7 @@ from algorithms import registry
 from algorithms.dp_client import GenerativeConfig
 from algorithms.evaluation import lambda_grid
 from algorithms.fedavg import FedAvgConfig
+from algorithms.fedpft import PFTConfig
 from algorithms.flags import PRESET_FLAGS, FlagParser, build_parser
 from algorithms.heads import HeadConfig
 from algorithms.privacy import DPConfig, check_opacus
@@ -170,17 +171,23 @@ def generative_config(args: argparse.Namespace, method: Method) -> GenerativeCon
     )
 
 
+def pft_config(args: argparse.Namespace, method: Method) -> PFTConfig:
+    components = args.pft_components if "fedpft" in method.sections else 1
+    return PFTConfig(components=components, covariance=args.pft_covariance)
+
+
 def dp_config(args: argparse.Namespace, method: Method) -> DPConfig:
     enabled = args.dp != "off"  # on unless switched off (--dp off, --disable_dp)
-    if enabled:
+    sgd = "dpsgd" in method.sections  # else a one-shot release: no clipping, no accountant
+    if enabled and sgd:
         check_opacus()
     return DPConfig(
         enabled=enabled,
         epsilon=args.epsilon,
         delta=args.delta,
-        max_grad_norm=args.max_grad_norm,
-        accountant=args.accountant,
-        calibration=args.dp_calibration,
+        max_grad_norm=args.max_grad_norm if sgd else None,
+        accountant=args.accountant if sgd else None,
+        calibration=args.dp_calibration if sgd else None,
     )
 
 
@@ -189,15 +196,19 @@ CONFIG_BUILDERS: dict[str, Callable[[argparse.Namespace, Method], object]] = {
     "head": head_config,
     "fedavg": fedavg_config,
     "generative": generative_config,
+    "pft": pft_config,
     "dp": dp_config,
 }
+# A config is built for a method that reads any of its sections: the synthetic-data flags are
+# read through GenerativeConfig by every method that synthesizes.
+CONFIG_SECTIONS = {"generative": ("generative", "synthesis")}
 
 
 def build_configs(args: argparse.Namespace, method: Method) -> dict:
     """The split config and the config of every section the method reads (each dataclass
     raises ValueError naming its flag)."""
     configs: dict = {"split": split_config_from_args(args, args.split_seed)}
-    for section, build in CONFIG_BUILDERS.items():
-        if section in method.sections:
-            configs[section] = build(args, method)
+    for name, build in CONFIG_BUILDERS.items():
+        if set(CONFIG_SECTIONS.get(name, (name,))) & set(method.sections):
+            configs[name] = build(args, method)
     return configs

@@ -1,11 +1,13 @@
 """The privacy module: DP-SGD settings, noise calibration for the whole training, Opacus
-wrapping, Poisson batches, one DP step, and the report of the epsilon actually spent.
+wrapping, Poisson batches, one DP step, and the report of the epsilon actually spent; and the
+calibration of a one-shot Gaussian release (DP-FedPFT) by the analytic Gaussian mechanism.
 
 Guarantee: record-level (epsilon, delta)-DP for each client, over everything the client's
 DP-trained model releases during the run (every round's shared weights), under add/remove-one
 adjacency, with Poisson sampling on every step. The noise multiplier is calibrated for the
 total number of steps the client takes (rounds x local epochs x steps per epoch), so the spent
-epsilon, read back from the accountant after training, never exceeds the target.
+epsilon, read back from the accountant after training, never exceeds the target. A one-shot
+release (algorithms/fedpft.py) is one Gaussian mechanism: its epsilon is exact (Balle & Wang).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClippi
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from algorithms.analytic_gaussian import analytic_gaussian_epsilon, analytic_gaussian_noise
 from algorithms.ghost_clipping import LinearTape, Recorded, clip_and_sum_linear
 
 # Opacus's hooks see inputs that need no gradient (embeddings): a benign PyTorch notice.
@@ -72,6 +75,15 @@ PRESET_NOT_COVERED = (
     "Fashion-MNIST split (docs/dp_recipe.md); for that split's results the search is not "
     "covered by DP; on other data they were chosen on public data"
 )
+# The accountant of a one-shot Gaussian release, as the privacy block names it.
+ANALYTIC_GAUSSIAN = "analytic-gaussian"
+# What DP does not cover for a one-shot release (dpfedpft): its record counts are noised, so
+# only the end-of-run report names a client's size.
+RELEASE_NOT_COVERED = (
+    "each client's number of training records, in its end-of-run test row (n_train); what it "
+    "releases holds noisy counts only",
+    *NOT_COVERED[1:],
+)
 
 
 @dataclass(frozen=True)
@@ -85,9 +97,11 @@ class DPConfig:
     enabled: bool = True
     epsilon: float = 1.0
     delta: float = 1e-4
-    max_grad_norm: float = 1.5
-    accountant: str = "prv"
-    calibration: str = "total"
+    # None: no DP-SGD (a one-shot release: nothing is clipped per gradient, nothing accounted
+    # step by step)
+    max_grad_norm: float | None = 1.5
+    accountant: str | None = "prv"
+    calibration: str | None = "total"
 
     def __post_init__(self) -> None:
         if not self.enabled:
@@ -96,11 +110,11 @@ class DPConfig:
             raise ValueError(f"--epsilon must be a positive number, got {self.epsilon}")
         if not 0 < self.delta < 1:
             raise ValueError(f"--delta must lie in (0, 1), got {self.delta}")
-        if not self.max_grad_norm > 0:
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"--max_grad_norm must be > 0, got {self.max_grad_norm}")
-        if self.accountant not in ACCOUNTANTS:
+        if self.accountant is not None and self.accountant not in ACCOUNTANTS:
             raise ValueError(f"--accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
-        if self.calibration not in CALIBRATIONS:
+        if self.calibration is not None and self.calibration not in CALIBRATIONS:
             raise ValueError(
                 f"--dp_calibration must be one of {CALIBRATIONS}, got {self.calibration!r}"
             )
@@ -314,9 +328,35 @@ def _noise_and_step(opt: torch.optim.Optimizer) -> None:
     opt.original_optimizer.step()
 
 
-def privacy_report(cfg: DPConfig, clients: list[dict], preset: str = "paper") -> dict:
-    """The `privacy` block of metrics.json. `clients`: id, sample_rate, steps, noise_multiplier,
-    epsilon (spent, from the accountant). `preset`: the defaults the run started from."""
+def calibrate_release(cfg: DPConfig) -> float:
+    """Noise multiplier of a one-shot Gaussian release (DP-FedPFT): the smallest at which the
+    release is (epsilon, delta)-DP, by the exact analytic Gaussian mechanism; 0 without DP."""
+    return analytic_gaussian_noise(cfg.epsilon, cfg.delta) if cfg.enabled else 0.0
+
+
+def release_epsilon(noise_multiplier: float, delta: float) -> float:
+    """The epsilon that a one-shot Gaussian release with this noise multiplier spends."""
+    return analytic_gaussian_epsilon(noise_multiplier, delta)
+
+
+def gaussian_noise(shape: tuple[int, ...], std: float, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise of standard deviation `std` (float64), drawn from `generator` (zeros
+    when `std` is 0: DP switched off)."""
+    if std == 0:
+        return torch.zeros(shape, dtype=torch.float64)
+    return torch.normal(0.0, std, size=shape, generator=generator, dtype=torch.float64)
+
+
+def privacy_report(
+    cfg: DPConfig,
+    clients: list[dict],
+    accountant: str | None = None,
+    not_covered: tuple[str, ...] = NOT_COVERED,
+) -> dict:
+    """The `privacy` block of metrics.json. `clients`: id, noise_multiplier, epsilon (spent,
+    from the accountant), and how it was accounted (DP-SGD: sample_rate, steps; a one-shot
+    release: its mechanism and noise scale). `accountant`: when it is not `cfg.accountant`
+    (a one-shot release: ANALYTIC_GAUSSIAN)."""
     if not cfg.enabled:
         return {
             "enabled": False,
@@ -333,7 +373,7 @@ def privacy_report(cfg: DPConfig, clients: list[dict], preset: str = "paper") ->
     sigmas = {round(c["noise_multiplier"], 12) for c in clients}
     return {
         "enabled": True,
-        "accountant": cfg.accountant,
+        "accountant": accountant or cfg.accountant,
         "target_epsilon": cfg.epsilon,
         "delta": cfg.delta,
         "max_grad_norm": cfg.max_grad_norm,
@@ -342,7 +382,7 @@ def privacy_report(cfg: DPConfig, clients: list[dict], preset: str = "paper") ->
         "calibration": cfg.calibration,
         "clients": clients,
         "epsilon_max": max(c["epsilon"] for c in clients),
-        "not_covered": list(NOT_COVERED) + ([PRESET_NOT_COVERED] if preset == "dp" else []),
+        "not_covered": list(not_covered),
     }
 
 

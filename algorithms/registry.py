@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from algorithms.baselines import run_centralized, run_fedavg, run_local
 from algorithms.evaluation import Outcome
+from algorithms.fedpft import run_pft
 from algorithms.generative import run_generative
 from data.clients import ClientData
 from utils.checkpoint import RoundCheckpoint
@@ -63,6 +64,19 @@ def _generative(name: str) -> Runner:
     return run
 
 
+def _pft(name: str) -> Runner:
+    def run(clients, n_classes, configs, seed, checkpoint) -> Outcome:
+        pft, gen, dp, head = (
+            configs["pft"],
+            configs["generative"],
+            configs.get("dp"),
+            configs["head"],
+        )
+        return run_pft(name, clients, n_classes, pft, gen, dp, head, seed)
+
+    return run
+
+
 # The methods, in display order (tables, plots, --help).
 METHODS = (
     Method(
@@ -106,7 +120,7 @@ METHODS = (
         "a DP conditional GAN trained federatedly (generators averaged); its synthetic data "
         "trains a head that the lambda protocol mixes with a local head",
         _generative("dpcgan"),
-        ("head", "lambda", "generative", "cgan", "dp"),
+        ("head", "lambda", "generative", "synthesis", "cgan", "dp", "dpsgd"),
         aliases=(("anonymizer", "cgan_fedavg"),),
         flower=True,
         private=True,
@@ -116,8 +130,26 @@ METHODS = (
         "the paper's method: a DP conditional VAE trained federatedly (decoders averaged); its "
         "synthetic data trains a head that the lambda protocol mixes with a local head",
         _generative("dpcvae"),
-        ("head", "lambda", "generative", "cvae", "dp"),
+        ("head", "lambda", "generative", "synthesis", "cvae", "dp", "dpsgd"),
         aliases=(("anonymizer", "cvae_fedavg"),),
+        flower=True,
+        private=True,
+    ),
+    Method(
+        "fedpft",
+        "FedPFT (not private): per client and class a Gaussian mixture, sent once; the pooled "
+        "mixtures' synthetic data trains a head that the lambda protocol mixes with a local head",
+        _pft("fedpft"),
+        ("head", "lambda", "synthesis", "pft", "fedpft"),
+        flower=True,
+    ),
+    Method(
+        "dpfedpft",
+        "DP-FedPFT: per client one Gaussian-mechanism release of every class's count, sum and "
+        "second moment; the pooled Gaussians' synthetic data trains a head that the lambda "
+        "protocol mixes with a local head",
+        _pft("dpfedpft"),
+        ("head", "lambda", "synthesis", "pft", "dp"),
         flower=True,
         private=True,
     ),

@@ -3,7 +3,8 @@
 #
 # A script sets: dataset, SEEDS, BACKBONES, methods, split_flags, results_root, and for each
 # method it may run the array <method>_flags: the flags that method reads (main.py refuses a flag
-# that the method does not read). Optional: epsilons (one run per target epsilon), algorithm (the
+# that the method does not read). Optional: epsilons (one run per target epsilon, for the methods
+# whose flags hold --dp; the others run once, without --epsilon), algorithm (the
 # paper's spelling of base.sh's method: normal | fedprox). Environment: METHODS overrides
 # `methods`; PY is the Python to use (default: the project's .venv, else `python` on PATH).
 
@@ -57,7 +58,9 @@ run_experiments() {
   for backbone in "${BACKBONES[@]}"; do
     for method in "${methods[@]}"; do
       flags_of "${method}"
-      for epsilon in "${epsilons[@]:-}"; do
+      local targets=("${epsilons[@]:-}")
+      [[ " ${FLAGS[*]} " == *" --dp "* ]] || targets=("")
+      for epsilon in "${targets[@]}"; do
         for seed in "${SEEDS[@]}"; do
           run_main "${backbone}" "${method}" "${seed}" "${FLAGS[@]}" \
             ${epsilon:+--epsilon "${epsilon}"}

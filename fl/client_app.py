@@ -9,15 +9,17 @@ its whole state (model, optimizer, RNG states, accountant history) and never lea
 Messages (what comes back is all that leaves the site):
 - query: the client id, the embedding size and the number of classes;
 - train: one local round from the global weights -> shared weights, sample count and the
-  epsilon spent so far (the train loss is only printed to the site's log);
+  epsilon spent so far (the train loss is only printed to the site's log); fedpft, dpfedpft:
+  the site's one release (its sample count sent as 0), refused if asked again;
 - evaluate.validate (fedavg, fedprox): the global head's validation accuracy;
-- evaluate.synthesize (dpcvae, dpcgan, after the last round): synthesize from the global model and
-  fit the two heads, locally -> the validation accuracy and balanced accuracy of the mixed
-  model for each lambda of the grid, the fidelity of the synthetic data and the synthetic
-  head's test accuracy, and the client's privacy accounting;
+- evaluate.synthesize (dpcvae, dpcgan, fedpft, dpfedpft, after the last round): synthesize from
+  the global model (or the pooled Gaussians) and fit the two heads, locally -> the validation
+  accuracy and balanced accuracy of the mixed model for each lambda of the grid, the fidelity
+  of the synthetic data and the synthetic head's test accuracy, and the client's privacy
+  accounting;
 - evaluate: test metrics, of the global head (fedavg) or of the mix at the lambda chosen under
-  each lambda metric; for dpcvae / dpcgan also how many test records the server's head on the
-  global model's synthetic data classifies right.
+  each lambda metric; for the generative methods also how many test records the server's head
+  on the global model's synthetic data classifies right.
 """
 
 from __future__ import annotations
@@ -32,12 +34,20 @@ from algorithms.dp_client import DPClient
 from algorithms.evaluation import LAMBDA_METRICS, client_test_row, client_val_scores, lambda_grid
 from algorithms.experiment import warn_privacy_settings
 from algorithms.fedavg import FedAvgClient, make_fedavg_clients, val_accuracy
+from algorithms.fedpft import PFTClient, make_pft_clients
 from algorithms.generative import correct_count, finish_client, make_clients
 from algorithms.heads import new_head, predict_proba
 from algorithms.options import Settings
 from data.clients import ClientData
 from fl.records import load_state, record_weights, save_state, update_content
-from fl.settings import is_generative, load_client, node_client_id, node_paths, run_settings
+from fl.settings import (
+    is_generative,
+    is_pft,
+    load_client,
+    node_client_id,
+    node_paths,
+    run_settings,
+)
 from utils.progress import set_quiet
 
 app = ClientApp()
@@ -58,10 +68,13 @@ class Site:
         self.data, self.n_classes = load_client(root, split, self.client_id)
         self.context = context
 
-    def client(self) -> DPClient | FedAvgClient:
+    def client(self) -> DPClient | PFTClient | FedAvgClient:
         """The client object, restored to where the last message left it."""
-        s = self.settings
-        if is_generative(s):
+        s, data = self.settings, [self.data]
+        if is_pft(s):
+            pft, gen, dp = s.configs["pft"], s.configs["generative"], s.configs.get("dp")
+            client = make_pft_clients(s.method.name, data, self.n_classes, pft, gen, dp, s.seed)[0]
+        elif is_generative(s):
             gen, dp = s.configs["generative"], s.configs["dp"]
             client = make_clients(s.method.name, [self.data], self.n_classes, gen, dp, s.seed)[0]
         else:

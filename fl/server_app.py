@@ -6,6 +6,7 @@ config.json, history.csv and metrics.json as main.py (the run lifecycle of
 algorithms/experiment.py), and sees of each site only what the ClientApp sends back (see
 fl/client_app.py). The end of a generative run is the library's: the sites run
 `finish_client` and report, the server runs `choose_lambda`, the sites compute their test rows.
+FedPFT is one such round: each site releases its statistics, the server pools them.
 """
 
 from __future__ import annotations
@@ -30,8 +31,13 @@ from algorithms.evaluation import (
 )
 from algorithms.experiment import close_run, open_run
 from algorithms.fedavg import initial_head, validation_row
-from algorithms.federation import ClientUpdate, run_rounds
+from algorithms.federation import ClientUpdate, fedavg_aggregate, run_rounds
+from algorithms.fedpft import PooledSampler, pft_outcome, pooler
 from algorithms.generative import (
+    ReleasedSampler,
+    Sampler,
+    count_parameters,
+    dpsgd_privacy_report,
     generative_outcome,
     global_synthetic_head,
     global_synthetic_report,
@@ -40,7 +46,7 @@ from algorithms.generative import (
 from algorithms.options import Settings
 from data.database import load_meta
 from fl.records import content_update, weights_record
-from fl.settings import SettingsError, is_generative, run_settings
+from fl.settings import SettingsError, is_generative, is_pft, run_settings
 from utils.io import read_json
 from utils.metrics import CLASSIFICATION_METRICS
 from utils.progress import set_quiet
@@ -121,7 +127,7 @@ def serve(grid: Grid, context: Context) -> None:
         float(context.run_config.get("reply-timeout-s", 3600)),
     )
     start = time.perf_counter()
-    run = run_generative if is_generative(settings) else run_fedavg
+    run = run_pft if is_pft(settings) else run_generative if is_generative(settings) else run_fedavg
     outcome, evaluation = run(sites, order, settings, dim, n_classes)
     wall = time.perf_counter() - start
     close_run(files, settings.seed, split, evaluation, outcome, wall)
@@ -172,6 +178,7 @@ def train_rounds(
     sampling_rate: float,
     settings: Settings,
     on_round: Callable | None = None,
+    aggregate: Callable[[Sequence[ClientUpdate]], StateDict] = fedavg_aggregate,
 ) -> tuple[StateDict, list[dict]]:
     """main.py's rounds (same sampling seed and aggregation); each chosen site trains locally."""
 
@@ -197,6 +204,7 @@ def train_rounds(
         fit_round,
         initial,
         n_rounds,
+        aggregate=aggregate,
         sampling_rate=sampling_rate,
         seed=derive_seed(settings.seed, SAMPLING),
         on_round=on_round,
@@ -207,14 +215,53 @@ def train_rounds(
 def run_generative(
     sites: Sites, order: list[int], settings: Settings, dim: int, n_classes: int
 ) -> tuple[Outcome, Evaluation]:
-    """DP-CVAE / DP-CGAN: the rounds, then each site runs `finish_client` and reports; lambda is
-    chosen from the sites' validation scores (under every lambda metric), and each site reports
-    its test metrics at those lambdas and its count for the global synthetic-only accuracy."""
+    """DP-CVAE / DP-CGAN: the rounds, then the end of a generative run (`finish_sites`)."""
     method, seed = settings.method.name, settings.seed
     cfg, dp = settings.configs["generative"], settings.configs["dp"]
     initial = initial_global_weights(method, dim, n_classes, cfg, seed)
     weights, history = train_rounds(sites, order, initial, cfg.n_rounds, 1.0, settings)
+    sampler = ReleasedSampler(method, dim, n_classes, cfg)
+    fidelity, privacy, global_synthetic, evaluation = finish_sites(
+        sites, order, settings, weights, sampler, n_classes
+    )
+    params = count_parameters(method, dim, n_classes, cfg)
+    privacy_block = dpsgd_privacy_report(dp, cfg, privacy)
+    outcome = generative_outcome(params, cfg, history, fidelity, privacy_block, global_synthetic)
+    return outcome, evaluation
 
+
+def run_pft(
+    sites: Sites, order: list[int], settings: Settings, dim: int, n_classes: int
+) -> tuple[Outcome, Evaluation]:
+    """FedPFT / DP-FedPFT: one round (each site releases its statistics once, the server pools
+    them), then the end of a generative run from the pooled Gaussians."""
+    method, configs = settings.method.name, settings.configs
+    cfg, gen, dp = configs["pft"], configs["generative"], configs.get("dp")
+    aggregate = pooler(method, cfg, dp)
+    pooled, history = train_rounds(sites, order, {}, 1, 1.0, settings, aggregate=aggregate)
+    sampler = PooledSampler(gen.squash_temperature)
+    fidelity, privacy, global_synthetic, evaluation = finish_sites(
+        sites, order, settings, pooled, sampler, n_classes
+    )
+    outcome = pft_outcome(
+        method, dim, n_classes, cfg, gen, dp, history, fidelity, privacy, global_synthetic
+    )
+    return outcome, evaluation
+
+
+def finish_sites(
+    sites: Sites,
+    order: list[int],
+    settings: Settings,
+    weights: StateDict,
+    sampler: Sampler,
+    n_classes: int,
+) -> tuple[list[dict], list[dict], dict, Evaluation]:
+    """The end of a generative run: each site runs `finish_client` from the global `weights`
+    and reports its lambda-grid validation scores, fidelity and privacy line; the server
+    chooses lambda under every lambda metric and trains a head on synthetic data from `weights`
+    (`sampler`); each site reports its test rows at those lambdas and that head's correct count.
+    Returns (fidelity, privacy lines, the global synthetic-only accuracy, the evaluation)."""
     record = weights_record(weights)
     done = sites.ask(
         order, "evaluate.synthesize", lambda cid: RecordDict({"weights": record}), "end"
@@ -231,9 +278,8 @@ def run_generative(
         privacy.append({"id": cid, **line})
     chosen = lambda_protocol(per_client, lambda_grid(settings.args.weights_grid_resolution))
 
-    head = global_synthetic_head(
-        method, weights, dim, n_classes, cfg, settings.configs["head"], seed
-    )
+    gen, head_cfg = settings.configs["generative"], settings.configs["head"]
+    head = global_synthetic_head(sampler, weights, n_classes, gen, head_cfg, settings.seed)
     head_record = weights_record({k: v.detach() for k, v in head.state_dict().items()})
     config = ConfigRecord({f"lambda-{m}": lam for m, (lam, _) in chosen.items()})
     replies = sites.ask(
@@ -247,9 +293,6 @@ def run_generative(
     global_synthetic = global_synthetic_report(
         correct, [int(r["n_test"]) for r in rows_at["accuracy"]], n_classes
     )
-    outcome = generative_outcome(
-        method, dim, n_classes, cfg, dp, history, fidelity, privacy, global_synthetic
-    )
     metric = settings.args.lambda_metric
     evaluation = Evaluation(
         rows_at[metric],
@@ -258,7 +301,7 @@ def run_generative(
         metric,
         protocol_report(chosen, rows_at),
     )
-    return outcome, evaluation
+    return fidelity, privacy, global_synthetic, evaluation
 
 
 def run_fedavg(

@@ -12,7 +12,17 @@ import pytest
 from utils.results import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["local", "centralized", "fedavg", "fedprox", "fedlambda", "dpcgan", "dpcvae"]
+METHODS = [
+    "local",
+    "centralized",
+    "fedavg",
+    "fedprox",
+    "fedlambda",
+    "dpcgan",
+    "dpcvae",
+    "fedpft",
+    "dpfedpft",
+]
 
 
 @pytest.mark.slow
@@ -47,19 +57,11 @@ def test_demo_pipeline_reduced(tmp_path):
     for p in runs:
         m = read_metrics(p.parent)
         assert len(m["clients"]) >= 2
-        if m["method"] in ("dpcvae", "dpcgan"):
+        if m["method"] in ("dpcvae", "dpcgan", "dpfedpft"):
             assert m["privacy"]["epsilon_max"] <= 1.0
     with (results / "table.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["method"] for r in rows] == [
-        "local",
-        "centralized",
-        "fedavg",
-        "fedprox",
-        "fedlambda",
-        "dpcgan",
-        "dpcvae",
-    ]
+    assert [r["method"] for r in rows] == METHODS
     table = (results / "table.md").read_text()
     assert table.count("\n") == len(METHODS) + 2  # header, rule, one row per method
     assert "| dpcvae |" in table and "table.md" in proc.stdout

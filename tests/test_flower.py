@@ -162,7 +162,7 @@ def assert_same_results(main_dir, flower_dir):
     assert ma["cost"].pop("wall_seconds") > 0 and mb["cost"].pop("wall_seconds") > 0
     assert ma == mb
     history = read_csv(main_dir / "history.csv")
-    assert history and all(row.pop("train_loss") for row in history)
+    assert history and all(row.pop("train_loss", "none (fedpft)") for row in history)
     assert read_csv(flower_dir / "history.csv") == history
     ca, cb = (json.loads((d / "config.json").read_text()) for d in (main_dir, flower_dir))
     for c in (ca, cb):
@@ -197,8 +197,10 @@ def test_flower_apps_give_main_py_results(gauss_db, tmp_path, args, task_identit
         [*FEDAVG, "--sampling_rate", "0.5"],
         [*DPCVAE, "--disable_dp"],
         ["--method", "fedprox", "--n_rounds", "2"],
+        ["--method", "fedpft", *HEAD, "--pft_components", "2"],
+        ["--method", "dpfedpft", *HEAD, "--pft_covariance", "full"],
     ],
-    ids=["dpcgan", "fedavg-sampled", "dpcvae-no-dp", "fedprox"],
+    ids=["dpcgan", "fedavg-sampled", "dpcvae-no-dp", "fedprox", "fedpft", "dpfedpft"],
 )
 def test_other_methods_and_partial_participation_give_main_py_results(
     gauss_db, tmp_path, args, task_identity
@@ -233,6 +235,29 @@ def test_a_train_reply_holds_weights_sample_count_and_epsilon_only(
     assert dict(reply.content.metric_records["client"])["id"] == 0
     # the train loss is computed on the training records without noise: it stays here
     assert set(reply.content.metric_records["metrics"]) == {"epsilon"}
+
+
+@pytest.mark.parametrize("method", ["fedpft", "dpfedpft"])
+def test_a_pft_site_releases_once_and_sends_no_sample_count(
+    gauss_db, tmp_path, task_identity, method
+):
+    """FedPFT's one round: the release, a sample count of 0 (the server pools the released
+    counts) and, under DP, the spent epsilon; a second release is refused (it would spend the
+    budget again)."""
+    _, grid = run_in_process(gauss_db, tmp_path / "r", ["--method", method, *HEAD])
+    trains = [m for m in grid.sent if m.metadata.message_type == "train"]
+    assert len(trains) == 2 and not trains[0].content.array_records["weights"]
+    context = Context(1, 1000, {"partition-id": 0}, RecordDict(), grid.contexts[1000].run_config)
+    reply = client_app.app(trains[0], context)
+    assert set(reply.content) == {"weights", "client", "metrics"}
+    released = set(reply.content.array_records["weights"])
+    expected = {"count", "sum", "moment"} if method == "dpfedpft" else {"count", "weights"}
+    assert expected <= released
+    assert dict(reply.content.metric_records["client"]) == {"id": 0, "n_samples": 0}
+    sent = set(reply.content.metric_records["metrics"])
+    assert sent == ({"epsilon"} if method == "dpfedpft" else set())
+    with pytest.raises(RuntimeError, match="asked for round 1 after round 1"):
+        client_app.app(trains[0], context)
 
 
 def test_a_client_that_cannot_start_is_named(gauss_db, tmp_path, task_identity):
@@ -289,7 +314,7 @@ def test_deployment_on_loopback_equals_main(gauss_db, tmp_path):
         [*argv, "--results_dir", str(tmp_path / "flower")],
         "deployment",
         work_dir=tmp_path / "work",
-        timeout=240,
+        timeout=480,  # a process per message: ~40 s each when other jobs share the 2 cores
         env={"OMP_NUM_THREADS": "1"},
     )
     assert run.status == "finished:completed"

@@ -104,14 +104,23 @@ def test_the_paper_spellings_select_their_methods():
         ("dpcvae", ["--mu", "0.05"], "fedprox"),  # also at its default value
         ("fedavg", ["--mu", "0.1"], "fedprox"),
         ("dpcvae", ["--sampling_rate", "0.5"], "fedavg, fedprox, fedlambda"),
-        ("local", ["--epsilon", "2"], "dpcgan, dpcvae"),
-        ("local", ["--disable_dp"], "dpcgan, dpcvae"),
-        ("fedavg", ["--local_epochs", "5"], "local, centralized, fedlambda, dpcgan, dpcvae"),
+        ("local", ["--epsilon", "2"], "dpcgan, dpcvae, dpfedpft"),
+        ("local", ["--disable_dp"], "dpcgan, dpcvae, dpfedpft"),
+        (
+            "fedavg",
+            ["--local_epochs", "5"],
+            "local, centralized, fedlambda, dpcgan, dpcvae, fedpft, dpfedpft",
+        ),
         ("dpcgan", ["--hidden_dim", "16"], "dpcvae"),
         ("dpcvae", ["--gan_lr", "1e-3"], "dpcgan"),
-        ("centralized", ["--weights_grid_resolution", "0.5"], "fedlambda, dpcgan, dpcvae"),
+        (
+            "centralized",
+            ["--weights_grid_resolution", "0.5"],
+            "fedlambda, dpcgan, dpcvae, fedpft, dpfedpft",
+        ),
         ("dpcgan", ["--local_steps", "2"], "fedavg, fedprox, fedlambda"),
-        ("fedprox", ["--save_synthetic"], "dpcgan, dpcvae"),
+        ("fedprox", ["--save_synthetic"], "dpcgan, dpcvae, fedpft, dpfedpft"),
+        ("dpfedpft", ["--max_grad_norm", "1"], "dpcgan, dpcvae"),
     ],
 )
 def test_a_flag_the_method_does_not_read_is_refused(tmp_path, capsys, method, flags, users):

@@ -59,7 +59,11 @@ def test_each_dataset_script_runs_commands_main_accepts(dataset, tmp_path):
     assert methods_of(main_commands(f"{folder}/fedlambda.sh", tmp_path)) == {"fedlambda"}
     ours = main_commands(f"{folder}/ours.sh", tmp_path, METHODS="dpcvae dpcgan")
     assert methods_of(ours) == {"dpcvae", "dpcgan"}
-    for argv in [*base, *everything, *ours]:
+    # the rival: fedpft (no DP) runs once per seed without --epsilon, dpfedpft at each epsilon
+    pft = main_commands(f"{folder}/ours.sh", tmp_path, METHODS="fedpft dpfedpft")
+    assert sorted(methods_of([a]).pop() for a in pft) == ["dpfedpft"] * 3 + ["fedpft"] * 3
+    assert all(("--epsilon" in a) == (value(a, "--method") == "dpfedpft") for a in pft)
+    for argv in [*base, *everything, *ours, *pft]:
         assert value(argv, "--database_root").startswith(f"data/{dataset}/database/")
         assert "--skip_existing" in argv and "--resume" in argv
     # three seeds of every method
@@ -70,7 +74,7 @@ def test_each_dataset_script_runs_commands_main_accepts(dataset, tmp_path):
 def test_the_privacy_sweep_takes_the_flags_of_ours_sh(dataset, tmp_path):
     ours = main_commands(f"experiments/{dataset}/ours.sh", tmp_path, METHODS="dpcvae")[0]
     sweep = main_commands("experiments/privacy_sweep.sh", tmp_path, DATASET=dataset)
-    assert methods_of(sweep) == {"dpcvae", "dpcgan"}
+    assert methods_of(sweep) == {"dpcvae", "dpcgan", "dpfedpft"}
     epsilons = {float(value(argv, "--epsilon")) for argv in sweep}
     assert epsilons == {0.5, 1.0, 2.0, 4.0, 8.0}
     same = [a for a in sweep if value(a, "--epsilon") == "1" and value(a, "--method") == "dpcvae"]

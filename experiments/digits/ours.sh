@@ -11,7 +11,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 dataset=digits
 SEEDS=(3407 12345 202502)
 BACKBONES=(tf_efficientnet_lite0)                # the database that make demo builds
-methods=(dpcvae)          # dpcvae (ours) | dpcgan, or both
+methods=(dpcvae)          # any of: dpcvae (ours) dpcgan fedpft dpfedpft
 epsilons=(1.0)            # target epsilon of each client over the whole training
 dp=on                     # on | off (an ablation: nothing is private)
 split_flags=(--split_method by_labels_split --n_clients 10 --alpha 0.3 --n_components -1
@@ -24,6 +24,11 @@ dp_flags=(--dp "${dp}" --delta 1e-4 --max_grad_norm 1.5 --accountant prv --dp_ca
 dpcvae_flags=("${head_flags[@]}" "${generative_flags[@]}" "${dp_flags[@]}" --cvae_beta 0.1
               --cvae_var 1.0)
 dpcgan_flags=("${head_flags[@]}" "${generative_flags[@]}" "${dp_flags[@]}" --gan_lr 2e-4)
+# FedPFT, the rival: one round of class-conditional Gaussians (fedpft is not private and runs
+# once per seed, without --epsilon; dpfedpft makes one Gaussian-mechanism release per epsilon)
+pft_flags=("${head_flags[@]}" --generated_factor 1.0 --pft_covariance diag)
+fedpft_flags=("${pft_flags[@]}" --pft_components 1)
+dpfedpft_flags=("${pft_flags[@]}" --dp "${dp}" --delta 1e-4)
 results_root=results
 # ------------------------------------------------------------------------------------------------
 run_unless_sourced
