@@ -37,7 +37,8 @@ from utils.seeding import (
     SAMPLING,
     SYNTHETIC_HEAD,
     derive_seed,
-    generator,
+    private_generator,
+    private_numpy_rng,
 )
 
 # The client class of each generative method (the registry's entries run these).
@@ -75,11 +76,13 @@ def make_clients(
     cfg: GenerativeConfig,
     dp: DPConfig,
     seed: int,
+    secret: bytes | None = None,
 ) -> list[DPClient]:
-    """One client object per data set, seeded by the run seed, the method and the client id."""
+    """One client object per data set, seeded by the run seed, the method and the client id.
+    `secret`: a site's own key for its secure noise (None: each client draws its own)."""
     cls = client_type(method)
     return [
-        cls(c, n_classes, cfg, dp, derive_seed(seed, method, GENERATIVE_CLIENT, c.id))
+        cls(c, n_classes, cfg, dp, derive_seed(seed, method, GENERATIVE_CLIENT, c.id), secret)
         for c in clients
     ]
 
@@ -153,12 +156,14 @@ def synthesize(
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A client's synthetic set from the global model (model space) and its labels, as the
-    protocol draws them (`--synthetic_labels`, `--generated_factor`; run seed `seed`)."""
-    rng = np.random.default_rng(derive_seed(seed, LABELS, data.id))
+    protocol draws them (`--synthetic_labels`, `--generated_factor`), from the client's private
+    streams (run seed `seed`, or its secret key under secure noise)."""
+    rng = private_numpy_rng(seed, LABELS, data.id, secret=client.secret)
     labels = np.repeat(
         np.arange(n_classes), synthetic_label_counts(data.y_train, n_classes, cfg, rng)
     )
-    synthetic = client.sample(weights, labels, generator(derive_seed(seed, SAMPLE, data.id)))
+    latent = private_generator(seed, SAMPLE, data.id, secret=client.secret)
+    synthetic = client.sample(weights, labels, latent)
     return synthetic, labels
 
 
