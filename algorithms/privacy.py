@@ -343,7 +343,13 @@ def make_private(
     if not math.isclose(rate, sample_rate_for(n, batch_size)):
         raise RuntimeError("sampling rate differs from Opacus's")
     return PrivateTraining(
-        engine, module, dp_optimizer, rate, noise_multiplier, grad_sample_mode, tape,
+        engine,
+        module,
+        dp_optimizer,
+        rate,
+        noise_multiplier,
+        grad_sample_mode,
+        tape,
         len(count_history),
     )
 

@@ -93,8 +93,8 @@ def private_generator(seed: int, *keys: object, secret: bytes | None) -> torch.G
     state = g.get_state().clone()
     if state.numel() != _MT_STATE_BYTES:
         raise RuntimeError(f"unexpected torch generator state ({state.numel()} bytes)")
-    body = words.astype("<u8").tobytes()
-    state[_MT_OFFSET : _MT_OFFSET + len(body)] = torch.frombuffer(bytearray(body), dtype=torch.uint8)
+    body = torch.frombuffer(bytearray(words.astype("<u8").tobytes()), dtype=torch.uint8)
+    state[_MT_OFFSET : _MT_OFFSET + len(body)] = body
     g.set_state(state)
     return g
 
