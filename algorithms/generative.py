@@ -220,18 +220,25 @@ def finish_client(
 
 
 def fidelity_report(
-    cfg: GenerativeConfig, wasserstein: list[float], quality: list[dict[str, float]]
+    cfg: GenerativeConfig, wasserstein: list[float | None], quality: list[dict[str, float]]
 ) -> dict:
-    """The `fidelity` block of metrics.json from the clients' values (in client order)."""
+    """The `fidelity` block of metrics.json from the clients' values (in client order). A
+    Flower site whose policy keeps its fidelity statistics sends none: its values are None and
+    the means are over the clients that sent them (None if none did)."""
     fidelity = {
         "space": f"squashed (temperature {cfg.squash_temperature})",
         "wasserstein": wasserstein,
-        "wasserstein_mean": float(np.mean(wasserstein)),
+        "wasserstein_mean": _mean_of_finite(wasserstein),
     }
     for name in ("precision", "recall", "density", "coverage"):
-        fidelity[name] = [q[name] for q in quality]
-        fidelity[f"{name}_mean"] = float(np.nanmean(fidelity[name]))
+        fidelity[name] = [q.get(name) for q in quality]
+        fidelity[f"{name}_mean"] = _mean_of_finite(fidelity[name])
     return fidelity
+
+
+def _mean_of_finite(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
 
 
 def generative_outcome(
