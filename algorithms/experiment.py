@@ -71,7 +71,7 @@ class DataFacts:
     fingerprint: str | list
     split_file: str | list
     split_sha256: str | list
-    split_args: dict | list
+    split_args: dict  # {"sites": [...]} when the sites' own split files differ
 
 
 def data_facts(meta: dict, database_root: str | Path, split: dict, split_path: Path) -> DataFacts:
@@ -239,7 +239,7 @@ def check_same_run(run_dir: Path, key: str, seed: int) -> None:
 def close_run(
     run: RunFiles,
     seed: int,
-    split_args: dict | list,
+    split_args: dict,
     rows: list[dict],
     lam: float | None,
     scores: list[float] | None,

@@ -170,16 +170,17 @@ def run_facts(
     dataset = str(agreed("dataset", lambda h: h["facts"]["dataset"]))
     backbone = str(agreed("backbone", lambda h: h["facts"]["backbone"]))
     each = {name: [hello[cid]["facts"][name] for cid in order] for name in hello[order[0]]["facts"]}
+    split_args = common(each["split_args"])
     facts = DataFacts(
         dataset,
         backbone,
         common(each["fingerprint"]),
         common(each["split_file"]),
         common(each["split_sha256"]),
-        common(each["split_args"]),
+        split_args if isinstance(split_args, dict) else {"sites": split_args},
     )
     expected = asdict(settings.configs["split"])
-    shared = isinstance(facts.split_args, dict) and facts.split_args.get("split_method") != "site"
+    shared = "sites" not in facts.split_args and facts.split_args.get("split_method") != "site"
     if shared and facts.split_args != expected:
         raise SettingsError(
             f"the sites' split was made with other arguments ({facts.split_args}), not "
