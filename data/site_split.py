@@ -18,16 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from data.database import Database, DatabaseError, load_database
+from data.database import Database
 from data.partition import (
     SPLIT_FORMAT,
     SplitError,
     database_fingerprint,
-    format_class_counts,
     stratified_split,
+    write_split_file,
 )
-from utils.cli import OutputError, Parser, check_output
-from utils.io import write_json
+from utils.cli import Parser
 
 
 def site_split(
@@ -113,20 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the split. Default: 0")
     args = parser.parse_args(argv)
-    try:
-        check_output(args.output, "--output")
-        db = load_database(args.database_root)
+
+    def make(db: Database) -> tuple[dict, Path]:
         split = site_split(db, args.client_id, args.test_data_frac, args.val_frac, args.seed)
-        write_json(Path(args.output), split)
-    except (SplitError, DatabaseError, OutputError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"error: cannot write the split file: {err}", file=sys.stderr)
-        return 2
-    print(format_class_counts(split, db.classes))
-    print(f"wrote {args.output} (client {args.client_id})")
-    return 0
+        return split, Path(args.output)
+
+    return write_split_file(args.database_root, args.output, make)
 
 
 if __name__ == "__main__":
