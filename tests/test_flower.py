@@ -296,7 +296,7 @@ def test_deployment_on_loopback_equals_main(gauss_db, tmp_path):
         [*argv, "--results_dir", str(tmp_path / "flower")],
         "deployment",
         work_dir=tmp_path / "work",
-        timeout=240,
+        timeout=600,  # generous: the cores may be shared
         env={"OMP_NUM_THREADS": "1"},
         node_config=SEEDED,
     )
@@ -320,7 +320,7 @@ def test_simulation_engine_equals_main(gauss_db, tmp_path):
         [*argv, "--results_dir", str(tmp_path / "flower")],
         "simulation",
         work_dir=tmp_path / "work",
-        timeout=240,
+        timeout=600,  # generous: the cores may be shared
     )
     assert run.status == "finished:completed"
     assert descendants([os.getpid()]) <= before
