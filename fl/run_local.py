@@ -416,7 +416,10 @@ def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     main_args = args.main_args[1:] if args.main_args[:1] == ["--"] else args.main_args
     try:
-        extra = dict(pair.split("=", 1) for pair in shlex.split(args.node_config))
+        pairs = shlex.split(args.node_config)
+        if not all("=" in pair for pair in pairs):
+            raise UsageError(f"--node_config must be key=value pairs, got {args.node_config!r}")
+        extra = dict(pair.split("=", 1) for pair in pairs)
         result = run_local(main_args, args.engine, args.work_dir, args.timeout, node_config=extra)
     except (*RUN_ERRORS, LocalRunError) as err:
         print(f"error: {err}", file=sys.stderr)
