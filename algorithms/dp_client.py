@@ -18,6 +18,7 @@ from algorithms.privacy import (
     PrivateTraining,
     calibrate_noise,
     make_private,
+    noisy_count,
     poisson_batch,
     sample_rate_for,
     steps_per_epoch,
@@ -25,7 +26,7 @@ from algorithms.privacy import (
 from data.clients import ClientData
 from data.features import squash
 from models.cvae import CVAE_LOSSES
-from utils.seeding import BATCHES, DP_NOISE, LATENT, derive_seed, generator
+from utils.seeding import BATCHES, COUNT, DP_NOISE, LATENT, new_secret, private_generator
 
 SYNTHETIC_LABELS = ("match", "uniform", "balanced")
 PRESETS = ("paper", "dp")
@@ -121,42 +122,63 @@ class DPClient:
     """The base of DP-CVAE and DP-CGAN clients: data in model space, RNGs, the private engine.
 
     A subclass trains its networks (`fit`, `train_epochs`), samples from released weights
-    (`sample`), and says what it shares (`released_weights`, `initial_weights`)."""
+    (`sample`), and says what it shares (`released_weights`, `initial_weights`).
+
+    Private randomness (noise, batches, the noisy count, latent draws, synthetic sampling) comes
+    from `private_generator`: seeded by `seed` (`dp.noise_source` seeded), or keyed by `secret`
+    (secure: 32 bytes of OS entropy, drawn here unless given; a Flower site keeps its own and
+    passes it again at every message). Model initialization stays seeded (public)."""
 
     # How DP-SGD clips (see algorithms.privacy.GRAD_SAMPLE_MODES); the others are references.
     grad_sample_mode = "fast"
 
     def __init__(
-        self, data: ClientData, n_classes: int, cfg: GenerativeConfig, dp: DPConfig, seed: int
+        self,
+        data: ClientData,
+        n_classes: int,
+        cfg: GenerativeConfig,
+        dp: DPConfig,
+        seed: int,
+        secret: bytes | None = None,
     ):
         self.id, self.cfg, self.dp, self.n_classes = data.id, cfg, dp, n_classes
         self.x = torch.as_tensor(squash(data.x_train, cfg.squash_temperature))
         self.y = torch.as_tensor(data.y_train, dtype=torch.int64)
         self.onehot = F.one_hot(self.y, n_classes).float()
-        self.n = len(self.y)
+        self.n = len(self.y)  # stays here; under DP only the noisy count leaves
+        self.secret = (secret or new_secret()) if dp.noise_source == "secure" else None
+
+        def stream(name: str) -> torch.Generator:
+            return private_generator(seed, name, secret=self.secret)
+
+        # the released count: everything that would depend on n in the clear uses it
+        self.n_released = (
+            noisy_count(self.n, dp.count_noise, stream(COUNT)) if dp.enabled else self.n
+        )
         # the nominal batch size B (0: the whole client, one step per epoch)
-        self.batch_size = cfg.batch_size or self.n
-        self.steps_epoch = steps_per_epoch(self.n, self.batch_size)
+        self.batch_size = cfg.batch_size or self.n_released
+        self.steps_epoch = steps_per_epoch(self.n_released, self.batch_size)
         self.total_steps = cfg.n_rounds * cfg.local_epochs * self.steps_epoch
-        self.rng_batches = generator(derive_seed(seed, BATCHES))
-        self.rng_noise = generator(derive_seed(seed, DP_NOISE))
-        self.rng_latent = generator(derive_seed(seed, LATENT))
+        self.rng_batches = stream(BATCHES)
+        self.rng_noise = stream(DP_NOISE)
+        self.rng_latent = stream(LATENT)
         self.private: PrivateTraining | None = None
 
     def _make_private(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         if not self.dp.enabled:
             return
-        rate = sample_rate_for(self.n, self.batch_size)
+        rate = sample_rate_for(self.n_released, self.batch_size)
         sigma = calibrate_noise(self.dp, rate, self.total_steps, self.steps_epoch)
         self.private = make_private(
             model,
             optimizer,
-            self.n,
+            self.n_released,
             self.batch_size,
             self.dp,
             sigma,
             self.rng_noise,
             grad_sample_mode=self.grad_sample_mode,
+            count_history=self.dp.count_history(),
         )
 
     def _batches(self):
@@ -187,9 +209,11 @@ class DPClient:
     def privacy(self) -> dict:
         """This client's line of the privacy report, read from its accountant."""
         if self.private is None:
-            return {"id": self.id, "epsilon": None}
+            return {"id": self.id, "noise_source": self.dp.noise_source, "epsilon": None}
         return {
             "id": self.id,
+            "noise_source": self.dp.noise_source,
+            "n_released": self.n_released,
             "sample_rate": self.private.sample_rate,
             "steps": self.private.steps(),
             "noise_multiplier": self.private.noise_multiplier,
@@ -202,12 +226,19 @@ class DPClient:
             "batches": self.rng_batches.get_state(),
             "noise": self.rng_noise.get_state(),
             "latent": self.rng_latent.get_state(),
+            "n_released": self.n_released,
             "accountant": [list(h) for h in self.private.engine.accountant.history]
             if self.private
             else [],
         }
 
     def _load_rng_state(self, state: dict) -> None:
+        if state.get("n_released", self.n_released) != self.n_released:
+            raise ValueError(
+                f"client {self.id}: the stored state released another record count "
+                f"({state['n_released']}, now {self.n_released}): secure noise needs the same "
+                "secret key as the run that stored it"
+            )
         self.rng_batches.set_state(state["batches"])
         self.rng_noise.set_state(state["noise"])
         self.rng_latent.set_state(state["latent"])

@@ -26,9 +26,15 @@ class CGANClient(DPClient):
     starts every round from the global generator (never re-initialized)."""
 
     def __init__(
-        self, data: ClientData, n_classes: int, cfg: GenerativeConfig, dp: DPConfig, seed: int
+        self,
+        data: ClientData,
+        n_classes: int,
+        cfg: GenerativeConfig,
+        dp: DPConfig,
+        seed: int,
+        secret: bytes | None = None,
     ):
-        super().__init__(data, n_classes, cfg, dp, seed)
+        super().__init__(data, n_classes, cfg, dp, seed, secret)
         dim = self.x.shape[1]
         self.generator = seeded(
             derive_seed(seed, INIT_GENERATOR), lambda: Generator(dim, n_classes, cfg.latent_dim)
@@ -81,19 +87,19 @@ class CGANClient(DPClient):
 
     def _n_fake(self, idx: torch.Tensor) -> int:
         """Fake samples per step, as many as real ones on average: under DP the expected batch
-        size q * n (the public number the DP optimizer divides by, whatever the drawn batch),
-        otherwise the batch's own size."""
+        size q * n~ (the noisy count: the public number the DP optimizer divides by, whatever
+        the drawn batch), otherwise the batch's own size."""
         if self.private is not None:
-            return max(1, round(self.private.sample_rate * self.n))
+            return max(1, round(self.private.sample_rate * self.n_released))
         return len(idx)
 
     def _step(self, idx: torch.Tensor) -> float:
         """One discriminator step, then one generator step on the same fake batch."""
         fake, oh_fake = self._fake(self._n_fake(idx))
         # The fake samples join the real Poisson batch in one clipped and noised step. Their
-        # terms use no record, and their number is fixed for the run from the client's size,
-        # like the sampling rate (the size is not covered by DP; see NOT_COVERED): one record
-        # still changes the clipped sum by at most max_grad_norm.
+        # terms use no record, and their number is fixed for the run from the client's noisy
+        # count, like the sampling rate: one record still changes the clipped sum by at most
+        # max_grad_norm.
         x = torch.cat([self.x[idx], fake.detach()])
         oh = torch.cat([self.onehot[idx], oh_fake])
         target = torch.cat([torch.ones(len(idx)), torch.zeros(len(fake))])
@@ -118,7 +124,7 @@ class CGANClient(DPClient):
         """Local epochs from the global generator; returns the generator."""
         self.generator.load_state_dict(global_weights)
         losses = self.train_epochs(self.cfg.local_epochs)
-        return ClientUpdate(self.released_weights(), self.n, self._metrics(losses))
+        return ClientUpdate(self.released_weights(), self.n_released, self._metrics(losses))
 
     def train_epochs(self, n_epochs: int) -> list[float]:
         """`n_epochs` local epochs from the current weights; the discriminator's step losses."""

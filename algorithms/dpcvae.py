@@ -27,9 +27,15 @@ class CVAEClient(DPClient):
     """A DP-CVAE client: encoder and decoder trained with DP-SGD; only the decoder is sent."""
 
     def __init__(
-        self, data: ClientData, n_classes: int, cfg: GenerativeConfig, dp: DPConfig, seed: int
+        self,
+        data: ClientData,
+        n_classes: int,
+        cfg: GenerativeConfig,
+        dp: DPConfig,
+        seed: int,
+        secret: bytes | None = None,
     ):
-        super().__init__(data, n_classes, cfg, dp, seed)
+        super().__init__(data, n_classes, cfg, dp, seed, secret)
         dim = self.x.shape[1]
         self.model = seeded(derive_seed(seed, INIT), lambda: new_cvae(dim, n_classes, cfg))
         self.optimizer = adam(self.model.parameters(), lr=cfg.cvae_learning_rate)
@@ -79,7 +85,7 @@ class CVAEClient(DPClient):
         """Local epochs from the global decoder (the encoder stays local); returns the decoder."""
         load_decoder(self.model, global_weights)
         losses = self.train_epochs(self.cfg.local_epochs)
-        return ClientUpdate(self.released_weights(), self.n, self._metrics(losses))
+        return ClientUpdate(self.released_weights(), self.n_released, self._metrics(losses))
 
     def train_epochs(self, n_epochs: int) -> list[float]:
         """`n_epochs` local epochs from the current weights; the mean loss of each step."""

@@ -61,6 +61,32 @@ class RunData:
 
 
 @dataclass(frozen=True)
+class DataFacts:
+    """What a run's configuration records of its data: names and hashes, never rows or counts.
+    Under Flower each site reports its own (the ServerApp opens no split file) and a fact on
+    which the sites differ (their own split files) is a list in client order."""
+
+    dataset: str
+    backbone: str
+    fingerprint: str | list
+    split_file: str | list
+    split_sha256: str | list
+    split_args: dict  # {"sites": [...]} when the sites' own split files differ
+
+
+def data_facts(meta: dict, database_root: str | Path, split: dict, split_path: Path) -> DataFacts:
+    """The facts of a database (its meta.json) and of one split file."""
+    return DataFacts(
+        dataset=str(meta.get("dataset", Path(database_root).name)),
+        backbone=str(meta.get("backbone", "unknown")),
+        fingerprint=split["database"]["fingerprint"],
+        split_file=str(split_path),
+        split_sha256=sha256_file(split_path),
+        split_args=split["args"],
+    )
+
+
+@dataclass(frozen=True)
 class RunFiles:
     """Where a run writes and what names it. `finished`: --skip_existing (or --resume) found a
     finished run there, and nothing was written."""
@@ -77,7 +103,8 @@ def run(settings: Settings) -> Path:
     """Set everything up (all input checks happen before any output), run, write results;
     returns the run directory."""
     data = load_run_data(settings)
-    files = open_run(settings, data.db.meta, data.split, data.split_path)
+    facts = data_facts(data.db.meta, settings.args.database_root, data.split, data.split_path)
+    files = open_run(settings, facts)
     if files.finished:
         return files.run_dir
     checkpoint = RoundCheckpoint(
@@ -98,7 +125,7 @@ def run(settings: Settings) -> Path:
     wall = checkpoint.elapsed()
     if settings.args.save_synthetic and outcome.synthetic:
         save_synthetic(files.run_dir, data, settings.configs["generative"], outcome.synthetic)
-    close_run(files, settings.seed, data.split, evaluation, outcome, wall)
+    close_run(files, settings.seed, facts.split_args, evaluation, outcome, wall)
     checkpoint.remove()
     return files.run_dir
 
@@ -128,12 +155,11 @@ def warn_privacy_settings(configs: dict, clients: list[ClientData]) -> None:
         print(f"warning: {message}", file=sys.stderr)
 
 
-def describe_run(settings: Settings, meta: dict, split: dict) -> tuple[dict, Path]:
-    """The run's configuration (whose hash names its directory) and its directory. Needs the
-    database's meta.json and the split file only, not the embeddings."""
+def describe_run(settings: Settings, facts: DataFacts) -> tuple[dict, Path]:
+    """The run's configuration (whose hash names its directory) and its directory, from the
+    flags and the data's facts (no embeddings, no split)."""
     args = settings.args
-    dataset = str(meta.get("dataset", Path(args.database_root).name))
-    backbone = str(meta.get("backbone", "unknown"))
+    dataset, backbone = facts.dataset, facts.backbone
     config = {
         "method": settings.method.name,
         "database_root": str(Path(args.database_root).resolve()),
@@ -141,7 +167,7 @@ def describe_run(settings: Settings, meta: dict, split: dict) -> tuple[dict, Pat
         "database": {
             "dataset": dataset,
             "backbone": backbone,
-            "fingerprint": split["database"]["fingerprint"],
+            "fingerprint": facts.fingerprint,
         },
         **{name: asdict(cfg) for name, cfg in settings.configs.items()},
         "weights_grid_resolution": args.weights_grid_resolution,
@@ -156,14 +182,14 @@ def describe_run(settings: Settings, meta: dict, split: dict) -> tuple[dict, Pat
     return config, run_dir
 
 
-def open_run(settings: Settings, meta: dict, split: dict, split_path: Path) -> RunFiles:
+def open_run(settings: Settings, facts: DataFacts) -> RunFiles:
     """Create the run directory and write config.json.
 
     A finished run there is refused (kept with --skip_existing or --resume, replaced with
     --overwrite); so is an interrupted one, unless --resume continues it (its config.json must
     name the same configuration and seed) or --overwrite starts over."""
     args = settings.args
-    config, run_dir = describe_run(settings, meta, split)
+    config, run_dir = describe_run(settings, facts)
     dataset, backbone = config["database"]["dataset"], config["database"]["backbone"]
     key = config_key(config)
     method = settings.method
@@ -190,8 +216,8 @@ def open_run(settings: Settings, meta: dict, split: dict, split_path: Path) -> R
             **config,
             "config_key": key,
             "seed": settings.seed,
-            "split_file": str(split_path),
-            "split_sha256": sha256_file(split_path),
+            "split_file": facts.split_file,
+            "split_sha256": facts.split_sha256,
             "argv": list(settings.argv),
             "versions": versions(),
         },
@@ -217,7 +243,7 @@ def check_same_run(run_dir: Path, key: str, seed: int) -> None:
 def close_run(
     run: RunFiles,
     seed: int,
-    split: dict,
+    split_args: dict,
     evaluation: Evaluation,
     outcome: Outcome,
     wall: float,
@@ -237,7 +263,7 @@ def close_run(
         "backbone": run.backbone,
         "seed": seed,
         "config_key": run.key,
-        "split": split["args"],
+        "split": split_args,
         "clients": evaluation.rows,
         "summary": summarize_clients(evaluation.rows),
         "lambda": evaluation.lam,

@@ -74,7 +74,7 @@ from algorithms.privacy import (
 )
 from data.clients import ClientData
 from data.features import squash
-from utils.seeding import DP_NOISE, GENERATIVE_CLIENT, derive_seed, generator
+from utils.seeding import DP_NOISE, GENERATIVE_CLIENT, derive_seed, new_secret, private_generator
 
 METHODS = ("fedpft", "dpfedpft")
 
@@ -139,8 +139,9 @@ class PooledSampler:
 
 class PFTClient:
     """One site of fedpft or dpfedpft: releases its statistics once (`fit`), samples from the
-    pooled Gaussians (`sample`). Its noise comes from one generator, seeded as a DP-CVAE
-    client's (the DP_NOISE stream of its client seed)."""
+    pooled Gaussians (`sample`). Its noise comes from one private generator, as a DP-CVAE
+    client's (the DP_NOISE stream: of its client seed, or of its secret key under secure
+    noise)."""
 
     def __init__(
         self,
@@ -151,6 +152,7 @@ class PFTClient:
         gen_cfg: GenerativeConfig,
         dp: DPConfig | None,
         seed: int,
+        secret: bytes | None = None,
     ):
         if method not in METHODS:
             raise ValueError(f"{method!r} is not a FedPFT method ({', '.join(METHODS)})")
@@ -158,7 +160,9 @@ class PFTClient:
         self.cfg, self.temperature, self.dp, self.seed = cfg, gen_cfg.squash_temperature, dp, seed
         private = method == "dpfedpft" and dp is not None and dp.enabled
         self.noise_multiplier = calibrate_release(dp) if private else None
-        self.rng_noise = generator(derive_seed(seed, DP_NOISE))
+        secure = dp is not None and dp.noise_source == "secure"
+        self.secret = (secret or new_secret()) if secure else None
+        self.rng_noise = private_generator(seed, DP_NOISE, secret=self.secret)
         self.released = False
 
     def fit(self, global_weights: StateDict, rnd: int) -> ClientUpdate:
@@ -216,10 +220,14 @@ def make_pft_clients(
     gen_cfg: GenerativeConfig,
     dp: DPConfig | None,
     seed: int,
+    secret: bytes | None = None,
 ) -> list[PFTClient]:
-    """One client per data set, seeded as the generative methods' (run seed, method, id)."""
+    """One client per data set, seeded as the generative methods' (run seed, method, id);
+    `secret`: a Flower site's key for secure noise (one client)."""
     seeds = [derive_seed(seed, method, GENERATIVE_CLIENT, c.id) for c in clients]
-    return [PFTClient(method, c, n_classes, cfg, gen_cfg, dp, s) for c, s in zip(clients, seeds)]
+    return [
+        PFTClient(method, c, n_classes, cfg, gen_cfg, dp, s, secret) for c, s in zip(clients, seeds)
+    ]
 
 
 def pft_outcome(

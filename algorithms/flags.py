@@ -15,7 +15,7 @@ from algorithms.evaluation import LAMBDA_METRICS
 from algorithms.fedavg import FedAvgConfig
 from algorithms.fedpft import COVARIANCES, PFTConfig
 from algorithms.heads import HeadConfig
-from algorithms.privacy import ACCOUNTANTS, CALIBRATIONS, DPConfig
+from algorithms.privacy import ACCOUNTANTS, CALIBRATIONS, COUNT_NOISE, DPConfig
 from data.partition import add_split_arguments
 from utils.cli import Parser
 
@@ -143,8 +143,8 @@ def _experiment_flags(parser: FlagParser) -> None:
         "--seed",
         type=int,
         default=3407,
-        help="run seed: model initialization, batch order, client sampling, DP noise. "
-        "The paper uses 3407, 12345 and 202502. Default: 3407",
+        help="run seed: model initialization, batch order, client sampling, and (unless "
+        "--secure_noise) the DP noise. The paper uses 3407, 12345 and 202502. Default: 3407",
     )
     add(
         "--split_seed",
@@ -583,4 +583,23 @@ def _dp_flags(parser: FlagParser) -> None:
         help="total: noise calibrated for every DP step of the run, so the spent epsilon "
         "meets the target; paper: as the paper's code, noise for 20 epochs while training all "
         f"rounds (the reported spent epsilon exceeds the target). Default: {d.calibration}",
+    )
+    add_sgd(
+        "--count_noise",
+        type=float,
+        default=d.count_noise,
+        help="standard deviation of the Gaussian noise on each client's released record count "
+        "(sensitivity 1), composed with DP-SGD in the same accountant: the noisy count sets "
+        "the sampling rate, steps, expected batch size and FedAvg weight, so the guarantee "
+        "holds for adding or removing a record end to end. 0 sends the exact count (then not "
+        f"covered). Default: {COUNT_NOISE:g}",
+    )
+    add(
+        "--secure_noise",
+        action="store_true",
+        help="draw every client's private randomness (DP noise, Poisson batches, noisy count, "
+        "latent and synthetic draws) from a key of 32 bytes of OS entropy instead of the run "
+        "seed: results vary from run to run, and knowing the seed no longer reproduces the "
+        "noise (Flower sites always do this unless their node config says noise-source="
+        "'seeded'). Default: off (seeded: reproducible simulation)",
     )

@@ -42,6 +42,8 @@ from utils.seeding import (
     SYNTHETIC_HEAD,
     derive_seed,
     generator,
+    private_generator,
+    private_numpy_rng,
 )
 
 # The client class of each generative method (the registry's entries run these).
@@ -79,11 +81,13 @@ def make_clients(
     cfg: GenerativeConfig,
     dp: DPConfig,
     seed: int,
+    secret: bytes | None = None,
 ) -> list[DPClient]:
-    """One client object per data set, seeded by the run seed, the method and the client id."""
+    """One client object per data set, seeded by the run seed, the method and the client id.
+    `secret`: a site's own key for its secure noise (None: each client draws its own)."""
     cls = client_type(method)
     return [
-        cls(c, n_classes, cfg, dp, derive_seed(seed, method, GENERATIVE_CLIENT, c.id))
+        cls(c, n_classes, cfg, dp, derive_seed(seed, method, GENERATIVE_CLIENT, c.id), secret)
         for c in clients
     ]
 
@@ -174,12 +178,14 @@ def synthesize(
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A client's synthetic set from the global model (model space) and its labels, as the
-    protocol draws them (`--synthetic_labels`, `--generated_factor`; run seed `seed`), without
-    the classes that the global model cannot sample."""
-    rng = np.random.default_rng(derive_seed(seed, LABELS, data.id))
+    protocol draws them (`--synthetic_labels`, `--generated_factor`), from the client's private
+    streams (run seed `seed`, or its secret key under secure noise), without the classes that
+    the global model cannot sample."""
+    rng = private_numpy_rng(seed, LABELS, data.id, secret=client.secret)
     counts = synthetic_label_counts(data.y_train, n_classes, cfg, rng)
     labels = np.repeat(np.arange(n_classes), np.where(client.can_sample(weights), counts, 0))
-    synthetic = client.sample(weights, labels, generator(derive_seed(seed, SAMPLE, data.id)))
+    latent = private_generator(seed, SAMPLE, data.id, secret=client.secret)
+    synthetic = client.sample(weights, labels, latent)
     return synthetic, labels
 
 
@@ -348,11 +354,14 @@ def fidelity_report(
 ) -> dict:
     """The `fidelity` block of metrics.json from the clients' `FinishedClient.fidelity()` (in
     client order) and the global synthetic-only accuracy. `synthetic_at_chance`: the synthetic
-    data is worth nothing for the task (per client, or the global model's), within noise."""
+    data is worth nothing for the task (per client, or the global model's), within noise. A
+    Flower site whose policy keeps its fidelity statistics on training data sends none of them
+    (its synthetic-only accuracy is a test metric and is sent): its values are None and the
+    means are over the clients that sent them (None if none did)."""
     fidelity: dict = {"space": f"squashed (temperature {cfg.squash_temperature})"}
     for name in FIDELITY_NUMBERS:
-        fidelity[name] = [float(c[name]) for c in per_client]
-        fidelity[f"{name}_mean"] = float(np.nanmean(fidelity[name]))
+        fidelity[name] = [c.get(name) for c in per_client]
+        fidelity[f"{name}_mean"] = _mean_of_finite(fidelity[name])
     fidelity["synthetic_acc_client_chance"] = fidelity.pop("chance_mean")
     fidelity["client_chance"] = fidelity.pop("chance")
     fidelity["global_synthetic"] = global_synthetic
@@ -365,6 +374,11 @@ def fidelity_report(
         per_client_at_chance or (global_synthetic is not None and global_synthetic["at_chance"])
     )
     return fidelity
+
+
+def _mean_of_finite(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
 
 
 def finish_clients(

@@ -117,6 +117,11 @@ def check_run_flags(args: argparse.Namespace) -> None:
     """The flags of the experiment itself that no config dataclass checks."""
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
+    if args.resume and getattr(args, "secure_noise", False):
+        raise UsageError(
+            "--resume does not apply to --secure_noise runs: their clients' secret keys are "
+            "not kept, so a resumed run could not continue their noise streams"
+        )
     for flag in ("seed", "split_seed", "num_threads"):
         if getattr(args, flag) < 0:
             raise UsageError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
@@ -188,6 +193,8 @@ def dp_config(args: argparse.Namespace, method: Method) -> DPConfig:
         max_grad_norm=args.max_grad_norm if sgd else None,
         accountant=args.accountant if sgd else None,
         calibration=args.dp_calibration if sgd else None,
+        count_noise=args.count_noise if sgd else 0.0,
+        noise_source="secure" if args.secure_noise else "seeded",
     )
 
 

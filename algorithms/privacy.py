@@ -42,6 +42,19 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing")
 TESTED_OPACUS = "1.6.0"
 ACCOUNTANTS = ("prv", "rdp")
 CALIBRATIONS = ("total", "paper")
+NOISE_SOURCES = ("seeded", "secure")
+# The standard deviation of the noise on the released record count (sensitivity 1). Alone it
+# would spend epsilon 0.14 at delta 1e-4 (PRV); composed with DP-SGD at epsilon 1 it raises the
+# noise multiplier by about 1% (the demo's 250 full-batch steps: 51.25 -> 51.88; paper scale,
+# rate 1/7 over 1,750 steps: 19.38 -> 19.53), and it moves a client of 67 records (the demo's
+# smallest) by 20 records at one sigma, which only rescales its update and its FedAvg weight.
+COUNT_NOISE = 20.0
+# What the report says of a run whose noise is seeded (also in the README).
+SEEDED_CAVEAT = (
+    "seeded noise: anyone who knows the run seed can regenerate every noise draw, so the "
+    "guarantee holds only against an adversary who does not know the seed (simulation only; "
+    "--secure_noise or Flower sites draw it from OS entropy)"
+)
 # The paper's code calibrates the noise for this many epochs, whatever the training length.
 PAPER_CALIBRATION_EPOCHS = 20
 # How per-sample gradients are clipped: `fast` (this module's single-backward ghost clipping of
@@ -59,15 +72,25 @@ if not hasattr(_opacus_rdp._compute_rdp, "cache_info"):
     _opacus_rdp._compute_rdp = functools.lru_cache(maxsize=65536)(_opacus_rdp._compute_rdp)
 # What DP does not cover in this project's protocol (also written into metrics.json).
 NOT_COVERED = (
-    "each client's number of training samples (sent in the clear as its FedAvg weight, and "
-    "implied by its sampling rate and by the size of DP-CGAN's fake batches)",
-    "the spent epsilon each client reports",
     "the end-of-run evaluation each client reports: validation accuracy and balanced accuracy "
-    "for the lambda grid, test metrics at each lambda metric's choice, the synthetic head's "
-    "test accuracy with the share of its most frequent test class, the count of test records "
-    "the global synthetic head classifies right, and fidelity statistics computed on its "
-    "training embeddings",
+    "for the lambda grid, test metrics at each lambda metric's choice with the client's split "
+    "sizes (n_train, n_val, n_test), the synthetic head's test accuracy with the share of its "
+    "most frequent test class, the count of test records the global synthetic head classifies "
+    "right, and fidelity statistics computed on its training embeddings (under Flower only if "
+    "the site's policy allows them)",
+    "the training loss (main.py's history.csv; under Flower it stays in the site's log)",
+    "the spent epsilon each client reports, and its noise source",
+    "under Flower: each site's database fingerprint and split file sha256 (hashes sent at "
+    "the start, that name the data without revealing it), its embedding size and classes",
+    "under Flower: the end-of-run weights are evaluated once, but a site cannot check that "
+    "they are the average of the last round (that needs secure aggregation)",
+    "runs: a site's budget holds for one run; nothing limits how many runs a site joins",
     "the choice of hyper-parameters and of the backbone",
+)
+# Added when the record count is released exactly (--count_noise 0).
+EXACT_COUNT = (
+    "each client's number of training samples (--count_noise 0: sent in the clear as its "
+    "FedAvg weight, and implied by its sampling rate and DP-CGAN's fake batch size)"
 )
 # Added to not_covered when a run uses --preset dp.
 PRESET_NOT_COVERED = (
@@ -77,13 +100,9 @@ PRESET_NOT_COVERED = (
 )
 # The accountant of a one-shot Gaussian release, as the privacy block names it.
 ANALYTIC_GAUSSIAN = "analytic-gaussian"
-# What DP does not cover for a one-shot release (dpfedpft): its record counts are noised, so
-# only the end-of-run report names a client's size.
-RELEASE_NOT_COVERED = (
-    "each client's number of training records, in its end-of-run test row (n_train); what it "
-    "releases holds noisy counts only",
-    *NOT_COVERED[1:],
-)
+# What DP does not cover for a one-shot release (dpfedpft)
+# (its record counts are released noised, as part of the release)
+RELEASE_NOT_COVERED = NOT_COVERED
 
 
 @dataclass(frozen=True)
@@ -102,8 +121,15 @@ class DPConfig:
     max_grad_norm: float | None = 1.5
     accountant: str | None = "prv"
     calibration: str | None = "total"
+    count_noise: float = COUNT_NOISE  # 0 for a one-shot release (it noises its counts itself)
+    noise_source: str = "seeded"
 
     def __post_init__(self) -> None:
+        if self.noise_source not in NOISE_SOURCES:
+            raise ValueError(
+                f"noise source must be one of {NOISE_SOURCES} (--secure_noise), "
+                f"got {self.noise_source!r}"
+            )
         if not self.enabled:
             return
         if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
@@ -118,6 +144,34 @@ class DPConfig:
             raise ValueError(
                 f"--dp_calibration must be one of {CALIBRATIONS}, got {self.calibration!r}"
             )
+        if not (self.count_noise >= 0 and math.isfinite(self.count_noise)):
+            raise ValueError(f"--count_noise must be >= 0, got {self.count_noise}")
+        count = count_epsilon(self)
+        if count >= self.epsilon:
+            raise ValueError(
+                f"--count_noise {self.count_noise} alone spends epsilon {count:.3g} of the "
+                f"target --epsilon {self.epsilon}: raise --count_noise"
+            )
+
+    def count_history(self) -> tuple[tuple[float, float, int], ...]:
+        """The accountant's entry of the record count's release: a Gaussian mechanism of
+        sensitivity 1 is one step of noise multiplier `count_noise` at sampling rate 1."""
+        return ((self.count_noise, 1.0, 1),) if self.count_noise > 0 else ()
+
+
+def count_epsilon(cfg: DPConfig) -> float:
+    """The epsilon that the noisy count alone spends at the config's delta (0 without one)."""
+    history = list(cfg.count_history())
+    return epsilon_from_history(cfg.accountant, history, cfg.delta) if history else 0.0
+
+
+def noisy_count(n: int, count_noise: float, generator: torch.Generator) -> int:
+    """The released record count: n + N(0, count_noise^2), rounded and clamped to >= 1
+    (post-processing); n itself when count_noise is 0."""
+    if count_noise == 0:
+        return n
+    noise = float(torch.randn(1, generator=generator, dtype=torch.float64))
+    return max(1, round(n + count_noise * noise))
 
 
 def check_opacus() -> None:
@@ -142,30 +196,53 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 def calibrate_noise(cfg: DPConfig, sample_rate: float, total_steps: int, steps_epoch: int) -> float:
-    """Noise multiplier for the target (epsilon, delta). `total` calibrates for every step the
-    client will take; `paper` reproduces the paper's code (20 epochs, whatever the training)."""
+    """Noise multiplier for the target (epsilon, delta), composed with the count's release.
+    `total` calibrates for every step the client will take; `paper` reproduces the paper's code
+    (20 epochs, whatever the training)."""
     steps = total_steps if cfg.calibration == "total" else PAPER_CALIBRATION_EPOCHS * steps_epoch
     with _ACCOUNTING:
-        return _noise_multiplier(cfg.epsilon, cfg.delta, sample_rate, steps, cfg.accountant)
+        return _noise_multiplier(
+            cfg.epsilon, cfg.delta, sample_rate, steps, cfg.accountant, cfg.count_history()
+        )
 
 
 @functools.lru_cache(maxsize=1024)
 def _noise_multiplier(
-    epsilon: float, delta: float, rate: float, steps: int, accountant: str
+    epsilon: float, delta: float, rate: float, steps: int, accountant: str, prefix: tuple
 ) -> float:
-    """Opacus's binary search (cached: clients of equal size share the same answer)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # PRV's "optimal order" chatter
-        return float(
-            get_noise_multiplier(
-                target_epsilon=epsilon,
-                target_delta=delta,
-                sample_rate=rate,
-                steps=steps,
-                accountant=accountant,
-                epsilon_tolerance=0.01,
+    """Opacus's binary search (`get_noise_multiplier`, same bounds and tolerance) over a history
+    that starts with `prefix` (the count's release). Cached: clients of equal size share it."""
+    if not prefix:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PRV's "optimal order" chatter
+            return float(
+                get_noise_multiplier(
+                    target_epsilon=epsilon,
+                    target_delta=delta,
+                    sample_rate=rate,
+                    steps=steps,
+                    accountant=accountant,
+                    epsilon_tolerance=0.01,
+                )
             )
-        )
+
+    def spent(sigma: float) -> float:
+        return _epsilon(accountant, (*prefix, (sigma, rate, steps)), delta)
+
+    low, high, eps_high = 0.0, 10.0, math.inf
+    while eps_high > epsilon:
+        high *= 2
+        eps_high = spent(high)
+        if high > 2000:
+            raise ValueError(f"--epsilon {epsilon}: the privacy budget is too low")
+    while epsilon - eps_high > 0.01:
+        mid = (low + high) / 2
+        eps = spent(mid)
+        if eps < epsilon:
+            high, eps_high = mid, eps
+        else:
+            low = mid
+    return high
 
 
 def epsilon_from_history(
@@ -200,6 +277,7 @@ class PrivateTraining:
     noise_multiplier: float
     mode: str
     tape: LinearTape | None = field(default=None, repr=False)
+    count_steps: int = 0  # the accountant's first entries that are the count's release
 
     def epsilon(self, delta: float) -> float:
         """Epsilon spent so far: the engine accountant's history, evaluated by that accountant."""
@@ -207,7 +285,8 @@ class PrivateTraining:
         return epsilon_from_history(acc.mechanism(), acc.history, delta)
 
     def steps(self) -> int:
-        return int(sum(h[2] for h in self.engine.accountant.history))
+        """DP-SGD steps taken (the count's release is not a step)."""
+        return int(sum(h[2] for h in self.engine.accountant.history)) - self.count_steps
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -232,6 +311,7 @@ def make_private(
     noise_multiplier: float,
     noise_generator: torch.Generator,
     grad_sample_mode: str = "fast",
+    count_history: tuple[tuple[float, float, int], ...] = (),
 ) -> PrivateTraining:
     """Wrap model and optimizer with one PrivacyEngine (per client, once per run).
 
@@ -239,13 +319,17 @@ def make_private(
     Opacus's per-sample `hooks` mode without materializing per-sample gradients; `fast` uses
     Opacus's ghost-mode DP optimizer and accountant but clips in one backward pass instead of
     two (`clip_and_sum_linear`). Batches come from `poisson_batch` at the rate Opacus derives
-    from the data loader (1 / ceil(n / batch_size))."""
+    from the data loader (1 / ceil(n / batch_size)); `n` is the released (noisy) count, and
+    `count_history` (its release) starts the accountant's history."""
     check_opacus()
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ValueError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}")
     tape = LinearTape(model) if grad_sample_mode == "fast" else None
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "Secure RNG turned off"
+        # Opacus's "Secure RNG turned off": our noise source is chosen and recorded by us
+        # (DPConfig.noise_source, privacy.noise_source in metrics.json), and a secure source
+        # is a generator keyed by OS entropy (utils.seeding.private_generator).
+        warnings.simplefilter("ignore")
         engine = PrivacyEngine(accountant=cfg.accountant)
     loader = DataLoader(TensorDataset(torch.zeros(n, 1)), batch_size=batch_size)
     out = engine.make_private(
@@ -260,6 +344,7 @@ def make_private(
         noise_generator=noise_generator,
     )
     module, dp_optimizer = out[0], out[1]
+    engine.accountant.history = list(count_history)
     if tape is not None:
         # Keep Opacus's ghost-mode optimizer (noise, scaling, accountant hook) but none of its
         # per-layer hooks: the tape records what clip_and_sum_linear needs.
@@ -269,7 +354,14 @@ def make_private(
     if not math.isclose(rate, sample_rate_for(n, batch_size)):
         raise RuntimeError("sampling rate differs from Opacus's")
     return PrivateTraining(
-        engine, module, dp_optimizer, rate, noise_multiplier, grad_sample_mode, tape
+        engine,
+        module,
+        dp_optimizer,
+        rate,
+        noise_multiplier,
+        grad_sample_mode,
+        tape,
+        len(count_history),
     )
 
 
@@ -356,7 +448,10 @@ def privacy_report(
     """The `privacy` block of metrics.json. `clients`: id, noise_multiplier, epsilon (spent,
     from the accountant), and how it was accounted (DP-SGD: sample_rate, steps; a one-shot
     release: its mechanism and noise scale). `accountant`: when it is not `cfg.accountant`
-    (a one-shot release: ANALYTIC_GAUSSIAN)."""
+    (a one-shot release: ANALYTIC_GAUSSIAN). The noise source is each client's (under Flower,
+    its site's) and the block's is theirs when they agree ("mixed" otherwise)."""
+    sources = {c.get("noise_source", cfg.noise_source) for c in clients}
+    source = sources.pop() if len(sources) == 1 else "mixed"
     if not cfg.enabled:
         return {
             "enabled": False,
@@ -366,11 +461,15 @@ def privacy_report(
             "max_grad_norm": None,
             "noise_multiplier": None,
             "calibration": None,
+            "count_noise": None,
+            "noise_source": source,
             "clients": [{"id": c["id"], "epsilon": None} for c in clients],
             "epsilon_max": None,
             "not_covered": ["DP is disabled: nothing is private"],
         }
     sigmas = {round(c["noise_multiplier"], 12) for c in clients}
+    sgd = accountant is None
+    exact_count = [EXACT_COUNT] if sgd and cfg.count_noise == 0 else []
     return {
         "enabled": True,
         "accountant": accountant or cfg.accountant,
@@ -380,9 +479,13 @@ def privacy_report(
         # one value when every client uses the same; per-client values are in "clients"
         "noise_multiplier": sigmas.pop() if len(sigmas) == 1 else None,
         "calibration": cfg.calibration,
+        "count_noise": cfg.count_noise if sgd else None,
+        "count_epsilon": count_epsilon(cfg) if sgd else None,
+        "noise_source": source,
+        "noise_caveat": None if source == "secure" else SEEDED_CAVEAT,
         "clients": clients,
         "epsilon_max": max(c["epsilon"] for c in clients),
-        "not_covered": list(not_covered),
+        "not_covered": list(not_covered) + exact_count,
     }
 
 

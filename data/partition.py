@@ -17,6 +17,7 @@ import hashlib
 import json
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -487,17 +488,30 @@ def main(argv: list[str] | None = None) -> int:
         help="split file to write. Default: <database_root>/splits/<method>_<hash>.json",
     )
     args = parser.parse_args(argv)
-    try:
+
+    def make(db: Database) -> tuple[dict, Path]:
         if args.seed < 0:
             raise SplitError(f"--seed must be >= 0, got {args.seed}")
         cfg = split_config_from_args(args, args.seed)
-        if args.output:
-            check_output(args.output, "--output")
-        db = load_database(args.database_root)
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             split = split_database(db, cfg)
-        path = Path(args.output) if args.output else default_split_path(db.root, cfg)
+        return split, Path(args.output) if args.output else default_split_path(db.root, cfg)
+
+    return write_split_file(args.database_root, args.output, make)
+
+
+def write_split_file(
+    database_root: str, output: str | None, make: Callable[[Database], tuple[dict, Path]]
+) -> int:
+    """The end of a split CLI (this one, data/site_split.py): make the split of the database
+    and its path (`make`), write it, print its class counts. Exit status 0, or 2 after one line
+    naming the flag or file."""
+    try:
+        if output:
+            check_output(output, "--output")
+        db = load_database(database_root)
+        split, path = make(db)
         write_json(path, split)
     except (SplitError, DatabaseError, OutputError) as err:
         print(f"error: {err}", file=sys.stderr)

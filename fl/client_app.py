@@ -1,29 +1,33 @@
 """The Flower ClientApp: one site's side of the federation, with the same client objects and
 end-of-run functions as main.py (algorithms/generative.py, algorithms/fedavg.py,
-algorithms/evaluation.py).
+algorithms/evaluation.py), under the site's own privacy policy (fl/policy.py).
 
 Each message runs in a fresh process (deployment) or in a shared worker (simulation), so the
-client object is rebuilt from its seed and restored from the node's Context.state, which holds
-its whole state (model, optimizer, RNG states, accountant history) and never leaves the site.
+client object is rebuilt from its seed and its secret key and restored from the node's
+Context.state, which holds its whole state (model, optimizer, RNG states, accountant history,
+the secret key of its noise) and never leaves the site.
 
 Messages (what comes back is all that leaves the site):
-- query: the client id, the embedding size and the number of classes;
-- train: one local round from the global weights -> shared weights, sample count and the
-  epsilon spent so far (the train loss is only printed to the site's log); fedpft, dpfedpft:
-  the site's one release (its sample count sent as 0), refused if asked again;
+- query: the client id, the embedding size, the number of classes and the names and hashes of
+  its data (DataFacts), or the site's refusal of the run (the rule of its policy it breaks);
+- train: one local round from the global weights -> shared weights, the noisy record count
+  (the FedAvg weight) and the epsilon spent so far (the train loss is only printed to the
+  site's log); refused beyond the rounds the noise is calibrated for; fedpft, dpfedpft: the
+  site's one release (its sample count sent as 0), refused if asked again;
 - evaluate.validate (fedavg, fedprox): the global head's validation accuracy;
-- evaluate.synthesize (dpcvae, dpcgan, fedpft, dpfedpft, after the last round): synthesize from
-  the global model (or the pooled Gaussians) and fit the two heads, locally -> the validation
-  accuracy and balanced accuracy of the mixed model for each lambda of the grid, the fidelity
-  of the synthetic data and the synthetic head's test accuracy, and the client's privacy
-  accounting;
-- evaluate: test metrics, of the global head (fedavg) or of the mix at the lambda chosen under
-  each lambda metric; for the generative methods also how many test records the server's head
-  on the global model's synthetic data classifies right.
+- evaluate.synthesize (dpcvae, dpcgan, fedpft, dpfedpft; once, after the last round):
+  synthesize from the global model (or the pooled Gaussians) and fit the two heads, locally ->
+  the validation accuracy and balanced accuracy of the mixed model for each lambda of the grid,
+  the fidelity of the synthetic data (if the policy allows), the synthetic head's test
+  accuracy, and the client's privacy accounting;
+- evaluate (once): test metrics, of the global head (fedavg) or of the mix at the lambda chosen
+  under each lambda metric; for the generative methods also how many test records the
+  server's head on the global model's synthetic data classifies right.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import torch
@@ -39,6 +43,7 @@ from algorithms.generative import correct_count, finish_client, make_clients
 from algorithms.heads import new_head, predict_proba
 from algorithms.options import Settings
 from data.clients import ClientData
+from fl.policy import Refusal, policy_violation, site_policy
 from fl.records import load_state, record_weights, save_state, update_content
 from fl.settings import (
     is_generative,
@@ -49,34 +54,84 @@ from fl.settings import (
     run_settings,
 )
 from utils.progress import set_quiet
+from utils.seeding import new_secret
 
 app = ClientApp()
 
 STATE = "client"  # the client object's state_dict() in Context.state
 LAST_ROUND = "last-round"  # the last round this client trained (refuses replays)
 TEST_PROBS = "test-probs"  # the two heads' test probabilities, kept for the lambda of the server
+SECRET = "secret"  # the key of this site's private randomness (secure noise)
+ANSWERED = "answered"  # the end-of-run steps this site has answered (each once per run)
 
 
 class Site:
-    """This node's settings, client id and data for one message."""
+    """This node's settings, client id, policy and data for one message."""
 
     def __init__(self, context: Context):
         set_quiet(True)
         self.settings: Settings = run_settings(context.run_config)
         self.client_id = node_client_id(context.node_config)
+        self.policy = site_policy(context.node_config)
+        self.violation = policy_violation(self.policy, self.settings)
         root, split = node_paths(context.node_config, self.settings)
-        self.data, self.n_classes = load_client(root, split, self.client_id)
+        self.data, self.n_classes, self.facts = load_client(root, split, self.client_id)
         self.context = context
+
+    def refuse(self, rule: str) -> None:
+        raise Refusal(f"client {self.client_id}'s site refuses: {rule}")
+
+    def require_policy(self) -> None:
+        """Refuse any message of a run that breaks the site's policy."""
+        if self.violation:
+            self.refuse(self.violation)
+
+    def n_rounds(self) -> int:
+        """The rounds this run's noise is calibrated for (the run's last round)."""
+        s = self.settings
+        if is_pft(s):
+            return 1
+        return s.configs["generative" if is_generative(s) else "fedavg"].n_rounds
+
+    def last_round(self) -> int | None:
+        if LAST_ROUND not in self.context.state:
+            return None
+        return int(self.context.state.config_records[LAST_ROUND]["round"])
+
+    def answer_once(self, step: str) -> None:
+        """Mark an end-of-run step as answered; refuse it if it already was in this run."""
+        state = self.context.state
+        done = dict(state.config_records[ANSWERED]) if ANSWERED in state else {}
+        if done.get(step):
+            self.refuse(f"{step} was already answered in this run (once per run)")
+        state[ANSWERED] = ConfigRecord({**done, step: True})
+
+    def secret(self) -> bytes | None:
+        """The site's key for secure noise, drawn once per run from OS entropy and kept in
+        Context.state; None when the policy's noise source is seeded."""
+        if self.policy.noise_source != "secure":
+            return None
+        state = self.context.state
+        if SECRET not in state:
+            state[SECRET] = ConfigRecord({"key": new_secret()})
+        return bytes(state.config_records[SECRET]["key"])
 
     def client(self) -> DPClient | PFTClient | FedAvgClient:
         """The client object, restored to where the last message left it."""
-        s, data = self.settings, [self.data]
+        s = self.settings
         if is_pft(s):
             pft, gen, dp = s.configs["pft"], s.configs["generative"], s.configs.get("dp")
-            client = make_pft_clients(s.method.name, data, self.n_classes, pft, gen, dp, s.seed)[0]
+            if dp is not None:
+                dp = dataclasses.replace(dp, noise_source=self.policy.noise_source)
+            client = make_pft_clients(
+                s.method.name, [self.data], self.n_classes, pft, gen, dp, s.seed, self.secret()
+            )[0]
         elif is_generative(s):
-            gen, dp = s.configs["generative"], s.configs["dp"]
-            client = make_clients(s.method.name, [self.data], self.n_classes, gen, dp, s.seed)[0]
+            gen = s.configs["generative"]
+            dp = dataclasses.replace(s.configs["dp"], noise_source=self.policy.noise_source)
+            client = make_clients(
+                s.method.name, [self.data], self.n_classes, gen, dp, s.seed, self.secret()
+            )[0]
         else:
             cfg = s.configs["fedavg"]
             client = make_fedavg_clients([self.data], self.n_classes, cfg, s.seed)[0]
@@ -92,31 +147,45 @@ class Site:
 
 @app.query()
 def hello(msg: Message, context: Context) -> Message:
-    """Who this site is: its client id and the shapes the server needs (no data)."""
+    """Who this site is: its client id, the shapes the server needs and the names and hashes of
+    its data (no data); or its refusal of the run, naming the rule of its policy."""
     site = Site(context)
     info = {
         "id": site.client_id,
         "dim": int(site.data.x_train.shape[1]),
         "n_classes": site.n_classes,
     }
-    return Message(RecordDict({"client": MetricRecord(info)}), reply_to=msg)
+    records = {"client": MetricRecord(info)}
+    if site.violation:
+        records["refusal"] = ConfigRecord({"rule": site.violation})
+    else:
+        facts = dataclasses.asdict(site.facts)
+        records["facts"] = ConfigRecord({k: json.dumps(v) for k, v in facts.items()})
+    return Message(RecordDict(records), reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """One local round from the global weights; the client's state stays in Context.state."""
+    """One local round from the global weights; the client's state stays in Context.state.
+    Refused beyond the run's rounds (the noise is calibrated for them) and for a round that is
+    not after the last one trained."""
     site = Site(context)
+    site.require_policy()
     rnd = int(msg.content.config_records["config"]["round"])
-    if LAST_ROUND in context.state:
-        last = int(context.state.config_records[LAST_ROUND]["round"])
-        if rnd <= last:
-            raise RuntimeError(
-                f"client {site.client_id}: asked for round {rnd + 1} after round {last + 1}"
-            )
-    else:
+    if not 0 <= rnd < site.n_rounds():
+        site.refuse(
+            f"round {rnd + 1} is beyond the {site.n_rounds()} rounds its noise is calibrated for"
+        )
+    last = site.last_round()
+    if last is not None and rnd <= last:
+        site.refuse(f"asked for round {rnd + 1} after round {last + 1}")
+    if last is None:
         warn_privacy_settings(site.settings.configs, [site.data])
     client = site.client()
     update = client.fit(record_weights(msg.content.array_records["weights"]), rnd)
+    spent = update.metrics.get("epsilon", 0.0)
+    if spent > site.policy.max_epsilon:  # (a calibrated run never gets here)
+        site.refuse(f"epsilon {spent:.4g} would exceed max-epsilon {site.policy.max_epsilon:g}")
     save_state(context.state, STATE, client.state_dict())
     context.state[LAST_ROUND] = ConfigRecord({"round": rnd})
     local = ", ".join(f"{k} {v:.4g}" for k, v in update.metrics.items())
@@ -128,6 +197,7 @@ def train(msg: Message, context: Context) -> Message:
 def validate(msg: Message, context: Context) -> Message:
     """FedAvg's per-round check: the global head's accuracy on this site's validation set."""
     site = Site(context)
+    site.require_policy()
     head = _head(site.data, site.n_classes, msg.content.array_records["weights"])
     acc = val_accuracy(head, site.data)
     return site.reply(msg, {"val": MetricRecord({} if acc is None else {"acc": acc})})
@@ -135,9 +205,14 @@ def validate(msg: Message, context: Context) -> Message:
 
 @app.evaluate("synthesize")
 def synthesize(msg: Message, context: Context) -> Message:
-    """After the last round: synthesize from the global model and fit the heads, here; report
-    the lambda-protocol validation accuracies, fidelity and privacy accounting."""
+    """After the last round, once: synthesize from the global model and fit the heads, here;
+    report the lambda-protocol validation accuracies, fidelity (if the policy allows) and
+    privacy accounting."""
     site = Site(context)
+    site.require_policy()
+    if site.last_round() != site.n_rounds() - 1:
+        site.refuse(f"the end-of-run evaluation comes after round {site.n_rounds()}, its last")
+    site.answer_once("evaluate.synthesize")
     s = site.settings
     client = site.client()
     weights = record_weights(msg.content.array_records["weights"])
@@ -154,11 +229,14 @@ def synthesize(msg: Message, context: Context) -> Message:
     grid = lambda_grid(s.args.weights_grid_resolution)
     scores = client_val_scores(result.local, result.global_, site.data.y_val, grid)
     privacy = {k: v for k, v in client.privacy().items() if k != "id"}
+    fidelity = result.fidelity()
+    if not site.policy.release_fidelity:  # the statistics on training data stay here
+        fidelity = {k: fidelity[k] for k in ("synthetic_acc", "chance", "n_test")}
     return site.reply(
         msg,
         {
             "lambda": MetricRecord(scores or {}),
-            "fidelity": MetricRecord(result.fidelity()),
+            "fidelity": MetricRecord(fidelity),
             "privacy": ConfigRecord({"json": json.dumps(privacy)}),
         },
     )
@@ -167,15 +245,18 @@ def synthesize(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def report(msg: Message, context: Context) -> Message:
     """This site's test metrics: of the global head (fedavg), or of the mix at the lambdas the
-    server chose from the validation scores (dpcvae, dpcgan), with the number of test records
-    that the server's head on the global model's synthetic data classifies right."""
+    server chose from the validation scores (the generative methods), with the number of test
+    records that the server's head on the global model's synthetic data classifies right. Once
+    per run."""
     site = Site(context)
+    site.require_policy()
+    if is_generative(site.settings) and TEST_PROBS not in context.state:
+        site.refuse("test metrics asked before the end-of-run evaluation")
+    site.answer_once("evaluate")
     head = _head(site.data, site.n_classes, msg.content.array_records["weights"])
     if not is_generative(site.settings):
         row = client_test_row(site.data, None, predict_proba(head, site.data.x_test), None)
         return site.reply(msg, {"row": MetricRecord(row)})
-    if TEST_PROBS not in context.state:
-        raise RuntimeError(f"client {site.client_id}: test metrics asked before synthesis")
     local_test, global_test = context.state.array_records[TEST_PROBS].to_numpy_ndarrays()
     config = msg.content.config_records["config"]
     rows = {

@@ -6,11 +6,14 @@
 
 After `--` come main.py's flags (parsed by the library's parser, algorithms/options.py). The
 split file is made as main.py makes it (or reused), paths are made absolute, and then:
-deployment starts a SuperLink and one SuperNode per client (`--node-config client-id=i`);
+deployment starts a SuperLink and one SuperNode per client, each told its client id, database
+and split file by its node config (`client-id=i database-root=... split-file=...`, plus the
+keys of `--node_config`, e.g. a policy), so the coordinator's run config names no split file;
 simulation starts a SuperLink with Flower's simulation engine (Ray, one simulated SuperNode per
-client). The run is submitted with `flwr run`, and this script waits for it to finish, stops
-every process it started (also on error, timeout or Ctrl-C), and prints where main.py's results
-files are. Flower's own state and logs go to `--work_dir`.
+client, reading the split file that main-args names). The run is submitted with `flwr run`,
+and this script waits for it to finish, stops every process it started (also on error, timeout
+or Ctrl-C), and prints where main.py's results files are. Flower's own state and logs go to
+`--work_dir`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import tomli
 import tomli_w
 
 from algorithms import registry
-from algorithms.experiment import RUN_ERRORS, describe_run, summary_line
+from algorithms.experiment import RUN_ERRORS, data_facts, describe_run, summary_line
 from algorithms.options import UsageError, load_settings
 from data.database import load_database
 from data.partition import load_or_make_split
@@ -59,9 +62,9 @@ class LocalRun:
     work_dir: Path
 
 
-def prepare(main_argv: list[str]) -> tuple[list[str], Path, int]:
-    """main.py's flags with absolute paths (made or reused split file included), the run's
-    results directory, and the number of clients."""
+def prepare(main_argv: list[str]) -> tuple[list[str], Path, Path, int]:
+    """main.py's flags with absolute paths (made or reused split file included), that split
+    file, the run's results directory, and the number of clients."""
     settings = load_settings(main_argv)
     args, method = settings.args, settings.method
     if not method.flower:
@@ -80,13 +83,14 @@ def prepare(main_argv: list[str]) -> tuple[list[str], Path, int]:
     ]
     if args.results_dir:
         absolute += ["--results_dir", str(Path(args.results_dir).resolve())]
-    _, run_dir = describe_run(load_settings(absolute), db.meta, split)
+    facts = data_facts(db.meta, args.database_root, split, Path(split_path))
+    _, run_dir = describe_run(load_settings(absolute), facts)
     if is_finished(run_dir) and not args.overwrite:
         raise ResultsError(
             f"{run_dir}: holds a finished run ({METRICS_FILE} exists); "
             f"pass --overwrite to replace it or choose another --results_dir"
         )
-    return absolute, run_dir, len(split["clients"])
+    return absolute, Path(split_path).resolve(), run_dir, len(split["clients"])
 
 
 def run_local(
@@ -95,12 +99,17 @@ def run_local(
     work_dir: str | Path | None = None,
     timeout: float = 3600.0,
     env: dict[str, str] | None = None,
+    node_config: dict[str, str] | None = None,
 ) -> LocalRun:
-    """Run main.py's experiment on Flower with local processes; stop them all before returning."""
+    """Run main.py's experiment on Flower with local processes; stop them all before returning.
+    `node_config`: more keys for every SuperNode's node config (deployment), e.g. a policy."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     start = time.monotonic()
-    argv, run_dir, n_clients = prepare(main_argv)
+    argv, split_path, run_dir, n_clients = prepare(main_argv)
+    database_root = str(Path(load_settings(argv).args.database_root).resolve())
+    if engine == "deployment":  # the sites name their split file; the coordinator does not
+        argv = without_flag(argv, "--split_file")
     work = Path(work_dir or run_dir.parent / f"{run_dir.name}.flower").resolve()
     (work / "logs").mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -110,6 +119,7 @@ def run_local(
         tomli_w.dumps(
             {
                 "main-args": shlex.join(argv),
+                "n-sites": n_clients,
                 "node-timeout-s": max(60, int(timeout)),
                 "reply-timeout-s": max(60, int(timeout)),
             }
@@ -134,7 +144,14 @@ def run_local(
                         "--port",
                         str(free_port()),
                         "--node-config",
-                        f"client-id={i}",
+                        node_config_text(
+                            {
+                                "client-id": i,
+                                "database-root": database_root,
+                                "split-file": str(split_path),
+                                **(node_config or {}),
+                            }
+                        ),
                     ],
                 )
         else:
@@ -146,6 +163,24 @@ def run_local(
     if not is_finished(run_dir):
         raise LocalRunError(f"run {run_id} completed without {run_dir / METRICS_FILE}")
     return LocalRun(run_dir, status, time.monotonic() - start, work)
+
+
+def without_flag(argv: list[str], flag: str) -> list[str]:
+    """`argv` without any `flag VALUE` or `flag=VALUE`."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(f"{flag}="):
+            out.append(arg)
+    return out
+
+
+def node_config_text(config: dict) -> str:
+    """A SuperNode's --node-config: space-separated key=value, strings quoted as TOML."""
+    return " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())
 
 
 def stage_app(dest: Path) -> Path:
@@ -367,6 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout", type=float, default=3600.0, help="seconds for the whole run. Default: 3600"
     )
+    parser.add_argument(
+        "--node_config",
+        default="",
+        help="more node-config keys for every SuperNode (deployment), space-separated "
+        'key=value, e.g. "max-epsilon=2 release-fidelity=false" (fl/policy.py). Default: none',
+    )
     parser.add_argument("main_args", nargs=argparse.REMAINDER, help="-- then main.py's flags")
     return parser
 
@@ -375,7 +416,11 @@ def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     main_args = args.main_args[1:] if args.main_args[:1] == ["--"] else args.main_args
     try:
-        result = run_local(main_args, args.engine, args.work_dir, args.timeout)
+        pairs = shlex.split(args.node_config)
+        if not all("=" in pair for pair in pairs):
+            raise UsageError(f"--node_config must be key=value pairs, got {args.node_config!r}")
+        extra = dict(pair.split("=", 1) for pair in pairs)
+        result = run_local(main_args, args.engine, args.work_dir, args.timeout, node_config=extra)
     except (*RUN_ERRORS, LocalRunError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,12 +1,14 @@
 """The Flower ServerApp: main.py's federation loop (`run_rounds`) and FedAvg step
 (`fedavg_aggregate`), with each round's local training done by the sites' ClientApps.
 
-It reads the database's meta.json and the split file (indices, no embeddings), writes the same
-config.json, history.csv and metrics.json as main.py (the run lifecycle of
-algorithms/experiment.py), and sees of each site only what the ClientApp sends back (see
-fl/client_app.py). The end of a generative run is the library's: the sites run
-`finish_client` and report, the server runs `choose_lambda`, the sites compute their test rows.
-FedPFT is one such round: each site releases its statistics, the server pools them.
+It opens no database and no split file: the run's public facts (number of sites from the run
+config; embedding size, classes, and the names and hashes of each site's data from the sites'
+first replies) are all it needs. It writes the same config.json, history.csv and metrics.json as
+main.py (the run lifecycle of algorithms/experiment.py), and sees of each site only what the
+ClientApp sends back (see fl/client_app.py). A site whose policy refuses the run stops it at
+the start, with one message naming the site and the rule. The end of a generative run is the
+library's: the sites run `finish_client` and report, the server runs `choose_lambda`, the sites
+compute their test rows.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
@@ -29,7 +30,7 @@ from algorithms.evaluation import (
     lambda_protocol,
     protocol_report,
 )
-from algorithms.experiment import close_run, open_run
+from algorithms.experiment import DataFacts, close_run, open_run
 from algorithms.fedavg import initial_head, validation_row
 from algorithms.federation import ClientUpdate, fedavg_aggregate, run_rounds
 from algorithms.fedpft import PooledSampler, pft_outcome, pooler
@@ -44,10 +45,9 @@ from algorithms.generative import (
     initial_global_weights,
 )
 from algorithms.options import Settings
-from data.database import load_meta
+from fl.policy import Refusal
 from fl.records import content_update, weights_record
 from fl.settings import SettingsError, is_generative, is_pft, run_settings
-from utils.io import read_json
 from utils.metrics import CLASSIFICATION_METRICS
 from utils.progress import set_quiet
 from utils.seeding import SAMPLING, derive_seed
@@ -105,69 +105,105 @@ def serve(grid: Grid, context: Context) -> None:
     """Run main.py's experiment with the sites' ClientApps and write its results files."""
     set_quiet(True)
     settings = run_settings(context.run_config)
-    args = settings.args
-    meta = load_meta(args.database_root)
-    split_path = Path(args.split_file)
-    split = read_json(split_path)
-    if split.get("args") != asdict(settings.configs["split"]):
-        raise SettingsError(
-            f"{split_path}: split was made with other arguments ({split.get('args')}), "
-            f"not {asdict(settings.configs['split'])}: pass its partition flags in main-args"
-        )
-    order = [int(c["id"]) for c in split["clients"]]  # client index -> client id, as main.py
-    files = open_run(settings, meta, split, split_path)
-    if files.finished:
-        return
-    n_classes = len(meta["classes"])
-    sites, dim = connect(
+    n_sites = int(context.run_config.get("n-sites", 0)) or settings.args.n_clients
+    sites, hello = connect(
         grid,
-        order,
-        n_classes,
+        n_sites,
         float(context.run_config.get("node-timeout-s", 600)),
         float(context.run_config.get("reply-timeout-s", 3600)),
     )
+    order = sorted(hello)  # client index -> client id, as main.py (split files list ids in order)
+    facts, dim, n_classes = run_facts(settings, hello, order)
+    files = open_run(settings, facts)
+    if files.finished:
+        return
     start = time.perf_counter()
     run = run_pft if is_pft(settings) else run_generative if is_generative(settings) else run_fedavg
     outcome, evaluation = run(sites, order, settings, dim, n_classes)
     wall = time.perf_counter() - start
-    close_run(files, settings.seed, split, evaluation, outcome, wall)
+    close_run(files, settings.seed, facts.split_args, evaluation, outcome, wall)
 
 
 def connect(
-    grid: Grid, order: list[int], n_classes: int, node_timeout: float, reply_timeout: float
-) -> tuple[Sites, int]:
-    """Wait for one SuperNode per client, ask each which client it serves, and check that the
-    clients are exactly the split's and agree on the embedding size. Returns the sites and it."""
+    grid: Grid, n_sites: int, node_timeout: float, reply_timeout: float
+) -> tuple[Sites, dict[int, dict]]:
+    """Wait for `n_sites` SuperNodes and ask each which client it serves and what its data is
+    (names, hashes and shapes), or whether it refuses the run: every refusal stops the run with
+    one message. Returns the sites and each one's reply by client id."""
     deadline = time.monotonic() + node_timeout
-    while len(nodes := sorted(grid.get_node_ids())) < len(order):
+    while len(nodes := sorted(grid.get_node_ids())) < n_sites:
         if time.monotonic() > deadline:
             raise TimeoutError(
-                f"{len(nodes)} of {len(order)} SuperNodes connected within {node_timeout:.0f} s "
+                f"{len(nodes)} of {n_sites} SuperNodes connected within {node_timeout:.0f} s "
                 f"(node-timeout-s)"
             )
         time.sleep(0.5)
     messages = [Message(RecordDict(), node, "query", group_id="hello") for node in nodes]
     replies = list(grid.send_and_receive(messages, timeout=reply_timeout))
     info: dict[int, dict] = {}
+    refusals = []
     for reply in replies:
         if reply.has_error():
             raise RuntimeError(
                 f"SuperNode {reply.metadata.src_node_id} failed to start: {reply.error.reason}"
             )
         hello = dict(reply.content.metric_records["client"])
-        if hello["id"] in info:
-            raise SettingsError(f"two SuperNodes claim client-id {hello['id']}")
-        info[int(hello["id"])] = {**hello, "node": reply.metadata.src_node_id}
-    if sorted(info) != sorted(order):
-        raise SettingsError(f"SuperNodes serve clients {sorted(info)}, the split has {order}")
-    dims = {cid: int(h["dim"]) for cid, h in info.items()}
-    if len(set(dims.values())) != 1:
-        raise SettingsError(f"clients disagree on the embedding size: {dims}")
-    classes = {cid: int(h["n_classes"]) for cid, h in info.items()}
-    if set(classes.values()) != {n_classes}:
-        raise SettingsError(f"meta.json has {n_classes} classes, the clients {classes}")
+        cid = int(hello["id"])
+        if cid in info:
+            raise SettingsError(f"two SuperNodes claim client-id {cid}")
+        if "refusal" in reply.content.config_records:
+            refusals.append(f"client {cid}: {reply.content.config_records['refusal']['rule']}")
+        else:
+            record = reply.content.config_records["facts"]
+            hello["facts"] = {k: json.loads(str(v)) for k, v in record.items()}
+        info[cid] = {**hello, "node": reply.metadata.src_node_id}
+    if refusals:
+        raise Refusal("the run is refused by its sites' policies: " + "; ".join(sorted(refusals)))
+    if len(info) != n_sites:
+        raise SettingsError(f"{len(info)} SuperNodes answered, the run needs {n_sites}")
     sites = Sites(grid, {cid: int(h["node"]) for cid, h in info.items()}, reply_timeout)
-    return sites, dims[order[0]]
+    return sites, info
+
+
+def run_facts(
+    settings: Settings, hello: dict[int, dict], order: list[int]
+) -> tuple[DataFacts, int, int]:
+    """The run's data facts from the sites' replies (a fact they share is one value, one they
+    differ on a list in client order), the embedding size and the number of classes, which
+    every site must agree on. Sites reading one split file must have made it with main-args'
+    partition flags."""
+
+    def common(values: list):
+        return values if any(v != values[0] for v in values) else values[0]
+
+    def agreed(name: str, key) -> object:
+        values = {cid: key(h) for cid, h in hello.items()}
+        if len(set(map(json.dumps, values.values()))) != 1:
+            raise SettingsError(f"the sites disagree on the {name}: {values}")
+        return values[order[0]]
+
+    dim = int(agreed("embedding size", lambda h: int(h["dim"])))
+    n_classes = int(agreed("number of classes", lambda h: int(h["n_classes"])))
+    dataset = str(agreed("dataset", lambda h: h["facts"]["dataset"]))
+    backbone = str(agreed("backbone", lambda h: h["facts"]["backbone"]))
+    each = {name: [hello[cid]["facts"][name] for cid in order] for name in hello[order[0]]["facts"]}
+    split_args = common(each["split_args"])
+    facts = DataFacts(
+        dataset,
+        backbone,
+        common(each["fingerprint"]),
+        common(each["split_file"]),
+        common(each["split_sha256"]),
+        split_args if isinstance(split_args, dict) else {"sites": split_args},
+    )
+    expected = asdict(settings.configs["split"])
+    shared = "sites" not in facts.split_args and facts.split_args.get("split_method") != "site"
+    if shared and facts.split_args != expected:
+        raise SettingsError(
+            f"the sites' split was made with other arguments ({facts.split_args}), not "
+            f"{expected}: pass its partition flags in main-args"
+        )
+    return facts, dim, n_classes
 
 
 def train_rounds(

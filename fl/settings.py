@@ -3,13 +3,16 @@
 Run config (pyproject.toml `[tool.flwr.app.config]`, overridden by `flwr run --run-config`):
 - `main-args`: main.py's command line, parsed by the library's parser (algorithms/options.py),
   so every flag, default and check is main.py's. Paths in it must be absolute: Flower runs the
-  apps in other directories.
+  apps in other directories. The ServerApp opens none of them: `--database_root` and
+  `--split_file` (optional) are the sites' defaults, which their node config may replace;
+- `n-sites`: how many sites take part (0: main-args' --n_clients);
 - `node-timeout-s`: how long the ServerApp waits for every client's SuperNode to connect;
 - `reply-timeout-s`: how long it waits for the replies to one message (one round).
 
 Node config (`flower-supernode --node-config`): `client-id` (in simulation Flower's
-`partition-id` stands for it) and, optionally, `database-root` and `split-file`: that site's own
-paths, replacing those of `main-args`.
+`partition-id` stands for it), optionally `database-root` and `split-file` (that site's own
+paths, e.g. a split file from `python -m data.site_split`, replacing those of `main-args`), and
+the site's privacy policy (fl/policy.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import shlex
 from pathlib import Path
 
 from algorithms import registry
+from algorithms.experiment import DataFacts, data_facts
 from algorithms.options import Settings, UsageError, load_settings
 from data.clients import ClientData, client_datasets
 from data.database import load_database
@@ -56,7 +60,7 @@ def run_settings(run_config: dict) -> Settings:
         )
     for flag in ("database_root", "split_file"):
         value = getattr(args, flag)
-        if not value or not Path(value).is_absolute():
+        if (value or flag == "database_root") and not Path(value or "").is_absolute():
             raise SettingsError(f"main-args: --{flag} must be an absolute path, got {value!r}")
     results = args.results_dir or args.results_root
     if not Path(results).is_absolute():
@@ -87,22 +91,32 @@ def node_client_id(node_config: dict) -> int:
 def node_paths(node_config: dict, settings: Settings) -> tuple[str, str]:
     """(database root, split file) of this site: its node config's, else main-args'."""
     root = str(node_config.get("database-root", settings.args.database_root))
-    split = str(node_config.get("split-file", settings.args.split_file))
-    return root, split
+    split = node_config.get("split-file", settings.args.split_file)
+    if not split:
+        raise SettingsError(
+            "node config: set split-file (this site's split file, e.g. written by "
+            "python -m data.site_split), or give --split_file in main-args"
+        )
+    return root, str(split)
 
 
-def load_client(database_root: str, split_file: str, client_id: int) -> tuple[ClientData, int]:
-    """This site's data (train/val/test) and the number of classes."""
-    clients, n_classes = _load_clients(database_root, split_file)
+def load_client(
+    database_root: str, split_file: str, client_id: int
+) -> tuple[ClientData, int, DataFacts]:
+    """This site's data (train/val/test), the number of classes, and the facts of its data
+    (names and hashes) that it reports at the start of a run."""
+    clients, n_classes, facts = _load_clients(database_root, split_file)
     for c in clients:
         if c.id == client_id:
-            return c, n_classes
+            return c, n_classes, facts
     ids = [c.id for c in clients]
     raise SettingsError(f"client-id {client_id} is not in {split_file} (clients {ids})")
 
 
 @functools.lru_cache(maxsize=2)
-def _load_clients(database_root: str, split_file: str) -> tuple[list[ClientData], int]:
+def _load_clients(database_root: str, split_file: str) -> tuple[list[ClientData], int, DataFacts]:
     # Cached: in simulation one process serves every client, message after message.
     db = load_database(database_root)
-    return client_datasets(db, load_split(split_file, db)), db.n_classes
+    split = load_split(split_file, db)
+    facts = data_facts(db.meta, database_root, split, Path(split_file))
+    return client_datasets(db, split), db.n_classes, facts

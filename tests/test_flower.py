@@ -27,6 +27,7 @@ from utils.io import read_csv, write_json
 from utils.results import read_metrics
 
 SMALL = ["--n_clients", "2", "--quiet"]
+SEEDED = {"noise-source": "seeded"}  # a site's testing switch: noise from the run seed
 HEAD = ["--local_epochs", "20"]  # dpcvae, dpcgan (FedAvg trains no other head)
 DPCVAE = ["--method", "dpcvae", *HEAD, "--n_fedavg_rounds", "2", "--local_epochs_gen", "1"]
 FEDAVG = ["--method", "fedavg", "--n_rounds", "3", "--local_steps", "2"]
@@ -150,7 +151,8 @@ def run_in_process(db, out, args, node_configs=None):
         write_json(db / "split.json", split_database(load_database(db), SplitConfig(n_clients=2)))
     argv = ["--database_root", str(db), "--split_file", str(db / "split.json"), *SMALL, *args]
     run_config = {"main-args": " ".join([*argv, "--results_dir", str(out)])}
-    grid = InProcessGrid(node_configs or [{"partition-id": 1}, {"partition-id": 0}], run_config)
+    nodes = node_configs or [{"partition-id": 1, **SEEDED}, {"partition-id": 0, **SEEDED}]
+    grid = InProcessGrid(nodes, run_config)
     server_app.app(grid, Context(1, 0, {}, RecordDict(), run_config))
     return argv, grid
 
@@ -276,8 +278,13 @@ def test_a_site_reads_its_own_database_and_split_from_node_config(
     site = tmp_path / "site1"
     shutil.copytree(gauss_db, site)
     nodes = [
-        {"client-id": 0},
-        {"client-id": 1, "database-root": str(site), "split-file": str(site / "split.json")},
+        {"client-id": 0, **SEEDED},
+        {
+            "client-id": 1,
+            "database-root": str(site),
+            "split-file": str(site / "split.json"),
+            **SEEDED,
+        },
     ]
     run_in_process(gauss_db, tmp_path / "b", DPCVAE, nodes)
     assert read_metrics(tmp_path / "a")["clients"] == read_metrics(tmp_path / "b")["clients"]
@@ -314,10 +321,14 @@ def test_deployment_on_loopback_equals_main(gauss_db, tmp_path):
         [*argv, "--results_dir", str(tmp_path / "flower")],
         "deployment",
         work_dir=tmp_path / "work",
-        timeout=480,  # a process per message: ~40 s each when other jobs share the 2 cores
+        timeout=600,  # generous: the cores may be shared
         env={"OMP_NUM_THREADS": "1"},
+        node_config=SEEDED,
     )
     assert run.status == "finished:completed"
+    # the coordinator's run config names no split file: the sites' node configs do
+    run_config = (tmp_path / "work" / "run_config.toml").read_text()
+    assert "--split_file" not in run_config and "splits" not in run_config
     assert descendants([os.getpid()]) <= before
     assert main_module.main([*argv, "--results_dir", str(tmp_path / "main")]) == 0
     assert_same_results(tmp_path / "main", tmp_path / "flower")
@@ -334,7 +345,7 @@ def test_simulation_engine_equals_main(gauss_db, tmp_path):
         [*argv, "--results_dir", str(tmp_path / "flower")],
         "simulation",
         work_dir=tmp_path / "work",
-        timeout=240,
+        timeout=600,  # generous: the cores may be shared
     )
     assert run.status == "finished:completed"
     assert descendants([os.getpid()]) <= before

@@ -43,12 +43,18 @@ def test_spent_epsilon_is_at_most_the_target_and_recomputes_independently():
     report = out.privacy
     assert report["enabled"] and report["target_epsilon"] == 2.0
     assert len(report["clients"]) == 3
+    assert report["count_noise"] == 20.0 and report["noise_source"] == "seeded"
+    assert "run seed" in report["noise_caveat"]
     for c in report["clients"]:
-        # 30 samples at nominal batch 16: rate 1/2, 2 steps per epoch, 2 rounds x 1 epoch
-        assert c["sample_rate"] == 0.5 and c["steps"] == 4
+        # the noisy count n~ of 30 samples at nominal batch 16 sets the rate and the steps
+        n = c["n_released"]
+        assert n >= 1 and n != 30  # (for these seeds)
+        steps_epoch = -(-n // 16)
+        assert c["sample_rate"] == 1 / steps_epoch and c["steps"] == 2 * steps_epoch
         assert c["epsilon"] <= 2.0
         fresh = PRVAccountant()  # independent of the project's cached helpers
-        fresh.history = [(c["noise_multiplier"], c["sample_rate"], c["steps"])]
+        fresh.history = [(20.0, 1.0, 1), (c["noise_multiplier"], c["sample_rate"], c["steps"])]
+        assert c["accountant_history"] == [list(h) for h in fresh.history]
         assert fresh.get_epsilon(delta=report["delta"]) == pytest.approx(c["epsilon"], rel=1e-9)
     assert report["epsilon_max"] == max(c["epsilon"] for c in report["clients"])
     assert np.isfinite(out.fidelity["wasserstein_mean"])

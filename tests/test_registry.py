@@ -32,7 +32,7 @@ def finished_runs(root: Path) -> list[Path]:
     for i, method in enumerate(reversed(registry.METHODS)):
         run = RunFiles(root / f"run{i}", method, f"key{i}", "d", "b")
         run.run_dir.mkdir(parents=True)
-        close_run(run, 1, {"args": {}}, Evaluation(ROWS), Outcome(None, None, [], 0), 1.0)
+        close_run(run, 1, {}, Evaluation(ROWS), Outcome(None, None, [], 0), 1.0)
         dirs.append(run.run_dir)
     return dirs
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 CLASSIFICATION_METRICS = ("acc", "balanced_acc", "f1_macro", "f1_weighted")
 
@@ -14,6 +13,10 @@ CLASSIFICATION_METRICS = ("acc", "balanced_acc", "f1_macro", "f1_weighted")
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     """Accuracy, balanced accuracy, macro and weighted F1 (fractions in [0, 1]), as sklearn
     computes them (balanced accuracy averages recall over the classes present in y_true)."""
+    # imported here: scikit-learn (with SciPy) is a tenth of a Flower ClientApp's start-up, and
+    # only the end-of-run messages compute metrics (each message starts a new process)
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # classes predicted but absent from y_true
         return {

@@ -1,11 +1,14 @@
-"""Seeds derived from the run seed, and seeded construction without global RNG side effects."""
+"""Seeds derived from the run seed, seeded construction without global RNG side effects, and the
+one place where a client's private randomness comes from (`private_generator`)."""
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Callable
 from typing import TypeVar
 
+import numpy as np
 import torch
 
 T = TypeVar("T")
@@ -32,6 +35,7 @@ BATCHES = "batches"  # a generative client's batches (client seed)
 DP_NOISE = "dp-noise"  # a generative client's DP-SGD noise (client seed)
 PFT_FIT = "pft-fit"  # a fedpft client's mixture fits (client seed, + class)
 LATENT = "latent"  # a generative client's latent draws in training (client seed; audit: attacks)
+COUNT = "count"  # the noise of a DP client's released record count (client seed)
 AUDIT = "audit"  # the audit's own seed (run seed)
 CANARIES = "canaries"  # the audit's canary records (audit seed)
 MEMBERS = "members"  # which canaries are members (audit seed)
@@ -56,3 +60,54 @@ def generator(seed: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(seed)
     return g
+
+
+# A secret key: 32 bytes of OS entropy (`new_secret`), kept where the data is and never written
+# to results. With it, `private_generator` draws from streams nobody else can reproduce.
+SECRET_BYTES = 32
+# torch's CPU generator state (torch.Generator.get_state): a legacy header of 24 bytes, then the
+# Mersenne Twister's 624 words, each stored in the low half of a little-endian uint64.
+_MT_WORDS, _MT_OFFSET, _MT_STATE_BYTES = 624, 24, 5056
+
+
+def new_secret() -> bytes:
+    """32 bytes from the operating system's cryptographically secure source."""
+    return secrets.token_bytes(SECRET_BYTES)
+
+
+def private_generator(seed: int, *keys: object, secret: bytes | None) -> torch.Generator:
+    """The source of every private random draw of a client (DP noise, Poisson batches, the noisy
+    record count, latent draws, synthetic sampling): the one function to call for them.
+
+    `secret` None: seeded from the run seed (`generator(derive_seed(seed, *keys))`), reproducible
+    by anyone who knows the seed: for simulation only. With a secret: a Mersenne Twister whose
+    whole state (624 x 32 bits) is SHAKE-256 of the secret and the stream's keys, so each stream
+    is unpredictable to whoever lacks the secret (the coordinator, readers of the results), and a
+    site that keeps the secret rebuilds the same streams. Not a CSPRNG: 624 consecutive raw
+    outputs would reveal the state, but no raw output ever leaves the site (they become Gaussian
+    noise added to clipped gradients, batch memberships, latent draws)."""
+    if secret is None:
+        return generator(derive_seed(seed, *keys))
+    if len(secret) < 16:
+        raise ValueError("a secret key needs at least 16 bytes")
+    path = "/".join(str(k) for k in keys).encode()
+    words = np.frombuffer(hashlib.shake_256(secret + b"/" + path).digest(4 * _MT_WORDS), "<u4")
+    g = generator(0)  # a valid state to start from (left=1: the next draw regenerates the words)
+    state = g.get_state().clone()
+    if state.numel() != _MT_STATE_BYTES:
+        raise RuntimeError(f"unexpected torch generator state ({state.numel()} bytes)")
+    body = torch.frombuffer(bytearray(words.astype("<u8").tobytes()), dtype=torch.uint8)
+    state[_MT_OFFSET : _MT_OFFSET + len(body)] = body
+    g.set_state(state)
+    return g
+
+
+def private_numpy_rng(seed: int, *keys: object, secret: bytes | None) -> np.random.Generator:
+    """A numpy Generator for private draws (the synthetic labels), from the same key as
+    `private_generator`: seeded by the run seed, or by 32 bytes of SHAKE-256(secret, keys)."""
+    if secret is None:
+        return np.random.default_rng(derive_seed(seed, *keys))
+    path = "/".join(str(k) for k in keys).encode()
+    return np.random.default_rng(
+        int.from_bytes(hashlib.shake_256(secret + b"/" + path).digest(32), "little")
+    )
