@@ -156,6 +156,8 @@ class DPConfig:
     def count_history(self) -> tuple[tuple[float, float, int], ...]:
         """The accountant's entry of the record count's release: a Gaussian mechanism of
         sensitivity 1 is one step of noise multiplier `count_noise` at sampling rate 1."""
+        if self.accountant is None:  # a one-shot release noises its counts itself
+            return ()
         return ((self.count_noise, 1.0, 1),) if self.count_noise > 0 else ()
 
 
