@@ -127,20 +127,30 @@ class DPClient:
     grad_sample_mode = "fast"
 
     def __init__(
-        self, data: ClientData, n_classes: int, cfg: GenerativeConfig, dp: DPConfig, seed: int
+        self,
+        data: ClientData,
+        n_classes: int,
+        cfg: GenerativeConfig,
+        dp: DPConfig,
+        seed: int,
+        device: str = "cpu",
     ):
         self.id, self.cfg, self.dp, self.n_classes = data.id, cfg, dp, n_classes
-        self.x = torch.as_tensor(squash(data.x_train, cfg.squash_temperature))
-        self.y = torch.as_tensor(data.y_train, dtype=torch.int64)
+        self.device = torch.device(device)
+        x = torch.as_tensor(squash(data.x_train, cfg.squash_temperature))
+        self.x = x.to(self.device)
+        self.y = torch.as_tensor(data.y_train, dtype=torch.int64).to(self.device)
         self.onehot = F.one_hot(self.y, n_classes).float()
         self.n = len(self.y)
         # the nominal batch size B (0: the whole client, one step per epoch)
         self.batch_size = cfg.batch_size or self.n
         self.steps_epoch = steps_per_epoch(self.n, self.batch_size)
         self.total_steps = cfg.n_rounds * cfg.local_epochs * self.steps_epoch
-        self.rng_batches = generator(derive_seed(seed, BATCHES))
-        self.rng_noise = generator(derive_seed(seed, DP_NOISE))
-        self.rng_latent = generator(derive_seed(seed, LATENT))
+        # each client's random streams, on its device (issue 15 may draw them from a secret
+        # source instead: they are made here and only here)
+        self.rng_batches = generator(derive_seed(seed, BATCHES), self.device)
+        self.rng_noise = generator(derive_seed(seed, DP_NOISE), self.device)
+        self.rng_latent = generator(derive_seed(seed, LATENT), self.device)
         self.private: PrivateTraining | None = None
 
     def _make_private(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -165,7 +175,7 @@ class DPClient:
             for _ in range(self.steps_epoch):
                 yield poisson_batch(self.n, self.private.sample_rate, self.rng_batches)
         else:
-            order = torch.randperm(self.n, generator=self.rng_batches)
+            order = torch.randperm(self.n, generator=self.rng_batches, device=self.device)
             yield from order.split(self.batch_size)
 
     def _release_gradients(self, *optimizers: torch.optim.Optimizer) -> None:

@@ -27,11 +27,18 @@ class CVAEClient(DPClient):
     """A DP-CVAE client: encoder and decoder trained with DP-SGD; only the decoder is sent."""
 
     def __init__(
-        self, data: ClientData, n_classes: int, cfg: GenerativeConfig, dp: DPConfig, seed: int
+        self,
+        data: ClientData,
+        n_classes: int,
+        cfg: GenerativeConfig,
+        dp: DPConfig,
+        seed: int,
+        device: str = "cpu",
     ):
-        super().__init__(data, n_classes, cfg, dp, seed)
+        super().__init__(data, n_classes, cfg, dp, seed, device)
         dim = self.x.shape[1]
-        self.model = seeded(derive_seed(seed, INIT), lambda: new_cvae(dim, n_classes, cfg))
+        model = seeded(derive_seed(seed, INIT), lambda: new_cvae(dim, n_classes, cfg))
+        self.model = model.to(self.device)
         self.optimizer = adam(self.model.parameters(), lr=cfg.cvae_learning_rate)
         self._make_private(self.model, self.optimizer)
 
@@ -62,7 +69,9 @@ class CVAEClient(DPClient):
 
     def _loss(self, idx: torch.Tensor) -> torch.Tensor:
         x, oh = self.x[idx], self.onehot[idx]
-        eps = torch.randn(len(idx), self.cfg.latent_dim, generator=self.rng_latent)
+        eps = torch.randn(
+            len(idx), self.cfg.latent_dim, generator=self.rng_latent, device=self.device
+        )
         forward = self.private.module if self.private is not None else self.model
         recon, mu, logvar = forward(x, oh, eps)
         cfg = self.cfg
@@ -103,9 +112,10 @@ class CVAEClient(DPClient):
         the paper's code (`--cvae_var` scales the latent draw)."""
         load_decoder(self.model, global_weights)
         self.model.eval()
-        z = self.cfg.latent_var * torch.randn(len(labels), self.cfg.latent_dim, generator=rng)
-        oh = F.one_hot(torch.as_tensor(labels, dtype=torch.int64), self.n_classes).float()
-        return self.model.decode(z, oh).numpy()
+        draw = torch.randn(len(labels), self.cfg.latent_dim, generator=rng, device=rng.device)
+        z = self.cfg.latent_var * draw.to(self.device)
+        y = torch.as_tensor(labels, dtype=torch.int64, device=self.device)
+        return self.model.decode(z, F.one_hot(y, self.n_classes).float()).cpu().numpy()
 
     def state_dict(self) -> dict:
         return {

@@ -28,6 +28,7 @@ from data.features import squash
 from data.partition import SplitError, load_or_make_split
 from utils.checkpoint import CheckpointError, RoundCheckpoint
 from utils.cli import OutputError, check_output
+from utils.device import describe_device
 from utils.io import read_json, save_npz, sha256_file
 from utils.metrics import summarize_clients
 from utils.provenance import versions
@@ -80,13 +81,20 @@ def run(settings: Settings) -> Path:
     files = open_run(settings, data.db.meta, data.split, data.split_path)
     if files.finished:
         return files.run_dir
+    execution = settings.execution
     checkpoint = RoundCheckpoint(
         files.run_dir / CHECKPOINT_DIR,
-        {"config_key": files.key, "seed": settings.seed},
+        # a checkpoint holds the device's random generators and one path's state
+        {
+            "config_key": files.key,
+            "seed": settings.seed,
+            "device": execution.device,
+            "vectorized": execution.vectorized,
+        },
         interval=settings.args.checkpoint_interval,
     )
     outcome = settings.method.run(
-        data.clients, data.db.n_classes, settings.configs, settings.seed, checkpoint
+        data.clients, data.db.n_classes, settings.configs, settings.seed, checkpoint, execution
     )
     rows, lam, scores = evaluate_clients(
         data.clients, outcome.local, outcome.global_, settings.args.weights_grid_resolution
@@ -189,6 +197,10 @@ def open_run(settings: Settings, meta: dict, split: dict, split_path: Path) -> R
             "split_file": str(split_path),
             "split_sha256": sha256_file(split_path),
             "argv": list(settings.argv),
+            "execution": {
+                **describe_device(settings.execution.device),
+                "vectorized": settings.execution.vectorized,
+            },
             "versions": versions(),
         },
     )

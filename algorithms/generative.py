@@ -23,9 +23,11 @@ from algorithms.evaluation import ClientProbs, Outcome
 from algorithms.federation import run_federation
 from algorithms.heads import HeadConfig, predict_proba, train_head
 from algorithms.privacy import DPConfig, privacy_report
+from algorithms.vectorized import run_vectorized
 from data.clients import ClientData
 from data.features import squash, unsquash
 from utils.checkpoint import RoundCheckpoint
+from utils.device import ON_CPU, Execution
 from utils.metrics import prdc, sinkhorn_wasserstein
 from utils.progress import progress
 from utils.seeding import (
@@ -75,11 +77,13 @@ def make_clients(
     cfg: GenerativeConfig,
     dp: DPConfig,
     seed: int,
+    device: str = "cpu",
 ) -> list[DPClient]:
-    """One client object per data set, seeded by the run seed, the method and the client id."""
+    """One client object per data set, seeded by the run seed, the method and the client id,
+    its tensors and generators on `device`."""
     cls = client_type(method)
     return [
-        cls(c, n_classes, cfg, dp, derive_seed(seed, method, GENERATIVE_CLIENT, c.id))
+        cls(c, n_classes, cfg, dp, derive_seed(seed, method, GENERATIVE_CLIENT, c.id), device)
         for c in clients
     ]
 
@@ -97,21 +101,36 @@ def train_generative(
     dp: DPConfig,
     seed: int,
     checkpoint: RoundCheckpoint | None = None,
+    execution: Execution = ON_CPU,
 ) -> tuple[list[DPClient], StateDict, list[dict]]:
     """The federated training alone: the clients (with their accountants), the final global
     decoder or generator, and the per-round history. With `checkpoint`, training continues from
     its last round (if any) and the checkpoint is rewritten after every round.
 
-    The torch thread budget (torch.get_num_threads(), main.py's --num_threads) is spent on
-    clients, not inside them: that many clients train at once, one thread each. Threads inside
-    one client meet at every operation and slow down 10-20x when other processes share the
-    cores; clients in threads do not wait on each other. Results do not depend on it."""
+    `execution.vectorized`: every client at once as one stacked model (algorithms/vectorized.py;
+    the same results up to rounding). Otherwise, on CPU, the torch thread budget
+    (torch.get_num_threads(), main.py's --num_threads) is spent on clients, not inside them:
+    that many clients train at once, one thread each. Threads inside one client meet at every
+    operation and slow down 10-20x when other processes share the cores; clients in threads do
+    not wait on each other. Results do not depend on it. On CUDA clients take turns."""
     dim = clients[0].x_train.shape[1]
-    gen_clients = make_clients(method, clients, n_classes, cfg, dp, seed)
+    gen_clients = make_clients(method, clients, n_classes, cfg, dp, seed, execution.device)
     weights = initial_global_weights(method, dim, n_classes, cfg, seed)
     history, start = [], 0
     if checkpoint is not None:
         weights, history, start = checkpoint.restore(gen_clients, weights)
+    if execution.vectorized:
+        weights, history = run_vectorized(
+            gen_clients,
+            weights,
+            cfg.n_rounds,
+            seed=derive_seed(seed, SAMPLING),
+            start_round=start,
+            history=history,
+            desc=method,
+            saver=checkpoint.saver if checkpoint is not None else None,
+        )
+        return gen_clients, weights, history
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -123,7 +142,7 @@ def train_generative(
             start_round=start,
             history=history,
             desc=method,
-            workers=min(threads, len(gen_clients)),
+            workers=1 if execution.device != "cpu" else min(threads, len(gen_clients)),
             after_round=checkpoint.saver(gen_clients) if checkpoint is not None else None,
         )
     finally:
@@ -158,7 +177,8 @@ def synthesize(
     labels = np.repeat(
         np.arange(n_classes), synthetic_label_counts(data.y_train, n_classes, cfg, rng)
     )
-    synthetic = client.sample(weights, labels, generator(derive_seed(seed, SAMPLE, data.id)))
+    rng = generator(derive_seed(seed, SAMPLE, data.id), client.device)
+    synthetic = client.sample(weights, labels, rng)
     return synthetic, labels
 
 
@@ -186,7 +206,8 @@ def finish_client(
     seed: int,
 ) -> FinishedClient:
     """Run where the client's data lives: synthesize from the global model, fit a head on real
-    and one on synthetic data, and measure the fidelity of the synthetic embeddings."""
+    and one on synthetic data (on the client's device), and measure the fidelity of the
+    synthetic embeddings."""
     synthetic, labels = synthesize(client, data, weights, n_classes, cfg, seed)
     real = squash(data.x_train, cfg.squash_temperature)
     wasserstein, quality = sinkhorn_wasserstein(real, synthetic), prdc(real, synthetic)
@@ -196,9 +217,15 @@ def finish_client(
         n_classes,
         head_cfg,
         derive_seed(seed, SYNTHETIC_HEAD, data.id),
+        client.device,
     )
     head_real = train_head(
-        data.x_train, data.y_train, n_classes, head_cfg, derive_seed(seed, LOCAL_HEAD, data.id)
+        data.x_train,
+        data.y_train,
+        n_classes,
+        head_cfg,
+        derive_seed(seed, LOCAL_HEAD, data.id),
+        client.device,
     )
     return FinishedClient(
         local=ClientProbs(
@@ -265,11 +292,12 @@ def run_generative(
     head_cfg: HeadConfig,
     seed: int,
     checkpoint: RoundCheckpoint | None = None,
+    execution: Execution = ON_CPU,
 ) -> Outcome:
     """Federated training of the generative model (resumable from `checkpoint`), then each
     client's `finish_client`."""
     gen_clients, weights, history = train_generative(
-        method, clients, n_classes, cfg, dp, seed, checkpoint
+        method, clients, n_classes, cfg, dp, seed, checkpoint, execution
     )
     finished = [
         finish_client(client, data, weights, n_classes, cfg, head_cfg, seed)

@@ -60,10 +60,12 @@ class Site:
         s = self.settings
         if is_generative(s):
             gen, dp = s.configs["generative"], s.configs["dp"]
-            client = make_clients(s.method.name, [self.data], self.n_classes, gen, dp, s.seed)[0]
+            device = s.execution.device
+            method = s.method.name
+            client = make_clients(method, [self.data], self.n_classes, gen, dp, s.seed, device)[0]
         else:
-            cfg = s.configs["fedavg"]
-            client = make_fedavg_clients([self.data], self.n_classes, cfg, s.seed)[0]
+            cfg, device = s.configs["fedavg"], s.execution.device
+            client = make_fedavg_clients([self.data], self.n_classes, cfg, s.seed, device)[0]
         state = load_state(self.context.state, STATE)
         if state is not None:
             client.load_state_dict(state)

@@ -48,8 +48,9 @@ def seeded(seed: int, factory: Callable[[], T]) -> T:
         return factory()
 
 
-def generator(seed: int) -> torch.Generator:
-    """A CPU torch.Generator seeded with `seed`."""
-    g = torch.Generator()
+def generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A torch.Generator on `device` seeded with `seed` (the same seed gives other draws on
+    CUDA than on CPU: determinism holds on one device)."""
+    g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g
