@@ -97,3 +97,16 @@ def test_the_runs_read_the_databases_that_create_db_writes(dataset, tmp_path):
     for script in ("base.sh", "fedlambda.sh", "ours.sh"):
         argvs = main_commands(f"experiments/{dataset}/{script}", tmp_path)
         assert {value(a, "--database_root") for a in argvs} <= written
+
+
+def test_gpu_table_runs_every_method_for_three_seeds_at_epsilon_1_on_the_device(tmp_path):
+    argvs = main_commands("experiments/gpu_table.sh", tmp_path, DEVICE="cpu")
+    assert methods_of(argvs) == set(registry.NAMES)
+    assert len(argvs) == 3 * len(registry.NAMES)
+    for argv in argvs:
+        assert value(argv, "--device") == "cpu"
+        assert value(argv, "--database_root").startswith("data/organsmnist/database/")
+        if value(argv, "--method") in ("dpcvae", "dpcgan"):
+            assert value(argv, "--epsilon") == "1.0"
+    on_gpu = [c for c in commands("experiments/gpu_table.sh", tmp_path) if c[:1] == ["main.py"]]
+    assert {value(c, "--device") for c in on_gpu} == {"cuda"}
