@@ -119,16 +119,11 @@ def train_generative(
     history, start = [], 0
     if checkpoint is not None:
         weights, history, start = checkpoint.restore(gen_clients, weights)
+    rounds = {"seed": derive_seed(seed, SAMPLING), "start_round": start, "history": history}
     if execution.vectorized:
+        saver = checkpoint.saver if checkpoint is not None else None
         weights, history = run_vectorized(
-            gen_clients,
-            weights,
-            cfg.n_rounds,
-            seed=derive_seed(seed, SAMPLING),
-            start_round=start,
-            history=history,
-            desc=method,
-            saver=checkpoint.saver if checkpoint is not None else None,
+            gen_clients, weights, cfg.n_rounds, **rounds, desc=method, saver=saver
         )
         return gen_clients, weights, history
     threads = torch.get_num_threads()
@@ -138,9 +133,7 @@ def train_generative(
             gen_clients,
             weights,
             cfg.n_rounds,
-            seed=derive_seed(seed, SAMPLING),
-            start_round=start,
-            history=history,
+            **rounds,
             desc=method,
             workers=1 if execution.device != "cpu" else min(threads, len(gen_clients)),
             after_round=checkpoint.saver(gen_clients) if checkpoint is not None else None,
@@ -210,7 +203,8 @@ def finish_client(
     synthetic embeddings."""
     synthetic, labels = synthesize(client, data, weights, n_classes, cfg, seed)
     real = squash(data.x_train, cfg.squash_temperature)
-    wasserstein, quality = sinkhorn_wasserstein(real, synthetic), prdc(real, synthetic)
+    wasserstein = sinkhorn_wasserstein(real, synthetic, device=client.device.type)
+    quality = prdc(real, synthetic)
     head_syn = train_head(
         unsquash(synthetic, cfg.squash_temperature),
         labels,
