@@ -140,20 +140,26 @@ class DPClient:
         dp: DPConfig,
         seed: int,
         secret: bytes | None = None,
+        device: str = "cpu",
     ):
         self.id, self.cfg, self.dp, self.n_classes = data.id, cfg, dp, n_classes
-        self.x = torch.as_tensor(squash(data.x_train, cfg.squash_temperature))
-        self.y = torch.as_tensor(data.y_train, dtype=torch.int64)
+        self.device = torch.device(device)
+        x = torch.as_tensor(squash(data.x_train, cfg.squash_temperature))
+        self.x = x.to(self.device)
+        self.y = torch.as_tensor(data.y_train, dtype=torch.int64).to(self.device)
         self.onehot = F.one_hot(self.y, n_classes).float()
         self.n = len(self.y)  # stays here; under DP only the noisy count leaves
         self.secret = (secret or new_secret()) if dp.noise_source == "secure" else None
 
-        def stream(name: str) -> torch.Generator:
-            return private_generator(seed, name, secret=self.secret)
+        def stream(name: str, device: torch.device = self.device) -> torch.Generator:
+            # every private stream of the client, on its device, made here and only here
+            return private_generator(seed, name, secret=self.secret, device=device)
 
         # the released count: everything that would depend on n in the clear uses it
         self.n_released = (
-            noisy_count(self.n, dp.count_noise, stream(COUNT)) if dp.enabled else self.n
+            noisy_count(self.n, dp.count_noise, stream(COUNT, torch.device("cpu")))
+            if dp.enabled
+            else self.n
         )
         # the nominal batch size B (0: the whole client, one step per epoch)
         self.batch_size = cfg.batch_size or self.n_released
@@ -187,7 +193,7 @@ class DPClient:
             for _ in range(self.steps_epoch):
                 yield poisson_batch(self.n, self.private.sample_rate, self.rng_batches)
         else:
-            order = torch.randperm(self.n, generator=self.rng_batches)
+            order = torch.randperm(self.n, generator=self.rng_batches, device=self.device)
             yield from order.split(self.batch_size)
 
     def can_sample(self, weights: dict[str, torch.Tensor]) -> np.ndarray:

@@ -33,15 +33,16 @@ class CGANClient(DPClient):
         dp: DPConfig,
         seed: int,
         secret: bytes | None = None,
+        device: str = "cpu",
     ):
-        super().__init__(data, n_classes, cfg, dp, seed, secret)
+        super().__init__(data, n_classes, cfg, dp, seed, secret, device)
         dim = self.x.shape[1]
         self.generator = seeded(
             derive_seed(seed, INIT_GENERATOR), lambda: Generator(dim, n_classes, cfg.latent_dim)
-        )
+        ).to(self.device)
         self.discriminator = seeded(
             derive_seed(seed, INIT_DISCRIMINATOR), lambda: Discriminator(dim, n_classes)
-        )
+        ).to(self.device)
         betas = (0.5, 0.999)
         self.opt_g = adam(self.generator.parameters(), lr=cfg.gan_lr, betas=betas)
         self.opt_d = adam(self.discriminator.parameters(), lr=cfg.gan_lr, betas=betas)
@@ -72,7 +73,7 @@ class CGANClient(DPClient):
     @staticmethod
     def latent_draw(n: int, cfg: GenerativeConfig, rng: torch.Generator) -> torch.Tensor:
         """The latent draws of `n` synthetic samples: N(0, I)."""
-        return torch.randn(n, cfg.latent_dim, generator=rng)
+        return torch.randn(n, cfg.latent_dim, generator=rng, device=rng.device)
 
     def released_weights(self) -> StateDict:
         """What this client sends: a copy of its generator."""
@@ -80,29 +81,32 @@ class CGANClient(DPClient):
 
     def _fake(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Generated samples with uniformly drawn labels (no use of the client's label counts)."""
-        z = torch.randn(n, self.cfg.latent_dim, generator=self.rng_latent)
-        y = torch.randint(0, self.n_classes, (n,), generator=self.rng_latent)
+        rng, device = self.rng_latent, self.device
+        z = torch.randn(n, self.cfg.latent_dim, generator=rng, device=device)
+        y = torch.randint(0, self.n_classes, (n,), generator=rng, device=device)
         oh = F.one_hot(y, self.n_classes).float()
         return self.generator(z, oh), oh
 
-    def _n_fake(self, idx: torch.Tensor) -> int:
+    def n_fake(self, n_real: int) -> int:
         """Fake samples per step, as many as real ones on average: under DP the expected batch
         size q * n~ (the noisy count: the public number the DP optimizer divides by, whatever
-        the drawn batch), otherwise the batch's own size."""
+        the drawn batch), otherwise the batch's own size `n_real`."""
         if self.private is not None:
             return max(1, round(self.private.sample_rate * self.n_released))
-        return len(idx)
+        return n_real
 
     def _step(self, idx: torch.Tensor) -> float:
         """One discriminator step, then one generator step on the same fake batch."""
-        fake, oh_fake = self._fake(self._n_fake(idx))
+        fake, oh_fake = self._fake(self.n_fake(len(idx)))
         # The fake samples join the real Poisson batch in one clipped and noised step. Their
         # terms use no record, and their number is fixed for the run from the client's noisy
         # count, like the sampling rate: one record still changes the clipped sum by at most
         # max_grad_norm.
         x = torch.cat([self.x[idx], fake.detach()])
         oh = torch.cat([self.onehot[idx], oh_fake])
-        target = torch.cat([torch.ones(len(idx)), torch.zeros(len(fake))])
+        target = torch.cat(
+            [torch.ones(len(idx), device=self.device), torch.zeros(len(fake), device=self.device)]
+        )
         disc = self.private.module if self.private is not None else self.discriminator
         loss = F.binary_cross_entropy(disc(x, oh), target, reduction="none")
         if self.private is not None:
@@ -143,9 +147,10 @@ class CGANClient(DPClient):
     ) -> np.ndarray:
         self.generator.load_state_dict(global_weights)
         self.generator.eval()
-        z = self.latent_draw(len(labels), self.cfg, rng)
-        oh = F.one_hot(torch.as_tensor(labels, dtype=torch.int64), self.n_classes).float()
-        return self.generator(z, oh).numpy()
+        z = self.latent_draw(len(labels), self.cfg, rng).to(self.device)
+        y = torch.as_tensor(labels, dtype=torch.int64, device=self.device)
+        oh = F.one_hot(y, self.n_classes).float()
+        return self.generator(z, oh).cpu().numpy()
 
     def state_dict(self) -> dict:
         return {

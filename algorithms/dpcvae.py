@@ -34,10 +34,12 @@ class CVAEClient(DPClient):
         dp: DPConfig,
         seed: int,
         secret: bytes | None = None,
+        device: str = "cpu",
     ):
-        super().__init__(data, n_classes, cfg, dp, seed, secret)
+        super().__init__(data, n_classes, cfg, dp, seed, secret, device)
         dim = self.x.shape[1]
-        self.model = seeded(derive_seed(seed, INIT), lambda: new_cvae(dim, n_classes, cfg))
+        model = seeded(derive_seed(seed, INIT), lambda: new_cvae(dim, n_classes, cfg))
+        self.model = model.to(self.device)
         self.optimizer = adam(self.model.parameters(), lr=cfg.cvae_learning_rate)
         self._make_private(self.model, self.optimizer)
 
@@ -65,7 +67,7 @@ class CVAEClient(DPClient):
     @staticmethod
     def latent_draw(n: int, cfg: GenerativeConfig, rng: torch.Generator) -> torch.Tensor:
         """The latent draws of `n` synthetic samples: var x N(0, I), as the paper's code."""
-        return cfg.latent_var * torch.randn(n, cfg.latent_dim, generator=rng)
+        return cfg.latent_var * torch.randn(n, cfg.latent_dim, generator=rng, device=rng.device)
 
     def released_weights(self) -> StateDict:
         """What this client sends: a copy of its decoder."""
@@ -73,7 +75,9 @@ class CVAEClient(DPClient):
 
     def _loss(self, idx: torch.Tensor) -> torch.Tensor:
         x, oh = self.x[idx], self.onehot[idx]
-        eps = torch.randn(len(idx), self.cfg.latent_dim, generator=self.rng_latent)
+        eps = torch.randn(
+            len(idx), self.cfg.latent_dim, generator=self.rng_latent, device=self.device
+        )
         forward = self.private.module if self.private is not None else self.model
         recon, mu, logvar = forward(x, oh, eps)
         cfg = self.cfg
@@ -114,9 +118,9 @@ class CVAEClient(DPClient):
         the paper's code (`--cvae_var` scales the latent draw)."""
         load_decoder(self.model, global_weights)
         self.model.eval()
-        z = self.latent_draw(len(labels), self.cfg, rng)
-        oh = F.one_hot(torch.as_tensor(labels, dtype=torch.int64), self.n_classes).float()
-        return self.model.decode(z, oh).numpy()
+        z = self.latent_draw(len(labels), self.cfg, rng).to(self.device)
+        y = torch.as_tensor(labels, dtype=torch.int64, device=self.device)
+        return self.model.decode(z, F.one_hot(y, self.n_classes).float()).cpu().numpy()
 
     def state_dict(self) -> dict:
         return {

@@ -28,6 +28,7 @@ from data.features import squash
 from data.partition import SplitError, load_or_make_split
 from utils.checkpoint import CheckpointError, RoundCheckpoint
 from utils.cli import OutputError, check_output
+from utils.device import describe_device
 from utils.io import read_json, save_npz, sha256_file
 from utils.metrics import summarize_clients
 from utils.provenance import versions
@@ -107,13 +108,20 @@ def run(settings: Settings) -> Path:
     files = open_run(settings, facts)
     if files.finished:
         return files.run_dir
+    execution = settings.execution
     checkpoint = RoundCheckpoint(
         files.run_dir / CHECKPOINT_DIR,
-        {"config_key": files.key, "seed": settings.seed},
+        # a checkpoint holds the device's random generators and one path's state
+        {
+            "config_key": files.key,
+            "seed": settings.seed,
+            "device": execution.device,
+            "vectorized": execution.vectorized,
+        },
         interval=settings.args.checkpoint_interval,
     )
     outcome = settings.method.run(
-        data.clients, data.db.n_classes, settings.configs, settings.seed, checkpoint
+        data.clients, data.db.n_classes, settings.configs, settings.seed, checkpoint, execution
     )
     evaluation = evaluate_clients(
         data.clients,
@@ -219,6 +227,10 @@ def open_run(settings: Settings, facts: DataFacts) -> RunFiles:
             "split_file": facts.split_file,
             "split_sha256": facts.split_sha256,
             "argv": list(settings.argv),
+            "execution": {
+                **describe_device(settings.execution.device),
+                "vectorized": settings.execution.vectorized,
+            },
             "versions": versions(),
         },
     )

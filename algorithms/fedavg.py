@@ -80,14 +80,17 @@ def initial_head(dim: int, n_classes: int, run_seed: int) -> StateDict:
 class FedAvgClient:
     """One client of FedAvg/FedProx: its data, its shuffling RNG and its optimizer state."""
 
-    def __init__(self, data: ClientData, n_classes: int, cfg: FedAvgConfig, seed: int):
+    def __init__(
+        self, data: ClientData, n_classes: int, cfg: FedAvgConfig, seed: int, device: str = "cpu"
+    ):
         self.data = data
         self.cfg = cfg
-        self.x = torch.as_tensor(data.x_train, dtype=torch.float32)
-        self.y = torch.as_tensor(data.y_train, dtype=torch.int64)
-        self.head = new_head(self.x.shape[1], n_classes, seed)
+        self.device = torch.device(device)
+        self.x = torch.as_tensor(data.x_train, dtype=torch.float32, device=self.device)
+        self.y = torch.as_tensor(data.y_train, dtype=torch.int64, device=self.device)
+        self.head = new_head(self.x.shape[1], n_classes, seed).to(self.device)
         self.optimizer = make_optimizer(cfg.optimizer, self.head.parameters(), cfg.lr)
-        self.rng = generator(seed)
+        self.rng = generator(seed, self.device)
 
     def fit(self, global_weights: StateDict, rnd: int) -> ClientUpdate:
         """Local epochs of minibatch training from the global head; returns the new head."""
@@ -98,7 +101,7 @@ class FedAvgClient:
         n = len(self.y)
         total, seen = 0.0, 0
         for _ in range(self.cfg.local_steps):
-            order = torch.randperm(n, generator=self.rng)
+            order = torch.randperm(n, generator=self.rng, device=self.device)
             for start in range(0, n, self.cfg.batch_size):
                 idx = order[start : start + self.cfg.batch_size]
                 loss = F.cross_entropy(self.head(self.x[idx]), self.y[idx])
@@ -127,11 +130,12 @@ class FedAvgClient:
 
 
 def make_fedavg_clients(
-    clients: list[ClientData], n_classes: int, cfg: FedAvgConfig, seed: int
+    clients: list[ClientData], n_classes: int, cfg: FedAvgConfig, seed: int, device: str = "cpu"
 ) -> list[FedAvgClient]:
     """One FedAvg client per data set, seeded by the run seed and the client id."""
     return [
-        FedAvgClient(c, n_classes, cfg, derive_seed(seed, FEDAVG_CLIENT, c.id)) for c in clients
+        FedAvgClient(c, n_classes, cfg, derive_seed(seed, FEDAVG_CLIENT, c.id), device)
+        for c in clients
     ]
 
 

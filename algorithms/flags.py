@@ -18,6 +18,7 @@ from algorithms.heads import HeadConfig
 from algorithms.privacy import ACCOUNTANTS, CALIBRATIONS, COUNT_NOISE, DPConfig
 from data.partition import add_split_arguments
 from utils.cli import Parser
+from utils.device import DEVICES
 
 # The sections of flags, with the title of their --help group.
 SECTIONS = {
@@ -200,6 +201,15 @@ def _experiment_flags(parser: FlagParser) -> None:
         "(for scripts that loop over seeds and are rerun). Default: off",
     )
     add("--quiet", action="store_true", help="no progress bars. Default: off")
+    add(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="where torch trains and predicts: the generative models and every head (auto: "
+        "CUDA when available). Results are deterministic on one device and statistically the "
+        "same across devices (not bit for bit). config.json records the device. A cuda "
+        "request without CUDA is refused. Default: auto",
+    )
     generative = " / ".join(registry.using("generative"))
     add(
         "--num_threads",
@@ -389,6 +399,17 @@ def _generative_flags(parser: FlagParser) -> None:
         help="also write synthetic.npz into the run directory, for plots: every client's "
         "synthetic embeddings (model space) and labels, and the real training embeddings "
         "(model space) and labels of the largest client. Default: off",
+    )
+    add(
+        "--vectorized",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="on: every simulated client trains at once, as one stacked model (batched "
+        "products, padded Poisson batches with masks, each client's own noise, Adam and "
+        "accountant; the per-client results up to float rounding, ~1e-6 relative); off: one "
+        "client after another (the bit-exact reference; --num_threads of them at once on "
+        "CPU). auto: on with CUDA, off on CPU (faster there, see docs/performance.md). Not "
+        "under Flower, where each site is one client. Default: auto",
     )
     cvae = parser.group("cvae")
     _cvae_flags(parser, cvae, d)

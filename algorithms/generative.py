@@ -25,9 +25,11 @@ from algorithms.evaluation import ClientProbs, Outcome
 from algorithms.federation import run_federation
 from algorithms.heads import HeadConfig, predict_proba, train_head
 from algorithms.privacy import NOT_COVERED, PRESET_NOT_COVERED, DPConfig, privacy_report
+from algorithms.vectorized import run_vectorized
 from data.clients import ClientData
 from data.features import squash, unsquash
 from utils.checkpoint import RoundCheckpoint
+from utils.device import ON_CPU, Execution
 from utils.metrics import prdc, sinkhorn_wasserstein
 from utils.progress import progress
 from utils.seeding import (
@@ -82,12 +84,22 @@ def make_clients(
     dp: DPConfig,
     seed: int,
     secret: bytes | None = None,
+    device: str = "cpu",
 ) -> list[DPClient]:
-    """One client object per data set, seeded by the run seed, the method and the client id.
-    `secret`: a site's own key for its secure noise (None: each client draws its own)."""
+    """One client object per data set, seeded by the run seed, the method and the client id,
+    its tensors and generators on `device`. `secret`: a site's own key for its secure noise
+    (None: each client draws its own)."""
     cls = client_type(method)
     return [
-        cls(c, n_classes, cfg, dp, derive_seed(seed, method, GENERATIVE_CLIENT, c.id), secret)
+        cls(
+            c,
+            n_classes,
+            cfg,
+            dp,
+            derive_seed(seed, method, GENERATIVE_CLIENT, c.id),
+            secret,
+            device,
+        )
         for c in clients
     ]
 
@@ -105,21 +117,31 @@ def train_generative(
     dp: DPConfig,
     seed: int,
     checkpoint: RoundCheckpoint | None = None,
+    execution: Execution = ON_CPU,
 ) -> tuple[list[DPClient], StateDict, list[dict]]:
     """The federated training alone: the clients (with their accountants), the final global
     decoder or generator, and the per-round history. With `checkpoint`, training continues from
     its last round (if any) and the checkpoint is rewritten after every round.
 
-    The torch thread budget (torch.get_num_threads(), main.py's --num_threads) is spent on
-    clients, not inside them: that many clients train at once, one thread each. Threads inside
-    one client meet at every operation and slow down 10-20x when other processes share the
-    cores; clients in threads do not wait on each other. Results do not depend on it."""
+    `execution.vectorized`: every client at once as one stacked model (algorithms/vectorized.py;
+    the same results up to rounding). Otherwise, on CPU, the torch thread budget
+    (torch.get_num_threads(), main.py's --num_threads) is spent on clients, not inside them:
+    that many clients train at once, one thread each. Threads inside one client meet at every
+    operation and slow down 10-20x when other processes share the cores; clients in threads do
+    not wait on each other. Results do not depend on it. On CUDA clients take turns."""
     dim = clients[0].x_train.shape[1]
-    gen_clients = make_clients(method, clients, n_classes, cfg, dp, seed)
+    gen_clients = make_clients(method, clients, n_classes, cfg, dp, seed, device=execution.device)
     weights = initial_global_weights(method, dim, n_classes, cfg, seed)
     history, start = [], 0
     if checkpoint is not None:
         weights, history, start = checkpoint.restore(gen_clients, weights)
+    rounds = {"seed": derive_seed(seed, SAMPLING), "start_round": start, "history": history}
+    if execution.vectorized:
+        saver = checkpoint.saver if checkpoint is not None else None
+        weights, history = run_vectorized(
+            gen_clients, weights, cfg.n_rounds, **rounds, desc=method, saver=saver
+        )
+        return gen_clients, weights, history
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -127,11 +149,9 @@ def train_generative(
             gen_clients,
             weights,
             cfg.n_rounds,
-            seed=derive_seed(seed, SAMPLING),
-            start_round=start,
-            history=history,
+            **rounds,
             desc=method,
-            workers=min(threads, len(gen_clients)),
+            workers=1 if execution.device != "cpu" else min(threads, len(gen_clients)),
             after_round=checkpoint.saver(gen_clients) if checkpoint is not None else None,
         )
     finally:
@@ -184,7 +204,9 @@ def synthesize(
     rng = private_numpy_rng(seed, LABELS, data.id, secret=client.secret)
     counts = synthetic_label_counts(data.y_train, n_classes, cfg, rng)
     labels = np.repeat(np.arange(n_classes), np.where(client.can_sample(weights), counts, 0))
-    latent = private_generator(seed, SAMPLE, data.id, secret=client.secret)
+    latent = private_generator(
+        seed, SAMPLE, data.id, secret=client.secret, device=getattr(client, "device", "cpu")
+    )
     synthetic = client.sample(weights, labels, latent)
     return synthetic, labels
 
@@ -225,19 +247,27 @@ def finish_client(
     seed: int,
 ) -> FinishedClient:
     """Run where the client's data lives: synthesize from the global model, fit a head on real
-    and one on synthetic data, and measure the fidelity of the synthetic embeddings."""
+    and one on synthetic data (on the client's device), and measure the fidelity of the
+    synthetic embeddings."""
     synthetic, labels = synthesize(client, data, weights, n_classes, cfg, seed)
     real = squash(data.x_train, cfg.squash_temperature)
-    wasserstein, quality = sinkhorn_wasserstein(real, synthetic), prdc(real, synthetic)
+    wasserstein = sinkhorn_wasserstein(real, synthetic, device=client.device.type)
+    quality = prdc(real, synthetic)
     head_syn = train_head(
         unsquash(synthetic, cfg.squash_temperature),
         labels,
         n_classes,
         head_cfg,
         derive_seed(seed, SYNTHETIC_HEAD, data.id),
+        client.device,
     )
     head_real = train_head(
-        data.x_train, data.y_train, n_classes, head_cfg, derive_seed(seed, LOCAL_HEAD, data.id)
+        data.x_train,
+        data.y_train,
+        n_classes,
+        head_cfg,
+        derive_seed(seed, LOCAL_HEAD, data.id),
+        client.device,
     )
     syn_test = predict_proba(head_syn, data.x_test)
     return FinishedClient(
@@ -433,11 +463,12 @@ def run_generative(
     head_cfg: HeadConfig,
     seed: int,
     checkpoint: RoundCheckpoint | None = None,
+    execution: Execution = ON_CPU,
 ) -> Outcome:
     """Federated training of the generative model (resumable from `checkpoint`), then each
     client's `finish_client`."""
     gen_clients, weights, history = train_generative(
-        method, clients, n_classes, cfg, dp, seed, checkpoint
+        method, clients, n_classes, cfg, dp, seed, checkpoint, execution
     )
     finished = finish_clients(gen_clients, clients, weights, n_classes, cfg, head_cfg, seed)
     dim = clients[0].x_train.shape[1]

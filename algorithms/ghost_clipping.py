@@ -1,12 +1,15 @@
 """Per-sample gradient clipping of nn.Linear layers in one backward pass (the `fast` mode of
 algorithms/privacy.py): each layer's per-sample gradient is g_i a_i^T, of norm |g_i| |a_i|, so
 the clipped sum is one weighted matrix product per layer. The same clipped sum as Opacus's
-per-sample `hooks` mode and its two-pass `ghost` mode (tested)."""
+per-sample `hooks` mode and its two-pass `ghost` mode (tested). `clip_and_sum_stacked` does the
+same for K clients stacked along a leading dimension (the vectorized path)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from algorithms.stacked import Layout, Record
 
 # Opacus's clipping factor: min(1, C / (norm + CLIP_EPS)).
 CLIP_EPS = 1e-6
@@ -81,7 +84,7 @@ def clip_and_sum_linear(
     clipped sum is one weighted matrix product per layer. Opacus's ghost mode needs two full
     backward passes for the same sum."""
     grads = torch.autograd.grad(loss_per_sample.sum(), [r[2] for r in records])
-    sq_norm = torch.zeros(len(loss_per_sample), dtype=loss_per_sample.dtype)
+    sq_norm = torch.zeros_like(loss_per_sample)
     for (layer, a, _), g in zip(records, grads):
         if a.dim() != 2:
             raise ValueError("grad_sample_mode='fast' needs 2-D inputs to linear layers")
@@ -95,3 +98,35 @@ def clip_and_sum_linear(
         layer.weight.grad = scaled.t() @ a
         if layer.bias is not None:
             layer.bias.grad = scaled.sum(dim=0)
+
+
+def clip_and_sum_stacked(
+    records: list[Record], loss_per_sample: torch.Tensor, max_grad_norm: float, layout: Layout
+) -> torch.Tensor:
+    """`clip_and_sum_linear` for K stacked clients (algorithms/stacked.py): `loss_per_sample`
+    is (K, B), zero where a padded slot holds no sample (its gradient is then zero), and the
+    records are the stacked linear layers of one forward pass. Each sample's whole gradient (all
+    layers of its client's model) is clipped to `max_grad_norm` with the same ghost norm and
+    coefficient; returns each client's clipped sum as a flat (K, P) tensor of `layout`."""
+    names = [n for w, b, _, _ in records for n in (w, b) if n is not None]
+    if sorted(names) != sorted(layout.slots):
+        raise RuntimeError(
+            f"expected one forward pass through every linear layer, recorded {names} "
+            f"(parameters {list(layout.slots)})"
+        )
+    grads = torch.autograd.grad(loss_per_sample.sum(), [r[3] for r in records])
+    sq_norm = torch.zeros_like(loss_per_sample)
+    for (_, bias, a, _), g in zip(records, grads):
+        g2 = g.pow(2).sum(dim=2)
+        sq_norm += g2 * a.pow(2).sum(dim=2)
+        if bias is not None:
+            sq_norm += g2
+    coef = (max_grad_norm / (sq_norm.sqrt() + CLIP_EPS)).clamp(max=1.0)
+    out = loss_per_sample.new_zeros((loss_per_sample.shape[0], layout.size))
+    views = layout.views(out)
+    for (weight, bias, a, _), g in zip(records, grads):
+        scaled = g * coef.unsqueeze(2)
+        views[weight].copy_(torch.bmm(scaled.transpose(1, 2), a))
+        if bias is not None:
+            views[bias].copy_(scaled.sum(dim=1))
+    return out

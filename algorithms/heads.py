@@ -49,12 +49,13 @@ def new_head(dim: int, n_classes: int, seed: int) -> nn.Linear:
 
 
 def train_head(
-    x: np.ndarray, y: np.ndarray, n_classes: int, cfg: HeadConfig, seed: int
+    x: np.ndarray, y: np.ndarray, n_classes: int, cfg: HeadConfig, seed: int, device: str = "cpu"
 ) -> nn.Linear:
-    """Train a linear head full-batch on (x, y) with cross-entropy."""
-    head = new_head(x.shape[1], n_classes, seed)
-    xt = torch.as_tensor(x, dtype=torch.float32)
-    yt = torch.as_tensor(y, dtype=torch.int64)
+    """Train a linear head full-batch on (x, y) with cross-entropy, on `device` (the same
+    initialization on every device)."""
+    head = new_head(x.shape[1], n_classes, seed).to(device)
+    xt = torch.as_tensor(x, dtype=torch.float32, device=device)
+    yt = torch.as_tensor(y, dtype=torch.int64, device=device)
     opt = make_optimizer(cfg.optimizer, head.parameters(), cfg.lr, cfg.weight_decay)
     for _ in range(cfg.epochs):
         opt.zero_grad(set_to_none=True)
@@ -69,5 +70,6 @@ def predict_proba(head: nn.Module, x: np.ndarray) -> np.ndarray:
     if len(x) == 0:
         out = head.out_features if isinstance(head, nn.Linear) else 0
         return np.zeros((0, out))
-    logits = head(torch.as_tensor(x, dtype=torch.float32))
-    return torch.softmax(logits.double(), dim=1).numpy()
+    device = next(head.parameters()).device
+    logits = head(torch.as_tensor(x, dtype=torch.float32, device=device))
+    return torch.softmax(logits.double(), dim=1).cpu().numpy()

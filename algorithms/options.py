@@ -23,6 +23,7 @@ from algorithms.heads import HeadConfig
 from algorithms.privacy import DPConfig, check_opacus
 from algorithms.registry import Method
 from data.partition import split_config_from_args
+from utils.device import ON_CPU, Execution, resolve_device
 
 
 class UsageError(ValueError):
@@ -31,12 +32,14 @@ class UsageError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    """A run's command line, its parsed flags, its method and its configs by section."""
+    """A run's command line, its parsed flags, its method, its configs by section, and how it
+    computes (device and path: not part of the configuration)."""
 
     argv: tuple[str, ...]
     args: argparse.Namespace
     method: Method
     configs: dict
+    execution: Execution = ON_CPU
 
     @property
     def seed(self) -> int:
@@ -55,9 +58,20 @@ def load_settings(argv: Sequence[str], description: str | None = None) -> Settin
     check_run_flags(args)
     try:
         configs = build_configs(args, method)
+        execution = resolve_execution(args, method)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    return Settings(tuple(argv), args, method, configs)
+    return Settings(tuple(argv), args, method, configs, execution)
+
+
+def resolve_execution(args: argparse.Namespace, method: Method) -> Execution:
+    """--device (auto: CUDA when available) and --vectorized (auto: on with CUDA, off on CPU;
+    only the generative methods have a vectorized path)."""
+    device = resolve_device(args.device)
+    if "generative" not in method.sections:
+        return Execution(device, vectorized=False)
+    choice = {"on": True, "off": False, "auto": device == "cuda"}[args.vectorized]
+    return Execution(device, vectorized=choice)
 
 
 def resolve_method(args: argparse.Namespace) -> Method:

@@ -17,7 +17,7 @@ import functools
 import math
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import opacus
@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from algorithms.analytic_gaussian import analytic_gaussian_epsilon, analytic_gaussian_noise
 from algorithms.ghost_clipping import LinearTape, Recorded, clip_and_sum_linear
+from algorithms.stacked import Layout
 
 # Opacus's hooks see inputs that need no gradient (embeddings): a benign PyTorch notice.
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -370,7 +371,13 @@ def make_private(
 def poisson_batch(n: int, sample_rate: float, generator: torch.Generator) -> torch.Tensor:
     """Indices of one Poisson-sampled batch: each record independently with `sample_rate`
     (as Opacus's UniformWithReplacementSampler draws them)."""
-    return torch.nonzero(torch.rand(n, generator=generator) < sample_rate).flatten()
+    return torch.nonzero(poisson_mask(n, sample_rate, generator)).flatten()
+
+
+def poisson_mask(n: int, sample_rate: float, generator: torch.Generator) -> torch.Tensor:
+    """Which of n records one Poisson-sampled batch holds (a boolean mask; on the generator's
+    device): the draw of `poisson_batch`."""
+    return torch.rand(n, generator=generator, device=generator.device) < sample_rate
 
 
 def dp_step(private: PrivateTraining, loss_per_sample: torch.Tensor | None) -> None:
@@ -387,7 +394,7 @@ def dp_step(private: PrivateTraining, loss_per_sample: torch.Tensor | None) -> N
         for p in opt.params:
             p.grad = torch.zeros_like(p)
             if private.mode == "hooks":
-                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
     elif private.mode == "fast":
         clip_and_sum_linear(private.tape.take(), loss_per_sample, opt.max_grad_norm)
         _noise_and_step(opt)
@@ -404,22 +411,66 @@ def _noise_and_step(opt: torch.optim.Optimizer) -> None:
     already in `.grad`, without its per-step copy of every gradient: the same noise draws (same
     call, generator and order), the same scaling, the accountant's hook, then the update. Equal
     to `opt.step()` bit for bit (tested); `opt.step()` stays for the reference modes."""
-    if (
-        opt.secure_mode
-        or opt._check_skip_next_step()
-        or getattr(opt, "_adjusted_noise_multiplier", None) is not None
-    ):
-        raise RuntimeError("secure mode, virtual steps and adaptive clipping are not supported")
+    _check_supported(opt)
     std = opt.noise_multiplier * opt.max_grad_norm
     for p in opt.params:
         if std > 0:
-            p.grad.add_(torch.normal(mean=0, std=std, size=p.grad.shape, generator=opt.generator))
-        if opt.loss_reduction == "mean":
-            p.grad /= opt.expected_batch_size * opt.accumulated_iterations
+            p.grad.add_(noise(std, p.grad.shape, opt.generator))
+        p.grad /= opt.expected_batch_size * opt.accumulated_iterations
     opt._is_last_step_skipped = False
     if opt.step_hook:
         opt.step_hook(opt)
     opt.original_optimizer.step()
+
+
+def _check_supported(opt: torch.optim.Optimizer) -> None:
+    """The fast DP steps re-implement the plain DPOptimizer step only."""
+    if (
+        opt.secure_mode
+        or opt._check_skip_next_step()
+        or getattr(opt, "_adjusted_noise_multiplier", None) is not None
+        or opt.loss_reduction != "mean"
+    ):
+        raise RuntimeError(
+            "secure mode, virtual steps, adaptive clipping and sum reduction are not supported"
+        )
+
+
+def noise_and_account_stacked(
+    privates: Sequence[PrivateTraining],
+    grad: torch.Tensor,
+    layout: Layout,
+    active: Sequence[bool],
+) -> None:
+    """`_noise_and_step` without the update, for K clients stacked in the vectorized path:
+    `grad` (K, P) holds each client's clipped sum in `layout`'s columns (one row per client, as
+    `privates`). In place, for each `active` client: Gaussian noise from its own DP optimizer's
+    generator with the same calls, shapes and order as that optimizer (so the same draws), the
+    division by its expected batch size, and the step of its accountant. The update (Adam, one
+    per client) is the caller's; inactive clients' rows are left to be ignored."""
+    draws = torch.zeros_like(grad)
+    scale = []
+    for k, private in enumerate(privates):
+        opt = private.optimizer
+        _check_supported(opt)
+        scale.append(float(opt.expected_batch_size * opt.accumulated_iterations))
+        std = opt.noise_multiplier * opt.max_grad_norm
+        if not active[k]:
+            continue
+        if std > 0:
+            row = draws[k]
+            for start, shape in layout.slots.values():
+                # Tensor.normal_ on a contiguous slice draws what torch.normal(size=shape) does
+                row[start : start + math.prod(shape)].normal_(0, std, generator=opt.generator)
+        if opt.step_hook:
+            opt.step_hook(opt)
+    grad.add_(draws).div_(torch.tensor(scale, device=grad.device, dtype=grad.dtype)[:, None])
+
+
+def noise(std: float, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+    """One Gaussian noise draw of DP-SGD, as Opacus's DPOptimizer draws it (on the generator's
+    device: a CUDA generator draws on the GPU)."""
+    return torch.normal(mean=0, std=std, size=shape, generator=generator, device=generator.device)
 
 
 def calibrate_release(cfg: DPConfig) -> float:

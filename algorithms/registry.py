@@ -19,9 +19,11 @@ from algorithms.fedpft import run_pft
 from algorithms.generative import run_generative
 from data.clients import ClientData
 from utils.checkpoint import RoundCheckpoint
+from utils.device import Execution
 
-# (clients, n_classes, configs by section, run seed, checkpoint) -> what evaluation needs
-Runner = Callable[[list[ClientData], int, dict, int, RoundCheckpoint | None], Outcome]
+# (clients, n_classes, configs by section, run seed, checkpoint, device and path) -> what
+# evaluation needs
+Runner = Callable[[list[ClientData], int, dict, int, RoundCheckpoint | None, Execution], Outcome]
 
 
 @dataclass(frozen=True)
@@ -39,27 +41,32 @@ class Method:
     private: bool = False
 
 
-def _local(clients, n_classes, configs, seed, checkpoint) -> Outcome:
-    return run_local(clients, n_classes, configs["head"], seed)
+def _local(clients, n_classes, configs, seed, checkpoint, execution) -> Outcome:
+    return run_local(clients, n_classes, configs["head"], seed, execution.device)
 
 
-def _centralized(clients, n_classes, configs, seed, checkpoint) -> Outcome:
-    return run_centralized(clients, n_classes, configs["head"], seed)
+def _centralized(clients, n_classes, configs, seed, checkpoint, execution) -> Outcome:
+    return run_centralized(clients, n_classes, configs["head"], seed, execution.device)
 
 
-def _fedavg(clients, n_classes, configs, seed, checkpoint) -> Outcome:
-    return run_fedavg(clients, n_classes, configs["fedavg"], seed, checkpoint=checkpoint)
+def _fedavg(clients, n_classes, configs, seed, checkpoint, execution) -> Outcome:
+    fedavg = configs["fedavg"]
+    return run_fedavg(
+        clients, n_classes, fedavg, seed, checkpoint=checkpoint, device=execution.device
+    )
 
 
-def _fedlambda(clients, n_classes, configs, seed, checkpoint) -> Outcome:
+def _fedlambda(clients, n_classes, configs, seed, checkpoint, execution) -> Outcome:
     fedavg, head = configs["fedavg"], configs["head"]
-    return run_fedavg(clients, n_classes, fedavg, seed, head, checkpoint=checkpoint)
+    return run_fedavg(
+        clients, n_classes, fedavg, seed, head, checkpoint=checkpoint, device=execution.device
+    )
 
 
 def _generative(name: str) -> Runner:
-    def run(clients, n_classes, configs, seed, checkpoint) -> Outcome:
+    def run(clients, n_classes, configs, seed, checkpoint, execution) -> Outcome:
         gen, dp, head = configs["generative"], configs["dp"], configs["head"]
-        return run_generative(name, clients, n_classes, gen, dp, head, seed, checkpoint)
+        return run_generative(name, clients, n_classes, gen, dp, head, seed, checkpoint, execution)
 
     return run
 

@@ -130,11 +130,18 @@ class Site:
             gen = s.configs["generative"]
             dp = dataclasses.replace(s.configs["dp"], noise_source=self.policy.noise_source)
             client = make_clients(
-                s.method.name, [self.data], self.n_classes, gen, dp, s.seed, self.secret()
+                s.method.name,
+                [self.data],
+                self.n_classes,
+                gen,
+                dp,
+                s.seed,
+                self.secret(),
+                s.execution.device,
             )[0]
         else:
-            cfg = s.configs["fedavg"]
-            client = make_fedavg_clients([self.data], self.n_classes, cfg, s.seed)[0]
+            cfg, device = s.configs["fedavg"], s.execution.device
+            client = make_fedavg_clients([self.data], self.n_classes, cfg, s.seed, device)[0]
         state = load_state(self.context.state, STATE)
         if state is not None:
             client.load_state_dict(state)

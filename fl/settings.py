@@ -2,9 +2,11 @@
 
 Run config (pyproject.toml `[tool.flwr.app.config]`, overridden by `flwr run --run-config`):
 - `main-args`: main.py's command line, parsed by the library's parser (algorithms/options.py),
-  so every flag, default and check is main.py's. Paths in it must be absolute: Flower runs the
-  apps in other directories. The ServerApp opens none of them: `--database_root` and
-  `--split_file` (optional) are the sites' defaults, which their node config may replace;
+  so every flag, default and check is main.py's (`--device` is resolved on each site: auto uses
+  the site's own GPU when it has one; sites always take the per-client path). Paths in it must
+  be absolute: Flower runs the apps in other directories. The ServerApp opens none of them:
+  `--database_root` and `--split_file` (optional) are the sites' defaults, which their node
+  config may replace;
 - `n-sites`: how many sites take part (0: main-args' --n_clients);
 - `node-timeout-s`: how long the ServerApp waits for every client's SuperNode to connect;
 - `reply-timeout-s`: how long it waits for the replies to one message (one round).
@@ -18,6 +20,7 @@ the site's privacy policy (fl/policy.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import io
 import shlex
@@ -54,6 +57,11 @@ def run_settings(run_config: dict) -> Settings:
         )
     if args.resume:  # main.py's checkpoints are not written under Flower
         raise SettingsError("main-args: --resume does not run on Flower; start the run again")
+    if getattr(args, "vectorized", "auto") == "on":
+        raise SettingsError(
+            "main-args: --vectorized on does not run on Flower: each site is one client "
+            "(the per-client path; --vectorized trains simulated clients at once)"
+        )
     if args.save_synthetic:
         raise SettingsError(
             "main-args: --save_synthetic does not run on Flower: synthetic data stays on the sites"
@@ -66,7 +74,11 @@ def run_settings(run_config: dict) -> Settings:
     if not Path(results).is_absolute():
         flag = "--results_dir" if args.results_dir else "--results_root"
         raise SettingsError(f"main-args: {flag} must be an absolute path, got {results!r}")
-    return settings
+    # a site is one client: the per-client path, on the device --device names on that site
+    # (auto: its own GPU if it has one)
+    return dataclasses.replace(
+        settings, execution=dataclasses.replace(settings.execution, vectorized=False)
+    )
 
 
 def is_generative(settings: Settings) -> bool:

@@ -80,7 +80,7 @@ class CVAE(nn.Module):
 
 def kl_per_sample(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(q(z | x, y) || N(0, I)) of each sample, in nats."""
-    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=-1)
 
 
 def cvae_loss_per_sample(
@@ -93,7 +93,8 @@ def cvae_loss_per_sample(
     loss: str = "paper",
     obs_std: float = 0.125,
 ) -> torch.Tensor:
-    """The loss of each sample (DP clips each sample's gradient).
+    """The loss of each sample (DP clips each sample's gradient), over the last dimension (so
+    that stacked clients, shape (K, B, D), work alike).
 
     `paper`: the paper's MSE averaged over batch and dimensions plus beta x KL summed over the
     batch, written per sample as `mean_d (x - recon)^2 + beta * B * KL_i` (B the nominal batch
@@ -105,9 +106,9 @@ def cvae_loss_per_sample(
     beta * KL_i` (the constant D log(obs_std sqrt(2 pi)) left out); beta = 1 is the ELBO."""
     kl = kl_per_sample(mu, logvar)
     if loss == "paper":
-        return F.mse_loss(recon, x, reduction="none").mean(dim=1) + beta * batch_size * kl
+        return F.mse_loss(recon, x, reduction="none").mean(dim=-1) + beta * batch_size * kl
     if loss == "elbo":
-        return (recon - x).pow(2).sum(dim=1) / (2.0 * obs_std**2) + beta * kl
+        return (recon - x).pow(2).sum(dim=-1) / (2.0 * obs_std**2) + beta * kl
     raise ValueError(f"--cvae_loss must be one of {CVAE_LOSSES}, got {loss!r}")
 
 

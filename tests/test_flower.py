@@ -295,6 +295,7 @@ def test_settings_are_main_py_flags_with_absolute_paths(tmp_path):
     base = f"--database_root {tmp_path} --split_file {tmp_path}/s.json --results_dir {tmp_path}/r"
     s = run_settings({"main-args": f"{base} --method dpcvae --n_fedavg_rounds 3"})
     assert s.method.name == "dpcvae" and s.configs["generative"].n_rounds == 3 and s.seed == 3407
+    assert not s.execution.vectorized  # a site is one client, whatever its device
     for bad, needle in [
         (f"{base} --method local", "does not run on Flower"),
         (f"{base} --method dpcvae --split_file s.json", "--split_file must be an absolute"),
@@ -302,6 +303,7 @@ def test_settings_are_main_py_flags_with_absolute_paths(tmp_path):
         (f"{base} --method dpcvae --epsilon -1", "--epsilon"),
         (f"{base} --method nope", "invalid choice"),
         (f"{base} --method dpcvae --save_synthetic", "stays on the sites"),
+        (f"{base} --method dpcvae --vectorized on", "each site is one client"),
     ]:
         with pytest.raises(SettingsError, match=needle):
             run_settings({"main-args": bad})

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import algorithms.vectorized as vectorized
 import main as main_module
 import utils.checkpoint as checkpoint_module
 from algorithms.dpcgan import CGANClient
@@ -32,6 +33,8 @@ CASES = {
     "dpcvae": ["--method", "dpcvae", *GEN, "--hidden_dim", "16"],
     "dpcvae-threads": ["--method", "dpcvae", *GEN, "--hidden_dim", "16", "--num_threads", "2"],
     "dpcgan": ["--method", "dpcgan", *GEN],
+    # every client at once: the stacked state is written back into the clients' checkpoints
+    "dpcvae-vectorized": ["--method", "dpcvae", *GEN, "--hidden_dim", "16", "--vectorized", "on"],
 }
 
 
@@ -109,6 +112,13 @@ def record_rounds(monkeypatch) -> list[int]:
             return real(self, weights, rnd)
 
         monkeypatch.setattr(cls, "fit", fit)
+    real_round = vectorized._Engine.fit_round  # every client at once
+
+    def fit_round(self, chosen, weights, rnd):
+        rounds.append(rnd)
+        return real_round(self, chosen, weights, rnd)
+
+    monkeypatch.setattr(vectorized._Engine, "fit_round", fit_round)
     return rounds
 
 

@@ -129,3 +129,16 @@ def test_the_fashionmnist_study_runs_every_variant_over_the_sweep(tmp_path):
         (s.configs["generative"].cvae_loss, s.configs["generative"].cvae_layers) for s in no_dp
     }
     assert {("paper", 3), ("elbo", 3), ("elbo", 0)} <= losses
+
+
+def test_gpu_table_runs_every_method_for_three_seeds_at_epsilon_1_on_the_device(tmp_path):
+    argvs = main_commands("experiments/gpu_table.sh", tmp_path, DEVICE="cpu")
+    assert methods_of(argvs) == set(registry.NAMES)
+    assert len(argvs) == 3 * len(registry.NAMES)
+    for argv in argvs:
+        assert value(argv, "--device") == "cpu"
+        assert value(argv, "--database_root").startswith("data/organsmnist/database/")
+        if value(argv, "--method") in ("dpcvae", "dpcgan"):
+            assert value(argv, "--epsilon") == "1.0"
+    on_gpu = [c for c in commands("experiments/gpu_table.sh", tmp_path) if c[:1] == ["main.py"]]
+    assert {value(c, "--device") for c in on_gpu} == {"cuda"}

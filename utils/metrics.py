@@ -39,16 +39,19 @@ def summarize_clients(clients: list[dict], prefix: str = "test_") -> dict[str, f
     return out
 
 
-def sinkhorn_wasserstein(real: np.ndarray, synthetic: np.ndarray, blur: float = 0.01) -> float:
-    """The paper's fidelity: sqrt of geomloss's debiased Sinkhorn loss (p=2, blur=0.01).
+def sinkhorn_wasserstein(
+    real: np.ndarray, synthetic: np.ndarray, blur: float = 0.01, device: str = "cpu"
+) -> float:
+    """The paper's fidelity: sqrt of geomloss's debiased Sinkhorn loss (p=2, blur=0.01),
+    computed on `device`.
 
     geomloss's p=2 cost is |x-y|^2 / 2, so the value is a (blurred) W2 distance up to sqrt(2)."""
     import torch
     from geomloss import SamplesLoss
 
     loss = SamplesLoss("sinkhorn", p=2, blur=blur, backend="tensorized")
-    x = torch.as_tensor(np.asarray(real, dtype=np.float32))
-    y = torch.as_tensor(np.asarray(synthetic, dtype=np.float32))
+    x = torch.as_tensor(np.asarray(real, dtype=np.float32), device=device)
+    y = torch.as_tensor(np.asarray(synthetic, dtype=np.float32), device=device)
     with torch.no_grad():
         value = float(loss(x, y))
     return float(np.sqrt(max(value, 0.0)))

@@ -55,9 +55,10 @@ def seeded(seed: int, factory: Callable[[], T]) -> T:
         return factory()
 
 
-def generator(seed: int) -> torch.Generator:
-    """A CPU torch.Generator seeded with `seed`."""
-    g = torch.Generator()
+def generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A torch.Generator on `device` seeded with `seed` (the same seed gives other draws on
+    CUDA than on CPU: determinism holds on one device)."""
+    g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g
 
@@ -75,7 +76,9 @@ def new_secret() -> bytes:
     return secrets.token_bytes(SECRET_BYTES)
 
 
-def private_generator(seed: int, *keys: object, secret: bytes | None) -> torch.Generator:
+def private_generator(
+    seed: int, *keys: object, secret: bytes | None, device: str | torch.device = "cpu"
+) -> torch.Generator:
     """The source of every private random draw of a client (DP noise, Poisson batches, the noisy
     record count, latent draws, synthetic sampling): the one function to call for them.
 
@@ -87,10 +90,13 @@ def private_generator(seed: int, *keys: object, secret: bytes | None) -> torch.G
     outputs would reveal the state, but no raw output ever leaves the site (they become Gaussian
     noise added to clipped gradients, batch memberships, latent draws)."""
     if secret is None:
-        return generator(derive_seed(seed, *keys))
+        return generator(derive_seed(seed, *keys), device)
     if len(secret) < 16:
         raise ValueError("a secret key needs at least 16 bytes")
     path = "/".join(str(k) for k in keys).encode()
+    if torch.device(device).type != "cpu":  # CUDA's Philox takes a 64-bit seed, not a state
+        digest = hashlib.shake_256(secret + b"/" + path).digest(8)
+        return generator(int.from_bytes(digest, "little") & (2**63 - 1), device)
     words = np.frombuffer(hashlib.shake_256(secret + b"/" + path).digest(4 * _MT_WORDS), "<u4")
     g = generator(0)  # a valid state to start from (left=1: the next draw regenerates the words)
     state = g.get_state().clone()

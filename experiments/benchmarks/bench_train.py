@@ -13,18 +13,25 @@ CVAE and CGAN, batch 256, 50 rounds x 5 local epochs, epsilon 1 (PRV). Measured 
    at once, one torch thread each (as main.py does);
 5. peak memory: the process's peak RSS when the DP-CVAE run ends. Most of it is there before
    any training: importing the CUDA build of torch, Opacus and the project, plus the
-   torch._dynamo import that the first torch optimizer triggers (`rss_baseline_mb`).
+   torch._dynamo import that the first torch optimizer triggers (`rss_baseline_mb`); on CUDA
+   also each full run's peak GPU memory (torch.cuda.max_memory_allocated).
 
-Per-epoch figures are one client on one torch thread, as each client trains in a full run.
+`--device` places everything on CPU or CUDA; `--vectorized on` trains the full runs' clients all
+at once as one stacked model (algorithms/vectorized.py), `off` one after another (--num_threads
+of them at once on CPU). Per-epoch figures are one client (on one torch thread on CPU), as each
+client trains in a per-client run; `--rounds` shortens the full runs (per client-epoch figures
+stay comparable).
 
     python experiments/benchmarks/bench_train.py --num_threads 2     # ~18 min on 2 CPU cores
     python experiments/benchmarks/bench_train.py --quick             # smoke version, seconds
     python experiments/benchmarks/bench_train.py --json bench.json   # one thread
+    python experiments/benchmarks/bench_train.py --device cuda --vectorized on --json gpu.json
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import re
@@ -42,6 +49,7 @@ from algorithms.generative import train_generative
 from algorithms.privacy import DPConfig
 from data.clients import ClientData
 from data.features import standardize_records
+from utils.device import DEVICES, ON_CPU, Execution, resolve_device
 from utils.io import write_json
 from utils.progress import set_quiet
 
@@ -84,33 +92,55 @@ def paper_like_clients(
 
 
 def make_client(
-    method: str, data: ClientData, n_classes: int, cfg: GenerativeConfig, dp: DPConfig, mode: str
+    method: str,
+    data: ClientData,
+    n_classes: int,
+    cfg: GenerativeConfig,
+    dp: DPConfig,
+    mode: str,
+    device: str = "cpu",
 ) -> CVAEClient | CGANClient:
     """A client whose DP-SGD clips with `mode` (fast, ghost or hooks)."""
     base = CVAEClient if method == "dpcvae" else CGANClient
     cls = type(f"{base.__name__}_{mode}", (base,), {"grad_sample_mode": mode})
-    return cls(data, n_classes, cfg, dp, seed=0)
+    return cls(data, n_classes, cfg, dp, seed=0, device=device)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def time_epochs(client: CVAEClient | CGANClient, epochs: int) -> tuple[float, float]:
     """Wall and CPU seconds per local epoch over `epochs` epochs (after a warm-up epoch). CPU
     time is what the epoch costs whatever else runs on the machine."""
+    device = client.device.type
     client.train_epochs(1)
+    _sync(device)
     wall, cpu = time.perf_counter(), time.process_time()
     client.train_epochs(epochs)
+    _sync(device)
     return (time.perf_counter() - wall) / epochs, (time.process_time() - cpu) / epochs
 
 
 def per_epoch_figures(
-    data: ClientData, n_classes: int, cfg: GenerativeConfig, epochs: int, repeats: int
+    data: ClientData,
+    n_classes: int,
+    cfg: GenerativeConfig,
+    epochs: int,
+    repeats: int,
+    device: str = "cpu",
 ) -> dict[str, tuple[float, float]]:
     """Medians over alternating repeats of the wall and CPU seconds per client-epoch: CVAE
     without DP, with DP (`fast`) and with Opacus's `ghost` mode. Alternating keeps a burst of
     load on the machine from favouring one of them."""
     clients = {
-        "nodp": make_client("dpcvae", data, n_classes, cfg, DPConfig(enabled=False), "fast"),
-        "dp": make_client("dpcvae", data, n_classes, cfg, DPConfig(), "fast"),
-        "ghost": make_client("dpcvae", data, n_classes, cfg, DPConfig(), "ghost"),
+        name: make_client("dpcvae", data, n_classes, cfg, dp, mode, device)
+        for name, dp, mode in (
+            ("nodp", DPConfig(enabled=False), "fast"),
+            ("dp", DPConfig(), "fast"),
+            ("ghost", DPConfig(), "ghost"),
+        )
     }
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in clients}
     for _ in range(repeats):
@@ -123,33 +153,53 @@ def per_epoch_figures(
 
 
 def full_run(
-    method: str, clients: list[ClientData], n_classes: int, cfg: GenerativeConfig
+    method: str,
+    clients: list[ClientData],
+    n_classes: int,
+    cfg: GenerativeConfig,
+    execution: Execution = ON_CPU,
 ) -> dict[str, float]:
-    """Wall and CPU time of the federated training (set-up + all rounds), and the wall time
-    of its accounting."""
+    """Wall and CPU time of the federated training (set-up + all rounds), the wall time of its
+    accounting, the time per client-epoch, and on CUDA the peak GPU memory."""
     privacy._epsilon.cache_clear()  # an honest run: no epsilon computed by an earlier one
     privacy._noise_multiplier.cache_clear()
-    accounting = [0.0]
-    epsilon_fn = privacy._epsilon
+    seconds_in = {"accounting": 0.0, "calibration": 0.0}
+    epsilon_fn, calibrate_fn = privacy._epsilon, privacy._noise_multiplier
 
-    def timed_epsilon(*args):
-        start = time.perf_counter()
-        try:
-            return epsilon_fn(*args)
-        finally:
-            accounting[0] += time.perf_counter() - start
+    def timed(fn, key):
+        def call(*args):
+            start = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                seconds_in[key] += time.perf_counter() - start
 
-    privacy._epsilon = timed_epsilon
+        return call
+
+    privacy._epsilon = timed(epsilon_fn, "accounting")
+    privacy._noise_multiplier = timed(calibrate_fn, "calibration")
+    cuda = execution.device == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     try:
         start, cpu = time.perf_counter(), time.process_time()
-        gen_clients, _, history = train_generative(method, clients, n_classes, cfg, DPConfig(), 0)
+        gen_clients, _, history = train_generative(
+            method, clients, n_classes, cfg, DPConfig(), 0, execution=execution
+        )
+        _sync(execution.device)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
-        privacy._epsilon = epsilon_fn
+        privacy._epsilon, privacy._noise_multiplier = epsilon_fn, calibrate_fn
+    client_epochs = len(clients) * cfg.n_rounds * cfg.local_epochs
     return {
         "sec": seconds,
+        # the rounds alone: without the noise calibration, a set-up cost of every run
+        "sec_per_client_epoch": (seconds - seconds_in["calibration"]) / client_epochs,
+        "calibration_sec": seconds_in["calibration"],
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         "cpu_sec": cpu,
-        "accounting_sec": accounting[0],
+        "accounting_sec": seconds_in["accounting"],
         "prv_evaluations": epsilon_fn.cache_info().misses,
         "epsilon_max": max(c.privacy()["epsilon"] for c in gen_clients),
         "steps_per_client": [c.privacy()["steps"] for c in gen_clients],
@@ -171,6 +221,30 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=3, help="alternating repeats (median counts)")
     p.add_argument("--hooks_epochs", type=int, default=2, help="epochs timed in hooks mode")
     p.add_argument("--skip_cgan", action="store_true", help="no full DP-CGAN run")
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="where everything trains (auto: CUDA when available; default cpu)",
+    )
+    p.add_argument(
+        "--vectorized",
+        choices=("on", "off"),
+        default="off",
+        help="full runs: every client at once as one stacked model (on) or one after another "
+        "(off, default)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="rounds of the full runs (default: the paper's 50; fewer for a quicker measure)",
+    )
+    p.add_argument(
+        "--skip_per_epoch",
+        action="store_true",
+        help="no per-epoch figures (items 1-3): the full runs only",
+    )
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = p.parse_args(argv)
     threads = args.num_threads if args.num_threads > 0 else torch.get_num_threads()
@@ -179,6 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
     rss_baseline = _status_mb("VmRSS")
     load_before = os.getloadavg()
 
+    device = resolve_device(args.device)
+    execution = Execution(device, vectorized=args.vectorized == "on")
     if args.quick:
         n_clients, n_train, dim, n_classes = 3, 200, 64, 11
         cfg = GenerativeConfig(n_rounds=2, local_epochs=1)
@@ -187,30 +263,39 @@ def main(argv: list[str] | None = None) -> dict:
         n_clients, n_train, dim, n_classes = 10, 1600, 768, 11
         cfg = GenerativeConfig()
         epochs, repeats, hooks_epochs = args.epochs, args.repeats, args.hooks_epochs
+    if args.rounds:
+        cfg = dataclasses.replace(cfg, n_rounds=args.rounds)
     clients = paper_like_clients(n_clients, n_train, dim, n_classes)
     one = paper_like_clients(1, n_train, dim, n_classes, seed=1)[0]
 
     torch.set_num_threads(threads)
-    cvae = full_run("dpcvae", clients, n_classes, cfg)
+    cvae = full_run("dpcvae", clients, n_classes, cfg, execution)
     peak_cvae = _status_mb("VmHWM")  # first, so that it is the run's own peak
-    cgan = None if args.skip_cgan else full_run("dpcgan", clients, n_classes, cfg)
+    cgan = None if args.skip_cgan else full_run("dpcgan", clients, n_classes, cfg, execution)
     torch.set_num_threads(1)
-    per_epoch = per_epoch_figures(one, n_classes, cfg, epochs, repeats)
-    hooks, hooks_cpu = time_epochs(
-        make_client("dpcvae", one, n_classes, cfg, DPConfig(), "hooks"), hooks_epochs
-    )
+    per_epoch: dict = {k: (None, None) for k in ("nodp", "dp", "ghost", "hooks")}
+    if not args.skip_per_epoch:
+        per_epoch = per_epoch_figures(one, n_classes, cfg, epochs, repeats, device)
+        hooks_client = make_client("dpcvae", one, n_classes, cfg, DPConfig(), "hooks", device)
+        per_epoch["hooks"] = time_epochs(hooks_client, hooks_epochs)
 
-    (nodp, nodp_cpu), (dp, dp_cpu), (ghost, ghost_cpu) = (
-        per_epoch[k] for k in ("nodp", "dp", "ghost")
+    def ratio(a, b):
+        return None if a is None or b is None else a / b
+
+    (nodp, nodp_cpu), (dp, dp_cpu), (ghost, ghost_cpu), (hooks, hooks_cpu) = (
+        per_epoch[k] for k in ("nodp", "dp", "ghost", "hooks")
     )
     out = {
+        "device": device,
+        "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+        "vectorized": execution.vectorized,
         "sec_per_client_epoch_nodp": nodp,
         "sec_per_client_epoch_dp": dp,
         "sec_per_client_epoch_hooks": hooks,
         "sec_per_client_epoch_opacus_ghost": ghost,
-        "ratio_dp_over_nodp": dp / nodp,
-        "ratio_hooks_over_dp": hooks / dp,
-        "ratio_opacus_ghost_over_dp": ghost / dp,
+        "ratio_dp_over_nodp": ratio(dp, nodp),
+        "ratio_hooks_over_dp": ratio(hooks, dp),
+        "ratio_opacus_ghost_over_dp": ratio(ghost, dp),
         "cpu_sec_per_client_epoch": {
             "nodp": nodp_cpu,
             "dp": dp_cpu,
@@ -220,17 +305,22 @@ def main(argv: list[str] | None = None) -> dict:
         "full_run_sec_dpcvae": cvae["sec"],
         "full_run_cpu_sec_dpcvae": cvae["cpu_sec"],
         "full_run_accounting_sec_dpcvae": cvae["accounting_sec"],
+        "full_run_calibration_sec_dpcvae": cvae["calibration_sec"],
         "full_run_prv_evaluations_dpcvae": cvae["prv_evaluations"],
+        "full_run_sec_per_client_epoch_dpcvae": cvae["sec_per_client_epoch"],
+        "peak_gpu_mb_dpcvae": cvae["peak_gpu_mb"],
         "epsilon_max_dpcvae": cvae["epsilon_max"],
         "full_run_sec_dpcgan": cgan["sec"] if cgan else None,
         "full_run_cpu_sec_dpcgan": cgan["cpu_sec"] if cgan else None,
         "full_run_accounting_sec_dpcgan": cgan["accounting_sec"] if cgan else None,
+        "full_run_sec_per_client_epoch_dpcgan": cgan["sec_per_client_epoch"] if cgan else None,
+        "peak_gpu_mb_dpcgan": cgan["peak_gpu_mb"] if cgan else None,
         "peak_rss_mb": peak_cvae,
         "peak_rss_mb_all": _status_mb("VmHWM"),  # includes hooks mode's per-sample gradients
         "rss_baseline_mb": rss_baseline,
         "run_rss_increment_mb": peak_cvae - rss_baseline,
         "torch_threads": threads,
-        "clients_at_once": min(threads, n_clients),
+        "clients_at_once": n_clients if execution.vectorized else min(threads, n_clients),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "load_avg_before": list(load_before),
@@ -261,12 +351,18 @@ def print_table(r: dict) -> None:
         f"{w['dim']}-d, {w['classes']} classes, batch {w['batch_size']}, "
         f"{w['rounds']} rounds x {w['local_epochs']} epochs"
     )
+    where = r["gpu"] if r["device"] == "cuda" else f"{r['cpu']}, {r['cpu_count']} cores"
+    path = "vectorized (all clients at once)" if r["vectorized"] else "per-client"
     print(
-        f"machine: {r['cpu']}, {r['cpu_count']} cores, torch {r['torch']}; "
-        f"{r['torch_threads']} thread(s): {r['clients_at_once']} client(s) at once, one thread "
-        f"each; load avg before {r['load_avg_before'][0]:.2f}, after {r['load_avg_after'][0]:.2f}"
+        f"machine: {where}, torch {r['torch']}; full runs: {path} on {r['device']}, "
+        f"{r['torch_threads']} thread(s), {r['clients_at_once']} client(s) at once; "
+        f"load avg before {r['load_avg_before'][0]:.2f}, after {r['load_avg_after'][0]:.2f}"
     )
     cpu = r["cpu_sec_per_client_epoch"]
+
+    def over(a, b):
+        return None if a is None or b is None else a / b
+
     rows = [  # (name, wall seconds or other figure, CPU seconds or None)
         ("1 CVAE, no DP (s / client-epoch)", r["sec_per_client_epoch_nodp"], cpu["nodp"]),
         ("2 DP-CVAE, fast path (s / client-epoch)", r["sec_per_client_epoch_dp"], cpu["dp"]),
@@ -281,17 +377,26 @@ def print_table(r: dict) -> None:
             cpu["opacus_ghost"],
         ),
         ("4 full DP-CVAE run (s)", r["full_run_sec_dpcvae"], r["full_run_cpu_sec_dpcvae"]),
+        ("    per client-epoch, rounds only (s)", r["full_run_sec_per_client_epoch_dpcvae"], None),
         ("    of which accounting (s)", r["full_run_accounting_sec_dpcvae"], None),
+        ("    of which noise calibration (s)", r["full_run_calibration_sec_dpcvae"], None),
+        ("    peak GPU memory (MB)", r["peak_gpu_mb_dpcvae"], None),
         ("  full DP-CGAN run (s)", r["full_run_sec_dpcgan"], r["full_run_cpu_sec_dpcgan"]),
+        ("    per client-epoch, rounds only (s)", r["full_run_sec_per_client_epoch_dpcgan"], None),
+        ("    peak GPU memory (MB)", r["peak_gpu_mb_dpcgan"], None),
         ("5 peak RSS at end of DP-CVAE run (MB)", r["peak_rss_mb"], None),
         ("    RSS before any training (MB)", r["rss_baseline_mb"], None),
-        ("  ratio 2/1 (DP overhead)", r["ratio_dp_over_nodp"], cpu["dp"] / cpu["nodp"]),
-        ("  ratio 3/2 (hooks vs fast)", r["ratio_hooks_over_dp"], cpu["hooks"] / cpu["dp"]),
-        ("  ratio ghost/fast", r["ratio_opacus_ghost_over_dp"], cpu["opacus_ghost"] / cpu["dp"]),
+        ("  ratio 2/1 (DP overhead)", r["ratio_dp_over_nodp"], over(cpu["dp"], cpu["nodp"])),
+        ("  ratio 3/2 (hooks vs fast)", r["ratio_hooks_over_dp"], over(cpu["hooks"], cpu["dp"])),
+        (
+            "  ratio ghost/fast",
+            r["ratio_opacus_ghost_over_dp"],
+            over(cpu["opacus_ghost"], cpu["dp"]),
+        ),
     ]
     print(f"{'':<44} {'wall':>10} {'cpu':>10}")
     for name, wall, cpu_time in rows:
-        shown = "skipped" if wall is None else f"{wall:.4g}"
+        shown = "-" if wall is None else f"{wall:.4g}"
         print(f"{name:<44} {shown:>10} {'' if cpu_time is None else f'{cpu_time:.4g}':>10}")
 
 

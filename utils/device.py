@@ -1,0 +1,48 @@
+"""Where torch computes: `--device auto|cpu|cuda` resolved once, and what a run records of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a run computes, not what: the torch device ("cpu" or "cuda") and whether the
+    simulated clients of a DP generative method train all at once as one stacked model
+    (`vectorized`) or one after another. Neither enters the configuration hash: results are the
+    same on one device (bit for bit per path), statistically the same across devices and paths."""
+
+    device: str = "cpu"
+    vectorized: bool = False
+
+
+# The default: the per-client path on CPU (the bit-exact reference).
+ON_CPU = Execution()
+
+
+def resolve_device(name: str) -> str:
+    """ "cpu" or "cuda" for `--device` (auto: CUDA when available); ValueError for a CUDA request
+    on a machine without CUDA."""
+    if name not in DEVICES:
+        raise ValueError(f"--device must be one of {DEVICES}, got {name!r}")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "--device cuda: CUDA is not available here (torch.cuda.is_available() is False); "
+            "use --device cpu or auto"
+        )
+    return name
+
+
+def describe_device(device: str) -> dict:
+    """What config.json records of the device: its kind, and the GPU's name on CUDA."""
+    out: dict = {"device": device}
+    if device == "cuda":
+        out["gpu"] = torch.cuda.get_device_name()
+        out["cuda"] = torch.version.cuda
+    return out
