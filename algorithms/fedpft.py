@@ -164,6 +164,7 @@ class PFTClient:
         self.secret = (secret or new_secret()) if secure else None
         self.rng_noise = private_generator(seed, DP_NOISE, secret=self.secret)
         self.released = False
+        self.device = torch.device("cpu")  # numpy statistics: the heads train on the CPU too
 
     def fit(self, global_weights: StateDict, rnd: int) -> ClientUpdate:
         """The one release (round 0 only, once: a second release would spend the budget

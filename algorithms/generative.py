@@ -161,7 +161,10 @@ def train_generative(
 
 class Sampler(Protocol):
     """What the end of a generative run needs of a client: sampling from what was released
-    (DPClient: the global decoder or generator; fedpft.PFTClient: the pooled Gaussians)."""
+    (DPClient: the global decoder or generator; fedpft.PFTClient: the pooled Gaussians), on
+    the client's `device`."""
+
+    device: torch.device
 
     def sample(self, weights: StateDict, labels: np.ndarray, rng: torch.Generator) -> np.ndarray:
         """Synthetic embeddings (model space), one per label."""
@@ -204,9 +207,7 @@ def synthesize(
     rng = private_numpy_rng(seed, LABELS, data.id, secret=client.secret)
     counts = synthetic_label_counts(data.y_train, n_classes, cfg, rng)
     labels = np.repeat(np.arange(n_classes), np.where(client.can_sample(weights), counts, 0))
-    latent = private_generator(
-        seed, SAMPLE, data.id, secret=client.secret, device=getattr(client, "device", "cpu")
-    )
+    latent = private_generator(seed, SAMPLE, data.id, secret=client.secret, device=client.device)
     synthetic = client.sample(weights, labels, latent)
     return synthetic, labels
 

@@ -72,7 +72,8 @@ def _generative(name: str) -> Runner:
 
 
 def _pft(name: str) -> Runner:
-    def run(clients, n_classes, configs, seed, checkpoint) -> Outcome:
+    # one release of statistics computed with numpy: on the CPU, whatever the --device
+    def run(clients, n_classes, configs, seed, checkpoint, execution) -> Outcome:
         pft, gen, dp, head = (
             configs["pft"],
             configs["generative"],

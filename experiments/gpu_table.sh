@@ -14,7 +14,7 @@ done
 
 # ---- flags (edit here): what the table changes in those scripts' ----------------------------
 device=${DEVICE:-cuda}
-methods=(local centralized fedavg fedprox fedlambda dpcgan dpcvae)
+methods=(local centralized fedavg fedprox fedlambda dpcgan dpcvae fedpft dpfedpft)
 epsilons=()               # the target epsilon is in the DP methods' flags (the others refuse it)
 BACKBONES=(${BACKBONE:-${BACKBONES[@]}})
 local_flags+=(--device "${device}")
@@ -24,6 +24,8 @@ fedprox_flags+=(--device "${device}")
 fedlambda_flags+=(--device "${device}")
 dpcgan_flags+=(--epsilon 1.0 --device "${device}")
 dpcvae_flags+=(--epsilon 1.0 --device "${device}")
+fedpft_flags+=(--device "${device}")                  # FedPFT computes on the CPU anyway
+dpfedpft_flags+=(--epsilon 1.0 --device "${device}")
 # ------------------------------------------------------------------------------------------------
 
 run_experiments

@@ -138,7 +138,7 @@ def test_gpu_table_runs_every_method_for_three_seeds_at_epsilon_1_on_the_device(
     for argv in argvs:
         assert value(argv, "--device") == "cpu"
         assert value(argv, "--database_root").startswith("data/organsmnist/database/")
-        if value(argv, "--method") in ("dpcvae", "dpcgan"):
+        if value(argv, "--method") in ("dpcvae", "dpcgan", "dpfedpft"):
             assert value(argv, "--epsilon") == "1.0"
     on_gpu = [c for c in commands("experiments/gpu_table.sh", tmp_path) if c[:1] == ["main.py"]]
     assert {value(c, "--device") for c in on_gpu} == {"cuda"}
