@@ -106,7 +106,7 @@ def test_the_runs_read_the_databases_that_create_db_writes(dataset, tmp_path):
 def test_the_fashionmnist_study_runs_every_variant_over_the_sweep(tmp_path):
     argvs = main_commands("experiments/fashionmnist/study.sh", tmp_path)
     settings = [load_settings(a) for a in argvs]
-    assert {"local", "centralized", "fedavg", "fedlambda", "dpcvae", "dpcgan"} <= {
+    assert {"local", "centralized", "fedavg", "fedlambda", "dpcvae", "dpcgan", "dpfedpft"} <= {
         s.method.name for s in settings
     }
 
@@ -116,7 +116,8 @@ def test_the_fashionmnist_study_runs_every_variant_over_the_sweep(tmp_path):
         gen = [s for s in gen if s.configs["generative"].preset == preset]
         return [s for s in gen if preset == "dp" or s.configs["generative"].cvae_loss == "paper"]
 
-    for method, preset in (("dpcvae", "paper"), ("dpcvae", "dp"), ("dpcgan", "paper")):
+    variants = (("dpcvae", "paper"), ("dpcvae", "dp"), ("dpcgan", "paper"), ("dpfedpft", "paper"))
+    for method, preset in variants:
         private = [s for s in runs(method, preset) if s.configs["dp"].enabled]
         eps = sorted({s.configs["dp"].epsilon for s in private})
         assert eps == [0.5, 1.0, 2.0, 4.0, 8.0], (method, preset)

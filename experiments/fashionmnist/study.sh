@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The privacy-utility study on the Fashion-MNIST split at the paper's client sizes (10 clients,
 # label Dirichlet 0.3): DP-CVAE with the paper's settings, DP-CVAE with --preset dp (our recipe,
-# docs/dp_recipe.md), DP-CGAN and, when present, DP-FedPFT, at each target epsilon of `epsilons`
+# docs/dp_recipe.md), DP-CGAN and DP-FedPFT, at each target epsilon of `epsilons`
 # and without DP (one seed), and at epsilon 1 with every seed of SEEDS; against local,
 # centralized, FedAvg and FedLambda (every seed). The flags of each method are those of base.sh,
 # fedlambda.sh and ours.sh (edit them there). Every run reports the lambda protocol under both
@@ -21,14 +21,11 @@ epsilons=(1 8 0.5 2 4)   # in this order, so that a partial study has the ends f
 study=(baselines dpcvae_preset dpcvae losses dpfedpft dpcgan)   # in this order
 dpcvae_preset_flags=(--local_epochs 100 --lr 0.001 --classifier_optimizer adam
                      --weights_grid_resolution 0.1 "${dp_flags[@]}" --preset dp)
-dpfedpft_flags=(--local_epochs 100 --lr 0.001 --classifier_optimizer adam
-                --weights_grid_resolution 0.1 --delta 1e-4)
 results_root=results/fashionmnist_study
 out=assets/fashionmnist_study
 # ------------------------------------------------------------------------------------------------
 read -ra study <<< "${STUDY_METHODS:-${study[*]}}"
 backbone=${BACKBONES[0]}
-has_method() { [[ "$($PY main.py --help)" == *"$1:"* ]]; }
 
 # A DP method: the sweep (one seed), without DP, and every seed at epsilon 1.
 sweep() {
@@ -63,7 +60,7 @@ for what in "${study[@]}"; do
           $PY -m utils.plots "${run}" --out "${out}/pca_${loss}_loss_no_dp"
         fi
       done ;;
-    dpfedpft) if has_method dpfedpft; then sweep dpfedpft dpfedpft; fi ;;
+    dpfedpft) sweep dpfedpft dpfedpft ;;
     *) sweep "${what}" "${what}" ;;
   esac
 done
