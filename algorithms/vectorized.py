@@ -138,7 +138,7 @@ class _Engine:
         self.load_shared(weights)
         losses = self.train_round()
         return [
-            ClientUpdate(self.shared(k), c.n, c._metrics(step_losses))
+            ClientUpdate(self.shared(k), c.n_released, c._metrics(step_losses))
             for k, (c, step_losses) in enumerate(zip(self.clients, losses))
         ]
 
