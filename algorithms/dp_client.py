@@ -169,6 +169,11 @@ class DPClient:
         self.rng_noise = stream(DP_NOISE)
         self.rng_latent = stream(LATENT)
         self.private: PrivateTraining | None = None
+        self._build(seed)
+
+    def _build(self, seed: int) -> None:
+        """The method's models and optimizers (seeded from the client seed), made private."""
+        raise NotImplementedError
 
     def _make_private(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         if not self.dp.enabled:

@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from algorithms.aggregation import StateDict
 from algorithms.dp_client import DPClient, GenerativeConfig, adam
 from algorithms.federation import ClientUpdate
-from algorithms.privacy import DPConfig, dp_step
-from data.clients import ClientData
+from algorithms.privacy import dp_step
 from models.cgan import Discriminator, Generator
 from utils.seeding import INIT_DISCRIMINATOR, INIT_GENERATOR, derive_seed, seeded
 
@@ -25,18 +24,9 @@ class CGANClient(DPClient):
     """A DP-CGAN client: DP-SGD on the discriminator; the generator is the shared part. It
     starts every round from the global generator (never re-initialized)."""
 
-    def __init__(
-        self,
-        data: ClientData,
-        n_classes: int,
-        cfg: GenerativeConfig,
-        dp: DPConfig,
-        seed: int,
-        secret: bytes | None = None,
-        device: str = "cpu",
-    ):
-        super().__init__(data, n_classes, cfg, dp, seed, secret, device)
-        dim = self.x.shape[1]
+    def _build(self, seed: int) -> None:
+        """Generator and discriminator with their Adam optimizers; the discriminator's DP."""
+        dim, n_classes, cfg = self.x.shape[1], self.n_classes, self.cfg
         self.generator = seeded(
             derive_seed(seed, INIT_GENERATOR), lambda: Generator(dim, n_classes, cfg.latent_dim)
         ).to(self.device)

@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from algorithms.aggregation import StateDict
 from algorithms.dp_client import DPClient, GenerativeConfig, adam
 from algorithms.federation import ClientUpdate
-from algorithms.privacy import DPConfig, dp_step
-from data.clients import ClientData
+from algorithms.privacy import dp_step
 from models.cvae import CVAE, cvae_loss_per_sample, decoder_state, load_decoder
 from utils.seeding import INIT, derive_seed, seeded
 
@@ -26,18 +25,9 @@ def new_cvae(dim: int, n_classes: int, cfg: GenerativeConfig) -> CVAE:
 class CVAEClient(DPClient):
     """A DP-CVAE client: encoder and decoder trained with DP-SGD; only the decoder is sent."""
 
-    def __init__(
-        self,
-        data: ClientData,
-        n_classes: int,
-        cfg: GenerativeConfig,
-        dp: DPConfig,
-        seed: int,
-        secret: bytes | None = None,
-        device: str = "cpu",
-    ):
-        super().__init__(data, n_classes, cfg, dp, seed, secret, device)
-        dim = self.x.shape[1]
+    def _build(self, seed: int) -> None:
+        """The CVAE, its Adam optimizer, made private (the client seed's INIT stream)."""
+        dim, n_classes, cfg = self.x.shape[1], self.n_classes, self.cfg
         model = seeded(derive_seed(seed, INIT), lambda: new_cvae(dim, n_classes, cfg))
         self.model = model.to(self.device)
         self.optimizer = adam(self.model.parameters(), lr=cfg.cvae_learning_rate)
