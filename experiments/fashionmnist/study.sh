@@ -20,7 +20,8 @@ sweep_seed=3407
 epsilons=(1 8 0.5 2 4)   # in this order, so that a partial study has the ends first
 study=(baselines dpcvae_preset dpcvae losses dpfedpft dpcgan)   # in this order
 dpcvae_preset_flags=(--local_epochs 100 --lr 0.001 --classifier_optimizer adam
-                     --weights_grid_resolution 0.1 "${dp_flags[@]}" --preset dp)
+                     --weights_grid_resolution 0.1 "${dp_flags[@]}" --preset dp
+                     --save_synthetic)   # for the PCA plot and experiments/mixing_probe.py
 results_root=results/fashionmnist_study
 out=assets/fashionmnist_study
 # ------------------------------------------------------------------------------------------------
