@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import threading
 import warnings
@@ -198,10 +199,32 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
+def calibration_key(cfg: DPConfig, sample_rate: float, total_steps: int, steps_epoch: int) -> str:
+    """Everything `calibrate_noise` computes the noise multiplier from, as one JSON string:
+    target epsilon and delta, sample rate, calibrated steps, accountant, the count's release."""
+    steps = total_steps if cfg.calibration == "total" else PAPER_CALIBRATION_EPOCHS * steps_epoch
+    prefix = [list(h) for h in cfg.count_history()]
+    return json.dumps([cfg.epsilon, cfg.delta, sample_rate, steps, cfg.accountant, prefix])
+
+
+# Noise multipliers calibrated by an earlier process, by calibration key. A Flower site runs
+# each message in a new process: it keeps its client's multiplier in its Context.state and
+# hands it back here (`remember_calibration`), so the PRV search runs once per run.
+_REMEMBERED: dict[str, float] = {}
+
+
+def remember_calibration(key: str, noise_multiplier: float) -> None:
+    """Let `calibrate_noise` answer `key` (a `calibration_key`) with this earlier result."""
+    _REMEMBERED[key] = float(noise_multiplier)
+
+
 def calibrate_noise(cfg: DPConfig, sample_rate: float, total_steps: int, steps_epoch: int) -> float:
     """Noise multiplier for the target (epsilon, delta), composed with the count's release.
     `total` calibrates for every step the client will take; `paper` reproduces the paper's code
     (20 epochs, whatever the training)."""
+    key = calibration_key(cfg, sample_rate, total_steps, steps_epoch)
+    if key in _REMEMBERED:
+        return _REMEMBERED[key]
     steps = total_steps if cfg.calibration == "total" else PAPER_CALIBRATION_EPOCHS * steps_epoch
     with _ACCOUNTING:
         return _noise_multiplier(
