@@ -39,6 +39,7 @@ from algorithms.dp_client import DPClient
 from algorithms.evaluation import LAMBDA_METRICS, client_test_row, client_val_scores, lambda_grid
 from algorithms.experiment import warn_privacy_settings
 from algorithms.fedavg import FedAvgClient, make_fedavg_clients, val_accuracy
+from algorithms.federation import ClientUpdate
 from algorithms.fedpft import PFTClient, make_pft_clients
 from algorithms.generative import correct_count, finish_client, make_clients
 from algorithms.heads import new_head, predict_proba
@@ -200,7 +201,8 @@ def train(msg: Message, context: Context) -> Message:
     if last is None:
         warn_privacy_settings(site.settings.configs, [site.data])
     client = site.client()
-    update = client.fit(record_weights(msg.content.array_records["weights"]), rnd)
+    weights = record_weights(msg.content.array_records["weights"])
+    update = fit_round(client, weights, rnd, site.settings.execution.device)
     spent = update.metrics.get("epsilon", 0.0)
     if spent > site.policy.max_epsilon:  # (a calibrated run never gets here)
         site.refuse(f"epsilon {spent:.4g} would exceed max-epsilon {site.policy.max_epsilon:g}")
@@ -285,6 +287,22 @@ def report(msg: Message, context: Context) -> Message:
     }
     synthetic = {"global_correct": correct_count(head, site.data)}
     return site.reply(msg, {**rows, "synthetic": MetricRecord(synthetic)})
+
+
+def fit_round(
+    client: DPClient | PFTClient | FedAvgClient, weights: dict, rnd: int, device: str
+) -> ClientUpdate:
+    """One local round. A DP-CVAE / DP-CGAN client on CPU trains on one torch thread, as in
+    main.py's per-client path (train_generative): threads inside one small client wait on each
+    other at every operation, slowly when other processes (every site of the round, on a
+    shared machine) hold the cores."""
+    threads = torch.get_num_threads()
+    if isinstance(client, DPClient) and device == "cpu":
+        torch.set_num_threads(1)
+    try:
+        return client.fit(weights, rnd)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _head(data: ClientData, n_classes: int, weights: ArrayRecord) -> torch.nn.Module:
