@@ -4,6 +4,8 @@ calls the ClientApp directly), and the real engines on loopback, all against mai
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -237,6 +239,13 @@ def test_a_site_calibrates_its_noise_once_per_run(gauss_db, tmp_path, task_ident
     for context in grid.contexts.values():
         known = context.state.config_records["calibration"]
         assert privacy._REMEMBERED[str(known["key"])] == float(known["noise-multiplier"])
+
+
+def test_the_clientapp_module_does_not_import_opacus():
+    """Opacus (with SciPy's statistics and sympy) is imported on first DP use only: a ClientApp
+    process that trains no DP-SGD client starts without it."""
+    code = "import sys, fl.client_app; sys.exit('opacus' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_a_train_reply_holds_weights_sample_count_and_epsilon_only(
