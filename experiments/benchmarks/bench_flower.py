@@ -6,14 +6,14 @@ Opacus, ...), the app bundle (FAB) install, reading its data, rebuilding its cli
 calibration included) and restoring and saving its state in Context.state. This script measures:
 
 1. process start and imports, each in fresh processes (median of --repeats): `python -c pass`,
-   then Flower's ClientApp runtime module, then that plus the app (`fl.client_app`);
+   then Flower's ClientApp runtime module, then that plus the app (`fl.client_app`), then
+   Opacus if the app did not import it;
 2. the FAB install (`install_from_fab` of the app `flwr run` would ship), into a new and into
    an existing Flower home (a SuperNode's case after the first message);
-3. the train messages of one site (--site) for --rounds rounds, in this process, with the
-   caches a fresh process would not have cleared before each message; the site's Context.state
-   is kept between messages as a SuperNode keeps it. Stages: settings and data, client rebuild
-   (noise calibration apart), state restore, local training (the per-round PRV epsilon
-   apart), state save;
+3. the train messages of one site (--site) for --rounds rounds, each in a fresh process of this
+   script, with the site's Context.state kept between them as a SuperNode keeps it. Stages:
+   imports, settings and data, client rebuild (noise calibration and state restore apart),
+   local training (the per-round PRV epsilon apart), state save;
 4. with --deployment, the same flags as a whole run of `python -m fl.run_local --engine
    deployment` (every site at once on this machine), and the coordinator's time per round.
 
@@ -22,7 +22,9 @@ calibration included) and restoring and saving its state in Context.state. This 
         --n_clients 10 --n_fedavg_rounds 3 --epsilon 1 --delta 1e-4 --accountant prv
     python experiments/benchmarks/bench_flower.py --deployment ... (adds the whole run)
 
-Timings depend on the machine's load: note `uptime` beside them, and compare figures taken
+An older commit's app is measured from its own tree (`git archive COMMIT | tar -x -C DIR`):
+`cd DIR && PYTHONPATH=$PWD python /path/to/bench_flower.py ...`. Timings depend on the
+machine's load: note `uptime` beside them, and compare figures taken
 under the same conditions.
 """
 
