@@ -17,6 +17,7 @@ from algorithms.privacy import (
     DPConfig,
     PrivateTraining,
     calibrate_noise,
+    calibration_key,
     make_private,
     noisy_count,
     poisson_batch,
@@ -169,6 +170,8 @@ class DPClient:
         self.rng_noise = stream(DP_NOISE)
         self.rng_latent = stream(LATENT)
         self.private: PrivateTraining | None = None
+        # (calibration key, noise multiplier) under DP: what a Flower site keeps between messages
+        self.calibration: tuple[str, float] | None = None
         self._build(seed)
 
     def _build(self, seed: int) -> None:
@@ -180,6 +183,10 @@ class DPClient:
             return
         rate = sample_rate_for(self.n_released, self.batch_size)
         sigma = calibrate_noise(self.dp, rate, self.total_steps, self.steps_epoch)
+        self.calibration = (
+            calibration_key(self.dp, rate, self.total_steps, self.steps_epoch),
+            sigma,
+        )
         self.private = make_private(
             model,
             optimizer,

@@ -14,25 +14,23 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import opacus
 import torch
-from opacus import PrivacyEngine
-from opacus.accountants import create_accountant
-from opacus.accountants.analysis import rdp as _opacus_rdp
-from opacus.accountants.utils import get_noise_multiplier
-from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from algorithms.analytic_gaussian import analytic_gaussian_epsilon, analytic_gaussian_noise
 from algorithms.ghost_clipping import LinearTape, Recorded, clip_and_sum_linear
 from algorithms.stacked import Layout
+
+if TYPE_CHECKING:
+    import opacus
 
 # Opacus's hooks see inputs that need no gradient (embeddings): a benign PyTorch notice.
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -65,12 +63,6 @@ GRAD_SAMPLE_MODES = ("fast", "ghost", "hooks")
 # Accountant calls silence warnings (process-wide state) and share caches: clients trained in
 # threads (run_federation's `workers`) take turns.
 _ACCOUNTING = threading.Lock()
-# Every PRV epsilon bounds its domain with two RDP evaluations, in pure Python (holding the GIL
-# that threads training other clients need); their per-order term is a pure function of (sample
-# rate, noise multiplier, order), the same every round. Memoized, the per-round PRV epsilon
-# costs half as much, with identical values.
-if not hasattr(_opacus_rdp._compute_rdp, "cache_info"):
-    _opacus_rdp._compute_rdp = functools.lru_cache(maxsize=65536)(_opacus_rdp._compute_rdp)
 # What DP does not cover in this project's protocol (also written into metrics.json).
 NOT_COVERED = (
     "the end-of-run evaluation each client reports: validation accuracy and balanced accuracy "
@@ -177,9 +169,27 @@ def noisy_count(n: int, count_noise: float, generator: torch.Generator) -> int:
     return max(1, round(n + count_noise * noise))
 
 
+def _opacus():
+    """Opacus, imported on first use: with it come SciPy's statistics and sympy, seconds of
+    start-up that a process without DP-SGD (a FedAvg site's ClientApp) does not need.
+
+    Every PRV epsilon bounds its domain with two RDP evaluations, in pure Python (holding the GIL
+    that threads training other clients need); their per-order term is a pure function of (sample
+    rate, noise multiplier, order), the same every round. Memoized here, the per-round PRV
+    epsilon costs half as much, with identical values."""
+    import opacus
+    import opacus.accountants.utils
+    from opacus.accountants.analysis import rdp
+
+    if not hasattr(rdp._compute_rdp, "cache_info"):
+        rdp._compute_rdp = functools.lru_cache(maxsize=65536)(rdp._compute_rdp)
+    return opacus
+
+
 def check_opacus() -> None:
     """Refuse DP training with an Opacus other than the tested one (ValueError saying both).
     Called before any output by the entry points' settings, and by `make_private`."""
+    opacus = _opacus()
     if opacus.__version__ != TESTED_OPACUS:
         raise ValueError(
             f"DP training needs opacus {TESTED_OPACUS}, the tested version (this code uses "
@@ -198,10 +208,32 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
+def calibration_key(cfg: DPConfig, sample_rate: float, total_steps: int, steps_epoch: int) -> str:
+    """Everything `calibrate_noise` computes the noise multiplier from, as one JSON string:
+    target epsilon and delta, sample rate, calibrated steps, accountant, the count's release."""
+    steps = total_steps if cfg.calibration == "total" else PAPER_CALIBRATION_EPOCHS * steps_epoch
+    prefix = [list(h) for h in cfg.count_history()]
+    return json.dumps([cfg.epsilon, cfg.delta, sample_rate, steps, cfg.accountant, prefix])
+
+
+# Noise multipliers calibrated by an earlier process, by calibration key. A Flower site runs
+# each message in a new process: it keeps its client's multiplier in its Context.state and
+# hands it back here (`remember_calibration`), so the PRV search runs once per run.
+_REMEMBERED: dict[str, float] = {}
+
+
+def remember_calibration(key: str, noise_multiplier: float) -> None:
+    """Let `calibrate_noise` answer `key` (a `calibration_key`) with this earlier result."""
+    _REMEMBERED[key] = float(noise_multiplier)
+
+
 def calibrate_noise(cfg: DPConfig, sample_rate: float, total_steps: int, steps_epoch: int) -> float:
     """Noise multiplier for the target (epsilon, delta), composed with the count's release.
     `total` calibrates for every step the client will take; `paper` reproduces the paper's code
     (20 epochs, whatever the training)."""
+    key = calibration_key(cfg, sample_rate, total_steps, steps_epoch)
+    if key in _REMEMBERED:
+        return _REMEMBERED[key]
     steps = total_steps if cfg.calibration == "total" else PAPER_CALIBRATION_EPOCHS * steps_epoch
     with _ACCOUNTING:
         return _noise_multiplier(
@@ -219,7 +251,7 @@ def _noise_multiplier(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PRV's "optimal order" chatter
             return float(
-                get_noise_multiplier(
+                _opacus().accountants.utils.get_noise_multiplier(
                     target_epsilon=epsilon,
                     target_delta=delta,
                     sample_rate=rate,
@@ -261,7 +293,7 @@ def _epsilon(accountant: str, history: tuple, delta: float) -> float:
     """Cached: the same history (e.g. clients of equal size, or a rerun) is computed once."""
     if not history:
         return 0.0
-    acc = create_accountant(mechanism=accountant)
+    acc = _opacus().accountants.create_accountant(mechanism=accountant)
     acc.history = list(history)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -273,7 +305,7 @@ class PrivateTraining:
     """A model made private once for the whole run: the Opacus engine (and its accountant),
     the module to call for private forward passes, the DP optimizer, and the Poisson rate."""
 
-    engine: PrivacyEngine
+    engine: opacus.PrivacyEngine
     module: nn.Module
     optimizer: torch.optim.Optimizer
     sample_rate: float
@@ -333,7 +365,7 @@ def make_private(
         # (DPConfig.noise_source, privacy.noise_source in metrics.json), and a secure source
         # is a generator keyed by OS entropy (utils.seeding.private_generator).
         warnings.simplefilter("ignore")
-        engine = PrivacyEngine(accountant=cfg.accountant)
+        engine = _opacus().PrivacyEngine(accountant=cfg.accountant)
     loader = DataLoader(TensorDataset(torch.zeros(n, 1)), batch_size=batch_size)
     out = engine.make_private(
         module=model,
@@ -400,6 +432,8 @@ def dp_step(private: PrivateTraining, loss_per_sample: torch.Tensor | None) -> N
         _noise_and_step(opt)
         return
     elif private.mode == "ghost":
+        from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
         DPTensorFastGradientClipping(private.module, opt, loss_per_sample, "mean").backward()
     else:
         loss_per_sample.mean().backward()
@@ -476,11 +510,15 @@ def noise(std: float, shape: torch.Size, generator: torch.Generator) -> torch.Te
 def calibrate_release(cfg: DPConfig) -> float:
     """Noise multiplier of a one-shot Gaussian release (DP-FedPFT): the smallest at which the
     release is (epsilon, delta)-DP, by the exact analytic Gaussian mechanism; 0 without DP."""
+    from algorithms.analytic_gaussian import analytic_gaussian_noise  # SciPy, on first use
+
     return analytic_gaussian_noise(cfg.epsilon, cfg.delta) if cfg.enabled else 0.0
 
 
 def release_epsilon(noise_multiplier: float, delta: float) -> float:
     """The epsilon that a one-shot Gaussian release with this noise multiplier spends."""
+    from algorithms.analytic_gaussian import analytic_gaussian_epsilon  # SciPy, on first use
+
     return analytic_gaussian_epsilon(noise_multiplier, delta)
 
 

@@ -5,7 +5,8 @@ algorithms/evaluation.py), under the site's own privacy policy (fl/policy.py).
 Each message runs in a fresh process (deployment) or in a shared worker (simulation), so the
 client object is rebuilt from its seed and its secret key and restored from the node's
 Context.state, which holds its whole state (model, optimizer, RNG states, accountant history,
-the secret key of its noise) and never leaves the site.
+the secret key of its noise, the noise multiplier its first message calibrated: the PRV search
+runs once per run, not once per message) and never leaves the site.
 
 Messages (what comes back is all that leaves the site):
 - query: the client id, the embedding size, the number of classes and the names and hashes of
@@ -38,10 +39,12 @@ from algorithms.dp_client import DPClient
 from algorithms.evaluation import LAMBDA_METRICS, client_test_row, client_val_scores, lambda_grid
 from algorithms.experiment import warn_privacy_settings
 from algorithms.fedavg import FedAvgClient, make_fedavg_clients, val_accuracy
+from algorithms.federation import ClientUpdate
 from algorithms.fedpft import PFTClient, make_pft_clients
 from algorithms.generative import correct_count, finish_client, make_clients
 from algorithms.heads import new_head, predict_proba
 from algorithms.options import Settings
+from algorithms.privacy import remember_calibration
 from data.clients import ClientData
 from fl.policy import Refusal, policy_violation, site_policy
 from fl.records import load_state, record_weights, save_state, update_content
@@ -63,6 +66,7 @@ LAST_ROUND = "last-round"  # the last round this client trained (refuses replays
 TEST_PROBS = "test-probs"  # the two heads' test probabilities, kept for the lambda of the server
 SECRET = "secret"  # the key of this site's private randomness (secure noise)
 ANSWERED = "answered"  # the end-of-run steps this site has answered (each once per run)
+CALIBRATION = "calibration"  # the client's noise multiplier and what it was calibrated from
 
 
 class Site:
@@ -119,6 +123,10 @@ class Site:
     def client(self) -> DPClient | PFTClient | FedAvgClient:
         """The client object, restored to where the last message left it."""
         s = self.settings
+        state = self.context.state
+        if CALIBRATION in state:  # this run's noise multiplier, found by an earlier message
+            known = state.config_records[CALIBRATION]
+            remember_calibration(str(known["key"]), float(known["noise-multiplier"]))
         if is_pft(s):
             pft, gen, dp = s.configs["pft"], s.configs["generative"], s.configs.get("dp")
             if dp is not None:
@@ -142,9 +150,13 @@ class Site:
         else:
             cfg, device = s.configs["fedavg"], s.execution.device
             client = make_fedavg_clients([self.data], self.n_classes, cfg, s.seed, device)[0]
-        state = load_state(self.context.state, STATE)
-        if state is not None:
-            client.load_state_dict(state)
+        calibration = getattr(client, "calibration", None)  # DP-SGD clients only
+        if calibration is not None:
+            key, sigma = calibration
+            state[CALIBRATION] = ConfigRecord({"key": key, "noise-multiplier": sigma})
+        stored = load_state(state, STATE)
+        if stored is not None:
+            client.load_state_dict(stored)
         return client
 
     def reply(self, msg: Message, records: dict) -> Message:
@@ -189,7 +201,8 @@ def train(msg: Message, context: Context) -> Message:
     if last is None:
         warn_privacy_settings(site.settings.configs, [site.data])
     client = site.client()
-    update = client.fit(record_weights(msg.content.array_records["weights"]), rnd)
+    weights = record_weights(msg.content.array_records["weights"])
+    update = fit_round(client, weights, rnd, site.settings.execution.device)
     spent = update.metrics.get("epsilon", 0.0)
     if spent > site.policy.max_epsilon:  # (a calibrated run never gets here)
         site.refuse(f"epsilon {spent:.4g} would exceed max-epsilon {site.policy.max_epsilon:g}")
@@ -274,6 +287,22 @@ def report(msg: Message, context: Context) -> Message:
     }
     synthetic = {"global_correct": correct_count(head, site.data)}
     return site.reply(msg, {**rows, "synthetic": MetricRecord(synthetic)})
+
+
+def fit_round(
+    client: DPClient | PFTClient | FedAvgClient, weights: dict, rnd: int, device: str
+) -> ClientUpdate:
+    """One local round. A DP-CVAE / DP-CGAN client on CPU trains on one torch thread, as in
+    main.py's per-client path (train_generative): threads inside one small client wait on each
+    other at every operation, slowly when other processes (every site of the round, on a
+    shared machine) hold the cores."""
+    threads = torch.get_num_threads()
+    if isinstance(client, DPClient) and device == "cpu":
+        torch.set_num_threads(1)
+    try:
+        return client.fit(weights, rnd)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _head(data: ClientData, n_classes: int, weights: ArrayRecord) -> torch.nn.Module:

@@ -4,6 +4,8 @@ calls the ClientApp directly), and the real engines on loopback, all against mai
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 import main as main_module
+from algorithms import privacy
 from algorithms.dp_client import GenerativeConfig
 from algorithms.fedavg import FedAvgConfig, init_global_head, make_fedavg_clients
 from algorithms.generative import init_global_weights, make_clients
@@ -221,6 +224,28 @@ def test_a_replayed_round_is_refused_and_the_state_stays_local(gauss_db, tmp_pat
         client_app.app(first_train, context)
     # the whole client state stays in the node's Context.state, never in a reply
     assert {"client.arrays", "client.skeleton", "last-round"} <= set(context.state)
+
+
+def test_a_site_calibrates_its_noise_once_per_run(gauss_db, tmp_path, task_identity, monkeypatch):
+    """A deployed site runs each message in a new process: the noise multiplier that its first
+    train message calibrates is kept in Context.state with what it was calibrated from, and
+    later messages take it from there instead of searching again (results: the tests above)."""
+    searches = []
+    search = privacy._noise_multiplier.__wrapped__  # uncached: count every search
+    monkeypatch.setattr(privacy, "_noise_multiplier", lambda *a: searches.append(a) or search(*a))
+    monkeypatch.setattr(privacy, "_REMEMBERED", {})
+    _, grid = run_in_process(gauss_db, tmp_path / "r", DPCVAE)
+    assert len(searches) == 2  # one per site, at its first train message (then 2 more messages)
+    for context in grid.contexts.values():
+        known = context.state.config_records["calibration"]
+        assert privacy._REMEMBERED[str(known["key"])] == float(known["noise-multiplier"])
+
+
+def test_the_clientapp_module_does_not_import_opacus():
+    """Opacus (with SciPy's statistics and sympy) is imported on first DP use only: a ClientApp
+    process that trains no DP-SGD client starts without it."""
+    code = "import sys, fl.client_app; sys.exit('opacus' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_a_train_reply_holds_weights_sample_count_and_epsilon_only(
