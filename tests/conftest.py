@@ -49,3 +49,10 @@ def make_gaussian_db(root, n_per_file=(300,), dim=16, n_classes=4, seed=0, names
 def gauss_db(tmp_path):
     """A 600-sample, 16-d, 4-class database in one file."""
     return make_gaussian_db(tmp_path / "db", n_per_file=(600,))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first, each set in file order: under `make test` (2 workers) the longest
+    runs start at once and the fast tests fill the other worker, instead of the slow ones
+    running last, side by side with nothing else."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

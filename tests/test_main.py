@@ -7,6 +7,7 @@ import pytest
 
 import main as main_module
 from utils.io import read_csv
+from utils.plots import synthetic_inputs
 from utils.results import read_metrics
 
 FAST = ["--n_clients", "3", "--quiet"]
@@ -125,7 +126,7 @@ CVAE = ["--hidden_dim", "16"]  # the CGAN's widths are fixed
 def test_generative_methods_write_privacy_fidelity_and_cost(gauss_db, tmp_path, method):
     out = tmp_path / method
     extra = CVAE if method == "dpcvae" else []
-    assert run(gauss_db, out, "--method", method, *GEN, *extra) == 0
+    assert run(gauss_db, out, "--method", method, *GEN, *extra, "--save_synthetic") == 0
     m = read_metrics(out)
     p = m["privacy"]
     assert p["enabled"] and p["accountant"] == "prv" and p["target_epsilon"] == 1.0
@@ -153,6 +154,10 @@ def test_generative_methods_write_privacy_fidelity_and_cost(gauss_db, tmp_path, 
     assert len(history) == 2
     assert float(history[-1]["epsilon_max"]) == pytest.approx(p["epsilon_max"])
     assert {f"epsilon_client{i}" for i in range(3)} <= set(history[0])
+    # --save_synthetic: what the plots draw as real_vs_synthetic_<method>.png (the demo's plot)
+    syn = synthetic_inputs({"dir": out, "metrics": m})
+    assert syn["method"] == method and syn["classes"] == ["c0", "c1", "c2", "c3"]
+    assert syn["real"].shape[1] == syn["fake"].shape[1] == 16 and len(syn["fake"]) > 0
 
 
 def test_paper_spelling_and_paper_calibration_warns_and_reports_the_overspend(

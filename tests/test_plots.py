@@ -9,6 +9,10 @@ import main as main_module
 from utils.plots import main as plots_main
 from utils.results import read_metrics
 
+# one xdist worker runs the whole module: the module-scoped runs below are made once, not
+# once per worker
+pytestmark = pytest.mark.xdist_group("test_plots")
+
 HEAD = ["--local_epochs", "10"]
 GEN = [*HEAD, "--n_fedavg_rounds", "2", "--local_epochs_gen", "1", "--gen_batch_size", "64"]
 GEN += ["--hidden_dim", "16", "--latent_dim", "4"]

