@@ -89,7 +89,7 @@ def probe(run_dir: Path, database_root: str | None = None) -> dict:
     head_cfg = HeadConfig(**config["head"])
     temperature = config["generative"]["squash_temperature"]
     local, synthetic, shift = [], [], []
-    with np.load(run_dir / "synthetic.npz") as syn:
+    with np.load(run_dir / "synthetic.npz", allow_pickle=False) as syn:
         for c in clients:
             own = syn["client"] == c.id
             x, y = unsquash(syn["embeddings"][own], temperature), syn["labels"][own]
