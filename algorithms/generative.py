@@ -29,7 +29,7 @@ from algorithms.vectorized import run_vectorized
 from data.clients import ClientData
 from data.features import squash, unsquash
 from utils.checkpoint import RoundCheckpoint
-from utils.device import ON_CPU, Execution
+from utils.device import ON_CPU, Execution, one_torch_thread
 from utils.metrics import prdc, sinkhorn_wasserstein
 from utils.progress import progress
 from utils.seeding import (
@@ -142,9 +142,7 @@ def train_generative(
             gen_clients, weights, cfg.n_rounds, **rounds, desc=method, saver=saver
         )
         return gen_clients, weights, history
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread() as threads:
         weights, history = run_federation(
             gen_clients,
             weights,
@@ -154,8 +152,6 @@ def train_generative(
             workers=1 if execution.device != "cpu" else min(threads, len(gen_clients)),
             after_round=checkpoint.saver(gen_clients) if checkpoint is not None else None,
         )
-    finally:
-        torch.set_num_threads(threads)
     return gen_clients, weights, history
 
 

@@ -211,9 +211,15 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 def calibration_key(cfg: DPConfig, sample_rate: float, total_steps: int, steps_epoch: int) -> str:
     """Everything `calibrate_noise` computes the noise multiplier from, as one JSON string:
     target epsilon and delta, sample rate, calibrated steps, accountant, the count's release."""
-    steps = total_steps if cfg.calibration == "total" else PAPER_CALIBRATION_EPOCHS * steps_epoch
+    steps = calibrated_steps(cfg, total_steps, steps_epoch)
     prefix = [list(h) for h in cfg.count_history()]
     return json.dumps([cfg.epsilon, cfg.delta, sample_rate, steps, cfg.accountant, prefix])
+
+
+def calibrated_steps(cfg: DPConfig, total_steps: int, steps_epoch: int) -> int:
+    """The steps the noise is calibrated for: every step the client takes (`total`), or the
+    paper's 20 epochs whatever the training (`paper`)."""
+    return total_steps if cfg.calibration == "total" else PAPER_CALIBRATION_EPOCHS * steps_epoch
 
 
 # Noise multipliers calibrated by an earlier process, by calibration key. A Flower site runs
@@ -234,7 +240,7 @@ def calibrate_noise(cfg: DPConfig, sample_rate: float, total_steps: int, steps_e
     key = calibration_key(cfg, sample_rate, total_steps, steps_epoch)
     if key in _REMEMBERED:
         return _REMEMBERED[key]
-    steps = total_steps if cfg.calibration == "total" else PAPER_CALIBRATION_EPOCHS * steps_epoch
+    steps = calibrated_steps(cfg, total_steps, steps_epoch)
     with _ACCOUNTING:
         return _noise_multiplier(
             cfg.epsilon, cfg.delta, sample_rate, steps, cfg.accountant, cfg.count_history()

@@ -56,6 +56,7 @@ from fl.settings import (
     node_paths,
     run_settings,
 )
+from utils.device import one_torch_thread
 from utils.progress import set_quiet
 from utils.seeding import new_secret
 
@@ -296,13 +297,10 @@ def fit_round(
     main.py's per-client path (train_generative): threads inside one small client wait on each
     other at every operation, slowly when other processes (every site of the round, on a
     shared machine) hold the cores."""
-    threads = torch.get_num_threads()
     if isinstance(client, DPClient) and device == "cpu":
-        torch.set_num_threads(1)
-    try:
-        return client.fit(weights, rnd)
-    finally:
-        torch.set_num_threads(threads)
+        with one_torch_thread():
+            return client.fit(weights, rnd)
+    return client.fit(weights, rnd)
 
 
 def _head(data: ClientData, n_classes: int, weights: ArrayRecord) -> torch.nn.Module:

@@ -175,3 +175,19 @@ def test_dinov2_runs_at_224_px():
     assert bb.image_size == (224, 224) and bb.data_config["input_size"] == (3, 224, 224)
     assert bb.embedding_dim == 384
     assert bb.data_config["crop_pct"] == 1.0
+
+
+def test_one_torch_thread_restores_the_count_also_after_an_error():
+    from utils.device import one_torch_thread
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_torch_thread() as budget:
+            assert torch.get_num_threads() == 1 and budget == 2
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), one_torch_thread():
+            raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

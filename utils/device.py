@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -46,3 +48,17 @@ def describe_device(device: str) -> dict:
         out["gpu"] = torch.cuda.get_device_name()
         out["cuda"] = torch.version.cuda
     return out
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[int]:
+    """Torch on one CPU thread inside the block, the previous count restored after it (and
+    yielded: the thread budget a caller may spend on clients instead). Threads inside one small
+    client meet at every operation and slow down many times when other processes share the
+    cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(threads)
