@@ -300,18 +300,39 @@ def close_run(
 
 
 def chance_warning(private: bool, fidelity: dict | None) -> str | None:
-    """A warning when a private run's synthetic data is worth nothing for the task: its
-    synthetic-only accuracy within noise of chance (its private rows then say nothing about
-    sharing, and neither does a sweep over epsilon)."""
+    """A warning when a private run's synthetic data is worth nothing for the task, naming
+    what is at chance: the clients' heads on their own synthetic data (against each client's
+    majority class), the global model's synthetic data (against 1/C), or both. Only when both
+    are does the run share nothing of use; the per-client figure alone is often at chance on
+    small clients while the released global model carries information."""
     if not private or not fidelity or not fidelity.get("synthetic_at_chance"):
         return None
     glob = fidelity.get("global_synthetic") or {}
+    client_at_chance = fidelity.get("synthetic_client_at_chance", True)
+    global_at_chance = bool(glob.get("at_chance", True))
+    per_client = (
+        f"synthetic-only accuracy {fidelity['synthetic_acc_mean']:.3f} per client (majority-class "
+        f"chance {fidelity['synthetic_acc_client_chance']:.3f})"
+    )
+    global_ = (
+        f"{glob.get('acc', float('nan')):.3f} for the global model "
+        f"(chance 1/C = {glob.get('chance', float('nan')):.3f})"
+    )
+    if client_at_chance and global_at_chance:
+        return (
+            f"the synthetic data is at chance: {per_client}, {global_}; what this run shares "
+            "carries no information about the task"
+        )
+    if client_at_chance:
+        return (
+            f"each client's head on its own synthetic data is at chance ({per_client}), but the "
+            f"global model's synthetic data is not ({global_}): the released model carries "
+            "information about the task; the clients' own synthetic sets are too small or too "
+            "skewed to show it"
+        )
     return (
-        "the synthetic data is at chance: synthetic-only accuracy "
-        f"{fidelity['synthetic_acc_mean']:.3f} per client (chance "
-        f"{fidelity['synthetic_acc_client_chance']:.3f}), {glob.get('acc', float('nan')):.3f} "
-        f"for the global model (chance {glob.get('chance', float('nan')):.3f}); what this run "
-        "shares carries no information about the task"
+        f"the global model's synthetic data is at chance ({global_}), although each client's "
+        f"head on its own synthetic data is not ({per_client})"
     )
 
 

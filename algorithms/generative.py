@@ -381,7 +381,9 @@ def fidelity_report(
 ) -> dict:
     """The `fidelity` block of metrics.json from the clients' `FinishedClient.fidelity()` (in
     client order) and the global synthetic-only accuracy. `synthetic_at_chance`: the synthetic
-    data is worth nothing for the task (per client, or the global model's), within noise. A
+    data is worth nothing for the task (per client, or the global model's), within noise;
+    `synthetic_client_at_chance`: the per-client part of that (the global part is
+    `global_synthetic["at_chance"]`). A
     Flower site whose policy keeps its fidelity statistics on training data sends none of them
     (its synthetic-only accuracy is a test metric and is sent): its values are None and the
     means are over the clients that sent them (None if none did)."""
@@ -397,6 +399,7 @@ def fidelity_report(
         fidelity["synthetic_acc_client_chance"],
         int(sum(c.get("n_test", 0) for c in per_client)),
     )
+    fidelity["synthetic_client_at_chance"] = bool(per_client_at_chance)
     fidelity["synthetic_at_chance"] = bool(
         per_client_at_chance or (global_synthetic is not None and global_synthetic["at_chance"])
     )

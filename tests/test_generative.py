@@ -8,6 +8,7 @@ from opacus.accountants import PRVAccountant
 from algorithms.dp_client import GenerativeConfig
 from algorithms.dpcgan import CGANClient
 from algorithms.dpcvae import CVAEClient
+from algorithms.experiment import chance_warning
 from algorithms.federation import fedavg_aggregate, run_federation
 from algorithms.generative import (
     at_chance,
@@ -182,6 +183,27 @@ def test_chance_is_flagged_within_three_standard_errors():
     assert fidelity_report(CFG, [good], global_synthetic_report([41], [400], 10))[
         "synthetic_at_chance"
     ]
+
+
+def test_the_chance_warning_names_what_is_at_chance():
+    client = {"wasserstein": 1.0, "precision": 0, "recall": 0, "density": 0, "coverage": 0}
+    bad = {**client, "synthetic_acc": 0.5, "chance": 0.5, "n_test": 400.0}
+    good = {**client, "synthetic_acc": 0.9, "chance": 0.5, "n_test": 400.0}
+    informative = global_synthetic_report([214], [400], 10)  # 53.5% against 10%
+    useless = global_synthetic_report([41], [400], 10)
+    # per-client at chance, global far above 1/C: the shared model carries information
+    warning = chance_warning(True, fidelity_report(CFG, [bad, bad], informative))
+    assert "each client's head" in warning and "carries information" in warning
+    assert "carries no information" not in warning and "0.535" in warning
+    # both at chance: nothing of use is shared
+    warning = chance_warning(True, fidelity_report(CFG, [bad, bad], useless))
+    assert "carries no information" in warning
+    # only the global model at chance
+    warning = chance_warning(True, fidelity_report(CFG, [good, good], useless))
+    assert warning.startswith("the global model's synthetic data is at chance")
+    # nothing at chance, or a run that shares without DP: no warning
+    assert chance_warning(True, fidelity_report(CFG, [good], informative)) is None
+    assert chance_warning(False, fidelity_report(CFG, [bad], useless)) is None
 
 
 def test_the_global_synthetic_accuracy_is_the_pooled_accuracy_of_one_head():
