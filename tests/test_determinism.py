@@ -5,6 +5,7 @@ import json
 import re
 
 import pytest
+import torch
 
 import main as main_module
 from utils.io import read_csv
@@ -63,3 +64,20 @@ def test_same_seed_same_files_other_seed_other_results(db, tmp_path, method):
     assert metrics_bytes_without_wall_time(a) == metrics_bytes_without_wall_time(b)
     assert (a / "history.csv").read_bytes() == (b / "history.csv").read_bytes()
     assert results(a) != results(c)
+
+
+@pytest.mark.parametrize("method", ("dpcgan", "dpcvae"))
+def test_the_thread_count_does_not_change_a_generative_run(db, tmp_path, method):
+    """--num_threads sets how many clients train at once (each on one torch thread) and the
+    threads of the heads' training: results must not depend on it."""
+    runs, before = {}, torch.get_num_threads()
+    try:
+        for threads in ("1", "2"):
+            run_dir = tmp_path / f"threads_{threads}"
+            argv = ["--database_root", str(db), "--results_dir", str(run_dir), *FAST]
+            argv += ["--method", method, "--seed", "11", "--num_threads", threads]
+            assert main_module.main([*argv, *FLAGS[method]]) == 0
+            runs[threads] = results(run_dir)
+    finally:
+        torch.set_num_threads(before)  # main() sets the process's thread count
+    assert runs["1"] == runs["2"]
