@@ -4,7 +4,8 @@ and metrics.json (written last: its presence marks a finished run).
 
 A federated method writes its state after every round into checkpoint/ in the run directory;
 `--resume` continues from it to the results an uninterrupted run gives, and the checkpoint is
-removed when the run finishes.
+removed when the run finishes. A --secure_noise run is never checkpointed: the checkpoint
+would hold its private generator states (`secure_noise`).
 """
 
 from __future__ import annotations
@@ -119,7 +120,14 @@ def run(settings: Settings) -> Path:
             "vectorized": execution.vectorized,
         },
         interval=settings.args.checkpoint_interval,
+        enabled=not secure_noise(settings),
     )
+    if not checkpoint.enabled:
+        print(
+            "--secure_noise: no checkpoint is written (it would hold the clients' private "
+            "generator states); an interrupted run starts over",
+            file=sys.stderr,
+        )
     outcome = settings.method.run(
         data.clients, data.db.n_classes, settings.configs, settings.seed, checkpoint, execution
     )
@@ -136,6 +144,15 @@ def run(settings: Settings) -> Path:
     close_run(files, settings.seed, facts.split_args, evaluation, outcome, wall)
     checkpoint.remove()
     return files.run_dir
+
+
+def secure_noise(settings: Settings) -> bool:
+    """Whether the run draws its private randomness from secret keys (--secure_noise): such a
+    run is never checkpointed (utils.checkpoint.RoundCheckpoint, `enabled`)."""
+    dp = settings.configs.get("dp")
+    return bool(getattr(settings.args, "secure_noise", False)) or (
+        dp is not None and getattr(dp, "noise_source", "seeded") == "secure"
+    )
 
 
 def load_run_data(settings: Settings) -> RunData:

@@ -186,13 +186,21 @@ class PFTClient:
         """The epsilon spent so far: the release's, once it is made."""
         return release_epsilon(self.noise_multiplier, self.dp.delta) if self.released else 0.0
 
+    @property
+    def noise_source(self) -> str:
+        """Where this client's release noise actually came from: `secure` when its generator is
+        keyed by a secret (a Flower site's own key, or --secure_noise), `seeded` otherwise."""
+        return "secure" if self.secret is not None else "seeded"
+
     def privacy(self) -> dict:
-        """This client's line of the privacy report."""
+        """This client's line of the privacy report, with the noise source it actually used
+        (so a report never takes it from the coordinator's flags)."""
         if self.noise_multiplier is None:
-            return {"id": self.id, "epsilon": None}
+            return {"id": self.id, "noise_source": self.noise_source, "epsilon": None}
         sens = sensitivity(self.cfg.covariance)
         return {
             "id": self.id,
+            "noise_source": self.noise_source,
             "mechanism": "gaussian, one release",
             "noise_multiplier": self.noise_multiplier,
             "sensitivity": sens,

@@ -2,6 +2,7 @@
 the exact statistics without noise, a class of one record, what leaves a client (every released
 number noised, nothing else depending on the data), main.py end to end, and refused flags."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -22,7 +23,14 @@ from algorithms.fedpft import (
 )
 from algorithms.gaussians import VARIANCE_FLOOR, class_statistics, noisy_statistics
 from algorithms.heads import HeadConfig
-from algorithms.privacy import DPConfig, calibrate_release, release_epsilon
+from algorithms.privacy import (
+    ANALYTIC_GAUSSIAN,
+    RELEASE_NOT_COVERED,
+    DPConfig,
+    calibrate_release,
+    privacy_report,
+    release_epsilon,
+)
 from data.clients import ClientData
 from data.features import standardize_records
 from utils.collect import collect
@@ -277,3 +285,20 @@ def test_bad_flags_are_refused_with_one_line(tmp_path, capsys, method, flags, ne
     assert main_module.main([*argv, *flags]) == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("source", ["seeded", "secure"])
+def test_each_release_records_the_noise_source_its_client_used(source):
+    """Each dpfedpft line of the privacy report names the noise source of its own client; the
+    block's is theirs, whatever the coordinator's configuration says."""
+    dp = dataclasses.replace(DP, noise_source=source)
+    clients = [_client(i, seed=i) for i in range(2)]
+    out = run_pft("dpfedpft", clients, N_CLASSES, PFTConfig(), GEN, dp, HEAD, seed=1)
+    assert [line["noise_source"] for line in out.privacy["clients"]] == [source, source]
+    assert out.privacy["noise_source"] == source
+    pft = make_pft_clients("dpfedpft", clients, N_CLASSES, PFTConfig(), GEN, dp, seed=1)
+    lines = [c.privacy() for c in pft]
+    # a site keyed by its secret is reported as secure even if the coordinator ran seeded
+    report = privacy_report(DP, lines, ANALYTIC_GAUSSIAN, RELEASE_NOT_COVERED)
+    assert report["noise_source"] == source
+    assert (report["noise_caveat"] is None) == (source == "secure")

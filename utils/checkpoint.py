@@ -200,7 +200,13 @@ class RoundCheckpoint:
 
     `identity` (e.g. the configuration hash and the seed) is stored with it; a checkpoint of
     another run is refused. `elapsed_before` is the training time of the rounds before a resume
-    (restored by `restore`), so the reported wall time covers the whole run."""
+    (restored by `restore`), so the reported wall time covers the whole run.
+
+    `enabled` False (a `--secure_noise` run): nothing is ever written. A client's `state_dict()`
+    holds its private generators' states (DP noise, Poisson batches, latent draws); on disk they
+    would let a reader regenerate the later noise draws and rewind the Mersenne Twister to the
+    earlier ones, i.e. undo the secret key. Such a run is therefore not checkpointed at all
+    (and `--resume` refuses it, algorithms/options.py): an interrupted secure run starts over."""
 
     directory: Path
     identity: dict
@@ -208,6 +214,7 @@ class RoundCheckpoint:
     started: float = field(default_factory=time.perf_counter)
     elapsed_before: float = 0.0
     last_saved: float = field(default_factory=time.perf_counter)
+    enabled: bool = True
 
     def exists(self) -> bool:
         return (Path(self.directory) / STATE_FILE).is_file()
@@ -220,8 +227,8 @@ class RoundCheckpoint:
         self, clients: Sequence[Stateful], weights: dict[str, torch.Tensor]
     ) -> tuple[dict[str, torch.Tensor], list[dict], int]:
         """(global weights, history rows, first round to run): the checkpoint's, loaded into
-        `clients`, or `weights`, [] and 0 when there is no checkpoint yet."""
-        loaded = load_checkpoint(self.directory)
+        `clients`, or `weights`, [] and 0 when there is no checkpoint yet (or it is disabled)."""
+        loaded = load_checkpoint(self.directory) if self.enabled else None
         if loaded is None:
             return weights, [], 0
         rounds, state = loaded
@@ -246,6 +253,8 @@ class RoundCheckpoint:
         """The `after_round` hook of run_rounds that writes this checkpoint."""
 
         def save(rnd: int, weights: dict[str, torch.Tensor], history: list[dict]) -> None:
+            if not self.enabled:
+                return
             if time.perf_counter() - self.last_saved < self.interval:
                 return
             state = {
