@@ -4,12 +4,14 @@ bad input refused with exit status 2, one line naming the file, and nothing writ
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from image_fixtures import TINY_BACKBONE, make_images
 from PIL import Image
+from test_flower import DPCVAE, SEEDED, run_in_process, task_identity  # noqa: F401
 
 import data.create_db as create_db
 import main as main_module
@@ -17,6 +19,7 @@ from data.database import encoder_facts, encoder_mismatch, load_database
 from data.images import decode_image, to_8bit
 from data.partition import SplitConfig, SplitError, split_database
 from data.sources import NamedBytes
+from utils.io import write_json
 
 TINY = ["--backbone", TINY_BACKBONE, "--random_init", "--quiet", "--num_workers", "0"]
 CLASSES = ("benign", "malignant")
@@ -51,7 +54,7 @@ def make_manifest(root: Path, per_class: int = 4, sites=("north", "south")) -> P
     lines = ["path,label,site"]
     k = 0
     for site in sites:
-        for c, cls in enumerate(CLASSES):
+        for cls in CLASSES:
             for i in range(per_class):
                 kind = KINDS[k % len(KINDS)]
                 p = write_image(root / "img" / site / f"{cls}_{i}", kind, 16 + 4 * (k % 3), k)
@@ -151,9 +154,9 @@ def test_manifest_columns_integer_labels_and_dicom(tmp_path, capsys):
     rows = [f"{ct},1,train", f"{mr},0,train", f"{png.name},0,test", f"{ct},1,test"]
     (tmp_path / "m.csv").write_text("file,y,part\n" + "\n".join(rows) + "\n")
     db = tmp_path / "db"
-    code, _, err = run_db(capsys, "--dataset", "csv", "--manifest", tmp_path / "m.csv",
-                          "--path_column", "file", "--label_column", "y", "--split_column",
-                          "part", "--classes", "normal,abnormal", "--database_root", db, *TINY)  # fmt: skip
+    columns = ["--path_column", "file", "--label_column", "y", "--split_column", "part"]
+    code, _, err = run_db(capsys, "--dataset", "csv", "--manifest", tmp_path / "m.csv", *columns,
+                          "--classes", "normal,abnormal", "--database_root", db, *TINY)  # fmt: skip
     assert code == 0, err
     meta = json.loads((db / "meta.json").read_text())
     assert meta["classes"] == ["normal", "abnormal"] and list(meta["files"]) == ["train", "test"]
@@ -321,3 +324,24 @@ def test_end_to_end_folder_to_dpfedpft_by_site(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["clients"]) == 2 and metrics["private"]
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_flower_refuses_a_site_encoded_with_other_weights(gauss_db, tmp_path):
+    """Each site encodes its own images: one whose database was made with another backbone's
+    weights is refused at the first message (hello), naming the difference."""
+    from fl.policy import Refusal
+
+    site = tmp_path / "site1"
+    shutil.copytree(gauss_db, site)
+    meta = json.loads((site / "meta.json").read_text())
+    meta["weights_sha256"] = "0" * 64
+    (site / "meta.json").write_text(json.dumps(meta))
+    write_json(
+        gauss_db / "split.json", split_database(load_database(gauss_db), SplitConfig(n_clients=2))
+    )
+    shutil.copy(gauss_db / "split.json", site / "split.json")
+    nodes = [{"client-id": 0, **SEEDED}, {"client-id": 1, "database-root": str(site), **SEEDED}]
+    with pytest.raises(Refusal, match=r"encoded their database with another weights .*0000"):
+        run_in_process(gauss_db, tmp_path / "r", DPCVAE, nodes)
+    assert not (tmp_path / "r" / "metrics.json").exists()
