@@ -5,6 +5,7 @@ bad input refused with exit status 2, one line naming the file, and nothing writ
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from test_flower import DPCVAE, SEEDED, run_in_process, task_identity  # noqa: F
 
 import data.create_db as create_db
 import main as main_module
+from data.backbone import create_backbone
 from data.database import encoder_facts, encoder_mismatch, load_database
 from data.images import decode_image, to_8bit
 from data.partition import SplitConfig, SplitError, split_database
@@ -88,6 +90,9 @@ def test_16_bit_is_scaled_by_its_range_and_matches_8_bit(tmp_path):
         img = decode_image(NamedBytes(p.read_bytes()), str(p))
         assert img.mode == "L"
         np.testing.assert_array_equal(np.asarray(img), gray)  # v * 257 * 255 / 65535 = v
+    bb = create_backbone(TINY_BACKBONE, random_init=True)  # the backbone's input is the same
+    b8, b16 = (bb.prepare(NamedBytes(p.read_bytes())) for p in (p8, p16))
+    np.testing.assert_array_equal(b8, b16)
     twelve = Image.fromarray(np.array([[0, 4095, 65535]], dtype=np.uint16))
     np.testing.assert_array_equal(np.asarray(to_8bit(twelve)), [[0, 16, 255]])
     assert to_8bit(Image.new("RGBA", (2, 2))).mode == "RGB"
@@ -345,3 +350,15 @@ def test_flower_refuses_a_site_encoded_with_other_weights(gauss_db, tmp_path):
     with pytest.raises(Refusal, match=r"encoded their database with another weights .*0000"):
         run_in_process(gauss_db, tmp_path / "r", DPCVAE, nodes)
     assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+def test_dicom_without_pydicom_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # as if it were not installed
+    dcm = tmp_path / "scan.dcm"
+    dcm.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    (tmp_path / "m.csv").write_text(f"path,label\n{dcm},a\n{dcm},b\n")
+    db = tmp_path / "db"
+    code, _, err = run_db(capsys, "--dataset", "csv", "--manifest", tmp_path / "m.csv",
+                          "--database_root", db, *TINY)  # fmt: skip
+    refused(code, err, r"m\.csv line 2: .*scan\.dcm: reading DICOM needs pydicom")
+    assert not db.exists()
