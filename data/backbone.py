@@ -10,7 +10,6 @@ normalize) run batched on the model's device with the same arithmetic.
 from __future__ import annotations
 
 import difflib
-import io
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from data.images import decode_image
 from utils.io import sha256_file
 
 DEFAULT_BACKBONE = "vit_base_patch14_dinov2.lvd142m"
@@ -200,19 +200,14 @@ def split_eval_transform(cfg: dict) -> tuple[T.Compose, tuple[float, ...], tuple
 
 
 def to_pil(item: np.ndarray | bytes) -> Image.Image:
-    """A uint8 array (H x W, H x W x 1 or 3) or encoded image bytes as an L or RGB PIL image.
+    """A uint8 array (H x W, H x W x 1 or 3) or encoded image bytes as an L or RGB PIL image
+    (bytes: any Pillow format or DICOM, converted as data/images.py says).
 
     Grayscale stays single-channel until after resizing (resampling is per channel, so this is
     the same as repeating it to RGB first, at a third of the cost).
     """
     if isinstance(item, bytes | bytearray):
-        try:
-            img = Image.open(io.BytesIO(item))
-            img.load()
-        except (OSError, SyntaxError, ValueError) as err:
-            name = getattr(item, "path", "image bytes")
-            raise ValueError(f"{name}: cannot decode image ({err})") from None
-        return img if img.mode in ("L", "RGB") else img.convert("RGB")
+        return decode_image(item, str(getattr(item, "path", "image bytes")))
     arr = np.asarray(item)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]

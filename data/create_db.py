@@ -28,7 +28,10 @@ from tqdm import tqdm
 
 from data.backbone import DEFAULT_BACKBONE, Backbone, BackboneError, create_backbone, fetch
 from data.database import META_FILE, DatabaseError, load_meta, save_embedding_file, write_meta
+from data.images import IMAGE_CONVERSION
+from data.own_data import Columns
 from data.sources import (
+    OWN_DATASETS,
     Source,
     SourceError,
     default_dataset_root,
@@ -213,15 +216,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="a 2D single-label MedMNIST flag (" + ", ".join(medmnist_flags()) + "), "
         "'camelyon17' (Camelyon17-WILDS, one file per hospital), 'fashionmnist' (the four "
         "official Fashion-MNIST IDX files: 70,000 28 px grayscale images, 10 classes) or "
-        "'digits' (scikit-learn's bundled 8x8 digits, no download)",
+        "'digits' (scikit-learn's bundled 8x8 digits, no download), or your own images: "
+        "'imagefolder' (--dataset_root ROOT with ROOT/<class>/<image> or "
+        "ROOT/{train,test}/<class>/<image>) or 'csv' (--manifest FILE); PNG, JPEG, TIFF, 8/16-bit, "
+        "DICOM",
     )
     p.add_argument(
         "--dataset_root",
         default=None,
         help="folder holding <flag>[_<size>].npz (MedMNIST), camelyon17_v1.0/ (WILDS layout) or "
-        "train-images-idx3-ubyte.gz and the three other IDX files (Fashion-MNIST); unused for "
-        "digits. Default: /usr/share/datasets/fashion-mnist for fashionmnist when it exists "
+        "train-images-idx3-ubyte.gz and the three other IDX files (Fashion-MNIST), or your "
+        "class folders (imagefolder); unused for digits and csv. Default: "
+        "/usr/share/datasets/fashion-mnist for fashionmnist when it exists "
         "(Debian's dataset-fashion-mnist package), else datasets",
+    )
+    own = p.add_argument_group(
+        "own images (--dataset imagefolder or csv; see docs/own-data.md)",
+    )
+    own.add_argument(
+        "--manifest",
+        metavar="FILE",
+        default=None,
+        help="--dataset csv: a CSV with one row per image: path (relative to the manifest's "
+        "folder, or absolute), label (class name or integer index), and optionally site (one "
+        "database file site_<name> per site, for --split_method by_site) and split (train/test)",
+    )
+    own.add_argument("--path_column", default="path", help="the manifest's image path column")
+    own.add_argument("--label_column", default="label", help="the manifest's label column")
+    own.add_argument(
+        "--site_column", default=None, help="the manifest's site column (default: site, if any)"
+    )
+    own.add_argument(
+        "--split_column",
+        default=None,
+        help="the manifest's train/test column (default: split, if any)",
+    )
+    own.add_argument(
+        "--classes",
+        default=None,
+        metavar="A,B,...",
+        help="imagefolder/csv: the class names, in order; a label not among them (or an integer "
+        "outside 0..n-1) is refused. Default: integer labels 0..max, else the sorted names",
     )
     p.add_argument(
         "--database_root",
@@ -376,6 +411,18 @@ def _check_same_plan(old: dict, plan: dict, what: str) -> None:
         )
 
 
+def preprocessing(backbone: Backbone) -> dict:
+    """How images become the backbone's input: timm's eval transform (its data config), the
+    batched normalization, and the conversion of image files to 8-bit L/RGB (data/images.py).
+    Sites whose databases differ in it (or in backbone or weights) are not pooled."""
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()}
+    return {
+        "transform": "timm eval transform (PIL resize/crop), then ToTensor + Normalize batched",
+        "data_config": cfg,
+        "image_conversion": IMAGE_CONVERSION,
+    }
+
+
 def summary_table(meta: dict, root: Path) -> str:
     """A short human summary: files, samples, per-class counts, dimension, time."""
     classes = meta["classes"]
@@ -403,8 +450,27 @@ def run(args: argparse.Namespace, command: list[str], started: float) -> dict:
     """Validate everything, then encode and write the database; return its meta.json."""
     _check_args(args)
     root = Path(args.database_root)
-    if args.dataset_root is None:
+    own = args.dataset.lower() in OWN_DATASETS
+    if args.dataset_root is None and not own:
         args.dataset_root = default_dataset_root(args.dataset)
+    columns = Columns(
+        path=args.path_column,
+        label=args.label_column,
+        site=args.site_column or "site",
+        split=args.split_column or "split",
+        explicit=tuple(
+            flag
+            for flag, value in (
+                ("--site_column", args.site_column),
+                ("--split_column", args.split_column),
+            )
+            if value is not None
+        ),
+    )
+    if not own and (args.manifest or args.classes or columns.explicit):
+        raise UsageError(
+            "--manifest, --classes and the column flags apply to --dataset imagefolder or csv"
+        )
     source = open_source(
         args.dataset,
         args.dataset_root,
@@ -412,6 +478,9 @@ def run(args: argparse.Namespace, command: list[str], started: float) -> dict:
         s_frac=args.s_frac,
         seed=args.seed,
         download=args.download,
+        manifest=args.manifest,
+        columns=columns,
+        classes=args.classes,
     )
     with source:
         backbone = create_backbone(
@@ -476,6 +545,7 @@ def run(args: argparse.Namespace, command: list[str], started: float) -> dict:
         "data_config": {
             k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()
         },
+        "preprocessing": preprocessing(backbone),
         "files": files,
         "seed": args.seed,
         "s_frac": source.info.get("s_frac", args.s_frac),

@@ -205,3 +205,43 @@ def load_database(root: str | Path) -> Database:
             f"files hold {files[0].embeddings.shape[1]}"
         )
     return Database(root, meta, files)
+
+
+# ----------------------------------------------------------------------------- encoder facts
+
+ENCODER_FACTS = ("backbone", "weights_sha256", "preprocessing")
+
+
+def encoder_facts(meta: dict) -> dict:
+    """How a database's embeddings were made: backbone, hash of its weights and the image
+    preprocessing (for databases made before `preprocessing` was recorded: their data config).
+    Embeddings of databases that differ in any of these are not comparable."""
+    pre = meta.get("preprocessing")
+    if pre is None:
+        pre = {"data_config": meta.get("data_config")}
+    return {
+        "backbone": meta.get("backbone"),
+        "weights_sha256": meta.get("weights_sha256") or meta.get("weights"),
+        "preprocessing": pre,
+    }
+
+
+def encoder_mismatch(facts: dict[int, dict]) -> str | None:
+    """None when every site's database was encoded alike; else one line naming the site(s) that
+    differ from the most common choice and in what (backbone, weights or preprocessing)."""
+    import json
+
+    for key in ENCODER_FACTS:
+        values = {cid: json.dumps(f.get(key), sort_keys=True) for cid, f in facts.items()}
+        kinds = sorted(set(values.values()), key=lambda v: (-list(values.values()).count(v), v))
+        if len(kinds) > 1:
+            odd = sorted(cid for cid, v in values.items() if v != kinds[0])
+            usual = kinds[0]
+            theirs = ", ".join(f"client {cid}: {values[cid][:120]}" for cid in odd)
+            what = {"weights_sha256": "weights (SHA-256 of the file)"}.get(key, key)
+            return (
+                f"site(s) {', '.join(map(str, odd))} encoded their database with another {what} "
+                f"than the others ({theirs}; the others: {usual[:120]}); re-encode with the "
+                "same create_db.py --backbone/--weights"
+            )
+    return None

@@ -28,7 +28,8 @@ from data.database import Database, DatabaseError, load_database
 from utils.cli import OutputError, Parser, check_output
 from utils.io import read_json, write_json
 
-SPLIT_METHODS = ("iid", "by_labels_split", "pathological_split", "natural")
+SPLIT_METHODS = ("iid", "by_labels_split", "pathological_split", "natural", "by_site")
+NATURAL = ("natural", "by_site")  # one client per database file
 SPLIT_FORMAT = 1
 
 
@@ -214,7 +215,7 @@ def make_split(
     rng = np.random.default_rng(cfg.seed)
     all_idx = np.arange(len(labels))
 
-    if cfg.split_method == "natural":
+    if cfg.split_method in NATURAL:
         if cfg.s_frac <= 1:
             pools = [subsample(all_idx[sources == s], cfg.s_frac, rng) for s in range(n_sources)]
         else:
@@ -247,6 +248,11 @@ def make_split(
         if len(train) == 0 or len(test) == 0:
             empty = "train" if len(train) == 0 else "test"
             reason = f"empty {empty} set ({len(pool)} samples in all)"
+            if cfg.split_method == "by_site":
+                raise SplitError(
+                    f"--split_method by_site: site {names[cid]!r} has too few images to split "
+                    f"({reason}; --test_data_frac {cfg.test_data_frac}, --s_frac {cfg.s_frac})"
+                )
             warnings.warn(f"client {cid} dropped: {reason}", stacklevel=2)
             dropped.append({"id": cid, "name": names[cid], "reason": reason})
             continue
@@ -282,9 +288,21 @@ def make_split(
 
 
 def split_database(db: Database, cfg: SplitConfig) -> dict:
-    """Split a loaded database; `natural` makes one client per database file."""
+    """Split a loaded database; `natural` makes one client per database file, `by_site` one per
+    site (the files of a database made from a manifest with a site column), named by site."""
     _, labels, sources = db.pooled()
-    split = make_split(labels, sources, db.n_classes, cfg, [f.name for f in db.files])
+    names = [f.name for f in db.files]
+    if cfg.split_method == "by_site":
+        info = db.meta.get("files", {})
+        sites = [info.get(n, {}).get("site") if isinstance(info, dict) else None for n in names]
+        if any(s is None for s in sites):
+            raise SplitError(
+                f"--split_method by_site: {db.root} records no site for file "
+                f"{names[sites.index(None)]!r} (make the database from a manifest with a site "
+                "column, or use --split_method natural for one client per file)"
+            )
+        names = [str(s) for s in sites]
+    split = make_split(labels, sources, db.n_classes, cfg, names)
     split["database"]["root"] = str(db.root)
     return split
 
@@ -401,13 +419,14 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.split_method,
         help="how samples are dealt to clients: iid; by_labels_split (label Dirichlet); "
         "pathological_split (class shards); natural (one client per database "
-        f"file, e.g. per Camelyon17 hospital). Default: {d.split_method}",
+        "file, e.g. per Camelyon17 hospital); by_site (one client per site of a database made "
+        f"from a manifest with a site column). Default: {d.split_method}",
     )
     g.add_argument(
         "--n_clients",
         type=int,
         default=d.n_clients,
-        help=f"number of clients (ignored by natural). Default: {d.n_clients}",
+        help=f"number of clients (ignored by natural and by_site). Default: {d.n_clients}",
     )
     g.add_argument(
         "--alpha",

@@ -27,7 +27,8 @@ CAMELYON_DIR = "camelyon17_v1.0"
 CAMELYON_COLUMNS = ("patient", "node", "x_coord", "y_coord", "tumor", "slide", "center", "split")
 CAMELYON_METADATA = ("row", "patient", "node", "x_coord", "y_coord", "slide", "center", "split")
 CAMELYON_PATCH_SIZE = 96
-OTHER_DATASETS = ("camelyon17", "fashionmnist", "digits")
+OTHER_DATASETS = ("camelyon17", "fashionmnist", "digits", "imagefolder", "csv")
+OWN_DATASETS = ("imagefolder", "csv")  # a site's own images (data/own_data.py)
 # Fashion-MNIST: the four official IDX files, and where Debian's `dataset-fashion-mnist` puts them.
 FASHION_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -730,13 +731,33 @@ def open_source(
     s_frac: float | None = None,
     seed: int = 202502,
     download: bool = False,
+    manifest: str | Path | None = None,
+    columns: object | None = None,
+    classes: str | None = None,
 ) -> Source:
-    """Open any supported dataset by its `--dataset` name; SourceError on bad input."""
+    """Open any supported dataset by its `--dataset` name; SourceError on bad input.
+    `manifest`, `columns` (a data.own_data.Columns) and `classes` are for imagefolder/csv."""
     dataset = dataset.lower()
     if size is not None and dataset in OTHER_DATASETS:
         raise SourceError(f"--size applies to MedMNIST datasets only, not to {dataset}")
     if s_frac is not None and dataset not in ("camelyon17", "fashionmnist"):
         raise SourceError(f"--s_frac applies to camelyon17 and fashionmnist only, not to {dataset}")
+    if dataset in OWN_DATASETS:
+        from data.own_data import Columns, open_own_data
+
+        if download:
+            raise SourceError(f"--download does not apply to {dataset} (your own images)")
+        if manifest is not None and dataset != "csv":
+            raise SourceError(f"--manifest applies to --dataset csv only, not to {dataset}")
+        return open_own_data(
+            dataset,
+            dataset_root,
+            manifest=manifest,
+            columns=columns if columns is not None else Columns(),
+            classes=classes,
+        )
+    if manifest is not None or classes is not None:
+        raise SourceError(f"--manifest and --classes apply to imagefolder and csv, not {dataset}")
     if dataset == "digits":
         return open_digits()
     if dataset == "fashionmnist":

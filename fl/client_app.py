@@ -46,6 +46,7 @@ from algorithms.heads import new_head, predict_proba
 from algorithms.options import Settings
 from algorithms.privacy import remember_calibration
 from data.clients import ClientData
+from data.database import encoder_facts, load_meta
 from fl.policy import Refusal, policy_violation, site_policy
 from fl.records import load_state, record_weights, save_state, update_content
 from fl.settings import (
@@ -181,6 +182,8 @@ def hello(msg: Message, context: Context) -> Message:
     else:
         facts = dataclasses.asdict(site.facts)
         records["facts"] = ConfigRecord({k: json.dumps(v) for k, v in facts.items()})
+        root = node_paths(context.node_config, site.settings)[0]  # how its embeddings were made
+        records["encoder"] = ConfigRecord({"facts": json.dumps(encoder_facts(load_meta(root)))})
     return Message(RecordDict(records), reply_to=msg)
 
 

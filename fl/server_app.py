@@ -45,6 +45,7 @@ from algorithms.generative import (
     initial_global_weights,
 )
 from algorithms.options import Settings
+from data.database import encoder_mismatch
 from fl.policy import Refusal
 from fl.records import content_update, weights_record
 from fl.settings import SettingsError, is_generative, is_pft, run_settings
@@ -141,6 +142,7 @@ def connect(
     messages = [Message(RecordDict(), node, "query", group_id="hello") for node in nodes]
     replies = list(grid.send_and_receive(messages, timeout=reply_timeout))
     info: dict[int, dict] = {}
+    encoders: dict[int, dict] = {}
     refusals = []
     for reply in replies:
         if reply.has_error():
@@ -156,9 +158,13 @@ def connect(
         else:
             record = reply.content.config_records["facts"]
             hello["facts"] = {k: json.loads(str(v)) for k, v in record.items()}
+            if "encoder" in reply.content.config_records:
+                encoders[cid] = json.loads(str(reply.content.config_records["encoder"]["facts"]))
         info[cid] = {**hello, "node": reply.metadata.src_node_id}
     if refusals:
         raise Refusal("the run is refused by its sites' policies: " + "; ".join(sorted(refusals)))
+    if mismatch := encoder_mismatch(encoders):  # embeddings made differently do not pool
+        raise Refusal(f"the run is refused: {mismatch}")
     if len(info) != n_sites:
         raise SettingsError(f"{len(info)} SuperNodes answered, the run needs {n_sites}")
     sites = Sites(grid, {cid: int(h["node"]) for cid, h in info.items()}, reply_timeout)

@@ -1,0 +1,344 @@
+"""A hospital's own images for `create_db.py`: an image folder or a CSV manifest.
+
+- `--dataset imagefolder --dataset_root ROOT`: `ROOT/<class>/<image>` (torchvision's ImageFolder
+  convention: class names are the folder names, sorted; images may sit in sub-folders), or
+  `ROOT/train/<class>/...` and `ROOT/test/<class>/...`, which set the official split. Files with
+  an image suffix (PNG, JPEG, TIFF, BMP, GIF, WebP, DICOM) are read; other files are ignored.
+- `--dataset csv --manifest FILE`: one row per image with a path (relative to the manifest's
+  folder, or absolute) and a label (a class name, or an integer class index), optionally a site
+  and a split (train/test). A manifest with sites gives one database file per site,
+  `site_<name>` (meta.json records each file's `site`), which `--split_method by_site` makes one
+  client each.
+
+Labels: `--classes a,b,c` fixes the class names and their order; a name not in it, or an integer
+outside 0..len-1, is refused. Without it, integer labels name classes 0..max, and other labels
+are sorted class names. Every file is checked (present, an image Pillow or pydicom can open,
+single-frame) before anything is encoded; the first problem is one SourceError naming the file
+and the manifest line.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from data.images import DICOM_SUFFIXES, IMAGE_CONVERSION, read_dicom_header
+from data.sources import FileBytesReader, OutputFile, Source, SourceError
+
+IMAGE_SUFFIXES = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".tif",
+    ".tiff",
+    ".bmp",
+    ".gif",
+    ".webp",
+    *DICOM_SUFFIXES,
+)
+SPLITS = ("train", "test")
+METADATA_FIELDS = ("row", "split")  # row: manifest data row (or file order); split: 0/1, -1 none
+SITE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+MIN_SITE_IMAGES = 2  # one train and one test image at least
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The manifest's column names (`--path_column` ...); `site`/`split` are optional columns."""
+
+    path: str = "path"
+    label: str = "label"
+    site: str = "site"
+    split: str = "split"
+    explicit: tuple[str, ...] = ()  # the optional columns named on the command line
+
+
+@dataclass
+class Row:
+    """One image: its file, label text, site and split, and where it was listed."""
+
+    path: Path
+    label: str
+    site: str | None
+    split: int  # 0 train, 1 test, -1 unspecified
+    where: str  # "FILE line N" or the file itself
+
+
+def parse_classes(text: str | None) -> list[str] | None:
+    """`--classes a,b,c` as a list (None when not given); refuses empty or repeated names."""
+    if text is None:
+        return None
+    names = [c.strip() for c in text.split(",")]
+    if not names or any(not c for c in names):
+        raise SourceError(f"--classes {text!r}: give comma-separated, non-empty class names")
+    if len(set(names)) != len(names):
+        raise SourceError(f"--classes {text!r}: a class name is repeated")
+    return names
+
+
+def _is_int(text: str) -> bool:
+    return re.fullmatch(r"[+-]?\d+", text) is not None
+
+
+def resolve_labels(rows: list[Row], classes: list[str] | None) -> tuple[list[str], np.ndarray]:
+    """Class names and the integer label of every row (see the module's rules)."""
+    texts = [r.label for r in rows]
+    if classes is not None:
+        index = {c: i for i, c in enumerate(classes)}
+        labels = []
+        for r in rows:
+            if r.label in index:
+                labels.append(index[r.label])
+            elif _is_int(r.label) and 0 <= int(r.label) < len(classes):
+                labels.append(int(r.label))
+            else:
+                raise SourceError(
+                    f"{r.where}: label {r.label!r} is not one of --classes "
+                    f"({', '.join(classes)}) nor an index 0..{len(classes) - 1}"
+                )
+        return list(classes), np.asarray(labels, dtype=np.int64)
+    if all(_is_int(t) for t in texts):
+        values = [int(t) for t in texts]
+        bad = next((r for r, v in zip(rows, values) if v < 0), None)
+        if bad is not None:
+            raise SourceError(f"{bad.where}: label {bad.label} is negative; labels are 0..n-1")
+        n = max(values) + 1
+        return [str(i) for i in range(n)], np.asarray(values, dtype=np.int64)
+    names = sorted(set(texts))
+    index = {c: i for i, c in enumerate(names)}
+    return names, np.asarray([index[t] for t in texts], dtype=np.int64)
+
+
+def check_image_file(path: Path, where: str) -> None:
+    """Refuse a missing file, one that is not an image, or a multi-frame DICOM."""
+    if not path.is_file():
+        raise SourceError(f"{where}: image file {path} not found")
+    try:
+        if path.suffix.lower() in DICOM_SUFFIXES:
+            read_dicom_header(path)
+            return
+        with path.open("rb") as fh:
+            head = fh.read(132)
+        if len(head) == 132 and head[128:132] == b"DICM":
+            read_dicom_header(path)
+            return
+        with Image.open(path) as img:
+            img.size  # noqa: B018 (the header is parsed on open)
+    except ValueError as err:  # read_dicom_header's messages name the file
+        raise SourceError(f"{where}: {err}" if str(path) != where else str(err)) from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise SourceError(f"{where}: {path} is not a readable image ({err})") from None
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _images_under(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def imagefolder_rows(root: str | Path) -> list[Row]:
+    """The images of `ROOT/<class>/...` or `ROOT/{train,test}/<class>/...`, in sorted order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SourceError(f"--dataset_root {root}: folder not found")
+    top = _class_dirs(root)
+    split_layout = (
+        bool(top) and {p.name for p in top} <= set(SPLITS) and "train" in {p.name for p in top}
+    )
+    parts = [(root / s, code) for code, s in enumerate(SPLITS)] if split_layout else [(root, -1)]
+    rows = []
+    for folder, code in parts:
+        if not folder.is_dir():
+            continue
+        classes = _class_dirs(folder)
+        if not classes:
+            raise SourceError(
+                f"--dataset_root {root}: {folder} holds no class folder (expected "
+                f"{folder}/<class>/<image>)"
+            )
+        for cls in classes:
+            images = _images_under(cls)
+            if not images:
+                raise SourceError(
+                    f"{cls}: empty class folder (no {', '.join(IMAGE_SUFFIXES)} file in it)"
+                )
+            rows.extend(Row(p, cls.name, None, code, str(p)) for p in images)
+    return rows
+
+
+def _read_manifest(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    if not path.is_file():
+        raise SourceError(f"--manifest {path}: file not found")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            reader.fieldnames = header
+            records = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise SourceError(f"--manifest {path}: cannot read as CSV ({err})") from None
+    return header, records
+
+
+def manifest_rows(manifest: str | Path, columns: Columns = Columns()) -> list[Row]:
+    """The rows of a CSV manifest, checked: required columns present, no empty path or label,
+    splits train/test (all rows or none), sites all given or none."""
+    manifest = Path(manifest)
+    header, records = _read_manifest(manifest)
+    for name, flag in ((columns.path, "--path_column"), (columns.label, "--label_column")):
+        if name not in header:
+            raise SourceError(
+                f"{manifest}: no column {name!r} (columns: {', '.join(header) or 'none'}); "
+                f"name the column with {flag}"
+            )
+    for name, flag in ((columns.site, "--site_column"), (columns.split, "--split_column")):
+        if flag in columns.explicit and name not in header:
+            raise SourceError(
+                f"{manifest}: no column {name!r} ({flag}); columns: {', '.join(header)}"
+            )
+    if not records:
+        raise SourceError(f"{manifest}: lists no image")
+    has_site, has_split = columns.site in header, columns.split in header
+    base = manifest.resolve().parent
+    rows = []
+    for i, rec in enumerate(records):
+        where = f"{manifest} line {i + 2}"
+        if None in rec:
+            raise SourceError(f"{where}: more fields than the header has")
+        text = (rec.get(columns.path) or "").strip()
+        label = (rec.get(columns.label) or "").strip()
+        if not text:
+            raise SourceError(f"{where}: empty {columns.path!r}")
+        if not label:
+            raise SourceError(f"{where}: empty {columns.label!r}")
+        path = Path(text)
+        path = path if path.is_absolute() else base / path
+        site = (rec.get(columns.site) or "").strip() if has_site else None
+        split_text = (rec.get(columns.split) or "").strip().lower() if has_split else ""
+        if split_text and split_text not in SPLITS:
+            raise SourceError(f"{where}: split {split_text!r}; expected train or test (or empty)")
+        split = SPLITS.index(split_text) if split_text else -1
+        rows.append(Row(path, label, site, split, where))
+    if has_site:
+        empty = next((r for r in rows if not r.site), None)
+        if empty is not None and any(r.site for r in rows):
+            raise SourceError(f"{empty.where}: empty {columns.site!r} (other rows name a site)")
+        if empty is not None:
+            rows = [Row(r.path, r.label, None, r.split, r.where) for r in rows]
+    if has_split:
+        given = [r.split >= 0 for r in rows]
+        if any(given) and not all(given):
+            r = rows[given.index(False)]
+            raise SourceError(f"{r.where}: empty {columns.split!r} (other rows give a split)")
+    return rows
+
+
+# ----------------------------------------------------------------------------- source
+
+
+def site_file_name(site: str) -> str:
+    """The database file of a site: `site_<name>`, characters other than A-Z a-z 0-9 _ . - as _."""
+    return "site_" + SITE_NAME.sub("_", site)
+
+
+def _group(rows: list[Row]) -> list[tuple[str, list[int], dict]]:
+    """(file name, row indices, info) of each database file."""
+    if rows and rows[0].site is not None:
+        by_name: dict[str, list[int]] = {}
+        sites: dict[str, str] = {}
+        for i, r in enumerate(rows):
+            name = site_file_name(r.site)
+            if sites.setdefault(name, r.site) != r.site:
+                raise SourceError(
+                    f"{r.where}: sites {sites[name]!r} and {r.site!r} both become file "
+                    f"{name!r}; rename one"
+                )
+            by_name.setdefault(name, []).append(i)
+        out = []
+        for name in sorted(by_name):
+            idx = by_name[name]
+            if len(idx) < MIN_SITE_IMAGES:
+                raise SourceError(
+                    f"{rows[idx[0]].where}: site {sites[name]!r} has {len(idx)} image; a site "
+                    f"needs at least {MIN_SITE_IMAGES} to split into train and test"
+                )
+            out.append((name, idx, {"site": sites[name]}))
+        return out
+    if any(r.split >= 0 for r in rows):
+        return [
+            (s, [i for i, r in enumerate(rows) if r.split == code], {})
+            for code, s in enumerate(SPLITS)
+            if any(r.split == code for r in rows)
+        ]
+    return [("all", list(range(len(rows))), {})]
+
+
+def open_own_data(
+    dataset: str,
+    dataset_root: str | Path | None = None,
+    manifest: str | Path | None = None,
+    columns: Columns = Columns(),
+    classes: str | list[str] | None = None,
+) -> Source:
+    """Open `imagefolder` (under `dataset_root`) or `csv` (`manifest`); SourceError on bad input."""
+    if isinstance(classes, str) or classes is None:
+        classes = parse_classes(classes)
+    if dataset == "imagefolder":
+        if dataset_root is None:
+            raise SourceError("--dataset imagefolder needs --dataset_root ROOT (ROOT/<class>/...)")
+        rows = imagefolder_rows(dataset_root)
+        source_file = Path(dataset_root).resolve()
+    else:
+        if manifest is None:
+            raise SourceError("--dataset csv needs --manifest FILE")
+        rows = manifest_rows(manifest, columns)
+        source_file = Path(manifest).resolve()
+    names, labels = resolve_labels(rows, classes)
+    for r in rows:
+        check_image_file(r.path, r.where)
+    files = []
+    for name, idx, info in _group(rows):
+        meta = np.array([[i, rows[i].split] for i in idx], dtype=np.int64).reshape(-1, 2)
+        files.append(
+            OutputFile(
+                name=name,
+                labels=labels[idx],
+                metadata=meta,
+                metadata_fields=METADATA_FIELDS,
+                reader=FileBytesReader([rows[i].path for i in idx]),
+                info=info,
+            )
+        )
+    info = {
+        "source_file": str(source_file),
+        "image_conversion": IMAGE_CONVERSION,
+        "metadata": "row: the image's manifest data row (imagefolder: its place in sorted file "
+        "order); split: 0 train, 1 test, -1 not given",
+    }
+    sites = [f.info["site"] for f in files if "site" in f.info]
+    if sites:
+        info["sites"] = {f.name: f.info["site"] for f in files}
+    return Source(
+        dataset=dataset,
+        task="binary-class" if len(names) == 2 else "multi-class",
+        classes=names,
+        source_size=0,  # images of any size; each is resized to the backbone's input
+        files=files,
+        info=info,
+    )
