@@ -129,11 +129,11 @@ class Site:
 
     def answer_once(self, step: str) -> None:
         """Mark an end-of-run step as answered; refuse it if it already was in this run."""
-        self.claim(step, f"end-of-run {step}")
         state = self.context.state
         done = dict(state.config_records[ANSWERED]) if ANSWERED in state else {}
         if done.get(step):
             self.refuse(f"{step} was already answered in this run (once per run)")
+        self.claim(step, f"end-of-run {step}")  # the ledger: overlapping or restarted tasks
         state[ANSWERED] = ConfigRecord({**done, step: True})
 
     def secret(self) -> bytes | None:
