@@ -1,18 +1,22 @@
 """The site's privacy ledger (fl/ledger.py) against a hostile coordinator: overlapping and
 replayed messages, a restarted SuperNode, runs over the dataset's budget."""
 
+import json
 import multiprocessing
+import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from flwr.app import Context, RecordDict
-from test_flower import DPCVAE, run_in_process, task_identity  # noqa: F401 (fixture)
+from test_flower import DPCVAE, SEEDED, SMALL, run_in_process, task_identity  # noqa: F401
 
 from fl import client_app
 from fl.ledger import Claim, Ledger, LedgerError, read_ledger
 from fl.policy import Refusal
+from fl.run_local import descendants, run_local
 
 FINGERPRINT = "f" * 64
 
@@ -159,3 +163,31 @@ def test_adversarial_overlapping_train_messages_one_answer_one_refusal(
         t.join(120)
     assert sorted(o.split(":")[0] for o in outcomes) == ["answered", "refused"]
     assert any("train round 1 of run 2 was already released" in o for o in outcomes)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("flower-engines")  # one at a time: each starts several processes
+def test_adversarial_overlapping_train_messages_on_loopback_deployment(gauss_db, tmp_path):
+    """The real deployment engine (SuperLink, two SuperNodes): a hostile ServerApp sends each
+    site two train messages for round 1 at once; each site answers one and refuses the other."""
+    before = descendants([os.getpid()])
+    argv = ["--database_root", str(gauss_db), *SMALL, *DPCVAE]
+    run_local(
+        [*argv, "--results_dir", str(tmp_path / "r")],
+        "deployment",
+        work_dir=tmp_path / "work",
+        timeout=300,
+        env={"OMP_NUM_THREADS": "1"},
+        node_config=SEEDED,
+        server_app=Path(__file__).with_name("hostile_server.py"),
+    )
+    assert descendants([os.getpid()]) <= before
+    replies = json.loads((tmp_path / "r" / "hostile.json").read_text())
+    assert len(replies) == 4
+    for node in {r["node"] for r in replies}:
+        mine = [r["refusal"] for r in replies if r["node"] == node]
+        assert sorted(m is None for m in mine) == [False, True], mine  # one answer, one refusal
+        refusal = next(m for m in mine if m)
+        assert "site refuses" in refusal and "round 1" in refusal
+    ledgers = sorted((tmp_path / "work" / "ledger").glob("*.ledger.json"))
+    assert len(ledgers) == 2  # one per site, in run_local's ledger dir
