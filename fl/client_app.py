@@ -6,7 +6,9 @@ Each message runs in a fresh process (deployment) or in a shared worker (simulat
 client object is rebuilt from its seed and its secret key and restored from the node's
 Context.state, which holds its whole state (model, optimizer, RNG states, accountant history,
 the secret key of its noise, the noise multiplier its first message calibrated: the PRV search
-runs once per run, not once per message) and never leaves the site.
+runs once per run, not once per message) and never leaves the site. Every release is first
+claimed in the site's privacy ledger on disk (fl/ledger.py): Context.state is a snapshot per
+task, so it alone cannot refuse overlapping or restarted replays, nor count runs.
 
 Messages (what comes back is all that leaves the site):
 - query: the client id, the embedding size, the number of classes and the names and hashes of

@@ -191,3 +191,19 @@ def test_adversarial_overlapping_train_messages_on_loopback_deployment(gauss_db,
         assert "site refuses" in refusal and "round 1" in refusal
     ledgers = sorted((tmp_path / "work" / "ledger").glob("*.ledger.json"))
     assert len(ledgers) == 2  # one per site, in run_local's ledger dir
+
+
+def test_adversarial_a_second_run_over_the_sites_budget_is_refused_by_the_clientapp(
+    gauss_db,
+    tmp_path,
+    task_identity,  # noqa: F811 (fixture)
+):
+    """Two runs at epsilon 1 against sites whose per-dataset budget is 1.5: the first runs, the
+    second is refused at its first train message (the ledger outlives the run's Context)."""
+    nodes = [
+        {"partition-id": i, **SEEDED, "budget-epsilon": 1.5, "ledger-dir": str(tmp_path / "l")}
+        for i in (1, 0)
+    ]
+    run_in_process(gauss_db, tmp_path / "a", DPCVAE, nodes)
+    with pytest.raises(RuntimeError, match="epsilon 2 in all would exceed .*budget-epsilon 1.5"):
+        run_in_process(gauss_db, tmp_path / "b", DPCVAE, nodes)
