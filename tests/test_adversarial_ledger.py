@@ -191,6 +191,9 @@ def test_adversarial_overlapping_train_messages_on_loopback_deployment(gauss_db,
         assert "site refuses" in refusal and "round 1" in refusal
     ledgers = sorted((tmp_path / "work" / "ledger").glob("*.ledger.json"))
     assert len(ledgers) == 2  # one per site, in run_local's ledger dir
+    for path in ledgers:  # one claim of the round (the refused task claimed nothing)
+        claims = [c["what"] for c in read_ledger(path)["claims"]]
+        assert claims.count("train round 1") == 1, claims
 
 
 def test_adversarial_a_second_run_over_the_sites_budget_is_refused_by_the_clientapp(
