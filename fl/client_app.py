@@ -6,7 +6,9 @@ Each message runs in a fresh process (deployment) or in a shared worker (simulat
 client object is rebuilt from its seed and its secret key and restored from the node's
 Context.state, which holds its whole state (model, optimizer, RNG states, accountant history,
 the secret key of its noise, the noise multiplier its first message calibrated: the PRV search
-runs once per run, not once per message) and never leaves the site.
+runs once per run, not once per message) and never leaves the site. Every release is first
+claimed in the site's privacy ledger on disk (fl/ledger.py): Context.state is a snapshot per
+task, so it alone cannot refuse overlapping or restarted replays, nor count runs.
 
 Messages (what comes back is all that leaves the site):
 - query: the client id, the embedding size, the number of classes and the names and hashes of
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -47,6 +50,7 @@ from algorithms.options import Settings
 from algorithms.privacy import remember_calibration
 from data.clients import ClientData
 from data.database import encoder_facts, load_meta
+from fl.ledger import Claim, site_ledger
 from fl.policy import Refusal, policy_violation, site_policy
 from fl.records import load_state, record_weights, save_state, update_content
 from fl.settings import (
@@ -83,6 +87,7 @@ class Site:
         root, split = node_paths(context.node_config, self.settings)
         self.data, self.n_classes, self.facts = load_client(root, split, self.client_id)
         self.context = context
+        self.ledger = site_ledger(context.node_config, root, self.client_id, self.policy)
 
     def refuse(self, rule: str) -> None:
         raise Refusal(f"client {self.client_id}'s site refuses: {rule}")
@@ -104,12 +109,34 @@ class Site:
             return None
         return int(self.context.state.config_records[LAST_ROUND]["round"])
 
+    def claim(self, key: str, what: str) -> None:
+        """Claim a release of this run in the site's ledger (fl/ledger.py), before computing
+        it: refused if it was claimed before, by an overlapping message or an earlier process."""
+        self.ledger.claim(self.context.run_id, [Claim(key, what)])
+
+    def claim_round(self, rnd: int) -> None:
+        """Claim a train round (with the run's epsilon and delta at its first claim: the noise
+        is calibrated for the whole run), refused if claimed or over the dataset's budget."""
+        dp, private = self.settings.configs.get("dp"), self.settings.method.private
+        eps, delta = (
+            (None, 0.0) if dp is None or not dp.enabled or not private else (dp.epsilon, dp.delta)
+        )
+        if eps is not None and dp.calibration != "total" and math.isfinite(self.ledger.budget[0]):
+            self.refuse(f"--dp_calibration {dp.calibration} spends more than the ledger can count")
+        what = "the one release" if is_pft(self.settings) else f"train round {rnd + 1}"
+        run = "run's privacy (target epsilon, delta)" if eps is not None else "run without DP"
+        claims = [Claim("run", run, eps, delta, once=False)]
+        if eps is not None and dp.count_noise:
+            claims.append(Claim("count", "noisy record count (in the run's epsilon)", once=False))
+        self.ledger.claim(self.context.run_id, [*claims, Claim(f"train {rnd}", what)])
+
     def answer_once(self, step: str) -> None:
         """Mark an end-of-run step as answered; refuse it if it already was in this run."""
         state = self.context.state
         done = dict(state.config_records[ANSWERED]) if ANSWERED in state else {}
         if done.get(step):
             self.refuse(f"{step} was already answered in this run (once per run)")
+        self.claim(step, f"end-of-run {step}")  # the ledger: overlapping or restarted tasks
         state[ANSWERED] = ConfigRecord({**done, step: True})
 
     def secret(self) -> bytes | None:
@@ -202,6 +229,7 @@ def train(msg: Message, context: Context) -> Message:
     last = site.last_round()
     if last is not None and rnd <= last:
         site.refuse(f"asked for round {rnd + 1} after round {last + 1}")
+    site.claim_round(rnd)  # claim, then compute: overlapping or replayed messages are refused
     if last is None:
         warn_privacy_settings(site.settings.configs, [site.data])
     client = site.client()
@@ -222,6 +250,7 @@ def validate(msg: Message, context: Context) -> Message:
     """FedAvg's per-round check: the global head's accuracy on this site's validation set."""
     site = Site(context)
     site.require_policy()
+    site.claim(f"validate {msg.metadata.group_id}", f"validate ({msg.metadata.group_id})")
     head = _head(site.data, site.n_classes, msg.content.array_records["weights"])
     acc = val_accuracy(head, site.data)
     return site.reply(msg, {"val": MetricRecord({} if acc is None else {"acc": acc})})

@@ -100,9 +100,12 @@ def run_local(
     timeout: float = 3600.0,
     env: dict[str, str] | None = None,
     node_config: dict[str, str] | None = None,
+    server_app: Path | None = None,
 ) -> LocalRun:
     """Run main.py's experiment on Flower with local processes; stop them all before returning.
-    `node_config`: more keys for every SuperNode's node config (deployment), e.g. a policy."""
+    `node_config`: more keys for every SuperNode's node config (deployment), e.g. a policy.
+    `server_app`: a file defining a ServerApp `app` to run instead of fl.server_app (tests: a
+    hostile coordinator); the run then need not write main.py's results."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     start = time.monotonic()
@@ -130,7 +133,7 @@ def run_local(
         link += ["--disable-runtime-dependency-installation"]
         procs.start("superlink", link + (["--simulation"] if engine == "simulation" else []))
         wait_for_superlink(port, procs, deadline=start + min(timeout, 60))
-        app = stage_app(work / "app")
+        app = stage_app(work / "app", server_app)
         submit = ["flwr", "run", str(app), CONNECTION, "--run-config", str(run_config)]
         if engine == "deployment":
             for i in range(n_clients):
@@ -149,6 +152,7 @@ def run_local(
                                 "client-id": i,
                                 "database-root": database_root,
                                 "split-file": str(split_path),
+                                "ledger-dir": str(work / "ledger"),  # this run's (fl/ledger.py)
                                 **(node_config or {}),
                             }
                         ),
@@ -160,7 +164,7 @@ def run_local(
         status = wait_for_run(run_id, procs, deadline=start + timeout)
     if status != "finished:completed":
         raise LocalRunError(f"run {run_id} ended {status}; logs in {work / 'logs'}")
-    if not is_finished(run_dir):
+    if server_app is None and not is_finished(run_dir):
         raise LocalRunError(f"run {run_id} completed without {run_dir / METRICS_FILE}")
     return LocalRun(run_dir, status, time.monotonic() - start, work)
 
@@ -183,16 +187,22 @@ def node_config_text(config: dict) -> str:
     return " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())
 
 
-def stage_app(dest: Path) -> Path:
+def stage_app(dest: Path, server_app: Path | None = None) -> Path:
     """A copy of the files `flwr run .` would ship (pyproject.toml and its `fab-include`
     patterns, all `<file>` or `<dir>/**/*.py`): the same FAB, built without walking the whole
-    repository (.venv, databases)."""
+    repository (.venv, databases). `server_app`: a file shipped as the ServerApp instead."""
     pyproject = APP_DIR / "pyproject.toml"
-    patterns = tomli.loads(pyproject.read_text())["tool"]["flwr"]["app"]["fab-include"]
+    project = tomli.loads(pyproject.read_text())
+    patterns = project["tool"]["flwr"]["app"]["fab-include"]
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     shutil.copy2(pyproject, dest / "pyproject.toml")
+    if server_app is not None:
+        shutil.copy2(server_app, dest / "other_server_app.py")
+        project["tool"]["flwr"]["app"]["fab-include"] = [*patterns, "other_server_app.py"]
+        project["tool"]["flwr"]["app"]["components"]["serverapp"] = "other_server_app:app"
+        (dest / "pyproject.toml").write_text(tomli_w.dumps(project))
     for pattern in patterns:
         top = APP_DIR / pattern.split("/")[0]
         files = [top] if top.is_file() else sorted(top.rglob("*.py"))

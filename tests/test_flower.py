@@ -1,6 +1,7 @@
 """The Flower app: client state kept across rounds, the apps' protocol in process (a grid that
 calls the ClientApp directly), and the real engines on loopback, all against main.py."""
 
+import itertools
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from fl.settings import SettingsError, node_client_id, run_settings
 from utils.io import read_csv, write_json
 from utils.results import read_metrics
 
+RUN_IDS = itertools.count(100)  # in-process grids' run ids (fresh Contexts below use 1, 2)
 SMALL = ["--n_clients", "2", "--quiet"]
 SEEDED = {"noise-source": "seeded"}  # a site's testing switch: noise from the run seed
 HEAD = ["--local_epochs", "20"]  # dpcvae, dpcgan (FedAvg trains no other head)
@@ -113,8 +115,9 @@ class InProcessGrid(Grid):
     node, as a SuperNode keeps it) and answering failures as Flower does: an error reply."""
 
     def __init__(self, node_configs, run_config):
+        run_id = next(RUN_IDS)  # a run of its own: a site's ledger (fl/ledger.py) keys by run
         self.contexts = {
-            1000 + i: Context(1, 1000 + i, cfg, RecordDict(), run_config)
+            1000 + i: Context(run_id, 1000 + i, cfg, RecordDict(), run_config)
             for i, cfg in enumerate(node_configs)
         }
         self.sent: list[Message] = []

@@ -49,8 +49,11 @@ def test_sites_with_one_run_config_add_noise_that_the_seed_does_not_reproduce(
     run_config = grid.contexts[train.metadata.dst_node_id].run_config
     cid = grid.contexts[train.metadata.dst_node_id].node_config["partition-id"]
 
+    runs = iter(range(2, 100))  # each release a run of its own (the site's ledger keys by run)
+
     def site_release(node):
-        return released(client_app.app(train, Context(1, 7, node, RecordDict(), run_config)))
+        context = Context(next(runs), 7, node, RecordDict(), run_config)
+        return released(client_app.app(train, context))
 
     secure = [site_release({"partition-id": cid}) for _ in range(2)]
     seeded = [site_release({"partition-id": cid, **SEEDED}) for _ in range(2)]
