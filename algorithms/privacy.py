@@ -79,6 +79,11 @@ NOT_COVERED = (
     "they are the average of the last round (that needs secure aggregation)",
     "runs: a site's budget holds for one run; nothing limits how many runs a site joins",
     "the choice of hyper-parameters and of the backbone",
+    "under Flower: no split size leaves a site, but its reported accuracies are exact ratios "
+    "of counts (their denominators can reveal n_val and n_test), and a site's reply time and "
+    "cost.wall_seconds grow with its true n (not fixable cheaply)",
+    "under Flower with release-metrics=true: the accuracies of heads the coordinator sends "
+    "(fedavg, fedprox), which crafted heads turn into the site's exact class counts",
 )
 # Added when the record count is released exactly (--count_noise 0).
 EXACT_COUNT = (
