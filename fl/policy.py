@@ -8,15 +8,17 @@ them, and releases no metric or statistic that a coordinator could turn into an 
   `allow-no-dp` says;
 - `max-delta` (default 1e-5): the largest delta it accepts; the site also refuses a delta of
   1/n or more, n its training record count (the refusal states the rule, not n);
-- `allow-no-dp` (default true): whether it serves a run that shares without DP (`--disable_dp`,
-  or a method that is not private: fedavg, fedprox) when it sets no finite max-epsilon;
+- `allow-no-dp` (default false): whether it serves a run that shares without DP
+  (`--disable_dp`, or a method that is not private: fedavg, fedprox, fedpft) when it sets no
+  finite max-epsilon; such a run sends the exact record count as its FedAvg weight;
 - `min-count-noise` (default the project's --count_noise, 20): the smallest noise on the
   released record count it accepts (a DP-SGD run's `--count_noise`);
 - `methods` (default: every Flower method): the methods it serves, comma-separated;
 - `release-metrics` (default false): whether it answers `evaluate.validate` and the test
   metrics of `evaluate` computed with a head the coordinator sends (fedavg, fedprox): a
   coordinator can craft heads whose accuracies reveal the site's class counts. When false
-  such a message is refused (a `Refusal` naming the rule). A generative run's test rows use
+  such a run is refused at its start, and such a message at any time (a `Refusal` naming the
+  rule). A generative run's test rows use
   only heads trained on the site, and its global synthetic-only head is trained on the site
   from the released global model, so they do not depend on this key;
 - `release-fidelity` (default false): whether it reports fidelity statistics computed on its
@@ -68,7 +70,7 @@ class SitePolicy:
 
     max_epsilon: float = math.inf
     max_delta: float = 1e-5
-    allow_no_dp: bool = True
+    allow_no_dp: bool = False
     min_count_noise: float = COUNT_NOISE
     methods: tuple[str, ...] = registry.flower_methods()
     release_metrics: bool = False
@@ -80,6 +82,7 @@ class SitePolicy:
 # main.py reports (fl/run_local.py, tests, Flower's simulation engine): not a hospital's.
 PERMISSIVE = {
     "max-delta": 1.0,
+    "allow-no-dp": "true",
     "min-count-noise": 0.0,
     "release-metrics": "true",
     "release-fidelity": "true",
@@ -158,6 +161,12 @@ def policy_violation(
             )
         if not policy.allow_no_dp:
             return f"{what}: sharing without DP is forbidden (allow-no-dp=false)"
+    if not policy.release_metrics and "synthesis" not in method.sections:
+        return (
+            f"--method {method.name} is evaluated with heads the coordinator sends, whose "
+            "metrics the site does not release (release-metrics=false)"
+        )
+    if shares_without_dp:
         return None
     if dp.epsilon > policy.max_epsilon:
         return f"--epsilon {dp.epsilon:g} exceeds max-epsilon {policy.max_epsilon:g}"

@@ -145,8 +145,11 @@ def test_adversarial_crafted_heads_get_nothing(gauss_db, tmp_path, task_identity
             hospital(gauss_db, 0),
             RecordDict({"weights": head}),
         )
-    with pytest.raises(Refusal, match="release-metrics=false"):
-        ask(gauss_db, FEDAVG, "evaluate", hospital(gauss_db, 0), RecordDict({"weights": head}))
+    # FedAvg: even a site that allows sharing without DP keeps the metrics of crafted heads
+    fedavg_site = hospital(gauss_db, 0, **{"allow-no-dp": "true"})
+    for kind in ("evaluate.validate", "evaluate"):
+        with pytest.raises(Refusal, match="release-metrics=false"):
+            ask(gauss_db, FEDAVG, kind, fedavg_site, RecordDict({"weights": head}))
 
     def with_head(favoured):
         def extra(msg):
@@ -240,3 +243,23 @@ def test_adversarial_a_site_refuses_an_unserved_report_config(gauss_db, task_ide
     content = RecordDict({"config": ConfigRecord({"lambda-accuracy": 0.0})})
     with pytest.raises(Refusal, match="before the end-of-run evaluation"):
         ask(gauss_db, PRIVATE, "evaluate", hospital(gauss_db, 0), content)
+
+
+@pytest.mark.parametrize(
+    ("policy", "rule"),
+    [
+        ({}, r"--method fedavg \(not private\): sharing without DP is forbidden \(allow-no-dp"),
+        ({"allow-no-dp": "true"}, "heads the coordinator sends.*release-metrics=false"),
+    ],
+    ids=["default", "allow-no-dp"],
+)
+def test_adversarial_fedavg_is_refused_before_any_count_or_head_metric_leaves(
+    gauss_db, tmp_path, task_identity, policy, rule
+):
+    """FedAvg sends the exact record count as its weight and is evaluated with the
+    coordinator's heads: a default site refuses it at the start, before any round."""
+    config = run_config(gauss_db, FEDAVG, tmp_path / "r")
+    grid = RecordingGrid([hospital(gauss_db, 1, **policy), hospital(gauss_db, 0, **policy)], config)
+    with pytest.raises(Refusal, match=rule):
+        server_app.app(grid, Context(1, 0, {}, RecordDict(), config))
+    assert {m.metadata.message_type for m in grid.sent} == {"query"}
