@@ -10,7 +10,8 @@ runs once per run, not once per message) and never leaves the site.
 
 Messages (what comes back is all that leaves the site):
 - query: the client id, the embedding size, the number of classes and the names and hashes of
-  its data (DataFacts; the database fingerprint keyed with the site's secret, `site_key`), or
+  its data (DataFacts; the database fingerprint and split file sha256 keyed with the site's
+  secret, `site_key`), or
   the site's refusal of the run (the rule of its policy it breaks);
 - train: one local round from the global weights -> shared weights, the noisy record count
   (the FedAvg weight) and the epsilon spent so far (the train loss is only printed to the
@@ -210,6 +211,8 @@ def hello(msg: Message, context: Context) -> Message:
         key = site_key(site.root, site.context.node_config)
         facts = dataclasses.asdict(site.facts)
         facts["fingerprint"] = keyed_fingerprint(key, str(site.facts.fingerprint))
+        # the split file holds its per-class counts: its plain sha256 would confirm a guess too
+        facts["split_sha256"] = keyed_fingerprint(key, str(site.facts.split_sha256))
         records["facts"] = ConfigRecord({k: json.dumps(v) for k, v in facts.items()})
     return Message(RecordDict(records), reply_to=msg)
 

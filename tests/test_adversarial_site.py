@@ -19,7 +19,8 @@ from fl import client_app, server_app
 from fl.policy import Refusal, SitePolicy, policy_violation
 from fl.records import weights_record
 from fl.settings import load_client, run_settings
-from utils.io import write_json
+from utils.collect import collect
+from utils.io import sha256_file, write_json
 from utils.results import read_metrics
 
 __all__ = ["task_identity"]  # the fixture, used by name
@@ -125,6 +126,9 @@ def test_adversarial_no_site_reply_holds_a_record_count(gauss_db, tmp_path, task
     assert metrics["counts"] == "absent (deployment)"
     assert not any(COUNTS & set(c) for c in metrics["clients"])
     assert "n_test" not in metrics["fidelity"]["global_synthetic"]
+    assert not {"test_acc_weighted", "test_f1_weighted_weighted"} & set(metrics["summary"])
+    (row,) = collect([tmp_path / "r"])  # the tables read a deployment's results as they are
+    assert row["clients"] == 2
     # (6) fidelity statistics on training embeddings are not released by default
     assert all(w is None for w in metrics["fidelity"]["wasserstein"])
     assert all(p is None for p in metrics["fidelity"]["precision"])
@@ -236,6 +240,9 @@ def test_adversarial_hello_fingerprint_is_keyed_and_stable(gauss_db, task_identi
     assert fingerprint() == first
     assert (gauss_db / client_app.SITE_KEY_FILE).exists()
     assert fingerprint(**{"site-secret": "another"}) != first
+    reply = ask(gauss_db, PRIVATE, "query", hospital(gauss_db, 0))
+    split_sha = json.loads(str(reply.content.config_records["facts"]["split_sha256"]))
+    assert split_sha != sha256_file(split_of(gauss_db))
 
 
 def test_adversarial_a_site_refuses_an_unserved_report_config(gauss_db, task_identity):

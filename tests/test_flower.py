@@ -193,9 +193,9 @@ def without_counts(main_metrics):
 
 def assert_same_results(main_dir, flower_dir):
     """Equal metrics.json (but the wall time, the split sizes, which no site sends: see
-    `without_counts`, and the config key) and config.json (but argv, versions and the
-    database fingerprint, which each site keys with its secret); equal history.csv but the
-    train loss, which stays on the sites under Flower."""
+    `without_counts`, and the config key) and config.json (but argv, versions, the database
+    fingerprint and the split sha256, which each site keys with its secret); equal history.csv
+    but the train loss, which stays on the sites under Flower."""
     ma, mb = read_metrics(main_dir), read_metrics(flower_dir)
     assert ma["cost"].pop("wall_seconds") > 0 and mb["cost"].pop("wall_seconds") > 0
     ma, _ = without_counts(ma)
@@ -214,8 +214,10 @@ def assert_same_results(main_dir, flower_dir):
     ca, cb = (json.loads((d / "config.json").read_text()) for d in (main_dir, flower_dir))
     for c in (ca, cb):
         c.pop("argv"), c.pop("versions"), c.pop("config_key")
-    fingerprint = ca["database"].pop("fingerprint")
-    assert cb["database"].pop("fingerprint") not in (fingerprint, [fingerprint] * 2)
+    for c, key in ((ca["database"], "fingerprint"), (ca, "split_sha256")):
+        plain = c.pop(key)
+        keyed = (cb["database"] if c is ca["database"] else cb).pop(key)
+        assert keyed not in (plain, [plain] * 2)
     assert ca == cb
 
 

@@ -160,7 +160,9 @@ def validate_metrics(m: Any, source: str = "metrics") -> None:
         _require(isinstance(c.get("id"), int), source, "client 'id' must be an integer")
         for key in ("n_train", "n_val", "n_test"):  # absent in a Flower deployment's results
             _require(
-                key not in c or isinstance(c[key], int), source, f"client '{key}' must be an integer"
+                key not in c or isinstance(c[key], int),
+                source,
+                f"client '{key}' must be an integer",
             )
         for name in CLASSIFICATION_METRICS:
             v = c.get(f"test_{name}")
