@@ -294,6 +294,13 @@ def close_run(
         "config_key": run.key,
         "split": split_args,
         "clients": evaluation.rows,
+        # a simulation's rows hold each client's exact split sizes (the researcher holds every
+        # client); a Flower site sends none (fl/client_app.py)
+        "counts": (
+            "exact (simulation)"
+            if all("n_train" in row for row in evaluation.rows)
+            else "absent (deployment)"
+        ),
         "summary": summarize_clients(evaluation.rows),
         "lambda": evaluation.lam,
         "lambda_val_acc": evaluation.val_acc,

@@ -383,7 +383,7 @@ def fidelity_report(
     client order) and the global synthetic-only accuracy. `synthetic_at_chance`: the synthetic
     data is worth nothing for the task (per client, or the global model's), within noise;
     `synthetic_client_at_chance`: the per-client part of that (the global part is
-    `global_synthetic["at_chance"]`). A
+    `global_synthetic["at_chance"]`), None when no client sent its test size (Flower). A
     Flower site whose policy keeps its fidelity statistics on training data sends none of them
     (its synthetic-only accuracy is a test metric and is sent): its values are None and the
     means are over the clients that sent them (None if none did)."""
@@ -394,12 +394,11 @@ def fidelity_report(
     fidelity["synthetic_acc_client_chance"] = fidelity.pop("chance_mean")
     fidelity["client_chance"] = fidelity.pop("chance")
     fidelity["global_synthetic"] = global_synthetic
+    n_test = int(sum(c.get("n_test", 0) for c in per_client))  # none under Flower: no counts
     per_client_at_chance = at_chance(
-        fidelity["synthetic_acc_mean"],
-        fidelity["synthetic_acc_client_chance"],
-        int(sum(c.get("n_test", 0) for c in per_client)),
+        fidelity["synthetic_acc_mean"], fidelity["synthetic_acc_client_chance"], n_test
     )
-    fidelity["synthetic_client_at_chance"] = bool(per_client_at_chance)
+    fidelity["synthetic_client_at_chance"] = bool(per_client_at_chance) if n_test else None
     fidelity["synthetic_at_chance"] = bool(
         per_client_at_chance or (global_synthetic is not None and global_synthetic["at_chance"])
     )

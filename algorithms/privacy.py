@@ -77,11 +77,18 @@ NOT_COVERED = (
     "the start, that name the data without revealing it), its embedding size and classes",
     "under Flower: the end-of-run weights are evaluated once, but a site cannot check that "
     "they are the average of the last round (that needs secure aggregation)",
-    "runs: a site's budget holds for one run; nothing limits how many runs a site joins",
+    "simulation (main.py): the budget is per run; under Flower a site's ledger (fl/ledger.py) "
+    "composes every run on its data with basic composition (epsilons and deltas summed), and "
+    "a round or answer that fails after its claim still counts as spent",
     "the choice of hyper-parameters and of the backbone",
     "floating point: the Gaussian noise is sampled in float64 (Box-Muller with 53-bit uniforms, "
     "so draws stop near 8.6 sigma and are rounded) and added in float32; that tail and "
     "floating-point attacks on the Gaussian mechanism (Mironov 2012-style) are not accounted",
+    "under Flower: no split size leaves a site, but its reported accuracies are exact ratios "
+    "of counts (their denominators can reveal n_val and n_test), and a site's reply time and "
+    "cost.wall_seconds grow with its true n (not fixable cheaply)",
+    "under Flower with release-metrics=true: the accuracies of heads the coordinator sends "
+    "(fedavg, fedprox), which crafted heads turn into the site's exact class counts",
 )
 # Added when the record count is released exactly (--count_noise 0).
 EXACT_COUNT = (

@@ -12,27 +12,40 @@ task, so it alone cannot refuse overlapping or restarted replays, nor count runs
 
 Messages (what comes back is all that leaves the site):
 - query: the client id, the embedding size, the number of classes and the names and hashes of
-  its data (DataFacts), or the site's refusal of the run (the rule of its policy it breaks);
+  its data (DataFacts; the database fingerprint and split file sha256 keyed with the site's
+  secret, `site_key`), or
+  the site's refusal of the run (the rule of its policy it breaks);
 - train: one local round from the global weights -> shared weights, the noisy record count
   (the FedAvg weight) and the epsilon spent so far (the train loss is only printed to the
   site's log); refused beyond the rounds the noise is calibrated for; fedpft, dpfedpft: the
   site's one release (its sample count sent as 0), refused if asked again;
-- evaluate.validate (fedavg, fedprox): the global head's validation accuracy;
+- evaluate.validate (fedavg, fedprox): the global head's validation accuracy, only under
+  `release-metrics=true` (else refused: a crafted head is an oracle of the class counts);
 - evaluate.synthesize (dpcvae, dpcgan, fedpft, dpfedpft; once, after the last round):
   synthesize from the global model (or the pooled Gaussians) and fit the two heads, locally ->
   the validation accuracy and balanced accuracy of the mixed model for each lambda of the grid,
   the fidelity of the synthetic data (if the policy allows), the synthetic head's test
-  accuracy, and the client's privacy accounting;
-- evaluate (once): test metrics, of the global head (fedavg) or of the mix at the lambda chosen
-  under each lambda metric; for the generative methods also how many test records the
-  server's head on the global model's synthetic data classifies right.
+  accuracy, and the client's privacy accounting; the site also trains, here, the global
+  synthetic-only head from the global model (run seed, as main.py's server does);
+- evaluate (once): test metrics, of the global head (fedavg, only under `release-metrics=true`)
+  or of the mix at the lambda chosen under each lambda metric; for the generative methods also
+  the test accuracy of the site's global synthetic-only head (no head the coordinator sends).
+
+No reply holds a record count in the clear (n_train, n_val, n_test, per-class counts): the
+only count that leaves is DP-SGD's noisy FedAvg weight. Accuracies are ratios of counts; what
+they still reveal is listed in privacy.NOT_COVERED.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import json
 import math
+import os
+import secrets
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -43,15 +56,21 @@ from algorithms.evaluation import LAMBDA_METRICS, client_test_row, client_val_sc
 from algorithms.experiment import warn_privacy_settings
 from algorithms.fedavg import FedAvgClient, make_fedavg_clients, val_accuracy
 from algorithms.federation import ClientUpdate
-from algorithms.fedpft import PFTClient, make_pft_clients
-from algorithms.generative import correct_count, finish_client, make_clients
+from algorithms.fedpft import PFTClient, PooledSampler, make_pft_clients
+from algorithms.generative import (
+    ReleasedSampler,
+    correct_count,
+    finish_client,
+    global_synthetic_head,
+    make_clients,
+)
 from algorithms.heads import new_head, predict_proba
 from algorithms.options import Settings
 from algorithms.privacy import remember_calibration
 from data.clients import ClientData
 from data.database import encoder_facts, load_meta
 from fl.ledger import Claim, site_ledger
-from fl.policy import Refusal, policy_violation, site_policy
+from fl.policy import PERMISSIVE, Refusal, policy_violation, site_policy
 from fl.records import load_state, record_weights, save_state, update_content
 from fl.settings import (
     is_generative,
@@ -73,6 +92,9 @@ TEST_PROBS = "test-probs"  # the two heads' test probabilities, kept for the lam
 SECRET = "secret"  # the key of this site's private randomness (secure noise)
 ANSWERED = "answered"  # the end-of-run steps this site has answered (each once per run)
 CALIBRATION = "calibration"  # the client's noise multiplier and what it was calibrated from
+GLOBAL_ACC = "global-acc"  # the test accuracy of the site's global synthetic-only head
+COUNT_KEYS = ("n_train", "n_val", "n_test")  # never sent: the exact split sizes
+SITE_KEY_FILE = ".site_key"  # next to the site's database: its secret for the fingerprint
 
 
 class Site:
@@ -82,10 +104,11 @@ class Site:
         set_quiet(True)
         self.settings: Settings = run_settings(context.run_config)
         self.client_id = node_client_id(context.node_config)
-        self.policy = site_policy(context.node_config)
-        self.violation = policy_violation(self.policy, self.settings)
+        self.policy = site_policy(node_policy_config(context.node_config))
         root, split = node_paths(context.node_config, self.settings)
         self.data, self.n_classes, self.facts = load_client(root, split, self.client_id)
+        self.violation = policy_violation(self.policy, self.settings, len(self.data.y_train))
+        self.root = root
         self.context = context
         self.ledger = site_ledger(context.node_config, root, self.client_id, self.policy)
 
@@ -188,6 +211,12 @@ class Site:
             client.load_state_dict(stored)
         return client
 
+    def require_metrics(self, what: str) -> None:
+        """Refuse metrics computed on a head the coordinator sends, unless the policy releases
+        them (a crafted head's accuracy reveals the site's class counts)."""
+        if not self.policy.release_metrics:
+            self.refuse(f"{what} of a head the coordinator sends (release-metrics=false)")
+
     def reply(self, msg: Message, records: dict) -> Message:
         records = {"client": MetricRecord({"id": self.client_id}), **records}
         return Message(RecordDict(records), reply_to=msg)
@@ -207,7 +236,11 @@ def hello(msg: Message, context: Context) -> Message:
     if site.violation:
         records["refusal"] = ConfigRecord({"rule": site.violation})
     else:
+        key = site_key(site.root, site.context.node_config)
         facts = dataclasses.asdict(site.facts)
+        facts["fingerprint"] = keyed_fingerprint(key, str(site.facts.fingerprint))
+        # the split file holds its per-class counts: its plain sha256 would confirm a guess too
+        facts["split_sha256"] = keyed_fingerprint(key, str(site.facts.split_sha256))
         records["facts"] = ConfigRecord({k: json.dumps(v) for k, v in facts.items()})
         root = node_paths(context.node_config, site.settings)[0]  # how its embeddings were made
         records["encoder"] = ConfigRecord({"facts": json.dumps(encoder_facts(load_meta(root)))})
@@ -250,6 +283,7 @@ def validate(msg: Message, context: Context) -> Message:
     """FedAvg's per-round check: the global head's accuracy on this site's validation set."""
     site = Site(context)
     site.require_policy()
+    site.require_metrics("validation accuracy")
     site.claim(f"validate {msg.metadata.group_id}", f"validate ({msg.metadata.group_id})")
     head = _head(site.data, site.n_classes, msg.content.array_records["weights"])
     acc = val_accuracy(head, site.data)
@@ -279,12 +313,27 @@ def synthesize(msg: Message, context: Context) -> Message:
         s.seed,
     )
     context.state[TEST_PROBS] = ArrayRecord([result.local.test, result.global_.test])
+    # the global synthetic-only head, trained here from the global model as main.py's server
+    # trains it: the coordinator sends no head to test on this site's data
+    sampler = (
+        PooledSampler(s.configs["generative"].squash_temperature)
+        if is_pft(s)
+        else ReleasedSampler(
+            s.method.name, site.data.x_train.shape[1], site.n_classes, s.configs["generative"]
+        )
+    )
+    head = global_synthetic_head(
+        sampler, weights, site.n_classes, s.configs["generative"], s.configs["head"], s.seed
+    )
+    n_test = len(site.data.y_test)
+    acc = correct_count(head, site.data) / n_test if n_test else float("nan")
+    context.state[GLOBAL_ACC] = ConfigRecord({"acc": acc})
     grid = lambda_grid(s.args.weights_grid_resolution)
     scores = client_val_scores(result.local, result.global_, site.data.y_val, grid)
     privacy = {k: v for k, v in client.privacy().items() if k != "id"}
-    fidelity = result.fidelity()
+    fidelity = {k: v for k, v in result.fidelity().items() if k not in COUNT_KEYS}
     if not site.policy.release_fidelity:  # the statistics on training data stay here
-        fidelity = {k: fidelity[k] for k in ("synthetic_acc", "chance", "n_test")}
+        fidelity = {k: fidelity[k] for k in ("synthetic_acc", "chance")}
     return site.reply(
         msg,
         {
@@ -297,29 +346,72 @@ def synthesize(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def report(msg: Message, context: Context) -> Message:
-    """This site's test metrics: of the global head (fedavg), or of the mix at the lambdas the
-    server chose from the validation scores (the generative methods), with the number of test
-    records that the server's head on the global model's synthetic data classifies right. Once
-    per run."""
+    """This site's test metrics: of the global head (fedavg, under release-metrics=true), or of
+    the mix at the lambdas the server chose from the validation scores (the generative
+    methods), with the test accuracy of the global synthetic-only head the site trained at the
+    end-of-run evaluation. No record count. Once per run."""
     site = Site(context)
     site.require_policy()
-    if is_generative(site.settings) and TEST_PROBS not in context.state:
+    if not is_generative(site.settings):
+        site.require_metrics("test metrics")
+    elif TEST_PROBS not in context.state:
         site.refuse("test metrics asked before the end-of-run evaluation")
     site.answer_once("evaluate")
-    head = _head(site.data, site.n_classes, msg.content.array_records["weights"])
     if not is_generative(site.settings):
+        head = _head(site.data, site.n_classes, msg.content.array_records["weights"])
         row = client_test_row(site.data, None, predict_proba(head, site.data.x_test), None)
-        return site.reply(msg, {"row": MetricRecord(row)})
+        return site.reply(msg, {"row": MetricRecord(uncounted(row))})
     local_test, global_test = context.state.array_records[TEST_PROBS].to_numpy_ndarrays()
     config = msg.content.config_records["config"]
     rows = {
         f"row-{m}": MetricRecord(
-            client_test_row(site.data, local_test, global_test, float(config[f"lambda-{m}"]))
+            uncounted(
+                client_test_row(site.data, local_test, global_test, float(config[f"lambda-{m}"]))
+            )
         )
         for m in LAMBDA_METRICS
     }
-    synthetic = {"global_correct": correct_count(head, site.data)}
+    synthetic = {"global_acc": float(context.state.config_records[GLOBAL_ACC]["acc"])}
     return site.reply(msg, {**rows, "synthetic": MetricRecord(synthetic)})
+
+
+def uncounted(row: dict) -> dict:
+    """A test row without the split sizes (they would undo the noisy record count)."""
+    return {k: v for k, v in row.items() if k not in COUNT_KEYS}
+
+
+def node_policy_config(node_config: dict) -> dict:
+    """The node config the site's policy is read from: as given for a SuperNode (`client-id`),
+    on top of `PERMISSIVE` under Flower's simulation engine (`partition-id` only), whose
+    simulated nodes all belong to the researcher who runs it."""
+    if "client-id" in node_config or "partition-id" not in node_config:
+        return dict(node_config)
+    return {**PERMISSIVE, **node_config}
+
+
+def site_key(database_root: str, node_config: dict) -> bytes:
+    """This site's secret for keying what it reports of its data: node config `site-secret`,
+    else the file SITE_KEY_FILE next to its database, created once from OS entropy (mode 0600).
+    It never leaves the site."""
+    if "site-secret" in node_config:
+        return str(node_config["site-secret"]).encode()
+    path = Path(database_root) / SITE_KEY_FILE
+    if not path.exists():
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process of this site made it first
+            pass
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
+    return path.read_bytes()
+
+
+def keyed_fingerprint(key: bytes, fingerprint: str) -> str:
+    """HMAC-SHA256 of the database fingerprint under the site's key: stable for one site (the
+    coordinator can check that a site's data did not change between runs), but not the
+    unsalted hash of the labels, which a coordinator could confirm by guessing them."""
+    return hmac.new(key, fingerprint.encode(), hashlib.sha256).hexdigest()
 
 
 def fit_round(

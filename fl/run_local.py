@@ -8,7 +8,9 @@ After `--` come main.py's flags (parsed by the library's parser, algorithms/opti
 split file is made as main.py makes it (or reused), paths are made absolute, and then:
 deployment starts a SuperLink and one SuperNode per client, each told its client id, database
 and split file by its node config (`client-id=i database-root=... split-file=...`, plus the
-keys of `--node_config`, e.g. a policy), so the coordinator's run config names no split file;
+keys of `--node_config`, e.g. a policy, on top of fl/policy.py's PERMISSIVE keys so that the
+results equal main.py's; `--hospital_policy` leaves the sites the policy defaults of a
+hospital instead), so the coordinator's run config names no split file;
 simulation starts a SuperLink with Flower's simulation engine (Ray, one simulated SuperNode per
 client, reading the split file that main-args names). The run is submitted with `flwr run`,
 and this script waits for it to finish, stops every process it started (also on error, timeout
@@ -41,6 +43,7 @@ from algorithms.experiment import RUN_ERRORS, data_facts, describe_run, summary_
 from algorithms.options import UsageError, load_settings
 from data.database import load_database
 from data.partition import load_or_make_split
+from fl.policy import PERMISSIVE
 from utils.results import METRICS_FILE, ResultsError, is_finished
 
 APP_DIR = Path(__file__).resolve().parent.parent  # the repository: pyproject.toml's Flower app
@@ -101,11 +104,14 @@ def run_local(
     env: dict[str, str] | None = None,
     node_config: dict[str, str] | None = None,
     server_app: Path | None = None,
+    hospital_policy: bool = False,
 ) -> LocalRun:
     """Run main.py's experiment on Flower with local processes; stop them all before returning.
-    `node_config`: more keys for every SuperNode's node config (deployment), e.g. a policy.
-    `server_app`: a file defining a ServerApp `app` to run instead of fl.server_app (tests: a
-    hostile coordinator); the run then need not write main.py's results."""
+    `node_config`: more keys for every SuperNode's node config (deployment), e.g. a policy, on
+    top of the PERMISSIVE policy keys (none with `hospital_policy`: the sites keep the policy
+    defaults, fl/policy.py). `server_app`: a file defining a ServerApp `app` to run instead of
+    fl.server_app (tests: a hostile coordinator); the run then need not write main.py's
+    results."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     start = time.monotonic()
@@ -153,6 +159,7 @@ def run_local(
                                 "database-root": database_root,
                                 "split-file": str(split_path),
                                 "ledger-dir": str(work / "ledger"),  # this run's (fl/ledger.py)
+                                **({} if hospital_policy else PERMISSIVE),
                                 **(node_config or {}),
                             }
                         ),
@@ -418,6 +425,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="more node-config keys for every SuperNode (deployment), space-separated "
         'key=value, e.g. "max-epsilon=2 release-fidelity=false" (fl/policy.py). Default: none',
     )
+    parser.add_argument(
+        "--hospital_policy",
+        action="store_true",
+        help="deployment: give the SuperNodes no permissive policy keys, so that each site "
+        "keeps fl/policy.py's defaults (a hospital's) but for --node_config's keys. Default: "
+        "permissive (max-delta=1, min-count-noise=0, release-metrics and release-fidelity on)",
+    )
     parser.add_argument("main_args", nargs=argparse.REMAINDER, help="-- then main.py's flags")
     return parser
 
@@ -430,7 +444,14 @@ def cli(argv: list[str] | None = None) -> int:
         if not all("=" in pair for pair in pairs):
             raise UsageError(f"--node_config must be key=value pairs, got {args.node_config!r}")
         extra = dict(pair.split("=", 1) for pair in pairs)
-        result = run_local(main_args, args.engine, args.work_dir, args.timeout, node_config=extra)
+        result = run_local(
+            main_args,
+            args.engine,
+            args.work_dir,
+            args.timeout,
+            node_config=extra,
+            hospital_policy=args.hospital_policy,
+        )
     except (*RUN_ERRORS, LocalRunError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -8,7 +8,10 @@ main.py (the run lifecycle of algorithms/experiment.py), and sees of each site o
 ClientApp sends back (see fl/client_app.py). A site whose policy refuses the run stops it at
 the start, with one message naming the site and the rule. The end of a generative run is the
 library's: the sites run `finish_client` and report, the server runs `choose_lambda`, the sites
-compute their test rows.
+compute their test rows. No site sends a record count (fl/client_app.py): the results'
+client rows have none (`counts`: "absent (deployment)"), their summary no test-size-weighted
+mean, and the global synthetic-only accuracy is the mean of the sites' own (each site trains
+that head from the global model), not main.py's pooled one.
 """
 
 from __future__ import annotations
@@ -33,15 +36,12 @@ from algorithms.evaluation import (
 from algorithms.experiment import DataFacts, close_run, open_run
 from algorithms.fedavg import initial_head, validation_row
 from algorithms.federation import ClientUpdate, fedavg_aggregate, run_rounds
-from algorithms.fedpft import PooledSampler, pft_outcome, pooler
+from algorithms.fedpft import pft_outcome, pooler
 from algorithms.generative import (
-    ReleasedSampler,
-    Sampler,
+    GLOBAL_SYNTHETIC_PER_CLASS,
     count_parameters,
     dpsgd_privacy_report,
     generative_outcome,
-    global_synthetic_head,
-    global_synthetic_report,
     initial_global_weights,
 )
 from algorithms.options import Settings
@@ -55,7 +55,7 @@ from utils.seeding import SAMPLING, derive_seed
 
 app = ServerApp()
 
-ROW_KEYS = ("id", "n_train", "n_val", "n_test", *(f"test_{m}" for m in CLASSIFICATION_METRICS))
+ROW_KEYS = ("id", *(f"test_{m}" for m in CLASSIFICATION_METRICS))  # no counts: none is sent
 
 
 class Sites:
@@ -262,9 +262,8 @@ def run_generative(
     cfg, dp = settings.configs["generative"], settings.configs["dp"]
     initial = initial_global_weights(method, dim, n_classes, cfg, seed)
     weights, history = train_rounds(sites, order, initial, cfg.n_rounds, 1.0, settings)
-    sampler = ReleasedSampler(method, dim, n_classes, cfg)
     fidelity, privacy, global_synthetic, evaluation = finish_sites(
-        sites, order, settings, weights, sampler, n_classes
+        sites, order, settings, weights, n_classes
     )
     params = count_parameters(method, dim, n_classes, cfg)
     privacy_block = dpsgd_privacy_report(dp, cfg, privacy)
@@ -281,9 +280,8 @@ def run_pft(
     cfg, gen, dp = configs["pft"], configs["generative"], configs.get("dp")
     aggregate = pooler(method, cfg, dp)
     pooled, history = train_rounds(sites, order, {}, 1, 1.0, settings, aggregate=aggregate)
-    sampler = PooledSampler(gen.squash_temperature)
     fidelity, privacy, global_synthetic, evaluation = finish_sites(
-        sites, order, settings, pooled, sampler, n_classes
+        sites, order, settings, pooled, n_classes
     )
     outcome = pft_outcome(
         method, dim, n_classes, cfg, gen, dp, history, fidelity, privacy, global_synthetic
@@ -296,14 +294,14 @@ def finish_sites(
     order: list[int],
     settings: Settings,
     weights: StateDict,
-    sampler: Sampler,
     n_classes: int,
 ) -> tuple[list[dict], list[dict], dict, Evaluation]:
     """The end of a generative run: each site runs `finish_client` from the global `weights`
-    and reports its lambda-grid validation scores, fidelity and privacy line; the server
-    chooses lambda under every lambda metric and trains a head on synthetic data from `weights`
-    (`sampler`); each site reports its test rows at those lambdas and that head's correct count.
-    Returns (fidelity, privacy lines, the global synthetic-only accuracy, the evaluation)."""
+    and reports its lambda-grid validation scores, fidelity and privacy line, and trains the
+    global synthetic-only head from `weights` itself; the server chooses lambda under every
+    lambda metric; each site reports its test rows at those lambdas and its global synthetic
+    head's test accuracy. Returns (fidelity,
+    privacy lines, the global synthetic-only accuracy, the evaluation)."""
     record = weights_record(weights)
     done = sites.ask(
         order, "evaluate.synthesize", lambda cid: RecordDict({"weights": record}), "end"
@@ -320,21 +318,11 @@ def finish_sites(
         privacy.append({"id": cid, **line})
     chosen = lambda_protocol(per_client, lambda_grid(settings.args.weights_grid_resolution))
 
-    gen, head_cfg = settings.configs["generative"], settings.configs["head"]
-    head = global_synthetic_head(sampler, weights, n_classes, gen, head_cfg, settings.seed)
-    head_record = weights_record({k: v.detach() for k, v in head.state_dict().items()})
     config = ConfigRecord({f"lambda-{m}": lam for m, (lam, _) in chosen.items()})
-    replies = sites.ask(
-        order,
-        "evaluate",
-        lambda cid: RecordDict({"config": config, "weights": head_record}),
-        group="test",
-    )
+    replies = sites.ask(order, "evaluate", lambda cid: RecordDict({"config": config}), group="test")
     rows_at = {m: [row_of(replies[cid], f"row-{m}") for cid in order] for m in LAMBDA_METRICS}
-    correct = [int(replies[cid].metric_records["synthetic"]["global_correct"]) for cid in order]
-    global_synthetic = global_synthetic_report(
-        correct, [int(r["n_test"]) for r in rows_at["accuracy"]], n_classes
-    )
+    accs = [float(replies[cid].metric_records["synthetic"]["global_acc"]) for cid in order]
+    global_synthetic = site_global_synthetic_report(accs, n_classes)
     metric = settings.args.lambda_metric
     evaluation = Evaluation(
         rows_at[metric],
@@ -375,7 +363,20 @@ def run_fedavg(
     return Outcome(None, None, history, params_shared=params), Evaluation(rows)
 
 
+def site_global_synthetic_report(accs: list[float], n_classes: int) -> dict:
+    """The global synthetic-only accuracy of a deployment: the mean of the sites' accuracies
+    (their test sizes are not sent, so main.py's pooled accuracy cannot be formed), against
+    chance 1 / n_classes; `at_chance` (a test on the pooled size) is None."""
+    return {
+        "acc": sum(accs) / len(accs) if accs else float("nan"),
+        "mean_of": "sites (no test sizes are sent)",
+        "chance": 1.0 / n_classes,
+        "per_class": GLOBAL_SYNTHETIC_PER_CLASS,
+        "at_chance": None,
+    }
+
+
 def row_of(reply: RecordDict, name: str) -> dict:
     """A site's line of metrics.json from its reply's metric record `name`."""
     row = reply.metric_records[name]
-    return {k: row[k] for k in ROW_KEYS}
+    return {k: row[k] for k in ROW_KEYS if k in row}

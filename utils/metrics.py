@@ -28,14 +28,17 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
 
 
 def summarize_clients(clients: list[dict], prefix: str = "test_") -> dict[str, float]:
-    """Mean and std across clients (population std, ddof=0) and the test-size-weighted mean."""
-    weights = np.array([c["n_test"] for c in clients], dtype=np.float64)
+    """Mean and std across clients (population std, ddof=0) and the test-size-weighted mean
+    (only where every client's row has its test size: a Flower site sends none)."""
+    sized = all("n_test" in c for c in clients)
+    weights = np.array([c["n_test"] for c in clients], dtype=np.float64) if sized else None
     out = {}
     for name in CLASSIFICATION_METRICS:
         values = np.array([c[f"{prefix}{name}"] for c in clients], dtype=np.float64)
         out[f"{prefix}{name}_mean"] = float(values.mean())
         out[f"{prefix}{name}_std"] = float(values.std())
-        out[f"{prefix}{name}_weighted"] = float(np.average(values, weights=weights))
+        if weights is not None:
+            out[f"{prefix}{name}_weighted"] = float(np.average(values, weights=weights))
     return out
 
 

@@ -206,7 +206,7 @@ def client_accuracy(runs: list[dict], out: Path) -> Path:
         for r in rs:
             for c in r["metrics"]["clients"]:
                 acc[c["id"]].append(c["test_acc"])
-                size[c["id"]] = c["n_train"]
+                size[c["id"]] = c.get("n_train", np.nan)  # absent from a deployment's results
         ids = sorted(acc)
         ax.scatter(
             [size[i] for i in ids],
