@@ -1,5 +1,7 @@
 # What every experiment script shares; sourced by experiments/<dataset>/{base,fedlambda,ours}.sh,
 # experiments/privacy_sweep.sh and experiments/digits/demo.sh, which hold their flag blocks only.
+# experiments/<dataset>/setting.sh holds what that dataset's three scripts share (dataset, SEEDS,
+# BACKBONES, split_flags); fedlambda.sh sources base.sh for its FedAvg and local-head flags.
 #
 # A script sets: dataset, SEEDS, BACKBONES, methods, split_flags, results_root, and for each
 # method it may run the array <method>_flags: the flags that method reads (main.py refuses a flag

@@ -55,3 +55,23 @@ def test_prdc_on_identical_and_disjoint_sets():
     # synthetic data collapsed on one real point: precise, but no recall or coverage
     collapsed = prdc(x, np.repeat(x[:1], 50, axis=0) + 1e-3 * rng.normal(size=(50, 3)))
     assert collapsed["precision"] == 1.0 and collapsed["coverage"] < 0.2
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_prdc_equals_the_authors_package(dtype, capsys):
+    """utils.metrics.prdc against `prdc.compute_prdc` (Naeem et al.'s own code, PyPI prdc==0.2)
+    on random data without ties: precision, recall and coverage equal; density up to rounding
+    (the package multiplies by 1/k where ours divides by k)."""
+    compute_prdc = pytest.importorskip("prdc").compute_prdc
+    rng = np.random.default_rng(23)
+    for _ in range(20):
+        n_real, n_syn, dim = rng.integers(10, 120, size=3)
+        real = rng.normal(size=(n_real, dim)).astype(dtype)
+        synthetic = (1.3 * rng.normal(size=(n_syn, dim)) + 0.2).astype(dtype)
+        for k in (1, 3, 5):
+            ours = prdc(real, synthetic, k=k)
+            theirs = {key: float(v) for key, v in compute_prdc(real, synthetic, k).items()}
+            for key in ("precision", "recall", "coverage"):
+                assert ours[key] == theirs[key], key
+            assert ours["density"] == pytest.approx(theirs["density"], rel=1e-14, abs=1e-15)
+    capsys.readouterr()  # compute_prdc prints the set sizes

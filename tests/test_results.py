@@ -1,7 +1,9 @@
 """The metrics.json schema, run directories and the collected table."""
 
 import copy
+from collections import defaultdict
 
+import numpy as np
 import pytest
 
 from algorithms import registry
@@ -143,3 +145,37 @@ def test_collect_shows_synthetic_accuracy_marks_chance_and_reads_either_lambda(t
     by_bal = {r["method"]: r for r in collect([tmp_path], "balanced_accuracy")}
     assert by_bal["dpcvae (preset=paper)"]["lambda"] == pytest.approx(0.2)
     assert by_bal["dpcvae (preset=paper)"]["balanced_acc_mean"] == pytest.approx(0.9)
+
+
+def reference_client_stats(ms: list[dict], name: str) -> tuple[float, float]:
+    """The hand-written grouping that utils.collect replaced: per client id (first-seen
+    order), np.mean over seeds; then numpy's mean and std (ddof 0) across clients."""
+    per_client: dict = defaultdict(list)
+    for m in ms:
+        for c in m["clients"]:
+            per_client[c["id"]].append(c[f"test_{name}"])
+    means = np.array([np.mean(v) for v in per_client.values()])
+    return float(means.mean()), float(means.std())
+
+
+def test_collect_groups_bit_for_bit_as_the_hand_written_loop(tmp_path):
+    rng = np.random.default_rng(23)
+    runs: dict[str, list[dict]] = defaultdict(list)
+    for key, method, n_seeds in (("k1", "fedavg", 3), ("k2", "local", 5), ("k3", "fedprox", 1)):
+        for seed in range(n_seeds):
+            m = fake_metrics(method, seed, accs=tuple(rng.random(7)), key=key)
+            for c in m["clients"]:  # a different value per metric
+                c.update({f"test_{n}": float(rng.random()) for n in NAMES})
+            m["clients"] = [m["clients"][i] for i in rng.permutation(7)]  # any client order
+            m["cost"]["wall_seconds"] = float(rng.random())
+            write_json(tmp_path / f"{key}/seed_{seed}/metrics.json", m)
+            runs[method].append(m)
+    rows = {r["method"]: r for r in collect([tmp_path])}
+    assert rows.keys() == runs.keys()
+    for method, ms in runs.items():
+        for name in NAMES:
+            want = reference_client_stats(ms, name)
+            assert (rows[method][f"{name}_mean"], rows[method][f"{name}_std"]) == want
+        assert rows[method]["wall_seconds"] == float(
+            np.mean([m["cost"]["wall_seconds"] for m in ms])
+        )

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from utils.cli import OutputError, Parser, check_output
 from utils.io import atomic_path, read_json, write_csv
@@ -164,6 +165,22 @@ def client_rows(metrics: dict, lambda_metric: str | None = None) -> list[dict]:
     return protocol[lambda_metric]["clients"]
 
 
+def _seed_mean(values: pd.Series) -> float:
+    """numpy's mean of one client's values over seeds: pandas' own groupby mean sums with
+    compensation and can differ in the last bit, which would change the written tables."""
+    return np.mean(values.to_numpy())
+
+
+def _per_client_means(runs: list[list[dict]]) -> pd.DataFrame:
+    """Each test metric averaged over seeds per client id (rows in first-seen id order), from
+    each seed's client rows."""
+    columns = [f"test_{name}" for name in CLASSIFICATION_METRICS]
+    frame = pd.DataFrame(
+        [{"id": c["id"], **{col: c[col] for col in columns}} for rows in runs for c in rows]
+    )
+    return frame.groupby("id", sort=False)[columns].agg(_seed_mean)
+
+
 def collect(paths: list[str | Path], lambda_metric: str | None = None) -> list[dict[str, Any]]:
     """One row per configuration with the across-client mean/std of seed-averaged metrics
     (`lambda_metric`: the rows at the lambda chosen by that metric, see `client_rows`)."""
@@ -183,12 +200,9 @@ def collect(paths: list[str | Path], lambda_metric: str | None = None) -> list[d
             "seeds": len(ms),
             "clients": len(ms[0]["clients"]),
         }
+        per_client = _per_client_means([client_rows(m, lambda_metric) for m in ms])
         for name in CLASSIFICATION_METRICS:
-            per_client = defaultdict(list)
-            for m in ms:
-                for c in client_rows(m, lambda_metric):
-                    per_client[c["id"]].append(c[f"test_{name}"])
-            means = np.array([np.mean(v) for v in per_client.values()])
+            means = per_client[f"test_{name}"].to_numpy()
             row[f"{name}_mean"] = float(means.mean())
             row[f"{name}_std"] = float(means.std())
         wass = [

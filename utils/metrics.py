@@ -69,7 +69,14 @@ def _pairwise_sq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def prdc(real: np.ndarray, synthetic: np.ndarray, k: int = 5) -> dict[str, float]:
     """Precision, recall, density and coverage of synthetic vs real (Naeem et al., 2020),
-    with k-nearest-neighbour balls (k=5 as in the paper)."""
+    with k-nearest-neighbour balls (k=5 as in the paper); NaN when a set has <= 1 point.
+
+    tests/test_metrics.py checks it against the authors' package (`prdc.compute_prdc`): equal
+    on data without ties. It is not a call to that package because the package differs where
+    stored results would see it: density is (1/k) * mean rather than mean / k (the last bit
+    differs in about a third of random cases), balls are open (< rather than <=, so duplicate
+    points count differently), distances come from sklearn in the input's dtype, and it prints
+    to stdout."""
     n_real, n_syn = len(real), len(synthetic)
     k = min(k, n_real - 1, n_syn - 1)
     if k < 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.stats import beta as beta_dist
-from scipy.stats import rankdata
+from sklearn.metrics import roc_curve
 
 LOW_FPRS = (0.01, 0.1)
 
@@ -20,28 +20,40 @@ def clopper_pearson(k: np.ndarray, n: int, alpha: float) -> tuple[np.ndarray, np
     return lower, upper
 
 
+def _roc_curve(members: np.ndarray, nonmembers: np.ndarray) -> tuple[np.ndarray, ...]:
+    """scikit-learn's full ROC curve (no points dropped) of members (positives) against
+    non-members: FPR, TPR and thresholds, its first point (0, 0) at an infinite threshold."""
+    labels = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
+    scores = np.concatenate([members, nonmembers])
+    return roc_curve(labels, scores, drop_intermediate=False)
+
+
 def roc_counts(members: np.ndarray, nonmembers: np.ndarray) -> tuple[np.ndarray, ...]:
     """Thresholds (every distinct score, descending) and, for each, the members and non-members
-    whose score is >= it (true and false positives)."""
-    thresholds = np.unique(np.concatenate([members, nonmembers]))[::-1]
-    tp = len(members) - np.searchsorted(np.sort(members), thresholds, side="left")
-    fp = len(nonmembers) - np.searchsorted(np.sort(nonmembers), thresholds, side="left")
-    return thresholds, tp, fp
+    whose score is >= it (true and false positives), read from scikit-learn's ROC curve; the
+    rates are turned back into exact counts by rounding."""
+    fpr, tpr, thresholds = _roc_curve(members, nonmembers)
+    tp = np.rint(tpr[1:] * len(members)).astype(np.int64)
+    fp = np.rint(fpr[1:] * len(nonmembers)).astype(np.int64)
+    return thresholds[1:], tp, fp
 
 
 def auc(members: np.ndarray, nonmembers: np.ndarray) -> float:
-    """Probability that a member scores above a non-member, ties counting half (Mann-Whitney U
-    from the members' ranks among all scores)."""
-    ranks = rankdata(np.concatenate([members, nonmembers]))[: len(members)]
-    k = len(members)
-    return float((ranks.sum() - k * (k + 1) / 2) / (k * len(nonmembers)))
+    """Probability that a member scores above a non-member, ties counting half: the trapezoid
+    area under scikit-learn's ROC curve, summed in exact integer counts and divided once, so
+    that it is the correctly rounded Mann-Whitney U / (K_in K_out) (sklearn's roc_auc_score sums
+    float rates and can differ in the last bit, which would change stored results)."""
+    _, tp, fp = roc_counts(members, nonmembers)
+    tp, fp = np.r_[0, tp], np.r_[0, fp]
+    twice_u = int(np.sum(np.diff(fp) * (tp[1:] + tp[:-1])))
+    return twice_u / (2 * len(members) * len(nonmembers))
 
 
 def tpr_at_fpr(members: np.ndarray, nonmembers: np.ndarray, fpr: float) -> float:
-    """The largest TPR over thresholds whose FPR is at most `fpr` (resolution 1/K)."""
-    _, tp, fp = roc_counts(members, nonmembers)
-    ok = fp / len(nonmembers) <= fpr
-    return float(tp[ok].max() / len(members)) if ok.any() else 0.0
+    """The largest TPR over ROC points whose FPR is at most `fpr` (resolution 1/K); 0 when only
+    the all-negative point (0, 0) qualifies."""
+    fprs, tprs, _ = _roc_curve(members, nonmembers)
+    return float(tprs[fprs <= fpr].max())
 
 
 def dp_epsilon(tpr_lo: np.ndarray, fpr_hi: np.ndarray, delta: float) -> tuple[np.ndarray, ...]:

@@ -3,16 +3,12 @@
 # client per hospital) embeddings, with the paper's settings. Needs the databases of
 # experiments/camelyon17/create_db.sh. Ends with the table of every run so far. Edit the flags
 # below; experiments/common.sh runs them (every seed, skipping finished runs).
+source "$(dirname "${BASH_SOURCE[0]}")/setting.sh"  # dataset, SEEDS, BACKBONES, split_flags
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 # ---- flags (edit here) -----------------------------------------------------------------------
-dataset=camelyon17
-SEEDS=(3407 12345 202502)
-BACKBONES=(vit_base_patch14_dinov2.lvd142m)      # the paper's six: see create_db.sh
 methods=(fedavg)          # any of: local centralized fedavg fedprox
 algorithm=                # or the paper's spelling instead: normal (FedAvg) | fedprox
-split_flags=(--split_method natural --test_data_frac 0.2 --val_frac 0.2  # one client per hospital
-             --split_seed 202502)
 fedavg_flags=(--n_rounds 50 --fedavg_local_epochs 5 --bz 128 --fedavg_lr 0.001 --optimizer sgd
               --lr_scheduler multi_step --sampling_rate 1.0)
 fedprox_flags=("${fedavg_flags[@]}" --mu 0.05)      # proximal term mu/2 * ||w - w_global||^2

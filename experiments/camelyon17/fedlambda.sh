@@ -4,19 +4,13 @@
 # hospital) embeddings, with the paper's settings. Needs the databases of
 # experiments/camelyon17/create_db.sh. Ends with the table of every run so far. Edit the flags
 # below; experiments/common.sh runs them (every seed, skipping finished runs).
-source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/base.sh"  # setting.sh, common.sh and base.sh's flags
 
 # ---- flags (edit here) -----------------------------------------------------------------------
-dataset=camelyon17
-SEEDS=(3407 12345 202502)
-BACKBONES=(vit_base_patch14_dinov2.lvd142m)      # the paper's six: see create_db.sh
 methods=(fedlambda)
-split_flags=(--split_method natural --test_data_frac 0.2 --val_frac 0.2  # one client per hospital
-             --split_seed 202502)
-fedlambda_flags=(--n_rounds 50 --fedavg_local_epochs 5 --bz 128 --fedavg_lr 0.001 --optimizer sgd
-                 --lr_scheduler multi_step                 # the FedAvg part, as in base.sh
-                 --local_epochs 100 --lr 0.001 --weight_decay 5e-4 --classifier_optimizer adam
-                 --weights_grid_resolution 0.1)            # the local head and the lambda grid
+algorithm=                # base.sh's choice of baseline is not this script's
+fedlambda_flags=("${fedavg_flags[@]}" "${local_flags[@]}"  # base.sh's FedAvg part and local head
+                 --weights_grid_resolution 0.1)            # the lambda grid
 results_root=results
 # ------------------------------------------------------------------------------------------------
 run_unless_sourced

@@ -3,19 +3,16 @@
 # paper's settings. Needs the databases of experiments/camelyon17/create_db.sh. Ends with the
 # table of every run so far. The noise is calibrated so that each client spends at most each of
 # `epsilons` over the whole training; metrics.json reports the epsilon actually spent
-# (--dp_calibration paper reproduces the paper's over-spending setting). Edit the flags below;
-# experiments/common.sh runs them (every seed, skipping finished runs).
+# (--dp_calibration paper reproduces the paper's over-spending setting). Edit the flags below (the
+# dataset, seeds, backbones and split: setting.sh); experiments/common.sh runs them (every seed,
+# skipping finished runs).
+source "$(dirname "${BASH_SOURCE[0]}")/setting.sh"  # dataset, SEEDS, BACKBONES, split_flags
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 # ---- flags (edit here) -----------------------------------------------------------------------
-dataset=camelyon17
-SEEDS=(3407 12345 202502)
-BACKBONES=(vit_base_patch14_dinov2.lvd142m)      # the paper's six: see create_db.sh
 methods=(dpcvae)          # any of: dpcvae (ours) dpcgan fedpft dpfedpft
 epsilons=(1.0)            # target epsilon of each client over the whole training
 dp=on                     # on | off (an ablation: nothing is private)
-split_flags=(--split_method natural --test_data_frac 0.2 --val_frac 0.2  # one client per hospital
-             --split_seed 202502)
 head_flags=(--local_epochs 100 --lr 0.001 --classifier_optimizer adam  # --lr: the CVAE's too
             --weights_grid_resolution 0.1)
 generative_flags=(--n_fedavg_rounds 50 --local_epochs_gen 5 --gen_batch_size 256

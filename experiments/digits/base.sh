@@ -1,18 +1,14 @@
 #!/usr/bin/env bash
 # The baselines: FedAvg, FedProx, local heads and a centralized head on the bundled digits dataset
 # (no download) embeddings, with the paper's settings. Needs the database that `make demo` builds.
-# Ends with the table of every run so far. Edit the flags below; experiments/common.sh runs them
-# (every seed, skipping finished runs).
+# Ends with the table of every run so far. Edit the flags below (the dataset, seeds, backbones and
+# split: setting.sh); experiments/common.sh runs them (every seed, skipping finished runs).
+source "$(dirname "${BASH_SOURCE[0]}")/setting.sh"  # dataset, SEEDS, BACKBONES, split_flags
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 # ---- flags (edit here) -----------------------------------------------------------------------
-dataset=digits
-SEEDS=(3407 12345 202502)
-BACKBONES=(tf_efficientnet_lite0)                # the database that make demo builds
 methods=(fedavg)          # any of: local centralized fedavg fedprox
 algorithm=                # or the paper's spelling instead: normal (FedAvg) | fedprox
-split_flags=(--split_method by_labels_split --n_clients 10 --alpha 0.3 --n_components -1
-             --test_data_frac 0.2 --val_frac 0.2 --split_seed 202502)
 fedavg_flags=(--n_rounds 50 --fedavg_local_epochs 5 --bz 128 --fedavg_lr 0.001 --optimizer sgd
               --lr_scheduler multi_step --sampling_rate 1.0)
 fedprox_flags=("${fedavg_flags[@]}" --mu 0.05)      # proximal term mu/2 * ||w - w_global||^2

@@ -2,21 +2,16 @@
 # FedLambda (the FedAvg head mixed with each client's local head, lam * local + (1 - lam) *
 # global, lam chosen on validation from {0, 0.1, ..., 1}) on the bundled digits dataset (no
 # download) embeddings, with the paper's settings. Needs the database that `make demo` builds.
-# Ends with the table of every run so far. Edit the flags below; experiments/common.sh runs them
-# (every seed, skipping finished runs).
-source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+# Ends with the table of every run so far. Edit the flags below (the FedAvg part and the local
+# head: base.sh; the dataset, seeds, backbones and split: setting.sh); experiments/common.sh runs
+# them (every seed, skipping finished runs).
+source "$(dirname "${BASH_SOURCE[0]}")/base.sh"  # setting.sh, common.sh and base.sh's flags
 
 # ---- flags (edit here) -----------------------------------------------------------------------
-dataset=digits
-SEEDS=(3407 12345 202502)
-BACKBONES=(tf_efficientnet_lite0)                # the database that make demo builds
 methods=(fedlambda)
-split_flags=(--split_method by_labels_split --n_clients 10 --alpha 0.3 --n_components -1
-             --test_data_frac 0.2 --val_frac 0.2 --split_seed 202502)
-fedlambda_flags=(--n_rounds 50 --fedavg_local_epochs 5 --bz 128 --fedavg_lr 0.001 --optimizer sgd
-                 --lr_scheduler multi_step                 # the FedAvg part, as in base.sh
-                 --local_epochs 100 --lr 0.001 --weight_decay 5e-4 --classifier_optimizer adam
-                 --weights_grid_resolution 0.1)            # the local head and the lambda grid
+algorithm=                # base.sh's choice of baseline is not this script's
+fedlambda_flags=("${fedavg_flags[@]}" "${local_flags[@]}"  # base.sh's FedAvg part and local head
+                 --weights_grid_resolution 0.1)            # the lambda grid
 results_root=results
 # ------------------------------------------------------------------------------------------------
 run_unless_sourced
