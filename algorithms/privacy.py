@@ -66,11 +66,11 @@ _ACCOUNTING = threading.Lock()
 # What DP does not cover in this project's protocol (also written into metrics.json).
 NOT_COVERED = (
     "the end-of-run evaluation each client reports: validation accuracy and balanced accuracy "
-    "for the lambda grid, test metrics at each lambda metric's choice with the client's split "
-    "sizes (n_train, n_val, n_test), the synthetic head's test accuracy with the share of its "
-    "most frequent test class, the count of test records the global synthetic head classifies "
-    "right, and fidelity statistics computed on its training embeddings (under Flower only if "
-    "the site's policy allows them)",
+    "for the lambda grid, test metrics at each lambda metric's choice (with the client's split "
+    "sizes n_train, n_val, n_test in a simulation; no split size leaves a Flower site), the "
+    "synthetic head's test accuracy with the share of its most frequent test class, and "
+    "fidelity statistics computed on its training embeddings (under Flower each only if the "
+    "site's policy, release-metrics and release-fidelity, allows it)",
     "the training loss (main.py's history.csv; under Flower it stays in the site's log)",
     "the spent epsilon each client reports, and its noise source",
     "under Flower: each site's database fingerprint and split file sha256 (hashes sent at "
