@@ -242,8 +242,8 @@ def hello(msg: Message, context: Context) -> Message:
         # the split file holds its per-class counts: its plain sha256 would confirm a guess too
         facts["split_sha256"] = keyed_fingerprint(key, str(site.facts.split_sha256))
         records["facts"] = ConfigRecord({k: json.dumps(v) for k, v in facts.items()})
-        root = node_paths(context.node_config, site.settings)[0]  # how its embeddings were made
-        records["encoder"] = ConfigRecord({"facts": json.dumps(encoder_facts(load_meta(root)))})
+        encoder = encoder_facts(load_meta(site.root))  # how its embeddings were made
+        records["encoder"] = ConfigRecord({"facts": json.dumps(encoder)})
     return Message(RecordDict(records), reply_to=msg)
 
 
