@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from algorithms.downstream import ANCHOR_STRENGTHS, label_prior
 from algorithms.evaluation import ClientProbs, Outcome
 from algorithms.fedavg import (
     FedAvgConfig,
@@ -15,24 +16,59 @@ from algorithms.fedavg import (
 )
 from algorithms.federation import run_federation
 from algorithms.heads import HeadConfig, new_head, predict_proba, train_head
-from data.clients import ClientData
+from data.clients import ClientData, pooled_test
 from utils.checkpoint import RoundCheckpoint
 from utils.seeding import CENTRALIZED_HEAD, LOCAL_HEAD, SAMPLING, derive_seed
 
 
-def _probs(head: torch.nn.Module, c: ClientData) -> ClientProbs:
-    return ClientProbs(predict_proba(head, c.x_val), predict_proba(head, c.x_test))
+def _probs(
+    head: torch.nn.Module,
+    c: ClientData,
+    pooled_x: np.ndarray | None = None,
+    prior: np.ndarray | None = None,
+) -> ClientProbs:
+    """A head's probabilities on the client's validation and test data and on the pooled test
+    data, with the label prior it was trained under (None: unknown to the client)."""
+    pooled = None if pooled_x is None else predict_proba(head, pooled_x)
+    return ClientProbs(predict_proba(head, c.x_val), predict_proba(head, c.x_test), pooled, prior)
 
 
 def local_heads(
     clients: list[ClientData], n_classes: int, cfg: HeadConfig, seed: int, device: str = "cpu"
 ) -> list[ClientProbs]:
     """Each client trains a head on its own training data only."""
+    pooled_x, _ = pooled_test(clients)
     out = []
     for c in clients:
         head_seed = derive_seed(seed, LOCAL_HEAD, c.id)
         head = train_head(c.x_train, c.y_train, n_classes, cfg, head_seed, device)
-        out.append(_probs(head, c))
+        out.append(_probs(head, c, pooled_x, label_prior(c.y_train, n_classes)))
+    return out
+
+
+def anchored_heads(
+    c: ClientData,
+    n_classes: int,
+    cfg: HeadConfig,
+    weights: dict[str, torch.Tensor],
+    pooled_x: np.ndarray | None,
+    device: str = "cpu",
+) -> dict[float, ClientProbs]:
+    """FedLambda's joint heads for one client: each starts from the FedAvg head `weights` and
+    trains on the client's real data, pulled toward `weights` with each of ANCHOR_STRENGTHS."""
+    out = {}
+    for strength in ANCHOR_STRENGTHS:
+        head = train_head(
+            c.x_train,
+            c.y_train,
+            n_classes,
+            cfg,
+            0,
+            device,
+            anchor=weights,
+            anchor_strength=strength,
+        )
+        out[strength] = _probs(head, c, pooled_x, label_prior(c.y_train, n_classes))
     return out
 
 
@@ -51,7 +87,8 @@ def run_centralized(
     x = np.concatenate([c.x_train for c in clients])
     y = np.concatenate([c.y_train for c in clients])
     head = train_head(x, y, n_classes, head_cfg, derive_seed(seed, CENTRALIZED_HEAD), device)
-    return Outcome(None, [_probs(head, c) for c in clients], [], params_shared=0)
+    pooled_x, _ = pooled_test(clients)
+    return Outcome(None, [_probs(head, c, pooled_x) for c in clients], [], params_shared=0)
 
 
 def run_fedavg(
@@ -91,7 +128,11 @@ def run_fedavg(
         after_round=checkpoint.saver(fed_clients) if checkpoint is not None else None,
     )
     evaluator.load_state_dict(weights)
-    global_probs = [_probs(evaluator, c) for c in clients]
-    local = None if head_cfg is None else local_heads(clients, n_classes, head_cfg, seed, device)
+    pooled_x, _ = pooled_test(clients)
+    global_probs = [_probs(evaluator, c, pooled_x) for c in clients]
     params = sum(v.numel() for v in weights.values())
-    return Outcome(local, global_probs, history, params_shared=params)
+    if head_cfg is None:
+        return Outcome(None, global_probs, history, params_shared=params)
+    local = local_heads(clients, n_classes, head_cfg, seed, device)
+    joint = [anchored_heads(c, n_classes, head_cfg, weights, pooled_x, device) for c in clients]
+    return Outcome(local, global_probs, history, params_shared=params, joint=joint)

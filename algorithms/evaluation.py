@@ -12,8 +12,8 @@ the chosen one.
 
 Split as a deployment runs it: each client reports its validation scores over the grid
 (`client_val_scores`), the server chooses lambda (`choose_lambda`), each client computes its
-test rows at the chosen lambdas (`client_test_row`). `evaluate_clients` is the same three in one
-process; the Flower apps call them on each side.
+test rows at the chosen lambdas (`client_test_row`). algorithms.downstream extends this to
+every downstream mode and runs the three in one process (`evaluate_clients`).
 """
 
 from __future__ import annotations
@@ -31,10 +31,14 @@ LAMBDA_METRICS = {"accuracy": "acc", "balanced_accuracy": "balanced_acc"}
 
 @dataclass(frozen=True)
 class ClientProbs:
-    """A model's class probabilities on one client's validation and test sets."""
+    """A model's class probabilities on one client's validation and test sets, and on the
+    pooled test data of every client (a simulation only); `prior`: the label distribution of
+    the data the model was trained on, where the client knows it (algorithms.downstream)."""
 
     val: np.ndarray
     test: np.ndarray
+    pooled: np.ndarray | None = None
+    prior: np.ndarray | None = None
 
 
 def lambda_grid(resolution: float) -> np.ndarray:
@@ -111,15 +115,18 @@ def client_test_row(
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A run's test rows (of the mixed model at the chosen lambda, or of its one model), the
-    lambda chosen under `metric`, the mean validation accuracy per grid value, and the protocol
-    under every metric: {metric: {lambda, val_scores, clients, summary}} (None without mixing)."""
+    """A run's test rows (of its downstream mode at the chosen value, or of its one model), the
+    lambda chosen under `metric`, the mean validation accuracy per grid value, the mix mode's
+    protocol under every metric: {metric: {lambda, val_scores, clients, summary}}, and every
+    downstream mode's (`modes`, algorithms.downstream; None without two models)."""
 
     rows: list[dict]
     lam: float | None = None
     val_acc: list[float] | None = None
     metric: str = "accuracy"
     protocol: dict | None = None
+    modes: dict | None = None
+    downstream: str | None = None
 
 
 def lambda_protocol(
@@ -145,39 +152,6 @@ def protocol_report(
     }
 
 
-def evaluate_clients(
-    clients: list[ClientData],
-    local: list[ClientProbs] | None,
-    global_: list[ClientProbs] | None,
-    grid_resolution: float,
-    metric: str = "accuracy",
-) -> Evaluation:
-    """Per-client test metrics. With both a local and a global model, lambda is chosen on
-    validation (by `metric`) and applied on test; with one model its predictions are used."""
-    check_lambda_metric(metric)
-    if local is None and global_ is None:
-        raise ValueError("nothing to evaluate: no local and no global predictions")
-    if local is None or global_ is None:
-        only = local if local is not None else global_
-        return Evaluation([client_row(c, p.test) for c, p in zip(clients, only)], metric=metric)
-    grid = lambda_grid(grid_resolution)
-    per_client = [
-        client_val_scores(lo, gl, c.y_val, grid) for lo, gl, c in zip(local, global_, clients)
-    ]
-    chosen = lambda_protocol(per_client, grid)
-    rows_at = {
-        m: [client_test_row(c, lo.test, gl.test, lam) for c, lo, gl in zip(clients, local, global_)]
-        for m, (lam, _) in chosen.items()
-    }
-    return Evaluation(
-        rows_at[metric],
-        chosen[metric][0],
-        chosen["accuracy"][1],
-        metric,
-        protocol_report(chosen, rows_at),
-    )
-
-
 @dataclass
 class Outcome:
     """What a method hands to evaluation: per-client probabilities of its local and/or global
@@ -192,3 +166,5 @@ class Outcome:
     params_model: int | None = None
     # per client: synthetic embeddings (model space) and their labels, for plots
     synthetic: list[tuple[np.ndarray, np.ndarray]] | None = None
+    # per client: its joint heads by weight (algorithms.downstream), when it has them
+    joint: list[dict[float, ClientProbs]] | None = None

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from algorithms.downstream import evaluate_clients, summarize_rows
 from algorithms.dp_client import GenerativeConfig
-from algorithms.evaluation import Evaluation, Outcome, evaluate_clients
+from algorithms.evaluation import Evaluation, Outcome
 from algorithms.options import Settings, UsageError
 from algorithms.privacy import delta_warning, over_budget_warning
 from algorithms.registry import Method, display_order
-from data.clients import ClientData, client_datasets
+from data.clients import ClientData, client_datasets, pooled_test
 from data.database import Database, DatabaseError, load_database
 from data.features import squash
 from data.partition import SplitError, load_or_make_split
@@ -31,7 +32,6 @@ from utils.checkpoint import CheckpointError, RoundCheckpoint
 from utils.cli import OutputError, check_output
 from utils.device import describe_device
 from utils.io import read_json, save_npz, sha256_file
-from utils.metrics import summarize_clients
 from utils.provenance import versions
 from utils.results import (
     CONFIG_FILE,
@@ -137,6 +137,9 @@ def run(settings: Settings) -> Path:
         outcome.global_,
         settings.args.weights_grid_resolution,
         settings.args.lambda_metric,
+        getattr(settings.args, "downstream", "mix"),
+        outcome.joint,
+        pooled_test(data.clients)[1],
     )
     wall = checkpoint.elapsed()
     if settings.args.save_synthetic and outcome.synthetic:
@@ -301,11 +304,15 @@ def close_run(
             if all("n_train" in row for row in evaluation.rows)
             else "absent (deployment)"
         ),
-        "summary": summarize_clients(evaluation.rows),
+        "summary": summarize_rows(evaluation.rows),
         "lambda": evaluation.lam,
         "lambda_val_acc": evaluation.val_acc,
         "lambda_metric": evaluation.metric if evaluation.protocol else None,
         "lambda_protocol": evaluation.protocol,
+        # every downstream mode under every lambda metric (algorithms.downstream); the rows
+        # above are those of `downstream`
+        "downstream": evaluation.downstream,
+        "downstream_modes": evaluation.modes,
         "privacy": outcome.privacy,
         "fidelity": outcome.fidelity,
         "cost": {

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from algorithms.aggregation import StateDict
+from algorithms.downstream import JOINT_WEIGHTS, label_prior
 from algorithms.dp_client import DPClient, GenerativeConfig
 from algorithms.dpcgan import CGANClient
 from algorithms.dpcvae import CVAEClient
@@ -26,7 +27,7 @@ from algorithms.federation import run_federation
 from algorithms.heads import HeadConfig, predict_proba, train_head
 from algorithms.privacy import NOT_COVERED, PRESET_NOT_COVERED, DPConfig, privacy_report
 from algorithms.vectorized import run_vectorized
-from data.clients import ClientData
+from data.clients import ClientData, pooled_test
 from data.features import squash, unsquash
 from utils.checkpoint import RoundCheckpoint
 from utils.device import ON_CPU, Execution, one_torch_thread
@@ -37,6 +38,7 @@ from utils.seeding import (
     GENERATIVE_GLOBAL,
     GLOBAL_HEAD,
     GLOBAL_SAMPLE,
+    JOINT_HEAD,
     LABELS,
     LOCAL_HEAD,
     SAMPLE,
@@ -222,6 +224,7 @@ class FinishedClient:
     labels: np.ndarray
     synthetic_acc: float  # the synthetic head alone on the client's real test data
     chance: float  # the share of the most frequent class in the client's test data
+    joint: dict[float, ClientProbs]  # heads on real + synthetic data, by synthetic weight
 
     def fidelity(self) -> dict[str, float]:
         """What leaves the client of its synthetic set: fidelity and synthetic-only accuracy."""
@@ -242,16 +245,19 @@ def finish_client(
     cfg: GenerativeConfig,
     head_cfg: HeadConfig,
     seed: int,
+    pooled_x: np.ndarray | None = None,
 ) -> FinishedClient:
     """Run where the client's data lives: synthesize from the global model, fit a head on real
-    and one on synthetic data (on the client's device), and measure the fidelity of the
-    synthetic embeddings."""
+    data, one on synthetic data and the joint heads on both (on the client's device), and
+    measure the fidelity of the synthetic embeddings. `pooled_x`: every client's test data (a
+    simulation's second evaluation), or None."""
     synthetic, labels = synthesize(client, data, weights, n_classes, cfg, seed)
     real = squash(data.x_train, cfg.squash_temperature)
     wasserstein = sinkhorn_wasserstein(real, synthetic, device=client.device.type)
     quality = prdc(real, synthetic)
+    x_syn = unsquash(synthetic, cfg.squash_temperature)
     head_syn = train_head(
-        unsquash(synthetic, cfg.squash_temperature),
+        x_syn,
         labels,
         n_classes,
         head_cfg,
@@ -266,19 +272,58 @@ def finish_client(
         derive_seed(seed, LOCAL_HEAD, data.id),
         client.device,
     )
-    syn_test = predict_proba(head_syn, data.x_test)
+    own_prior = label_prior(data.y_train, n_classes)
+    local = head_probs(head_real, data, pooled_x, own_prior)
+    global_ = head_probs(head_syn, data, pooled_x, label_prior(labels, n_classes))
     return FinishedClient(
-        local=ClientProbs(
-            predict_proba(head_real, data.x_val), predict_proba(head_real, data.x_test)
-        ),
-        global_=ClientProbs(predict_proba(head_syn, data.x_val), syn_test),
+        local=local,
+        global_=global_,
         wasserstein=wasserstein,
         quality=quality,
         synthetic=synthetic,
         labels=labels,
-        synthetic_acc=accuracy(syn_test, data.y_test),
+        synthetic_acc=accuracy(global_.test, data.y_test),
         chance=majority_share(data.y_test),
+        joint=joint_heads(data, x_syn, labels, n_classes, head_cfg, seed, client.device, pooled_x)
+        | {0.0: local},
     )
+
+
+def head_probs(
+    head: torch.nn.Module, data: ClientData, pooled_x: np.ndarray | None, prior: np.ndarray
+) -> ClientProbs:
+    """A head's probabilities on the client's validation, test and pooled test data."""
+    pooled = None if pooled_x is None else predict_proba(head, pooled_x)
+    return ClientProbs(
+        predict_proba(head, data.x_val), predict_proba(head, data.x_test), pooled, prior
+    )
+
+
+def joint_heads(
+    data: ClientData,
+    x_syn: np.ndarray,
+    y_syn: np.ndarray,
+    n_classes: int,
+    head_cfg: HeadConfig,
+    seed: int,
+    device: torch.device | str,
+    pooled_x: np.ndarray | None,
+) -> dict[float, ClientProbs]:
+    """The downstream step's joint heads: one head on the client's real plus synthetic data for
+    each positive weight of JOINT_WEIGHTS (a synthetic record counts w times a real one)."""
+    x = np.concatenate([data.x_train, x_syn])
+    y = np.concatenate([data.y_train, y_syn])
+    prior = label_prior(data.y_train, n_classes)
+    out = {}
+    for w in JOINT_WEIGHTS:
+        if w == 0:
+            continue
+        weight = np.concatenate([np.ones(len(data.y_train)), np.full(len(y_syn), w)])
+        head = train_head(
+            x, y, n_classes, head_cfg, derive_seed(seed, JOINT_HEAD, data.id), device, weight
+        )
+        out[w] = head_probs(head, data, pooled_x, prior)
+    return out
 
 
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
@@ -421,8 +466,9 @@ def finish_clients(
 ) -> list[FinishedClient]:
     """`finish_client` for every client, in process."""
     pairs = list(zip(clients, samplers))
+    pooled_x, _ = pooled_test(clients)
     return [
-        finish_client(client, data, weights, n_classes, cfg, head_cfg, seed)
+        finish_client(client, data, weights, n_classes, cfg, head_cfg, seed, pooled_x)
         for data, client in progress(pairs, desc="synthesize", unit="client")
     ]
 
@@ -450,6 +496,7 @@ def generative_outcome(
         fidelity=fidelity_report(cfg, fidelity, global_synthetic),
         params_model=params["total"],
         synthetic=[(f.synthetic, f.labels) for f in finished] if finished else None,
+        joint=[f.joint for f in finished] if finished else None,
     )
 
 

@@ -49,17 +49,40 @@ def new_head(dim: int, n_classes: int, seed: int) -> nn.Linear:
 
 
 def train_head(
-    x: np.ndarray, y: np.ndarray, n_classes: int, cfg: HeadConfig, seed: int, device: str = "cpu"
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    cfg: HeadConfig,
+    seed: int,
+    device: str = "cpu",
+    sample_weight: np.ndarray | None = None,
+    anchor: dict[str, torch.Tensor] | None = None,
+    anchor_strength: float = 0.0,
 ) -> nn.Linear:
     """Train a linear head full-batch on (x, y) with cross-entropy, on `device` (the same
-    initialization on every device)."""
+    initialization on every device). `sample_weight`: each record's weight in the loss (the
+    downstream step's joint head); `anchor`: start from these weights and add
+    anchor_strength / 2 * ||w - anchor||^2 to the loss (a head pulled toward a global one)."""
     head = new_head(x.shape[1], n_classes, seed).to(device)
+    if anchor is not None:
+        head.load_state_dict(anchor)
+        ref = [a.detach().to(device) for a in anchor.values()]
     xt = torch.as_tensor(x, dtype=torch.float32, device=device)
     yt = torch.as_tensor(y, dtype=torch.int64, device=device)
+    wt = None
+    if sample_weight is not None:
+        wt = torch.as_tensor(sample_weight, dtype=torch.float32, device=device)
     opt = make_optimizer(cfg.optimizer, head.parameters(), cfg.lr, cfg.weight_decay)
     for _ in range(cfg.epochs):
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(head(xt), yt).backward()
+        if wt is None:
+            loss = F.cross_entropy(head(xt), yt)
+        else:
+            loss = (F.cross_entropy(head(xt), yt, reduction="none") * wt).sum() / wt.sum()
+        if anchor is not None and anchor_strength > 0:
+            dist = sum(((p - a) ** 2).sum() for p, a in zip(head.parameters(), ref))
+            loss = loss + 0.5 * anchor_strength * dist
+        loss.backward()
         opt.step()
     return head.eval()
 

@@ -30,6 +30,15 @@ class ClientData:
         return len(self.y_train)
 
 
+def pooled_test(clients: list[ClientData]) -> tuple[np.ndarray, np.ndarray]:
+    """The test data of every client, pooled (a simulation's second evaluation: each client's
+    model on patients unlike its own)."""
+    return (
+        np.concatenate([c.x_test for c in clients]),
+        np.concatenate([c.y_test for c in clients]),
+    )
+
+
 def client_datasets(db: Database, split: dict) -> list[ClientData]:
     """Per-client arrays for a split, with every embedding standardized per record."""
     x, y, _ = db.pooled()

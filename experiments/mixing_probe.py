@@ -10,9 +10,9 @@ lambda chosen by each lambda metric:
     in the client's test set or predicted), macro-F1 over the client's test classes only, and
     how many test records were predicted as a class absent from that client's test set (each
     such class adds an F1 of 0 to the client's macro average);
-  - two alternatives that the project measured and did not adopt: lambda chosen per client on
-    its own validation data, and the synthetic head reweighted to the client's own label prior
-    (Bayes' rule under label shift) before mixing.
+  - two alternatives: lambda chosen per client on its own validation data (not adopted), and
+    the synthetic head reweighted to the client's own label prior (Bayes' rule under label
+    shift) before mixing (every run now reports it: the `prior` downstream mode).
 Nothing here is private-data-safe analysis: it reads the run's real data and is for the researcher
 who owns it. It writes the figures as JSON with --out.
 """
@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from algorithms.downstream import evaluate_clients
 from algorithms.evaluation import (
     LAMBDA_METRICS,
     ClientProbs,
     client_val_scores,
-    evaluate_clients,
     lambda_grid,
     mix,
 )
@@ -113,7 +113,7 @@ def probe(run_dir: Path, database_root: str | None = None) -> dict:
     for metric in LAMBDA_METRICS:
         ours, theirs = ev.protocol[metric], metrics["lambda_protocol"][metric]
         same = ours["lambda"] == theirs["lambda"] and all(
-            abs(ours["summary"][k] - theirs["summary"][k]) < 1e-9 for k in theirs["summary"]
+            abs(ours["summary"][k] - theirs["summary"][k]) < 1e-9 for k in ours["summary"]
         )
         if not same:
             raise SystemExit(f"error: the probe does not reproduce {run_dir}'s lambda protocol")

@@ -47,12 +47,20 @@ import os
 import secrets
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from algorithms.downstream import (
+    JOINT_WEIGHTS,
+    MODES,
+    client_mode_rows,
+    client_mode_scores,
+    mode_values,
+)
 from algorithms.dp_client import DPClient
-from algorithms.evaluation import LAMBDA_METRICS, client_test_row, client_val_scores, lambda_grid
+from algorithms.evaluation import LAMBDA_METRICS, ClientProbs, client_test_row, lambda_grid
 from algorithms.experiment import warn_privacy_settings
 from algorithms.fedavg import FedAvgClient, make_fedavg_clients, val_accuracy
 from algorithms.federation import ClientUpdate
@@ -88,7 +96,7 @@ app = ClientApp()
 
 STATE = "client"  # the client object's state_dict() in Context.state
 LAST_ROUND = "last-round"  # the last round this client trained (refuses replays)
-TEST_PROBS = "test-probs"  # the two heads' test probabilities, kept for the lambda of the server
+TEST_PROBS = "test-probs"  # the heads' test probabilities and priors, kept for the server's choice
 SECRET = "secret"  # the key of this site's private randomness (secure noise)
 ANSWERED = "answered"  # the end-of-run steps this site has answered (each once per run)
 CALIBRATION = "calibration"  # the client's noise multiplier and what it was calibrated from
@@ -312,7 +320,9 @@ def synthesize(msg: Message, context: Context) -> Message:
         s.configs["head"],
         s.seed,
     )
-    context.state[TEST_PROBS] = ArrayRecord([result.local.test, result.global_.test])
+    context.state[TEST_PROBS] = ArrayRecord(
+        kept_test_probs(result.local, result.global_, result.joint)
+    )
     # the global synthetic-only head, trained here from the global model as main.py's server
     # trains it: the coordinator sends no head to test on this site's data
     sampler = (
@@ -329,7 +339,8 @@ def synthesize(msg: Message, context: Context) -> Message:
     acc = correct_count(head, site.data) / n_test if n_test else float("nan")
     context.state[GLOBAL_ACC] = ConfigRecord({"acc": acc})
     grid = lambda_grid(s.args.weights_grid_resolution)
-    scores = client_val_scores(result.local, result.global_, site.data.y_val, grid)
+    scores = client_mode_scores(result.local, result.global_, result.joint, site.data.y_val, grid)
+    flat = {f"{mode}-{m}": v for mode, per in (scores or {}).items() for m, v in per.items()}
     privacy = {k: v for k, v in client.privacy().items() if k != "id"}
     fidelity = {k: v for k, v in result.fidelity().items() if k not in COUNT_KEYS}
     if not site.policy.release_fidelity:  # the statistics on training data stay here
@@ -337,7 +348,7 @@ def synthesize(msg: Message, context: Context) -> Message:
     return site.reply(
         msg,
         {
-            "lambda": MetricRecord(scores or {}),
+            "lambda": MetricRecord(flat),
             "fidelity": MetricRecord(fidelity),
             "privacy": ConfigRecord({"json": json.dumps(privacy)}),
         },
@@ -361,18 +372,57 @@ def report(msg: Message, context: Context) -> Message:
         head = _head(site.data, site.n_classes, msg.content.array_records["weights"])
         row = client_test_row(site.data, None, predict_proba(head, site.data.x_test), None)
         return site.reply(msg, {"row": MetricRecord(uncounted(row))})
-    local_test, global_test = context.state.array_records[TEST_PROBS].to_numpy_ndarrays()
+    local, global_, joint = restore_test_probs(context.state.array_records[TEST_PROBS])
     config = msg.content.config_records["config"]
-    rows = {
-        f"row-{m}": MetricRecord(
-            uncounted(
-                client_test_row(site.data, local_test, global_test, float(config[f"lambda-{m}"]))
-            )
-        )
-        for m in LAMBDA_METRICS
+    grid = lambda_grid(site.settings.args.weights_grid_resolution)
+    chosen = chosen_values(site, config, grid)
+    rows = client_mode_rows(site.data, local, global_, joint, chosen, grid, JOINT_WEIGHTS)
+    records = {
+        f"row-{mode}-{m}": MetricRecord(uncounted(row))
+        for mode, per in rows.items()
+        for m, row in per.items()
     }
     synthetic = {"global_acc": float(context.state.config_records[GLOBAL_ACC]["acc"])}
-    return site.reply(msg, {**rows, "synthetic": MetricRecord(synthetic)})
+    return site.reply(msg, {**records, "synthetic": MetricRecord(synthetic)})
+
+
+def kept_test_probs(
+    local: ClientProbs, global_: ClientProbs, joint: dict[float, ClientProbs]
+) -> list[np.ndarray]:
+    """What a site keeps between its end-of-run evaluation and its test report: the local and
+    global heads' test probabilities and label priors, and each joint head's test
+    probabilities (JOINT_WEIGHTS order)."""
+    return [local.test, global_.test, local.prior, global_.prior] + [
+        joint[w].test for w in JOINT_WEIGHTS
+    ]
+
+
+def restore_test_probs(
+    record: ArrayRecord,
+) -> tuple[ClientProbs, ClientProbs, dict[float, ClientProbs]]:
+    """`kept_test_probs` back as the heads' test probabilities (no validation data needed)."""
+    local_test, global_test, local_prior, global_prior, *joint = record.to_numpy_ndarrays()
+    empty = np.zeros((0, local_test.shape[1]))
+    local = ClientProbs(empty, local_test, None, local_prior)
+    global_ = ClientProbs(empty, global_test, None, global_prior)
+    return local, global_, {w: ClientProbs(empty, p) for w, p in zip(JOINT_WEIGHTS, joint)}
+
+
+def chosen_values(
+    site: Site, config: ConfigRecord, grid: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """The values the server chose, {mode: {metric: value}}, from config keys `mode-metric`;
+    a missing key, or a value off the mode's grid, is refused."""
+    out: dict[str, dict[str, float]] = {}
+    for mode in MODES:
+        allowed = [float(v) for v in mode_values(mode, grid, JOINT_WEIGHTS)]
+        for m in LAMBDA_METRICS:
+            key = f"{mode}-{m}"
+            value = config.get(key)
+            if not isinstance(value, (int, float)) or float(value) not in allowed:
+                site.refuse(f"the test report needs the server's choice {key!r} on its grid")
+            out.setdefault(mode, {})[m] = float(value)
+    return out
 
 
 def uncounted(row: dict) -> dict:

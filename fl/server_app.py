@@ -21,18 +21,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from algorithms.aggregation import StateDict
-from algorithms.evaluation import (
-    LAMBDA_METRICS,
-    Evaluation,
-    Outcome,
-    lambda_grid,
-    lambda_protocol,
-    protocol_report,
-)
+from algorithms.downstream import JOINT_WEIGHTS, choose_modes, evaluation_of, modes_report
+from algorithms.evaluation import Evaluation, Outcome, lambda_grid
 from algorithms.experiment import DataFacts, close_run, open_run
 from algorithms.fedavg import initial_head, validation_row
 from algorithms.federation import ClientUpdate, fedavg_aggregate, run_rounds
@@ -309,27 +303,24 @@ def finish_sites(
     per_client, fidelity, privacy = [], [], []
     for cid in order:
         reply = done[cid]
-        scores = reply.metric_records["lambda"]
-        per_client.append(
-            {m: [float(a) for a in scores[m]] for m in LAMBDA_METRICS} if scores else None
-        )
+        per_client.append(mode_scores(reply.metric_records["lambda"]))
         fidelity.append({k: float(v) for k, v in reply.metric_records["fidelity"].items()})
         line = json.loads(str(reply.config_records["privacy"]["json"]))
         privacy.append({"id": cid, **line})
-    chosen = lambda_protocol(per_client, lambda_grid(settings.args.weights_grid_resolution))
-
-    config = ConfigRecord({f"lambda-{m}": lam for m, (lam, _) in chosen.items()})
+    grid = lambda_grid(settings.args.weights_grid_resolution)
+    chosen = choose_modes(per_client, grid, JOINT_WEIGHTS)
+    config = ConfigRecord(
+        {f"{mode}-{m}": v for mode, pm in chosen.items() for m, (v, _) in pm.items()}
+    )
     replies = sites.ask(order, "evaluate", lambda cid: RecordDict({"config": config}), group="test")
-    rows_at = {m: [row_of(replies[cid], f"row-{m}") for cid in order] for m in LAMBDA_METRICS}
+    rows = {
+        mode: {m: [row_of(replies[cid], f"row-{mode}-{m}") for cid in order] for m in pm}
+        for mode, pm in chosen.items()
+    }
     accs = [float(replies[cid].metric_records["synthetic"]["global_acc"]) for cid in order]
     global_synthetic = site_global_synthetic_report(accs, n_classes)
-    metric = settings.args.lambda_metric
-    evaluation = Evaluation(
-        rows_at[metric],
-        chosen[metric][0],
-        chosen["accuracy"][1],
-        metric,
-        protocol_report(chosen, rows_at),
+    evaluation = evaluation_of(
+        modes_report(chosen, rows), settings.args.lambda_metric, downstream_of(settings)
     )
     return fidelity, privacy, global_synthetic, evaluation
 
@@ -361,6 +352,23 @@ def run_fedavg(
     rows = [row_of(replies[cid], "row") for cid in order]
     params = sum(v.numel() for v in weights.values())
     return Outcome(None, None, history, params_shared=params), Evaluation(rows)
+
+
+def mode_scores(record: MetricRecord) -> dict[str, dict[str, list[float]]] | None:
+    """A site's validation scores, {mode: {metric: [per grid value]}}, from its record's keys
+    `mode-metric` (None: the site has no validation data)."""
+    if not record:
+        return None
+    out: dict[str, dict[str, list[float]]] = {}
+    for key, values in record.items():
+        mode, metric = str(key).split("-", 1)
+        out.setdefault(mode, {})[metric] = [float(a) for a in values]
+    return out
+
+
+def downstream_of(settings: Settings) -> str:
+    """The run's headline downstream mode (--downstream)."""
+    return getattr(settings.args, "downstream", "mix")
 
 
 def site_global_synthetic_report(accs: list[float], n_classes: int) -> dict:

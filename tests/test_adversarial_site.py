@@ -272,3 +272,19 @@ def test_adversarial_fedavg_is_refused_before_any_count_or_head_metric_leaves(
     with pytest.raises(Refusal, match=rule):
         server_app.app(grid, Context(1, 0, {}, RecordDict(), config))
     assert {m.metadata.message_type for m in grid.sent} == {"query"}
+
+
+def test_adversarial_a_report_at_values_off_the_grid_is_refused(gauss_db, tmp_path, task_identity):
+    """The test report answers only at values on each downstream mode's grid: a coordinator
+    that asks for the test metrics at arbitrary lambdas or weights (one test query per value)
+    is refused."""
+
+    def off_grid(msg):
+        if msg.metadata.message_type != "evaluate":
+            return {}
+        config = dict(msg.content.config_records["config"])
+        config["joint-accuracy"] = 0.55
+        return {"config": ConfigRecord(config)}
+
+    with pytest.raises(RuntimeError, match="refuses: .*'joint-accuracy' on its grid"):
+        hospital_run(gauss_db, tmp_path / "r", PRIVATE, off_grid)

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
+from algorithms.downstream import evaluate_clients
 from algorithms.evaluation import (
     ClientProbs,
     choose_lambda,
     client_val_scores,
-    evaluate_clients,
     lambda_grid,
     mix,
 )

@@ -16,6 +16,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 import main as main_module
 from algorithms import privacy
+from algorithms.downstream import POOLED
 from algorithms.dp_client import GenerativeConfig
 from algorithms.fedavg import FedAvgConfig, init_global_head, make_fedavg_clients
 from algorithms.generative import init_global_weights, make_clients
@@ -169,7 +170,8 @@ COUNTS = ("n_train", "n_val", "n_test")
 
 def without_counts(main_metrics):
     """main.py's metrics.json as a Flower run writes it: no split sizes in its client rows (no
-    site sends them), no test-size-weighted means, and the global synthetic-only accuracy as
+    site sends them), no pooled-test metrics (no site holds the pooled test data), no
+    test-size-weighted means, and the global synthetic-only accuracy as
     the mean of the sites' (main.py pools it by test size: recomputed here from its rows)."""
     m = json.loads(json.dumps(main_metrics))
     assert m.pop("counts") == "exact (simulation)"
@@ -177,15 +179,18 @@ def without_counts(main_metrics):
     def strip(rows, summary):
         sizes = [r["n_test"] for r in rows]
         for r in rows:
-            for k in COUNTS:
+            for k in [*COUNTS, *(k for k in r if k.startswith(POOLED))]:
                 r.pop(k)
-        for k in [k for k in summary if k.endswith("_weighted")]:
+        for k in [k for k in summary if k.endswith("_weighted") or k.startswith(POOLED)]:
             summary.pop(k)
         return sizes
 
     sizes = strip(m["clients"], m["summary"])
     for block in (m.get("lambda_protocol") or {}).values():
         strip(block["clients"], block["summary"])
+    for per_metric in (m.get("downstream_modes") or {}).values():
+        for block in per_metric.values():
+            strip(block["clients"], block["summary"])
     glob = (m.get("fidelity") or {}).get("global_synthetic")
     if glob:
         assert glob.pop("n_test") == sum(sizes)

@@ -8,8 +8,8 @@ import pytest
 from sklearn.datasets import load_digits
 
 from algorithms.baselines import run_centralized, run_fedavg
+from algorithms.downstream import evaluate_clients
 from algorithms.dp_client import GenerativeConfig
-from algorithms.evaluation import evaluate_clients
 from algorithms.fedavg import FedAvgConfig
 from algorithms.generative import finish_client, train_generative
 from algorithms.heads import HeadConfig

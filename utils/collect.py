@@ -7,7 +7,9 @@ each metric is averaged over seeds; the row shows the mean +- std of those acros
 Rows follow the methods' display order that each metrics.json records (the method registry's).
 Writes `<name>.md` and `<name>.csv` and prints the Markdown table. "Syn. acc" is the accuracy of
 a head trained on the global model's synthetic data alone, on the pooled real test data
-(train on synthetic, test on real), marked "(chance)" when within noise of chance.
+(train on synthetic, test on real), marked "(chance)" when within noise of chance. "Pooled
+acc" is each client's model on the pooled test data of every client (patients unlike its own),
+averaged like the other metrics; a Flower deployment has no pooled data ("-").
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ from utils.results import (
     epsilon_spent,
     read_metrics,
 )
+
+# the downstream modes that runs report (algorithms/downstream.py), and the prefix of the
+# pooled-test metrics in their rows
+DOWNSTREAM_MODES = ("mix", "prior", "joint")
+POOLED = "pooled_"
 
 METRIC_TITLES = {
     "acc": "Acc (%)",
@@ -108,11 +115,41 @@ def _labels(groups: dict[str, list[dict]]) -> dict[str, str]:
     return labels
 
 
-def _lambda(metrics: dict, lambda_metric: str | None) -> float | None:
+def _block(metrics: dict, lambda_metric: str | None, downstream: str | None) -> dict | None:
+    """The block of a run's `downstream_modes` (older runs: `lambda_protocol`, the mix mode)
+    for `downstream` under `lambda_metric` (None: the run's own); None for a run with one
+    model, or when neither is asked for (the run's own rows are its headline)."""
+    modes = metrics.get("downstream_modes")
     protocol = metrics.get("lambda_protocol")
-    if lambda_metric is None or not protocol:
+    if (lambda_metric is None and downstream is None) or not (modes or protocol):
+        return None
+    mode = downstream or metrics.get("downstream") or "mix"
+    metric = lambda_metric or metrics.get("lambda_metric") or "accuracy"
+    blocks = modes if modes else {"mix": protocol}
+    if mode not in blocks:
+        raise ResultsError(
+            f"{metrics.get('method')}: downstream mode {mode!r} is not in {sorted(blocks)}"
+        )
+    if metric not in blocks[mode]:
+        raise ResultsError(f"lambda metric {metric!r} is not in {sorted(blocks[mode])}")
+    return blocks[mode][metric]
+
+
+def _lambda(
+    metrics: dict, lambda_metric: str | None, downstream: str | None = None
+) -> float | None:
+    """The run's chosen lambda (or joint weight) for its table rows."""
+    block = _block(metrics, lambda_metric, downstream)
+    if block is None:
         return metrics["lambda"]
-    return protocol[lambda_metric]["lambda"]
+    return block.get("lambda", block.get("weight"))
+
+
+def _mode(metrics: dict, downstream: str | None) -> str | None:
+    """The downstream mode of a run's table rows (None: a run with one model)."""
+    if not (metrics.get("downstream_modes") or metrics.get("lambda_protocol")):
+        return None
+    return downstream or metrics.get("downstream") or "mix"
 
 
 def _synthetic_only(ms: list[dict]) -> dict[str, Any]:
@@ -153,16 +190,15 @@ def _group_key(run_dir: Path, metrics: dict, config: dict) -> str:
     return str(metrics.get("config_key") or config.get("config_key") or run_dir.parent)
 
 
-def client_rows(metrics: dict, lambda_metric: str | None = None) -> list[dict]:
-    """A run's per-client test rows: those of its table (the lambda its --lambda_metric chose),
-    or, with `lambda_metric`, those at the lambda that metric chooses (runs that mix two heads
-    report the protocol under every metric; the others have one set of rows)."""
-    protocol = metrics.get("lambda_protocol")
-    if lambda_metric is None or not protocol:
-        return metrics["clients"]
-    if lambda_metric not in protocol:
-        raise ResultsError(f"lambda metric {lambda_metric!r} is not in {sorted(protocol)}")
-    return protocol[lambda_metric]["clients"]
+def client_rows(
+    metrics: dict, lambda_metric: str | None = None, downstream: str | None = None
+) -> list[dict]:
+    """A run's per-client test rows: those of its table (its --downstream mode at the value
+    its --lambda_metric chose), or those of mode `downstream` at the value `lambda_metric`
+    chooses (runs that mix two heads report every mode under every metric; the others have
+    one set of rows)."""
+    block = _block(metrics, lambda_metric, downstream)
+    return metrics["clients"] if block is None else block["clients"]
 
 
 def _seed_mean(values: pd.Series) -> float:
@@ -172,18 +208,23 @@ def _seed_mean(values: pd.Series) -> float:
 
 
 def _per_client_means(runs: list[list[dict]]) -> pd.DataFrame:
-    """Each test metric averaged over seeds per client id (rows in first-seen id order), from
-    each seed's client rows."""
+    """Each test metric (and pooled-test metric, where every row has it) averaged over seeds
+    per client id (rows in first-seen id order), from each seed's client rows."""
     columns = [f"test_{name}" for name in CLASSIFICATION_METRICS]
+    if all(f"{POOLED}acc" in c for rows in runs for c in rows):
+        columns += [f"{POOLED}{name}" for name in CLASSIFICATION_METRICS]
     frame = pd.DataFrame(
         [{"id": c["id"], **{col: c[col] for col in columns}} for rows in runs for c in rows]
     )
     return frame.groupby("id", sort=False)[columns].agg(_seed_mean)
 
 
-def collect(paths: list[str | Path], lambda_metric: str | None = None) -> list[dict[str, Any]]:
+def collect(
+    paths: list[str | Path], lambda_metric: str | None = None, downstream: str | None = None
+) -> list[dict[str, Any]]:
     """One row per configuration with the across-client mean/std of seed-averaged metrics
-    (`lambda_metric`: the rows at the lambda chosen by that metric, see `client_rows`)."""
+    (`lambda_metric`, `downstream`: the rows of that mode at the value chosen by that metric,
+    see `client_rows`)."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for run_dir in find_runs(paths):
         metrics = read_metrics(run_dir)
@@ -200,11 +241,14 @@ def collect(paths: list[str | Path], lambda_metric: str | None = None) -> list[d
             "seeds": len(ms),
             "clients": len(ms[0]["clients"]),
         }
-        per_client = _per_client_means([client_rows(m, lambda_metric) for m in ms])
+        per_client = _per_client_means([client_rows(m, lambda_metric, downstream) for m in ms])
         for name in CLASSIFICATION_METRICS:
             means = per_client[f"test_{name}"].to_numpy()
             row[f"{name}_mean"] = float(means.mean())
             row[f"{name}_std"] = float(means.std())
+        pooled = per_client.get(f"{POOLED}acc")
+        row["pooled_acc_mean"] = None if pooled is None else float(pooled.to_numpy().mean())
+        row["pooled_acc_std"] = None if pooled is None else float(pooled.to_numpy().std())
         wass = [
             m["fidelity"]["wasserstein_mean"]
             for m in ms
@@ -214,8 +258,9 @@ def collect(paths: list[str | Path], lambda_metric: str | None = None) -> list[d
         row["wasserstein"] = float(np.mean(wass)) if wass else None
         row.update(_synthetic_only(ms))
         row["epsilon_spent"] = _epsilon_spent(ms)
-        lams = [_lambda(m, lambda_metric) for m in ms]
+        lams = [_lambda(m, lambda_metric, downstream) for m in ms]
         row["lambda"] = float(np.mean(lams)) if None not in lams else None
+        row["downstream"] = _mode(ms[0], downstream)
         row["params_shared"] = int(ms[0]["cost"]["params_shared"])
         row["bytes_per_round"] = int(ms[0]["cost"]["bytes_per_round"])
         row["wall_seconds"] = float(np.mean([m["cost"]["wall_seconds"] for m in ms]))
@@ -227,14 +272,28 @@ def _fmt(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _pooled_text(r: dict[str, Any]) -> str:
+    if r.get("pooled_acc_mean") is None:
+        return "-"
+    return f"{100 * r['pooled_acc_mean']:.2f} ± {100 * r['pooled_acc_std']:.2f}"
+
+
+def _lambda_text(r: dict[str, Any]) -> str:
+    """The chosen lambda; for the joint mode the synthetic weight, as (w 0.30)."""
+    if r["lambda"] is None:
+        return "-"
+    return f"(w {r['lambda']:.2f})" if r.get("downstream") == "joint" else f"{r['lambda']:.2f}"
+
+
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     """The table as Markdown: percentages as mean +- std across clients."""
     head = [
         "Method",
         *METRIC_TITLES.values(),
+        "Pooled acc (%)",
         "W-dist",
         "Syn. acc (%)",
-        "λ",
+        "λ (w)",
         "eps spent",
         "Shared params",
         "Bytes/round",
@@ -246,9 +305,10 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         cells = [r["method"]]
         cells += [f"{100 * r[f'{n}_mean']:.2f} ± {100 * r[f'{n}_std']:.2f}" for n in METRIC_TITLES]
         cells += [
+            _pooled_text(r),
             _fmt(r["wasserstein"], ".4f"),
             _syn_text(r),
-            _fmt(r["lambda"], ".2f"),
+            _lambda_text(r),
             _eps_text(r["epsilon_spent"]),
             f"{r['params_shared']:,}",
             f"{r['bytes_per_round']:,}",
@@ -285,13 +345,22 @@ def main(argv: list[str] | None = None) -> int:
         help="for methods that mix two heads: the rows at the lambda that this validation "
         "metric chooses (every run reports both). Default: each run's own --lambda_metric",
     )
+    parser.add_argument(
+        "--downstream",
+        choices=DOWNSTREAM_MODES,
+        default=None,
+        help="for methods that mix two heads: the rows of this downstream mode (mix: the "
+        "paper's lambda mix; prior: the global head corrected to each client's label prior, "
+        "then mixed; joint: one head on real plus synthetic data). Every run reports every "
+        "mode. Default: each run's own --downstream",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out or args.results[0])
     try:
         if Path(args.name).name != args.name or args.name in ("", ".", ".."):
             raise OutputError(f"--name {args.name!r}: a file name stem, not a path")
         check_output(out, "--out", folder=True)
-        rows = collect(args.results, args.lambda_metric)
+        rows = collect(args.results, args.lambda_metric, args.downstream)
         md, csv = write_table(rows, out, args.name)
     except (ResultsError, OutputError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -22,6 +22,7 @@ FEDAVG_CLIENT = "fedavg-client"  # a FedAvg client: its head's init and batch or
 LOCAL_HEAD = "local"  # a client's head on its real training data (+ client id)
 CENTRALIZED_HEAD = "centralized"  # the head on the pooled data
 SYNTHETIC_HEAD = "head-synthetic"  # a client's head on its synthetic data (+ client id)
+JOINT_HEAD = "head-joint"  # a client's head on its real plus synthetic data (+ client id)
 LABELS = "labels"  # the synthetic labels of a client (+ client id; --synthetic_labels uniform)
 SAMPLE = "sample"  # the latent draws of a client's synthetic data (+ client id)
 GLOBAL_SAMPLE = "global-sample"  # the server's balanced synthetic set from the global model
