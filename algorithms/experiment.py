@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from algorithms.dp_client import GenerativeConfig
-from algorithms.evaluation import Evaluation, Outcome, evaluate_clients
+from algorithms.evaluation.protocol import Evaluation, Outcome, evaluate_clients
+from algorithms.methods.registry import Method, display_order
 from algorithms.options import Settings, UsageError
-from algorithms.privacy import delta_warning, over_budget_warning
-from algorithms.registry import Method, display_order
+from algorithms.privacy.accounting import delta_warning, over_budget_warning
+from algorithms.privacy.dp_client import GenerativeConfig
 from data.clients import ClientData, client_datasets
 from data.database import Database, DatabaseError, load_database
 from data.features import squash

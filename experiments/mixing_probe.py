@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from algorithms.evaluation import (
+from algorithms.evaluation.heads import HeadConfig, predict_proba, train_head
+from algorithms.evaluation.protocol import (
     LAMBDA_METRICS,
     ClientProbs,
     client_val_scores,
@@ -35,7 +36,6 @@ from algorithms.evaluation import (
     lambda_grid,
     mix,
 )
-from algorithms.heads import HeadConfig, predict_proba, train_head
 from data.clients import client_datasets
 from data.database import load_database
 from data.features import unsquash

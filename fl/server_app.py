@@ -24,8 +24,7 @@ from dataclasses import asdict
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from algorithms.aggregation import StateDict
-from algorithms.evaluation import (
+from algorithms.evaluation.protocol import (
     LAMBDA_METRICS,
     Evaluation,
     Outcome,
@@ -34,10 +33,11 @@ from algorithms.evaluation import (
     protocol_report,
 )
 from algorithms.experiment import DataFacts, close_run, open_run
-from algorithms.fedavg import initial_head, validation_row
-from algorithms.federation import ClientUpdate, fedavg_aggregate, run_rounds
-from algorithms.fedpft import pft_outcome, pooler
-from algorithms.generative import (
+from algorithms.federation.aggregation import StateDict
+from algorithms.federation.rounds import ClientUpdate, fedavg_aggregate, run_rounds
+from algorithms.methods.fedavg import initial_head, validation_row
+from algorithms.methods.fedpft import pft_outcome, pooler
+from algorithms.methods.generative import (
     GLOBAL_SYNTHETIC_PER_CLASS,
     count_parameters,
     dpsgd_privacy_report,

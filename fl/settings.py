@@ -26,8 +26,8 @@ import io
 import shlex
 from pathlib import Path
 
-from algorithms import registry
 from algorithms.experiment import DataFacts, data_facts
+from algorithms.methods import registry
 from algorithms.options import Settings, UsageError, load_settings
 from data.clients import ClientData, client_datasets
 from data.database import load_database

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from algorithms.evaluation import (
+from algorithms.evaluation.protocol import (
     ClientProbs,
     choose_lambda,
     client_val_scores,

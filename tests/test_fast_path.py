@@ -11,21 +11,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from algorithms.dp_client import GenerativeConfig
-from algorithms.dpcgan import CGANClient
-from algorithms.dpcvae import CVAEClient
-from algorithms.federation import run_federation
-from algorithms.generative import init_global_weights, make_clients, train_generative
-from algorithms.ghost_clipping import LinearTape, clip_and_sum_linear
-from algorithms.privacy import (
+from algorithms.federation.rounds import run_federation
+from algorithms.methods.dpcgan import CGANClient
+from algorithms.methods.dpcvae import CVAEClient
+from algorithms.methods.generative import init_global_weights, make_clients, train_generative
+from algorithms.privacy.accounting import (
     DPConfig,
     calibrate_noise,
-    dp_step,
     epsilon_from_history,
-    make_private,
     sample_rate_for,
     steps_per_epoch,
 )
+from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.privacy.dp_sgd import dp_step, make_private
+from algorithms.privacy.ghost_clipping import LinearTape, clip_and_sum_linear
 from data.clients import ClientData
 from data.features import standardize_records
 from models.cvae import CVAE, cvae_loss_per_sample

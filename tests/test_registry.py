@@ -10,9 +10,9 @@ import opacus
 import pytest
 
 import main as main_module
-from algorithms import registry
-from algorithms.evaluation import Evaluation, Outcome
+from algorithms.evaluation.protocol import Evaluation, Outcome
 from algorithms.experiment import RunFiles, close_run
+from algorithms.methods import registry
 from algorithms.options import UsageError, load_settings
 from fl.settings import SettingsError, run_settings
 from utils.collect import collect

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from algorithms.stacked import Layout, Record
+from algorithms.federation.stacked import Layout, Record
 
 # Opacus's clipping factor: min(1, C / (norm + CLIP_EPS)).
 CLIP_EPS = 1e-6
@@ -103,7 +103,7 @@ def clip_and_sum_linear(
 def clip_and_sum_stacked(
     records: list[Record], loss_per_sample: torch.Tensor, max_grad_norm: float, layout: Layout
 ) -> torch.Tensor:
-    """`clip_and_sum_linear` for K stacked clients (algorithms/stacked.py): `loss_per_sample`
+    """`clip_and_sum_linear` for K stacked clients (federation/stacked.py): `loss_per_sample`
     is (K, B), zero where a padded slot holds no sample (its gradient is then zero), and the
     records are the stacked linear layers of one forward pass. Each sample's whole gradient (all
     layers of its client's model) is clipped to `max_grad_norm` with the same ghost norm and

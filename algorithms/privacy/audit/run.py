@@ -12,11 +12,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from algorithms.audit.canaries import canary_label, make_canaries, with_canaries
-from algorithms.audit.stats import attack_summary
-from algorithms.dp_client import GenerativeConfig
-from algorithms.generative import CLIENT_TYPES, synthesize, train_generative
-from algorithms.privacy import DPConfig, check_opacus
+from algorithms.methods.generative import CLIENT_TYPES, synthesize, train_generative
+from algorithms.privacy.accounting import DPConfig
+from algorithms.privacy.audit.canaries import canary_label, make_canaries, with_canaries
+from algorithms.privacy.audit.stats import attack_summary
+from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.privacy.opacus_compat import check_opacus
 from data.clients import ClientData, client_datasets
 from data.database import DatabaseError, load_database
 from data.features import squash

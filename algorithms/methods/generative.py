@@ -17,15 +17,15 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from algorithms.aggregation import StateDict
-from algorithms.dp_client import DPClient, GenerativeConfig
-from algorithms.dpcgan import CGANClient
-from algorithms.dpcvae import CVAEClient
-from algorithms.evaluation import ClientProbs, Outcome
-from algorithms.federation import run_federation
-from algorithms.heads import HeadConfig, predict_proba, train_head
-from algorithms.privacy import NOT_COVERED, PRESET_NOT_COVERED, DPConfig, privacy_report
-from algorithms.vectorized import run_vectorized
+from algorithms.evaluation.heads import HeadConfig, predict_proba, train_head
+from algorithms.evaluation.protocol import ClientProbs, Outcome
+from algorithms.federation.aggregation import StateDict
+from algorithms.federation.rounds import run_federation
+from algorithms.federation.vectorized import run_vectorized
+from algorithms.methods.dpcgan import CGANClient
+from algorithms.methods.dpcvae import CVAEClient
+from algorithms.privacy.accounting import NOT_COVERED, PRESET_NOT_COVERED, DPConfig, privacy_report
+from algorithms.privacy.dp_client import DPClient, GenerativeConfig
 from data.clients import ClientData
 from data.features import squash, unsquash
 from utils.checkpoint import RoundCheckpoint

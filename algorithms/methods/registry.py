@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from algorithms.baselines import run_centralized, run_fedavg, run_local
-from algorithms.evaluation import Outcome
-from algorithms.fedpft import run_pft
-from algorithms.generative import run_generative
+from algorithms.evaluation.protocol import Outcome
+from algorithms.methods.baselines import run_centralized, run_fedavg, run_local
+from algorithms.methods.fedpft import run_pft
+from algorithms.methods.generative import run_generative
 from data.clients import ClientData
 from utils.checkpoint import RoundCheckpoint
 from utils.device import Execution

@@ -43,11 +43,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from algorithms.aggregation import StateDict
-from algorithms.dp_client import GenerativeConfig
-from algorithms.evaluation import Outcome
-from algorithms.federation import ClientUpdate, run_federation
-from algorithms.gaussians import (
+from algorithms.evaluation.heads import HeadConfig
+from algorithms.evaluation.protocol import Outcome
+from algorithms.federation.aggregation import StateDict
+from algorithms.federation.rounds import ClientUpdate, run_federation
+from algorithms.methods.gaussians import (
     COVARIANCES,
     fit_mixtures,
     noisy_statistics,
@@ -57,14 +57,13 @@ from algorithms.gaussians import (
     scale_shape,
     to_float32,
 )
-from algorithms.generative import (
+from algorithms.methods.generative import (
     finish_clients,
     generative_outcome,
     global_synthetic_head,
     pooled_synthetic_report,
 )
-from algorithms.heads import HeadConfig
-from algorithms.privacy import (
+from algorithms.privacy.accounting import (
     ANALYTIC_GAUSSIAN,
     RELEASE_NOT_COVERED,
     DPConfig,
@@ -72,6 +71,7 @@ from algorithms.privacy import (
     privacy_report,
     release_epsilon,
 )
+from algorithms.privacy.dp_client import GenerativeConfig
 from data.clients import ClientData
 from data.features import squash
 from utils.seeding import DP_NOISE, GENERATIVE_CLIENT, derive_seed, new_secret, private_generator
