@@ -7,32 +7,7 @@ import pytest
 import torch
 
 from algorithms.privacy.noise import noise
-from algorithms.privacy.opacus_compat import load_opacus
 from utils.seeding import generator
-
-
-def test_adversarial_dp_noise_is_sampled_in_float64_in_every_path(monkeypatch):
-    """Every DP-SGD noise draw (the fast step's, the stacked path's slot draws, Opacus's own
-    optimizers') asks torch for float64 samples."""
-    load_opacus()  # routes Opacus's sampler through noise
-    import opacus.optimizers.optimizer as plain
-    import opacus.optimizers.optimizer_fast_gradient_clipping as ghost
-
-    asked = []
-    real = torch.normal
-
-    def spy(*args, **kwargs):
-        asked.append(kwargs.get("dtype"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "normal", spy)
-    out = noise(1.0, (3, 5), generator(0))
-    assert out.dtype == torch.float32 and asked == [torch.float64]
-    ref = torch.zeros(7, dtype=torch.float32)
-    for module in (plain, ghost):
-        asked.clear()
-        drawn = module._generate_noise(2.0, ref, generator=generator(1))
-        assert drawn.dtype == torch.float32 and asked == [torch.float64]
 
 
 def test_adversarial_noise_is_float64_draws_cast_and_deterministic():
