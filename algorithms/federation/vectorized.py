@@ -304,11 +304,16 @@ class CGANEngine(_Engine):
 
 
 def make_engine(clients: Sequence[DPClient]) -> _Engine:
-    if all(isinstance(c, CVAEClient) for c in clients):
-        return CVAEEngine(clients)
-    if all(isinstance(c, CGANClient) for c in clients):
-        return CGANEngine(clients)
-    raise ValueError("the vectorized path trains DP-CVAE or DP-CGAN clients, all of one kind")
+    """The engine of the clients' method: its registry entry's `vectorized` (looked up when
+    called: the registry imports this module)."""
+    from algorithms.methods import registry
+
+    for method in registry.METHODS:
+        engine = method.vectorized
+        if engine is not None and all(isinstance(c, method.client) for c in clients):
+            return engine(clients)
+    names = ", ".join(m.name for m in registry.METHODS if m.vectorized is not None)
+    raise ValueError(f"the vectorized path trains the clients of one method of {names}")
 
 
 class _Synced:

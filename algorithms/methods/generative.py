@@ -48,17 +48,16 @@ from utils.seeding import (
     private_numpy_rng,
 )
 
-# The client class of each generative method (the registry's entries run these).
-CLIENT_TYPES: dict[str, type[CVAEClient] | type[CGANClient]] = {
-    "dpcvae": CVAEClient,
-    "dpcgan": CGANClient,
-}
-
 
 def client_type(method: str) -> type[CVAEClient] | type[CGANClient]:
-    if method not in CLIENT_TYPES:
-        raise ValueError(f"{method!r} is not a generative method ({', '.join(CLIENT_TYPES)})")
-    return CLIENT_TYPES[method]
+    """The client class of a generative method, from its registry entry (looked up when called:
+    the registry imports this module)."""
+    from algorithms.methods import registry
+
+    if method not in registry.with_flow("generative"):
+        names = ", ".join(registry.with_flow("generative"))
+        raise ValueError(f"{method!r} is not a generative method ({names})")
+    return registry.get(method).client
 
 
 def init_global_weights(

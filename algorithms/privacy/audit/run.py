@@ -12,7 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from algorithms.methods.generative import CLIENT_TYPES, synthesize, train_generative
+from algorithms.methods import registry
+from algorithms.methods.generative import synthesize, train_generative
 from algorithms.privacy.accounting import DPConfig
 from algorithms.privacy.audit.canaries import canary_label, make_canaries, with_canaries
 from algorithms.privacy.audit.stats import attack_summary
@@ -133,10 +134,10 @@ def load_run(
     except (ResultsError, FileNotFoundError, ValueError) as err:
         raise AuditError(f"{run_dir}: not a finished run ({err})") from None
     method = config.get("method")
-    if method not in CLIENT_TYPES:
-        raise AuditError(
-            f"{run_dir}: method {method!r} has nothing to audit ({', '.join(CLIENT_TYPES)})"
-        )
+    audited = registry.with_flow("generative")
+    if method not in audited:
+        names = ", ".join(audited)
+        raise AuditError(f"{run_dir}: method {method!r} has nothing to audit ({names})")
     try:
         gen_cfg = GenerativeConfig(**config["generative"])
         dp_cfg = DPConfig(**config["dp"])
