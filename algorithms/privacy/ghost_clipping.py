@@ -1,5 +1,5 @@
 """Per-sample gradient clipping of nn.Linear layers in one backward pass (the `fast` mode of
-algorithms/privacy.py): each layer's per-sample gradient is g_i a_i^T, of norm |g_i| |a_i|, so
+dp_sgd.py): each layer's per-sample gradient is g_i a_i^T, of norm |g_i| |a_i|, so
 the clipped sum is one weighted matrix product per layer. The same clipped sum as Opacus's
 per-sample `hooks` mode and its two-pass `ghost` mode (tested). `clip_and_sum_stacked` does the
 same for K clients stacked along a leading dimension (the vectorized path)."""
