@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from algorithms.downstream import evaluate_clients, summarize_rows
-from algorithms.dp_client import GenerativeConfig
-from algorithms.evaluation import Evaluation, Outcome
+from algorithms.evaluation.downstream import evaluate_clients, summarize_rows
+from algorithms.evaluation.protocol import Evaluation, Outcome
+from algorithms.methods.registry import Method, display_order
 from algorithms.options import Settings, UsageError
-from algorithms.privacy import delta_warning, over_budget_warning
-from algorithms.registry import Method, display_order
+from algorithms.privacy.accounting import delta_warning, over_budget_warning
+from algorithms.privacy.dp_client import GenerativeConfig
 from data.clients import ClientData, client_datasets, pooled_test
 from data.database import Database, DatabaseError, load_database
 from data.features import squash
@@ -309,7 +309,7 @@ def close_run(
         "lambda_val_acc": evaluation.val_acc,
         "lambda_metric": evaluation.metric if evaluation.protocol else None,
         "lambda_protocol": evaluation.protocol,
-        # every downstream mode under every lambda metric (algorithms.downstream); the rows
+        # every downstream mode under every lambda metric (evaluation/downstream.py); the rows
         # above are those of `downstream`
         "downstream": evaluation.downstream,
         "downstream_modes": evaluation.modes,

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 
-from algorithms import registry
-from algorithms.dp_client import PRESETS, SYNTHETIC_LABELS, GenerativeConfig
-from algorithms.evaluation import LAMBDA_METRICS
-from algorithms.fedavg import FedAvgConfig
-from algorithms.fedpft import COVARIANCES, PFTConfig
-from algorithms.heads import HeadConfig
-from algorithms.privacy import ACCOUNTANTS, CALIBRATIONS, COUNT_NOISE, DPConfig
+from algorithms.evaluation.heads import HeadConfig
+from algorithms.evaluation.protocol import LAMBDA_METRICS
+from algorithms.methods import registry
+from algorithms.methods.fedavg import FedAvgConfig
+from algorithms.methods.fedpft import COVARIANCES, PFTConfig
+from algorithms.privacy.accounting import ACCOUNTANTS, CALIBRATIONS, COUNT_NOISE, DPConfig
+from algorithms.privacy.dp_client import PRESETS, SYNTHETIC_LABELS, GenerativeConfig
 from data.partition import add_split_arguments
 from utils.cli import Parser
 from utils.device import DEVICES

@@ -13,15 +13,16 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from algorithms import registry
-from algorithms.dp_client import GenerativeConfig
-from algorithms.evaluation import lambda_grid
-from algorithms.fedavg import FedAvgConfig
-from algorithms.fedpft import PFTConfig
+from algorithms.evaluation.heads import HeadConfig
+from algorithms.evaluation.protocol import lambda_grid
 from algorithms.flags import PRESET_FLAGS, FlagParser, build_parser
-from algorithms.heads import HeadConfig
-from algorithms.privacy import DPConfig, check_opacus
-from algorithms.registry import Method
+from algorithms.methods import registry
+from algorithms.methods.fedavg import FedAvgConfig
+from algorithms.methods.fedpft import PFTConfig
+from algorithms.methods.registry import Method
+from algorithms.privacy.accounting import DPConfig
+from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.privacy.opacus_compat import check_opacus
 from data.partition import split_config_from_args
 from utils.device import ON_CPU, Execution, resolve_device
 

@@ -27,15 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from algorithms.downstream import evaluate_clients
-from algorithms.evaluation import (
+from algorithms.evaluation.downstream import evaluate_clients
+from algorithms.evaluation.heads import HeadConfig, predict_proba, train_head
+from algorithms.evaluation.protocol import (
     LAMBDA_METRICS,
     ClientProbs,
     client_val_scores,
     lambda_grid,
     mix,
 )
-from algorithms.heads import HeadConfig, predict_proba, train_head
 from data.clients import client_datasets
 from data.database import load_database
 from data.features import unsquash

@@ -52,29 +52,29 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from algorithms.downstream import (
+from algorithms.evaluation.downstream import (
     JOINT_WEIGHTS,
     MODES,
     client_mode_rows,
     client_mode_scores,
     mode_values,
 )
-from algorithms.dp_client import DPClient
-from algorithms.evaluation import LAMBDA_METRICS, ClientProbs, client_test_row, lambda_grid
+from algorithms.evaluation.heads import new_head, predict_proba
+from algorithms.evaluation.protocol import LAMBDA_METRICS, ClientProbs, client_test_row, lambda_grid
 from algorithms.experiment import warn_privacy_settings
-from algorithms.fedavg import FedAvgClient, make_fedavg_clients, val_accuracy
-from algorithms.federation import ClientUpdate
-from algorithms.fedpft import PFTClient, PooledSampler, make_pft_clients
-from algorithms.generative import (
+from algorithms.federation.rounds import ClientUpdate
+from algorithms.methods.fedavg import FedAvgClient, make_fedavg_clients, val_accuracy
+from algorithms.methods.fedpft import PFTClient, PooledSampler, make_pft_clients
+from algorithms.methods.generative import (
     ReleasedSampler,
     correct_count,
     finish_client,
     global_synthetic_head,
     make_clients,
 )
-from algorithms.heads import new_head, predict_proba
 from algorithms.options import Settings
-from algorithms.privacy import remember_calibration
+from algorithms.privacy.accounting import remember_calibration
+from algorithms.privacy.dp_client import DPClient
 from data.clients import ClientData
 from data.database import encoder_facts, load_meta
 from fl.ledger import Claim, site_ledger

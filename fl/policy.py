@@ -40,9 +40,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from algorithms import registry
+from algorithms.methods import registry
 from algorithms.options import Settings
-from algorithms.privacy import COUNT_NOISE, NOISE_SOURCES
+from algorithms.privacy.accounting import COUNT_NOISE, NOISE_SOURCES
 
 POLICY_KEYS = (
     "max-epsilon",

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from algorithms.aggregation import StateDict
-from algorithms.federation import ClientUpdate
+from algorithms.federation.aggregation import StateDict
+from algorithms.federation.rounds import ClientUpdate
 from utils.checkpoint import pack, unpack
 
 

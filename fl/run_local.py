@@ -38,8 +38,8 @@ from pathlib import Path
 import tomli
 import tomli_w
 
-from algorithms import registry
 from algorithms.experiment import RUN_ERRORS, data_facts, describe_run, summary_line
+from algorithms.methods import registry
 from algorithms.options import UsageError, load_settings
 from data.database import load_database
 from data.partition import load_or_make_split

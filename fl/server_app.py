@@ -24,14 +24,19 @@ from dataclasses import asdict
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from algorithms.aggregation import StateDict
-from algorithms.downstream import JOINT_WEIGHTS, choose_modes, evaluation_of, modes_report
-from algorithms.evaluation import Evaluation, Outcome, lambda_grid
+from algorithms.evaluation.downstream import (
+    JOINT_WEIGHTS,
+    choose_modes,
+    evaluation_of,
+    modes_report,
+)
+from algorithms.evaluation.protocol import Evaluation, Outcome, lambda_grid
 from algorithms.experiment import DataFacts, close_run, open_run
-from algorithms.fedavg import initial_head, validation_row
-from algorithms.federation import ClientUpdate, fedavg_aggregate, run_rounds
-from algorithms.fedpft import pft_outcome, pooler
-from algorithms.generative import (
+from algorithms.federation.aggregation import StateDict
+from algorithms.federation.rounds import ClientUpdate, fedavg_aggregate, run_rounds
+from algorithms.methods.fedavg import initial_head, validation_row
+from algorithms.methods.fedpft import pft_outcome, pooler
+from algorithms.methods.generative import (
     GLOBAL_SYNTHETIC_PER_CLASS,
     count_parameters,
     dpsgd_privacy_report,

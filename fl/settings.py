@@ -26,8 +26,8 @@ import io
 import shlex
 from pathlib import Path
 
-from algorithms import registry
 from algorithms.experiment import DataFacts, data_facts
+from algorithms.methods import registry
 from algorithms.options import Settings, UsageError, load_settings
 from data.clients import ClientData, client_datasets
 from data.database import load_database
@@ -83,13 +83,13 @@ def run_settings(run_config: dict) -> Settings:
 
 def is_generative(settings: Settings) -> bool:
     """Whether the run ends with synthesis (decoders, generators or FedPFT's Gaussians, then
-    synthetic data and the lambda protocol), rather than a federated head."""
-    return "synthesis" in settings.method.sections
+    synthetic data and the lambda protocol), rather than a federated head: the method's flow."""
+    return settings.method.flow in ("generative", "pft")
 
 
 def is_pft(settings: Settings) -> bool:
-    """Whether the run is FedPFT's (one release per site, pooled once)."""
-    return "pft" in settings.method.sections
+    """Whether the run is FedPFT's (one release per site, pooled once): the method's flow."""
+    return settings.method.flow == "pft"
 
 
 def node_client_id(node_config: dict) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from algorithms.generative import initial_global_weights
+from algorithms.methods.generative import initial_global_weights
 from fl.records import weights_record
 from fl.server_app import connect
 from fl.settings import run_settings

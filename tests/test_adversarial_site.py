@@ -12,7 +12,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from test_flower import DPCVAE, FEDAVG, SEEDED, SMALL, InProcessGrid, task_identity
 
-from algorithms.heads import new_head
+from algorithms.evaluation.heads import new_head
 from data.database import load_database
 from data.partition import SplitConfig, database_fingerprint, split_database
 from fl import client_app, server_app

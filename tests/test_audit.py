@@ -16,8 +16,8 @@ from conftest import make_gaussian_db
 from scipy.stats import binom
 
 import main as main_module
-from algorithms.audit import canaries, cli, stats
-from algorithms.audit import run as audit_run
+from algorithms.privacy.audit import canaries, cli, stats
+from algorithms.privacy.audit import run as audit_run
 from data.clients import ClientData
 from data.features import squash
 from utils.results import read_metrics

@@ -1,7 +1,7 @@
-"""The audit's ROC statistics (algorithms/audit/stats.py) read from scikit-learn's ROC curve must
-equal, bit for bit, the hand-written versions they replaced, kept here as the reference: every
-distinct score a threshold (ties share one), counts of scores >= it, AUC as Mann-Whitney U with
-ties counting half, TPR at FPR as the largest TPR whose FPR is at most the target."""
+"""The audit's ROC statistics (algorithms/privacy/audit/stats.py) read from scikit-learn's ROC curve
+must equal, bit for bit, the hand-written versions they replaced, kept here as the reference: every
+distinct score a threshold (ties share one), counts of scores >= it, AUC as Mann-Whitney U with ties
+counting half, TPR at FPR as the largest TPR whose FPR is at most the target."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.stats import rankdata
 
-from algorithms.audit import stats
+from algorithms.privacy.audit import stats
 
 
 def reference_roc_counts(members: np.ndarray, nonmembers: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import main as main_module
+from algorithms.methods import registry
 from utils.io import read_csv
 
 FAST = ["--n_clients", "3", "--quiet"]
@@ -24,8 +25,9 @@ FLAGS = {
     "fedlambda": [*ROUNDS, *HEAD],
     "dpcvae": [*GEN, "--hidden_dim", "16"],
     "dpcgan": GEN,
+    "fedpft": HEAD,
+    "dpfedpft": HEAD,
 }
-METHODS = ("local", "centralized", "fedavg", "fedprox", "fedlambda", "dpcvae", "dpcgan")
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,11 @@ def results(run_dir) -> dict:
     }
 
 
-@pytest.mark.parametrize("method", METHODS)
+def test_every_registered_method_has_its_flags_here():
+    assert set(FLAGS) == set(registry.NAMES)
+
+
+@pytest.mark.parametrize("method", registry.NAMES)
 def test_same_seed_same_files_other_seed_other_results(db, tmp_path, method):
     extra = FLAGS[method]
     for name, seed in (("a", "11"), ("b", "11"), ("c", "12")):
@@ -66,7 +72,7 @@ def test_same_seed_same_files_other_seed_other_results(db, tmp_path, method):
     assert results(a) != results(c)
 
 
-@pytest.mark.parametrize("method", ("dpcgan", "dpcvae"))
+@pytest.mark.parametrize("method", registry.with_flow("generative"))
 def test_the_thread_count_does_not_change_a_generative_run(db, tmp_path, method):
     """--num_threads sets how many clients train at once (each on one torch thread) and the
     threads of the heads' training: results must not depend on it."""

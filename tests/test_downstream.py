@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from algorithms.downstream import (
+from algorithms.evaluation.downstream import (
     JOINT_WEIGHTS,
     MODES,
     POOLED,
@@ -12,8 +12,8 @@ from algorithms.downstream import (
     label_prior,
     with_prior,
 )
-from algorithms.evaluation import ClientProbs
-from algorithms.heads import HeadConfig, predict_proba, train_head
+from algorithms.evaluation.heads import HeadConfig, predict_proba, train_head
+from algorithms.evaluation.protocol import ClientProbs
 from data.clients import ClientData
 
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from algorithms.downstream import evaluate_clients
-from algorithms.evaluation import (
+from algorithms.evaluation.downstream import evaluate_clients
+from algorithms.evaluation.protocol import (
     ClientProbs,
     choose_lambda,
     client_val_scores,

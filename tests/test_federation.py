@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from algorithms.aggregation import average_state_dicts
-from algorithms.fedavg import FedAvgClient, FedAvgConfig, init_global_head, lr_at
-from algorithms.federation import fedavg_aggregate, run_federation, sample_clients
+from algorithms.federation.aggregation import average_state_dicts
+from algorithms.federation.rounds import fedavg_aggregate, run_federation, sample_clients
+from algorithms.methods.fedavg import FedAvgClient, FedAvgConfig, init_global_head, lr_at
 from data.clients import ClientData
 
 
@@ -95,7 +95,7 @@ def test_partial_participation_averages_only_the_chosen_clients():
 
 
 def test_fedavg_aggregate_weights_by_sample_count():
-    from algorithms.federation import ClientUpdate
+    from algorithms.federation.rounds import ClientUpdate
 
     ups = [ClientUpdate({"w": torch.tensor([0.0])}, 1), ClientUpdate({"w": torch.tensor([4.0])}, 3)]
     torch.testing.assert_close(fedavg_aggregate(ups)["w"], torch.tensor([3.0]))

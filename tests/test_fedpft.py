@@ -11,8 +11,8 @@ import torch
 from opacus.accountants import PRVAccountant
 
 import main as main_module
-from algorithms.dp_client import GenerativeConfig
-from algorithms.fedpft import (
+from algorithms.evaluation.heads import HeadConfig
+from algorithms.methods.fedpft import (
     PFTClient,
     PFTConfig,
     make_pft_clients,
@@ -21,9 +21,8 @@ from algorithms.fedpft import (
     run_pft,
     sensitivity,
 )
-from algorithms.gaussians import VARIANCE_FLOOR, class_statistics, noisy_statistics
-from algorithms.heads import HeadConfig
-from algorithms.privacy import (
+from algorithms.methods.gaussians import VARIANCE_FLOOR, class_statistics, noisy_statistics
+from algorithms.privacy.accounting import (
     ANALYTIC_GAUSSIAN,
     RELEASE_NOT_COVERED,
     DPConfig,
@@ -31,6 +30,7 @@ from algorithms.privacy import (
     privacy_report,
     release_epsilon,
 )
+from algorithms.privacy.dp_client import GenerativeConfig
 from data.clients import ClientData
 from data.features import standardize_records
 from utils.collect import collect

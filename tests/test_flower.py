@@ -15,12 +15,12 @@ from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 import main as main_module
-from algorithms import privacy
-from algorithms.downstream import POOLED
-from algorithms.dp_client import GenerativeConfig
-from algorithms.fedavg import FedAvgConfig, init_global_head, make_fedavg_clients
-from algorithms.generative import init_global_weights, make_clients
-from algorithms.privacy import DPConfig
+from algorithms.evaluation.downstream import POOLED
+from algorithms.methods.fedavg import FedAvgConfig, init_global_head, make_fedavg_clients
+from algorithms.methods.generative import init_global_weights, make_clients
+from algorithms.privacy import accounting
+from algorithms.privacy.accounting import DPConfig
+from algorithms.privacy.dp_client import GenerativeConfig
 from data.clients import client_datasets
 from data.database import load_database
 from data.partition import SplitConfig, split_database
@@ -288,14 +288,16 @@ def test_a_site_calibrates_its_noise_once_per_run(gauss_db, tmp_path, task_ident
     train message calibrates is kept in Context.state with what it was calibrated from, and
     later messages take it from there instead of searching again (results: the tests above)."""
     searches = []
-    search = privacy._noise_multiplier.__wrapped__  # uncached: count every search
-    monkeypatch.setattr(privacy, "_noise_multiplier", lambda *a: searches.append(a) or search(*a))
-    monkeypatch.setattr(privacy, "_REMEMBERED", {})
+    search = accounting._noise_multiplier.__wrapped__  # uncached: count every search
+    monkeypatch.setattr(
+        accounting, "_noise_multiplier", lambda *a: searches.append(a) or search(*a)
+    )
+    monkeypatch.setattr(accounting, "_REMEMBERED", {})
     _, grid = run_in_process(gauss_db, tmp_path / "r", DPCVAE)
     assert len(searches) == 2  # one per site, at its first train message (then 2 more messages)
     for context in grid.contexts.values():
         known = context.state.config_records["calibration"]
-        assert privacy._REMEMBERED[str(known["key"])] == float(known["noise-multiplier"])
+        assert accounting._REMEMBERED[str(known["key"])] == float(known["noise-multiplier"])
 
 
 def test_the_clientapp_module_does_not_import_opacus():

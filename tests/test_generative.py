@@ -5,12 +5,12 @@ import pytest
 import torch
 from opacus.accountants import PRVAccountant
 
-from algorithms.dp_client import GenerativeConfig
-from algorithms.dpcgan import CGANClient
-from algorithms.dpcvae import CVAEClient
+from algorithms.evaluation.heads import HeadConfig
 from algorithms.experiment import chance_warning
-from algorithms.federation import fedavg_aggregate, run_federation
-from algorithms.generative import (
+from algorithms.federation.rounds import fedavg_aggregate, run_federation
+from algorithms.methods.dpcgan import CGANClient
+from algorithms.methods.dpcvae import CVAEClient
+from algorithms.methods.generative import (
     at_chance,
     fidelity_report,
     global_synthetic_report,
@@ -18,8 +18,8 @@ from algorithms.generative import (
     run_generative,
     synthetic_label_counts,
 )
-from algorithms.heads import HeadConfig
-from algorithms.privacy import DPConfig
+from algorithms.privacy.accounting import DPConfig
+from algorithms.privacy.dp_client import GenerativeConfig
 from data.clients import ClientData
 from data.features import standardize_records
 

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from algorithms.baselines import run_centralized, run_fedavg
-from algorithms.downstream import evaluate_clients
-from algorithms.dp_client import GenerativeConfig
-from algorithms.fedavg import FedAvgConfig
-from algorithms.generative import finish_client, train_generative
-from algorithms.heads import HeadConfig
-from algorithms.privacy import DPConfig
+from algorithms.evaluation.downstream import evaluate_clients
+from algorithms.evaluation.heads import HeadConfig
+from algorithms.methods.baselines import run_centralized, run_fedavg
+from algorithms.methods.fedavg import FedAvgConfig
+from algorithms.methods.generative import finish_client, train_generative
+from algorithms.privacy.accounting import DPConfig
+from algorithms.privacy.dp_client import GenerativeConfig
 from data.clients import ClientData
 from data.features import standardize_records
 

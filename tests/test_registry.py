@@ -6,14 +6,18 @@ config.json records the versions of what computed it."""
 import re
 from pathlib import Path
 
+import numpy as np
 import opacus
 import pytest
 
 import main as main_module
-from algorithms import registry
-from algorithms.evaluation import Evaluation, Outcome
+from algorithms.evaluation.protocol import ClientProbs, Evaluation, Outcome
 from algorithms.experiment import RunFiles, close_run
+from algorithms.methods import registry
+from algorithms.methods.fedpft import pft_method
+from algorithms.methods.generative import client_type
 from algorithms.options import UsageError, load_settings
+from data.clients import ClientData
 from fl.settings import SettingsError, run_settings
 from utils.collect import collect
 from utils.plots import PALETTE, by_method, color
@@ -169,3 +173,46 @@ def test_versions_name_what_the_numbers_depend_on(gauss_db, tmp_path):
     assert main_module.main([*argv, "--n_clients", "2", "--quiet"]) == 0
     config = read_metrics(out) and (out / "config.json").read_text()
     assert all(f'"{name}"' in config for name in expected)
+
+
+def _toy(clients, n_classes, configs, seed, checkpoint, execution) -> Outcome:
+    """A toy method: each client predicts its own training labels' class frequencies."""
+
+    def prior(c: ClientData, n: int) -> np.ndarray:
+        counts = np.bincount(c.y_train, minlength=n_classes) + 1.0
+        return np.tile(counts / counts.sum(), (n, 1))
+
+    local = [ClientProbs(prior(c, len(c.y_val)), prior(c, len(c.y_test))) for c in clients]
+    return Outcome(local, None, [{"round": 1, "loss": 0.0}], 0)
+
+
+def test_a_new_method_is_one_registry_entry_run_end_to_end(gauss_db, tmp_path, monkeypatch):
+    """Adding a method is one entry: `--method` accepts it and the run lifecycle writes its
+    metrics.json (one row per client, its display order after the paper's methods)."""
+    toy = registry.Method("toy", "class priors (a test)", _toy, ("head",))
+    monkeypatch.setattr(registry, "METHODS", (*registry.METHODS, toy))
+    monkeypatch.setattr(registry, "NAMES", (*registry.NAMES, "toy"))
+    out = tmp_path / "run"
+    argv = ["--database_root", str(gauss_db), "--results_dir", str(out), "--n_clients", "3"]
+    assert main_module.main([*argv, "--quiet", "--method", "toy"]) == 0
+    metrics = read_metrics(out)
+    assert metrics["method"] == "toy"
+    assert metrics["display_order"] == len(registry.NAMES) - 1
+    assert [row["id"] for row in metrics["clients"]] == [0, 1, 2]
+    assert all(0 <= row["test_acc"] <= 1 for row in metrics["clients"])
+
+
+def test_what_is_looked_up_about_a_method_is_in_its_entry():
+    """The generic code finds a method's client class, vectorized engine and end-of-run flow in
+    its registry entry, never by its name."""
+    for m in registry.METHODS:
+        assert m.flow in registry.FLOWS
+        assert (m.client is None) == (m.flow == "head")
+        assert m.vectorized is None or m.flow == "generative"
+    assert registry.with_flow("generative") == ("dpcgan", "dpcvae")
+    assert registry.with_flow("pft") == ("fedpft", "dpfedpft")
+    assert client_type("dpcvae") is registry.get("dpcvae").client
+    for name in registry.with_flow("pft"):
+        assert pft_method(name).private == (name == "dpfedpft")
+    with pytest.raises(ValueError, match="not a generative method"):
+        client_type("fedpft")

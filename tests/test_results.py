@@ -6,7 +6,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from algorithms import registry
+from algorithms.methods import registry
 from utils.collect import collect, to_markdown
 from utils.collect import main as collect_main
 from utils.io import write_json

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import algorithms.vectorized as vectorized
+import algorithms.federation.vectorized as vectorized
 import main as main_module
 import utils.checkpoint as checkpoint_module
-from algorithms.dpcgan import CGANClient
-from algorithms.dpcvae import CVAEClient
-from algorithms.fedavg import FedAvgClient
+from algorithms.methods.dpcgan import CGANClient
+from algorithms.methods.dpcvae import CVAEClient
+from algorithms.methods.fedavg import FedAvgClient
 
 # one xdist worker runs the whole module: the module-scoped runs below are made once, not
 # once per worker

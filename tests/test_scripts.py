@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from algorithms import registry
+from algorithms.methods import registry
 from algorithms.options import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import torch
 import main as main_module
 import utils.checkpoint as checkpoint_module
 import utils.seeding as seeding
-from algorithms.dpcvae import CVAEClient
+from algorithms.methods.dpcvae import CVAEClient
 
 FLAGS = ["--n_clients", "2", "--quiet", "--method", "dpcvae", "--local_epochs", "2"]
 FLAGS += ["--n_fedavg_rounds", "2", "--local_epochs_gen", "1", "--gen_batch_size", "16"]
@@ -56,7 +56,7 @@ def test_adversarial_secure_run_leaves_no_generator_state_or_secret_on_disk(tmp_
         return real_fit(self, weights, rnd)
 
     with pytest.MonkeyPatch.context() as mp:
-        import algorithms.dp_client as dp_client
+        import algorithms.privacy.dp_client as dp_client
 
         mp.setattr(dp_client, "new_secret", record_secret)
         mp.setattr(dp_client, "private_generator", record_generator)

@@ -13,7 +13,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from test_flower import DPCVAE, FEDAVG, SEEDED, SMALL, InProcessGrid, run_in_process, task_identity
 
 import data.site_split as site_split_cli
-from algorithms.generative import make_clients
+from algorithms.methods.generative import make_clients
 from data.database import load_database
 from data.partition import SplitError, load_split
 from data.site_split import site_split

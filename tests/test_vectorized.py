@@ -16,18 +16,19 @@ import torch
 import torch.nn.functional as F
 
 import main as main_module
-from algorithms.dp_client import GenerativeConfig
-from algorithms.federation import run_federation
-from algorithms.generative import init_global_weights, make_clients
-from algorithms.ghost_clipping import (
+from algorithms.federation.rounds import run_federation
+from algorithms.federation.stacked import StackedAdam, forward, pad_rows, stack
+from algorithms.federation.vectorized import CVAEEngine, run_vectorized
+from algorithms.methods.generative import init_global_weights, make_clients
+from algorithms.privacy.accounting import DPConfig
+from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.privacy.ghost_clipping import (
     LinearTape,
     Recorded,
     clip_and_sum_linear,
     clip_and_sum_stacked,
 )
-from algorithms.privacy import DPConfig, _noise_and_step, noise_and_account_stacked
-from algorithms.stacked import StackedAdam, forward, pad_rows, stack
-from algorithms.vectorized import CVAEEngine, run_vectorized
+from algorithms.privacy.opacus_compat import noise_and_account_stacked, noise_and_step
 from data.clients import ClientData
 from data.features import standardize_records
 from models.cvae import CVAE, cvae_loss_per_sample
@@ -123,7 +124,7 @@ def test_stacked_noise_draws_and_scaling_equal_the_dp_optimizers():
         for p, view in zip(opt.params, engine.layout.row(sums, k).values()):
             p.grad = view.clone()
         before = [p.detach().clone() for p in opt.params]
-        _noise_and_step(opt)  # noise, scaling, accountant, then the Adam update
+        noise_and_step(opt)  # noise, scaling, accountant, then the Adam update
         noised = torch.cat([p.grad.flatten() for p in opt.params])
         assert torch.equal(noised, grad[k])
         assert any(not torch.equal(a, b) for a, b in zip(before, opt.params))

@@ -35,7 +35,7 @@ from utils.results import (
     read_metrics,
 )
 
-# the downstream modes that runs report (algorithms/downstream.py), and the prefix of the
+# the downstream modes that runs report (algorithms/evaluation/downstream.py), and the prefix of the
 # pooled-test metrics in their rows
 DOWNSTREAM_MODES = ("mix", "prior", "joint")
 POOLED = "pooled_"

@@ -134,11 +134,11 @@ def one_message(site: int, rnd: int, folder: Path) -> dict[str, float]:
     from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
     from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
-    import algorithms.dp_client as dp_client
-    import algorithms.dpcgan as dpcgan
-    import algorithms.dpcvae as dpcvae
-    import algorithms.privacy as privacy
-    from algorithms.generative import initial_global_weights
+    import algorithms.methods.dpcgan as dpcgan
+    import algorithms.methods.dpcvae as dpcvae
+    import algorithms.privacy.dp_client as dp_client
+    import algorithms.privacy.dp_sgd as dp_sgd
+    from algorithms.methods.generative import initial_global_weights
     from fl.records import record_weights, weights_record
 
     def read(name: str) -> RecordDict:
@@ -158,7 +158,7 @@ def one_message(site: int, rnd: int, folder: Path) -> dict[str, float]:
     stages.wrap(client_app, "load_state", "state restore")
     stages.wrap(client_app, "save_state", "state save")
     stages.wrap(dp_client, "calibrate_noise", "noise calibration")
-    stages.wrap(privacy.PrivateTraining, "epsilon", "epsilon (PRV)")
+    stages.wrap(dp_sgd.PrivateTraining, "epsilon", "epsilon (PRV)")
     for cls in (dpcvae.CVAEClient, dpcgan.CGANClient):
         stages.wrap(cls, "fit", "training")
         stages.wrap(cls, "load_state_dict", "state restore")

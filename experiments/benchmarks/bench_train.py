@@ -16,11 +16,11 @@ CVAE and CGAN, batch 256, 50 rounds x 5 local epochs, epsilon 1 (PRV). Measured 
    torch._dynamo import that the first torch optimizer triggers (`rss_baseline_mb`); on CUDA
    also each full run's peak GPU memory (torch.cuda.max_memory_allocated).
 
-`--device` places everything on CPU or CUDA; `--vectorized on` trains the full runs' clients all
-at once as one stacked model (algorithms/vectorized.py), `off` one after another (--num_threads
-of them at once on CPU). Per-epoch figures are one client (on one torch thread on CPU), as each
-client trains in a per-client run; `--rounds` shortens the full runs (per client-epoch figures
-stay comparable).
+`--device` places everything on CPU or CUDA; `--vectorized on` trains the full runs' clients all at
+once as one stacked model (algorithms/federation/vectorized.py), `off` one after another
+(--num_threads of them at once on CPU). Per-epoch figures are one client (on one torch thread on
+CPU), as each client trains in a per-client run; `--rounds` shortens the full runs (per client-epoch
+figures stay comparable).
 
     python experiments/benchmarks/bench_train.py --num_threads 2     # ~18 min on 2 CPU cores
     python experiments/benchmarks/bench_train.py --quick             # smoke version, seconds
@@ -41,12 +41,12 @@ import time
 import numpy as np
 import torch
 
-import algorithms.privacy as privacy
-from algorithms.dp_client import GenerativeConfig
-from algorithms.dpcgan import CGANClient
-from algorithms.dpcvae import CVAEClient
-from algorithms.generative import train_generative
-from algorithms.privacy import DPConfig
+import algorithms.privacy.accounting as accounting
+from algorithms.methods.dpcgan import CGANClient
+from algorithms.methods.dpcvae import CVAEClient
+from algorithms.methods.generative import train_generative
+from algorithms.privacy.accounting import DPConfig
+from algorithms.privacy.dp_client import GenerativeConfig
 from data.clients import ClientData
 from data.features import standardize_records
 from utils.device import DEVICES, ON_CPU, Execution, resolve_device
@@ -161,10 +161,10 @@ def full_run(
 ) -> dict[str, float]:
     """Wall and CPU time of the federated training (set-up + all rounds), the wall time of its
     accounting, the time per client-epoch, and on CUDA the peak GPU memory."""
-    privacy._epsilon.cache_clear()  # an honest run: no epsilon computed by an earlier one
-    privacy._noise_multiplier.cache_clear()
+    accounting._epsilon.cache_clear()  # an honest run: no epsilon computed by an earlier one
+    accounting._noise_multiplier.cache_clear()
     seconds_in = {"accounting": 0.0, "calibration": 0.0}
-    epsilon_fn, calibrate_fn = privacy._epsilon, privacy._noise_multiplier
+    epsilon_fn, calibrate_fn = accounting._epsilon, accounting._noise_multiplier
 
     def timed(fn, key):
         def call(*args):
@@ -176,8 +176,8 @@ def full_run(
 
         return call
 
-    privacy._epsilon = timed(epsilon_fn, "accounting")
-    privacy._noise_multiplier = timed(calibrate_fn, "calibration")
+    accounting._epsilon = timed(epsilon_fn, "accounting")
+    accounting._noise_multiplier = timed(calibrate_fn, "calibration")
     cuda = execution.device == "cuda"
     if cuda:
         torch.cuda.synchronize()
@@ -190,7 +190,7 @@ def full_run(
         _sync(execution.device)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
-        privacy._epsilon, privacy._noise_multiplier = epsilon_fn, calibrate_fn
+        accounting._epsilon, accounting._noise_multiplier = epsilon_fn, calibrate_fn
     client_epochs = len(clients) * cfg.n_rounds * cfg.local_epochs
     return {
         "sec": seconds,

@@ -1,5 +1,5 @@
 """The analytic Gaussian mechanism (Balle & Wang 2018): the exact (epsilon, delta) of one
-Gaussian release, and the noise that a target needs. algorithms/privacy.py calibrates and
+Gaussian release, and the noise that a target needs. accounting.py calibrates and
 accounts DP-FedPFT's one-shot release with these; tests cross-check them against Opacus's PRV
 accountant.
 

@@ -12,11 +12,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from algorithms.audit.canaries import canary_label, make_canaries, with_canaries
-from algorithms.audit.stats import attack_summary
-from algorithms.dp_client import GenerativeConfig
-from algorithms.generative import CLIENT_TYPES, synthesize, train_generative
-from algorithms.privacy import DPConfig, check_opacus
+from algorithms.methods import registry
+from algorithms.methods.generative import synthesize, train_generative
+from algorithms.privacy.accounting import DPConfig
+from algorithms.privacy.audit.canaries import canary_label, make_canaries, with_canaries
+from algorithms.privacy.audit.stats import attack_summary
+from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.privacy.opacus_compat import check_opacus
 from data.clients import ClientData, client_datasets
 from data.database import DatabaseError, load_database
 from data.features import squash
@@ -132,10 +134,10 @@ def load_run(
     except (ResultsError, FileNotFoundError, ValueError) as err:
         raise AuditError(f"{run_dir}: not a finished run ({err})") from None
     method = config.get("method")
-    if method not in CLIENT_TYPES:
-        raise AuditError(
-            f"{run_dir}: method {method!r} has nothing to audit ({', '.join(CLIENT_TYPES)})"
-        )
+    audited = registry.with_flow("generative")
+    if method not in audited:
+        names = ", ".join(audited)
+        raise AuditError(f"{run_dir}: method {method!r} has nothing to audit ({names})")
     try:
         gen_cfg = GenerativeConfig(**config["generative"])
         dp_cfg = DPConfig(**config["dp"])

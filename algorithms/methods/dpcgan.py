@@ -12,10 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from algorithms.aggregation import StateDict
-from algorithms.dp_client import DPClient, GenerativeConfig, adam
-from algorithms.federation import ClientUpdate
-from algorithms.privacy import dp_step
+from algorithms.federation.aggregation import StateDict
+from algorithms.federation.rounds import ClientUpdate
+from algorithms.privacy.dp_client import DPClient, GenerativeConfig, adam
+from algorithms.privacy.dp_sgd import dp_step
 from models.cgan import Discriminator, Generator
 from utils.seeding import INIT_DISCRIMINATOR, INIT_GENERATOR, derive_seed, seeded
 

@@ -1,5 +1,5 @@
 """Per-sample gradient clipping of nn.Linear layers in one backward pass (the `fast` mode of
-algorithms/privacy.py): each layer's per-sample gradient is g_i a_i^T, of norm |g_i| |a_i|, so
+dp_sgd.py): each layer's per-sample gradient is g_i a_i^T, of norm |g_i| |a_i|, so
 the clipped sum is one weighted matrix product per layer. The same clipped sum as Opacus's
 per-sample `hooks` mode and its two-pass `ghost` mode (tested). `clip_and_sum_stacked` does the
 same for K clients stacked along a leading dimension (the vectorized path)."""
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from algorithms.stacked import Layout, Record
+from algorithms.federation.stacked import Layout, Record
 
 # Opacus's clipping factor: min(1, C / (norm + CLIP_EPS)).
 CLIP_EPS = 1e-6
@@ -103,7 +103,7 @@ def clip_and_sum_linear(
 def clip_and_sum_stacked(
     records: list[Record], loss_per_sample: torch.Tensor, max_grad_norm: float, layout: Layout
 ) -> torch.Tensor:
-    """`clip_and_sum_linear` for K stacked clients (algorithms/stacked.py): `loss_per_sample`
+    """`clip_and_sum_linear` for K stacked clients (federation/stacked.py): `loss_per_sample`
     is (K, B), zero where a padded slot holds no sample (its gradient is then zero), and the
     records are the stacked linear layers of one forward pass. Each sample's whole gradient (all
     layers of its client's model) is clipped to `max_grad_norm` with the same ghost norm and

@@ -1,5 +1,5 @@
 """K copies of one network as one stacked model: the simulated clients of a DP generative method
-trained all at once (algorithms/vectorized.py).
+trained all at once (algorithms/federation/vectorized.py).
 
 Each client's parameters are one row of a flat (K, P) tensor, in the order of the module's
 `named_parameters()` (the order of its optimizer and of its DP noise draws); each parameter is a

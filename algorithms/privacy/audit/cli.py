@@ -1,4 +1,4 @@
-"""The audit's command line (`python -m algorithms.audit RUN_DIR`): parse, audit, check the
+"""The audit's command line (`python -m algorithms.privacy.audit RUN_DIR`): parse, audit, check the
 bounds, write the "audit" block into metrics.json (see the package docstring)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import sys
 
 import torch
 
-import algorithms.audit
-from algorithms.audit.run import (
+import algorithms.privacy.audit
+from algorithms.privacy.audit.run import (
     AuditConfig,
     AuditError,
     PrivacyViolation,
@@ -25,8 +25,8 @@ from utils.results import write_metrics
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
-        prog="python -m algorithms.audit",
-        description=algorithms.audit.__doc__,
+        prog="python -m algorithms.privacy.audit",
+        description=algorithms.privacy.audit.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d = AuditConfig()

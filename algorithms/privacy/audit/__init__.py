@@ -1,6 +1,6 @@
 """Empirical privacy audit of a finished dpcvae / dpcgan run: membership inference on canaries.
 
-    python -m algorithms.audit RUN_DIR [--target_client ID] [--n_canaries K]
+    python -m algorithms.privacy.audit RUN_DIR [--target_client ID] [--n_canaries K]
 
 Reruns the run's federated training with its recorded settings and seed, with K canaries
 inserted into one target client's training data (members), while K more canaries drawn the same

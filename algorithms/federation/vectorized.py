@@ -1,5 +1,5 @@
 """The vectorized path: every simulated client of a DP-CVAE or DP-CGAN run trains at once, as one
-stacked model (algorithms/stacked.py), for GPUs.
+stacked model (algorithms/federation/stacked.py), for GPUs.
 
 The clients stay what they are in the per-client path (dpcvae.py, dpcgan.py): their data, their
 random generators, their DP optimizer's noise multiplier and expected batch size, their
@@ -27,14 +27,15 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from algorithms.aggregation import StateDict
-from algorithms.dp_client import DPClient
-from algorithms.dpcgan import CGANClient
-from algorithms.dpcvae import CVAEClient
-from algorithms.federation import ClientUpdate, run_rounds
-from algorithms.ghost_clipping import clip_and_sum_stacked
-from algorithms.privacy import noise_and_account_stacked, poisson_mask
-from algorithms.stacked import Layout, StackedAdam, forward, pad_rows, stack, unstack
+from algorithms.federation.aggregation import StateDict
+from algorithms.federation.rounds import ClientUpdate, run_rounds
+from algorithms.federation.stacked import Layout, StackedAdam, forward, pad_rows, stack, unstack
+from algorithms.methods.dpcgan import CGANClient
+from algorithms.methods.dpcvae import CVAEClient
+from algorithms.privacy.dp_client import DPClient
+from algorithms.privacy.dp_sgd import poisson_mask
+from algorithms.privacy.ghost_clipping import clip_and_sum_stacked
+from algorithms.privacy.opacus_compat import noise_and_account_stacked
 from models.cvae import cvae_loss_per_sample
 
 
@@ -303,11 +304,16 @@ class CGANEngine(_Engine):
 
 
 def make_engine(clients: Sequence[DPClient]) -> _Engine:
-    if all(isinstance(c, CVAEClient) for c in clients):
-        return CVAEEngine(clients)
-    if all(isinstance(c, CGANClient) for c in clients):
-        return CGANEngine(clients)
-    raise ValueError("the vectorized path trains DP-CVAE or DP-CGAN clients, all of one kind")
+    """The engine of the clients' method: its registry entry's `vectorized` (looked up when
+    called: the registry imports this module)."""
+    from algorithms.methods import registry
+
+    for method in registry.METHODS:
+        engine = method.vectorized
+        if engine is not None and all(isinstance(c, method.client) for c in clients):
+            return engine(clients)
+    names = ", ".join(m.name for m in registry.METHODS if m.vectorized is not None)
+    raise ValueError(f"the vectorized path trains the clients of one method of {names}")
 
 
 class _Synced:

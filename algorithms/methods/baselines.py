@@ -5,17 +5,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from algorithms.downstream import ANCHOR_STRENGTHS, label_prior
-from algorithms.evaluation import ClientProbs, Outcome
-from algorithms.fedavg import (
+from algorithms.evaluation.downstream import ANCHOR_STRENGTHS, label_prior
+from algorithms.evaluation.heads import HeadConfig, new_head, predict_proba, train_head
+from algorithms.evaluation.protocol import ClientProbs, Outcome
+from algorithms.federation.rounds import run_federation
+from algorithms.methods.fedavg import (
     FedAvgConfig,
     initial_head,
     make_fedavg_clients,
     val_accuracy,
     validation_row,
 )
-from algorithms.federation import run_federation
-from algorithms.heads import HeadConfig, new_head, predict_proba, train_head
 from data.clients import ClientData, pooled_test
 from utils.checkpoint import RoundCheckpoint
 from utils.seeding import CENTRALIZED_HEAD, LOCAL_HEAD, SAMPLING, derive_seed

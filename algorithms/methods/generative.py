@@ -17,16 +17,16 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from algorithms.aggregation import StateDict
-from algorithms.downstream import JOINT_WEIGHTS, label_prior
-from algorithms.dp_client import DPClient, GenerativeConfig
-from algorithms.dpcgan import CGANClient
-from algorithms.dpcvae import CVAEClient
-from algorithms.evaluation import ClientProbs, Outcome
-from algorithms.federation import run_federation
-from algorithms.heads import HeadConfig, predict_proba, train_head
-from algorithms.privacy import NOT_COVERED, PRESET_NOT_COVERED, DPConfig, privacy_report
-from algorithms.vectorized import run_vectorized
+from algorithms.evaluation.downstream import JOINT_WEIGHTS, label_prior
+from algorithms.evaluation.heads import HeadConfig, predict_proba, train_head
+from algorithms.evaluation.protocol import ClientProbs, Outcome
+from algorithms.federation.aggregation import StateDict
+from algorithms.federation.rounds import run_federation
+from algorithms.federation.vectorized import run_vectorized
+from algorithms.methods.dpcgan import CGANClient
+from algorithms.methods.dpcvae import CVAEClient
+from algorithms.privacy.accounting import NOT_COVERED, PRESET_NOT_COVERED, DPConfig, privacy_report
+from algorithms.privacy.dp_client import DPClient, GenerativeConfig
 from data.clients import ClientData, pooled_test
 from data.features import squash, unsquash
 from utils.checkpoint import RoundCheckpoint
@@ -50,17 +50,16 @@ from utils.seeding import (
     private_numpy_rng,
 )
 
-# The client class of each generative method (the registry's entries run these).
-CLIENT_TYPES: dict[str, type[CVAEClient] | type[CGANClient]] = {
-    "dpcvae": CVAEClient,
-    "dpcgan": CGANClient,
-}
-
 
 def client_type(method: str) -> type[CVAEClient] | type[CGANClient]:
-    if method not in CLIENT_TYPES:
-        raise ValueError(f"{method!r} is not a generative method ({', '.join(CLIENT_TYPES)})")
-    return CLIENT_TYPES[method]
+    """The client class of a generative method, from its registry entry (looked up when called:
+    the registry imports this module)."""
+    from algorithms.methods import registry
+
+    if method not in registry.with_flow("generative"):
+        names = ", ".join(registry.with_flow("generative"))
+        raise ValueError(f"{method!r} is not a generative method ({names})")
+    return registry.get(method).client
 
 
 def init_global_weights(

@@ -13,17 +13,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from algorithms.privacy import (
+from algorithms.privacy.accounting import (
     DPConfig,
-    PrivateTraining,
     calibrate_noise,
     calibration_key,
-    make_private,
-    noisy_count,
-    poisson_batch,
     sample_rate_for,
     steps_per_epoch,
 )
+from algorithms.privacy.dp_sgd import PrivateTraining, make_private, poisson_batch
+from algorithms.privacy.noise import noisy_count
 from data.clients import ClientData
 from data.features import squash
 from models.cvae import CVAE_LOSSES

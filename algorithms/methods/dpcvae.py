@@ -9,10 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from algorithms.aggregation import StateDict
-from algorithms.dp_client import DPClient, GenerativeConfig, adam
-from algorithms.federation import ClientUpdate
-from algorithms.privacy import dp_step
+from algorithms.federation.aggregation import StateDict
+from algorithms.federation.rounds import ClientUpdate
+from algorithms.privacy.dp_client import DPClient, GenerativeConfig, adam
+from algorithms.privacy.dp_sgd import dp_step
 from models.cvae import CVAE, cvae_loss_per_sample, decoder_state, load_decoder
 from utils.seeding import INIT, derive_seed, seeded
 

@@ -12,7 +12,7 @@ the chosen one.
 
 Split as a deployment runs it: each client reports its validation scores over the grid
 (`client_val_scores`), the server chooses lambda (`choose_lambda`), each client computes its
-test rows at the chosen lambdas (`client_test_row`). algorithms.downstream extends this to
+test rows at the chosen lambdas (`client_test_row`). downstream.py extends this to
 every downstream mode and runs the three in one process (`evaluate_clients`).
 """
 
@@ -33,7 +33,7 @@ LAMBDA_METRICS = {"accuracy": "acc", "balanced_accuracy": "balanced_acc"}
 class ClientProbs:
     """A model's class probabilities on one client's validation and test sets, and on the
     pooled test data of every client (a simulation only); `prior`: the label distribution of
-    the data the model was trained on, where the client knows it (algorithms.downstream)."""
+    the data the model was trained on, where the client knows it (downstream.py)."""
 
     val: np.ndarray
     test: np.ndarray
@@ -118,7 +118,7 @@ class Evaluation:
     """A run's test rows (of its downstream mode at the chosen value, or of its one model), the
     lambda chosen under `metric`, the mean validation accuracy per grid value, the mix mode's
     protocol under every metric: {metric: {lambda, val_scores, clients, summary}}, and every
-    downstream mode's (`modes`, algorithms.downstream; None without two models)."""
+    downstream mode's (`modes`, downstream.py; None without two models)."""
 
     rows: list[dict]
     lam: float | None = None
@@ -166,5 +166,5 @@ class Outcome:
     params_model: int | None = None
     # per client: synthetic embeddings (model space) and their labels, for plots
     synthetic: list[tuple[np.ndarray, np.ndarray]] | None = None
-    # per client: its joint heads by weight (algorithms.downstream), when it has them
+    # per client: its joint heads by weight (downstream.py), when it has them
     joint: list[dict[float, ClientProbs]] | None = None

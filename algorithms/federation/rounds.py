@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from algorithms.aggregation import StateDict, average_state_dicts
+from algorithms.federation.aggregation import StateDict, average_state_dicts
 from utils.progress import progress
 
 

@@ -1,44 +1,28 @@
-"""The privacy module: DP-SGD settings, noise calibration for the whole training, Opacus
-wrapping, Poisson batches, one DP step, and the report of the epsilon actually spent; and the
-calibration of a one-shot Gaussian release (DP-FedPFT) by the analytic Gaussian mechanism.
+"""Privacy accounting: the DP settings (`DPConfig`), the noise calibration for the whole
+training and for a one-shot Gaussian release, the epsilon actually spent, and the `privacy`
+block of metrics.json with what DP does not cover.
 
 Guarantee: record-level (epsilon, delta)-DP for each client, over everything the client's
 DP-trained model releases during the run (every round's shared weights), under add/remove-one
 adjacency, with Poisson sampling on every step. The noise multiplier is calibrated for the
 total number of steps the client takes (rounds x local epochs x steps per epoch), so the spent
 epsilon, read back from the accountant after training, never exceeds the target. A one-shot
-release (algorithms/fedpft.py) is one Gaussian mechanism: its epsilon is exact (Balle & Wang).
+release (algorithms/methods/fedpft.py) is one Gaussian mechanism: its epsilon is exact (Balle &
+Wang). The DP-SGD step is in dp_sgd.py, the noise draws in noise.py, and the code that depends
+on Opacus internals in opacus_compat.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from algorithms.privacy.opacus_compat import load_opacus
 
-from algorithms.ghost_clipping import LinearTape, Recorded, clip_and_sum_linear
-from algorithms.stacked import Layout
-
-if TYPE_CHECKING:
-    import opacus
-
-# Opacus's hooks see inputs that need no gradient (embeddings): a benign PyTorch notice.
-warnings.filterwarnings("ignore", message="Full backward hook is firing")
-
-# The Opacus release this module is tested with: it uses Opacus internals (the memoized
-# `_compute_rdp` below, `_check_skip_next_step` and the DP optimizer's fields in
-# `_noise_and_step`), so DP training refuses any other version (see `check_opacus`).
-TESTED_OPACUS = "1.6.0"
 ACCOUNTANTS = ("prv", "rdp")
 CALIBRATIONS = ("total", "paper")
 NOISE_SOURCES = ("seeded", "secure")
@@ -56,10 +40,6 @@ SEEDED_CAVEAT = (
 )
 # The paper's code calibrates the noise for this many epochs, whatever the training length.
 PAPER_CALIBRATION_EPOCHS = 20
-# How per-sample gradients are clipped: `fast` (this module's single-backward ghost clipping of
-# nn.Linear layers), or Opacus's own `ghost` (two backward passes) and `hooks` (per-sample
-# gradients materialized). All three give the same clipped sum and feed the same DP optimizer.
-GRAD_SAMPLE_MODES = ("fast", "ghost", "hooks")
 # Accountant calls silence warnings (process-wide state) and share caches: clients trained in
 # threads (run_federation's `workers`) take turns.
 _ACCOUNTING = threading.Lock()
@@ -170,66 +150,6 @@ def count_epsilon(cfg: DPConfig) -> float:
     return epsilon_from_history(cfg.accountant, history, cfg.delta) if history else 0.0
 
 
-def noisy_count(n: int, count_noise: float, generator: torch.Generator) -> int:
-    """The released record count: n + N(0, count_noise^2), rounded and clamped to >= 1
-    (post-processing); n itself when count_noise is 0."""
-    if count_noise == 0:
-        return n
-    noise = float(torch.randn(1, generator=generator, dtype=torch.float64))
-    return max(1, round(n + count_noise * noise))
-
-
-def _opacus():
-    """Opacus, imported on first use: with it come SciPy's statistics and sympy, seconds of
-    start-up that a process without DP-SGD (a FedAvg site's ClientApp) does not need.
-
-    Every PRV epsilon bounds its domain with two RDP evaluations, in pure Python (holding the GIL
-    that threads training other clients need); their per-order term is a pure function of (sample
-    rate, noise multiplier, order), the same every round. Memoized here, the per-round PRV
-    epsilon costs half as much, with identical values."""
-    import opacus
-    import opacus.accountants.utils
-    from opacus.accountants.analysis import rdp
-
-    if not hasattr(rdp._compute_rdp, "cache_info"):
-        rdp._compute_rdp = functools.lru_cache(maxsize=65536)(rdp._compute_rdp)
-    _route_opacus_noise()
-    return opacus
-
-
-def _route_opacus_noise() -> None:
-    """Make Opacus's DP optimizers (the `ghost` and `hooks` modes) draw their noise with
-    `noise` (float64 sampling, then cast), as the `fast` and vectorized paths do. Opacus's
-    secure mode (never used here: `_check_supported`) and calls without a generator keep
-    Opacus's own sampler."""
-    import opacus.optimizers.optimizer as plain
-    import opacus.optimizers.optimizer_fast_gradient_clipping as ghost
-
-    original = getattr(plain._generate_noise, "opacus_original", plain._generate_noise)
-
-    def generate(std, reference, generator=None, secure_mode=False):
-        if secure_mode or generator is None or std == 0:
-            return original(std, reference, generator=generator, secure_mode=secure_mode)
-        return noise(std, reference.shape, generator, reference.dtype).to(reference.device)
-
-    generate.opacus_original = original
-    for module in (plain, ghost):
-        if not hasattr(module._generate_noise, "opacus_original"):
-            module._generate_noise = generate
-
-
-def check_opacus() -> None:
-    """Refuse DP training with an Opacus other than the tested one (ValueError saying both).
-    Called before any output by the entry points' settings, and by `make_private`."""
-    opacus = _opacus()
-    if opacus.__version__ != TESTED_OPACUS:
-        raise ValueError(
-            f"DP training needs opacus {TESTED_OPACUS}, the tested version (this code uses "
-            f"Opacus internals), but {opacus.__version__} is installed: install "
-            f"opacus=={TESTED_OPACUS}, or train without DP (--dp off)"
-        )
-
-
 def sample_rate_for(n: int, batch_size: int) -> float:
     """Opacus's Poisson rate for a dataset of n with nominal batch size B: 1 / ceil(n / B)."""
     return 1.0 / math.ceil(n / batch_size)
@@ -289,7 +209,7 @@ def _noise_multiplier(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PRV's "optimal order" chatter
             return float(
-                _opacus().accountants.utils.get_noise_multiplier(
+                load_opacus().accountants.utils.get_noise_multiplier(
                     target_epsilon=epsilon,
                     target_delta=delta,
                     sample_rate=rate,
@@ -331,262 +251,28 @@ def _epsilon(accountant: str, history: tuple, delta: float) -> float:
     """Cached: the same history (e.g. clients of equal size, or a rerun) is computed once."""
     if not history:
         return 0.0
-    acc = _opacus().accountants.create_accountant(mechanism=accountant)
+    acc = load_opacus().accountants.create_accountant(mechanism=accountant)
     acc.history = list(history)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return float(acc.get_epsilon(delta=delta))
 
 
-@dataclass
-class PrivateTraining:
-    """A model made private once for the whole run: the Opacus engine (and its accountant),
-    the module to call for private forward passes, the DP optimizer, and the Poisson rate."""
-
-    engine: opacus.PrivacyEngine
-    module: nn.Module
-    optimizer: torch.optim.Optimizer
-    sample_rate: float
-    noise_multiplier: float
-    mode: str
-    tape: LinearTape | None = field(default=None, repr=False)
-    count_steps: int = 0  # the accountant's first entries that are the count's release
-
-    def epsilon(self, delta: float) -> float:
-        """Epsilon spent so far: the engine accountant's history, evaluated by that accountant."""
-        acc = self.engine.accountant
-        return epsilon_from_history(acc.mechanism(), acc.history, delta)
-
-    def steps(self) -> int:
-        """DP-SGD steps taken (the count's release is not a step)."""
-        return int(sum(h[2] for h in self.engine.accountant.history)) - self.count_steps
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """Forward/backward passes of the bare model that are not private steps (the CGAN
-        generator's loss through the discriminator): Opacus's hooks off while inside."""
-        if self.mode == "fast":
-            yield
-            return
-        self.module.disable_hooks()
-        try:
-            yield
-        finally:
-            self.module.enable_hooks()
-
-
-def make_private(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    n: int,
-    batch_size: int,
-    cfg: DPConfig,
-    noise_multiplier: float,
-    noise_generator: torch.Generator,
-    grad_sample_mode: str = "fast",
-    count_history: tuple[tuple[float, float, int], ...] = (),
-) -> PrivateTraining:
-    """Wrap model and optimizer with one PrivacyEngine (per client, once per run).
-
-    `fast` (default) and Opacus's `ghost` compute the same clipped per-sample update as
-    Opacus's per-sample `hooks` mode without materializing per-sample gradients; `fast` uses
-    Opacus's ghost-mode DP optimizer and accountant but clips in one backward pass instead of
-    two (`clip_and_sum_linear`). Batches come from `poisson_batch` at the rate Opacus derives
-    from the data loader (1 / ceil(n / batch_size)); `n` is the released (noisy) count, and
-    `count_history` (its release) starts the accountant's history."""
-    check_opacus()
-    if grad_sample_mode not in GRAD_SAMPLE_MODES:
-        raise ValueError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}")
-    tape = LinearTape(model) if grad_sample_mode == "fast" else None
-    with warnings.catch_warnings():
-        # Opacus's "Secure RNG turned off": our noise source is chosen and recorded by us
-        # (DPConfig.noise_source, privacy.noise_source in metrics.json), and a secure source
-        # is a generator keyed by OS entropy (utils.seeding.private_generator).
-        warnings.simplefilter("ignore")
-        engine = _opacus().PrivacyEngine(accountant=cfg.accountant)
-    loader = DataLoader(TensorDataset(torch.zeros(n, 1)), batch_size=batch_size)
-    out = engine.make_private(
-        module=model,
-        optimizer=optimizer,
-        data_loader=loader,
-        criterion=nn.MSELoss(),  # unused: per-sample losses are wrapped in dp_backward
-        noise_multiplier=noise_multiplier,
-        max_grad_norm=cfg.max_grad_norm,
-        poisson_sampling=True,
-        grad_sample_mode="ghost" if grad_sample_mode == "fast" else grad_sample_mode,
-        noise_generator=noise_generator,
-    )
-    module, dp_optimizer = out[0], out[1]
-    engine.accountant.history = list(count_history)
-    if tape is not None:
-        # Keep Opacus's ghost-mode optimizer (noise, scaling, accountant hook) but none of its
-        # per-layer hooks: the tape records what clip_and_sum_linear needs.
-        module._close()
-        module = Recorded(model, tape)
-    rate = 1.0 / len(loader)
-    if not math.isclose(rate, sample_rate_for(n, batch_size)):
-        raise RuntimeError("sampling rate differs from Opacus's")
-    return PrivateTraining(
-        engine,
-        module,
-        dp_optimizer,
-        rate,
-        noise_multiplier,
-        grad_sample_mode,
-        tape,
-        len(count_history),
-    )
-
-
-def poisson_batch(n: int, sample_rate: float, generator: torch.Generator) -> torch.Tensor:
-    """Indices of one Poisson-sampled batch: each record independently with `sample_rate`
-    (as Opacus's UniformWithReplacementSampler draws them)."""
-    return torch.nonzero(poisson_mask(n, sample_rate, generator)).flatten()
-
-
-def poisson_mask(n: int, sample_rate: float, generator: torch.Generator) -> torch.Tensor:
-    """Which of n records one Poisson-sampled batch holds (a boolean mask; on the generator's
-    device): the draw of `poisson_batch`."""
-    return torch.rand(n, generator=generator, device=generator.device) < sample_rate
-
-
-def dp_step(private: PrivateTraining, loss_per_sample: torch.Tensor | None) -> None:
-    """One DP-SGD step: clip each sample's gradient of its loss, sum, add Gaussian noise,
-    divide by the expected batch size, update, and count the step in the accountant.
-
-    An empty Poisson batch (`loss_per_sample` None or empty) still takes a noise-only step: the
-    accountant counts every step, so the released model must too."""
-    opt = private.optimizer
-    opt.zero_grad(set_to_none=True)
-    if loss_per_sample is None or loss_per_sample.numel() == 0:
-        if private.tape is not None:
-            private.tape.records.clear()
-        for p in opt.params:
-            p.grad = torch.zeros_like(p)
-            if private.mode == "hooks":
-                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
-    elif private.mode == "fast":
-        clip_and_sum_linear(private.tape.take(), loss_per_sample, opt.max_grad_norm)
-        _noise_and_step(opt)
-        return
-    elif private.mode == "ghost":
-        from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
-
-        DPTensorFastGradientClipping(private.module, opt, loss_per_sample, "mean").backward()
-    else:
-        loss_per_sample.mean().backward()
-    opt.step()
-
-
-def _noise_and_step(opt: torch.optim.Optimizer) -> None:
-    """What Opacus's ghost-mode `DPOptimizer.step()` does after clipping, on the clipped sums
-    already in `.grad`, without its per-step copy of every gradient: the same noise draws (same
-    call, generator and order), the same scaling, the accountant's hook, then the update. Equal
-    to `opt.step()` bit for bit (tested); `opt.step()` stays for the reference modes."""
-    _check_supported(opt)
-    std = opt.noise_multiplier * opt.max_grad_norm
-    for p in opt.params:
-        if std > 0:
-            p.grad.add_(noise(std, p.grad.shape, opt.generator, p.grad.dtype))
-        p.grad /= opt.expected_batch_size * opt.accumulated_iterations
-    opt._is_last_step_skipped = False
-    if opt.step_hook:
-        opt.step_hook(opt)
-    opt.original_optimizer.step()
-
-
-def _check_supported(opt: torch.optim.Optimizer) -> None:
-    """The fast DP steps re-implement the plain DPOptimizer step only."""
-    if (
-        opt.secure_mode
-        or opt._check_skip_next_step()
-        or getattr(opt, "_adjusted_noise_multiplier", None) is not None
-        or opt.loss_reduction != "mean"
-    ):
-        raise RuntimeError(
-            "secure mode, virtual steps, adaptive clipping and sum reduction are not supported"
-        )
-
-
-def noise_and_account_stacked(
-    privates: Sequence[PrivateTraining],
-    grad: torch.Tensor,
-    layout: Layout,
-    active: Sequence[bool],
-) -> None:
-    """`_noise_and_step` without the update, for K clients stacked in the vectorized path:
-    `grad` (K, P) holds each client's clipped sum in `layout`'s columns (one row per client, as
-    `privates`). In place, for each `active` client: Gaussian noise from its own DP optimizer's
-    generator with the same calls, shapes and order as that optimizer (so the same draws), the
-    division by its expected batch size, and the step of its accountant. The update (Adam, one
-    per client) is the caller's; inactive clients' rows are left to be ignored."""
-    draws = torch.zeros_like(grad)
-    scale = []
-    for k, private in enumerate(privates):
-        opt = private.optimizer
-        _check_supported(opt)
-        scale.append(float(opt.expected_batch_size * opt.accumulated_iterations))
-        std = opt.noise_multiplier * opt.max_grad_norm
-        if not active[k]:
-            continue
-        if std > 0:
-            row = draws[k]
-            for start, shape in layout.slots.values():
-                # the same draws as `noise(std, shape)` (float64, then cast), flattened
-                size = math.prod(shape)
-                row[start : start + size] = noise(std, (size,), opt.generator, row.dtype)
-        if opt.step_hook:
-            opt.step_hook(opt)
-    grad.add_(draws).div_(torch.tensor(scale, device=grad.device, dtype=grad.dtype)[:, None])
-
-
-def noise(
-    std: float,
-    shape: torch.Size | tuple[int, ...],
-    generator: torch.Generator,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """One Gaussian noise draw of DP-SGD (on the generator's device: a CUDA generator draws on
-    the GPU), sampled in float64 and then cast to `dtype` (the gradient's).
-
-    Why float64: torch's float32 Box-Muller takes its uniforms with 24 bits, so its draws never
-    exceed about 5.8 sigma; that cut tail is an extra delta (about 4e-6 over 1,750 steps) that no
-    accountant counts. In float64 the uniforms have 53 bits (tails to about 8.6 sigma, a missing
-    mass below 1e-17 per draw). Deterministic for a fixed generator state; Opacus's own
-    optimizers (the `ghost` and `hooks` modes) draw through this function too (`_opacus`), so
-    every mode and the vectorized path give the same noise."""
-    draw = torch.normal(
-        mean=0.0,
-        std=std,
-        size=tuple(shape),
-        generator=generator,
-        device=generator.device,
-        dtype=torch.float64,
-    )
-    return draw.to(dtype)
-
-
 def calibrate_release(cfg: DPConfig) -> float:
     """Noise multiplier of a one-shot Gaussian release (DP-FedPFT): the smallest at which the
     release is (epsilon, delta)-DP, by the exact analytic Gaussian mechanism; 0 without DP."""
-    from algorithms.analytic_gaussian import analytic_gaussian_noise  # SciPy, on first use
+    from algorithms.privacy.analytic_gaussian import analytic_gaussian_noise  # SciPy, on first use
 
     return analytic_gaussian_noise(cfg.epsilon, cfg.delta) if cfg.enabled else 0.0
 
 
 def release_epsilon(noise_multiplier: float, delta: float) -> float:
     """The epsilon that a one-shot Gaussian release with this noise multiplier spends."""
-    from algorithms.analytic_gaussian import analytic_gaussian_epsilon  # SciPy, on first use
+    from algorithms.privacy.analytic_gaussian import (
+        analytic_gaussian_epsilon,  # SciPy, on first use
+    )
 
     return analytic_gaussian_epsilon(noise_multiplier, delta)
-
-
-def gaussian_noise(shape: tuple[int, ...], std: float, generator: torch.Generator) -> torch.Tensor:
-    """Gaussian noise of standard deviation `std` (float64), drawn from `generator` (zeros
-    when `std` is 0: DP switched off)."""
-    if std == 0:
-        return torch.zeros(shape, dtype=torch.float64)
-    return torch.normal(0.0, std, size=shape, generator=generator, dtype=torch.float64)
 
 
 def privacy_report(

@@ -2,10 +2,12 @@
 
 Each entry says what the method is in one line, which function runs it, which config sections
 (flag groups of algorithms/options.py) it reads, which of the paper's spellings select it,
-whether it runs under Flower, and whether what it shares is private. `--method` and its help,
-the flag checks, the run lifecycle, the Flower apps, and (through each run's metrics.json) the
-tables and plots all read this table. Adding a method: its module, one entry here, and its
-flags in algorithms/options.py.
+whether it runs under Flower, whether what it shares is private, its client class, its
+vectorized engine (if any) and how its run ends (its flow). `--method` and its help, the flag
+checks, the run lifecycle, the generic federation code (generative.py, fedpft.py, the
+vectorized path), the Flower apps, the audit, and (through each run's metrics.json) the tables
+and plots all read this table: nothing else decides by a method's name. Adding a method: its
+module, one entry here, and its flags in algorithms/options.py.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from algorithms.baselines import run_centralized, run_fedavg, run_local
-from algorithms.evaluation import Outcome
-from algorithms.fedpft import run_pft
-from algorithms.generative import run_generative
+from algorithms.evaluation.protocol import Outcome
+from algorithms.federation.vectorized import CGANEngine, CVAEEngine
+from algorithms.methods.baselines import run_centralized, run_fedavg, run_local
+from algorithms.methods.dpcgan import CGANClient
+from algorithms.methods.dpcvae import CVAEClient
+from algorithms.methods.fedavg import FedAvgClient
+from algorithms.methods.fedpft import PFTClient, run_pft
+from algorithms.methods.generative import run_generative
 from data.clients import ClientData
 from utils.checkpoint import RoundCheckpoint
 from utils.device import Execution
@@ -24,13 +30,21 @@ from utils.device import Execution
 # (clients, n_classes, configs by section, run seed, checkpoint, device and path) -> what
 # evaluation needs
 Runner = Callable[[list[ClientData], int, dict, int, RoundCheckpoint | None, Execution], Outcome]
+# How a run ends (fl/settings.py picks the Flower apps' flow by it): `head` (a head per client
+# or one on pooled data, nothing federated), `fedavg` (a federated head), `generative` (a
+# released decoder or generator, then synthesis and the lambda protocol), `pft` (one release
+# of statistics, pooled once, then synthesis and the lambda protocol).
+FLOWS = ("head", "fedavg", "generative", "pft")
 
 
 @dataclass(frozen=True)
 class Method:
     """One method. `sections`: the config sections whose flags apply to it (flags of other
     sections are refused); `aliases`: (flag, value) pairs of the paper's scripts that select
-    it; `private`: what it shares is covered by DP, or it shares nothing."""
+    it; `private`: what it shares is covered by DP, or it shares nothing; `client`: the class
+    of its federated clients (None: not federated); `vectorized`: the engine that trains all
+    its clients at once as one stacked model (None: no vectorized path); `flow`: how its run
+    ends (FLOWS)."""
 
     name: str
     help: str
@@ -39,6 +53,13 @@ class Method:
     aliases: tuple[tuple[str, str], ...] = ()
     flower: bool = False
     private: bool = False
+    client: type | None = None
+    vectorized: type | None = None
+    flow: str = "head"
+
+    def __post_init__(self) -> None:
+        if self.flow not in FLOWS:
+            raise ValueError(f"method {self.name!r}: flow must be one of {FLOWS}")
 
 
 def _local(clients, n_classes, configs, seed, checkpoint, execution) -> Outcome:
@@ -108,6 +129,8 @@ METHODS = (
         ("fedavg",),
         aliases=(("algorithm", "normal"),),
         flower=True,
+        client=FedAvgClient,
+        flow="fedavg",
     ),
     Method(
         "fedprox",
@@ -116,12 +139,16 @@ METHODS = (
         ("fedavg", "fedprox"),
         aliases=(("algorithm", "fedprox"),),
         flower=True,
+        client=FedAvgClient,
+        flow="fedavg",
     ),
     Method(
         "fedlambda",
         "the FedAvg head mixed with a local head by the lambda protocol",
         _fedlambda,
         ("head", "fedavg", "lambda"),
+        client=FedAvgClient,
+        flow="fedavg",
     ),
     Method(
         "dpcgan",
@@ -132,6 +159,9 @@ METHODS = (
         aliases=(("anonymizer", "cgan_fedavg"),),
         flower=True,
         private=True,
+        client=CGANClient,
+        vectorized=CGANEngine,
+        flow="generative",
     ),
     Method(
         "dpcvae",
@@ -142,6 +172,9 @@ METHODS = (
         aliases=(("anonymizer", "cvae_fedavg"),),
         flower=True,
         private=True,
+        client=CVAEClient,
+        vectorized=CVAEEngine,
+        flow="generative",
     ),
     Method(
         "fedpft",
@@ -150,6 +183,8 @@ METHODS = (
         _pft("fedpft"),
         ("head", "lambda", "synthesis", "pft", "fedpft"),
         flower=True,
+        client=PFTClient,
+        flow="pft",
     ),
     Method(
         "dpfedpft",
@@ -160,6 +195,8 @@ METHODS = (
         ("head", "lambda", "synthesis", "pft", "dp"),
         flower=True,
         private=True,
+        client=PFTClient,
+        flow="pft",
     ),
 )
 NAMES = tuple(m.name for m in METHODS)
@@ -186,6 +223,11 @@ def using(section: str) -> tuple[str, ...]:
 def aliases(flag: str) -> dict[str, str]:
     """The paper's values of `flag` (e.g. 'algorithm') and the method each selects."""
     return {value: m.name for m in METHODS for f, value in m.aliases if f == flag}
+
+
+def with_flow(flow: str) -> tuple[str, ...]:
+    """The methods whose run ends with `flow` (FLOWS), in display order."""
+    return tuple(m.name for m in METHODS if m.flow == flow)
 
 
 def flower_methods() -> tuple[str, ...]:

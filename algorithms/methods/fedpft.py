@@ -39,15 +39,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from algorithms.aggregation import StateDict
-from algorithms.dp_client import GenerativeConfig
-from algorithms.evaluation import Outcome
-from algorithms.federation import ClientUpdate, run_federation
-from algorithms.gaussians import (
+from algorithms.evaluation.heads import HeadConfig
+from algorithms.evaluation.protocol import Outcome
+from algorithms.federation.aggregation import StateDict
+from algorithms.federation.rounds import ClientUpdate, run_federation
+from algorithms.methods.gaussians import (
     COVARIANCES,
     fit_mixtures,
     noisy_statistics,
@@ -57,14 +58,13 @@ from algorithms.gaussians import (
     scale_shape,
     to_float32,
 )
-from algorithms.generative import (
+from algorithms.methods.generative import (
     finish_clients,
     generative_outcome,
     global_synthetic_head,
     pooled_synthetic_report,
 )
-from algorithms.heads import HeadConfig
-from algorithms.privacy import (
+from algorithms.privacy.accounting import (
     ANALYTIC_GAUSSIAN,
     RELEASE_NOT_COVERED,
     DPConfig,
@@ -72,11 +72,25 @@ from algorithms.privacy import (
     privacy_report,
     release_epsilon,
 )
+from algorithms.privacy.dp_client import GenerativeConfig
 from data.clients import ClientData
 from data.features import squash
 from utils.seeding import DP_NOISE, GENERATIVE_CLIENT, derive_seed, new_secret, private_generator
 
-METHODS = ("fedpft", "dpfedpft")
+if TYPE_CHECKING:
+    from algorithms.methods.registry import Method
+
+
+def pft_method(method: str) -> Method:
+    """The registry entry of a FedPFT method (looked up when called: the registry imports this
+    module); its `private` tells dpfedpft's DP release from fedpft's mixtures."""
+    from algorithms.methods import registry
+
+    entry = registry.get(method)
+    if entry.flow != "pft":
+        names = ", ".join(registry.with_flow("pft"))
+        raise ValueError(f"{method!r} is not a FedPFT method ({names})")
+    return entry
 
 
 @dataclass(frozen=True)
@@ -105,7 +119,7 @@ def sensitivity(covariance: str) -> float:
 def release_size(method: str, cfg: PFTConfig, dim: int, n_classes: int) -> int:
     """Numbers one client releases (once): the same for every client (fixed shapes)."""
     cov = math.prod(scale_shape(cfg.covariance, dim))
-    if method == "fedpft":
+    if not pft_method(method).private:
         return n_classes * (1 + cfg.components * (1 + dim + cov))
     moment = {"diag": dim, "full": dim * dim, "spherical": 0}[cfg.covariance]
     return n_classes * (1 + dim + moment)
@@ -115,7 +129,7 @@ def pooler(
     method: str, cfg: PFTConfig, dp: DPConfig | None
 ) -> Callable[[Sequence[ClientUpdate]], StateDict]:
     """The server's step of `method` (the `aggregate` of the one round)."""
-    if method == "fedpft":
+    if not pft_method(method).private:
         return lambda updates: pool_mixtures([u.weights for u in updates])
     noise_std = calibrate_release(dp) * sensitivity(cfg.covariance)
     return lambda updates: pool_statistics([u.weights for u in updates], cfg.covariance, noise_std)
@@ -154,11 +168,10 @@ class PFTClient:
         seed: int,
         secret: bytes | None = None,
     ):
-        if method not in METHODS:
-            raise ValueError(f"{method!r} is not a FedPFT method ({', '.join(METHODS)})")
+        pft_method(method)
         self.method, self.id, self.data, self.n_classes = method, data.id, data, n_classes
         self.cfg, self.temperature, self.dp, self.seed = cfg, gen_cfg.squash_temperature, dp, seed
-        private = method == "dpfedpft" and dp is not None and dp.enabled
+        private = pft_method(method).private and dp is not None and dp.enabled
         self.noise_multiplier = calibrate_release(dp) if private else None
         secure = dp is not None and dp.noise_source == "secure"
         self.secret = (secret or new_secret()) if secure else None
@@ -173,7 +186,7 @@ class PFTClient:
         if self.released or rnd != 0:
             raise RuntimeError(f"client {self.id}: {self.method} releases once, in round 1 only")
         x, y, c = self.data.x_train, self.data.y_train, self.n_classes
-        if self.method == "fedpft":
+        if not pft_method(self.method).private:
             release = fit_mixtures(x, y, c, self.cfg.components, self.cfg.covariance, self.seed)
         else:
             std = (self.noise_multiplier or 0.0) * sensitivity(self.cfg.covariance)
@@ -256,7 +269,7 @@ def pft_outcome(
     and for dpfedpft the privacy block of its one release."""
     size = release_size(method, cfg, dim, n_classes)
     report = None
-    if method == "dpfedpft":
+    if pft_method(method).private:
         report = privacy_report(dp, privacy, ANALYTIC_GAUSSIAN, RELEASE_NOT_COVERED)
     params = {"shared": size, "total": size}
     return generative_outcome(

@@ -1,5 +1,5 @@
 """Class-conditional Gaussians on per-record standardized embeddings, FedPFT's building blocks
-(algorithms/fedpft.py tells the method and its privacy): per-class statistics, exact or with
+(algorithms/methods/fedpft.py tells the method and its privacy): per-class statistics, exact or with
 Gaussian noise; scikit-learn mixture fits; pooling into one mixture per class; sampling.
 
 A mixture is a dict of tensors: "weights" (C, M) (a class whose row is zero cannot be sampled),
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from algorithms.aggregation import StateDict
-from algorithms.privacy import gaussian_noise
+from algorithms.federation.aggregation import StateDict
+from algorithms.privacy.noise import gaussian_noise
 from utils.seeding import PFT_FIT, derive_seed
 
 COVARIANCES = ("diag", "full", "spherical")
@@ -142,7 +142,7 @@ def pool_mixtures(releases: Sequence[StateDict]) -> StateDict:
 
 def pool_statistics(releases: Sequence[StateDict], covariance: str, noise_std: float) -> StateDict:
     """dpfedpft's server step: sum the released statistics over clients, then post-process them
-    into one Gaussian per class (algorithms/fedpft.py says how). `noise_std`: the std of each
+    into one Gaussian per class (fedpft.py says how). `noise_std`: the std of each
     release's noise on its count."""
     count, total = (sum(r[k].double() for r in releases) for k in ("count", "sum"))
     dim = total.shape[1]

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from algorithms.evaluation import (
+from algorithms.evaluation.protocol import (
     LAMBDA_METRICS,
     ClientProbs,
     Evaluation,

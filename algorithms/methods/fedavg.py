@@ -11,9 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from algorithms.aggregation import StateDict
-from algorithms.federation import ClientUpdate
-from algorithms.heads import make_optimizer, new_head, predict_proba
+from algorithms.evaluation.heads import make_optimizer, new_head, predict_proba
+from algorithms.federation.aggregation import StateDict
+from algorithms.federation.rounds import ClientUpdate
 from data.clients import ClientData
 from utils.seeding import FEDAVG_CLIENT, FEDAVG_GLOBAL, derive_seed, generator
 

@@ -1,0 +1,168 @@
+"""One DP-SGD step: a model and its optimizer made private once per run (`make_private`, with
+Opacus's engine and accountant), Poisson batches, and the step itself (`dp_step`): clip each
+sample's gradient, sum, add Gaussian noise, update, account."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from algorithms.privacy.accounting import DPConfig, epsilon_from_history, sample_rate_for
+from algorithms.privacy.ghost_clipping import LinearTape, Recorded, clip_and_sum_linear
+from algorithms.privacy.opacus_compat import check_opacus, load_opacus, noise_and_step
+
+if TYPE_CHECKING:
+    import opacus
+
+# How per-sample gradients are clipped: `fast` (ghost_clipping.py's single backward pass for
+# nn.Linear layers), or Opacus's own `ghost` (two backward passes) and `hooks` (per-sample
+# gradients materialized). All three give the same clipped sum and feed the same DP optimizer.
+GRAD_SAMPLE_MODES = ("fast", "ghost", "hooks")
+
+
+@dataclass
+class PrivateTraining:
+    """A model made private once for the whole run: the Opacus engine (and its accountant),
+    the module to call for private forward passes, the DP optimizer, and the Poisson rate."""
+
+    engine: opacus.PrivacyEngine
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    sample_rate: float
+    noise_multiplier: float
+    mode: str
+    tape: LinearTape | None = field(default=None, repr=False)
+    count_steps: int = 0  # the accountant's first entries that are the count's release
+
+    def epsilon(self, delta: float) -> float:
+        """Epsilon spent so far: the engine accountant's history, evaluated by that accountant."""
+        acc = self.engine.accountant
+        return epsilon_from_history(acc.mechanism(), acc.history, delta)
+
+    def steps(self) -> int:
+        """DP-SGD steps taken (the count's release is not a step)."""
+        return int(sum(h[2] for h in self.engine.accountant.history)) - self.count_steps
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Forward/backward passes of the bare model that are not private steps (the CGAN
+        generator's loss through the discriminator): Opacus's hooks off while inside."""
+        if self.mode == "fast":
+            yield
+            return
+        self.module.disable_hooks()
+        try:
+            yield
+        finally:
+            self.module.enable_hooks()
+
+
+def make_private(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    n: int,
+    batch_size: int,
+    cfg: DPConfig,
+    noise_multiplier: float,
+    noise_generator: torch.Generator,
+    grad_sample_mode: str = "fast",
+    count_history: tuple[tuple[float, float, int], ...] = (),
+) -> PrivateTraining:
+    """Wrap model and optimizer with one PrivacyEngine (per client, once per run).
+
+    `fast` (default) and Opacus's `ghost` compute the same clipped per-sample update as
+    Opacus's per-sample `hooks` mode without materializing per-sample gradients; `fast` uses
+    Opacus's ghost-mode DP optimizer and accountant but clips in one backward pass instead of
+    two (`clip_and_sum_linear`). Batches come from `poisson_batch` at the rate Opacus derives
+    from the data loader (1 / ceil(n / batch_size)); `n` is the released (noisy) count, and
+    `count_history` (its release) starts the accountant's history."""
+    check_opacus()
+    if grad_sample_mode not in GRAD_SAMPLE_MODES:
+        raise ValueError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}")
+    tape = LinearTape(model) if grad_sample_mode == "fast" else None
+    with warnings.catch_warnings():
+        # Opacus's "Secure RNG turned off": our noise source is chosen and recorded by us
+        # (DPConfig.noise_source, privacy.noise_source in metrics.json), and a secure source
+        # is a generator keyed by OS entropy (utils.seeding.private_generator).
+        warnings.simplefilter("ignore")
+        engine = load_opacus().PrivacyEngine(accountant=cfg.accountant)
+    loader = DataLoader(TensorDataset(torch.zeros(n, 1)), batch_size=batch_size)
+    out = engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        criterion=nn.MSELoss(),  # unused: per-sample losses are wrapped in dp_backward
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=cfg.max_grad_norm,
+        poisson_sampling=True,
+        grad_sample_mode="ghost" if grad_sample_mode == "fast" else grad_sample_mode,
+        noise_generator=noise_generator,
+    )
+    module, dp_optimizer = out[0], out[1]
+    engine.accountant.history = list(count_history)
+    if tape is not None:
+        # Keep Opacus's ghost-mode optimizer (noise, scaling, accountant hook) but none of its
+        # per-layer hooks: the tape records what clip_and_sum_linear needs.
+        module._close()
+        module = Recorded(model, tape)
+    rate = 1.0 / len(loader)
+    if not math.isclose(rate, sample_rate_for(n, batch_size)):
+        raise RuntimeError("sampling rate differs from Opacus's")
+    return PrivateTraining(
+        engine,
+        module,
+        dp_optimizer,
+        rate,
+        noise_multiplier,
+        grad_sample_mode,
+        tape,
+        len(count_history),
+    )
+
+
+def poisson_batch(n: int, sample_rate: float, generator: torch.Generator) -> torch.Tensor:
+    """Indices of one Poisson-sampled batch: each record independently with `sample_rate`
+    (as Opacus's UniformWithReplacementSampler draws them)."""
+    return torch.nonzero(poisson_mask(n, sample_rate, generator)).flatten()
+
+
+def poisson_mask(n: int, sample_rate: float, generator: torch.Generator) -> torch.Tensor:
+    """Which of n records one Poisson-sampled batch holds (a boolean mask; on the generator's
+    device): the draw of `poisson_batch`."""
+    return torch.rand(n, generator=generator, device=generator.device) < sample_rate
+
+
+def dp_step(private: PrivateTraining, loss_per_sample: torch.Tensor | None) -> None:
+    """One DP-SGD step: clip each sample's gradient of its loss, sum, add Gaussian noise,
+    divide by the expected batch size, update, and count the step in the accountant.
+
+    An empty Poisson batch (`loss_per_sample` None or empty) still takes a noise-only step: the
+    accountant counts every step, so the released model must too."""
+    opt = private.optimizer
+    opt.zero_grad(set_to_none=True)
+    if loss_per_sample is None or loss_per_sample.numel() == 0:
+        if private.tape is not None:
+            private.tape.records.clear()
+        for p in opt.params:
+            p.grad = torch.zeros_like(p)
+            if private.mode == "hooks":
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+    elif private.mode == "fast":
+        clip_and_sum_linear(private.tape.take(), loss_per_sample, opt.max_grad_norm)
+        noise_and_step(opt)
+        return
+    elif private.mode == "ghost":
+        from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
+        DPTensorFastGradientClipping(private.module, opt, loss_per_sample, "mean").backward()
+    else:
+        loss_per_sample.mean().backward()
+    opt.step()

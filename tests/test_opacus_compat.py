@@ -1,0 +1,81 @@
+"""The code that depends on Opacus internals (algorithms/privacy/opacus_compat.py) against
+Opacus itself: the fast DP step equals `DPOptimizer.step` bit for bit, the memoized RDP terms
+leave the PRV epsilon unchanged, and Opacus's own noise sampler is routed through the float64
+`noise`."""
+
+import pytest
+import torch
+from torch import nn
+
+from algorithms.privacy.accounting import DPConfig
+from algorithms.privacy.dp_sgd import dp_step, make_private
+from algorithms.privacy.ghost_clipping import clip_and_sum_linear
+from algorithms.privacy.noise import noise
+from algorithms.privacy.opacus_compat import load_opacus
+from utils.seeding import generator
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.8])
+def test_fast_noise_step_equals_opacus_optimizer_step_bit_for_bit(sigma):
+    # The same clipped sums in .grad; one path adds noise, scales and steps through Opacus's
+    # DPOptimizer.step(), the other through the fast path's own copy-free step.
+    results = []
+    for own_step in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+        opt = torch.optim.Adam(model.parameters(), lr=0.1)
+        private = make_private(model, opt, 30, 8, DPConfig(), sigma, generator(2), "fast")
+        for step in range(3):
+            x = torch.randn(7, 5, generator=torch.Generator().manual_seed(step))
+            loss = private.module(x).pow(2).sum(dim=1)
+            if own_step:
+                dp_step(private, loss)
+            else:
+                private.optimizer.zero_grad(set_to_none=True)
+                clip_and_sum_linear(private.tape.take(), loss, private.optimizer.max_grad_norm)
+                private.optimizer.step()
+        results.append(
+            ([p.detach().clone() for p in model.parameters()], private.engine.accountant.history)
+        )
+    (params_a, history_a), (params_b, history_b) = results
+    assert all(torch.equal(a, b) for a, b in zip(params_a, params_b))
+    assert history_a == history_b == [(sigma, 1 / 4, 3)]
+
+
+def test_memoized_rdp_terms_leave_the_prv_epsilon_unchanged(monkeypatch):
+    from opacus.accountants import PRVAccountant
+    from opacus.accountants.analysis import rdp
+
+    def fresh_epsilon(steps):
+        acc = PRVAccountant()
+        acc.history = [(1.3, 1 / 7, steps)]
+        return acc.get_epsilon(delta=1e-4)
+
+    memoized = [fresh_epsilon(k) for k in (7, 70, 700)]
+    assert rdp._compute_rdp.cache_info().currsize > 0
+    monkeypatch.setattr(rdp, "_compute_rdp", rdp._compute_rdp.__wrapped__)
+    assert [fresh_epsilon(k) for k in (7, 70, 700)] == memoized
+
+
+def test_adversarial_dp_noise_is_sampled_in_float64_in_every_path(monkeypatch):
+    """Every DP-SGD noise draw (the fast step's, the stacked path's slot draws, Opacus's own
+    optimizers') asks torch for float64 samples."""
+    load_opacus()  # routes Opacus's sampler through noise
+    import opacus.optimizers.optimizer as plain
+    import opacus.optimizers.optimizer_fast_gradient_clipping as ghost
+
+    asked = []
+    real = torch.normal
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("dtype"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "normal", spy)
+    out = noise(1.0, (3, 5), generator(0))
+    assert out.dtype == torch.float32 and asked == [torch.float64]
+    ref = torch.zeros(7, dtype=torch.float32)
+    for module in (plain, ghost):
+        asked.clear()
+        drawn = module._generate_noise(2.0, ref, generator=generator(1))
+        assert drawn.dtype == torch.float32 and asked == [torch.float64]
