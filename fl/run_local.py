@@ -196,8 +196,9 @@ def node_config_text(config: dict) -> str:
 
 def stage_app(dest: Path, server_app: Path | None = None) -> Path:
     """A copy of the files `flwr run .` would ship (pyproject.toml and its `fab-include`
-    patterns: `<file>` or globs such as `<dir>/**/*.py`): the same FAB, built without walking the whole
-    repository (.venv, databases). `server_app`: a file shipped as the ServerApp instead."""
+    patterns: `<file>` or globs such as `<dir>/**/*.py`): the same FAB, built without walking
+    the whole repository (.venv, databases). `server_app`: a file shipped as the ServerApp
+    instead."""
     pyproject = APP_DIR / "pyproject.toml"
     project = tomli.loads(pyproject.read_text())
     patterns = project["tool"]["flwr"]["app"]["fab-include"]
