@@ -21,7 +21,7 @@ import numpy as np
 from algorithms.evaluation.downstream import evaluate_clients, summarize_rows
 from algorithms.evaluation.protocol import Evaluation, Outcome
 from algorithms.methods.registry import Method, display_order
-from algorithms.options import Settings, UsageError
+from algorithms.options import Settings, UsageError, check_before_run
 from algorithms.privacy.accounting import delta_warning, over_budget_warning
 from algorithms.privacy.dp_client import GenerativeConfig
 from data.clients import ClientData, client_datasets, pooled_test
@@ -104,6 +104,7 @@ class RunFiles:
 def run(settings: Settings) -> Path:
     """Set everything up (all input checks happen before any output), run, write results;
     returns the run directory."""
+    check_before_run(settings)
     data = load_run_data(settings)
     facts = data_facts(data.db.meta, settings.args.database_root, data.split, data.split_path)
     files = open_run(settings, facts)

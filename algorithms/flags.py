@@ -3,24 +3,31 @@
 Every flag belongs to a section, its --help group: `None` (the experiment and the partition:
 every method), or a config section that the registry lists for the methods that read it. A flag
 given explicitly whose section the method does not read is refused (algorithms/options.py).
+
+The flags of the config dataclasses (CONFIGS) are written once, in the metadata of their fields
+(utils.cli.flag); this module adds them to the parser, and builds the configs back from the
+parsed flags (`build_config`). The flags here are those of no config: the experiment's, the
+lambda protocol's, and how the generative methods compute.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 
+from algorithms import presets
 from algorithms.evaluation.heads import HeadConfig
-from algorithms.evaluation.protocol import LAMBDA_METRICS
+from algorithms.evaluation.protocol import LAMBDA_METRICS, lambda_grid
 from algorithms.methods import registry
 from algorithms.methods.fedavg import FedAvgConfig
-from algorithms.methods.fedpft import COVARIANCES, PFTConfig
-from algorithms.privacy.accounting import ACCOUNTANTS, CALIBRATIONS, COUNT_NOISE, DPConfig
-from algorithms.privacy.dp_client import PRESETS, SYNTHETIC_LABELS, GenerativeConfig
+from algorithms.methods.fedpft import PFTConfig
+from algorithms.privacy.accounting import DPConfig
+from algorithms.privacy.dp_client import GenerativeConfig
 from data.partition import add_split_arguments
-from utils.cli import Parser
+from utils.cli import Parser, add_flags, config_from_args, flagged_fields
 from utils.device import DEVICES
 
-# The sections of flags, with the title of their --help group.
+# The sections of flags, with the title of their --help group (groups in this order).
 SECTIONS = {
     "head": "classification heads",
     "lambda": "lambda protocol: lam * p_local + (1 - lam) * p_global",
@@ -36,30 +43,38 @@ SECTIONS = {
     "dpsgd": "DP-SGD",
 }
 
-
-# --preset: the values a preset gives to flags not given explicitly (by dest). `dp` is our DP
-# recipe for the CVAE at epsilon <= 1, measured in docs/dp_recipe.md.
-PRESET_FLAGS: dict[str, dict[str, object]] = {
-    "paper": {},
-    "dp": {
-        "cvae_loss": "elbo",
-        "cvae_beta": 1.0,
-        "cvae_layers": 0,
-        "latent_dim": 4,
-        "cvae_encoder_scale": 0.03,
-        "gen_batch_size": 0,
-        "n_fedavg_rounds": 40,
-        "local_epochs_gen": 1,
-        "cvae_lr": 0.1,
-        "synthetic_labels": "balanced",
-    },
+# The config dataclasses, in their order in config.json. A method gets a config when it reads
+# any section of the config's flags.
+CONFIGS = {
+    "head": HeadConfig,
+    "fedavg": FedAvgConfig,
+    "generative": GenerativeConfig,
+    "pft": PFTConfig,
+    "dp": DPConfig,
 }
-assert tuple(PRESET_FLAGS) == PRESETS
+
+# What --downstream can name (the run's headline rows).
+DOWNSTREAM_MODES = ("mix", "prior", "joint")
+
+
+class UsageError(ValueError):
+    """Bad flags: the message names the flag."""
+
+
+def config_sections(cls: type) -> frozenset[str]:
+    """The sections of `cls`'s own flags."""
+    return frozenset(r.section for _, r in flagged_fields(cls) if not r.shared)
+
+
+def build_config(name: str, args: argparse.Namespace, method: registry.Method) -> object:
+    """The config `name` of `method` from parsed flags (ValueError naming a flag)."""
+    return config_from_args(CONFIGS[name], args, method.sections)
 
 
 def preset_note(dest: str) -> str:
     """' (--preset dp: value)' for the --help of a flag that a preset sets, else ''."""
-    notes = [f"--preset {p}: {v[dest]}" for p, v in PRESET_FLAGS.items() if dest in v]
+    setting = [(p, presets.flags(p)) for p in presets.names()]
+    notes = [f"--preset {p}: {values[dest]}" for p, values in setting if dest in values]
     return f" ({'; '.join(notes)})" if notes else ""
 
 
@@ -70,19 +85,35 @@ class FlagParser(Parser):
         super().__init__(**kwargs)
         self.section_of: dict[str, str] = {}  # dest -> section (absent: every method)
         self.names_of: dict[str, list[str]] = {}  # dest -> its spellings, as --help shows them
+        self.groups: dict[str, argparse._ArgumentGroup] = {}
 
     def group(self, section: str) -> argparse._ArgumentGroup:
         """The --help group of `section`, titled with the methods that read it."""
-        methods = ", ".join(registry.using(section))
-        return self.add_argument_group(f"{SECTIONS[section]} ({methods})")
+        if section not in self.groups:
+            methods = ", ".join(registry.using(section))
+            self.groups[section] = self.add_argument_group(f"{SECTIONS[section]} ({methods})")
+        return self.groups[section]
+
+    def remember(self, section: str | None, action: argparse.Action) -> None:
+        self.names_of.setdefault(action.dest, []).extend(action.option_strings)
+        if section is not None:
+            self.section_of[action.dest] = section
 
     def add(self, group, section: str | None, *names: str, **kwargs) -> argparse.Action:
         """`group.add_argument(*names, **kwargs)`, remembering the flag's section."""
         action = group.add_argument(*names, **kwargs)
-        self.names_of.setdefault(action.dest, []).extend(action.option_strings)
-        if section is not None:
-            self.section_of[action.dest] = section
+        self.remember(section, action)
         return action
+
+    def add_config(self, cls: type) -> None:
+        """The flags of a config dataclass's fields, each in its section's group."""
+        sections = {r.dest: r.section for _, r in flagged_fields(cls) if not r.shared}
+        for action in add_flags(cls, self.group, preset_note):
+            self.remember(sections[action.dest], action)
+
+    def spelling(self, dest: str) -> str:
+        """The flag of `dest`, for messages: `--method`."""
+        return self.names_of[dest][0]
 
 
 def _method_help() -> str:
@@ -101,12 +132,12 @@ def build_parser(description: str | None = None, prog: str | None = None) -> Fla
     )
     _experiment_flags(parser)
     add_split_arguments(parser)
-    _head_flags(parser)
-    _fedavg_flags(parser)
+    for section in SECTIONS:
+        parser.group(section)
+    for cls in CONFIGS.values():
+        parser.add_config(cls)
+    _lambda_flags(parser)
     _generative_flags(parser)
-    _cgan_flags(parser)
-    _pft_flags(parser)
-    _dp_flags(parser)
     return parser
 
 
@@ -223,49 +254,20 @@ def _experiment_flags(parser: FlagParser) -> None:
     )
 
 
-def _head_flags(parser: FlagParser) -> None:
-    d = HeadConfig()
-    g = parser.group("head")
+def _lambda_flags(parser: FlagParser) -> None:
+    g = parser.group("lambda")
 
     def add(*names: str, **kwargs) -> None:
-        parser.add(g, "head", *names, **kwargs)
+        parser.add(g, "lambda", *names, **kwargs)
 
     add(
-        "--local_epochs",
-        type=int,
-        default=d.epochs,
-        help=f"full-batch epochs of a linear head. Default: {d.epochs}",
-    )
-    add(
-        "--lr",
-        type=float,
-        default=d.lr,
-        help=f"learning rate of the heads and of the CVAE (the CGAN has --gan_lr). Default: {d.lr}",
-    )
-    add(
-        "--weight_decay",
-        type=float,
-        default=d.weight_decay,
-        help=f"weight decay of the heads. Default: {d.weight_decay}",
-    )
-    add(
-        "--classifier_optimizer",
-        choices=["adam", "sgd"],
-        default=d.optimizer,
-        help=f"optimizer of the heads. Default: {d.optimizer}",
-    )
-    parser.add(
-        parser.group("lambda"),
-        "lambda",
         "--weights_grid_resolution",
         type=float,
         default=0.1,
         help="step of the grid {0, step, ..., 1} from which lam is chosen by the mean "
         "validation score across clients; it must divide 1. Default: 0.1",
     )
-    parser.add(
-        parser.group("lambda"),
-        "lambda",
+    add(
         "--lambda_metric",
         choices=tuple(LAMBDA_METRICS),
         default="accuracy",
@@ -273,134 +275,33 @@ def _head_flags(parser: FlagParser) -> None:
         "balanced_accuracy (weighs each client's rare classes, where sharing helps, as much as "
         "its frequent ones). metrics.json reports the protocol under both. Default: accuracy",
     )
-
-
-def _fedavg_flags(parser: FlagParser) -> None:
-    d = FedAvgConfig()
-    g = parser.group("fedavg")
-
-    def add(*names: str, **kwargs) -> None:
-        parser.add(g, "fedavg", *names, **kwargs)
-
     add(
-        "--n_rounds",
-        type=int,
-        default=d.n_rounds,
-        help=f"communication rounds. Default: {d.n_rounds}",
-    )
-    add(
-        "--fedavg_local_epochs",
-        "--local_steps",
-        dest="fedavg_local_epochs",
-        type=int,
-        default=d.local_steps,
-        help="local epochs per round (--local_steps is the paper's name: it counts epochs, "
-        f"not steps). Default: {d.local_steps}",
-    )
-    add(
-        "--bz",
-        type=int,
-        default=d.batch_size,
-        help=f"local minibatch size. Default: {d.batch_size}",
-    )
-    add("--fedavg_lr", type=float, default=d.lr, help=f"client learning rate. Default: {d.lr}")
-    add(
-        "--optimizer",
-        choices=["sgd", "adam"],
-        default=d.optimizer,
-        help=f"client optimizer. Default: {d.optimizer}",
-    )
-    add(
-        "--lr_scheduler",
-        choices=["multi_step", "none"],
-        default=d.lr_scheduler,
-        help="multi_step: x0.1 at 50%% and 75%% of the rounds. Default: multi_step",
-    )
-    add(
-        "--sampling_rate",
-        type=float,
-        default=d.sampling_rate,
-        help=f"fraction of clients taking part in each round. Default: {d.sampling_rate}",
-    )
-    parser.add(
-        parser.group("fedprox"),
-        "fedprox",
-        "--mu",
-        type=float,
-        default=0.05,
-        help="FedProx proximal weight: the term mu/2 * ||w - w_global||^2. Default: 0.05",
+        "--downstream",
+        choices=DOWNSTREAM_MODES,
+        default="mix",
+        help="which downstream step the run's headline rows (clients, summary) report: mix = "
+        "the paper's lambda mix of the local head and the global/synthetic head; prior = the "
+        "global head corrected to the client's own label prior (from its own training counts, "
+        "which never leave it), then the lambda mix; joint = one head on the client's real data "
+        "plus the synthetic data, the synthetic part weighted by a value chosen on validation. "
+        "Every run reports every mode (metrics.json `downstream_modes`). Default: mix",
     )
 
 
 def _generative_flags(parser: FlagParser) -> None:
-    """Flags of the DP generative models (names as in the paper's scripts)."""
-    d = GenerativeConfig()
-    g, s = parser.group("generative"), parser.group("synthesis")
-
-    def add(*names: str, **kwargs) -> None:
-        parser.add(g, "generative", *names, **kwargs)
-
-    def synth(*names: str, **kwargs) -> None:
-        parser.add(s, "synthesis", *names, **kwargs)
-
-    add(
-        "--n_fedavg_rounds",
-        type=int,
-        default=d.n_rounds,
-        help=f"communication rounds of the generative model. Default: {d.n_rounds}"
-        + preset_note("n_fedavg_rounds"),
-    )
-    add(
-        "--local_epochs_gen",
-        type=int,
-        default=d.local_epochs,
-        help=f"local epochs per round. Default: {d.local_epochs}" + preset_note("local_epochs_gen"),
-    )
-    add(
-        "--gen_batch_size",
-        type=int,
-        default=d.batch_size,
-        help="nominal batch size B (0: the whole client in every step); under DP, batches "
-        f"are Poisson sampled at rate 1/ceil(n/B). Default: {d.batch_size}"
-        + preset_note("gen_batch_size"),
-    )
-    add(
-        "--latent_dim",
-        type=int,
-        default=d.latent_dim,
-        help=f"latent size of the CVAE and of the CGAN. Default: {d.latent_dim}"
-        + preset_note("latent_dim"),
-    )
-    synth(
-        "--generated_factor",
-        type=float,
-        default=d.generated_factor,
-        help=f"synthetic samples per real training sample. Default: {d.generated_factor}",
-    )
-    synth(
-        "--synthetic_labels",
-        choices=SYNTHETIC_LABELS,
-        default=d.synthetic_labels,
-        help="match: per class as many samples as the client holds (the paper); uniform: the "
-        "same total spread evenly over all classes; balanced: spread evenly over the classes "
-        "the client holds. Default: match" + preset_note("synthetic_labels"),
-    )
-    synth(
-        "--squash_temperature",
-        type=float,
-        default=d.squash_temperature,
-        help="t of the fixed squash sigmoid(u / t) that maps per-record standardized "
-        "embeddings into (0, 1) for the sigmoid decoders (and where fidelity is measured). "
-        f"Default: {d.squash_temperature}",
-    )
-    synth(
+    """The generative methods' flags of no config: what they save and how they compute."""
+    parser.add(
+        parser.group("synthesis"),
+        "synthesis",
         "--save_synthetic",
         action="store_true",
         help="also write synthetic.npz into the run directory, for plots: every client's "
         "synthetic embeddings (model space) and labels, and the real training embeddings "
         "(model space) and labels of the largest client. Default: off",
     )
-    add(
+    parser.add(
+        parser.group("generative"),
+        "generative",
         "--vectorized",
         choices=("auto", "on", "off"),
         default="auto",
@@ -411,216 +312,57 @@ def _generative_flags(parser: FlagParser) -> None:
         "CPU). auto: on with CUDA, off on CPU (faster there, see docs/performance.md). Not "
         "under Flower, where each site is one client. Default: auto",
     )
-    cvae = parser.group("cvae")
-    _cvae_flags(parser, cvae, d)
-    parser.add(
-        cvae,
-        "cvae",
-        "--cvae_beta",
-        type=float,
-        default=d.beta,
-        help=f"weight of the KL term of the CVAE loss. Default: {d.beta}"
-        + preset_note("cvae_beta"),
-    )
-    parser.add(
-        cvae,
-        "cvae",
-        "--cvae_var",
-        type=float,
-        default=d.latent_var,
-        help="scale of the latent draw when sampling, z = var * N(0, I), as in the paper's "
-        f"code. Default: {d.latent_var}",
-    )
-    parser.add(
-        cvae,
-        "cvae",
-        "--hidden_dim",
-        type=int,
-        default=d.hidden_dim,
-        help=f"hidden width of the CVAE. Default: {d.hidden_dim}",
-    )
 
 
-def _cvae_flags(parser: FlagParser, cvae, d: GenerativeConfig) -> None:
-    """The CVAE's own flags (beta, latent scale and width are the paper's; the rest is ours)."""
-
-    def add(*names: str, **kwargs) -> None:
-        parser.add(cvae, "cvae", *names, **kwargs)
-
-    add(
-        "--preset",
-        choices=PRESETS,
-        default=d.preset,
-        help="the defaults of other flags: paper (the paper's settings) or dp (our DP recipe "
-        "for epsilon <= 1, docs/dp_recipe.md: "
-        + ", ".join(f"--{k} {v}" for k, v in PRESET_FLAGS["dp"].items())
-        + "). A flag given explicitly overrides its preset value. "
-        f"Default: {d.preset}",
-    )
-    add(
-        "--cvae_loss",
-        choices=("paper", "elbo"),
-        default=d.cvae_loss,
-        help="paper: MSE averaged over dimensions + beta x B x KL per sample (the paper's "
-        "scaling; its KL weight collapses the posterior); elbo: the negative ELBO of a Gaussian "
-        "likelihood with std --cvae_obs_std, summed over dimensions, + beta x KL. "
-        f"Default: {d.cvae_loss}" + preset_note("cvae_loss"),
-    )
-    add(
-        "--cvae_obs_std",
-        type=float,
-        default=d.obs_std,
-        help="std of the Gaussian likelihood of --cvae_loss elbo, in the squashed space. "
-        f"Default: {d.obs_std}",
-    )
-    add(
-        "--cvae_layers",
-        type=int,
-        default=d.cvae_layers,
-        help="hidden layers of the encoder and of the decoder (0: linear maps). "
-        f"Default: {d.cvae_layers}" + preset_note("cvae_layers"),
-    )
-    add(
-        "--cvae_encoder_scale",
-        type=float,
-        default=d.encoder_scale,
-        help="fixed factor on the embedding before the encoder; a small one leaves DP-SGD's "
-        "clipping norm to the decoder (the shared part). "
-        f"Default: {d.encoder_scale}" + preset_note("cvae_encoder_scale"),
-    )
-    add(
-        "--cvae_lr",
-        type=float,
-        default=None,
-        help="Adam learning rate of the CVAE. Default: --lr, as the paper" + preset_note("cvae_lr"),
-    )
+# --- the checks of the flags of no config ----------------------------------------------------
 
 
-def _cgan_flags(parser: FlagParser) -> None:
-    d = GenerativeConfig()
-    parser.add(
-        parser.group("cgan"),
-        "cgan",
-        "--gan_lr",
-        type=float,
-        default=d.gan_lr,
-        help=f"Adam learning rate of the CGAN (betas 0.5, 0.999). Default: {d.gan_lr}",
-    )
+def resolve_method(parser: FlagParser, args: argparse.Namespace) -> registry.Method:
+    """--method, or the paper's --algorithm / --anonymizer / --aggregator_type (which must
+    agree with each other)."""
+    if args.aggregator_type == "centralized":
+        raise UsageError(
+            f"{parser.spelling('aggregator_type')} centralized names the paper's FedAvg server, "
+            f"not a method: choose one with {parser.spelling('method')} "
+            f"({', '.join(registry.NAMES)}); one head on the pooled data is "
+            f"{parser.spelling('method')} centralized"
+        )
+    candidates = []
+    if args.method:
+        candidates.append((parser.spelling("method"), args.method))
+    for dest in ("algorithm", "anonymizer", "aggregator_type"):
+        value = getattr(args, dest)
+        if value is not None:
+            candidates.append((parser.spelling(dest), registry.aliases(dest)[value]))
+    if not candidates:
+        raise UsageError(
+            f"{parser.spelling('method')} is required (one of {', '.join(registry.NAMES)})"
+        )
+    names = {m for _, m in candidates}
+    if len(names) > 1:
+        given = ", ".join(f"{flag} -> {m}" for flag, m in candidates)
+        raise UsageError(f"conflicting method flags: {given}")
+    return registry.get(names.pop())
 
 
-def _pft_flags(parser: FlagParser) -> None:
-    d = PFTConfig()
-    parser.add(
-        parser.group("pft"),
-        "pft",
-        "--pft_covariance",
-        choices=COVARIANCES,
-        default=d.covariance,
-        help="covariance of each Gaussian: diag, full (D x D) or spherical (one variance). "
-        f"Default: {d.covariance}",
-    )
-    parser.add(
-        parser.group("fedpft"),
-        "fedpft",
-        "--pft_components",
-        type=int,
-        default=d.components,
-        help="Gaussian mixture components per client and class (a class with fewer records "
-        f"gets one per record). Default: {d.components}",
-    )
-
-
-def _dp_flags(parser: FlagParser) -> None:
-    d = DPConfig()
-    g = parser.group("dp")
-    switch = g.add_mutually_exclusive_group()
-    parser.add(
-        switch,
-        "dp",
-        "--dp",
-        choices=("on", "off"),
-        default=None,  # on (None lets argparse see a clash with the spellings below)
-        help="on: train the generative model with DP-SGD (dpfedpft: noise its release); off: "
-        "without DP (an ablation: nothing is private, epsilon is infinite in the tables). "
-        "Default: on",
-    )
-    parser.add(
-        switch,
-        "dp",
-        "--enable_dp",
-        dest="dp",
-        action="store_const",
-        const="on",
-        help="the paper's spelling of --dp on. Default: on",
-    )
-    parser.add(
-        switch,
-        "dp",
-        "--disable_dp",
-        dest="dp",
-        action="store_const",
-        const="off",
-        help="the paper's spelling of --dp off. Default: off (DP on)",
-    )
-
-    def add(*names: str, **kwargs) -> None:
-        parser.add(g, "dp", *names, **kwargs)
-
-    add(
-        "--epsilon",
-        type=float,
-        default=d.epsilon,
-        help="target epsilon of each client over the whole training (dpfedpft: its one "
-        f"release). Default: {d.epsilon}",
-    )
-    add(
-        "--delta",
-        type=float,
-        default=d.delta,
-        help=f"target delta; should be below 1/n for every client. Default: {d.delta}",
-    )
-    sgd = parser.group("dpsgd")
-
-    def add_sgd(*names: str, **kwargs) -> None:
-        parser.add(sgd, "dpsgd", *names, **kwargs)
-
-    add_sgd(
-        "--max_grad_norm",
-        type=float,
-        default=d.max_grad_norm,
-        help=f"per-sample gradient clipping norm. Default: {d.max_grad_norm}",
-    )
-    add_sgd(
-        "--accountant",
-        choices=ACCOUNTANTS,
-        default=d.accountant,
-        help="prv (a numerically tight upper bound, so less noise for the same guarantee) or "
-        f"rdp (analytic, looser). Default: {d.accountant}",
-    )
-    add_sgd(
-        "--dp_calibration",
-        choices=CALIBRATIONS,
-        default=d.calibration,
-        help="total: noise calibrated for every DP step of the run, so the spent epsilon "
-        "meets the target; paper: as the paper's code, noise for 20 epochs while training all "
-        f"rounds (the reported spent epsilon exceeds the target). Default: {d.calibration}",
-    )
-    add_sgd(
-        "--count_noise",
-        type=float,
-        default=d.count_noise,
-        help="standard deviation of the Gaussian noise on each client's released record count "
-        "(sensitivity 1), composed with DP-SGD in the same accountant: the noisy count sets "
-        "the sampling rate, steps, expected batch size and FedAvg weight, so the guarantee "
-        "holds for adding or removing a record end to end. 0 sends the exact count (then not "
-        f"covered). Default: {COUNT_NOISE:g}",
-    )
-    add(
-        "--secure_noise",
-        action="store_true",
-        help="draw every client's private randomness (DP noise, Poisson batches, noisy count, "
-        "latent and synthetic draws) from a key of 32 bytes of OS entropy instead of the run "
-        "seed: results vary from run to run, and knowing the seed no longer reproduces the "
-        "noise (Flower sites always do this unless their node config says noise-source="
-        "'seeded'). Default: off (seeded: reproducible simulation)",
-    )
+def check_run_flags(parser: FlagParser, args: argparse.Namespace) -> None:
+    """The flags of the experiment itself that no config dataclass checks."""
+    name = parser.spelling
+    if args.resume and args.overwrite:
+        raise UsageError(f"{name('resume')} and {name('overwrite')} exclude each other")
+    if args.resume and getattr(args, "secure_noise", False):
+        raise UsageError(
+            f"{name('resume')} does not apply to {name('secure_noise')} runs: their clients' "
+            "secret keys are not kept, so a resumed run could not continue their noise streams"
+        )
+    for dest in ("seed", "split_seed", "num_threads"):
+        if getattr(args, dest) < 0:
+            raise UsageError(f"{name(dest)} must be >= 0, got {getattr(args, dest)}")
+    if not (args.checkpoint_interval >= 0 and math.isfinite(args.checkpoint_interval)):
+        raise UsageError(
+            f"{name('checkpoint_interval')} must be >= 0, got {args.checkpoint_interval}"
+        )
+    try:
+        lambda_grid(args.weights_grid_resolution)
+    except ValueError as err:
+        raise UsageError(f"{name('weights_grid_resolution')}: {err}") from None

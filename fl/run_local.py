@@ -196,8 +196,9 @@ def node_config_text(config: dict) -> str:
 
 def stage_app(dest: Path, server_app: Path | None = None) -> Path:
     """A copy of the files `flwr run .` would ship (pyproject.toml and its `fab-include`
-    patterns, all `<file>` or `<dir>/**/*.py`): the same FAB, built without walking the whole
-    repository (.venv, databases). `server_app`: a file shipped as the ServerApp instead."""
+    patterns: `<file>` or globs such as `<dir>/**/*.py`): the same FAB, built without walking
+    the whole repository (.venv, databases). `server_app`: a file shipped as the ServerApp
+    instead."""
     pyproject = APP_DIR / "pyproject.toml"
     project = tomli.loads(pyproject.read_text())
     patterns = project["tool"]["flwr"]["app"]["fab-include"]
@@ -212,7 +213,7 @@ def stage_app(dest: Path, server_app: Path | None = None) -> Path:
         (dest / "pyproject.toml").write_text(tomli_w.dumps(project))
     for pattern in patterns:
         top = APP_DIR / pattern.split("/")[0]
-        files = [top] if top.is_file() else sorted(top.rglob("*.py"))
+        files = [top] if top.is_file() else sorted(APP_DIR.glob(pattern))
         for path in files:
             if "__pycache__" in path.parts:
                 continue

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from algorithms.experiment import DataFacts, data_facts
 from algorithms.methods import registry
-from algorithms.options import Settings, UsageError, load_settings
+from algorithms.options import Settings, UsageError, check_before_run, load_settings
 from data.clients import ClientData, client_datasets
 from data.database import load_database
 from data.partition import load_split
@@ -45,6 +45,7 @@ def run_settings(run_config: dict) -> Settings:
     try:
         with contextlib.redirect_stderr(stderr):
             settings = load_settings(argv)
+        check_before_run(settings)
     except SystemExit:
         raise SettingsError(f"main-args: {stderr.getvalue().strip()}") from None
     except UsageError as err:

@@ -37,7 +37,7 @@ def test_grid_has_both_ends_and_rejects_bad_resolutions():
     np.testing.assert_allclose(lambda_grid(0.1), np.round(np.arange(11) * 0.1, 10))
     assert list(lambda_grid(1.0)) == [0.0, 1.0]
     for bad in (0, -0.1, 1.5, 0.3):
-        with pytest.raises(ValueError, match="--weights_grid_resolution"):
+        with pytest.raises(ValueError, match="lambda grid.s resolution"):
             lambda_grid(bad)
 
 
@@ -111,5 +111,5 @@ def test_balanced_accuracy_picks_the_synthetic_head_that_accuracy_ignores():
     assert by_bal.protocol["balanced_accuracy"]["lambda"] == 0.0
     assert by_bal.rows[0]["test_acc"] == pytest.approx(2 / 3)
     assert by_bal.protocol["accuracy"]["summary"]["test_acc_mean"] == pytest.approx(1 / 3)
-    with pytest.raises(ValueError, match="--lambda_metric"):
+    with pytest.raises(ValueError, match="lambda metric must be one of"):
         evaluate_clients(clients, [local], [glob], 1.0, "f1")

@@ -249,6 +249,7 @@ def test_preset_dp_sets_the_recipe_and_explicit_flags_override_it(gauss_db, tmp_
     assert m["cost"]["params_shared"] == (4 + 4) * 16 + 16
 
 
-def test_preset_is_a_cvae_flag(gauss_db, tmp_path, capsys):
-    assert run(gauss_db, tmp_path / "r", "--method", "dpcgan", "--preset", "dp") == 2
-    assert "--preset does not apply to --method dpcgan" in capsys.readouterr().err
+def test_preset_is_a_generative_flag(gauss_db, tmp_path, capsys):
+    # it sets the generative models' flags (the CGAN's too), not the CVAE's alone
+    assert run(gauss_db, tmp_path / "r", "--method", "fedpft", "--preset", "dp") == 2
+    assert "--preset does not apply to --method fedpft" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from torch import nn
 from algorithms.privacy.accounting import (
     DPConfig,
     calibrate_noise,
+    check_count_noise,
     count_epsilon,
     epsilon_from_history,
     privacy_report,
@@ -214,8 +215,12 @@ def test_the_noisy_count_is_unbiased_clamped_and_exact_without_noise():
     assert all(isinstance(c, int) for c in counts.tolist())
     assert min(noisy_count(1, 20.0, g) for _ in range(200)) == 1
     assert noisy_count(67, 0.0, g) == 67
+    # the accountant runs when a run starts (and before a calibration), not in the config
+    cfg = DPConfig(epsilon=1.0, count_noise=0.5)
     with pytest.raises(ValueError, match="--count_noise 0.5 alone spends"):
-        DPConfig(epsilon=1.0, count_noise=0.5)
+        check_count_noise(cfg)
+    with pytest.raises(ValueError, match="--count_noise 0.5 alone spends"):
+        calibrate_noise(cfg, 0.1, 100, 10)
     with pytest.raises(ValueError, match="--count_noise"):
         DPConfig(count_noise=-1.0)
 

@@ -52,7 +52,7 @@ POOLED = "pooled_"
 
 def check_downstream(mode: str) -> None:
     if mode not in MODES:
-        raise ValueError(f"--downstream must be one of {MODES}, got {mode!r}")
+        raise ValueError(f"downstream mode must be one of {MODES}, got {mode!r}")
 
 
 def label_prior(y: np.ndarray, n_classes: int) -> np.ndarray:
@@ -236,7 +236,7 @@ def evaluation_of(report: dict, metric: str = "accuracy", downstream: str = "mix
     check_lambda_metric(metric)
     check_downstream(downstream)
     if downstream not in report:
-        raise ValueError(f"--downstream {downstream}: this run does not have that mode")
+        raise ValueError(f"downstream mode {downstream!r}: this run does not have it")
     head = report[downstream][metric]
     protocol = {
         m: {k: v for k, v in block.items() if k != "weight"} for m, block in report["mix"].items()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.cli import flag, flag_name
 from utils.seeding import seeded
 
 
@@ -16,20 +18,49 @@ from utils.seeding import seeded
 class HeadConfig:
     """The paper's linear heads: Adam, lr 1e-3, weight decay 5e-4, 100 full-batch epochs."""
 
-    epochs: int = 100
-    lr: float = 1e-3
-    weight_decay: float = 5e-4
-    optimizer: str = "adam"
+    epochs: int = field(
+        default=100,
+        metadata=flag(
+            "--local_epochs",
+            section="head",
+            help="full-batch epochs of a linear head. Default: {default}",
+        ),
+    )
+    lr: float = field(
+        default=1e-3,
+        metadata=flag(
+            "--lr",
+            section="head",
+            help="learning rate of the heads and of the CVAE (the CGAN has --gan_lr). "
+            "Default: {default}",
+        ),
+    )
+    weight_decay: float = field(
+        default=5e-4,
+        metadata=flag(
+            "--weight_decay", section="head", help="weight decay of the heads. Default: {default}"
+        ),
+    )
+    optimizer: str = field(
+        default="adam",
+        metadata=flag(
+            "--classifier_optimizer",
+            section="head",
+            choices=["adam", "sgd"],
+            help="optimizer of the heads. Default: {default}",
+        ),
+    )
 
     def __post_init__(self) -> None:
+        name = functools.partial(flag_name, self)
         if self.epochs < 1:
-            raise ValueError(f"--local_epochs must be >= 1, got {self.epochs}")
+            raise ValueError(f"{name('epochs')} must be >= 1, got {self.epochs}")
         if not self.lr > 0:
-            raise ValueError(f"--lr must be > 0, got {self.lr}")
+            raise ValueError(f"{name('lr')} must be > 0, got {self.lr}")
         if self.weight_decay < 0:
-            raise ValueError(f"--weight_decay must be >= 0, got {self.weight_decay}")
+            raise ValueError(f"{name('weight_decay')} must be >= 0, got {self.weight_decay}")
         if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"--classifier_optimizer must be adam or sgd, got {self.optimizer!r}")
+            raise ValueError(f"{name('optimizer')} must be adam or sgd, got {self.optimizer!r}")
 
 
 def make_optimizer(

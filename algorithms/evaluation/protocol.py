@@ -44,16 +44,16 @@ class ClientProbs:
 def lambda_grid(resolution: float) -> np.ndarray:
     """The grid {0, resolution, ..., 1} (both ends included)."""
     if not 0 < resolution <= 1:
-        raise ValueError(f"--weights_grid_resolution must lie in (0, 1], got {resolution}")
+        raise ValueError(f"the lambda grid's resolution must lie in (0, 1], got {resolution}")
     n = int(round(1.0 / resolution))
     if not np.isclose(n * resolution, 1.0):
-        raise ValueError(f"--weights_grid_resolution must divide 1 evenly, got {resolution}")
+        raise ValueError(f"the lambda grid's resolution must divide 1 evenly, got {resolution}")
     return np.linspace(0.0, 1.0, n + 1)
 
 
 def check_lambda_metric(metric: str) -> None:
     if metric not in LAMBDA_METRICS:
-        raise ValueError(f"--lambda_metric must be one of {tuple(LAMBDA_METRICS)}, got {metric!r}")
+        raise ValueError(f"lambda metric must be one of {tuple(LAMBDA_METRICS)}, got {metric!r}")
 
 
 def mix(p_local: np.ndarray, p_global: np.ndarray, lam: float) -> np.ndarray:

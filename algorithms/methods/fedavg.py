@@ -5,7 +5,8 @@ FedProx is FedAvg plus the proximal term `mu/2 * ||w - w_global||^2` in each cli
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from algorithms.evaluation.heads import make_optimizer, new_head, predict_proba
 from algorithms.federation.aggregation import StateDict
 from algorithms.federation.rounds import ClientUpdate
 from data.clients import ClientData
+from utils.cli import flag, flag_name
 from utils.seeding import FEDAVG_CLIENT, FEDAVG_GLOBAL, derive_seed, generator
 
 
@@ -23,35 +25,91 @@ class FedAvgConfig:
     """Paper defaults: 50 rounds x 5 local epochs, SGD lr 1e-3, batch 128, LR x0.1 at 50% and
     75% of the rounds, every client every round."""
 
-    n_rounds: int = 50
+    n_rounds: int = field(
+        default=50,
+        metadata=flag(
+            "--n_rounds", section="fedavg", help="communication rounds. Default: {default}"
+        ),
+    )
     # local epochs per round (--fedavg_local_epochs); the field keeps the paper's name, which
     # config.json records and which names the run directories
-    local_steps: int = 5
-    batch_size: int = 128
-    lr: float = 1e-3
-    optimizer: str = "sgd"
-    lr_scheduler: str = "multi_step"
-    mu: float = 0.0
-    sampling_rate: float = 1.0
+    local_steps: int = field(
+        default=5,
+        metadata=flag(
+            "--fedavg_local_epochs",
+            "--local_steps",
+            section="fedavg",
+            help="local epochs per round (--local_steps is the paper's name: it counts epochs, "
+            "not steps). Default: {default}",
+        ),
+    )
+    batch_size: int = field(
+        default=128,
+        metadata=flag("--bz", section="fedavg", help="local minibatch size. Default: {default}"),
+    )
+    lr: float = field(
+        default=1e-3,
+        metadata=flag(
+            "--fedavg_lr", section="fedavg", help="client learning rate. Default: {default}"
+        ),
+    )
+    optimizer: str = field(
+        default="sgd",
+        metadata=flag(
+            "--optimizer",
+            section="fedavg",
+            choices=["sgd", "adam"],
+            help="client optimizer. Default: {default}",
+        ),
+    )
+    lr_scheduler: str = field(
+        default="multi_step",
+        metadata=flag(
+            "--lr_scheduler",
+            section="fedavg",
+            choices=["multi_step", "none"],
+            help="multi_step: x0.1 at 50%% and 75%% of the rounds. Default: {default}",
+        ),
+    )
+    # FedProx's proximal weight: the flag's default is 0.05, plain FedAvg has none
+    mu: float = field(
+        default=0.0,
+        metadata=flag(
+            "--mu",
+            section="fedprox",
+            default=0.05,
+            unused=0.0,
+            help="FedProx proximal weight: the term mu/2 * ||w - w_global||^2. Default: {default}",
+        ),
+    )
+    sampling_rate: float = field(
+        default=1.0,
+        metadata=flag(
+            "--sampling_rate",
+            section="fedavg",
+            help="fraction of clients taking part in each round. Default: {default}",
+        ),
+    )
 
     def __post_init__(self) -> None:
+        name = functools.partial(flag_name, self)
         checks = [
-            (self.n_rounds >= 1, f"--n_rounds must be >= 1, got {self.n_rounds}"),
-            (self.local_steps >= 1, f"--fedavg_local_epochs must be >= 1, got {self.local_steps}"),
-            (self.batch_size >= 1, f"--bz must be >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"--fedavg_lr must be > 0, got {self.lr}"),
+            (self.n_rounds >= 1, f"{name('n_rounds')} must be >= 1, got {self.n_rounds}"),
+            (self.local_steps >= 1, f"{name('local_steps')} must be >= 1, got {self.local_steps}"),
+            (self.batch_size >= 1, f"{name('batch_size')} must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"{name('lr')} must be > 0, got {self.lr}"),
             (
                 self.optimizer in ("sgd", "adam"),
-                f"--optimizer must be sgd or adam, got {self.optimizer!r}",
+                f"{name('optimizer')} must be sgd or adam, got {self.optimizer!r}",
             ),
             (
                 self.lr_scheduler in ("multi_step", "none"),
-                f"--lr_scheduler must be multi_step or none, got {self.lr_scheduler!r}",
+                f"{name('lr_scheduler')} must be multi_step or none, got {self.lr_scheduler!r}",
             ),
-            (self.mu >= 0, f"--mu must be >= 0, got {self.mu}"),
+            (self.mu >= 0, f"{name('mu')} must be >= 0, got {self.mu}"),
             (
                 0 < self.sampling_rate <= 1,
-                f"--sampling_rate must lie in (0, 1], got {self.sampling_rate}",
+                f"{name('sampling_rate')} must lie in (0, 1], got {self.sampling_rate}",
             ),
         ]
         for ok, message in checks:

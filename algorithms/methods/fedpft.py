@@ -36,9 +36,10 @@ constants named here, are in algorithms/gaussians.py.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -75,6 +76,7 @@ from algorithms.privacy.accounting import (
 from algorithms.privacy.dp_client import GenerativeConfig
 from data.clients import ClientData
 from data.features import squash
+from utils.cli import flag, flag_name
 from utils.seeding import DP_NOISE, GENERATIVE_CLIENT, derive_seed, new_secret, private_generator
 
 if TYPE_CHECKING:
@@ -98,15 +100,34 @@ class PFTConfig:
     """FedPFT's Gaussians: `components` per class (fedpft; dpfedpft releases one Gaussian per
     class) and their covariance type, as the Flower baseline offers them."""
 
-    components: int = 1
-    covariance: str = "diag"
+    components: int = field(
+        default=1,
+        metadata=flag(
+            "--pft_components",
+            section="fedpft",
+            unused=1,  # dpfedpft releases one Gaussian per class
+            help="Gaussian mixture components per client and class (a class with fewer "
+            "records gets one per record). Default: {default}",
+        ),
+    )
+    covariance: str = field(
+        default="diag",
+        metadata=flag(
+            "--pft_covariance",
+            section="pft",
+            choices=COVARIANCES,
+            help="covariance of each Gaussian: diag, full (D x D) or spherical (one variance). "
+            "Default: {default}",
+        ),
+    )
 
     def __post_init__(self) -> None:
+        name = functools.partial(flag_name, self)
         if self.components < 1:
-            raise ValueError(f"--pft_components must be >= 1, got {self.components}")
+            raise ValueError(f"{name('components')} must be >= 1, got {self.components}")
         if self.covariance not in COVARIANCES:
             raise ValueError(
-                f"--pft_covariance must be one of {COVARIANCES}, got {self.covariance!r}"
+                f"{name('covariance')} must be one of {COVARIANCES}, got {self.covariance!r}"
             )
 
 

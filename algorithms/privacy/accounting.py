@@ -19,9 +19,10 @@ import json
 import math
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from algorithms.privacy.opacus_compat import load_opacus
+from utils.cli import flag, flag_name
 
 ACCOUNTANTS = ("prv", "rdp")
 CALIBRATIONS = ("total", "paper")
@@ -96,45 +97,145 @@ class DPConfig:
     numerically tight upper bound on epsilon, so the same guarantee needs less noise than the
     looser analytic RDP bound (about 8% less on the paper's workload)."""
 
-    enabled: bool = True
-    epsilon: float = 1.0
-    delta: float = 1e-4
+    # --dp on/off, or the paper's --enable_dp / --disable_dp (None: on)
+    enabled: bool = field(
+        default=True,
+        metadata=flag(
+            "--dp",
+            section="dp",
+            choices=("on", "off"),
+            default=None,  # on (None lets argparse see a clash with the spellings below)
+            convert=lambda value: value != "off",
+            switches=(
+                (
+                    "--enable_dp",
+                    {
+                        "action": "store_const",
+                        "const": "on",
+                        "help": "the paper's spelling of --dp on. Default: on",
+                    },
+                ),
+                (
+                    "--disable_dp",
+                    {
+                        "action": "store_const",
+                        "const": "off",
+                        "help": "the paper's spelling of --dp off. Default: off (DP on)",
+                    },
+                ),
+            ),
+            help="on: train the generative model with DP-SGD (dpfedpft: noise its release); "
+            "off: without DP (an ablation: nothing is private, epsilon is infinite in the "
+            "tables). Default: on",
+        ),
+    )
+    epsilon: float = field(
+        default=1.0,
+        metadata=flag(
+            "--epsilon",
+            section="dp",
+            help="target epsilon of each client over the whole training (dpfedpft: its one "
+            "release). Default: {default}",
+        ),
+    )
+    delta: float = field(
+        default=1e-4,
+        metadata=flag(
+            "--delta",
+            section="dp",
+            help="target delta; should be below 1/n for every client. Default: {default}",
+        ),
+    )
     # None: no DP-SGD (a one-shot release: nothing is clipped per gradient, nothing accounted
     # step by step)
-    max_grad_norm: float | None = 1.5
-    accountant: str | None = "prv"
-    calibration: str | None = "total"
-    count_noise: float = COUNT_NOISE  # 0 for a one-shot release (it noises its counts itself)
-    noise_source: str = "seeded"
+    max_grad_norm: float | None = field(
+        default=1.5,
+        metadata=flag(
+            "--max_grad_norm",
+            section="dpsgd",
+            unused=None,
+            help="per-sample gradient clipping norm. Default: {default}",
+        ),
+    )
+    accountant: str | None = field(
+        default="prv",
+        metadata=flag(
+            "--accountant",
+            section="dpsgd",
+            choices=ACCOUNTANTS,
+            unused=None,
+            help="prv (a numerically tight upper bound, so less noise for the same guarantee) "
+            "or rdp (analytic, looser). Default: {default}",
+        ),
+    )
+    calibration: str | None = field(
+        default="total",
+        metadata=flag(
+            "--dp_calibration",
+            section="dpsgd",
+            choices=CALIBRATIONS,
+            unused=None,
+            help="total: noise calibrated for every DP step of the run, so the spent epsilon "
+            "meets the target; paper: as the paper's code, noise for 20 epochs while training "
+            "all rounds (the reported spent epsilon exceeds the target). Default: {default}",
+        ),
+    )
+    # 0 for a one-shot release (it noises its counts itself)
+    count_noise: float = field(
+        default=COUNT_NOISE,
+        metadata=flag(
+            "--count_noise",
+            section="dpsgd",
+            unused=0.0,
+            help="standard deviation of the Gaussian noise on each client's released record "
+            "count (sensitivity 1), composed with DP-SGD in the same accountant: the noisy count "
+            "sets the sampling rate, steps, expected batch size and FedAvg weight, so the "
+            "guarantee holds for adding or removing a record end to end. 0 sends the exact "
+            f"count (then not covered). Default: {COUNT_NOISE:g}",
+        ),
+    )
+    noise_source: str = field(
+        default="seeded",
+        metadata=flag(
+            "--secure_noise",
+            section="dp",
+            action="store_true",
+            convert=lambda secure: "secure" if secure else "seeded",
+            help="draw every client's private randomness (DP noise, Poisson batches, noisy "
+            "count, latent and synthetic draws) from a key of 32 bytes of OS entropy instead of "
+            "the run seed: results vary from run to run, and knowing the seed no longer "
+            "reproduces the noise (Flower sites always do this unless their node config says "
+            "noise-source='seeded'). Default: off (seeded: reproducible simulation)",
+        ),
+    )
 
     def __post_init__(self) -> None:
+        """Checks each field alone (no accountant: `check_count_noise` runs one, when a run
+        starts)."""
+        name = functools.partial(flag_name, self)
         if self.noise_source not in NOISE_SOURCES:
             raise ValueError(
-                f"noise source must be one of {NOISE_SOURCES} (--secure_noise), "
+                f"noise source must be one of {NOISE_SOURCES} ({name('noise_source')}), "
                 f"got {self.noise_source!r}"
             )
         if not self.enabled:
             return
         if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
-            raise ValueError(f"--epsilon must be a positive number, got {self.epsilon}")
+            raise ValueError(f"{name('epsilon')} must be a positive number, got {self.epsilon}")
         if not 0 < self.delta < 1:
-            raise ValueError(f"--delta must lie in (0, 1), got {self.delta}")
+            raise ValueError(f"{name('delta')} must lie in (0, 1), got {self.delta}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"--max_grad_norm must be > 0, got {self.max_grad_norm}")
+            raise ValueError(f"{name('max_grad_norm')} must be > 0, got {self.max_grad_norm}")
         if self.accountant is not None and self.accountant not in ACCOUNTANTS:
-            raise ValueError(f"--accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
+            raise ValueError(
+                f"{name('accountant')} must be one of {ACCOUNTANTS}, got {self.accountant!r}"
+            )
         if self.calibration is not None and self.calibration not in CALIBRATIONS:
             raise ValueError(
-                f"--dp_calibration must be one of {CALIBRATIONS}, got {self.calibration!r}"
+                f"{name('calibration')} must be one of {CALIBRATIONS}, got {self.calibration!r}"
             )
         if not (self.count_noise >= 0 and math.isfinite(self.count_noise)):
-            raise ValueError(f"--count_noise must be >= 0, got {self.count_noise}")
-        count = count_epsilon(self)
-        if count >= self.epsilon:
-            raise ValueError(
-                f"--count_noise {self.count_noise} alone spends epsilon {count:.3g} of the "
-                f"target --epsilon {self.epsilon}: raise --count_noise"
-            )
+            raise ValueError(f"{name('count_noise')} must be >= 0, got {self.count_noise}")
 
     def count_history(self) -> tuple[tuple[float, float, int], ...]:
         """The accountant's entry of the record count's release: a Gaussian mechanism of
@@ -148,6 +249,20 @@ def count_epsilon(cfg: DPConfig) -> float:
     """The epsilon that the noisy count alone spends at the config's delta (0 without one)."""
     history = list(cfg.count_history())
     return epsilon_from_history(cfg.accountant, history, cfg.delta) if history else 0.0
+
+
+def check_count_noise(cfg: DPConfig | None) -> None:
+    """Refuse a count noise that alone spends the whole target epsilon (runs the accountant:
+    called when a run starts, and before every calibration, not while flags are parsed)."""
+    if cfg is None or not cfg.enabled:
+        return
+    count = count_epsilon(cfg)
+    if count >= cfg.epsilon:
+        noise, target = flag_name(cfg, "count_noise"), flag_name(cfg, "epsilon")
+        raise ValueError(
+            f"{noise} {cfg.count_noise} alone spends epsilon {count:.3g} of the target "
+            f"{target} {cfg.epsilon}: raise {noise}"
+        )
 
 
 def sample_rate_for(n: int, batch_size: int) -> float:
@@ -189,6 +304,7 @@ def calibrate_noise(cfg: DPConfig, sample_rate: float, total_steps: int, steps_e
     """Noise multiplier for the target (epsilon, delta), composed with the count's release.
     `total` calibrates for every step the client will take; `paper` reproduces the paper's code
     (20 epochs, whatever the training)."""
+    check_count_noise(cfg)
     key = calibration_key(cfg, sample_rate, total_steps, steps_epoch)
     if key in _REMEMBERED:
         return _REMEMBERED[key]
