@@ -533,7 +533,7 @@ def run_generative(
 def dpsgd_privacy_report(dp: DPConfig, cfg: GenerativeConfig, lines: list[dict]) -> dict:
     """The privacy block of a DP-SGD method (DP-CVAE, DP-CGAN): `--preset dp` adds its search
     to what is not covered."""
-    extra = (PRESET_NOT_COVERED,) if cfg.preset == "dp" else ()
+    extra = (PRESET_NOT_COVERED[cfg.preset],) if cfg.preset in PRESET_NOT_COVERED else ()
     return privacy_report(dp, lines, not_covered=(*NOT_COVERED, *extra))
 
 

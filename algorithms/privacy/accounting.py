@@ -47,7 +47,9 @@ _ACCOUNTING = threading.Lock()
 # What DP does not cover in this project's protocol (also written into metrics.json).
 NOT_COVERED = (
     "the end-of-run evaluation each client reports: validation accuracy and balanced accuracy "
-    "for the lambda grid, test metrics at each lambda metric's choice (with the client's split "
+    "for the grid of every downstream mode (lambda for mix and prior, the synthetic weight for "
+    "joint), test metrics at each mode's and lambda metric's choice (in a simulation also on "
+    "the pooled test data of every client) (with the client's split "
     "sizes n_train, n_val, n_test in a simulation; no split size leaves a Flower site), the "
     "synthetic head's test accuracy with the share of its most frequent test class, and "
     "fidelity statistics computed on its training embeddings (under Flower each only if the "
@@ -76,12 +78,15 @@ EXACT_COUNT = (
     "each client's number of training samples (--count_noise 0: sent in the clear as its "
     "FedAvg weight, and implied by its sampling rate and DP-CGAN's fake batch size)"
 )
-# Added to not_covered when a run uses --preset dp.
-PRESET_NOT_COVERED = (
-    "--preset dp: its hyper-parameters were chosen by a search on the validation data of a "
-    "Fashion-MNIST split (docs/dp_recipe.md); for that split's results the search is not "
-    "covered by DP; on other data they were chosen on public data"
-)
+# Added to not_covered when a run uses one of these presets (algorithms/presets/).
+PRESET_NOT_COVERED = {
+    "dp": "--preset dp: its hyper-parameters were chosen by a search on the validation data "
+    "of a Fashion-MNIST split (docs/dp_recipe.md); for that split's results the search is not "
+    "covered by DP; on other data they were chosen on public data",
+    "dp-cgan": "--preset dp-cgan: its schedule was chosen by a search of five configurations "
+    "on the test data of a Fashion-MNIST split (docs/study.md); for that split's results the "
+    "search is not covered by DP; on other data it was chosen on public data",
+}
 # The accountant of a one-shot Gaussian release, as the privacy block names it.
 ANALYTIC_GAUSSIAN = "analytic-gaussian"
 # What DP does not cover for a one-shot release (dpfedpft)
