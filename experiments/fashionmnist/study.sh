@@ -79,6 +79,6 @@ for mode in mix prior joint; do   # every downstream mode, each value chosen by 
     --downstream "${mode}" --lambda_metric balanced_accuracy
 done
 $PY -m utils.plots "${runs}" --sweep "${runs}" --out "${out}"
-echo "study: $(( SECONDS - start )) s on $(nproc) CPU cores"
 # the targets (a private row at epsilon <= 1, 3 seeds, against local, per mode and metric)
 $PY experiments/fashionmnist/targets.py "${out}" --out "${out}/targets.md"
+echo "study: $(( SECONDS - start )) s on $(nproc) CPU cores"
