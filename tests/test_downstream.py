@@ -146,3 +146,43 @@ def test_a_weighted_head_with_unit_weights_is_the_plain_head():
 
 def torch_allclose(a, b, atol=1e-6):
     return np.allclose(a.detach().numpy(), b.detach().numpy(), atol=atol)
+
+
+@pytest.mark.parametrize(
+    ("method", "flags"),
+    [("fedlambda", ["--n_rounds", "3", "--local_epochs", "20"]), ("dpcvae", None)],
+)
+def test_a_run_reports_every_mode_and_its_headline_is_the_chosen_one(
+    gauss_db, tmp_path, method, flags
+):
+    """main.py: every downstream mode under every lambda metric, with pooled-test metrics;
+    --downstream picks the headline rows; the tables read any mode from the same run."""
+    from test_main import CVAE, FAST, GEN
+
+    import main as main_module
+    from utils.collect import collect
+    from utils.results import read_metrics
+
+    flags = flags if flags is not None else [*GEN, *CVAE]
+    for mode in ("joint", "prior"):
+        out = tmp_path / mode
+        argv = ["--database_root", str(gauss_db), "--results_dir", str(out), *FAST]
+        assert main_module.main([*argv, "--method", method, *flags, "--downstream", mode]) == 0
+        m = read_metrics(out)
+        assert m["downstream"] == mode and set(m["downstream_modes"]) == set(MODES)
+        for per_metric in m["downstream_modes"].values():
+            assert set(per_metric) == {"accuracy", "balanced_accuracy"}
+        assert m["clients"] == m["downstream_modes"][mode]["accuracy"]["clients"]
+        assert all(f"{POOLED}acc" in row for row in m["clients"])
+        assert f"{POOLED}acc_mean" in m["summary"]
+        assert (
+            m["lambda_protocol"]["accuracy"]["lambda"]
+            == (m["downstream_modes"]["mix"]["accuracy"]["lambda"])
+        )
+    # the two runs differ only in their headline: same config key, same modes
+    a, b = read_metrics(tmp_path / "joint"), read_metrics(tmp_path / "prior")
+    assert a["config_key"] == b["config_key"] and a["downstream_modes"] == b["downstream_modes"]
+    (row,) = collect([tmp_path / "joint"], downstream="prior")
+    assert row["downstream"] == "prior" and row["pooled_acc_mean"] is not None
+    weight = a["downstream_modes"]["joint"]["accuracy"]["weight"]
+    assert collect([tmp_path / "joint"])[0]["lambda"] == weight

@@ -118,10 +118,10 @@ def _labels(groups: dict[str, list[dict]]) -> dict[str, str]:
 def _block(metrics: dict, lambda_metric: str | None, downstream: str | None) -> dict | None:
     """The block of a run's `downstream_modes` (older runs: `lambda_protocol`, the mix mode)
     for `downstream` under `lambda_metric` (None: the run's own); None for a run with one
-    model, or when neither is asked for (the run's own rows are its headline)."""
+    model."""
     modes = metrics.get("downstream_modes")
     protocol = metrics.get("lambda_protocol")
-    if (lambda_metric is None and downstream is None) or not (modes or protocol):
+    if not (modes or protocol):
         return None
     mode = downstream or metrics.get("downstream") or "mix"
     metric = lambda_metric or metrics.get("lambda_metric") or "accuracy"
