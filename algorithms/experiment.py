@@ -20,7 +20,7 @@ import numpy as np
 
 from algorithms.evaluation.downstream import evaluate_clients, summarize_rows
 from algorithms.evaluation.protocol import Evaluation, Outcome
-from algorithms.methods.registry import Method, display_order
+from algorithms.methods.registry import Configs, Method, RunContext, display_order
 from algorithms.options import Settings, UsageError, check_before_run
 from algorithms.privacy.accounting import delta_warning, over_budget_warning
 from algorithms.privacy.dp_client import GenerativeConfig
@@ -129,9 +129,8 @@ def run(settings: Settings) -> Path:
             "generator states); an interrupted run starts over",
             file=sys.stderr,
         )
-    outcome = settings.method.run(
-        data.clients, data.db.n_classes, settings.configs, settings.seed, checkpoint, execution
-    )
+    context = RunContext(data.clients, data.db.n_classes, settings.seed, checkpoint, execution)
+    outcome = settings.method.run(context, Configs(**settings.configs))
     evaluation = evaluate_clients(
         data.clients,
         outcome.local,

@@ -175,14 +175,14 @@ def test_versions_name_what_the_numbers_depend_on(gauss_db, tmp_path):
     assert all(f'"{name}"' in config for name in expected)
 
 
-def _toy(clients, n_classes, configs, seed, checkpoint, execution) -> Outcome:
+def _toy(ctx: registry.RunContext, cfg: registry.Configs) -> Outcome:
     """A toy method: each client predicts its own training labels' class frequencies."""
 
     def prior(c: ClientData, n: int) -> np.ndarray:
-        counts = np.bincount(c.y_train, minlength=n_classes) + 1.0
+        counts = np.bincount(c.y_train, minlength=ctx.n_classes) + 1.0
         return np.tile(counts / counts.sum(), (n, 1))
 
-    local = [ClientProbs(prior(c, len(c.y_val)), prior(c, len(c.y_test))) for c in clients]
+    local = [ClientProbs(prior(c, len(c.y_val)), prior(c, len(c.y_test))) for c in ctx.clients]
     return Outcome(local, None, [{"round": 1, "loss": 0.0}], 0)
 
 

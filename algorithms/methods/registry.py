@@ -1,13 +1,14 @@
 """The method registry: every method the project runs, in the order that tables list them.
 
 Each entry says what the method is in one line, which function runs it, which config sections
-(flag groups of algorithms/options.py) it reads, which of the paper's spellings select it,
+(flag groups of algorithms/flags.py) it reads, which of the paper's spellings select it,
 whether it runs under Flower, whether what it shares is private, its client class, its
 vectorized engine (if any) and how its run ends (its flow). `--method` and its help, the flag
 checks, the run lifecycle, the generic federation code (generative.py, fedpft.py, the
 vectorized path), the Flower apps, the audit, and (through each run's metrics.json) the tables
 and plots all read this table: nothing else decides by a method's name. Adding a method: its
-module, one entry here, and its flags in algorithms/options.py.
+module, one entry here (its runner takes a RunContext and the run's Configs), and its flags
+as fields of its config dataclass (algorithms/flags.py).
 """
 
 from __future__ import annotations
@@ -15,21 +16,50 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from algorithms.evaluation.heads import HeadConfig
 from algorithms.evaluation.protocol import Outcome
 from algorithms.federation.vectorized import CGANEngine, CVAEEngine
 from algorithms.methods.baselines import run_centralized, run_fedavg, run_local
 from algorithms.methods.dpcgan import CGANClient
 from algorithms.methods.dpcvae import CVAEClient
-from algorithms.methods.fedavg import FedAvgClient
-from algorithms.methods.fedpft import PFTClient, run_pft
+from algorithms.methods.fedavg import FedAvgClient, FedAvgConfig
+from algorithms.methods.fedpft import PFTClient, PFTConfig, run_pft
 from algorithms.methods.generative import run_generative
+from algorithms.privacy.accounting import DPConfig
+from algorithms.privacy.dp_client import GenerativeConfig
 from data.clients import ClientData
+from data.partition import SplitConfig
 from utils.checkpoint import RoundCheckpoint
-from utils.device import Execution
+from utils.device import ON_CPU, Execution
 
-# (clients, n_classes, configs by section, run seed, checkpoint, device and path) -> what
-# evaluation needs
-Runner = Callable[[list[ClientData], int, dict, int, RoundCheckpoint | None, Execution], Outcome]
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every runner gets besides its configs: the clients' data, the number of classes,
+    the run seed, the checkpoint of a federated run (None: none) and where it runs."""
+
+    clients: list[ClientData]
+    n_classes: int
+    seed: int
+    checkpoint: RoundCheckpoint | None = None
+    execution: Execution = ON_CPU
+
+
+@dataclass(frozen=True)
+class Configs:
+    """A run's configs by section (algorithms/flags.py CONFIGS); None where the method reads
+    no flag of that config."""
+
+    split: SplitConfig
+    head: HeadConfig | None = None
+    fedavg: FedAvgConfig | None = None
+    generative: GenerativeConfig | None = None
+    pft: PFTConfig | None = None
+    dp: DPConfig | None = None
+
+
+# A method's run: (context, configs) -> what evaluation needs.
+Runner = Callable[[RunContext, Configs], Outcome]
 # How a run ends (fl/settings.py picks the Flower apps' flow by it): `head` (a head per client
 # or one on pooled data, nothing federated), `fedavg` (a federated head), `generative` (a
 # released decoder or generator, then synthesis and the lambda protocol), `pft` (one release
@@ -62,46 +92,60 @@ class Method:
             raise ValueError(f"method {self.name!r}: flow must be one of {FLOWS}")
 
 
-def _local(clients, n_classes, configs, seed, checkpoint, execution) -> Outcome:
-    return run_local(clients, n_classes, configs["head"], seed, execution.device)
+def _local(ctx: RunContext, cfg: Configs) -> Outcome:
+    return run_local(ctx.clients, ctx.n_classes, cfg.head, ctx.seed, ctx.execution.device)
 
 
-def _centralized(clients, n_classes, configs, seed, checkpoint, execution) -> Outcome:
-    return run_centralized(clients, n_classes, configs["head"], seed, execution.device)
+def _centralized(ctx: RunContext, cfg: Configs) -> Outcome:
+    return run_centralized(ctx.clients, ctx.n_classes, cfg.head, ctx.seed, ctx.execution.device)
 
 
-def _fedavg(clients, n_classes, configs, seed, checkpoint, execution) -> Outcome:
-    fedavg = configs["fedavg"]
+def _fedavg(ctx: RunContext, cfg: Configs) -> Outcome:
     return run_fedavg(
-        clients, n_classes, fedavg, seed, checkpoint=checkpoint, device=execution.device
+        ctx.clients,
+        ctx.n_classes,
+        cfg.fedavg,
+        ctx.seed,
+        checkpoint=ctx.checkpoint,
+        device=ctx.execution.device,
     )
 
 
-def _fedlambda(clients, n_classes, configs, seed, checkpoint, execution) -> Outcome:
-    fedavg, head = configs["fedavg"], configs["head"]
+def _fedlambda(ctx: RunContext, cfg: Configs) -> Outcome:
     return run_fedavg(
-        clients, n_classes, fedavg, seed, head, checkpoint=checkpoint, device=execution.device
+        ctx.clients,
+        ctx.n_classes,
+        cfg.fedavg,
+        ctx.seed,
+        cfg.head,
+        checkpoint=ctx.checkpoint,
+        device=ctx.execution.device,
     )
 
 
 def _generative(name: str) -> Runner:
-    def run(clients, n_classes, configs, seed, checkpoint, execution) -> Outcome:
-        gen, dp, head = configs["generative"], configs["dp"], configs["head"]
-        return run_generative(name, clients, n_classes, gen, dp, head, seed, checkpoint, execution)
+    def run(ctx: RunContext, cfg: Configs) -> Outcome:
+        return run_generative(
+            name,
+            ctx.clients,
+            ctx.n_classes,
+            cfg.generative,
+            cfg.dp,
+            cfg.head,
+            ctx.seed,
+            ctx.checkpoint,
+            ctx.execution,
+        )
 
     return run
 
 
 def _pft(name: str) -> Runner:
     # one release of statistics computed with numpy: on the CPU, whatever the --device
-    def run(clients, n_classes, configs, seed, checkpoint, execution) -> Outcome:
-        pft, gen, dp, head = (
-            configs["pft"],
-            configs["generative"],
-            configs.get("dp"),
-            configs["head"],
+    def run(ctx: RunContext, cfg: Configs) -> Outcome:
+        return run_pft(
+            name, ctx.clients, ctx.n_classes, cfg.pft, cfg.generative, cfg.dp, cfg.head, ctx.seed
         )
-        return run_pft(name, clients, n_classes, pft, gen, dp, head, seed)
 
     return run
 
