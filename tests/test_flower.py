@@ -19,7 +19,7 @@ from algorithms.evaluation.downstream import POOLED
 from algorithms.methods.fedavg import FedAvgConfig, init_global_head, make_fedavg_clients
 from algorithms.methods.generative import init_global_weights, make_clients
 from algorithms.privacy import accounting
-from algorithms.privacy.accounting import DPConfig
+from algorithms.privacy.config import DPConfig
 from algorithms.privacy.dp_client import GenerativeConfig
 from data.clients import client_datasets
 from data.database import load_database

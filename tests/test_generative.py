@@ -18,7 +18,7 @@ from algorithms.methods.generative import (
     run_generative,
     synthetic_label_counts,
 )
-from algorithms.privacy.accounting import DPConfig
+from algorithms.privacy.config import DPConfig
 from algorithms.privacy.dp_client import GenerativeConfig
 from data.clients import ClientData
 from data.features import standardize_records

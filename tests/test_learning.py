@@ -12,7 +12,7 @@ from algorithms.evaluation.heads import HeadConfig
 from algorithms.methods.baselines import run_centralized, run_fedavg
 from algorithms.methods.fedavg import FedAvgConfig
 from algorithms.methods.generative import finish_client, train_generative
-from algorithms.privacy.accounting import DPConfig
+from algorithms.privacy.config import DPConfig
 from algorithms.privacy.dp_client import GenerativeConfig
 from data.clients import ClientData
 from data.features import standardize_records

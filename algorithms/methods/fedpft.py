@@ -68,11 +68,11 @@ from algorithms.methods.generative import (
 from algorithms.privacy.accounting import (
     ANALYTIC_GAUSSIAN,
     RELEASE_NOT_COVERED,
-    DPConfig,
     calibrate_release,
     privacy_report,
     release_epsilon,
 )
+from algorithms.privacy.config import DPConfig
 from algorithms.privacy.dp_client import GenerativeConfig
 from data.clients import ClientData
 from data.features import squash

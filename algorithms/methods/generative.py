@@ -25,7 +25,8 @@ from algorithms.federation.rounds import run_federation
 from algorithms.federation.vectorized import run_vectorized
 from algorithms.methods.dpcgan import CGANClient
 from algorithms.methods.dpcvae import CVAEClient
-from algorithms.privacy.accounting import NOT_COVERED, PRESET_NOT_COVERED, DPConfig, privacy_report
+from algorithms.privacy.accounting import NOT_COVERED, PRESET_NOT_COVERED, privacy_report
+from algorithms.privacy.config import DPConfig
 from algorithms.privacy.dp_client import DPClient, GenerativeConfig
 from data.clients import ClientData, pooled_test
 from data.features import squash, unsquash

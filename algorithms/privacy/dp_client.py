@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from algorithms import presets
 from algorithms.evaluation.heads import HeadConfig
 from algorithms.privacy.accounting import (
-    DPConfig,
     calibrate_noise,
     calibration_key,
     sample_rate_for,
     steps_per_epoch,
 )
+from algorithms.privacy.config import DPConfig
 from algorithms.privacy.dp_sgd import PrivateTraining, make_private, poisson_batch
 from algorithms.privacy.noise import noisy_count
 from data.clients import ClientData

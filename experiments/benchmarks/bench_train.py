@@ -45,7 +45,7 @@ import algorithms.privacy.accounting as accounting
 from algorithms.methods.dpcgan import CGANClient
 from algorithms.methods.dpcvae import CVAEClient
 from algorithms.methods.generative import train_generative
-from algorithms.privacy.accounting import DPConfig
+from algorithms.privacy.config import DPConfig
 from algorithms.privacy.dp_client import GenerativeConfig
 from data.clients import ClientData
 from data.features import standardize_records

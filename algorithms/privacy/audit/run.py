@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from algorithms.methods import registry
 from algorithms.methods.generative import synthesize, train_generative
-from algorithms.privacy.accounting import DPConfig
 from algorithms.privacy.audit.canaries import canary_label, make_canaries, with_canaries
 from algorithms.privacy.audit.stats import attack_summary
+from algorithms.privacy.config import DPConfig
 from algorithms.privacy.dp_client import GenerativeConfig
 from algorithms.privacy.opacus_compat import check_opacus
 from data.clients import ClientData, client_datasets
