@@ -65,13 +65,8 @@ from algorithms.experiment import warn_privacy_settings
 from algorithms.federation.rounds import ClientUpdate
 from algorithms.methods.fedavg import FedAvgClient, make_fedavg_clients, val_accuracy
 from algorithms.methods.fedpft import PFTClient, PooledSampler, make_pft_clients
-from algorithms.methods.generative import (
-    ReleasedSampler,
-    correct_count,
-    finish_client,
-    global_synthetic_head,
-    make_clients,
-)
+from algorithms.methods.generative import ReleasedSampler, make_clients
+from algorithms.methods.synthesis import correct_count, finish_client, global_synthetic_head
 from algorithms.options import Settings
 from algorithms.privacy.accounting import remember_calibration
 from algorithms.privacy.dp_client import DPClient

@@ -59,9 +59,9 @@ from algorithms.methods.gaussians import (
     scale_shape,
     to_float32,
 )
-from algorithms.methods.generative import (
+from algorithms.methods.generative import generative_outcome
+from algorithms.methods.synthesis import (
     finish_clients,
-    generative_outcome,
     global_synthetic_head,
     pooled_synthetic_report,
 )
@@ -158,7 +158,7 @@ def pooler(
 
 @dataclass(frozen=True)
 class PooledSampler:
-    """Sampling from the pooled Gaussians (a generative.Sampler), on a site or on the server:
+    """Sampling from the pooled Gaussians (a synthesis.Sampler), on a site or on the server:
     it needs nothing but the pooled statistics and the squash temperature."""
 
     temperature: float

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from algorithms.methods import registry
-from algorithms.methods.generative import synthesize, train_generative
+from algorithms.methods.generative import train_generative
+from algorithms.methods.synthesis import synthesize
 from algorithms.privacy.audit.canaries import canary_label, make_canaries, with_canaries
 from algorithms.privacy.audit.stats import attack_summary
 from algorithms.privacy.config import DPConfig
