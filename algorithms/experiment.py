@@ -23,7 +23,7 @@ from algorithms.evaluation.protocol import Evaluation, Outcome
 from algorithms.methods.registry import Method, display_order
 from algorithms.options import Settings, UsageError, check_before_run
 from algorithms.privacy.accounting import delta_warning, over_budget_warning
-from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.privacy.generative_config import GenerativeConfig
 from data.clients import ClientData, client_datasets, pooled_test
 from data.database import Database, DatabaseError, load_database
 from data.features import squash

@@ -22,8 +22,8 @@ from algorithms.privacy.accounting import (
     steps_per_epoch,
 )
 from algorithms.privacy.config import DPConfig
-from algorithms.privacy.dp_client import GenerativeConfig
 from algorithms.privacy.dp_sgd import dp_step, make_private
+from algorithms.privacy.generative_config import GenerativeConfig
 from algorithms.privacy.ghost_clipping import LinearTape
 from data.clients import ClientData
 from data.features import standardize_records

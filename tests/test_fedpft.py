@@ -30,7 +30,7 @@ from algorithms.privacy.accounting import (
     release_epsilon,
 )
 from algorithms.privacy.config import DPConfig
-from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.privacy.generative_config import GenerativeConfig
 from data.clients import ClientData
 from data.features import standardize_records
 from utils.collect import collect

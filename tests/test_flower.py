@@ -20,7 +20,7 @@ from algorithms.methods.fedavg import FedAvgConfig, init_global_head, make_fedav
 from algorithms.methods.generative import init_global_weights, make_clients
 from algorithms.privacy import accounting
 from algorithms.privacy.config import DPConfig
-from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.privacy.generative_config import GenerativeConfig
 from data.clients import client_datasets
 from data.database import load_database
 from data.partition import SplitConfig, split_database

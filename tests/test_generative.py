@@ -13,7 +13,7 @@ from algorithms.methods.dpcvae import CVAEClient
 from algorithms.methods.generative import fidelity_report, init_global_weights, run_generative
 from algorithms.methods.synthesis import at_chance, global_synthetic_report, synthetic_label_counts
 from algorithms.privacy.config import DPConfig
-from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.privacy.generative_config import GenerativeConfig
 from data.clients import ClientData
 from data.features import standardize_records
 

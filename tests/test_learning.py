@@ -14,7 +14,7 @@ from algorithms.methods.fedavg import FedAvgConfig
 from algorithms.methods.generative import train_generative
 from algorithms.methods.synthesis import finish_client
 from algorithms.privacy.config import DPConfig
-from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.privacy.generative_config import GenerativeConfig
 from data.clients import ClientData
 from data.features import standardize_records
 

@@ -21,7 +21,7 @@ from algorithms.federation.stacked import StackedAdam, forward, pad_rows, stack
 from algorithms.federation.vectorized import CVAEEngine, run_vectorized
 from algorithms.methods.generative import init_global_weights, make_clients
 from algorithms.privacy.config import DPConfig
-from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.privacy.generative_config import GenerativeConfig
 from algorithms.privacy.ghost_clipping import (
     LinearTape,
     Recorded,

@@ -30,7 +30,8 @@ from algorithms.methods.synthesis import (
 )
 from algorithms.privacy.accounting import NOT_COVERED, PRESET_NOT_COVERED, privacy_report
 from algorithms.privacy.config import DPConfig
-from algorithms.privacy.dp_client import DPClient, GenerativeConfig
+from algorithms.privacy.dp_client import DPClient
+from algorithms.privacy.generative_config import GenerativeConfig
 from data.clients import ClientData
 from utils.checkpoint import RoundCheckpoint
 from utils.device import ON_CPU, Execution, one_torch_thread

@@ -14,7 +14,7 @@ from algorithms.evaluation.downstream import JOINT_WEIGHTS, label_prior
 from algorithms.evaluation.heads import HeadConfig, predict_proba, train_head
 from algorithms.evaluation.protocol import ClientProbs
 from algorithms.federation.aggregation import StateDict
-from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.privacy.generative_config import GenerativeConfig
 from data.clients import ClientData, pooled_test
 from data.features import squash, unsquash
 from utils.metrics import prdc, sinkhorn_wasserstein

@@ -46,7 +46,7 @@ from algorithms.methods.dpcgan import CGANClient
 from algorithms.methods.dpcvae import CVAEClient
 from algorithms.methods.generative import train_generative
 from algorithms.privacy.config import DPConfig
-from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.privacy.generative_config import GenerativeConfig
 from data.clients import ClientData
 from data.features import standardize_records
 from utils.device import DEVICES, ON_CPU, Execution, resolve_device

@@ -18,7 +18,7 @@ from algorithms.methods.synthesis import synthesize
 from algorithms.privacy.audit.canaries import canary_label, make_canaries, with_canaries
 from algorithms.privacy.audit.stats import attack_summary
 from algorithms.privacy.config import DPConfig
-from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.privacy.generative_config import GenerativeConfig
 from algorithms.privacy.opacus_compat import check_opacus
 from data.clients import ClientData, client_datasets
 from data.database import DatabaseError, load_database
