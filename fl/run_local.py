@@ -38,9 +38,10 @@ from pathlib import Path
 import tomli
 import tomli_w
 
-from algorithms.experiment import RUN_ERRORS, data_facts, describe_run, summary_line
+from algorithms.experiment import RUN_ERRORS, data_facts, describe_run
 from algorithms.methods import registry
 from algorithms.options import UsageError, load_settings
+from algorithms.report import summary_line
 from data.database import load_database
 from data.partition import load_or_make_split
 from fl.policy import PERMISSIVE
