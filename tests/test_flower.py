@@ -26,8 +26,9 @@ from data.database import load_database
 from data.partition import SplitConfig, split_database
 from fl import client_app, server_app
 from fl.policy import PERMISSIVE
+from fl.processes import LocalRunError, descendants
 from fl.records import load_state, pack_state, save_state, unpack_state
-from fl.run_local import LocalRunError, descendants, run_local
+from fl.run_local import run_local
 from fl.settings import SettingsError, node_client_id, run_settings
 from utils.io import read_csv, write_json
 from utils.results import read_metrics
