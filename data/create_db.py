@@ -29,15 +29,10 @@ from tqdm import tqdm
 from data.backbone import DEFAULT_BACKBONE, Backbone, BackboneError, create_backbone, fetch
 from data.database import META_FILE, DatabaseError, load_meta, save_embedding_file, write_meta
 from data.images import IMAGE_CONVERSION
+from data.medmnist_source import medmnist_flags
 from data.own_data import Columns
-from data.sources import (
-    OWN_DATASETS,
-    Source,
-    SourceError,
-    default_dataset_root,
-    medmnist_flags,
-    open_source,
-)
+from data.source_base import OWN_DATASETS, Source, SourceError
+from data.sources import default_dataset_root, open_source
 from utils.cli import OutputError, Parser, check_output
 from utils.io import read_json, save_npz, write_json
 from utils.provenance import versions
