@@ -28,7 +28,8 @@ from algorithms.report import chance_warning
 from data.clients import ClientData, client_datasets, pooled_test
 from data.database import Database, DatabaseError, load_database
 from data.features import squash
-from data.partition import SplitError, load_or_make_split
+from data.partition import load_or_make_split
+from data.split_methods import SplitError
 from utils.checkpoint import CheckpointError, RoundCheckpoint
 from utils.cli import OutputError, check_output
 from utils.device import describe_device

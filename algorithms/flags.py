@@ -23,7 +23,7 @@ from algorithms.methods.fedavg import FedAvgConfig
 from algorithms.methods.fedpft import PFTConfig
 from algorithms.privacy.config import DPConfig
 from algorithms.privacy.generative_config import GenerativeConfig
-from data.partition import add_split_arguments
+from data.split_config import add_split_arguments
 from utils.cli import Parser, add_flags, config_from_args, flagged_fields
 from utils.device import DEVICES
 

@@ -14,7 +14,8 @@ from test_flower import DPCVAE, FEDAVG, SEEDED, SMALL, InProcessGrid, task_ident
 
 from algorithms.evaluation.heads import new_head
 from data.database import load_database
-from data.partition import SplitConfig, database_fingerprint, split_database
+from data.partition import database_fingerprint, split_database
+from data.split_config import SplitConfig
 from fl import client_app, server_app
 from fl import site as fl_site
 from fl.policy import Refusal, SitePolicy, policy_violation

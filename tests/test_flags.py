@@ -10,7 +10,7 @@ import pytest
 from algorithms import presets
 from algorithms.flags import CONFIGS, SECTIONS, build_parser
 from algorithms.options import UsageError, check_before_run, load_settings
-from data.partition import add_split_arguments
+from data.split_config import add_split_arguments
 from utils.cli import FLAG, Parser, flag_of, flagged_fields
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,8 @@ from algorithms.privacy.config import DPConfig
 from algorithms.privacy.generative_config import GenerativeConfig
 from data.clients import client_datasets
 from data.database import load_database
-from data.partition import SplitConfig, split_database
+from data.partition import split_database
+from data.split_config import SplitConfig
 from fl import client_app, server_app
 from fl.policy import PERMISSIVE
 from fl.processes import LocalRunError, descendants
