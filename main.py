@@ -15,8 +15,9 @@ import sys
 
 import torch
 
-from algorithms.experiment import RUN_ERRORS, run, summary_line
+from algorithms.experiment import RUN_ERRORS, run
 from algorithms.options import load_settings
+from algorithms.report import summary_line
 from utils.progress import set_quiet
 
 

@@ -23,11 +23,13 @@ from algorithms.evaluation.protocol import Evaluation, Outcome
 from algorithms.methods.registry import Configs, Method, RunContext, display_order
 from algorithms.options import Settings, UsageError, check_before_run
 from algorithms.privacy.accounting import delta_warning, over_budget_warning
-from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.privacy.generative_config import GenerativeConfig
+from algorithms.report import chance_warning
 from data.clients import ClientData, client_datasets, pooled_test
 from data.database import Database, DatabaseError, load_database
 from data.features import squash
-from data.partition import SplitError, load_or_make_split
+from data.partition import load_or_make_split
+from data.split_methods import SplitError
 from utils.checkpoint import CheckpointError, RoundCheckpoint
 from utils.cli import OutputError, check_output
 from utils.device import describe_device
@@ -40,7 +42,6 @@ from utils.results import (
     default_run_dir,
     is_finished,
     prepare_run_dir,
-    read_metrics,
     write_config,
     write_history,
     write_metrics,
@@ -330,43 +331,6 @@ def close_run(
     write_metrics(run.run_dir, metrics)
 
 
-def chance_warning(private: bool, fidelity: dict | None) -> str | None:
-    """A warning when a private run's synthetic data is worth nothing for the task, naming
-    what is at chance: the clients' heads on their own synthetic data (against each client's
-    majority class), the global model's synthetic data (against 1/C), or both. Only when both
-    are does the run share nothing of use; the per-client figure alone is often at chance on
-    small clients while the released global model carries information."""
-    if not private or not fidelity or not fidelity.get("synthetic_at_chance"):
-        return None
-    glob = fidelity.get("global_synthetic") or {}
-    client_at_chance = fidelity.get("synthetic_client_at_chance", True)
-    global_at_chance = bool(glob.get("at_chance", True))
-    per_client = (
-        f"synthetic-only accuracy {fidelity['synthetic_acc_mean']:.3f} per client (majority-class "
-        f"chance {fidelity['synthetic_acc_client_chance']:.3f})"
-    )
-    global_ = (
-        f"{glob.get('acc', float('nan')):.3f} for the global model "
-        f"(chance 1/C = {glob.get('chance', float('nan')):.3f})"
-    )
-    if client_at_chance and global_at_chance:
-        return (
-            f"the synthetic data is at chance: {per_client}, {global_}; what this run shares "
-            "carries no information about the task"
-        )
-    if client_at_chance:
-        return (
-            f"each client's head on its own synthetic data is at chance ({per_client}), but the "
-            f"global model's synthetic data is not ({global_}): the released model carries "
-            "information about the task; the clients' own synthetic sets are too small or too "
-            "skewed to show it"
-        )
-    return (
-        f"the global model's synthetic data is at chance ({global_}), although each client's "
-        f"head on its own synthetic data is not ({per_client})"
-    )
-
-
 def save_synthetic(
     run_dir: Path,
     data: RunData,
@@ -387,16 +351,4 @@ def save_synthetic(
         real_labels=largest.y_train.astype(np.int64),
         real_client=np.int64(largest.id),
         class_names=np.asarray(data.db.classes, dtype=str),
-    )
-
-
-def summary_line(run_dir: Path) -> str:
-    """A finished run's headline numbers and where its files are (two lines)."""
-    m = read_metrics(run_dir)
-    s = m["summary"]
-    lam = "" if m["lambda"] is None else f"  lambda {m['lambda']:.1f}"
-    return (
-        f"{m['method']}: test acc {s['test_acc_mean']:.4f} +- {s['test_acc_std']:.4f} "
-        f"(balanced {s['test_balanced_acc_mean']:.4f}, F1 macro {s['test_f1_macro_mean']:.4f})"
-        f"{lam}  [{m['cost']['wall_seconds']:.1f} s]\nresults: {run_dir}"
     )

@@ -21,9 +21,9 @@ from algorithms.evaluation.protocol import LAMBDA_METRICS, lambda_grid
 from algorithms.methods import registry
 from algorithms.methods.fedavg import FedAvgConfig
 from algorithms.methods.fedpft import PFTConfig
-from algorithms.privacy.accounting import DPConfig
-from algorithms.privacy.dp_client import GenerativeConfig
-from data.partition import add_split_arguments
+from algorithms.privacy.config import DPConfig
+from algorithms.privacy.generative_config import GenerativeConfig
+from data.split_config import add_split_arguments
 from utils.cli import Parser, add_flags, config_from_args, flagged_fields
 from utils.device import DEVICES
 

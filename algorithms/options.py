@@ -27,7 +27,7 @@ from algorithms.methods import registry
 from algorithms.methods.registry import Method
 from algorithms.privacy.accounting import check_count_noise
 from algorithms.privacy.opacus_compat import check_opacus
-from data.partition import split_config_from_args
+from data.split_config import split_config_from_args
 from utils.device import ON_CPU, Execution, resolve_device
 
 __all__ = ["Settings", "UsageError", "check_before_run", "load_settings"]

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from data.images import decode_image
+from data.images import IMAGE_CONVERSION, decode_image
 from utils.io import sha256_file
 
 DEFAULT_BACKBONE = "vit_base_patch14_dinov2.lvd142m"
@@ -352,3 +352,15 @@ def create_backbone(
         )
     backbone.embedding_dim = int(probe.shape[1])
     return backbone
+
+
+def preprocessing(backbone: Backbone) -> dict:
+    """How images become the backbone's input: timm's eval transform (its data config), the
+    batched normalization, and the conversion of image files to 8-bit L/RGB (data/images.py).
+    Sites whose databases differ in it (or in backbone or weights) are not pooled."""
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()}
+    return {
+        "transform": "timm eval transform (PIL resize/crop), then ToTensor + Normalize batched",
+        "data_config": cfg,
+        "image_conversion": IMAGE_CONVERSION,
+    }

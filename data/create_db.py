@@ -18,28 +18,26 @@ import os
 import shutil
 import sys
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from data.backbone import DEFAULT_BACKBONE, Backbone, BackboneError, create_backbone, fetch
-from data.database import META_FILE, DatabaseError, load_meta, save_embedding_file, write_meta
-from data.images import IMAGE_CONVERSION
-from data.own_data import Columns
-from data.sources import (
-    OWN_DATASETS,
-    Source,
-    SourceError,
-    default_dataset_root,
-    medmnist_flags,
-    open_source,
+from data.backbone import DEFAULT_BACKBONE, Backbone, BackboneError, create_backbone, preprocessing
+from data.database import (
+    META_FILE,
+    DatabaseError,
+    load_meta,
+    save_embedding_file,
+    summary_table,
+    write_meta,
 )
+from data.encoding import encode_source
+from data.medmnist_source import medmnist_flags
+from data.own_data import Columns
+from data.source_base import OWN_DATASETS, Source, SourceError
+from data.sources import default_dataset_root, open_source
 from utils.cli import OutputError, Parser, check_output
-from utils.io import read_json, save_npz, write_json
+from utils.io import read_json, write_json
 from utils.provenance import versions
 
 PARTIAL_DIR = ".partial"
@@ -48,154 +46,6 @@ PLAN_FILE = "plan.json"
 
 class UsageError(ValueError):
     """Bad command-line input that is not about a dataset or a backbone."""
-
-
-# ----------------------------------------------------------------------------- pipeline
-
-
-def _prepare_when_read(raw: Future, prepare: Callable[[Sequence], np.ndarray]) -> np.ndarray:
-    return prepare(raw.result())
-
-
-def prepared_batches(
-    jobs: Iterable[tuple[object, Callable[[], Sequence]]],
-    prepare: Callable[[Sequence], np.ndarray],
-    num_workers: int,
-) -> Iterator[tuple[object, np.ndarray]]:
-    """Yield (tag, prepare(read())) for each (tag, read) job, in order.
-
-    One thread calls the `read`s in order (streams must be read sequentially); `num_workers`
-    threads run `prepare` (decode, resize, crop: PIL releases the GIL) on up to
-    2 * num_workers + 2 batches ahead of the consumer. 0 workers: all in the calling thread.
-    """
-    if num_workers <= 0:
-        for tag, read in jobs:
-            yield tag, prepare(read())
-        return
-    depth = 2 * num_workers + 2
-    reader = ThreadPoolExecutor(1, thread_name_prefix="create_db-read")
-    pool = ThreadPoolExecutor(num_workers, thread_name_prefix="create_db-prepare")
-    pending: deque[tuple[object, Future]] = deque()
-    try:
-        for tag, read in jobs:
-            raw = reader.submit(read)
-            pending.append((tag, pool.submit(_prepare_when_read, raw, prepare)))
-            if len(pending) >= depth:
-                tag0, fut = pending.popleft()
-                yield tag0, fut.result()
-        while pending:
-            tag0, fut = pending.popleft()
-            yield tag0, fut.result()
-    finally:
-        reader.shutdown(wait=True, cancel_futures=True)
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def ranges(n: int, step: int, start: int = 0) -> list[tuple[int, int]]:
-    """[(lo, hi), ...] covering [start, n) in steps of `step`."""
-    return [(lo, min(lo + step, n)) for lo in range(start, n, step)]
-
-
-def embed_batches(
-    source: Source,
-    backbone: Backbone,
-    batches: Sequence[tuple[int, int, int]],
-    num_workers: int,
-) -> Iterator[tuple[tuple[int, int, int], np.ndarray]]:
-    """Embed (file index, lo, hi) batches of a source in order, images prepared by workers.
-
-    Each batch's forward pass is queued before the previous batch's result is read back, so a
-    GPU never waits for the Python side between batches (on a CPU this changes nothing)."""
-    jobs = [
-        (b, (lambda r=source.files[b[0]].reader, lo=b[1], hi=b[2]: r.read(lo, hi))) for b in batches
-    ]
-    stream = prepared_batches(jobs, backbone.prepare_batch, num_workers)
-    pending = None  # (tag, output on the device) of the batch before
-    for fi, lo, hi in batches:  # the stream yields in this order, so a failure is this batch's
-        try:
-            tag, batch = next(stream)
-        except (OSError, ValueError) as err:
-            if pending is not None:  # the batch before is complete: deliver it first
-                yield pending[0], fetch(pending[1])
-            if isinstance(err, SourceError):
-                raise
-            raise SourceError(
-                f"{source.dataset} file '{source.files[fi].name}', images {lo}..{hi - 1}: "
-                f"cannot read or decode ({err})"
-            ) from err
-        out = backbone.forward(backbone.to_input(batch))
-        if pending is not None:
-            yield pending[0], fetch(pending[1])
-        pending = (tag, out)
-    if pending is not None:
-        yield pending[0], fetch(pending[1])
-
-
-def chunk_path(work: Path, name: str, k: int) -> Path:
-    return work / f"{name}.{k:06d}.npz"
-
-
-def encode_source(
-    source: Source,
-    backbone: Backbone,
-    work: Path,
-    batch_size: int,
-    chunk_rows: int,
-    num_workers: int,
-    progress: bool = True,
-) -> dict[str, np.ndarray]:
-    """Embeddings of every file of `source`, computed chunk by chunk.
-
-    Each finished chunk is saved atomically under `work`; chunks already there are reused, so an
-    interrupted run resumes where it stopped. `chunk_rows` is a multiple of `batch_size`, so the
-    batches are the same with or without interruption.
-    """
-    todo = []
-    for fi, f in enumerate(source.files):
-        for k, (lo, hi) in enumerate(ranges(len(f), chunk_rows)):
-            if not chunk_path(work, f.name, k).is_file():
-                todo.append((fi, k, lo, hi))
-    batches = [(fi, a, b) for fi, _, lo, hi in todo for a, b in ranges(hi, batch_size, lo)]
-    chunk_end = {(fi, hi): (k, lo) for fi, k, lo, hi in todo}
-    total = sum(hi - lo for _, _, lo, hi in todo)
-    done = sum(len(f) for f in source.files) - total
-    bar = tqdm(
-        total=total,
-        unit="img",
-        desc=f"encode {source.dataset}",
-        disable=not progress,
-        dynamic_ncols=True,
-        mininterval=0.5,
-    )
-    if done and progress:
-        print(f"resuming: {done} images already encoded in {work}", file=sys.stderr)
-    parts: list[np.ndarray] = []
-    with bar:
-        for (fi, _, b), emb in embed_batches(source, backbone, batches, num_workers):
-            parts.append(emb)
-            bar.update(len(emb))
-            if (fi, b) in chunk_end:
-                k, lo = chunk_end[(fi, b)]
-                rows = np.array([lo, b], dtype=np.int64)
-                path = chunk_path(work, source.files[fi].name, k)
-                save_npz(path, embeddings=np.concatenate(parts), rows=rows)
-                parts = []
-
-    out = {}
-    for f in source.files:
-        pieces = []
-        for k, (lo, hi) in enumerate(ranges(len(f), chunk_rows)):
-            path = chunk_path(work, f.name, k)
-            with np.load(path, allow_pickle=False) as npz:
-                emb, rows = npz["embeddings"], npz["rows"]
-            if list(rows) != [lo, hi] or emb.shape != (hi - lo, backbone.embedding_dim):
-                raise DatabaseError(
-                    f"{path}: chunk holds rows {list(rows)} x {emb.shape[1:]}, expected "
-                    f"[{lo}, {hi}] x ({backbone.embedding_dim},); rerun with --overwrite"
-                )
-            pieces.append(emb)
-        out[f.name] = np.concatenate(pieces).astype(np.float32, copy=False)
-    return out
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -409,41 +259,6 @@ def _check_same_plan(old: dict, plan: dict, what: str) -> None:
             f"--resume: {what} used other settings ({shown}); "
             "rerun with its flags or pass --overwrite"
         )
-
-
-def preprocessing(backbone: Backbone) -> dict:
-    """How images become the backbone's input: timm's eval transform (its data config), the
-    batched normalization, and the conversion of image files to 8-bit L/RGB (data/images.py).
-    Sites whose databases differ in it (or in backbone or weights) are not pooled."""
-    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()}
-    return {
-        "transform": "timm eval transform (PIL resize/crop), then ToTensor + Normalize batched",
-        "data_config": cfg,
-        "image_conversion": IMAGE_CONVERSION,
-    }
-
-
-def summary_table(meta: dict, root: Path) -> str:
-    """A short human summary: files, samples, per-class counts, dimension, time."""
-    classes = meta["classes"]
-    width = max(5, *(len(n) for n in meta["files"]))
-    head = f"{'file':<{width}} {'n':>7} " + " ".join(f"{i:>6}" for i in range(len(classes)))
-    lines = [
-        f"{meta['dataset']} -> {root}  ({meta['backbone']}, weights {meta['weights']})",
-        head,
-    ]
-    for name, info in meta["files"].items():
-        counts = " ".join(f"{c:>6}" for c in info["class_counts"])
-        lines.append(f"{name:<{width}} {info['n']:>7} {counts}")
-    total = sum(info["n"] for info in meta["files"].values())
-    lines.append(f"{'total':<{width}} {total:>7}")
-    lines.append("classes: " + ", ".join(f"{i}={c}" for i, c in enumerate(classes)))
-    rate = total / meta["encode_seconds"] if meta["encode_seconds"] > 0 else float("nan")
-    lines.append(
-        f"embedding dim {meta['embedding_dim']}, input {meta['image_size']} px, "
-        f"{meta['elapsed_seconds']:.1f} s in all, encoding {rate:.1f} img/s on {meta['device']}"
-    )
-    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace, command: list[str], started: float) -> dict:

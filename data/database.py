@@ -245,3 +245,26 @@ def encoder_mismatch(facts: dict[int, dict]) -> str | None:
                 "same create_db.py --backbone/--weights"
             )
     return None
+
+
+def summary_table(meta: dict, root: Path) -> str:
+    """A short human summary: files, samples, per-class counts, dimension, time."""
+    classes = meta["classes"]
+    width = max(5, *(len(n) for n in meta["files"]))
+    head = f"{'file':<{width}} {'n':>7} " + " ".join(f"{i:>6}" for i in range(len(classes)))
+    lines = [
+        f"{meta['dataset']} -> {root}  ({meta['backbone']}, weights {meta['weights']})",
+        head,
+    ]
+    for name, info in meta["files"].items():
+        counts = " ".join(f"{c:>6}" for c in info["class_counts"])
+        lines.append(f"{name:<{width}} {info['n']:>7} {counts}")
+    total = sum(info["n"] for info in meta["files"].values())
+    lines.append(f"{'total':<{width}} {total:>7}")
+    lines.append("classes: " + ", ".join(f"{i}={c}" for i, c in enumerate(classes)))
+    rate = total / meta["encode_seconds"] if meta["encode_seconds"] > 0 else float("nan")
+    lines.append(
+        f"embedding dim {meta['embedding_dim']}, input {meta['image_size']} px, "
+        f"{meta['elapsed_seconds']:.1f} s in all, encoding {rate:.1f} img/s on {meta['device']}"
+    )
+    return "\n".join(lines)

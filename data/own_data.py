@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from data.images import DICOM_SUFFIXES, IMAGE_CONVERSION, read_dicom_header
-from data.sources import FileBytesReader, OutputFile, Source, SourceError
+from data.source_base import FileBytesReader, OutputFile, Source, SourceError
 
 IMAGE_SUFFIXES = (
     ".png",

@@ -12,177 +12,34 @@ The same arguments on the same database give the same file.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import NoReturn
 
 import numpy as np
 
 from data.database import Database, DatabaseError, load_database
+from data.split_config import NATURAL, SplitConfig, add_split_arguments, split_config_from_args
+from data.split_methods import (
+    SplitError,
+    dirichlet_label_split,
+    iid_split,
+    pathological_split,
+    stratified_split,
+    subsample,
+)
 from utils.cli import OutputError, Parser, check_output
 from utils.io import read_json, write_json
 
-SPLIT_METHODS = ("iid", "by_labels_split", "pathological_split", "natural", "by_site")
-NATURAL = ("natural", "by_site")  # one client per database file
 SPLIT_FORMAT = 1
-
-
-class SplitError(ValueError):
-    """A split cannot be made or read; the message names the flag or file and the problem."""
-
-
-@dataclass(frozen=True)
-class SplitConfig:
-    """How to split a database among clients (flag names as in the paper's scripts)."""
-
-    split_method: str = "by_labels_split"
-    n_clients: int = 10
-    alpha: float = 0.3
-    n_components: int = -1
-    n_shards: int = 2
-    s_frac: float = 1.0
-    test_data_frac: float = 0.2
-    val_frac: float = 0.2
-    seed: int = 202502
-
-    def __post_init__(self) -> None:
-        if self.split_method not in SPLIT_METHODS:
-            raise SplitError(
-                f"--split_method must be one of {SPLIT_METHODS}, got {self.split_method!r}"
-            )
-        if self.n_clients < 1:
-            raise SplitError(f"--n_clients must be >= 1, got {self.n_clients}")
-        if not self.alpha > 0:
-            raise SplitError(f"--alpha must be > 0, got {self.alpha}")
-        if self.n_components == 0 or self.n_components < -1:
-            raise SplitError(
-                f"--n_components must be -1 (one per class) or >= 1, got {self.n_components}"
-            )
-        if self.n_shards < 1:
-            raise SplitError(f"--n_shards must be >= 1, got {self.n_shards}")
-        if not self.s_frac > 0:
-            raise SplitError(
-                f"--s_frac must be > 0 (a fraction, or a number of samples), got {self.s_frac}"
-            )
-        if self.s_frac > 1 and self.s_frac != int(self.s_frac):
-            raise SplitError(
-                f"--s_frac above 1 is a number of samples and must be whole, got {self.s_frac}"
-            )
-        if not 0 < self.test_data_frac < 1:
-            raise SplitError(f"--test_data_frac must lie in (0, 1), got {self.test_data_frac}")
-        if not 0 <= self.val_frac < 1:
-            raise SplitError(f"--val_frac must lie in [0, 1), got {self.val_frac}")
-        if self.seed < 0:
-            raise SplitError(f"the split seed must be >= 0, got {self.seed}")
-
-    def key(self) -> str:
-        """A short stable name for files made with these arguments."""
-        text = json.dumps(asdict(self), sort_keys=True)
-        return f"{self.split_method}_{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
 # ---------------------------------------------------------------------------------------------
 # Splitting functions: each takes row indices (and their labels) and returns one array per client.
-
-
-def subsample(indices: np.ndarray, s_frac: float, rng: np.random.Generator) -> np.ndarray:
-    """Keep a fraction (s_frac <= 1) or a number (s_frac > 1) of `indices`, sorted."""
-    n = len(indices)
-    keep = round(s_frac * n) if s_frac <= 1 else int(s_frac)
-    if keep > n:
-        raise SplitError(f"--s_frac asks for {keep} samples but only {n} are available")
-    if keep == n:
-        return np.sort(indices)
-    return np.sort(rng.choice(indices, size=keep, replace=False))
-
-
-def iid_split(indices: np.ndarray, n_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Shuffle and deal the indices into `n_clients` near-equal parts."""
-    return [np.sort(part) for part in np.array_split(rng.permutation(indices), n_clients)]
-
-
-def dirichlet_label_split(
-    indices: np.ndarray,
-    labels: np.ndarray,
-    n_classes: int,
-    n_clients: int,
-    alpha: float,
-    n_components: int,
-    rng: np.random.Generator,
-) -> list[np.ndarray]:
-    """Label-Dirichlet split (FedEM / kNN-Per): classes are grouped into clusters, and each
-    cluster is dealt to the clients with proportions drawn from Dirichlet(alpha)."""
-    n_clusters = n_classes if n_components == -1 else min(n_components, n_classes)
-    classes = rng.permutation(n_classes)
-    cluster_of = np.empty(n_classes, dtype=np.int64)
-    for cluster, members in enumerate(np.array_split(classes, n_clusters)):
-        cluster_of[members] = cluster
-    parts: list[list[np.ndarray]] = [[] for _ in range(n_clients)]
-    for cluster in range(n_clusters):
-        members = rng.permutation(indices[cluster_of[labels] == cluster])
-        weights = rng.dirichlet(alpha * np.ones(n_clients))
-        counts = rng.multinomial(len(members), weights)
-        for client, chunk in enumerate(np.split(members, np.cumsum(counts)[:-1])):
-            parts[client].append(chunk)
-    return [np.sort(np.concatenate(p)) if p else np.empty(0, np.int64) for p in parts]
-
-
-def pathological_split(
-    indices: np.ndarray,
-    labels: np.ndarray,
-    n_clients: int,
-    n_shards: int,
-    rng: np.random.Generator,
-) -> list[np.ndarray]:
-    """Shard split (McMahan et al.): each class is cut into shards (shards never span two
-    classes), and every client receives `n_shards` shards: it holds at most `n_shards` classes."""
-    present, sizes = np.unique(labels, return_counts=True)
-    total = n_clients * n_shards
-    # Shards per class proportional to class size (largest remainder), at least one when possible.
-    share = sizes / sizes.sum() * total
-    per_class = np.floor(share).astype(int)
-    if total >= len(present):
-        per_class = np.maximum(per_class, 1)
-    while per_class.sum() > total:
-        per_class[np.argmax(per_class - share)] -= 1
-    order = np.argsort(-(share - per_class))
-    i = 0
-    while per_class.sum() < total:
-        per_class[order[i % len(order)]] += 1
-        i += 1
-    per_class = np.minimum(per_class, sizes)
-    shards = []
-    for cls, k in zip(present, per_class):
-        if k > 0:
-            shards.extend(np.array_split(rng.permutation(indices[labels == cls]), k))
-    shards = [shards[j] for j in rng.permutation(len(shards))]
-    return [
-        np.sort(
-            np.concatenate(shards[c * n_shards : (c + 1) * n_shards] or [np.empty(0, np.int64)])
-        )
-        for c in range(n_clients)
-    ]
-
-
-def stratified_split(
-    indices: np.ndarray, labels: np.ndarray, frac: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Hold out `frac` of every class (rounded half up per class); return (kept, held_out)."""
-    kept, held = [], []
-    for cls in np.unique(labels):
-        members = rng.permutation(indices[labels == cls])
-        n_held = int(np.floor(frac * len(members) + 0.5))
-        held.append(members[:n_held])
-        kept.append(members[n_held:])
-    if not kept:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,82 +264,6 @@ def format_class_counts(split: dict, classes: list[str] | None = None) -> str:
     for d in split.get("dropped", []):
         lines.append(f"dropped client {d['id']}: {d['reason']}")
     return "\n".join(lines)
-
-
-def add_split_arguments(parser: argparse.ArgumentParser) -> None:
-    """The partition flags, shared by this CLI and main.py."""
-    d = SplitConfig()
-    g = parser.add_argument_group("client partition")
-    g.add_argument(
-        "--split_method",
-        choices=SPLIT_METHODS,
-        default=d.split_method,
-        help="how samples are dealt to clients: iid; by_labels_split (label Dirichlet); "
-        "pathological_split (class shards); natural (one client per database "
-        "file, e.g. per Camelyon17 hospital); by_site (one client per site of a database made "
-        f"from a manifest with a site column). Default: {d.split_method}",
-    )
-    g.add_argument(
-        "--n_clients",
-        type=int,
-        default=d.n_clients,
-        help=f"number of clients (ignored by natural and by_site). Default: {d.n_clients}",
-    )
-    g.add_argument(
-        "--alpha",
-        type=float,
-        default=d.alpha,
-        help=f"Dirichlet concentration of by_labels_split; smaller is more skewed. "
-        f"Default: {d.alpha}",
-    )
-    g.add_argument(
-        "--n_components",
-        type=int,
-        default=d.n_components,
-        help="label clusters of by_labels_split; -1 is one cluster per class. Default: -1",
-    )
-    g.add_argument(
-        "--n_shards",
-        type=int,
-        default=d.n_shards,
-        help=f"shards (hence at most classes) per client in pathological_split. "
-        f"Default: {d.n_shards}",
-    )
-    g.add_argument(
-        "--s_frac",
-        type=float,
-        default=d.s_frac,
-        help="fraction (<= 1) or number (> 1) of the database's samples to use. Default: 1.0",
-    )
-    g.add_argument(
-        "--test_data_frac",
-        type=float,
-        default=d.test_data_frac,
-        help=f"fraction of each client's samples held out for test, per class. "
-        f"Default: {d.test_data_frac}",
-    )
-    g.add_argument(
-        "--val_frac",
-        type=float,
-        default=d.val_frac,
-        help=f"fraction of each client's training samples held out for validation "
-        f"(chooses lambda). Default: {d.val_frac}",
-    )
-
-
-def split_config_from_args(args: argparse.Namespace, seed: int) -> SplitConfig:
-    """Build a SplitConfig from parsed flags."""
-    return SplitConfig(
-        split_method=args.split_method,
-        n_clients=args.n_clients,
-        alpha=args.alpha,
-        n_components=args.n_components,
-        n_shards=args.n_shards,
-        s_frac=args.s_frac,
-        test_data_frac=args.test_data_frac,
-        val_frac=args.val_frac,
-        seed=seed,
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,13 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from data.database import Database
-from data.partition import (
-    SPLIT_FORMAT,
-    SplitError,
-    database_fingerprint,
-    stratified_split,
-    write_split_file,
-)
+from data.partition import SPLIT_FORMAT, database_fingerprint, stratified_split, write_split_file
+from data.split_methods import SplitError
 from utils.cli import Parser
 
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 from algorithms.methods import registry
 from algorithms.options import Settings
-from algorithms.privacy.accounting import COUNT_NOISE, NOISE_SOURCES
+from algorithms.privacy.config import COUNT_NOISE, NOISE_SOURCES
 
 POLICY_KEYS = (
     "max-epsilon",

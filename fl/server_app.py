@@ -37,12 +37,12 @@ from algorithms.federation.rounds import ClientUpdate, fedavg_aggregate, run_rou
 from algorithms.methods.fedavg import initial_head, validation_row
 from algorithms.methods.fedpft import pft_outcome, pooler
 from algorithms.methods.generative import (
-    GLOBAL_SYNTHETIC_PER_CLASS,
     count_parameters,
     dpsgd_privacy_report,
     generative_outcome,
     initial_global_weights,
 )
+from algorithms.methods.synthesis import GLOBAL_SYNTHETIC_PER_CLASS
 from algorithms.options import Settings
 from data.database import encoder_mismatch
 from fl.policy import Refusal

@@ -16,7 +16,8 @@ from test_flower import DPCVAE, SEEDED, SMALL, run_in_process, task_identity  # 
 from fl import client_app
 from fl.ledger import Claim, Ledger, LedgerError, read_ledger
 from fl.policy import Refusal
-from fl.run_local import descendants, run_local
+from fl.processes import descendants
+from fl.run_local import run_local
 
 FINGERPRINT = "f" * 64
 

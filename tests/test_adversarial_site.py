@@ -14,8 +14,10 @@ from test_flower import DPCVAE, FEDAVG, SEEDED, SMALL, InProcessGrid, task_ident
 
 from algorithms.evaluation.heads import new_head
 from data.database import load_database
-from data.partition import SplitConfig, database_fingerprint, split_database
+from data.partition import database_fingerprint, split_database
+from data.split_config import SplitConfig
 from fl import client_app, server_app
+from fl import site as fl_site
 from fl.policy import Refusal, SitePolicy, policy_violation
 from fl.records import weights_record
 from fl.settings import load_client, run_settings
@@ -240,7 +242,7 @@ def test_adversarial_hello_fingerprint_is_keyed_and_stable(gauss_db, task_identi
     first = fingerprint()
     assert first not in unsalted and len(first) == 64
     assert fingerprint() == first
-    assert (gauss_db / client_app.SITE_KEY_FILE).exists()
+    assert (gauss_db / fl_site.SITE_KEY_FILE).exists()
     assert fingerprint(**{"site-secret": "another"}) != first
     reply = ask(gauss_db, PRIVATE, "query", hospital(gauss_db, 0))
     split_sha = json.loads(str(reply.content.config_records["facts"]["split_sha256"]))

@@ -11,6 +11,7 @@ import pytest
 from image_fixtures import TINY_BACKBONE, make_camelyon, make_fashionmnist, make_medmnist
 
 import data.create_db as create_db
+import data.encoding as encoding
 from data.backbone import create_backbone
 from data.database import load_database, load_embedding_file
 from utils.io import sha256_file
@@ -135,7 +136,7 @@ def test_interrupted_camelyon_run_resumes_to_identical_files(tmp_path, capsys, m
     code, _, err = run(capsys, *common, "--database_root", tmp_path / "clean")
     assert code == 0, err
 
-    real_save = create_db.save_npz
+    real_save = encoding.save_npz
     saved = []
 
     def save_then_fail(path, **arrays):
@@ -144,11 +145,11 @@ def test_interrupted_camelyon_run_resumes_to_identical_files(tmp_path, capsys, m
         real_save(path, **arrays)
         saved.append(path)
 
-    monkeypatch.setattr(create_db, "save_npz", save_then_fail)
+    monkeypatch.setattr(encoding, "save_npz", save_then_fail)
     db = tmp_path / "db"
     with pytest.raises(Interrupted):
         create_db.main([str(a) for a in (*common, "--database_root", db)])
-    monkeypatch.setattr(create_db, "save_npz", real_save)
+    monkeypatch.setattr(encoding, "save_npz", real_save)
     chunks = sorted(p.name for p in (db / ".partial").glob("*.npz"))
     assert chunks == ["client_0.000000.npz", "client_0.000001.npz"]
     assert not (db / "meta.json").exists()
@@ -161,13 +162,13 @@ def test_interrupted_camelyon_run_resumes_to_identical_files(tmp_path, capsys, m
     assert code == 2 and "--resume: the interrupted run" in err and "seed" in err
 
     encoded = []
-    real_fetch = create_db.fetch
+    real_fetch = encoding.fetch
 
     def counting_fetch(embeddings):  # each encoded batch is read back once
         encoded.append(len(embeddings))
         return real_fetch(embeddings)
 
-    monkeypatch.setattr(create_db, "fetch", counting_fetch)
+    monkeypatch.setattr(encoding, "fetch", counting_fetch)
     code, _, err = run(capsys, *common, "--database_root", db, "--resume")
     assert code == 0, err
     assert sum(encoded) == 7  # client_0's two finished chunks (7 images) were not encoded again
@@ -314,7 +315,7 @@ def test_embed_batches_delivers_every_batch_before_a_failing_one(tmp_path):
         direct.append(bb.embed(bb.prepare_batch(reader.read(2, 4))))
         got = []
         with pytest.raises(create_db.SourceError, match="cannot decode image"):
-            for tag, emb in create_db.embed_batches(src, bb, batches, num_workers=2):
+            for tag, emb in encoding.embed_batches(src, bb, batches, num_workers=2):
                 got.append((tag, emb))
     assert [tag for tag, _ in got] == batches[:2]
     for (_, emb), ref in zip(got, direct):

@@ -16,14 +16,14 @@ from algorithms.methods.dpcgan import CGANClient
 from algorithms.methods.dpcvae import CVAEClient
 from algorithms.methods.generative import init_global_weights, make_clients, train_generative
 from algorithms.privacy.accounting import (
-    DPConfig,
     calibrate_noise,
     epsilon_from_history,
     sample_rate_for,
     steps_per_epoch,
 )
-from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.privacy.config import DPConfig
 from algorithms.privacy.dp_sgd import dp_step, make_private
+from algorithms.privacy.generative_config import GenerativeConfig
 from algorithms.privacy.ghost_clipping import LinearTape
 from data.clients import ClientData
 from data.features import standardize_records

@@ -25,12 +25,12 @@ from algorithms.methods.gaussians import VARIANCE_FLOOR, class_statistics, noisy
 from algorithms.privacy.accounting import (
     ANALYTIC_GAUSSIAN,
     RELEASE_NOT_COVERED,
-    DPConfig,
     calibrate_release,
     privacy_report,
     release_epsilon,
 )
-from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.privacy.config import DPConfig
+from algorithms.privacy.generative_config import GenerativeConfig
 from data.clients import ClientData
 from data.features import standardize_records
 from utils.collect import collect

@@ -1,5 +1,5 @@
-"""The Flower app: client state kept across rounds, the apps' protocol in process (a grid that
-calls the ClientApp directly), and the real engines on loopback, all against main.py."""
+"""The Flower app: the apps' protocol in process (a grid that calls the ClientApp directly) and
+the real engines on loopback, all against main.py (the client state: test_flower_state.py)."""
 
 import itertools
 import json
@@ -9,25 +9,20 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 import main as main_module
 from algorithms.evaluation.downstream import POOLED
-from algorithms.methods.fedavg import FedAvgConfig, init_global_head, make_fedavg_clients
-from algorithms.methods.generative import init_global_weights, make_clients
 from algorithms.privacy import accounting
-from algorithms.privacy.accounting import DPConfig
-from algorithms.privacy.dp_client import GenerativeConfig
-from data.clients import client_datasets
 from data.database import load_database
-from data.partition import SplitConfig, split_database
+from data.partition import split_database
+from data.split_config import SplitConfig
 from fl import client_app, server_app
 from fl.policy import PERMISSIVE
-from fl.records import load_state, pack_state, save_state, unpack_state
-from fl.run_local import LocalRunError, descendants, run_local
+from fl.processes import LocalRunError, descendants
+from fl.run_local import run_local
 from fl.settings import SettingsError, node_client_id, run_settings
 from utils.io import read_csv, write_json
 from utils.results import read_metrics
@@ -38,71 +33,6 @@ SEEDED = {"noise-source": "seeded"}  # a site's testing switch: noise from the r
 HEAD = ["--local_epochs", "20"]  # dpcvae, dpcgan (FedAvg trains no other head)
 DPCVAE = ["--method", "dpcvae", *HEAD, "--n_fedavg_rounds", "2", "--local_epochs_gen", "1"]
 FEDAVG = ["--method", "fedavg", "--n_rounds", "3", "--local_steps", "2"]
-
-
-def one_client(gauss_db):
-    db = load_database(gauss_db)
-    return client_datasets(db, split_database(db, SplitConfig(n_clients=2, seed=1)))[0], 4
-
-
-def test_pack_state_keeps_types_shapes_and_int_keys():
-    state = {
-        "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(2, 3)}},
-        "param_groups": [{"betas": (0.9, 0.999), "params": [0], "foreach": None, "x": True}],
-        "rng": torch.zeros(5, dtype=torch.uint8),
-        "history": [[1.5, 0.25, 10]],
-    }
-    arrays, skeleton = pack_state(state)
-    back = unpack_state(arrays, skeleton)
-    assert list(back["state"]) == [0]
-    assert back["state"][0]["step"].shape == () and back["state"][0]["step"].item() == 3.0
-    assert torch.equal(back["state"][0]["exp_avg"], torch.ones(2, 3))
-    assert back["rng"].dtype == torch.uint8
-    assert back["param_groups"] == [
-        {"betas": (0.9, 0.999), "params": [0], "foreach": None, "x": True}
-    ]
-    assert back["history"] == [[1.5, 0.25, 10]]
-    with pytest.raises(TypeError):
-        pack_state({"bad": object()})
-
-
-@pytest.mark.parametrize("method", ["dpcvae", "fedavg"])
-def test_a_client_restored_from_its_stored_state_continues_exactly(gauss_db, method):
-    """What the ClientApp does every round (rebuild from the seed, load Context.state) gives
-    the same training as one client object kept for the whole run (main.py)."""
-    data, n_classes = one_client(gauss_db)
-    if method == "dpcvae":
-        cfg, dp = GenerativeConfig(n_rounds=3, local_epochs=1), DPConfig()
-
-        def make():
-            return make_clients("dpcvae", [data], n_classes, cfg, dp, 7)[0]
-
-        weights = init_global_weights("dpcvae", 16, n_classes, cfg, 1)
-    else:
-        cfg = FedAvgConfig(n_rounds=3, local_steps=2)
-
-        def make():
-            return make_fedavg_clients([data], n_classes, cfg, 7)[0]
-
-        weights = init_global_head(16, n_classes, 1)
-    kept = make()
-    kept_updates = [kept.fit(weights, rnd) for rnd in range(3)]
-
-    store = RecordDict()
-    restored_updates = []
-    for rnd in range(3):
-        client = make()
-        state = load_state(store, "client")
-        if state is not None:
-            client.load_state_dict(state)
-        restored_updates.append(client.fit(weights, rnd))
-        save_state(store, "client", client.state_dict())
-    for a, b in zip(kept_updates, restored_updates):
-        assert a.metrics == b.metrics
-        for key in a.weights:
-            assert torch.equal(a.weights[key], b.weights[key])
-    if method == "dpcvae":
-        assert kept.privacy() == client.privacy()
 
 
 @pytest.fixture

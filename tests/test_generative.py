@@ -6,20 +6,14 @@ import torch
 from opacus.accountants import PRVAccountant
 
 from algorithms.evaluation.heads import HeadConfig
-from algorithms.experiment import chance_warning
 from algorithms.federation.rounds import fedavg_aggregate, run_federation
 from algorithms.methods.dpcgan import CGANClient
 from algorithms.methods.dpcvae import CVAEClient
-from algorithms.methods.generative import (
-    at_chance,
-    fidelity_report,
-    global_synthetic_report,
-    init_global_weights,
-    run_generative,
-    synthetic_label_counts,
-)
-from algorithms.privacy.accounting import DPConfig
-from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.methods.generative import fidelity_report, init_global_weights, run_generative
+from algorithms.methods.synthesis import at_chance, global_synthetic_report, synthetic_label_counts
+from algorithms.privacy.config import DPConfig
+from algorithms.privacy.generative_config import GenerativeConfig
+from algorithms.report import chance_warning
 from data.clients import ClientData
 from data.features import standardize_records
 

@@ -11,9 +11,10 @@ from algorithms.evaluation.downstream import evaluate_clients
 from algorithms.evaluation.heads import HeadConfig
 from algorithms.methods.baselines import run_centralized, run_fedavg
 from algorithms.methods.fedavg import FedAvgConfig
-from algorithms.methods.generative import finish_client, train_generative
-from algorithms.privacy.accounting import DPConfig
-from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.methods.generative import train_generative
+from algorithms.methods.synthesis import finish_client
+from algorithms.privacy.config import DPConfig
+from algorithms.privacy.generative_config import GenerativeConfig
 from data.clients import ClientData
 from data.features import standardize_records
 

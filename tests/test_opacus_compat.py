@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from algorithms.privacy.accounting import DPConfig
+from algorithms.privacy.config import DPConfig
 from algorithms.privacy.dp_sgd import dp_step, make_private
 from algorithms.privacy.ghost_clipping import clip_and_sum_linear
 from algorithms.privacy.noise import noise

@@ -19,8 +19,10 @@ import main as main_module
 from data.backbone import create_backbone
 from data.database import encoder_facts, encoder_mismatch, load_database
 from data.images import decode_image, to_8bit
-from data.partition import SplitConfig, SplitError, split_database
-from data.sources import NamedBytes
+from data.partition import split_database
+from data.source_base import NamedBytes
+from data.split_config import SplitConfig
+from data.split_methods import SplitError
 from utils.io import write_json
 
 TINY = ["--backbone", TINY_BACKBONE, "--random_init", "--quiet", "--num_workers", "0"]

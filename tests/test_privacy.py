@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from algorithms.privacy.accounting import (
-    DPConfig,
     calibrate_noise,
     check_count_noise,
     count_epsilon,
@@ -17,6 +16,7 @@ from algorithms.privacy.accounting import (
     sample_rate_for,
     steps_per_epoch,
 )
+from algorithms.privacy.config import DPConfig
 from algorithms.privacy.dp_sgd import dp_step, make_private, poisson_batch
 from algorithms.privacy.noise import noisy_count
 from utils.seeding import derive_seed, generator, new_secret, private_generator

@@ -15,8 +15,9 @@ from test_flower import DPCVAE, FEDAVG, SEEDED, SMALL, InProcessGrid, run_in_pro
 import data.site_split as site_split_cli
 from algorithms.methods.generative import make_clients
 from data.database import load_database
-from data.partition import SplitError, load_split
+from data.partition import load_split
 from data.site_split import site_split
+from data.split_methods import SplitError
 from fl import client_app, server_app
 from fl.policy import PERMISSIVE, PolicyError, Refusal, SitePolicy, site_policy
 from fl.records import record_weights

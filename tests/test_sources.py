@@ -5,20 +5,10 @@ import numpy as np
 import pytest
 from image_fixtures import make_camelyon, make_fashionmnist, make_medmnist, write_idx
 
-from data.sources import (
-    ArrayReader,
-    ConcatReader,
-    NpyStreamReader,
-    SourceError,
-    medmnist_flags,
-    open_camelyon17,
-    open_digits,
-    open_fashionmnist,
-    open_medmnist,
-    open_npz_array,
-    open_source,
-    sample_counts,
-)
+from data.camelyon_source import open_camelyon17, sample_counts
+from data.medmnist_source import medmnist_flags, open_medmnist
+from data.source_base import ArrayReader, ConcatReader, NpyStreamReader, SourceError, open_npz_array
+from data.sources import open_digits, open_fashionmnist, open_source
 
 
 @pytest.mark.parametrize("compressed", [False, True])

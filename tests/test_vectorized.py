@@ -20,8 +20,8 @@ from algorithms.federation.rounds import run_federation
 from algorithms.federation.stacked import StackedAdam, forward, pad_rows, stack
 from algorithms.federation.vectorized import CVAEEngine, run_vectorized
 from algorithms.methods.generative import init_global_weights, make_clients
-from algorithms.privacy.accounting import DPConfig
-from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.privacy.config import DPConfig
+from algorithms.privacy.generative_config import GenerativeConfig
 from algorithms.privacy.ghost_clipping import (
     LinearTape,
     Recorded,

@@ -1,9 +1,11 @@
 """What produced a file: the Python and library versions, recorded in config.json (every run)
-and meta.json (every database). Epsilon, fidelity and embeddings depend on them."""
+and meta.json (every database). Epsilon, fidelity and embeddings depend on them. Also the CPU
+model (`cpu_model`, for benchmarks)."""
 
 from __future__ import annotations
 
 import platform
+import re
 import sys
 from importlib import metadata
 
@@ -34,3 +36,12 @@ def versions() -> dict[str, str]:
     if "torch" in sys.modules:
         out["torch"] = sys.modules["torch"].__version__
     return out
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            match = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.MULTILINE)
+        return match.group(1).strip() if match else platform.processor()
+    except OSError:
+        return platform.processor()

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 
 from algorithms.federation.aggregation import StateDict
 from algorithms.federation.rounds import ClientUpdate
-from algorithms.privacy.dp_client import DPClient, GenerativeConfig, adam
+from algorithms.privacy.dp_client import DPClient, adam
 from algorithms.privacy.dp_sgd import dp_step
+from algorithms.privacy.generative_config import GenerativeConfig
 from models.cgan import Discriminator, Generator
 from utils.seeding import INIT_DISCRIMINATOR, INIT_GENERATOR, derive_seed, seeded
 

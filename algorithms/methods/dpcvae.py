@@ -11,8 +11,9 @@ import torch.nn.functional as F
 
 from algorithms.federation.aggregation import StateDict
 from algorithms.federation.rounds import ClientUpdate
-from algorithms.privacy.dp_client import DPClient, GenerativeConfig, adam
+from algorithms.privacy.dp_client import DPClient, adam
 from algorithms.privacy.dp_sgd import dp_step
+from algorithms.privacy.generative_config import GenerativeConfig
 from models.cvae import CVAE, cvae_loss_per_sample, decoder_state, load_decoder
 from utils.seeding import INIT, derive_seed, seeded
 

@@ -59,21 +59,21 @@ from algorithms.methods.gaussians import (
     scale_shape,
     to_float32,
 )
-from algorithms.methods.generative import (
+from algorithms.methods.generative import generative_outcome
+from algorithms.methods.synthesis import (
     finish_clients,
-    generative_outcome,
     global_synthetic_head,
     pooled_synthetic_report,
 )
 from algorithms.privacy.accounting import (
     ANALYTIC_GAUSSIAN,
     RELEASE_NOT_COVERED,
-    DPConfig,
     calibrate_release,
     privacy_report,
     release_epsilon,
 )
-from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.privacy.config import DPConfig
+from algorithms.privacy.generative_config import GenerativeConfig
 from data.clients import ClientData
 from data.features import squash
 from utils.cli import flag, flag_name
@@ -158,7 +158,7 @@ def pooler(
 
 @dataclass(frozen=True)
 class PooledSampler:
-    """Sampling from the pooled Gaussians (a generative.Sampler), on a site or on the server:
+    """Sampling from the pooled Gaussians (a synthesis.Sampler), on a site or on the server:
     it needs nothing but the pooled statistics and the squash temperature."""
 
     temperature: float

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from algorithms.privacy.accounting import DPConfig, epsilon_from_history, sample_rate_for
+from algorithms.privacy.accounting import epsilon_from_history, sample_rate_for
+from algorithms.privacy.config import DPConfig
 from algorithms.privacy.ghost_clipping import LinearTape, Recorded, clip_and_sum_linear
 from algorithms.privacy.opacus_compat import check_opacus, load_opacus, noise_and_step
 

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from data.backbone import create_backbone
-from data.create_db import embed_batches, prepared_batches, ranges
-from data.sources import open_medmnist
+from data.encoding import embed_batches, prepared_batches, ranges
+from data.medmnist_source import open_medmnist
 from utils.io import write_json
 
 

@@ -125,6 +125,7 @@ def one_message(site: int, rnd: int, folder: Path) -> dict[str, float]:
 
     flower = time.perf_counter()
     import fl.client_app as client_app
+    import fl.site as fl_site
 
     app = time.perf_counter()
     import opacus  # noqa: F401  (a DP site imports it on first use, if the app did not)
@@ -154,8 +155,8 @@ def one_message(site: int, rnd: int, folder: Path) -> dict[str, float]:
     node_config = {"client-id": site, "split-file": argv["split"]}
     context = Context(1, 1000, node_config, read("state.pb"), {"main-args": argv["main-args"]})
     stages = Stages()
-    stages.wrap(client_app, "Site", "settings and data")
-    stages.wrap(client_app, "load_state", "state restore")
+    stages.wrap(fl_site, "Site", "settings and data")
+    stages.wrap(fl_site, "load_state", "state restore")
     stages.wrap(client_app, "save_state", "state save")
     stages.wrap(dp_client, "calibrate_noise", "noise calibration")
     stages.wrap(dp_sgd.PrivateTraining, "epsilon", "epsilon (PRV)")
@@ -163,7 +164,7 @@ def one_message(site: int, rnd: int, folder: Path) -> dict[str, float]:
         stages.wrap(cls, "fit", "training")
         stages.wrap(cls, "load_state_dict", "state restore")
     begin = time.perf_counter()
-    site_ = client_app.Site(context)
+    site_ = fl_site.Site(context)
     if (folder / "weights.pb").exists():
         weights = record_weights(read("weights.pb").array_records["weights"])
     else:
@@ -178,7 +179,7 @@ def one_message(site: int, rnd: int, folder: Path) -> dict[str, float]:
         update = client_app.fit_round(client, weights, rnd, site_.settings.execution.device)
     else:  # the app before that
         update = client.fit(weights, rnd)
-    client_app.save_state(context.state, client_app.STATE, client.state_dict())
+    client_app.save_state(context.state, fl_site.STATE, client.state_dict())
     end = time.perf_counter()
     write("state.pb", context.state)
     write("weights.pb", RecordDict({"weights": weights_record(update.weights)}))

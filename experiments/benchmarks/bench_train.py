@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import re
 import statistics
 import time
@@ -45,13 +44,14 @@ import algorithms.privacy.accounting as accounting
 from algorithms.methods.dpcgan import CGANClient
 from algorithms.methods.dpcvae import CVAEClient
 from algorithms.methods.generative import train_generative
-from algorithms.privacy.accounting import DPConfig
-from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.privacy.config import DPConfig
+from algorithms.privacy.generative_config import GenerativeConfig
 from data.clients import ClientData
 from data.features import standardize_records
 from utils.device import DEVICES, ON_CPU, Execution, resolve_device
 from utils.io import write_json
 from utils.progress import set_quiet
+from utils.provenance import cpu_model
 
 
 def _status_mb(key: str) -> float:
@@ -62,15 +62,6 @@ def _status_mb(key: str) -> float:
         return int(match.group(1)) / 1024 if match else float("nan")
     except OSError:
         return float("nan")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            match = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.MULTILINE)
-        return match.group(1).strip() if match else platform.processor()
-    except OSError:
-        return platform.processor()
 
 
 def paper_like_clients(

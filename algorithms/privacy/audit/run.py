@@ -13,16 +13,18 @@ import torch
 import torch.nn.functional as F
 
 from algorithms.methods import registry
-from algorithms.methods.generative import synthesize, train_generative
-from algorithms.privacy.accounting import DPConfig
+from algorithms.methods.generative import train_generative
+from algorithms.methods.synthesis import synthesize
 from algorithms.privacy.audit.canaries import canary_label, make_canaries, with_canaries
 from algorithms.privacy.audit.stats import attack_summary
-from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.privacy.config import DPConfig
+from algorithms.privacy.generative_config import GenerativeConfig
 from algorithms.privacy.opacus_compat import check_opacus
 from data.clients import ClientData, client_datasets
 from data.database import DatabaseError, load_database
 from data.features import squash
-from data.partition import SplitError, load_split
+from data.partition import load_split
+from data.split_methods import SplitError
 from utils.io import read_json, sha256_file
 from utils.results import CONFIG_FILE, ResultsError, read_metrics
 from utils.seeding import AUDIT, CANARIES, LATENT, MEMBERS, derive_seed, generator
