@@ -14,7 +14,7 @@ from torch import nn
 from algorithms.federation.rounds import run_federation
 from algorithms.methods.dpcgan import CGANClient
 from algorithms.methods.dpcvae import CVAEClient
-from algorithms.methods.generative import init_global_weights, make_clients, train_generative
+from algorithms.methods.generative import make_clients, seeded_global_weights, train_generative
 from algorithms.privacy.accounting import (
     calibrate_noise,
     epsilon_from_history,
@@ -88,7 +88,7 @@ def test_fast_and_opacus_ghost_train_alike_with_identical_accounting(method):
     # Same seeds: the same Poisson batches and the same noise draws, so the two paths may only
     # differ by floating-point rounding, and the accountants must agree exactly.
     clients = {mode: _client(method, mode) for mode in ("fast", "ghost")}
-    weights = init_global_weights(method, 6, 3, CFG, seed=0)
+    weights = seeded_global_weights(method, 6, 3, CFG, seed=0)
     for rnd in range(CFG.n_rounds):
         updates = {mode: c.fit(weights, rnd) for mode, c in clients.items()}
         assert updates["fast"].metrics["epsilon"] == updates["ghost"].metrics["epsilon"]
@@ -103,7 +103,7 @@ def test_fast_and_opacus_ghost_train_alike_with_identical_accounting(method):
 
 def test_accounting_counts_every_step_at_opacus_rate_with_the_calibrated_noise():
     client = _client("dpcvae", "fast", DPConfig(epsilon=2.0))
-    weights = init_global_weights("dpcvae", 6, 3, CFG, seed=0)
+    weights = seeded_global_weights("dpcvae", 6, 3, CFG, seed=0)
     for rnd in range(CFG.n_rounds):
         client.fit(weights, rnd)
     n, batch = client.n_released, CFG.batch_size  # the noisy count sets the rate
@@ -185,7 +185,7 @@ def test_fast_path_refuses_layers_it_cannot_clip():
 
 def test_generator_step_is_not_recorded_and_gradients_are_released_after_fit():
     client = _client("dpcgan", "fast")
-    client.fit(init_global_weights("dpcgan", 6, 3, CFG, seed=0), 0)
+    client.fit(seeded_global_weights("dpcgan", 6, 3, CFG, seed=0), 0)
     assert client.private.tape.records == []
     for model in (client.generator, client.discriminator):
         assert all(p.grad is None for p in model.parameters())
@@ -198,7 +198,7 @@ def test_clients_trained_in_threads_give_the_same_run(method):
     runs = []
     for workers in (1, 3):
         clients = make_clients(method, data, 3, CFG, DPConfig(), seed=2)
-        start = init_global_weights(method, 6, 3, CFG, seed=0)
+        start = seeded_global_weights(method, 6, 3, CFG, seed=0)
         weights, history = run_federation(clients, start, CFG.n_rounds, workers=workers)
         runs.append((weights, history, [c.privacy() for c in clients]))
     (w1, h1, p1), (w3, h3, p3) = runs

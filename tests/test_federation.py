@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from algorithms.federation.aggregation import average_state_dicts
 from algorithms.federation.rounds import fedavg_aggregate, run_federation, sample_clients
-from algorithms.methods.fedavg import FedAvgClient, FedAvgConfig, init_global_head, lr_at
+from algorithms.methods.fedavg import FedAvgClient, FedAvgConfig, lr_at, seeded_global_head
 from data.clients import ClientData
 
 
@@ -35,7 +35,7 @@ def test_one_full_batch_step_per_round_equals_a_centralized_step():
     pooled data (the mean loss over the pool is the size-weighted mean of client losses)."""
     clients = [_client(0, 7), _client(1, 19), _client(2, 30)]
     cfg = FedAvgConfig(n_rounds=1, local_steps=1, batch_size=1000, lr=0.5, lr_scheduler="none")
-    start = init_global_head(5, 3, seed=1)
+    start = seeded_global_head(5, 3, seed=1)
     fed = [FedAvgClient(c, 3, cfg, seed=c.id) for c in clients]
     weights, history = run_federation(fed, start, n_rounds=1)
 
@@ -54,7 +54,7 @@ def test_fedprox_step_matches_the_proximal_gradient_with_its_half_factor():
     c = _client(0, 12)
     mu, lr = 3.0, 0.2
     cfg = FedAvgConfig(n_rounds=1, local_steps=2, batch_size=100, lr=lr, mu=mu, lr_scheduler="none")
-    start = init_global_head(5, 3, seed=4)
+    start = seeded_global_head(5, 3, seed=4)
     update = FedAvgClient(c, 3, cfg, seed=0).fit(start, 0)
 
     head = torch.nn.Linear(5, 3)
@@ -90,7 +90,7 @@ def test_partial_participation_averages_only_the_chosen_clients():
     clients = [_client(i, 10 + i) for i in range(4)]
     cfg = FedAvgConfig(n_rounds=3, sampling_rate=0.5, lr_scheduler="none")
     fed = [FedAvgClient(c, 3, cfg, seed=c.id) for c in clients]
-    _, history = run_federation(fed, init_global_head(5, 3, 0), 3, sampling_rate=0.5, seed=7)
+    _, history = run_federation(fed, seeded_global_head(5, 3, 0), 3, sampling_rate=0.5, seed=7)
     assert [h["clients"] for h in history] == [2, 2, 2]
 
 

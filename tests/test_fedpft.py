@@ -24,7 +24,7 @@ from algorithms.methods.fedpft import (
 from algorithms.methods.gaussians import VARIANCE_FLOOR, class_statistics, noisy_statistics
 from algorithms.privacy.accounting import (
     ANALYTIC_GAUSSIAN,
-    RELEASE_NOT_COVERED,
+    NOT_COVERED,
     calibrate_release,
     privacy_report,
     release_epsilon,
@@ -299,6 +299,6 @@ def test_each_release_records_the_noise_source_its_client_used(source):
     pft = make_pft_clients("dpfedpft", clients, N_CLASSES, PFTConfig(), GEN, dp, seed=1)
     lines = [c.privacy() for c in pft]
     # a site keyed by its secret is reported as secure even if the coordinator ran seeded
-    report = privacy_report(DP, lines, ANALYTIC_GAUSSIAN, RELEASE_NOT_COVERED)
+    report = privacy_report(DP, lines, ANALYTIC_GAUSSIAN, NOT_COVERED)
     assert report["noise_source"] == source
     assert (report["noise_caveat"] is None) == (source == "secure")

@@ -5,8 +5,8 @@ import pytest
 import torch
 from flwr.app import RecordDict
 
-from algorithms.methods.fedavg import FedAvgConfig, init_global_head, make_fedavg_clients
-from algorithms.methods.generative import init_global_weights, make_clients
+from algorithms.methods.fedavg import FedAvgConfig, make_fedavg_clients, seeded_global_head
+from algorithms.methods.generative import make_clients, seeded_global_weights
 from algorithms.privacy.config import DPConfig
 from algorithms.privacy.generative_config import GenerativeConfig
 from data.clients import client_datasets
@@ -53,14 +53,14 @@ def test_a_client_restored_from_its_stored_state_continues_exactly(gauss_db, met
         def make():
             return make_clients("dpcvae", [data], n_classes, cfg, dp, 7)[0]
 
-        weights = init_global_weights("dpcvae", 16, n_classes, cfg, 1)
+        weights = seeded_global_weights("dpcvae", 16, n_classes, cfg, 1)
     else:
         cfg = FedAvgConfig(n_rounds=3, local_steps=2)
 
         def make():
             return make_fedavg_clients([data], n_classes, cfg, 7)[0]
 
-        weights = init_global_head(16, n_classes, 1)
+        weights = seeded_global_head(16, n_classes, 1)
     kept = make()
     kept_updates = [kept.fit(weights, rnd) for rnd in range(3)]
 

@@ -9,7 +9,7 @@ from algorithms.evaluation.heads import HeadConfig
 from algorithms.federation.rounds import fedavg_aggregate, run_federation
 from algorithms.methods.dpcgan import CGANClient
 from algorithms.methods.dpcvae import CVAEClient
-from algorithms.methods.generative import fidelity_report, init_global_weights, run_generative
+from algorithms.methods.generative import fidelity_report, run_generative, seeded_global_weights
 from algorithms.methods.synthesis import at_chance, global_synthetic_report, synthetic_label_counts
 from algorithms.privacy.config import DPConfig
 from algorithms.privacy.generative_config import GenerativeConfig
@@ -61,7 +61,7 @@ def test_spent_epsilon_is_at_most_the_target_and_recomputes_independently():
 
 def test_only_the_decoder_is_shared_and_encoders_stay_local():
     clients = [CVAEClient(c, 3, CFG, DPConfig(), seed=c.id) for c in _clients()]
-    start = init_global_weights("dpcvae", 8, 3, CFG, seed=9)
+    start = seeded_global_weights("dpcvae", 8, 3, CFG, seed=9)
     encoders_before = [
         {k: v.clone() for k, v in c.model.encoder.state_dict().items()} for c in clients
     ]
@@ -80,7 +80,7 @@ def test_only_the_decoder_is_shared_and_encoders_stay_local():
 
 def test_fit_starts_from_the_global_decoder():
     client = CVAEClient(_clients()[0], 3, CFG, DPConfig(), seed=0)
-    start = init_global_weights("dpcvae", 8, 3, CFG, seed=3)
+    start = seeded_global_weights("dpcvae", 8, 3, CFG, seed=3)
     seen = {}
     original = client._batches
 
@@ -108,7 +108,7 @@ def test_dpcgan_generator_starts_each_round_from_the_averaged_generator():
     averaged = []
     run_federation(
         clients,
-        init_global_weights("dpcgan", 8, 3, CFG, 0),
+        seeded_global_weights("dpcgan", 8, 3, CFG, 0),
         3,
         on_round=lambda r, w, u: averaged.append({k: v.clone() for k, v in w.items()}),
     )
@@ -118,7 +118,7 @@ def test_dpcgan_generator_starts_each_round_from_the_averaged_generator():
             for k, v in start.items():
                 torch.testing.assert_close(v, averaged[rnd - 1][k])
     # and the averaged generator is not a fresh initialization
-    fresh = init_global_weights("dpcgan", 8, 3, CFG, 0)
+    fresh = seeded_global_weights("dpcgan", 8, 3, CFG, 0)
     assert any(not torch.equal(fresh[k], averaged[0][k]) for k in fresh)
 
 
@@ -126,7 +126,7 @@ def test_dpcgan_shares_the_generator_only_and_reports_privacy():
     out = run_generative("dpcgan", _clients(), 3, CFG, DPConfig(), HEAD, seed=1)
     assert out.privacy["enabled"] and out.privacy["epsilon_max"] <= 1.0
     clients = [CGANClient(c, 3, CFG, DPConfig(), seed=0) for c in _clients(1)]
-    update = clients[0].fit(init_global_weights("dpcgan", 8, 3, CFG, 0), 0)
+    update = clients[0].fit(seeded_global_weights("dpcgan", 8, 3, CFG, 0), 0)
     assert set(update.weights) == set(clients[0].generator.state_dict())
 
 

@@ -10,7 +10,7 @@ from torch import nn
 from algorithms.privacy.config import DPConfig
 from algorithms.privacy.dp_sgd import dp_step, make_private
 from algorithms.privacy.ghost_clipping import clip_and_sum_linear
-from algorithms.privacy.noise import noise
+from algorithms.privacy.noise import dpsgd_noise
 from algorithms.privacy.opacus_compat import load_opacus
 from utils.seeding import generator
 
@@ -72,7 +72,7 @@ def test_adversarial_dp_noise_is_sampled_in_float64_in_every_path(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(torch, "normal", spy)
-    out = noise(1.0, (3, 5), generator(0))
+    out = dpsgd_noise(1.0, (3, 5), generator(0))
     assert out.dtype == torch.float32 and asked == [torch.float64]
     ref = torch.zeros(7, dtype=torch.float32)
     for module in (plain, ghost):

@@ -19,7 +19,7 @@ import main as main_module
 from algorithms.federation.rounds import run_federation
 from algorithms.federation.stacked import StackedAdam, forward, pad_rows, stack
 from algorithms.federation.vectorized import CVAEEngine, run_vectorized
-from algorithms.methods.generative import init_global_weights, make_clients
+from algorithms.methods.generative import make_clients, seeded_global_weights
 from algorithms.privacy.config import DPConfig
 from algorithms.privacy.generative_config import GenerativeConfig
 from algorithms.privacy.ghost_clipping import (
@@ -158,7 +158,7 @@ def test_stacked_adam_equals_torch_adam_per_client_with_masked_steps():
 def _train(method: str, vectorized: bool, dp: DPConfig, cfg: GenerativeConfig = CFG):
     data = [_data(n, i) for i, n in enumerate(SIZES)]
     clients = make_clients(method, data, 3, cfg, dp, seed=2)
-    start = init_global_weights(method, 6, 3, cfg, seed=0)
+    start = seeded_global_weights(method, 6, 3, cfg, seed=0)
     run = run_vectorized if vectorized else run_federation
     weights, history = run(clients, start, cfg.n_rounds, seed=0)
     return clients, weights, history
@@ -309,7 +309,7 @@ def test_cuda_vectorized_equals_cuda_per_client_and_matches_cpu_statistically(me
     runs = {}
     for device, vectorized in (("cuda", False), ("cuda", True), ("cpu", False)):
         clients = make_clients(method, data, 3, CFG, DP, seed=2, device=device)
-        start = init_global_weights(method, 6, 3, CFG, seed=0)
+        start = seeded_global_weights(method, 6, 3, CFG, seed=0)
         run = run_vectorized if vectorized else run_federation
         weights, history = run(clients, start, CFG.n_rounds, seed=0)
         runs[device, vectorized] = ({k: v.cpu() for k, v in weights.items()}, history, clients)

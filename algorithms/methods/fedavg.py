@@ -125,14 +125,14 @@ def lr_at(cfg: FedAvgConfig, rnd: int) -> float:
     return cfg.lr * 0.1 ** sum(rnd >= m for m in milestones)
 
 
-def init_global_head(dim: int, n_classes: int, seed: int) -> StateDict:
+def seeded_global_head(dim: int, n_classes: int, seed: int) -> StateDict:
     """The server's initial head, seeded by the run seed."""
     return {k: v.detach().clone() for k, v in new_head(dim, n_classes, seed).state_dict().items()}
 
 
 def initial_head(dim: int, n_classes: int, run_seed: int) -> StateDict:
     """The initial global head of a run, seeded by the run seed's FedAvg stream."""
-    return init_global_head(dim, n_classes, derive_seed(run_seed, FEDAVG_GLOBAL))
+    return seeded_global_head(dim, n_classes, derive_seed(run_seed, FEDAVG_GLOBAL))
 
 
 class FedAvgClient:

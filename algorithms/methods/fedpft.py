@@ -67,7 +67,7 @@ from algorithms.methods.synthesis import (
 )
 from algorithms.privacy.accounting import (
     ANALYTIC_GAUSSIAN,
-    RELEASE_NOT_COVERED,
+    NOT_COVERED,
     calibrate_release,
     privacy_report,
     release_epsilon,
@@ -291,7 +291,7 @@ def pft_outcome(
     size = release_size(method, cfg, dim, n_classes)
     report = None
     if pft_method(method).private:
-        report = privacy_report(dp, privacy, ANALYTIC_GAUSSIAN, RELEASE_NOT_COVERED)
+        report = privacy_report(dp, privacy, ANALYTIC_GAUSSIAN, NOT_COVERED)
     params = {"shared": size, "total": size}
     return generative_outcome(
         params, gen_cfg, history, fidelity, report, global_synthetic, finished

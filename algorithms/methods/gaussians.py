@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from algorithms.federation.aggregation import StateDict
-from algorithms.privacy.noise import gaussian_noise
+from algorithms.privacy.noise import release_noise
 from utils.seeding import PFT_FIT, derive_seed
 
 COVARIANCES = ("diag", "full", "spherical")
@@ -67,7 +67,7 @@ def noisy_statistics(
     scale = {"count": 1.0, "sum": math.sqrt(x.shape[1]), "moment": float(x.shape[1])}
     out = {}
     for name, value in stats.items():
-        noise = gaussian_noise(tuple(value.shape), noise_std, rng)
+        noise = release_noise(tuple(value.shape), noise_std, rng)
         if value.dim() == 3:
             noise = noise.triu() + noise.triu(1).transpose(1, 2)
         out[name] = value + scale[name] * noise

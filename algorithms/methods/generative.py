@@ -54,7 +54,7 @@ def client_type(method: str) -> type[CVAEClient] | type[CGANClient]:
     return registry.get(method).client
 
 
-def init_global_weights(
+def seeded_global_weights(
     method: str, dim: int, n_classes: int, cfg: GenerativeConfig, seed: int
 ) -> StateDict:
     """The server's initial shared model (decoder or generator), seeded by `seed`."""
@@ -66,7 +66,7 @@ def initial_global_weights(
 ) -> StateDict:
     """The initial shared model of a run: seeded by the run seed's stream for `method`."""
     seed = derive_seed(run_seed, method, GENERATIVE_GLOBAL)
-    return init_global_weights(method, dim, n_classes, cfg, seed)
+    return seeded_global_weights(method, dim, n_classes, cfg, seed)
 
 
 def make_clients(

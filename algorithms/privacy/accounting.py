@@ -82,7 +82,6 @@ PRESET_NOT_COVERED = {
 ANALYTIC_GAUSSIAN = "analytic-gaussian"
 # What DP does not cover for a one-shot release (dpfedpft)
 # (its record counts are released noised, as part of the release)
-RELEASE_NOT_COVERED = NOT_COVERED
 
 
 def count_epsilon(cfg: DPConfig) -> float:

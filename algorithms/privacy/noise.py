@@ -15,7 +15,7 @@ def noisy_count(n: int, count_noise: float, generator: torch.Generator) -> int:
     return max(1, round(n + count_noise * noise))
 
 
-def noise(
+def dpsgd_noise(
     std: float,
     shape: torch.Size | tuple[int, ...],
     generator: torch.Generator,
@@ -41,7 +41,7 @@ def noise(
     return draw.to(dtype)
 
 
-def gaussian_noise(shape: tuple[int, ...], std: float, generator: torch.Generator) -> torch.Tensor:
+def release_noise(shape: tuple[int, ...], std: float, generator: torch.Generator) -> torch.Tensor:
     """Gaussian noise of standard deviation `std` (float64), drawn from `generator` (zeros
     when `std` is 0: DP switched off)."""
     if std == 0:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from algorithms.federation.stacked import Layout
-from algorithms.privacy.noise import noise
+from algorithms.privacy.noise import dpsgd_noise
 
 if TYPE_CHECKING:
     from algorithms.privacy.dp_sgd import PrivateTraining
@@ -60,7 +60,7 @@ def _route_opacus_noise() -> None:
     def generate(std, reference, generator=None, secure_mode=False):
         if secure_mode or generator is None or std == 0:
             return original(std, reference, generator=generator, secure_mode=secure_mode)
-        return noise(std, reference.shape, generator, reference.dtype).to(reference.device)
+        return dpsgd_noise(std, reference.shape, generator, reference.dtype).to(reference.device)
 
     generate.opacus_original = original
     for module in (plain, ghost):
@@ -89,7 +89,7 @@ def noise_and_step(opt: torch.optim.Optimizer) -> None:
     std = opt.noise_multiplier * opt.max_grad_norm
     for p in opt.params:
         if std > 0:
-            p.grad.add_(noise(std, p.grad.shape, opt.generator, p.grad.dtype))
+            p.grad.add_(dpsgd_noise(std, p.grad.shape, opt.generator, p.grad.dtype))
         p.grad /= opt.expected_batch_size * opt.accumulated_iterations
     opt._is_last_step_skipped = False
     if opt.step_hook:
@@ -134,9 +134,9 @@ def noise_and_account_stacked(
         if std > 0:
             row = draws[k]
             for start, shape in layout.slots.values():
-                # the same draws as `noise(std, shape)` (float64, then cast), flattened
+                # the same draws as `dpsgd_noise(std, shape)` (float64, then cast), flattened
                 size = math.prod(shape)
-                row[start : start + size] = noise(std, (size,), opt.generator, row.dtype)
+                row[start : start + size] = dpsgd_noise(std, (size,), opt.generator, row.dtype)
         if opt.step_hook:
             opt.step_hook(opt)
     grad.add_(draws).div_(torch.tensor(scale, device=grad.device, dtype=grad.dtype)[:, None])
