@@ -10,45 +10,23 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-from data.database import save_embedding_file, write_meta  # noqa: E402
-
-
-def make_gaussian_db(root, n_per_file=(300,), dim=16, n_classes=4, seed=0, names=None, zero_dims=0):
-    """A small embedding database of class-conditional Gaussians (classes are separable).
-
-    `zero_dims` leading dimensions are exactly 0, as a ReLU backbone gives."""
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(0, 3, size=(n_classes, dim))
-    names = names or (
-        ["all"] if len(n_per_file) == 1 else [f"client_{i}" for i in range(len(n_per_file))]
-    )
-    files = {}
-    for name, n in zip(names, n_per_file):
-        y = rng.integers(0, n_classes, size=n)
-        x = centers[y] + rng.normal(0, 1, size=(n, dim))
-        x[:, :zero_dims] = 0.0
-        save_embedding_file(root / f"{name}.npz", x, y)
-        files[name] = {"n": int(n), "class_counts": np.bincount(y, minlength=n_classes).tolist()}
-    write_meta(
-        root,
-        {
-            "dataset": "gauss",
-            "backbone": "none",
-            "classes": [f"c{i}" for i in range(n_classes)],
-            "files": files,
-            "embedding_dim": dim,
-        },
-    )
-    return root
+from helpers.databases import make_gaussian_db  # noqa: E402
 
 
 @pytest.fixture
 def gauss_db(tmp_path):
     """A 600-sample, 16-d, 4-class database in one file."""
     return make_gaussian_db(tmp_path / "db", n_per_file=(600,))
+
+
+@pytest.fixture
+def task_identity(monkeypatch):
+    """What Flower's runtime sets in a ServerApp process (messages are stamped with it)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -71,7 +71,7 @@ def prdc(real: np.ndarray, synthetic: np.ndarray, k: int = 5) -> dict[str, float
     """Precision, recall, density and coverage of synthetic vs real (Naeem et al., 2020),
     with k-nearest-neighbour balls (k=5 as in the paper); NaN when a set has <= 1 point.
 
-    tests/test_metrics.py checks it against the authors' package (`prdc.compute_prdc`): equal
+    tests/utils/test_metrics.py checks it against the authors' package (`prdc.compute_prdc`): equal
     on data without ties. It is not a call to that package because the package differs where
     stored results would see it: density is (1/k) * mean rather than mean / k (the last bit
     differs in about a third of random cases), balls are open (< rather than <=, so duplicate

@@ -15,9 +15,9 @@ function (`fedavg_aggregate`), as in the per-client path.
 
 With the same generators the vectorized path draws exactly what the per-client path draws; the
 results differ by floating-point rounding only (batched products sum in another order), to about
-1e-6 relative (tests/test_vectorized.py). Once training ends, `write_back` returns every
-client's weights and Adam state to its objects, so that sampling, the privacy report and
-checkpoints read them as in the per-client path.
+1e-6 relative (tests/algorithms/federation/test_vectorized.py). Once training ends,
+`write_back` returns every client's weights and Adam state to its objects, so that sampling,
+the privacy report and checkpoints read them as in the per-client path.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Everything that depends on Opacus internals, in one place, tested bit for bit against Opacus
-(tests/test_opacus_compat.py): the version check, Opacus imported on first use with its RDP
-terms memoized (a monkey-patch of `opacus.accountants.analysis.rdp._compute_rdp`), Opacus's
-`_generate_noise` swapped for this project's float64 `noise`, and the fast DP steps that
-re-implement `DPOptimizer.step` after clipping (one client, and K clients stacked)."""
+(tests/algorithms/privacy/test_opacus_compat.py): the version check, Opacus imported on first
+use with its RDP terms memoized (a monkey-patch of
+`opacus.accountants.analysis.rdp._compute_rdp`), Opacus's `_generate_noise` swapped for this
+project's float64 `noise`, and the fast DP steps that re-implement
+`DPOptimizer.step` after clipping (one client, and K clients stacked)."""
 
 from __future__ import annotations
 

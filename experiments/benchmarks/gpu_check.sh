@@ -13,7 +13,7 @@ fi
 out=${1:-assets/benchmarks}
 mkdir -p "${out}"
 $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA here'; print(torch.cuda.get_device_name())"
-$PY -m pytest -q -p no:cacheprovider tests/test_vectorized.py -k cuda
+$PY -m pytest -q -p no:cacheprovider tests/algorithms/federation/test_vectorized.py -k cuda
 $PY experiments/benchmarks/bench_train.py --device cuda --vectorized on --skip_per_epoch \
   --json "${out}/bench_train_gpu_vectorized.json"
 $PY experiments/benchmarks/bench_train.py --device cuda --vectorized off --rounds 5 \

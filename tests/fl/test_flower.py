@@ -1,0 +1,322 @@
+"""The Flower app: the apps' protocol in process (a grid that calls the ClientApp directly) and
+the real engines on loopback, all against main.py (the client state: test_flower_state.py)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from flwr.app import Context, RecordDict
+from helpers.flower import (
+    DPCVAE,
+    FEDAVG,
+    HEAD,
+    SEEDED,
+    SMALL,
+    run_in_process,
+)
+
+import main as main_module
+from algorithms.evaluation.downstream import POOLED
+from algorithms.privacy import accounting
+from fl import client_app
+from fl.policy import PERMISSIVE
+from fl.processes import LocalRunError, descendants
+from fl.run_local import run_local
+from fl.settings import SettingsError, node_client_id, run_settings
+from utils.io import read_csv
+from utils.results import read_metrics
+
+COUNTS = ("n_train", "n_val", "n_test")
+
+
+def without_counts(main_metrics):
+    """main.py's metrics.json as a Flower run writes it: no split sizes in its client rows (no
+    site sends them), no pooled-test metrics (no site holds the pooled test data), no
+    test-size-weighted means, and the global synthetic-only accuracy as
+    the mean of the sites' (main.py pools it by test size: recomputed here from its rows)."""
+    m = json.loads(json.dumps(main_metrics))
+    assert m.pop("counts") == "exact (simulation)"
+
+    def strip(rows, summary):
+        sizes = [r["n_test"] for r in rows]
+        for r in rows:
+            for k in [*COUNTS, *(k for k in r if k.startswith(POOLED))]:
+                r.pop(k)
+        for k in [k for k in summary if k.endswith("_weighted") or k.startswith(POOLED)]:
+            summary.pop(k)
+        return sizes
+
+    sizes = strip(m["clients"], m["summary"])
+    for block in (m.get("lambda_protocol") or {}).values():
+        strip(block["clients"], block["summary"])
+    for per_metric in (m.get("downstream_modes") or {}).values():
+        for block in per_metric.values():
+            strip(block["clients"], block["summary"])
+    glob = (m.get("fidelity") or {}).get("global_synthetic")
+    if glob:
+        assert glob.pop("n_test") == sum(sizes)
+        glob.pop("acc"), glob.pop("at_chance")
+        m["fidelity"].pop("synthetic_at_chance")
+    return m, sizes
+
+
+def assert_same_results(main_dir, flower_dir):
+    """Equal metrics.json (but the wall time, the split sizes, which no site sends: see
+    `without_counts`, and the config key) and config.json (but argv, versions, the database
+    fingerprint and the split sha256, which each site keys with its secret); equal history.csv
+    but the train loss, which stays on the sites under Flower."""
+    ma, mb = read_metrics(main_dir), read_metrics(flower_dir)
+    assert ma["cost"].pop("wall_seconds") > 0 and mb["cost"].pop("wall_seconds") > 0
+    ma, _ = without_counts(ma)
+    # the config key hashes the data's fingerprint, keyed by each site under Flower
+    assert ma.pop("config_key") != mb.pop("config_key")
+    assert mb.pop("counts") == "absent (deployment)"
+    glob = (mb.get("fidelity") or {}).get("global_synthetic")
+    if glob:
+        assert 0.0 <= glob.pop("acc") <= 1.0 and glob.pop("at_chance") is None
+        assert glob.pop("mean_of")
+        mb["fidelity"].pop("synthetic_at_chance")
+        # the per-client chance test needs the test sizes, which no site sends
+        assert mb["fidelity"].pop("synthetic_client_at_chance") is None
+        assert isinstance(ma["fidelity"].pop("synthetic_client_at_chance"), bool)
+    assert ma == mb
+    history = read_csv(main_dir / "history.csv")
+    assert history and all(row.pop("train_loss", "none (fedpft)") for row in history)
+    assert read_csv(flower_dir / "history.csv") == history
+    ca, cb = (json.loads((d / "config.json").read_text()) for d in (main_dir, flower_dir))
+    for c in (ca, cb):
+        c.pop("argv"), c.pop("versions"), c.pop("config_key")
+    for c, key in ((ca["database"], "fingerprint"), (ca, "split_sha256")):
+        plain = c.pop(key)
+        keyed = (cb["database"] if c is ca["database"] else cb).pop(key)
+        assert keyed not in (plain, [plain] * 2)
+    assert ca == cb
+
+
+@pytest.mark.parametrize("args", [DPCVAE, FEDAVG], ids=["dpcvae", "fedavg"])
+def test_flower_apps_give_main_py_results(gauss_db, tmp_path, args, task_identity):
+    argv, grid = run_in_process(gauss_db, tmp_path / "flower", args)
+    assert main_module.main([*argv, "--results_dir", str(tmp_path / "main")]) == 0
+    assert_same_results(tmp_path / "main", tmp_path / "flower")
+    # What went out: one hello, then per round one train message per client; the weights sent
+    # are the shared part only (the decoder, or the linear head).
+    kinds = [m.metadata.message_type for m in grid.sent]
+    assert kinds[:2] == ["query", "query"]
+    trains = [m for m in grid.sent if m.metadata.message_type == "train"]
+    n_rounds = 2 if args is DPCVAE else 3
+    assert len(trains) == 2 * n_rounds
+    sent_keys = set(trains[0].content.array_records["weights"])
+    if args is DPCVAE:
+        assert sent_keys and all(k.startswith("decoder.") for k in sent_keys)
+        assert kinds[-4:] == ["evaluate.synthesize"] * 2 + ["evaluate"] * 2
+    else:
+        assert sent_keys == {"weight", "bias"}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--method", "dpcgan", *HEAD, "--n_fedavg_rounds", "2", "--local_epochs_gen", "1"],
+        [*FEDAVG, "--sampling_rate", "0.5"],
+        [*DPCVAE, "--disable_dp"],
+        ["--method", "fedprox", "--n_rounds", "2"],
+        ["--method", "fedpft", *HEAD, "--pft_components", "2"],
+        ["--method", "dpfedpft", *HEAD, "--pft_covariance", "full"],
+    ],
+    ids=["dpcgan", "fedavg-sampled", "dpcvae-no-dp", "fedprox", "fedpft", "dpfedpft"],
+)
+def test_other_methods_and_partial_participation_give_main_py_results(
+    gauss_db, tmp_path, args, task_identity
+):
+    argv, _ = run_in_process(gauss_db, tmp_path / "flower", args)
+    assert main_module.main([*argv, "--results_dir", str(tmp_path / "main")]) == 0
+    assert_same_results(tmp_path / "main", tmp_path / "flower")
+
+
+def test_a_replayed_round_is_refused_and_the_state_stays_local(gauss_db, tmp_path, task_identity):
+    _, grid = run_in_process(gauss_db, tmp_path / "r", DPCVAE)
+    context = next(iter(grid.contexts.values()))
+    first_train = next(m for m in grid.sent if m.metadata.message_type == "train")
+    # trained again from a stored state that is past round 1: refused, not trained twice
+    with pytest.raises(RuntimeError, match="asked for round 1 after round 2"):
+        client_app.app(first_train, context)
+    # the whole client state stays in the node's Context.state, never in a reply
+    assert {"client.arrays", "client.skeleton", "last-round"} <= set(context.state)
+
+
+def test_a_site_calibrates_its_noise_once_per_run(gauss_db, tmp_path, task_identity, monkeypatch):
+    """A deployed site runs each message in a new process: the noise multiplier that its first
+    train message calibrates is kept in Context.state with what it was calibrated from, and
+    later messages take it from there instead of searching again (results: the tests above)."""
+    searches = []
+    search = accounting._noise_multiplier.__wrapped__  # uncached: count every search
+    monkeypatch.setattr(
+        accounting, "_noise_multiplier", lambda *a: searches.append(a) or search(*a)
+    )
+    monkeypatch.setattr(accounting, "_REMEMBERED", {})
+    _, grid = run_in_process(gauss_db, tmp_path / "r", DPCVAE)
+    assert len(searches) == 2  # one per site, at its first train message (then 2 more messages)
+    for context in grid.contexts.values():
+        known = context.state.config_records["calibration"]
+        assert accounting._REMEMBERED[str(known["key"])] == float(known["noise-multiplier"])
+
+
+def test_the_clientapp_module_does_not_import_opacus():
+    """Opacus (with SciPy's statistics and sympy) is imported on first DP use only: a ClientApp
+    process that trains no DP-SGD client starts without it."""
+    code = "import sys, fl.client_app; sys.exit('opacus' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_a_train_reply_holds_weights_sample_count_and_epsilon_only(
+    gauss_db, tmp_path, task_identity
+):
+    _, grid = run_in_process(gauss_db, tmp_path / "r", DPCVAE)
+    fresh = Context(1, 1000, {"partition-id": 0}, RecordDict(), grid.contexts[1000].run_config)
+    train = next(m for m in grid.sent if m.metadata.message_type == "train")
+    reply = client_app.app(train, fresh)
+    assert set(reply.content) == {"weights", "client", "metrics"}
+    assert set(reply.content.array_records["weights"]) == set(
+        train.content.array_records["weights"]
+    )
+    assert dict(reply.content.metric_records["client"])["id"] == 0
+    # the train loss is computed on the training records without noise: it stays here
+    assert set(reply.content.metric_records["metrics"]) == {"epsilon"}
+
+
+@pytest.mark.parametrize("method", ["fedpft", "dpfedpft"])
+def test_a_pft_site_releases_once_and_sends_no_sample_count(
+    gauss_db, tmp_path, task_identity, method
+):
+    """FedPFT's one round: the release, a sample count of 0 (the server pools the released
+    counts) and, under DP, the spent epsilon; a second release is refused (it would spend the
+    budget again)."""
+    _, grid = run_in_process(gauss_db, tmp_path / "r", ["--method", method, *HEAD])
+    trains = [m for m in grid.sent if m.metadata.message_type == "train"]
+    assert len(trains) == 2 and not trains[0].content.array_records["weights"]
+    context = Context(1, 1000, {"partition-id": 0}, RecordDict(), grid.contexts[1000].run_config)
+    reply = client_app.app(trains[0], context)
+    assert set(reply.content) == {"weights", "client", "metrics"}
+    released = set(reply.content.array_records["weights"])
+    expected = {"count", "sum", "moment"} if method == "dpfedpft" else {"count", "weights"}
+    assert expected <= released
+    assert dict(reply.content.metric_records["client"]) == {"id": 0, "n_samples": 0}
+    sent = set(reply.content.metric_records["metrics"])
+    assert sent == ({"epsilon"} if method == "dpfedpft" else set())
+    with pytest.raises(RuntimeError, match="asked for round 1 after round 1"):
+        client_app.app(trains[0], context)
+
+
+def test_a_client_that_cannot_start_is_named(gauss_db, tmp_path, task_identity):
+    with pytest.raises(SettingsError, match="claim client-id 0"):
+        run_in_process(gauss_db, tmp_path / "r", DPCVAE, [{"client-id": 0}, {"client-id": 0}])
+    with pytest.raises(RuntimeError, match="client-id 5 is not in"):
+        run_in_process(gauss_db, tmp_path / "s", DPCVAE, [{"client-id": 0}, {"client-id": 5}])
+
+
+def test_a_site_reads_its_own_database_and_split_from_node_config(
+    gauss_db, tmp_path, task_identity
+):
+    """In deployment each site names its own paths (--node-config); here client 1 reads a copy
+    of the database elsewhere, with the same results."""
+    run_in_process(gauss_db, tmp_path / "a", DPCVAE)
+    site = tmp_path / "site1"
+    shutil.copytree(gauss_db, site)
+    nodes = [
+        {"client-id": 0, **SEEDED, **PERMISSIVE},
+        {
+            "client-id": 1,
+            "database-root": str(site),
+            "split-file": str(site / "split.json"),
+            **SEEDED,
+            **PERMISSIVE,
+        },
+    ]
+    run_in_process(gauss_db, tmp_path / "b", DPCVAE, nodes)
+    assert read_metrics(tmp_path / "a")["clients"] == read_metrics(tmp_path / "b")["clients"]
+    assert read_csv(tmp_path / "a" / "history.csv") == read_csv(tmp_path / "b" / "history.csv")
+
+
+def test_settings_are_main_py_flags_with_absolute_paths(tmp_path):
+    base = f"--database_root {tmp_path} --split_file {tmp_path}/s.json --results_dir {tmp_path}/r"
+    s = run_settings({"main-args": f"{base} --method dpcvae --n_fedavg_rounds 3"})
+    assert s.method.name == "dpcvae" and s.configs["generative"].n_rounds == 3 and s.seed == 3407
+    assert not s.execution.vectorized  # a site is one client, whatever its device
+    for bad, needle in [
+        (f"{base} --method local", "does not run on Flower"),
+        (f"{base} --method dpcvae --split_file s.json", "--split_file must be an absolute"),
+        (f"{base} --method dpcvae --results_dir r", "--results_dir must be an absolute"),
+        (f"{base} --method dpcvae --epsilon -1", "--epsilon"),
+        (f"{base} --method nope", "invalid choice"),
+        (f"{base} --method dpcvae --save_synthetic", "stays on the sites"),
+        (f"{base} --method dpcvae --vectorized on", "each site is one client"),
+    ]:
+        with pytest.raises(SettingsError, match=needle):
+            run_settings({"main-args": bad})
+    assert node_client_id({"client-id": 3}) == 3 and node_client_id({"partition-id": 1}) == 1
+    with pytest.raises(SettingsError, match="client-id"):
+        node_client_id({})
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("flower-engines")  # one at a time: each starts several processes
+def test_deployment_on_loopback_equals_main(gauss_db, tmp_path):
+    """A SuperLink and two SuperNodes as separate processes, two rounds of DP-CVAE: the same
+    results files as main.py, and no process left behind."""
+    argv = ["--database_root", str(gauss_db), *SMALL, *DPCVAE]
+    before = descendants([os.getpid()])
+    run = run_local(
+        [*argv, "--results_dir", str(tmp_path / "flower")],
+        "deployment",
+        work_dir=tmp_path / "work",
+        timeout=600,  # generous: the cores may be shared
+        env={"OMP_NUM_THREADS": "1"},
+        node_config=SEEDED,
+    )
+    assert run.status == "finished:completed"
+    # the coordinator's run config names no split file: the sites' node configs do
+    run_config = (tmp_path / "work" / "run_config.toml").read_text()
+    assert "--split_file" not in run_config and "splits" not in run_config
+    assert descendants([os.getpid()]) <= before
+    assert main_module.main([*argv, "--results_dir", str(tmp_path / "main")]) == 0
+    assert_same_results(tmp_path / "main", tmp_path / "flower")
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("flower-engines")  # one at a time: each starts several processes
+def test_simulation_engine_equals_main(gauss_db, tmp_path):
+    """Flower's simulation engine (Ray, one simulated SuperNode per client), FedAvg with its
+    per-round validation: the same results files as main.py, and no process left behind."""
+    argv = ["--database_root", str(gauss_db), *SMALL, *FEDAVG]
+    before = descendants([os.getpid()])
+    run = run_local(
+        [*argv, "--results_dir", str(tmp_path / "flower")],
+        "simulation",
+        work_dir=tmp_path / "work",
+        timeout=600,  # generous: the cores may be shared
+    )
+    assert run.status == "finished:completed"
+    assert descendants([os.getpid()]) <= before
+    assert main_module.main([*argv, "--results_dir", str(tmp_path / "main")]) == 0
+    assert_same_results(tmp_path / "main", tmp_path / "flower")
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("flower-engines")
+def test_a_failed_local_run_stops_every_process(gauss_db, tmp_path):
+    """A run that cannot finish in time raises, and leaves no SuperLink, SuperNode or app
+    process behind."""
+    argv = ["--database_root", str(gauss_db), *SMALL, *DPCVAE, "--n_fedavg_rounds", "50"]
+    before = descendants([os.getpid()])
+    with pytest.raises(LocalRunError, match="logs|timed out|did not"):
+        run_local(
+            [*argv, "--results_dir", str(tmp_path / "r")],
+            "deployment",
+            work_dir=tmp_path / "work",
+            timeout=15,
+        )
+    assert descendants([os.getpid()]) <= before
+    assert not (tmp_path / "r" / "metrics.json").exists()
