@@ -27,11 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from algorithms.evaluation.downstream import evaluate_clients
-from algorithms.evaluation.heads import HeadConfig, predict_proba, train_head
+from algorithms.evaluation.downstream import evaluate_clients, head_probs, label_prior, with_prior
+from algorithms.evaluation.heads import HeadConfig, train_head
 from algorithms.evaluation.protocol import (
     LAMBDA_METRICS,
-    ClientProbs,
     client_val_scores,
     lambda_grid,
     mix,
@@ -88,7 +87,7 @@ def probe(run_dir: Path, database_root: str | None = None) -> dict:
     n_classes, seed = db.n_classes, int(config["seed"])
     head_cfg = HeadConfig(**config["head"])
     temperature = config["generative"]["squash_temperature"]
-    local, synthetic, shift = [], [], []
+    local, synthetic = [], []
     with np.load(run_dir / "synthetic.npz", allow_pickle=False) as syn:
         for c in clients:
             own = syn["client"] == c.id
@@ -97,17 +96,8 @@ def probe(run_dir: Path, database_root: str | None = None) -> dict:
                 c.x_train, c.y_train, n_classes, head_cfg, derive_seed(seed, LOCAL_HEAD, c.id)
             )
             h_syn = train_head(x, y, n_classes, head_cfg, derive_seed(seed, SYNTHETIC_HEAD, c.id))
-            local.append(
-                ClientProbs(predict_proba(h_real, c.x_val), predict_proba(h_real, c.x_test))
-            )
-            synthetic.append(
-                ClientProbs(predict_proba(h_syn, c.x_val), predict_proba(h_syn, c.x_test))
-            )
-            prior = (np.bincount(c.y_train, minlength=n_classes) + 1.0) / (
-                len(c.y_train) + n_classes
-            )
-            syn_prior = (np.bincount(y, minlength=n_classes) + 1.0) / (len(y) + n_classes)
-            shift.append(prior / syn_prior)
+            local.append(head_probs(h_real, c, prior=label_prior(c.y_train, n_classes)))
+            synthetic.append(head_probs(h_syn, c, prior=label_prior(y, n_classes)))
     resolution = config["weights_grid_resolution"]
     ev = evaluate_clients(clients, local, synthetic, resolution)
     for metric in LAMBDA_METRICS:
@@ -129,12 +119,7 @@ def probe(run_dir: Path, database_root: str | None = None) -> dict:
             scores = np.asarray(client_val_scores(lo, gl, c.y_val, grid)[metric])
             lams.append(float(grid[int(np.argmax(scores))]))
         out[f"mix, lambda per client by {metric}"] = summarize(clients, local, synthetic, lams)
-    reweighted = []
-    for p, w in zip(synthetic, shift):
-        val, test = p.val * w, p.test * w
-        reweighted.append(
-            ClientProbs(val / val.sum(1, keepdims=True), test / test.sum(1, keepdims=True))
-        )
+    reweighted = [with_prior(s, lo.prior) for s, lo in zip(synthetic, local)]
     ev = evaluate_clients(clients, local, reweighted, resolution)
     for metric in LAMBDA_METRICS:
         lam = ev.protocol[metric]["lambda"]

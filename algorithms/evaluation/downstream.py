@@ -26,7 +26,9 @@ not, and its rows have no pooled keys.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from algorithms.evaluation.heads import predict_proba
 from algorithms.evaluation.protocol import (
     LAMBDA_METRICS,
     ClientProbs,
@@ -80,6 +82,18 @@ def with_prior(probs: ClientProbs, target: np.ndarray) -> ClientProbs:
         pooled,
         target,
     )
+
+
+def head_probs(
+    head: torch.nn.Module,
+    c: ClientData,
+    pooled_x: np.ndarray | None = None,
+    prior: np.ndarray | None = None,
+) -> ClientProbs:
+    """A head's probabilities on the client's validation and test data and on the pooled test
+    data (None: none), with the label prior it was trained under (None: unknown to the client)."""
+    pooled = None if pooled_x is None else predict_proba(head, pooled_x)
+    return ClientProbs(predict_proba(head, c.x_val), predict_proba(head, c.x_test), pooled, prior)
 
 
 def mixed(local: ClientProbs, global_: ClientProbs, lam: float) -> ClientProbs:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from algorithms.evaluation.downstream import ANCHOR_STRENGTHS, label_prior
-from algorithms.evaluation.heads import HeadConfig, new_head, predict_proba, train_head
+from algorithms.evaluation.downstream import ANCHOR_STRENGTHS, head_probs, label_prior
+from algorithms.evaluation.heads import HeadConfig, new_head, train_head
 from algorithms.evaluation.protocol import ClientProbs, Outcome
 from algorithms.federation.rounds import run_federation
 from algorithms.methods.fedavg import (
@@ -21,18 +21,6 @@ from utils.checkpoint import RoundCheckpoint
 from utils.seeding import CENTRALIZED_HEAD, LOCAL_HEAD, SAMPLING, derive_seed
 
 
-def _probs(
-    head: torch.nn.Module,
-    c: ClientData,
-    pooled_x: np.ndarray | None = None,
-    prior: np.ndarray | None = None,
-) -> ClientProbs:
-    """A head's probabilities on the client's validation and test data and on the pooled test
-    data, with the label prior it was trained under (None: unknown to the client)."""
-    pooled = None if pooled_x is None else predict_proba(head, pooled_x)
-    return ClientProbs(predict_proba(head, c.x_val), predict_proba(head, c.x_test), pooled, prior)
-
-
 def local_heads(
     clients: list[ClientData], n_classes: int, cfg: HeadConfig, seed: int, device: str = "cpu"
 ) -> list[ClientProbs]:
@@ -42,7 +30,7 @@ def local_heads(
     for c in clients:
         head_seed = derive_seed(seed, LOCAL_HEAD, c.id)
         head = train_head(c.x_train, c.y_train, n_classes, cfg, head_seed, device)
-        out.append(_probs(head, c, pooled_x, label_prior(c.y_train, n_classes)))
+        out.append(head_probs(head, c, pooled_x, label_prior(c.y_train, n_classes)))
     return out
 
 
@@ -68,7 +56,7 @@ def anchored_heads(
             anchor=weights,
             anchor_strength=strength,
         )
-        out[strength] = _probs(head, c, pooled_x, label_prior(c.y_train, n_classes))
+        out[strength] = head_probs(head, c, pooled_x, label_prior(c.y_train, n_classes))
     return out
 
 
@@ -88,7 +76,7 @@ def run_centralized(
     y = np.concatenate([c.y_train for c in clients])
     head = train_head(x, y, n_classes, head_cfg, derive_seed(seed, CENTRALIZED_HEAD), device)
     pooled_x, _ = pooled_test(clients)
-    return Outcome(None, [_probs(head, c, pooled_x) for c in clients], [], params_shared=0)
+    return Outcome(None, [head_probs(head, c, pooled_x) for c in clients], [], params_shared=0)
 
 
 def run_fedavg(
@@ -129,7 +117,7 @@ def run_fedavg(
     )
     evaluator.load_state_dict(weights)
     pooled_x, _ = pooled_test(clients)
-    global_probs = [_probs(evaluator, c, pooled_x) for c in clients]
+    global_probs = [head_probs(evaluator, c, pooled_x) for c in clients]
     params = sum(v.numel() for v in weights.values())
     if head_cfg is None:
         return Outcome(None, global_probs, history, params_shared=params)

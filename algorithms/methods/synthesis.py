@@ -10,7 +10,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from algorithms.evaluation.downstream import JOINT_WEIGHTS, label_prior
+from algorithms.evaluation.downstream import JOINT_WEIGHTS, head_probs, label_prior
 from algorithms.evaluation.heads import HeadConfig, predict_proba, train_head
 from algorithms.evaluation.protocol import ClientProbs
 from algorithms.federation.aggregation import StateDict
@@ -163,16 +163,6 @@ def finish_client(
         chance=majority_share(data.y_test),
         joint=joint_heads(data, x_syn, labels, n_classes, head_cfg, seed, client.device, pooled_x)
         | {0.0: local},
-    )
-
-
-def head_probs(
-    head: torch.nn.Module, data: ClientData, pooled_x: np.ndarray | None, prior: np.ndarray
-) -> ClientProbs:
-    """A head's probabilities on the client's validation, test and pooled test data."""
-    pooled = None if pooled_x is None else predict_proba(head, pooled_x)
-    return ClientProbs(
-        predict_proba(head, data.x_val), predict_proba(head, data.x_test), pooled, prior
     )
 
 
