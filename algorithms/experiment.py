@@ -20,18 +20,20 @@ import numpy as np
 
 from algorithms.evaluation.downstream import evaluate_clients, summarize_rows
 from algorithms.evaluation.protocol import Evaluation, Outcome
+from algorithms.flags import spelling
 from algorithms.methods.registry import Configs, Method, RunContext, display_order
 from algorithms.options import Settings, UsageError, check_before_run
 from algorithms.privacy.accounting import delta_warning, over_budget_warning
+from algorithms.privacy.config import DPConfig
 from algorithms.privacy.generative_config import GenerativeConfig
 from algorithms.report import chance_warning
 from data.clients import ClientData, client_datasets, pooled_test
 from data.database import Database, DatabaseError, load_database
 from data.features import squash
 from data.partition import load_or_make_split
-from data.split_methods import SplitError
+from data.split_config import SplitError
 from utils.checkpoint import CheckpointError, RoundCheckpoint
-from utils.cli import OutputError, check_output
+from utils.cli import OutputError, check_output, flag_name
 from utils.device import describe_device
 from utils.io import read_json, save_npz, sha256_file
 from utils.provenance import versions
@@ -126,8 +128,8 @@ def run(settings: Settings) -> Path:
     )
     if not checkpoint.enabled:
         print(
-            "--secure_noise: no checkpoint is written (it would hold the clients' private "
-            "generator states); an interrupted run starts over",
+            f"{flag_name(DPConfig, 'noise_source')}: no checkpoint is written (it would hold "
+            "the clients' private generator states); an interrupted run starts over",
             file=sys.stderr,
         )
     context = RunContext(data.clients, data.db.n_classes, settings.seed, checkpoint, execution)
@@ -222,7 +224,8 @@ def open_run(settings: Settings, facts: DataFacts) -> RunFiles:
     dataset, backbone = config["database"]["dataset"], config["database"]["backbone"]
     key = config_key(config)
     method = settings.method
-    check_output(run_dir, "--results_dir" if args.results_dir else "--results_root", folder=True)
+    flag = spelling("results_dir" if args.results_dir else "results_root")
+    check_output(run_dir, flag, folder=True)
     if args.resume and (run_dir / CONFIG_FILE).is_file():
         check_same_run(run_dir, key, settings.seed)
     if (args.skip_existing or args.resume) and is_finished(run_dir):

@@ -13,6 +13,7 @@ lambda protocol's, and how the generative methods compute.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 
 from algorithms import presets
@@ -24,7 +25,7 @@ from algorithms.methods.fedpft import PFTConfig
 from algorithms.privacy.config import DPConfig
 from algorithms.privacy.generative_config import GenerativeConfig
 from data.split_config import add_split_arguments
-from utils.cli import Parser, add_flags, config_from_args, flagged_fields
+from utils.cli import Parser, add_flags, config_from_args, flag_name, flagged_fields
 from utils.device import DEVICES
 
 # The sections of flags, with the title of their --help group (groups in this order).
@@ -74,7 +75,8 @@ def build_config(name: str, args: argparse.Namespace, method: registry.Method) -
 def preset_note(dest: str) -> str:
     """' (--preset dp: value)' for the --help of a flag that a preset sets, else ''."""
     setting = [(p, presets.flags(p)) for p in presets.names()]
-    notes = [f"--preset {p}: {values[dest]}" for p, values in setting if dest in values]
+    preset = flag_name(GenerativeConfig, "preset")
+    notes = [f"{preset} {p}: {values[dest]}" for p, values in setting if dest in values]
     return f" ({'; '.join(notes)})" if notes else ""
 
 
@@ -131,7 +133,8 @@ def build_parser(description: str | None = None, prog: str | None = None) -> Fla
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     _experiment_flags(parser)
-    add_split_arguments(parser)
+    for action in add_split_arguments(parser):
+        parser.remember(None, action)
     for section in SECTIONS:
         parser.group(section)
     for cls in CONFIGS.values():
@@ -139,6 +142,17 @@ def build_parser(description: str | None = None, prog: str | None = None) -> Fla
     _lambda_flags(parser)
     _generative_flags(parser)
     return parser
+
+
+@functools.cache
+def _parser() -> FlagParser:
+    return build_parser()
+
+
+def spelling(dest: str) -> str:
+    """The flag of main.py's `dest`, for messages and command lines built elsewhere: the
+    spelling is written once, where the flag is defined."""
+    return _parser().spelling(dest)
 
 
 def _experiment_flags(parser: FlagParser) -> None:

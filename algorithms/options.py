@@ -22,6 +22,7 @@ from algorithms.flags import (
     check_run_flags,
     config_sections,
     resolve_method,
+    spelling,
 )
 from algorithms.methods import registry
 from algorithms.methods.registry import Method
@@ -80,7 +81,7 @@ def check_before_run(settings: Settings) -> None:
 def resolve_execution(args: argparse.Namespace, method: Method) -> Execution:
     """--device (auto: CUDA when available) and --vectorized (auto: on with CUDA, off on CPU;
     only the generative methods have a vectorized path)."""
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, spelling("device"))
     if "generative" not in method.sections:
         return Execution(device, vectorized=False)
     choice = {"on": True, "off": False, "auto": device == "cuda"}[args.vectorized]

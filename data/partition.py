@@ -32,7 +32,7 @@ from data.split_methods import (
     stratified_split,
     subsample,
 )
-from utils.cli import OutputError, Parser, check_output
+from utils.cli import OutputError, Parser, check_output, flag_name
 from utils.io import read_json, write_json
 
 SPLIT_FORMAT = 1
@@ -86,7 +86,8 @@ def make_split(
         pool = subsample(all_idx, cfg.s_frac, rng)
         if cfg.n_clients > len(pool):
             raise SplitError(
-                f"--n_clients {cfg.n_clients} is more than the {len(pool)} samples to split"
+                f"{flag_name(cfg, 'n_clients')} {cfg.n_clients} is more than the {len(pool)} "
+                "samples to split"
             )
         if cfg.split_method == "iid":
             pools = iid_split(pool, cfg.n_clients, rng)
@@ -107,8 +108,9 @@ def make_split(
             reason = f"empty {empty} set ({len(pool)} samples in all)"
             if cfg.split_method == "by_site":
                 raise SplitError(
-                    f"--split_method by_site: site {names[cid]!r} has too few images to split "
-                    f"({reason}; --test_data_frac {cfg.test_data_frac}, --s_frac {cfg.s_frac})"
+                    f"{flag_name(cfg, 'split_method')} by_site: site {names[cid]!r} has too few "
+                    f"images to split ({reason}; {flag_name(cfg, 'test_data_frac')} "
+                    f"{cfg.test_data_frac}, {flag_name(cfg, 's_frac')} {cfg.s_frac})"
                 )
             warnings.warn(f"client {cid} dropped: {reason}", stacklevel=2)
             dropped.append({"id": cid, "name": names[cid], "reason": reason})
@@ -126,8 +128,9 @@ def make_split(
     if not clients:
         raise SplitError(
             f"the split leaves every client without train or test data "
-            f"(--split_method {cfg.split_method}, --n_clients {cfg.n_clients}, "
-            f"--s_frac {cfg.s_frac})"
+            f"({flag_name(cfg, 'split_method')} {cfg.split_method}, "
+            f"{flag_name(cfg, 'n_clients')} {cfg.n_clients}, {flag_name(cfg, 's_frac')} "
+            f"{cfg.s_frac})"
         )
     return {
         "format": SPLIT_FORMAT,
@@ -154,7 +157,7 @@ def split_database(db: Database, cfg: SplitConfig) -> dict:
         sites = [info.get(n, {}).get("site") if isinstance(info, dict) else None for n in names]
         if any(s is None for s in sites):
             raise SplitError(
-                f"--split_method by_site: {db.root} records no site for file "
+                f"{flag_name(cfg, 'split_method')} by_site: {db.root} records no site for file "
                 f"{names[sites.index(None)]!r} (make the database from a manifest with a site "
                 "column, or use --split_method natural for one client per file)"
             )

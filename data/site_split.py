@@ -20,7 +20,7 @@ import numpy as np
 
 from data.database import Database
 from data.partition import SPLIT_FORMAT, database_fingerprint, stratified_split, write_split_file
-from data.split_methods import SplitError
+from data.split_config import SplitError
 from utils.cli import Parser
 
 

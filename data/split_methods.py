@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-
-class SplitError(ValueError):
-    """A split cannot be made or read; the message names the flag or file and the problem."""
+from data.split_config import SplitConfig, SplitError
+from utils.cli import flag_name
 
 
 def subsample(indices: np.ndarray, s_frac: float, rng: np.random.Generator) -> np.ndarray:
@@ -15,7 +14,9 @@ def subsample(indices: np.ndarray, s_frac: float, rng: np.random.Generator) -> n
     n = len(indices)
     keep = round(s_frac * n) if s_frac <= 1 else int(s_frac)
     if keep > n:
-        raise SplitError(f"--s_frac asks for {keep} samples but only {n} are available")
+        raise SplitError(
+            f"{flag_name(SplitConfig, 's_frac')} asks for {keep} samples but only {n} are available"
+        )
     if keep == n:
         return np.sort(indices)
     return np.sort(rng.choice(indices, size=keep, replace=False))

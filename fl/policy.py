@@ -37,12 +37,15 @@ researcher holds every simulated node), under which results equal main.py's.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
+from algorithms.flags import spelling
 from algorithms.methods import registry
 from algorithms.options import Settings
-from algorithms.privacy.config import COUNT_NOISE, NOISE_SOURCES
+from algorithms.privacy.config import COUNT_NOISE, NOISE_SOURCES, DPConfig
+from utils.cli import flag_name
 
 POLICY_KEYS = (
     "max-epsilon",
@@ -147,13 +150,14 @@ def policy_violation(
     """The rule of `policy` that the run's settings break, in words; None if they keep it.
     `n_train`: the site's training record count, for the rule delta < 1/n (the words name the
     rule, never n)."""
-    method = settings.method
+    method, dp_flag = settings.method, functools.partial(flag_name, DPConfig)
+    named = f"{spelling('method')} {method.name}"
     if method.name not in policy.methods:
-        return f"--method {method.name} is not served (methods={','.join(policy.methods)})"
+        return f"{named} is not served (methods={','.join(policy.methods)})"
     dp = settings.configs.get("dp")
     shares_without_dp = not method.private or dp is None or not dp.enabled
     if shares_without_dp:
-        what = "--disable_dp" if dp is not None else f"--method {method.name} (not private)"
+        what = f"{dp_flag('enabled')} off" if dp is not None else f"{named} (not private)"
         if math.isfinite(policy.max_epsilon):
             return (
                 f"{what}: sharing without DP is forbidden by a finite max-epsilon "
@@ -163,28 +167,29 @@ def policy_violation(
             return f"{what}: sharing without DP is forbidden (allow-no-dp=false)"
     if not policy.release_metrics and "synthesis" not in method.sections:
         return (
-            f"--method {method.name} is evaluated with heads the coordinator sends, whose "
+            f"{named} is evaluated with heads the coordinator sends, whose "
             "metrics the site does not release (release-metrics=false)"
         )
     if shares_without_dp:
         return None
     if dp.epsilon > policy.max_epsilon:
-        return f"--epsilon {dp.epsilon:g} exceeds max-epsilon {policy.max_epsilon:g}"
+        return f"{dp_flag('epsilon')} {dp.epsilon:g} exceeds max-epsilon {policy.max_epsilon:g}"
     if dp.delta > policy.max_delta:
-        return f"--delta {dp.delta:g} exceeds max-delta {policy.max_delta:g}"
+        return f"{dp_flag('delta')} {dp.delta:g} exceeds max-delta {policy.max_delta:g}"
     if n_train is not None and dp.delta * n_train >= 1:
         return (
-            f"--delta {dp.delta:g} is not below 1/n, n the site's training record count "
+            f"{dp_flag('delta')} {dp.delta:g} is not below 1/n, n the site's training record count "
             "(delta must be much smaller than one record's share)"
         )
     # a one-shot release (DP-FedPFT, calibration None) spends exactly its --epsilon
     if dp.calibration not in (None, "total") and math.isfinite(policy.max_epsilon):
         return (
-            f"--dp_calibration {dp.calibration} spends more than --epsilon, and the site has a "
-            f"max-epsilon ({policy.max_epsilon:g})"
+            f"{dp_flag('calibration')} {dp.calibration} spends more than "
+            f"{dp_flag('epsilon')}, and the site has a max-epsilon ({policy.max_epsilon:g})"
         )
     if dp.calibration is not None and dp.count_noise < policy.min_count_noise:
         return (
-            f"--count_noise {dp.count_noise:g} is below min-count-noise {policy.min_count_noise:g}"
+            f"{dp_flag('count_noise')} {dp.count_noise:g} is below min-count-noise "
+            f"{policy.min_count_noise:g}"
         )
     return None

@@ -34,6 +34,7 @@ import tomli
 import tomli_w
 
 from algorithms.experiment import RUN_ERRORS, data_facts, describe_run
+from algorithms.flags import spelling
 from algorithms.methods import registry
 from algorithms.options import UsageError, load_settings
 from algorithms.report import summary_line
@@ -72,26 +73,26 @@ def prepare(main_argv: list[str]) -> tuple[list[str], Path, Path, int]:
     args, method = settings.args, settings.method
     if not method.flower:
         flower = ", ".join(registry.flower_methods())
-        raise UsageError(f"--method {method.name} does not run on Flower ({flower})")
+        raise UsageError(f"{spelling('method')} {method.name} does not run on Flower ({flower})")
     db = load_database(args.database_root)
     split, split_path = load_or_make_split(db, settings.configs["split"], args.split_file)
-    absolute = [
-        *main_argv,
-        "--database_root",
-        str(Path(args.database_root).resolve()),
-        "--split_file",
-        str(Path(split_path).resolve()),
-        "--results_root",
-        str(Path(args.results_root).resolve()),
-    ]
-    if args.results_dir:
-        absolute += ["--results_dir", str(Path(args.results_dir).resolve())]
+    paths = {
+        "database_root": args.database_root,
+        "split_file": split_path,
+        "results_root": args.results_root,
+        "results_dir": args.results_dir,
+    }
+    absolute = list(main_argv)
+    for dest, path in paths.items():
+        if path:
+            absolute += [spelling(dest), str(Path(path).resolve())]
     facts = data_facts(db.meta, args.database_root, split, Path(split_path))
     _, run_dir = describe_run(load_settings(absolute), facts)
     if is_finished(run_dir) and not args.overwrite:
         raise ResultsError(
             f"{run_dir}: holds a finished run ({METRICS_FILE} exists); "
-            f"pass --overwrite to replace it or choose another --results_dir"
+            f"pass {spelling('overwrite')} to replace it or choose another "
+            f"{spelling('results_dir')}"
         )
     return absolute, Path(split_path).resolve(), run_dir, len(split["clients"])
 
@@ -118,7 +119,7 @@ def run_local(
     argv, split_path, run_dir, n_clients = prepare(main_argv)
     database_root = str(Path(load_settings(argv).args.database_root).resolve())
     if engine == "deployment":  # the sites name their split file; the coordinator does not
-        argv = without_flag(argv, "--split_file")
+        argv = without_flag(argv, spelling("split_file"))
     work = Path(work_dir or run_dir.parent / f"{run_dir.name}.flower").resolve()
     (work / "logs").mkdir(parents=True, exist_ok=True)
     port = free_port()

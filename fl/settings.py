@@ -27,6 +27,7 @@ import shlex
 from pathlib import Path
 
 from algorithms.experiment import DataFacts, data_facts
+from algorithms.flags import spelling
 from algorithms.methods import registry
 from algorithms.options import Settings, UsageError, check_before_run, load_settings
 from data.clients import ClientData, client_datasets
@@ -70,10 +71,12 @@ def run_settings(run_config: dict) -> Settings:
     for flag in ("database_root", "split_file"):
         value = getattr(args, flag)
         if (value or flag == "database_root") and not Path(value or "").is_absolute():
-            raise SettingsError(f"main-args: --{flag} must be an absolute path, got {value!r}")
+            raise SettingsError(
+                f"main-args: {spelling(flag)} must be an absolute path, got {value!r}"
+            )
     results = args.results_dir or args.results_root
     if not Path(results).is_absolute():
-        flag = "--results_dir" if args.results_dir else "--results_root"
+        flag = spelling("results_dir" if args.results_dir else "results_root")
         raise SettingsError(f"main-args: {flag} must be an absolute path, got {results!r}")
     # a site is one client: the per-client path, on the device --device names on that site
     # (auto: its own GPU if it has one)

@@ -30,6 +30,7 @@ from fl.settings import (
     node_paths,
     run_settings,
 )
+from utils.cli import flag_name
 from utils.progress import set_quiet
 from utils.seeding import new_secret
 
@@ -99,7 +100,10 @@ class Site:
             (None, 0.0) if dp is None or not dp.enabled or not private else (dp.epsilon, dp.delta)
         )
         if eps is not None and dp.calibration != "total" and math.isfinite(self.ledger.budget[0]):
-            self.refuse(f"--dp_calibration {dp.calibration} spends more than the ledger can count")
+            self.refuse(
+                f"{flag_name(dp, 'calibration')} {dp.calibration} spends more than the ledger "
+                "can count"
+            )
         what = "the one release" if is_pft(self.settings) else f"train round {rnd + 1}"
         run = "run's privacy (target epsilon, delta)" if eps is not None else "run without DP"
         claims = [Claim("run", run, eps, delta, once=False)]

@@ -109,7 +109,7 @@ def cvae_loss_per_sample(
         return F.mse_loss(recon, x, reduction="none").mean(dim=-1) + beta * batch_size * kl
     if loss == "elbo":
         return (recon - x).pow(2).sum(dim=-1) / (2.0 * obs_std**2) + beta * kl
-    raise ValueError(f"--cvae_loss must be one of {CVAE_LOSSES}, got {loss!r}")
+    raise ValueError(f"the CVAE loss must be one of {CVAE_LOSSES}, got {loss!r}")
 
 
 def decoder_state(model: CVAE) -> dict[str, torch.Tensor]:

@@ -26,17 +26,17 @@ class Execution:
 ON_CPU = Execution()
 
 
-def resolve_device(name: str) -> str:
-    """ "cpu" or "cuda" for `--device` (auto: CUDA when available); ValueError for a CUDA request
-    on a machine without CUDA."""
+def resolve_device(name: str, flag: str) -> str:
+    """ "cpu" or "cuda" for the device `name` that the command-line `flag` gave (auto: CUDA
+    when available); ValueError naming the flag for a CUDA request on a machine without CUDA."""
     if name not in DEVICES:
-        raise ValueError(f"--device must be one of {DEVICES}, got {name!r}")
+        raise ValueError(f"{flag} must be one of {DEVICES}, got {name!r}")
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError(
-            "--device cuda: CUDA is not available here (torch.cuda.is_available() is False); "
-            "use --device cpu or auto"
+            f"{flag} cuda: CUDA is not available here (torch.cuda.is_available() is False); "
+            f"use {flag} cpu or auto"
         )
     return name
 

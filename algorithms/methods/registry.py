@@ -251,7 +251,7 @@ def get(name: str) -> Method:
     for m in METHODS:
         if m.name == name:
             return m
-    raise ValueError(f"--method {name!r} is not known (one of {', '.join(NAMES)})")
+    raise ValueError(f"method {name!r} is not known (one of {', '.join(NAMES)})")
 
 
 def display_order(name: str) -> int:

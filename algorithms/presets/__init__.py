@@ -2,7 +2,8 @@
 
 A preset file holds a `description` (shown in --help) and a `[flags]` table: the values it
 gives to flags (by dest, as `argparse` names them: `n_fedavg_rounds`) that the command line does
-not give explicitly. A flag given explicitly always wins over the preset's value.
+not give explicitly. A flag given explicitly always wins over the preset's value. A preset whose
+values were chosen on private data says so in `not_covered` (listed in the run's privacy report).
 """
 
 from __future__ import annotations
@@ -33,12 +34,24 @@ def load(name: str) -> dict:
         raise ValueError(f"unknown preset {name!r} (one of {', '.join(names())})")
     with path.open("rb") as f:
         data = tomllib.load(f)
-    unknown = set(data) - {"description", "flags"}
+    unknown = set(data) - {"description", "flags", "not_covered"}
     if unknown or not isinstance(data.get("description"), str):
-        raise ValueError(f"{path}: expected a description and a [flags] table, got {sorted(data)}")
-    return {"description": data["description"], "flags": dict(data.get("flags", {}))}
+        raise ValueError(
+            f"{path}: expected a description, a [flags] table and optionally not_covered, "
+            f"got {sorted(data)}"
+        )
+    return {
+        "description": data["description"],
+        "flags": dict(data.get("flags", {})),
+        "not_covered": data.get("not_covered"),
+    }
 
 
 def flags(name: str) -> dict[str, object]:
     """The flag values (by dest) that preset `name` sets."""
     return load(name)["flags"]
+
+
+def not_covered(name: str) -> str | None:
+    """What choosing preset `name`'s values spent on private data, outside the DP guarantee."""
+    return load(name)["not_covered"]

@@ -28,7 +28,7 @@ from utils.cli import flag_name
 SEEDED_CAVEAT = (
     "seeded noise: anyone who knows the run seed can regenerate every noise draw, so the "
     "guarantee holds only against an adversary who does not know the seed (simulation only; "
-    "--secure_noise or Flower sites draw it from OS entropy)"
+    f"{flag_name(DPConfig, 'noise_source')} or Flower sites draw it from OS entropy)"
 )
 # The paper's code calibrates the noise for this many epochs, whatever the training length.
 PAPER_CALIBRATION_EPOCHS = 20
@@ -69,15 +69,6 @@ EXACT_COUNT = (
     "each client's number of training samples (--count_noise 0: sent in the clear as its "
     "FedAvg weight, and implied by its sampling rate and DP-CGAN's fake batch size)"
 )
-# Added to not_covered when a run uses one of these presets (algorithms/presets/).
-PRESET_NOT_COVERED = {
-    "dp": "--preset dp: its hyper-parameters were chosen by a search on the validation data "
-    "of a Fashion-MNIST split (docs/dp_recipe.md); for that split's results the search is not "
-    "covered by DP; on other data they were chosen on public data",
-    "dp-cgan": "--preset dp-cgan: its schedule was chosen by a search of five configurations "
-    "on the test data of a Fashion-MNIST split (docs/study.md); for that split's results the "
-    "search is not covered by DP; on other data it was chosen on public data",
-}
 # The accountant of a one-shot Gaussian release, as the privacy block names it.
 ANALYTIC_GAUSSIAN = "analytic-gaussian"
 # What DP does not cover for a one-shot release (dpfedpft)
@@ -182,7 +173,9 @@ def _noise_multiplier(
         high *= 2
         eps_high = spent(high)
         if high > 2000:
-            raise ValueError(f"--epsilon {epsilon}: the privacy budget is too low")
+            raise ValueError(
+                f"{flag_name(DPConfig, 'epsilon')} {epsilon}: the privacy budget is too low"
+            )
     while epsilon - eps_high > 0.01:
         mid = (low + high) / 2
         eps = spent(mid)
@@ -289,7 +282,7 @@ def delta_warning(cfg: DPConfig | None, sizes: list[int], ids: list[int]) -> str
     if not small:
         return None
     return (
-        f"--delta {cfg.delta} is not below 1/n for clients {small} "
+        f"{flag_name(cfg, 'delta')} {cfg.delta} is not below 1/n for clients {small} "
         f"(n = their training size); the guarantee is weak for them"
     )
 

@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
     rss_baseline = _status_mb("VmRSS")
     load_before = os.getloadavg()
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     execution = Execution(device, vectorized=args.vectorized == "on")
     if args.quick:
         n_clients, n_train, dim, n_classes = 3, 200, 64, 11

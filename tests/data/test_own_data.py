@@ -21,8 +21,7 @@ from data.database import encoder_facts, encoder_mismatch, load_database
 from data.images import decode_image, to_8bit
 from data.partition import split_database
 from data.source_base import NamedBytes
-from data.split_config import SplitConfig
-from data.split_methods import SplitError
+from data.split_config import SplitConfig, SplitError
 from utils.io import write_json
 
 TINY = ["--backbone", TINY_BACKBONE, "--random_init", "--quiet", "--num_workers", "0"]

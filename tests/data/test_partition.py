@@ -8,8 +8,7 @@ import pytest
 from data.clients import client_datasets
 from data.database import load_database
 from data.partition import load_or_make_split, main, make_split, split_database
-from data.split_config import SplitConfig
-from data.split_methods import SplitError
+from data.split_config import SplitConfig, SplitError
 
 
 def _labels(n=1000, n_classes=10, seed=0):

@@ -24,7 +24,7 @@ from algorithms.methods.generative import make_clients
 from data.database import load_database
 from data.partition import load_split
 from data.site_split import site_split
-from data.split_methods import SplitError
+from data.split_config import SplitError
 from fl import client_app, server_app
 from fl.policy import PERMISSIVE, PolicyError, Refusal, SitePolicy, site_policy
 from fl.records import record_weights
@@ -80,7 +80,7 @@ def test_sites_with_one_run_config_add_noise_that_the_seed_does_not_reproduce(
     [
         ({"max-epsilon": 0.5}, DPCVAE, "client 0: --epsilon 1 exceeds max-epsilon 0.5"),
         ({"max-delta": 1e-5}, DPCVAE, "client 0: --delta 0.0001 exceeds max-delta 1e-05"),
-        ({"allow-no-dp": "false"}, [*DPCVAE, "--disable_dp"], "client 0: --disable_dp: sharing"),
+        ({"allow-no-dp": "false"}, [*DPCVAE, "--disable_dp"], "client 0: --dp off: sharing"),
         ({"allow-no-dp": False}, FEDAVG, r"client 0: --method fedavg \(not private\)"),
         ({"methods": "dpcvae,dpcgan"}, FEDAVG, "client 0: --method fedavg is not served"),
         (

@@ -24,7 +24,7 @@ from data.clients import ClientData, client_datasets
 from data.database import DatabaseError, load_database
 from data.features import squash
 from data.partition import load_split
-from data.split_methods import SplitError
+from data.split_config import SplitError
 from utils.io import read_json, sha256_file
 from utils.results import CONFIG_FILE, ResultsError, read_metrics
 from utils.seeding import AUDIT, CANARIES, LATENT, MEMBERS, derive_seed, generator
