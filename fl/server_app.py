@@ -33,7 +33,7 @@ from algorithms.evaluation.downstream import (
 from algorithms.evaluation.protocol import Evaluation, Outcome, lambda_grid
 from algorithms.experiment import DataFacts, close_run, open_run
 from algorithms.federation.aggregation import StateDict
-from algorithms.federation.rounds import ClientUpdate, fedavg_aggregate, run_rounds
+from algorithms.federation.rounds import ClientUpdate, Rounds, fedavg_aggregate, run_rounds
 from algorithms.methods.fedavg import initial_head, validation_row
 from algorithms.methods.fedpft import pft_outcome, pooler
 from algorithms.methods.generative import (
@@ -240,17 +240,11 @@ def train_rounds(
             updates.append(update)
         return updates
 
-    return run_rounds(
-        len(order),
-        fit_round,
-        initial,
-        n_rounds,
-        aggregate=aggregate,
-        sampling_rate=sampling_rate,
-        seed=derive_seed(settings.seed, SAMPLING),
-        on_round=on_round,
-        desc=settings.method.name,
+    seed = derive_seed(settings.seed, SAMPLING)
+    rounds = Rounds(
+        n_rounds, aggregate, sampling_rate, seed, on_round=on_round, desc=settings.method.name
     )
+    return run_rounds(len(order), fit_round, initial, rounds)
 
 
 def run_generative(

@@ -53,21 +53,38 @@ def sample_clients(n_clients: int, rate: float, rng: np.random.Generator) -> lis
 FitRound = Callable[[Sequence[int], StateDict, int], list[ClientUpdate]]
 
 
+# What a round's hooks receive: (round, global weights, ...); see `Rounds`.
+OnRound = Callable[[int, StateDict, Sequence[ClientUpdate]], dict | None]
+AfterRound = Callable[[int, StateDict, list[dict]], None]
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """The schedule of a federation: rounds `start_round .. n_rounds-1`; each samples clients
+    at `sampling_rate` (a function of (seed, round), so a resumed run samples as an
+    uninterrupted one), lets them fit, and combines their updates with `aggregate` (the
+    server's step). `on_round(rnd, weights, updates)` may return extra history columns (e.g.
+    validation accuracy); `after_round(rnd, weights, history)` runs once the round's row is in
+    the history: that is where checkpoints are written. `desc` names the progress bar."""
+
+    n_rounds: int
+    aggregate: Callable[[Sequence[ClientUpdate]], StateDict] = fedavg_aggregate
+    sampling_rate: float = 1.0
+    seed: int = 0
+    start_round: int = 0
+    on_round: OnRound | None = None
+    after_round: AfterRound | None = None
+    desc: str = "rounds"
+
+
 def run_federation(
     clients: Sequence[FederatedClient],
     global_weights: StateDict,
-    n_rounds: int,
-    aggregate: Callable[[Sequence[ClientUpdate]], StateDict] = fedavg_aggregate,
-    sampling_rate: float = 1.0,
-    seed: int = 0,
-    start_round: int = 0,
+    rounds: Rounds,
     history: list[dict] | None = None,
-    on_round: Callable[[int, StateDict, Sequence[ClientUpdate]], dict | None] | None = None,
-    desc: str = "rounds",
     workers: int = 1,
-    after_round: Callable[[int, StateDict, list[dict]], None] | None = None,
 ) -> tuple[StateDict, list[dict]]:
-    """Run rounds `start_round .. n_rounds-1` with in-process clients (see `run_rounds`).
+    """Run `rounds` with in-process clients (see `run_rounds`), continuing `history`.
 
     `workers` > 1 fits that many clients of a round at once, in threads: torch releases the
     GIL in its kernels, so with one torch thread each they use as many cores. Only for clients
@@ -93,66 +110,41 @@ def run_federation(
             futures = {i: pool.submit(fit_timed, i, weights, rnd) for i in longest_first}
             return [futures[i].result() for i in chosen]
 
-        return run_rounds(
-            len(clients),
-            fit_round,
-            global_weights,
-            n_rounds,
-            aggregate=aggregate,
-            sampling_rate=sampling_rate,
-            seed=seed,
-            start_round=start_round,
-            history=history,
-            on_round=on_round,
-            desc=desc,
-            after_round=after_round,
-        )
+        return run_rounds(len(clients), fit_round, global_weights, rounds, history)
 
 
 def run_rounds(
     n_clients: int,
     fit_round: FitRound,
     global_weights: StateDict,
-    n_rounds: int,
-    aggregate: Callable[[Sequence[ClientUpdate]], StateDict] = fedavg_aggregate,
-    sampling_rate: float = 1.0,
-    seed: int = 0,
-    start_round: int = 0,
+    rounds: Rounds,
     history: list[dict] | None = None,
-    on_round: Callable[[int, StateDict, Sequence[ClientUpdate]], dict | None] | None = None,
-    desc: str = "rounds",
-    after_round: Callable[[int, StateDict, list[dict]], None] | None = None,
 ) -> tuple[StateDict, list[dict]]:
-    """Run rounds `start_round .. n_rounds-1`. Each round: sample clients, let each fit from the
-    current global weights (`fit_round`), aggregate. `on_round(rnd, weights, updates)` may
-    return extra history columns (e.g. validation accuracy); `after_round(rnd, weights, history)`
-    runs once the round's row is in the history: that is where checkpoints are written.
-
-    Client sampling is a function of (seed, round), so a resumed run samples as an
-    uninterrupted one does. Returns the final global weights and one history row per round."""
+    """Run `rounds`, continuing `history`. Each round: sample clients, let each fit from the
+    current global weights (`fit_round`), aggregate. Returns the final global weights and
+    `history` with one row per round."""
     history = list(history or [])
-    bar = progress(
-        range(start_round, n_rounds), desc=desc, unit="round", initial=start_round, total=n_rounds
-    )
+    start, end = rounds.start_round, rounds.n_rounds
+    bar = progress(range(start, end), desc=rounds.desc, unit="round", initial=start, total=end)
     for rnd in bar:
-        rng = np.random.default_rng([seed, rnd])
-        chosen = sample_clients(n_clients, sampling_rate, rng)
+        rng = np.random.default_rng([rounds.seed, rnd])
+        chosen = sample_clients(n_clients, rounds.sampling_rate, rng)
         updates = fit_round(chosen, global_weights, rnd)
         if len(updates) != len(chosen):
             raise RuntimeError(
                 f"round {rnd + 1}: {len(chosen)} clients chosen, {len(updates)} updates"
             )
-        global_weights = aggregate(updates)
+        global_weights = rounds.aggregate(updates)
         row = {"round": rnd + 1, "clients": len(chosen)}
         row.update(_weighted_metrics(updates))
         for i, u in zip(chosen, updates):
             if "epsilon" in u.metrics:
                 row[f"epsilon_client{i}"] = u.metrics["epsilon"]
-        if on_round is not None:
-            row.update(on_round(rnd, global_weights, updates) or {})
+        if rounds.on_round is not None:
+            row.update(rounds.on_round(rnd, global_weights, updates) or {})
         history.append(row)
-        if after_round is not None:
-            after_round(rnd, global_weights, history)
+        if rounds.after_round is not None:
+            rounds.after_round(rnd, global_weights, history)
         bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in ("train_loss", "val_acc")})
     return global_weights, history
 

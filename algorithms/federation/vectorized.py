@@ -22,13 +22,14 @@ the privacy report and checkpoints read them as in the per-client path.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from algorithms.federation.aggregation import StateDict
-from algorithms.federation.rounds import ClientUpdate, run_rounds
+from algorithms.federation.rounds import ClientUpdate, Rounds, fedavg_aggregate, run_rounds
 from algorithms.federation.stacked import Layout, StackedAdam, forward, pad_rows, stack, unstack
 from algorithms.methods.dpcgan import CGANClient
 from algorithms.methods.dpcvae import CVAEClient
@@ -333,30 +334,20 @@ class _Synced:
 def run_vectorized(
     clients: Sequence[DPClient],
     global_weights: StateDict,
-    n_rounds: int,
-    seed: int,
-    start_round: int = 0,
+    rounds: Rounds,
     history: list[dict] | None = None,
-    desc: str = "rounds",
     saver: Callable[[Sequence], Callable] | None = None,
 ) -> tuple[StateDict, list[dict]]:
-    """`run_federation` for DP generative clients, all trained at once: rounds `start_round ..
-    n_rounds-1` with every client in every round, aggregated by `fedavg_aggregate`. `saver`
-    (RoundCheckpoint.saver) makes the after-round hook from the clients. The clients hold
-    their trained state when it returns."""
+    """`run_federation` for DP generative clients, all trained at once: every client in every
+    round, aggregated by `fedavg_aggregate`. `saver` (RoundCheckpoint.saver) makes the
+    after-round hook from the clients. The clients hold their trained state when it returns."""
+    if rounds.sampling_rate != 1.0 or rounds.aggregate is not fedavg_aggregate:
+        raise ValueError("the vectorized path trains every client and averages (FedAvg)")
     engine = make_engine(clients)
     synced = [_Synced(engine, k) for k in range(len(clients))]
-    weights, history = run_rounds(
-        len(clients),
-        engine.fit_round,
-        global_weights,
-        n_rounds,
-        seed=seed,
-        start_round=start_round,
-        history=history,
-        desc=desc,
-        after_round=saver(synced) if saver is not None else None,
-    )
+    if saver is not None:
+        rounds = dataclasses.replace(rounds, after_round=saver(synced))
+    weights, history = run_rounds(len(clients), engine.fit_round, global_weights, rounds, history)
     for k in range(len(clients)):
         engine.write_back(k)
     return weights, history

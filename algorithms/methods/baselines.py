@@ -8,7 +8,7 @@ import torch
 from algorithms.evaluation.downstream import ANCHOR_STRENGTHS, head_probs, label_prior
 from algorithms.evaluation.heads import HeadConfig, new_head, train_head
 from algorithms.evaluation.protocol import ClientProbs, Outcome
-from algorithms.federation.rounds import run_federation
+from algorithms.federation.rounds import Rounds, run_federation
 from algorithms.methods.fedavg import (
     FedAvgConfig,
     initial_head,
@@ -103,18 +103,16 @@ def run_fedavg(
     history, start = [], 0
     if checkpoint is not None:
         weights, history, start = checkpoint.restore(fed_clients, weights)
-    weights, history = run_federation(
-        fed_clients,
-        weights,
+    rounds = Rounds(
         cfg.n_rounds,
         sampling_rate=cfg.sampling_rate,
         seed=derive_seed(seed, SAMPLING),
         start_round=start,
-        history=history,
         on_round=validate,
-        desc="fedprox" if cfg.mu > 0 else "fedavg",
         after_round=checkpoint.saver(fed_clients) if checkpoint is not None else None,
+        desc="fedprox" if cfg.mu > 0 else "fedavg",
     )
+    weights, history = run_federation(fed_clients, weights, rounds, history)
     evaluator.load_state_dict(weights)
     pooled_x, _ = pooled_test(clients)
     global_probs = [head_probs(evaluator, c, pooled_x) for c in clients]

@@ -48,7 +48,7 @@ import torch
 from algorithms.evaluation.heads import HeadConfig
 from algorithms.evaluation.protocol import Outcome
 from algorithms.federation.aggregation import StateDict
-from algorithms.federation.rounds import ClientUpdate, run_federation
+from algorithms.federation.rounds import ClientUpdate, Rounds, run_federation
 from algorithms.methods.gaussians import (
     COVARIANCES,
     fit_mixtures,
@@ -311,7 +311,9 @@ def run_pft(
     """One round (each client releases, the server pools), then each client's
     `finish_client` from the pooled Gaussians."""
     pft_clients = make_pft_clients(method, clients, n_classes, cfg, gen_cfg, dp, seed)
-    pooled, history = run_federation(pft_clients, {}, 1, pooler(method, cfg, dp), desc=method)
+    pooled, history = run_federation(
+        pft_clients, {}, Rounds(1, pooler(method, cfg, dp), desc=method)
+    )
     finished = finish_clients(pft_clients, clients, pooled, n_classes, gen_cfg, head_cfg, seed)
     sampler = PooledSampler(gen_cfg.squash_temperature)
     head = global_synthetic_head(sampler, pooled, n_classes, gen_cfg, head_cfg, seed)

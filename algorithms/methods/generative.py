@@ -9,15 +9,17 @@ same functions run in process, under Flower and in the audit.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from algorithms import presets
 from algorithms.evaluation.heads import HeadConfig
 from algorithms.evaluation.protocol import Outcome
 from algorithms.federation.aggregation import StateDict
-from algorithms.federation.rounds import run_federation
+from algorithms.federation.rounds import Rounds, run_federation
 from algorithms.federation.vectorized import run_vectorized
 from algorithms.methods.dpcgan import CGANClient
 from algorithms.methods.dpcvae import CVAEClient
@@ -28,12 +30,13 @@ from algorithms.methods.synthesis import (
     global_synthetic_head,
     pooled_synthetic_report,
 )
-from algorithms.privacy.accounting import NOT_COVERED, PRESET_NOT_COVERED, privacy_report
+from algorithms.privacy.accounting import NOT_COVERED, privacy_report
 from algorithms.privacy.config import DPConfig
 from algorithms.privacy.dp_client import DPClient
 from algorithms.privacy.generative_config import GenerativeConfig
 from data.clients import ClientData
 from utils.checkpoint import RoundCheckpoint
+from utils.cli import flag_name
 from utils.device import ON_CPU, Execution, one_torch_thread
 from utils.seeding import (
     GENERATIVE_CLIENT,
@@ -128,23 +131,16 @@ def train_generative(
     history, start = [], 0
     if checkpoint is not None:
         weights, history, start = checkpoint.restore(gen_clients, weights)
-    rounds = {"seed": derive_seed(seed, SAMPLING), "start_round": start, "history": history}
+    rounds = Rounds(cfg.n_rounds, seed=derive_seed(seed, SAMPLING), start_round=start, desc=method)
     if execution.vectorized:
         saver = checkpoint.saver if checkpoint is not None else None
-        weights, history = run_vectorized(
-            gen_clients, weights, cfg.n_rounds, **rounds, desc=method, saver=saver
-        )
+        weights, history = run_vectorized(gen_clients, weights, rounds, history, saver)
         return gen_clients, weights, history
+    if checkpoint is not None:
+        rounds = dataclasses.replace(rounds, after_round=checkpoint.saver(gen_clients))
     with one_torch_thread() as threads:
-        weights, history = run_federation(
-            gen_clients,
-            weights,
-            cfg.n_rounds,
-            **rounds,
-            desc=method,
-            workers=1 if execution.device != "cpu" else min(threads, len(gen_clients)),
-            after_round=checkpoint.saver(gen_clients) if checkpoint is not None else None,
-        )
+        workers = 1 if execution.device != "cpu" else min(threads, len(gen_clients))
+        weights, history = run_federation(gen_clients, weights, rounds, history, workers)
     return gen_clients, weights, history
 
 
@@ -276,7 +272,8 @@ def run_generative(
 
 
 def dpsgd_privacy_report(dp: DPConfig, cfg: GenerativeConfig, lines: list[dict]) -> dict:
-    """The privacy block of a DP-SGD method (DP-CVAE, DP-CGAN): `--preset dp` adds its search
-    to what is not covered."""
-    extra = (PRESET_NOT_COVERED[cfg.preset],) if cfg.preset in PRESET_NOT_COVERED else ()
+    """The privacy block of a DP-SGD method (DP-CVAE, DP-CGAN): a preset chosen on private data
+    adds its search to what is not covered."""
+    search = presets.not_covered(cfg.preset)
+    extra = (f"{flag_name(cfg, 'preset')} {cfg.preset}: {search}",) if search else ()
     return privacy_report(dp, lines, not_covered=(*NOT_COVERED, *extra))

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from algorithms.federation.aggregation import average_state_dicts
-from algorithms.federation.rounds import fedavg_aggregate, run_federation, sample_clients
+from algorithms.federation.rounds import Rounds, fedavg_aggregate, run_federation, sample_clients
 from algorithms.methods.fedavg import FedAvgClient, FedAvgConfig, lr_at, seeded_global_head
 from data.clients import ClientData
 
@@ -37,7 +37,7 @@ def test_one_full_batch_step_per_round_equals_a_centralized_step():
     cfg = FedAvgConfig(n_rounds=1, local_steps=1, batch_size=1000, lr=0.5, lr_scheduler="none")
     start = seeded_global_head(5, 3, seed=1)
     fed = [FedAvgClient(c, 3, cfg, seed=c.id) for c in clients]
-    weights, history = run_federation(fed, start, n_rounds=1)
+    weights, history = run_federation(fed, start, Rounds(1))
 
     head = torch.nn.Linear(5, 3)
     head.load_state_dict(start)
@@ -90,7 +90,9 @@ def test_partial_participation_averages_only_the_chosen_clients():
     clients = [_client(i, 10 + i) for i in range(4)]
     cfg = FedAvgConfig(n_rounds=3, sampling_rate=0.5, lr_scheduler="none")
     fed = [FedAvgClient(c, 3, cfg, seed=c.id) for c in clients]
-    _, history = run_federation(fed, seeded_global_head(5, 3, 0), 3, sampling_rate=0.5, seed=7)
+    _, history = run_federation(
+        fed, seeded_global_head(5, 3, 0), Rounds(3, sampling_rate=0.5, seed=7)
+    )
     assert [h["clients"] for h in history] == [2, 2, 2]
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import main as main_module
-from algorithms.federation.rounds import run_federation
+from algorithms.federation.rounds import Rounds, run_federation
 from algorithms.federation.stacked import StackedAdam, forward, pad_rows, stack
 from algorithms.federation.vectorized import CVAEEngine, run_vectorized
 from algorithms.methods.generative import make_clients, seeded_global_weights
@@ -160,7 +160,7 @@ def _train(method: str, vectorized: bool, dp: DPConfig, cfg: GenerativeConfig = 
     clients = make_clients(method, data, 3, cfg, dp, seed=2)
     start = seeded_global_weights(method, 6, 3, cfg, seed=0)
     run = run_vectorized if vectorized else run_federation
-    weights, history = run(clients, start, cfg.n_rounds, seed=0)
+    weights, history = run(clients, start, Rounds(cfg.n_rounds))
     return clients, weights, history
 
 
@@ -311,7 +311,7 @@ def test_cuda_vectorized_equals_cuda_per_client_and_matches_cpu_statistically(me
         clients = make_clients(method, data, 3, CFG, DP, seed=2, device=device)
         start = seeded_global_weights(method, 6, 3, CFG, seed=0)
         run = run_vectorized if vectorized else run_federation
-        weights, history = run(clients, start, CFG.n_rounds, seed=0)
+        weights, history = run(clients, start, Rounds(CFG.n_rounds))
         runs[device, vectorized] = ({k: v.cpu() for k, v in weights.items()}, history, clients)
     (w_ref, _, c_ref), (w_vec, h_vec, c_vec) = runs["cuda", False], runs["cuda", True]
     for k in w_ref:

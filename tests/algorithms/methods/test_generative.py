@@ -6,7 +6,7 @@ import torch
 from opacus.accountants import PRVAccountant
 
 from algorithms.evaluation.heads import HeadConfig
-from algorithms.federation.rounds import fedavg_aggregate, run_federation
+from algorithms.federation.rounds import Rounds, fedavg_aggregate, run_federation
 from algorithms.methods.dpcgan import CGANClient
 from algorithms.methods.dpcvae import CVAEClient
 from algorithms.methods.generative import fidelity_report, run_generative, seeded_global_weights
@@ -109,8 +109,7 @@ def test_dpcgan_generator_starts_each_round_from_the_averaged_generator():
     run_federation(
         clients,
         seeded_global_weights("dpcgan", 8, 3, CFG, 0),
-        3,
-        on_round=lambda r, w, u: averaged.append({k: v.clone() for k, v in w.items()}),
+        Rounds(3, on_round=lambda r, w, u: averaged.append({k: v.clone() for k, v in w.items()})),
     )
     assert len(starts) == 9 and len(averaged) == 3
     for rnd in (1, 2):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from helpers.paths import REPO as ROOT
 from torch import nn
 
-from algorithms.federation.rounds import run_federation
+from algorithms.federation.rounds import Rounds, run_federation
 from algorithms.methods.dpcgan import CGANClient
 from algorithms.methods.dpcvae import CVAEClient
 from algorithms.methods.generative import make_clients, seeded_global_weights, train_generative
@@ -198,7 +198,7 @@ def test_clients_trained_in_threads_give_the_same_run(method):
     for workers in (1, 3):
         clients = make_clients(method, data, 3, CFG, DPConfig(), seed=2)
         start = seeded_global_weights(method, 6, 3, CFG, seed=0)
-        weights, history = run_federation(clients, start, CFG.n_rounds, workers=workers)
+        weights, history = run_federation(clients, start, Rounds(CFG.n_rounds), workers=workers)
         runs.append((weights, history, [c.privacy() for c in clients]))
     (w1, h1, p1), (w3, h3, p3) = runs
     assert h1 == h3 and p1 == p3
