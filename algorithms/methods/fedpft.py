@@ -1,5 +1,5 @@
 """FedPFT and DP-FedPFT (Beitollahi et al. 2024, arXiv 2402.01862): class-conditional Gaussians
-sent once, in the same protocol as DP-CVAE (one round, then generative.py's end of run).
+sent once, in the same protocol as DP-CVAE (one round, then synthesis.py's end of run).
 
 fedpft (not private): each client fits, per class it holds, a Gaussian mixture (scikit-learn,
 `--pft_components` K, `--pft_covariance`) to its training embeddings (per-record standardized,
