@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One dataset's table on one GPU: every method x the three seeds at epsilon 1, with the flags of
 # experiments/<dataset>/{base,fedlambda,ours}.sh, plus --device cuda (the DP generative methods
-# then train every client at once: --vectorized auto). Issue 16's target: OrganSMNIST's table in
+# then train every client at once: --vectorized auto). The GPU target (docs/performance.md): OrganSMNIST's table in
 # <= 10 minutes on one GPU once the embeddings exist (experiments/organsmnist/create_db.sh).
 # Finished runs are skipped, interrupted ones resumed; ends with the table and the time taken.
 #   bash experiments/gpu_table.sh                                    (OrganSMNIST, DINOv2-B)

@@ -1,6 +1,6 @@
 """The Flower ClientApp: one site's side of the federation, with the same client objects and
-end-of-run functions as main.py (algorithms/generative.py, algorithms/fedavg.py,
-algorithms/evaluation.py), under the site's own privacy policy (fl/policy.py).
+end-of-run functions as main.py (algorithms/methods/: generative.py, synthesis.py, fedavg.py,
+fedpft.py; algorithms/evaluation/), under the site's own privacy policy (fl/policy.py).
 
 Each message runs in a fresh process (deployment) or in a shared worker (simulation), so the
 client object is rebuilt from its seed and its secret key and restored from the node's

@@ -1,5 +1,5 @@
 """FedPFT and DP-FedPFT (Beitollahi et al. 2024, arXiv 2402.01862): class-conditional Gaussians
-sent once, in the same protocol as DP-CVAE (one round, then generative.py's end of run).
+sent once, in the same protocol as DP-CVAE (one round, then synthesis.py's end of run).
 
 fedpft (not private): each client fits, per class it holds, a Gaussian mixture (scikit-learn,
 `--pft_components` K, `--pft_covariance`) to its training embeddings (per-record standardized,
@@ -18,9 +18,10 @@ sum by x (L2 norm <= sqrt(D)), the moment by x * x (L2 norm sqrt(sum x_j^4) <= |
 x x^T (Frobenius norm ||x||^2 <= D). The release is the scaled vector (n_c, s_c / sqrt(D),
 m_c / D) over all classes: its L2 sensitivity is sqrt(3) (sqrt(2) for spherical), and every
 coordinate gets Gaussian noise of std sigma * sensitivity. One noise multiplier sigma, calibrated
-by the analytic Gaussian mechanism (algorithms/privacy.py), makes this one release spend the
-target epsilon at delta. A full moment is symmetric: its upper triangle (L2 norm <= Frobenius) is
-noised and mirrored. Spherical needs no moment: every record has ||x||^2 = D, so a class's total
+by the analytic Gaussian mechanism (calibrate_release in algorithms/privacy/accounting.py, from
+algorithms/privacy/analytic_gaussian.py), makes this one release spend the target epsilon at
+delta. A full moment is symmetric: its upper triangle (L2 norm <= Frobenius) is noised and
+mirrored. Spherical needs no moment: every record has ||x||^2 = D, so a class's total
 second moment is D n_c, a function of its count, and its variance per dimension 1 - ||mean||^2 / D.
 
 Post-processing of the pooled sums (the noise is already in, so it costs no privacy): a class
@@ -31,7 +32,7 @@ VARIANCE_FLOOR, which projects the covariance to positive definite.
 
 What crosses the network, as float32: a client's release (once), and back the pooled mixture
 (one Gaussian per class for dpfedpft). The statistics, fits, pooling and sampling, and the
-constants named here, are in algorithms/gaussians.py.
+constants named here, are in algorithms/methods/gaussians.py.
 """
 
 from __future__ import annotations

@@ -119,12 +119,13 @@ def train_generative(
     decoder or generator, and the per-round history. With `checkpoint`, training continues from
     its last round (if any) and the checkpoint is rewritten after every round.
 
-    `execution.vectorized`: every client at once as one stacked model (algorithms/vectorized.py;
-    the same results up to rounding). Otherwise, on CPU, the torch thread budget
-    (torch.get_num_threads(), main.py's --num_threads) is spent on clients, not inside them:
-    that many clients train at once, one thread each. Threads inside one client meet at every
-    operation and slow down 10-20x when other processes share the cores; clients in threads do
-    not wait on each other. Results do not depend on it. On CUDA clients take turns."""
+    `execution.vectorized`: every client at once as one stacked model
+    (algorithms/federation/vectorized.py; the same results up to rounding). Otherwise, on CPU,
+    the torch thread budget (torch.get_num_threads(), main.py's --num_threads) is spent on
+    clients, not inside them: that many clients train at once, one thread each. Threads inside
+    one client meet at every operation and slow down 10-20x when other processes share the
+    cores; clients in threads do not wait on each other. Results do not depend on it. On CUDA
+    clients take turns."""
     dim = clients[0].x_train.shape[1]
     gen_clients = make_clients(method, clients, n_classes, cfg, dp, seed, device=execution.device)
     weights = initial_global_weights(method, dim, n_classes, cfg, seed)

@@ -44,7 +44,7 @@ class DPClient:
     (secure: 32 bytes of OS entropy, drawn here unless given; a Flower site keeps its own and
     passes it again at every message). Model initialization stays seeded (public)."""
 
-    # How DP-SGD clips (see algorithms.privacy.GRAD_SAMPLE_MODES); the others are references.
+    # How DP-SGD clips (see algorithms.privacy.dp_sgd.GRAD_SAMPLE_MODES); the others are references.
     grad_sample_mode = "fast"
 
     def __init__(

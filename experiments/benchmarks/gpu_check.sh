@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Issue 16's GPU checks in one go, for a machine with CUDA: the CUDA equivalence tests, then
-# bench_train.py on CUDA with every client at once (the whole paper-scale DP-CVAE and DP-CGAN
-# runs, peak GPU memory) and one client at a time (5 rounds, with the per-epoch figures of the
-# fast path and of Opacus's hooks, the paper's path, on the same GPU). JSON files go to the folder
-# given as the first argument (default assets/benchmarks).
+# The GPU checks of docs/performance.md in one go, for a machine with CUDA: the CUDA
+# equivalence tests, then bench_train.py on CUDA with every client at once (the whole
+# paper-scale DP-CVAE and DP-CGAN runs, peak GPU memory) and one client at a time (5 rounds,
+# with the per-epoch figures of the fast path and of Opacus's hooks, the paper's path, on the
+# same GPU). JSON files go to the folder given as the first argument (default assets/benchmarks).
 #   bash experiments/benchmarks/gpu_check.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."

@@ -1,6 +1,7 @@
-"""A site's own images (issue 22): image folders and CSV manifests of PNG/JPEG/TIFF (8 and 16
-bit, grayscale and RGB) and DICOM, encoded by create_db.py; one client per site (by_site); every
-bad input refused with exit status 2, one line naming the file, and nothing written."""
+"""A site's own images (docs/own-data.md): image folders and CSV manifests of PNG/JPEG/TIFF (8
+and 16 bit, grayscale and RGB) and DICOM, encoded by create_db.py; one client per site
+(by_site); every bad input refused with exit status 2, one line naming the file, and nothing
+written."""
 
 import json
 import re

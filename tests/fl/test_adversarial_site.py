@@ -1,7 +1,7 @@
-"""A Flower site against a hostile coordinator (issue 21): no exact record count leaves it, the
-heads a coordinator sends are no oracle, its default policy is a hospital's, and what it says
-of its data at `hello` is keyed with its own secret. The ClientApp is called directly, as
-tests/fl/test_flower.py and tests/fl/test_site_privacy.py do."""
+"""A Flower site against a hostile coordinator (docs/privacy.md, "Threat model"): no exact
+record count leaves it, the heads a coordinator sends are no oracle, its default policy is a
+hospital's, and what it says of its data at `hello` is keyed with its own secret. The ClientApp
+is called directly, as tests/fl/test_flower.py and tests/fl/test_site_privacy.py do."""
 
 import hashlib
 import json

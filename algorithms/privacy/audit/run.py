@@ -47,7 +47,7 @@ class PrivacyViolation(RuntimeError):
 @dataclass(frozen=True)
 class AuditConfig:
     """What the audit does. `target_client` None: the client with the fewest training records
-    (the most exposed); `canary_label` None: see `canary_label`."""
+    (the most exposed); `canary_label` None: see canaries.canary_label."""
 
     target_client: int | None = None
     n_canaries: int = 64

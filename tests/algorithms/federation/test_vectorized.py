@@ -128,7 +128,7 @@ def test_stacked_noise_draws_and_scaling_equal_the_dp_optimizers():
         noised = torch.cat([p.grad.flatten() for p in opt.params])
         assert torch.equal(noised, grad[k])
         assert any(not torch.equal(a, b) for a, b in zip(before, opt.params))
-        # the noisy count's release first (issue 15), then this one step
+        # the noisy record count's release first (DPConfig.count_history), then this one step
         assert clients[k].private.engine.accountant.history == [
             *DP.count_history(),
             (opt.noise_multiplier, twin.private.sample_rate, 1),
