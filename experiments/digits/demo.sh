@@ -52,16 +52,18 @@ else
   step "database ${database_root} exists, reusing it"
 fi
 
-# Two streams share the 2 cores: the DP runs of the main table in the foreground (both cores,
-# --num_threads), and in the background, one after the other on one core, the baselines (seconds
-# each) and then the privacy sweep. Results do not depend on it.
+# Two streams share the 2 cores: the runs that train a generative model (the registry's methods
+# that read the generative flags: minutes each) in the foreground (both cores, --num_threads), and
+# in the background, one after the other on one core, the other methods (seconds each) and then
+# the privacy sweep. Results do not depend on it.
+generative=" $($PY -c 'from algorithms.methods import registry; print(*registry.using("generative"))') "
 BASELINES=(); DP_METHODS=()
 for method in "${methods[@]}"; do
-  case "${method}" in dpcvae|dpcgan) DP_METHODS+=("${method}") ;; *) BASELINES+=("${method}") ;; esac
+  if [[ "${generative}" == *" ${method} "* ]]; then DP_METHODS+=("${method}"); else BASELINES+=("${method}"); fi
 done
 common=(--database_root "${database_root}" "${split_flags[@]}" --skip_existing --resume --quiet)
-# main.py with the method's flags, then more: run_main METHOD [more flags]
-run_main() { flags_of "$1"; $PY main.py "${common[@]}" --method "$1" "${FLAGS[@]}" "${@:2}"; }
+# main.py with the method's flags, then more: demo_run METHOD [more flags]
+demo_run() { flags_of "$1"; $PY main.py "${common[@]}" --method "$1" "${FLAGS[@]}" "${@:2}"; }
 
 n_bg=$(( ${#SEEDS[@]} * ${#BASELINES[@]} + ${#sweep_methods[@]} * ${#sweep_epsilons[@]} ))
 n_dp=$(( ${#SEEDS[@]} * ${#DP_METHODS[@]} ))
@@ -70,20 +72,20 @@ background() {
   for seed in "${SEEDS[@]}"; do
     for method in "${BASELINES[@]}"; do
       k=$((k + 1)); step "background ${k}/${n_bg}: ${method}, seed ${seed}"
-      run_main "${method}" --seed "${seed}" --num_threads 1 --results_root "${results}/main"
+      demo_run "${method}" --seed "${seed}" --num_threads 1 --results_root "${results}/main"
     done
   done
   for eps in "${sweep_epsilons[@]}"; do
     for method in "${sweep_methods[@]}"; do
       k=$((k + 1)); step "background ${k}/${n_bg}: ${method} at epsilon ${eps} (sweep), seed ${SEEDS[0]}"
-      run_main "${method}" --seed "${SEEDS[0]}" --epsilon "${eps}" --num_threads 1 \
+      demo_run "${method}" --seed "${SEEDS[0]}" --epsilon "${eps}" --num_threads 1 \
         --checkpoint_interval 60 --results_root "${results}/sweep"
     done
   done
 }
 # the first baseline alone writes the split file that every run reads
 step "split: 10 clients (by_labels_split, alpha 0.3, seed 202502)"
-run_main local --seed "${SEEDS[0]}" --num_threads 1 --results_root "${results}/main"
+demo_run local --seed "${SEEDS[0]}" --num_threads 1 --results_root "${results}/main"
 background &
 background_pid=$!
 trap 'kill "${background_pid}" 2>/dev/null || true' EXIT
@@ -93,7 +95,7 @@ for seed in "${SEEDS[@]}"; do
   for method in "${DP_METHODS[@]}"; do
     n=$((n + 1)); step "DP run ${n}/${n_dp}: ${method}, seed ${seed}"
     save=(); [ "${seed}" = "${SEEDS[0]}" ] && save=(--save_synthetic)
-    run_main "${method}" --seed "${seed}" "${save[@]}" --num_threads "${threads}" \
+    demo_run "${method}" --seed "${seed}" "${save[@]}" --num_threads "${threads}" \
       --checkpoint_interval 60 --results_root "${results}/main"
   done
 done
