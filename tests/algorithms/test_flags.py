@@ -196,3 +196,19 @@ def test_no_flag_is_spelled_in_two_python_files():
     assert flags - set(where) == set()  # the scan sees every flag's definition
     twice = {name: sorted(where[name]) for name in flags if len(where[name]) > 1}
     assert twice == {}
+
+
+def test_a_preset_chosen_on_private_data_says_so_and_a_file_with_other_keys_is_refused(
+    tmp_path, monkeypatch
+):
+    assert presets.not_covered("paper") is None  # the paper's defaults: chosen on no data here
+    for name in ("dp", "dp-cgan"):
+        assert "not covered by DP" in presets.not_covered(name)
+    (tmp_path / "odd.toml").write_text('description = "x"\nnotes = "y"\n[flags]\n')
+    monkeypatch.setattr(presets, "FOLDER", tmp_path)
+    presets.load.cache_clear()
+    try:
+        with pytest.raises(ValueError, match=r"odd\.toml: expected a description.*'notes'"):
+            presets.load("odd")
+    finally:
+        presets.load.cache_clear()
