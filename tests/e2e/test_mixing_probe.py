@@ -8,12 +8,11 @@ import runpy
 import numpy as np
 import pytest
 from helpers.paths import REPO as ROOT
+from helpers.tiny import FAST, TINY
 
 import main as main_module
 
 PROBE = runpy.run_path(str(ROOT / "experiments" / "mixing_probe.py"))
-GEN = ["--local_epochs", "10", "--n_fedavg_rounds", "2", "--local_epochs_gen", "1"]
-GEN += ["--gen_batch_size", "64", "--hidden_dim", "16", "--latent_dim", "4", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +22,7 @@ def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("probe")
     db = make_gaussian_db(root / "db", n_per_file=(600,))
     out = root / "run"
-    argv = ["--database_root", str(db), "--n_clients", "3", "--method", "dpcvae", *GEN]
+    argv = ["--database_root", str(db), *FAST, "--method", "dpcvae", *TINY["dpcvae"]]
     argv += ["--epsilon", "8", "--save_synthetic", "--results_dir", str(out)]
     assert main_module.main(argv) == 0
     return out

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.paths import REPO
-from helpers.tiny import FAST
+from helpers.tiny import FAST, tiny
 
 import algorithms.federation.vectorized as vectorized
 import main as main_module
@@ -25,20 +25,21 @@ from algorithms.methods.fedavg import FedAvgClient
 # once per worker
 pytestmark = pytest.mark.xdist_group("test_resume")
 
-HEAD = ["--local_epochs", "10"]
-GEN = [*HEAD, "--n_fedavg_rounds", "3", "--local_epochs_gen", "1", "--gen_batch_size", "16"]
-GEN += ["--latent_dim", "4"]
-# Each case: the method's flags (3 rounds in all); Adam and partial participation for FedProx,
-# so that optimizer state and client sampling must survive the interruption.
+# Each case: the method's tiny flags with 3 rounds in all (interrupted after round 2, the last
+# one is trained again); Adam and partial participation for FedProx, so that optimizer state and
+# client sampling must survive the interruption; generative batches of 16, so that each epoch
+# takes several DP steps, not one step over the whole client.
+FEDPROX = tiny("fedprox", n_rounds=3, optimizer="adam", sampling_rate=0.67)
+DPCVAE = tiny("dpcvae", n_fedavg_rounds=3, gen_batch_size=16)
+DPCGAN = tiny("dpcgan", n_fedavg_rounds=3, gen_batch_size=16)
 CASES = {
-    "fedprox": ["--method", "fedprox", "--n_rounds", "3", "--optimizer", "adam"]
-    + ["--sampling_rate", "0.67"],
-    "fedlambda": ["--method", "fedlambda", "--n_rounds", "3", *HEAD],
-    "dpcvae": ["--method", "dpcvae", *GEN, "--hidden_dim", "16"],
-    "dpcvae-threads": ["--method", "dpcvae", *GEN, "--hidden_dim", "16", "--num_threads", "2"],
-    "dpcgan": ["--method", "dpcgan", *GEN],
+    "fedprox": ["--method", "fedprox", *FEDPROX],
+    "fedlambda": ["--method", "fedlambda", *tiny("fedlambda", n_rounds=3)],
+    "dpcvae": ["--method", "dpcvae", *DPCVAE],
+    "dpcvae-threads": ["--method", "dpcvae", *DPCVAE, "--num_threads", "2"],
+    "dpcgan": ["--method", "dpcgan", *DPCGAN],
     # every client at once: the stacked state is written back into the clients' checkpoints
-    "dpcvae-vectorized": ["--method", "dpcvae", *GEN, "--hidden_dim", "16", "--vectorized", "on"],
+    "dpcvae-vectorized": ["--method", "dpcvae", *DPCVAE, "--vectorized", "on"],
 }
 
 

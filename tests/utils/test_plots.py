@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers.tiny import FAST, TINY
 
 import main as main_module
 from utils.plots import main as plots_main
@@ -13,18 +14,6 @@ from utils.results import read_metrics
 # once per worker
 pytestmark = pytest.mark.xdist_group("test_plots")
 
-HEAD = ["--local_epochs", "10"]
-GEN = [*HEAD, "--n_fedavg_rounds", "2", "--local_epochs_gen", "1", "--gen_batch_size", "64"]
-GEN += ["--hidden_dim", "16", "--latent_dim", "4"]
-# each method's flags (a flag that a method does not read is refused)
-FLAGS = {
-    "local": HEAD,
-    "centralized": HEAD,
-    "fedavg": ["--n_rounds", "2"],
-    "fedlambda": ["--n_rounds", "2", *HEAD],
-    "dpcvae": GEN,
-}
-
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
@@ -32,13 +21,13 @@ def results(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("plots")
     db = make_gaussian_db(root / "db", n_per_file=(600,))
-    common = ["--database_root", str(db), "--n_clients", "3", "--quiet"]
+    common = ["--database_root", str(db), *FAST]
     for method in ("local", "centralized", "fedavg", "fedlambda", "dpcvae"):
-        extra = [*FLAGS[method], "--results_root", str(root / "main")]
+        extra = [*TINY[method], "--results_root", str(root / "main")]
         if method == "dpcvae":
             extra.append("--save_synthetic")
         assert main_module.main([*common, "--method", method, *extra]) == 0
-    sweep = [*GEN, "--epsilon", "4", "--results_root", str(root / "sweep")]
+    sweep = [*TINY["dpcvae"], "--epsilon", "4", "--results_root", str(root / "sweep")]
     assert main_module.main([*common, "--method", "dpcvae", *sweep]) == 0
     return root
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.tiny import FAST, TINY, tiny
 
 import main as main_module
 from algorithms.federation.rounds import Rounds, run_federation
@@ -247,9 +248,10 @@ def db(tmp_path_factory):
     return make_gaussian_db(tmp_path_factory.mktemp("vectorized") / "db", n_per_file=(300,))
 
 
-GEN = ["--local_epochs", "5", "--n_fedavg_rounds", "2", "--local_epochs_gen", "1"]
-GEN += ["--gen_batch_size", "32", "--latent_dim", "4", "--n_clients", "3", "--quiet"]
-GEN += ["--accountant", "rdp"]
+def gen_flags(method: str) -> list[str]:
+    """The method's tiny flags, in batches of 32 (several padded Poisson batches per epoch, not
+    one of the whole client) and with the RDP accountant (it calibrates in milliseconds)."""
+    return [*FAST, *tiny(method, gen_batch_size=32, accountant="rdp")]
 
 
 def _close(a, b, path=""):
@@ -276,8 +278,7 @@ def test_whole_run_gives_the_per_client_metrics(db, tmp_path, method):
     out = {}
     for path in ("off", "on"):
         argv = ["--database_root", db, "--results_dir", tmp_path / path, "--method", method]
-        argv += [*GEN, "--vectorized", path, "--device", "cpu"]
-        argv += ["--hidden_dim", "16"] if method == "dpcvae" else []
+        argv += [*gen_flags(method), "--vectorized", path, "--device", "cpu"]
         assert main_module.main(argv) == 0
         out[path] = json.loads((tmp_path / path / "metrics.json").read_text())
         out[path]["cost"].pop("wall_seconds")
@@ -288,7 +289,7 @@ def test_whole_run_gives_the_per_client_metrics(db, tmp_path, method):
 
 
 def test_device_and_vectorized_flags(db, tmp_path, capsys):
-    base = ["--database_root", db, "--results_dir", tmp_path / "r", *GEN[:2], "--quiet"]
+    base = ["--database_root", db, "--results_dir", tmp_path / "r", *TINY["local"], *FAST]
     assert main_module.main([*base, "--method", "local", "--vectorized", "on"]) == 2
     assert "--vectorized does not apply to --method local" in capsys.readouterr().err
     if not torch.cuda.is_available():
