@@ -129,25 +129,6 @@ def test_every_mode_and_the_pooled_test_are_reported_and_joint_weight_zero_is_lo
     assert ev.rows == only_local.rows
 
 
-def test_a_weighted_head_with_unit_weights_is_the_plain_head():
-    rng = np.random.default_rng(2)
-    x, y = rng.normal(size=(50, 4)), rng.integers(0, 3, 50)
-    cfg = HeadConfig(epochs=5)
-    plain = train_head(x, y, 3, cfg, 7)
-    weighted = train_head(x, y, 3, cfg, 7, sample_weight=np.ones(50))
-    for a, b in zip(plain.parameters(), weighted.parameters()):
-        assert torch_allclose(a, b)
-    # an anchored head with a huge pull stays at its anchor
-    anchor = {k: v.clone() for k, v in plain.state_dict().items()}
-    pulled = train_head(x, 1 - (y > 0), 3, cfg, 8, anchor=anchor, anchor_strength=1e6)
-    for a, b in zip(pulled.state_dict().values(), anchor.values()):
-        assert torch_allclose(a, b, atol=1e-3)
-
-
-def torch_allclose(a, b, atol=1e-6):
-    return np.allclose(a.detach().numpy(), b.detach().numpy(), atol=atol)
-
-
 @pytest.mark.parametrize(
     ("method", "flags"),
     [("fedlambda", ["--n_rounds", "3", "--local_epochs", "20"]), ("dpcvae", None)],

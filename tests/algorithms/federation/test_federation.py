@@ -1,11 +1,10 @@
-"""Averaging, the federation loop, FedAvg and FedProx against hand computations."""
+"""The federation loop, FedAvg and FedProx against hand computations."""
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from algorithms.federation.aggregation import average_state_dicts
 from algorithms.federation.rounds import Rounds, fedavg_aggregate, run_federation, sample_clients
 from algorithms.methods.fedavg import FedAvgClient, FedAvgConfig, lr_at, seeded_global_head
 from data.clients import ClientData
@@ -17,17 +16,6 @@ def _client(cid, n, dim=5, n_classes=3, seed=0):
     y = rng.integers(0, n_classes, size=n)
     empty = np.zeros((0, dim), np.float32)
     return ClientData(cid, x, y, empty, y[:0], empty, y[:0])
-
-
-def test_average_is_the_weighted_mean_and_respects_the_key_filter():
-    a = {"dec.w": torch.tensor([1.0, 2.0]), "enc.w": torch.tensor([5.0]), "n": torch.tensor(3)}
-    b = {"dec.w": torch.tensor([3.0, 6.0]), "enc.w": torch.tensor([7.0]), "n": torch.tensor(9)}
-    out = average_state_dicts([a, b], [1, 3], keep=lambda k: not k.startswith("enc."))
-    torch.testing.assert_close(out["dec.w"], torch.tensor([2.5, 5.0]))
-    assert "enc.w" not in out
-    assert int(out["n"]) == 3  # integer buffers are taken from the first state
-    with pytest.raises(ValueError, match="weights"):
-        average_state_dicts([a], [0])
 
 
 def test_one_full_batch_step_per_round_equals_a_centralized_step():

@@ -19,7 +19,7 @@ from algorithms.privacy.accounting import (
 from algorithms.privacy.config import DPConfig
 from algorithms.privacy.dp_sgd import dp_step, make_private, poisson_batch
 from algorithms.privacy.noise import noisy_count
-from utils.seeding import derive_seed, generator, new_secret, private_generator
+from utils.seeding import generator
 
 
 def _tiny():
@@ -223,26 +223,3 @@ def test_the_noisy_count_is_unbiased_clamped_and_exact_without_noise():
         calibrate_noise(cfg, 0.1, 100, 10)
     with pytest.raises(ValueError, match="--count_noise"):
         DPConfig(count_noise=-1.0)
-
-
-def test_private_streams_are_seeded_or_keyed_by_a_secret():
-    seeded = private_generator(5, "dp-noise", secret=None)
-    assert torch.equal(
-        torch.rand(8, generator=seeded),
-        torch.rand(8, generator=generator(derive_seed(5, "dp-noise"))),
-    )
-    key = new_secret()
-    assert len(key) == 32 and key != new_secret()
-
-    def draw(secret, *keys):
-        return torch.randn(1000, generator=private_generator(5, *keys, secret=secret))
-
-    same = draw(key, "dp-noise")
-    assert torch.equal(same, draw(key, "dp-noise"))  # a site rebuilds its streams
-    assert not torch.equal(same, draw(key, "batches"))
-    assert not torch.equal(same, draw(new_secret(), "dp-noise"))
-    # a keyed stream is none of the seeded ones a coordinator could try
-    assert not torch.equal(same, torch.randn(1000, generator=generator(derive_seed(5, "dp-noise"))))
-    assert abs(float(same.mean())) < 0.15 and 0.9 < float(same.std()) < 1.1
-    uniform = torch.rand(20000, generator=private_generator(0, "x", secret=key))
-    assert abs(float(uniform.mean()) - 0.5) < 0.01
