@@ -142,11 +142,11 @@ def config_from_args(cls: type, args: argparse.Namespace, sections: Sequence[str
     """An instance of `cls` from parsed flags: each field's flag value (converted), or its
     `unused` value when its section is not among `sections` (those a method reads)."""
     values = {}
-    for f, record in flagged_fields(cls):
-        own = flag_of(cls, f.name)
-        if own.section not in sections and record.unused is not UNSET:
-            values[f.name] = record.unused
+    for f, _ in flagged_fields(cls):
+        own = flag_of(cls, f.name)  # a shared field: the record of the flag it reads
+        if own.section not in sections and own.unused is not UNSET:
+            values[f.name] = own.unused
             continue
         value = getattr(args, own.dest)
-        values[f.name] = record.convert(value) if record.convert else value
+        values[f.name] = own.convert(value) if own.convert else value
     return cls(**values)

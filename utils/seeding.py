@@ -114,6 +114,8 @@ def private_numpy_rng(seed: int, *keys: object, secret: bytes | None) -> np.rand
     `private_generator`: seeded by the run seed, or by 32 bytes of SHAKE-256(secret, keys)."""
     if secret is None:
         return np.random.default_rng(derive_seed(seed, *keys))
+    if len(secret) < 16:
+        raise ValueError("a secret key needs at least 16 bytes")
     path = "/".join(str(k) for k in keys).encode()
     return np.random.default_rng(
         int.from_bytes(hashlib.shake_256(secret + b"/" + path).digest(32), "little")

@@ -17,15 +17,30 @@ def average_state_dicts(
     """Weighted mean of the tensors of `states` (weights are normalized to sum to one).
 
     `keep` selects the keys that are averaged (e.g. only the decoder's); other keys are left out
-    of the result. Integer tensors (counters) are taken from the first state."""
+    of the result. Integer tensors (counters) are taken from the first state. The states must
+    hold the same averaged keys with the same shapes (an update of another shape is refused, not
+    broadcast) and the weights must be >= 0."""
     if not states:
         raise ValueError("no state to average")
     if len(states) != len(weights):
         raise ValueError(f"{len(states)} states but {len(weights)} weights")
+    if any(not float(w) >= 0 for w in weights):
+        raise ValueError(f"weights must be >= 0, got {list(weights)}")
     total = float(sum(weights))
     if not total > 0:
         raise ValueError(f"weights must sum to a positive number, got {total}")
-    keys = [k for k in states[0] if keep is None or keep(k)]
+    kept = {k: keep is None or keep(k) for k in dict.fromkeys(k for s in states for k in s)}
+    keys = [k for k in states[0] if kept[k]]
+    for i, state in enumerate(states[1:], start=1):
+        mine = [k for k in state if kept[k]]
+        if sorted(mine) != sorted(keys):
+            raise ValueError(f"state {i} holds keys {sorted(mine)}, state 0 holds {sorted(keys)}")
+        for key in keys:
+            if state[key].shape != states[0][key].shape:
+                raise ValueError(
+                    f"state {i}: {key} has shape {tuple(state[key].shape)}, "
+                    f"state 0 has {tuple(states[0][key].shape)}"
+                )
     out: StateDict = {}
     for key in keys:
         first = states[0][key]

@@ -233,6 +233,18 @@ def test_config_from_args_reads_a_shared_flag():
     assert config_from_args(Reader, args, ["reader"]) == Reader(rate=0.125, steps=4)
 
 
+def test_a_shared_field_takes_the_conversion_and_unused_value_of_the_flag_it_reads():
+    @dataclass(frozen=True)
+    class Follower:
+        enabled: bool = field(default=True, metadata=same_flag(Toy, "enabled"))
+        mode: str = field(default="fast", metadata=same_flag(Toy, "mode"))
+
+    parser, _, _ = _parser(Toy)
+    args = parser.parse_args(["--disable", "--mode", "slow"])
+    assert config_from_args(Follower, args, ["toy", "extra"]) == Follower(False, "slow")
+    assert config_from_args(Follower, args, ["toy"]).mode == "none"  # extra not read
+
+
 def test_config_from_args_lets_the_dataclass_validate():
     @dataclass(frozen=True)
     class Checked:

@@ -147,9 +147,11 @@ def test_a_keyed_stream_separates_its_keys_path():
 
 
 def test_a_short_secret_is_refused():
-    with pytest.raises(ValueError, match="at least 16 bytes"):
-        private_generator(0, "dp-noise", secret=b"x" * 15)
-    private_generator(0, "dp-noise", secret=b"x" * 16)  # the shortest accepted
+    for make in (private_generator, private_numpy_rng):
+        for short in (b"", b"x" * 15):
+            with pytest.raises(ValueError, match="at least 16 bytes"):
+                make(0, "dp-noise", secret=short)
+        make(0, "dp-noise", secret=b"x" * 16)  # the shortest accepted
 
 
 def test_private_numpy_rng_is_seeded_or_keyed_like_the_torch_streams():

@@ -105,8 +105,9 @@ def test_the_keep_filter_sees_every_key_and_selects_the_result():
         (_states(n=2), [1.0], "2 states but 1 weights"),
         (_states(n=2), [1.0, 2.0, 3.0], "2 states but 3 weights"),
         (_states(n=2), [0, 0], "must sum to a positive number, got 0"),
-        (_states(n=2), [1, -1], "must sum to a positive number"),
-        (_states(n=2), [float("nan"), 1], "must sum to a positive number, got nan"),
+        (_states(n=2), [1, -1], r"weights must be >= 0, got \[1, -1\]"),
+        (_states(n=2), [2, -1], r"weights must be >= 0"),
+        (_states(n=2), [float("nan"), 1], r"weights must be >= 0, got \[nan, 1\]"),
     ],
 )
 def test_bad_inputs_are_refused(states, weights, message):
@@ -114,8 +115,20 @@ def test_bad_inputs_are_refused(states, weights, message):
         average_state_dicts(states, weights)
 
 
-def test_a_state_lacking_a_key_of_the_first_is_an_error():
+def test_a_state_lacking_a_key_of_the_first_or_holding_another_is_refused():
     a, b = _states(n=2)
     del b["w"]
-    with pytest.raises(KeyError, match="w"):
+    with pytest.raises(ValueError, match=r"state 1 holds keys \['b'\], state 0 holds \['b', 'w'\]"):
+        average_state_dicts([a, b], [1, 1])
+    a, b = _states(n=2)
+    b["extra"] = torch.zeros(2)
+    with pytest.raises(ValueError, match="state 1 holds keys"):
+        average_state_dicts([a, b], [1, 1])
+    assert list(average_state_dicts([a, b], [1, 1], keep=lambda k: k != "extra")) == ["w", "b"]
+
+
+def test_an_update_of_another_shape_is_refused_not_broadcast():
+    a, b = _states(n=2)
+    b["b"] = b["b"][:1]
+    with pytest.raises(ValueError, match=r"state 1: b has shape \(1,\), state 0 has \(\d+,\)"):
         average_state_dicts([a, b], [1, 1])
