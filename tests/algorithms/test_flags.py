@@ -10,7 +10,7 @@ from helpers.paths import REPO as ROOT
 
 from algorithms import presets
 from algorithms.flags import CONFIGS, SECTIONS, build_parser
-from algorithms.options import UsageError, check_before_run, load_settings
+from algorithms.options import UsageError, load_settings
 from utils.cli import FLAG, flag_of, flagged_fields
 
 DB = ["--database_root", "/nonexistent"]
@@ -75,31 +75,6 @@ def test_a_validation_message_names_the_flag_not_the_field():
         settings("--method", "dpcvae", "--cvae_var", "0")
 
 
-def test_flags_of_a_section_the_method_does_not_read_are_refused():
-    with pytest.raises(UsageError, match="--mu does not apply to --method fedavg"):
-        settings("--method", "fedavg", "--mu", "0.1")
-    with pytest.raises(UsageError, match="--dp/--enable_dp/--disable_dp does not apply"):
-        settings("--method", "local", "--disable_dp")
-
-
-def test_a_preset_file_sets_flags_and_an_explicit_flag_wins():
-    dp = presets.flags("dp")
-    assert presets.names()[0] == "paper" and presets.flags("paper") == {}
-    assert presets.load("dp")["description"]
-    gen = settings("--method", "dpcvae", "--preset", "dp").configs["generative"]
-    assert gen.preset == "dp"
-    assert (gen.cvae_loss, gen.n_rounds, gen.latent_dim) == (
-        dp["cvae_loss"],
-        dp["n_fedavg_rounds"],
-        dp["latent_dim"],
-    )
-    gen = settings("--method", "dpcvae", "--preset", "dp", "--n_fedavg_rounds", "3")
-    assert gen.configs["generative"].n_rounds == 3
-    # also given explicitly at its default value
-    gen = settings("--method", "dpcvae", "--preset", "dp", "--latent_dim", "100")
-    assert gen.configs["generative"].latent_dim == 100
-
-
 def test_help_lists_every_preset_with_its_description(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--help"])
@@ -122,13 +97,6 @@ def test_downstream_is_a_lambda_flag_outside_the_configs():
     assert s.configs == settings("--method", "dpcvae").configs  # not in the config hash
     with pytest.raises(UsageError, match="--downstream does not apply to --method fedavg"):
         settings("--method", "fedavg", "--downstream", "prior")
-
-
-def test_parsing_runs_no_accountant_the_run_start_does():
-    s = settings("--method", "dpcvae", "--count_noise", "1")  # parses
-    with pytest.raises(UsageError, match="--count_noise 1.0 alone spends epsilon"):
-        check_before_run(s)
-    check_before_run(settings("--method", "dpcvae"))
 
 
 def _spellings() -> set[str]:

@@ -200,3 +200,38 @@ def test_vectorized_auto_follows_cuda_for_generative_methods_only(monkeypatch):
     for name in registry.NAMES:
         if "generative" not in registry.get(name).sections:
             assert execution(name, vectorized="on") == Execution("cuda", False)
+
+
+# --- parsed flags through load_settings and the run's start -------------------------------
+
+
+def test_flags_of_a_section_the_method_does_not_read_are_refused():
+    with pytest.raises(UsageError, match="--mu does not apply to --method fedavg"):
+        settings("--method", "fedavg", "--mu", "0.1")
+    with pytest.raises(UsageError, match="--dp/--enable_dp/--disable_dp does not apply"):
+        settings("--method", "local", "--disable_dp")
+
+
+def test_a_preset_file_sets_flags_and_an_explicit_flag_wins():
+    dp = presets.flags("dp")
+    assert presets.names()[0] == "paper" and presets.flags("paper") == {}
+    assert presets.load("dp")["description"]
+    gen = settings("--method", "dpcvae", "--preset", "dp").configs["generative"]
+    assert gen.preset == "dp"
+    assert (gen.cvae_loss, gen.n_rounds, gen.latent_dim) == (
+        dp["cvae_loss"],
+        dp["n_fedavg_rounds"],
+        dp["latent_dim"],
+    )
+    gen = settings("--method", "dpcvae", "--preset", "dp", "--n_fedavg_rounds", "3")
+    assert gen.configs["generative"].n_rounds == 3
+    # also given explicitly at its default value
+    gen = settings("--method", "dpcvae", "--preset", "dp", "--latent_dim", "100")
+    assert gen.configs["generative"].latent_dim == 100
+
+
+def test_parsing_runs_no_accountant_the_run_start_does():
+    s = settings("--method", "dpcvae", "--count_noise", "1")  # parses
+    with pytest.raises(UsageError, match="--count_noise 1.0 alone spends epsilon"):
+        check_before_run(s)
+    check_before_run(settings("--method", "dpcvae"))
