@@ -18,7 +18,7 @@ from algorithms.privacy.audit.run import (
     load_run,
     run_audit,
 )
-from utils.cli import Parser
+from utils.cli import Parser, add_flags, config_from_args
 from utils.progress import set_quiet
 from utils.results import write_metrics
 
@@ -29,39 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=algorithms.privacy.audit.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    d = AuditConfig()
     parser.add_argument("run_dir", help="a finished dpcvae / dpcgan run directory (main.py)")
-    parser.add_argument(
-        "--target_client",
-        type=int,
-        default=None,
-        help="id of the client whose training gets the canaries. Default: the smallest client",
-    )
-    parser.add_argument(
-        "--n_canaries",
-        type=int,
-        default=d.n_canaries,
-        help=f"canaries inserted (members); as many are held out. Default: {d.n_canaries}",
-    )
-    parser.add_argument(
-        "--canary_label",
-        type=int,
-        default=None,
-        help="class index of the canaries. Default: the target client's rarest class (ties: "
-        "the federation's rarest)",
-    )
-    parser.add_argument(
-        "--n_latent",
-        type=int,
-        default=d.n_latent,
-        help=f"latent draws of the reconstruction attack. Default: {d.n_latent}",
-    )
-    parser.add_argument(
-        "--confidence",
-        type=float,
-        default=d.confidence,
-        help=f"confidence of the epsilon lower bounds. Default: {d.confidence}",
-    )
+    add_flags(AuditConfig, lambda section: parser)
     parser.add_argument("--database_root", default=None, help="Default: the run's config.json")
     parser.add_argument("--split_file", default=None, help="Default: the run's config.json")
     parser.add_argument(
@@ -85,13 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.num_threads < 0:
             raise AuditError(f"--num_threads must be >= 0, got {args.num_threads}")
         try:
-            cfg = AuditConfig(
-                target_client=args.target_client,
-                n_canaries=args.n_canaries,
-                canary_label=args.canary_label,
-                n_latent=args.n_latent,
-                confidence=args.confidence,
-            )
+            cfg = config_from_args(AuditConfig, args, sections=[None])
         except ValueError as err:
             raise AuditError(str(err)) from None
         setup = load_run(args.run_dir, args.database_root, args.split_file)

@@ -4,8 +4,9 @@ package docstring)."""
 
 from __future__ import annotations
 
+import functools
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from data.database import DatabaseError, load_database
 from data.features import squash
 from data.partition import load_split
 from data.split_config import SplitError
+from utils.cli import flag, flag_name
 from utils.io import read_json, sha256_file
 from utils.results import CONFIG_FILE, ResultsError, read_metrics
 from utils.seeding import AUDIT, CANARIES, LATENT, MEMBERS, derive_seed, generator
@@ -46,27 +48,55 @@ class PrivacyViolation(RuntimeError):
 
 @dataclass(frozen=True)
 class AuditConfig:
-    """What the audit does. `target_client` None: the client with the fewest training records
-    (the most exposed); `canary_label` None: see canaries.canary_label."""
+    """What the audit does; each field carries its flag of the audit's command line.
+    `target_client` None: the client with the fewest training records (the most exposed);
+    `canary_label` None: see canaries.canary_label."""
 
-    target_client: int | None = None
-    n_canaries: int = 64
-    canary_label: int | None = None
-    n_latent: int = 2048
-    confidence: float = 0.95
+    target_client: int | None = field(
+        default=None,
+        metadata=flag(
+            "--target_client",
+            type=int,
+            help="id of the client whose training gets the canaries. Default: the smallest client",
+        ),
+    )
+    n_canaries: int = field(
+        default=64,
+        metadata=flag(
+            "--n_canaries",
+            help="canaries inserted (members); as many are held out. Default: {default}",
+        ),
+    )
+    canary_label: int | None = field(
+        default=None,
+        metadata=flag(
+            "--canary_label",
+            type=int,
+            help="class index of the canaries. Default: the target client's rarest class "
+            "(ties: the federation's rarest)",
+        ),
+    )
+    n_latent: int = field(
+        default=2048,
+        metadata=flag(
+            "--n_latent", help="latent draws of the reconstruction attack. Default: {default}"
+        ),
+    )
+    confidence: float = field(
+        default=0.95,
+        metadata=flag(
+            "--confidence", help="confidence of the epsilon lower bounds. Default: {default}"
+        ),
+    )
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.n_canaries >= 1, f"--n_canaries must be >= 1, got {self.n_canaries}"),
-            (self.n_latent >= 1, f"--n_latent must be >= 1, got {self.n_latent}"),
-            (
-                0 < self.confidence < 1,
-                f"--confidence must lie in (0, 1), got {self.confidence}",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        name = functools.partial(flag_name, self)
+        if self.n_canaries < 1:
+            raise ValueError(f"{name('n_canaries')} must be >= 1, got {self.n_canaries}")
+        if self.n_latent < 1:
+            raise ValueError(f"{name('n_latent')} must be >= 1, got {self.n_latent}")
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"{name('confidence')} must lie in (0, 1), got {self.confidence}")
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ below the spent epsilon.
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from algorithms.privacy.audit import canaries, cli, stats
 from algorithms.privacy.audit import run as audit_run
 from data.clients import ClientData
 from data.features import squash
+from utils.cli import config_from_args
 from utils.results import read_metrics
 
 RUN_FLAGS = [
@@ -234,3 +236,23 @@ def test_bad_input_exits_2_and_names_it(db, tmp_path, capsys):
         assert needle in capsys.readouterr().err
     config = json.loads((run / "config.json").read_text())
     assert "audit" not in read_metrics(run) and config["method"] == "dpcvae"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--n_canaries", "0"], "--n_canaries must be >= 1, got 0"),
+        (["--n_latent", "0"], "--n_latent must be >= 1, got 0"),
+        (["--confidence", "1"], r"--confidence must lie in \(0, 1\), got 1.0"),
+    ],
+)
+def test_a_bad_audit_flag_is_one_error_naming_it(tmp_path, capsys, flags, message):
+    """The audit's flags are AuditConfig's field records: parsed into it, checked by it."""
+    assert cli.main([str(tmp_path / "no-run"), *flags, "--quiet"]) == 2
+    assert re.search(f"^error: {message}$", capsys.readouterr().err, re.M)
+
+
+def test_audit_flags_reach_the_config():
+    args = cli.build_parser().parse_args(["run", "--target_client", "3", "--confidence", "0.9"])
+    cfg = config_from_args(audit_run.AuditConfig, args, sections=[None])
+    assert cfg == audit_run.AuditConfig(target_client=3, confidence=0.9)
