@@ -290,6 +290,11 @@ def close_run(
     what this run shared is private (`private`: a private method, and DP not switched off), so
     that tables and plots are made from results files alone."""
     method = run.method
+    if method.private and "dp" in method.sections and outcome.privacy is None:
+        raise RuntimeError(
+            f"{method.name} is private but its run has no privacy report: a DP run without "
+            "accounting is an error, never epsilon 0"
+        )
     dp_off = outcome.privacy is not None and not outcome.privacy["enabled"]
     metrics = {
         "method": method.name,
@@ -305,7 +310,7 @@ def close_run(
         # client); a Flower site sends none (fl/client_app.py)
         "counts": (
             "exact (simulation)"
-            if all("n_train" in row for row in evaluation.rows)
+            if evaluation.rows and all("n_train" in row for row in evaluation.rows)
             else "absent (deployment)"
         ),
         "summary": summarize_rows(evaluation.rows),
@@ -317,6 +322,7 @@ def close_run(
         # above are those of `downstream`
         "downstream": evaluation.downstream,
         "downstream_modes": evaluation.modes,
+        **({"withheld": evaluation.withheld} if evaluation.withheld else {}),
         "privacy": outcome.privacy,
         "fidelity": outcome.fidelity,
         "cost": {

@@ -21,16 +21,19 @@ Messages (what comes back is all that leaves the site):
   site's one release (its sample count sent as 0), refused if asked again;
 - evaluate.validate (fedavg, fedprox): the global head's validation accuracy, only under
   `release-metrics=true` (else refused: a crafted head is an oracle of the class counts);
-- evaluate.synthesize (dpcvae, dpcgan, fedpft, dpfedpft; once, after the last round):
-  synthesize from the global model (or the pooled Gaussians) and fit the two heads, locally ->
-  the validation accuracy and balanced accuracy of the mixed model for each lambda of the grid,
-  the fidelity of the synthetic data (if the policy allows), the synthetic head's test
-  accuracy, and the client's privacy accounting; the site also trains, here, the global
-  synthetic-only head from the global model (run seed, as main.py's server does);
-- evaluate (once): test metrics, of the global head (fedavg, only under `release-metrics=true`)
-  or of the mix at the lambda chosen under each lambda metric; for the generative methods also
-  the test accuracy of the site's global synthetic-only head (no head the coordinator sends).
+- evaluate.synthesize (dpcvae, dpcgan, fedpft, dpfedpft; once, after the last round): the
+  client's privacy accounting; and, only under `release-metrics=true`, synthesize from the
+  global model (or the pooled Gaussians) and fit the two heads, locally -> the validation
+  accuracy and balanced accuracy of every downstream mode's grid, the fidelity of the
+  synthetic data (if `release-fidelity`), the synthetic head's test accuracy; the site also
+  trains, here, the global synthetic-only head from the global model (run seed, as main.py's
+  server does). Under the default policy the reply says the metrics are withheld;
+- evaluate (once, only under `release-metrics=true`): test metrics, of the global head
+  (fedavg) or of the mix at the lambda chosen under each lambda metric, with the test accuracy
+  of the site's global synthetic-only head (no head the coordinator sends).
 
+Every handler is `guarded`: an error on the data path becomes one refusal whose text does not
+depend on the data (the details stay in the site's log).
 No reply holds a record count in the clear (n_train, n_val, n_test, per-class counts): the
 only count that leaves is DP-SGD's noisy FedAvg weight. Accuracies are ratios of counts; what
 they still reveal is listed in privacy.NOT_COVERED.
@@ -39,7 +42,10 @@ they still reveal is listed in privacy.NOT_COVERED.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import traceback
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -64,7 +70,8 @@ from algorithms.methods.synthesis import correct_count, finish_client, global_sy
 from algorithms.privacy.dp_client import DPClient
 from data.clients import ClientData
 from data.database import encoder_facts, load_meta
-from fl.records import record_weights, save_state, update_content
+from fl.policy import PolicyError, Refusal, uses_dp
+from fl.records import WITHHELD, record_weights, save_state, update_content
 from fl.settings import (
     is_generative,
     is_pft,
@@ -74,24 +81,53 @@ from utils.device import one_torch_thread
 
 app = ClientApp()
 
+
+def guarded(
+    handler: Callable[[Message, Context], Message],
+) -> Callable[[Message, Context], Message]:
+    """One uniform refusal for every error on the site's data path: its text names the message,
+    never the error, a path or a value of the data (the details go to the site's log only), so
+    a crafted message cannot learn a bit from how it fails. Refusals and node-config errors
+    pass as they are (they name a rule or a key)."""
+
+    @functools.wraps(handler)
+    def run(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except (Refusal, PolicyError):
+            raise
+        except Exception:
+            traceback.print_exc()  # the site's log
+            who = context.node_config.get("client-id", context.node_config.get("partition-id"))
+            raise Refusal(
+                f"client {who}'s site could not answer {msg.metadata.message_type} "
+                "(the reason is in the site's log)"
+            ) from None
+
+    return run
+
+
 TEST_PROBS = "test-probs"  # the heads' test probabilities and priors, kept for the server's choice
 GLOBAL_ACC = "global-acc"  # the test accuracy of the site's global synthetic-only head
 COUNT_KEYS = ("n_train", "n_val", "n_test")  # never sent: the exact split sizes
 
 
 @app.query()
+@guarded
 def hello(msg: Message, context: Context) -> Message:
     """Who this site is: its client id, the shapes the server needs and the names and hashes of
-    its data (no data); or its refusal of the run, naming the rule of its policy."""
+    its data (no data); or its refusal of the run, naming the rule of its policy or ledger
+    (free: nothing is claimed, and no rule reads the records)."""
     site = Site(context)
+    refusal = site.refusal()
     info = {
         "id": site.client_id,
         "dim": int(site.data.x_train.shape[1]),
         "n_classes": site.n_classes,
     }
     records = {"client": MetricRecord(info)}
-    if site.violation:
-        records["refusal"] = ConfigRecord({"rule": site.violation})
+    if refusal:
+        records["refusal"] = ConfigRecord({"rule": refusal})
     else:
         key = site_key(site.root, site.context.node_config)
         facts = dataclasses.asdict(site.facts)
@@ -105,6 +141,7 @@ def hello(msg: Message, context: Context) -> Message:
 
 
 @app.train()
+@guarded
 def train(msg: Message, context: Context) -> Message:
     """One local round from the global weights; the client's state stays in Context.state.
     Refused beyond the run's rounds (the noise is calibrated for them) and for a round that is
@@ -125,9 +162,14 @@ def train(msg: Message, context: Context) -> Message:
     client = site.client()
     weights = record_weights(msg.content.array_records["weights"])
     update = fit_round(client, weights, rnd, site.settings.execution.device)
-    spent = update.metrics.get("epsilon", 0.0)
-    if spent > site.policy.max_epsilon:  # (a calibrated run never gets here)
-        site.refuse(f"epsilon {spent:.4g} would exceed max-epsilon {site.policy.max_epsilon:g}")
+    if uses_dp(site.settings):  # a private run's release carries its accountant's epsilon
+        spent = update.metrics.get("epsilon")
+        if spent is None:
+            site.refuse(f"{site.settings.method.name} reported no spent epsilon (no accountant)")
+        if spent > (site.charge.epsilon or 0.0) * (1 + 1e-9):  # a calibrated run never does
+            site.refuse(
+                f"epsilon {spent:.4g} would exceed the run's charge {site.charge.epsilon:g}"
+            )
     save_state(context.state, STATE, client.state_dict())
     context.state[LAST_ROUND] = ConfigRecord({"round": rnd})
     local = ", ".join(f"{k} {v:.4g}" for k, v in update.metrics.items())
@@ -136,18 +178,23 @@ def train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate("validate")
+@guarded
 def validate(msg: Message, context: Context) -> Message:
     """FedAvg's per-round check: the global head's accuracy on this site's validation set."""
     site = Site(context)
     site.require_policy()
-    site.require_metrics("validation accuracy")
-    site.claim(f"validate {msg.metadata.group_id}", f"validate ({msg.metadata.group_id})")
+    site.require_metrics("validation accuracies")
+    answered = len(site.ledger.claimed(context.run_id, "validate "))  # whatever the group id
+    if answered >= site.n_rounds():
+        site.refuse(f"validation is answered once per round ({site.n_rounds()} rounds)")
+    site.claim(f"validate {answered}", f"validation {answered + 1}")
     head = _head(site.data, site.n_classes, msg.content.array_records["weights"])
     acc = val_accuracy(head, site.data)
     return site.reply(msg, {"val": MetricRecord({} if acc is None else {"acc": acc})})
 
 
 @app.evaluate("synthesize")
+@guarded
 def synthesize(msg: Message, context: Context) -> Message:
     """After the last round, once: synthesize from the global model and fit the heads, here;
     report the lambda-protocol validation accuracies, fidelity (if the policy allows) and
@@ -159,6 +206,15 @@ def synthesize(msg: Message, context: Context) -> Message:
     site.answer_once("evaluate.synthesize")
     s = site.settings
     client = site.client()
+    privacy = {k: v for k, v in client.privacy().items() if k != "id"}
+    if not site.policy.release_metrics:  # every metric computed on the site's data stays here
+        return site.reply(
+            msg,
+            {
+                "privacy": ConfigRecord({"json": json.dumps(privacy)}),
+                WITHHELD: ConfigRecord({"rule": "release-metrics=false"}),
+            },
+        )
     weights = record_weights(msg.content.array_records["weights"])
     result = finish_client(
         client,
@@ -190,7 +246,6 @@ def synthesize(msg: Message, context: Context) -> Message:
     grid = lambda_grid(s.args.weights_grid_resolution)
     scores = client_mode_scores(result.local, result.global_, result.joint, site.data.y_val, grid)
     flat = {f"{mode}-{m}": v for mode, per in (scores or {}).items() for m, v in per.items()}
-    privacy = {k: v for k, v in client.privacy().items() if k != "id"}
     fidelity = {k: v for k, v in result.fidelity().items() if k not in COUNT_KEYS}
     if not site.policy.release_fidelity:  # the statistics on training data stay here
         fidelity = {k: fidelity[k] for k in ("synthetic_acc", "chance")}
@@ -205,6 +260,7 @@ def synthesize(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@guarded
 def report(msg: Message, context: Context) -> Message:
     """This site's test metrics: of the global head (fedavg, under release-metrics=true), or of
     the mix at the lambdas the server chose from the validation scores (the generative
@@ -212,9 +268,8 @@ def report(msg: Message, context: Context) -> Message:
     end-of-run evaluation. No record count. Once per run."""
     site = Site(context)
     site.require_policy()
-    if not is_generative(site.settings):
-        site.require_metrics("test metrics")
-    elif TEST_PROBS not in context.state:
+    site.require_metrics("test metrics")
+    if is_generative(site.settings) and TEST_PROBS not in context.state:
         site.refuse("test metrics asked before the end-of-run evaluation")
     site.answer_once("evaluate")
     if not is_generative(site.settings):

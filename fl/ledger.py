@@ -1,28 +1,31 @@
-"""One privacy ledger per site, on disk: every release a site makes is claimed here first.
+"""One privacy ledger per site dataset, on disk: every release a site makes is claimed here first.
 
 Context.state is a per-task snapshot (two overlapping tasks of one run both see the same one,
 and a restarted SuperNode or a new run starts empty), so it cannot guard a release. The ledger
-can: one JSON file per site dataset (its database fingerprint and client id), in the directory
-of the node-config key `ledger-dir` (default: `ledger/` next to the site's database). A claim
-is checked and written under a file lock, atomically (temp file + os.replace), BEFORE anything
-is computed: a claim already made, or one that would take the site over its budget, is refused.
+can: one JSON file per dataset, named by the node-config key `dataset-id` (what the site says
+its dataset is, so one hospital's records have one budget whatever their encoding), in the
+folder `ledger-dir`. A claim is checked and written under a file lock, atomically (temp file +
+os.replace), BEFORE anything is computed: a claim already made, one that would take the site
+over its budget, or a run ID claimed before under another binding (another run config) is
+refused.
 
-The budget is per dataset, across runs: node-config keys `budget-epsilon` and `budget-delta`
-(default: the policy's max-epsilon and max-delta; an infinite budget-epsilon means no limit).
-Spent = basic composition of the ledger (the sum of the epsilons and of the deltas): simple and
-conservative (tighter accountants would spend less). A run sharing without DP is recorded with
-an infinite epsilon (JSON null).
+The budget lives in the ledger: set when the operator initialises it (`init`), changed only by
+the `budget` command (logged); a missing ledger is a refusal, never a fresh budget. Spent =
+basic composition of the runs' charges (sums of epsilons and deltas): conservative. A run
+sharing without DP is charged an infinite epsilon (JSON null).
 
-    python -m fl.ledger LEDGER_DIR   # each dataset's budget, spent, left and releases
+    python -m fl.ledger init LEDGER_DIR DATASET_ID [--epsilon 10] [--delta 1e-3]
+    python -m fl.ledger budget LEDGER_DIR DATASET_ID --epsilon E [--delta D]
+    python -m fl.ledger show LEDGER_DIR   # each dataset's budget, spent, left and releases
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -31,92 +34,172 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from data.database import load_database
-from data.partition import database_fingerprint
-from fl.policy import PolicyError, Refusal, SitePolicy
+from fl.policy import DEFAULT_MAX_DELTA, Refusal
 
 SUFFIX = ".ledger.json"
+# A new ledger's lifetime budget (`init`'s defaults): epsilon 10 in all (one run at the default
+# max-epsilon, or ten at epsilon 1), and delta for ten runs at the default max-delta.
+DEFAULT_BUDGET_EPSILON = 10.0
+DEFAULT_BUDGET_DELTA = 10 * DEFAULT_MAX_DELTA
+DATASET_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
 class LedgerError(ValueError):
-    """A ledger file that cannot be read (the message names the file)."""
+    """A ledger file or command that cannot be read (the message names the file or value)."""
 
 
 @dataclass(frozen=True)
 class Claim:
-    """One release to claim: its unique key (within the ledger), what it is in words, and the
-    privacy it spends (epsilon None: no DP, i.e. unbounded)."""
+    """One release to claim: its unique key within the run, and what it is in words."""
 
     key: str
     what: str
-    epsilon: float | None = 0.0
-    delta: float = 0.0
-    once: bool = True  # False: claimed only if absent, never refused for being there (a charge)
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What a run spends on the site, bound to the run ID at its first claim: its binding (a
+    hash of every setting that determines the spend, fl.policy.run_binding) and its (epsilon,
+    delta) as the site computes them (epsilon None: no DP, unbounded)."""
+
+    binding: str
+    epsilon: float | None
+    delta: float
+    what: str = "run"
 
 
 def _eps(value: float | None) -> float:
     return math.inf if value is None else float(value)
 
 
-def spent(claims: list[dict]) -> tuple[float, float]:
-    """(epsilon, delta) of the claims under basic composition (sums; conservative)."""
-    return sum(_eps(c["epsilon"]) for c in claims), sum(float(c["delta"]) for c in claims)
+def _json_eps(value: float) -> float | None:
+    return None if math.isinf(value) else value
+
+
+def spent(book: dict) -> tuple[float, float]:
+    """(epsilon, delta) of the ledger's runs under basic composition (sums; conservative)."""
+    runs = book["runs"].values()
+    return sum(_eps(r["epsilon"]) for r in runs), sum(float(r["delta"]) for r in runs)
+
+
+def check_dataset_id(dataset_id: str) -> str:
+    if not DATASET_ID.match(str(dataset_id)):
+        raise LedgerError(
+            f"dataset-id {dataset_id!r}: use 1 to 128 letters, digits, '.', '_' or '-'"
+        )
+    return str(dataset_id)
 
 
 class Ledger:
-    """The ledger file of one site's dataset, with its budget."""
+    """The ledger file of one site's dataset."""
 
-    def __init__(
-        self,
-        directory: str | Path,
-        fingerprint: str,
-        site: int,
-        budget_epsilon: float = math.inf,
-        budget_delta: float = 1.0,
-    ):
+    def __init__(self, directory: str | Path, dataset_id: str, site: int):
         self.directory = Path(directory)
-        self.fingerprint, self.site = fingerprint, site
-        self.budget = (budget_epsilon, budget_delta)
-        self.path = self.directory / f"{fingerprint[:16]}-client{site}{SUFFIX}"
+        self.dataset_id, self.site = check_dataset_id(dataset_id), site
+        self.path = self.directory / f"{self.dataset_id}{SUFFIX}"
 
     def refuse(self, rule: str) -> None:
-        raise Refusal(f"client {self.site}'s site refuses: {rule} (ledger {self.path})")
+        """A Refusal naming the rule: never the ledger's path (it stays on the site)."""
+        raise Refusal(f"client {self.site}'s site refuses: {rule}")
 
     def read(self) -> dict:
-        """The ledger's content (empty if there is none yet)."""
+        """The ledger's content; a refusal if it was never initialised (or was deleted)."""
         if not self.path.exists():
-            return {"fingerprint": self.fingerprint, "site": self.site, "claims": []}
+            self.refuse(
+                "its privacy ledger is not initialised (the operator runs python -m fl.ledger "
+                "init): a missing ledger is never a fresh budget"
+            )
         return read_ledger(self.path)
 
-    def claim(self, run_id: int, claims: list[Claim]) -> None:
-        """Claim all of `claims` for run `run_id`, or none: refuse (Refusal) a key already
-        claimed (unless it is a charge, `once=False`) or a total over the budget."""
+    def initialise(self, epsilon: float, delta: float, exist_ok: bool = False) -> None:
+        """Create the ledger with its lifetime budget (refused if it exists, unless exist_ok)."""
+        check_budget(epsilon, delta)
         self.directory.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.path) + ".lock"):
+            if self.path.exists():
+                if exist_ok:
+                    return
+                raise LedgerError(f"{self.path}: the ledger exists already (change it: budget)")
+            book = {"dataset_id": self.dataset_id, "site": self.site, "runs": {}, "claims": []}
+            book["budget"] = {"epsilon": _json_eps(epsilon), "delta": delta}
+            book["log"] = [{"time": time.time(), "what": f"init: budget {epsilon:g}, {delta:g}"}]
+            self._write(book)
+
+    def set_budget(self, epsilon: float, delta: float) -> None:
+        """Change the lifetime budget (logged); the only way it changes."""
+        check_budget(epsilon, delta)
+        with FileLock(str(self.path) + ".lock"):
             book = self.read()
+            old = book["budget"]
+            book["budget"] = {"epsilon": _json_eps(epsilon), "delta": delta}
+            line = f"budget: epsilon {_eps(old['epsilon']):g} -> {epsilon:g}, delta "
+            book["log"].append(
+                {"time": time.time(), "what": f"{line}{old['delta']:g} -> {delta:g}"}
+            )
+            self._write(book)
+
+    def budget(self) -> tuple[float, float]:
+        book = self.read()
+        return _eps(book["budget"]["epsilon"]), float(book["budget"]["delta"])
+
+    def violation(self, run_id: int, charge: Charge) -> str | None:
+        """The rule the run would break if it were claimed now, in words; None if it would be
+        accepted. Free and read-only: it reads the ledger, never the data."""
+        book = self.read()
+        run = book["runs"].get(str(run_id))
+        if run is not None:
+            if run["binding"] != charge.binding:
+                return (
+                    f"run {run_id} was claimed before with another run config: a run ID "
+                    "is bound to the settings of its first claim"
+                )
+            return None
+        eps, delta = spent(book)
+        budget_eps, budget_delta = _eps(book["budget"]["epsilon"]), float(book["budget"]["delta"])
+        if eps + _eps(charge.epsilon) > budget_eps + 1e-9:
+            return (
+                f"epsilon {eps + _eps(charge.epsilon):.4g} in all would exceed the dataset's "
+                f"budget {budget_eps:g} (spent {eps:.4g})"
+            )
+        if delta + charge.delta > budget_delta * (1 + 1e-9):
+            return (
+                f"delta {delta + charge.delta:.4g} in all would exceed the dataset's budget "
+                f"{budget_delta:g} (spent {delta:.4g})"
+            )
+        return None
+
+    def claim(self, run_id: int, charge: Charge, claims: list[Claim]) -> None:
+        """Charge run `run_id` (at its first claim) and claim all of `claims`, or nothing:
+        refuse a claim made before, another binding for the run ID, or a total over budget."""
+        with FileLock(str(self.path) + ".lock"):
+            book = self.read()
+            rule = self.violation(run_id, charge)
+            if rule:
+                self.refuse(rule)
             have = {c["key"] for c in book["claims"]}
+            now = time.time()
             new = []
             for c in claims:
                 key = f"run {run_id}: {c.key}"
                 if key in have:
-                    if c.once:
-                        self.refuse(f"{c.what} of run {run_id} was already released (once)")
-                    continue
-                entry = {"key": key, "run": run_id, "what": c.what, "time": time.time()}
-                entry |= {"epsilon": c.epsilon, "delta": c.delta}
-                new.append(entry)
-            eps, delta = spent(book["claims"] + new)
-            budget_eps, budget_delta = self.budget
-            if new and math.isfinite(budget_eps) and (eps > budget_eps + 1e-9):
-                self.refuse(
-                    f"epsilon {eps:.4g} in all would exceed the dataset's budget-epsilon "
-                    f"{budget_eps:g} (spent {spent(book['claims'])[0]:.4g})"
-                )
-            if new and delta > budget_delta + 1e-15:
-                self.refuse(f"delta {delta:.4g} in all would exceed budget-delta {budget_delta:g}")
-            book["budget"] = {"epsilon": _json_eps(budget_eps), "delta": budget_delta}
+                    self.refuse(f"{c.what} of run {run_id} was already released (once)")
+                new.append({"key": key, "run": run_id, "what": c.what, "time": now})
+            if str(run_id) not in book["runs"]:
+                book["runs"][str(run_id)] = {
+                    "binding": charge.binding,
+                    "epsilon": charge.epsilon,
+                    "delta": charge.delta,
+                    "what": charge.what,
+                    "time": now,
+                }
             book["claims"] += new
             self._write(book)
+
+    def claimed(self, run_id: int, prefix: str) -> list[str]:
+        """The keys of run `run_id` claimed so far that start with `prefix`."""
+        head = f"run {run_id}: "
+        keys = [c["key"][len(head) :] for c in self.read()["claims"] if c["key"].startswith(head)]
+        return [k for k in keys if k.startswith(prefix)]
 
     def _write(self, book: dict) -> None:
         """Write atomically: a crash leaves the old ledger or the new one, never half of one."""
@@ -132,102 +215,118 @@ class Ledger:
             raise
 
 
-def _json_eps(value: float) -> float | None:
-    return None if math.isinf(value) else value
+def check_budget(epsilon: float, delta: float) -> None:
+    if not epsilon > 0 or not 0 < delta <= 1:
+        raise LedgerError(
+            "a budget needs epsilon > 0 and 0 < delta <= 1, "
+            f"got epsilon {epsilon:g}, delta {delta:g}"
+        )
 
 
 def read_ledger(path: Path) -> dict:
     """A ledger file's content; LedgerError naming the file if it is not a ledger."""
     try:
         book = json.loads(path.read_text())
-        claims = book["claims"]
+        runs, claims, budget = book["runs"], book["claims"], book["budget"]
+        _eps(budget["epsilon"]), float(budget["delta"])
+        for r in runs.values():
+            _eps(r["epsilon"]), float(r["delta"]), str(r["binding"])
         for c in claims:
-            _eps(c["epsilon"]), float(c["delta"]), str(c["key"]), str(c["what"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+            str(c["key"]), str(c["what"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise LedgerError(f"{path}: not a readable privacy ledger ({type(e).__name__}: {e})") from e
-    if not isinstance(claims, list):
+    if not isinstance(claims, list) or not isinstance(book.get("log", []), list):
         raise LedgerError(f"{path}: not a readable privacy ledger (claims is not a list)")
     return book
 
 
-@functools.lru_cache(maxsize=4)
-def _fingerprint(database_root: str) -> str:
-    return database_fingerprint(load_database(database_root))
-
-
-def _number(node_config: dict, key: str, default: float) -> float:
-    try:
-        value = float(node_config.get(key, default))
-    except (TypeError, ValueError):
-        value = math.nan
-    if not value >= 0:
-        raise PolicyError(f"node config: {key} must be a number >= 0, got {node_config[key]!r}")
-    return value
-
-
-def site_ledger(
-    node_config: dict, database_root: str, client_id: int, policy: SitePolicy
-) -> Ledger:
-    """The ledger of this site's dataset, as its node config says (`ledger-dir`,
-    `budget-epsilon`, `budget-delta`; defaults: `ledger/` next to the database, the policy's
-    max-epsilon and max-delta)."""
-    root = Path(database_root).resolve()
-    directory = node_config.get("ledger-dir") or root.parent / "ledger"
-    return Ledger(
-        directory,
-        _fingerprint(str(root)),
-        client_id,
-        _number(node_config, "budget-epsilon", policy.max_epsilon),
-        _number(node_config, "budget-delta", policy.max_delta),
-    )
-
-
 def describe(path: Path) -> str:
-    """A ledger file in plain words: budget, spent, left, and each release."""
+    """A ledger file in plain words: budget, spent, left, each run and release, the log."""
     book = read_ledger(path)
-    budget = book.get("budget", {})
-    b_eps = _eps(budget.get("epsilon"))
-    b_delta = float(budget.get("delta", 1.0))
-    eps, delta = spent(book["claims"])
+    b_eps, b_delta = _eps(book["budget"]["epsilon"]), float(book["budget"]["delta"])
+    eps, delta = spent(book)
     lines = [
-        f"dataset {book.get('fingerprint', '?')} (client {book.get('site', '?')}), {path}",
+        f"dataset {book.get('dataset_id', '?')} (client {book.get('site', '?')}), {path}",
         f"  budget: epsilon {b_eps:g}, delta {b_delta:g}",
         f"  spent:  epsilon {eps:g}, delta {delta:g} (basic composition: sums)",
         f"  left:   epsilon {b_eps - eps:g}, delta {b_delta - delta:g}",
-        f"  releases ({len(book['claims'])}):",
+        f"  runs ({len(book['runs'])}):",
     ]
+    for run_id, r in book["runs"].items():
+        cost = f"epsilon {_eps(r['epsilon']):g}, delta {float(r['delta']):g}"
+        lines.append(f"    {_when(r.get('time'))}  run {run_id}  {r['what']}  ({cost})")
+    lines.append(f"  releases ({len(book['claims'])}):")
     for c in book["claims"]:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(c.get("time", 0))))
-        cost = f"epsilon {_eps(c['epsilon']):g}, delta {float(c['delta']):g}"
-        lines.append(f"    {when}  run {c.get('run', '?')}  {c['what']}  ({cost})")
+        lines.append(f"    {_when(c.get('time'))}  run {c.get('run', '?')}  {c['what']}")
+    lines.append("  log:")
+    lines += [f"    {_when(e.get('time'))}  {e['what']}" for e in book.get("log", [])]
     return "\n".join(lines)
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(t or 0)))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fl.ledger",
-        description="Print a site's privacy ledgers: per dataset fingerprint, the budget, the "
-        "epsilon and delta spent (basic composition), what is left, and each release (time, "
-        "run id, what it was).",
+        description="A site's privacy ledgers: initialise one (with its lifetime budget), "
+        "change its budget (logged), or print each: the budget, the epsilon and delta spent "
+        "(basic composition), what is left, each run and release.",
     )
-    parser.add_argument("ledger_dir", help="the site's ledger directory (node config ledger-dir)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="create a dataset's ledger with its lifetime budget")
+    budget = sub.add_parser("budget", help="change a dataset's lifetime budget (logged)")
+    for p, eps in ((init, DEFAULT_BUDGET_EPSILON), (budget, None)):
+        p.add_argument("ledger_dir", help="the site's ledger folder (node config ledger-dir)")
+        p.add_argument("dataset_id", help="the site's dataset (node config dataset-id)")
+        p.add_argument("--client_id", type=int, default=0, help="the site's client-id (default 0)")
+        p.add_argument(
+            "--epsilon",
+            type=float,
+            default=eps,
+            required=eps is None,
+            help="lifetime epsilon of every run on this dataset"
+            + (f" (default {eps:g})" if eps else ""),
+        )
+        p.add_argument(
+            "--delta",
+            type=float,
+            default=DEFAULT_BUDGET_DELTA,
+            help=f"lifetime delta (default {DEFAULT_BUDGET_DELTA:g}: ten runs at the default "
+            "max-delta)",
+        )
+    show = sub.add_parser("show", help="print every ledger in a folder")
+    show.add_argument("ledger_dir", help="the site's ledger folder (node config ledger-dir)")
     return parser
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """The ledger command; 2 (one error line naming the file) on a missing dir or bad file."""
+    """The ledger command; 2 (one error line naming the file or value) on bad input."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in ("init", "budget", "show", "-h", "--help"):
+        argv = ["show", *argv]  # `python -m fl.ledger DIR` prints, as before
     args = build_parser().parse_args(argv)
     directory = Path(args.ledger_dir)
-    if not directory.is_dir():
-        print(f"error: {directory}: no such ledger directory", file=sys.stderr)
-        return 2
-    files = sorted(directory.glob(f"*{SUFFIX}"))
     try:
-        texts = [describe(p) for p in files]
+        if args.command == "init":
+            Ledger(directory, args.dataset_id, args.client_id).initialise(args.epsilon, args.delta)
+            print(f"initialised {Ledger(directory, args.dataset_id, args.client_id).path}")
+            return 0
+        if args.command == "budget":
+            ledger = Ledger(directory, args.dataset_id, args.client_id)
+            if not ledger.path.exists():
+                raise LedgerError(f"{ledger.path}: no such ledger (create it: init)")
+            ledger.set_budget(args.epsilon, args.delta)
+            print(describe(ledger.path))
+            return 0
+        if not directory.is_dir():
+            raise LedgerError(f"{directory}: no such ledger directory")
+        texts = [describe(p) for p in sorted(directory.glob(f"*{SUFFIX}"))]
     except LedgerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print("\n".join(texts) if texts else f"{directory}: no ledger yet (nothing released)")
+    print("\n".join(texts) if texts else f"{directory}: no ledger yet (python -m fl.ledger init)")
     return 0
 
 

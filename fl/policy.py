@@ -1,43 +1,27 @@
 """A site's own privacy policy, read from its SuperNode's node config, and the checks it makes.
 
-Node config keys (`flower-supernode --node-config "max-epsilon=1.0 allow-no-dp=false ..."`).
-The defaults are a hospital's: a site that sets nothing serves only runs whose settings keep
-them, and releases no metric or statistic that a coordinator could turn into an oracle.
-- `max-epsilon` (default: no limit): the largest target epsilon the site accepts; a finite one
-  also refuses every run that shares without DP (`--disable_dp`, fedavg, fedprox), whatever
-  `allow-no-dp` says;
-- `max-delta` (default 1e-5): the largest delta it accepts; the site also refuses a delta of
-  1/n or more, n its training record count (the refusal states the rule, not n);
-- `allow-no-dp` (default false): whether it serves a run that shares without DP
-  (`--disable_dp`, or a method that is not private: fedavg, fedprox, fedpft) when it sets no
-  finite max-epsilon; such a run sends the exact record count as its FedAvg weight;
-- `min-count-noise` (default the project's --count_noise, 20): the smallest noise on the
-  released record count it accepts (a DP-SGD run's `--count_noise`);
-- `methods` (default: every Flower method): the methods it serves, comma-separated;
-- `release-metrics` (default false): whether it answers `evaluate.validate` and the test
-  metrics of `evaluate` computed with a head the coordinator sends (fedavg, fedprox): a
-  coordinator can craft heads whose accuracies reveal the site's class counts. When false
-  such a run is refused at its start, and such a message at any time (a `Refusal` naming the
-  rule). A generative run's test rows use
-  only heads trained on the site, and its global synthetic-only head is trained on the site
-  from the released global model, so they do not depend on this key;
-- `release-fidelity` (default false): whether it reports fidelity statistics computed on its
-  training embeddings (W-distance, PRDC: a membership oracle) at the end of a run;
-- `noise-source` (default "secure"): where its private randomness comes from; "seeded" (from
-  the run seed, which the coordinator knows) is a testing switch, recorded as such in the
-  results.
+Every node-config key is one of NODE_KEYS (an unknown or misspelled key is refused, naming it).
+The defaults are a hospital's: a site that sets nothing serves only private runs within a finite
+epsilon, and releases no metric or statistic computed on its data. `docs/flower.md`'s node-config
+table is `node_keys_table()` (a test keeps them equal).
 
+What a run costs is computed by the site, from the values it will use (`run_charge`), and a
+run's identity in the site's ledger is a hash of everything that determines its cost
+(`run_binding`). No rule reads the site's data: a query is answered from the policy and the
+ledger alone, so it reveals nothing about the records.
 A run whose settings exceed the policy is refused at its first message (the coordinator gets
-one refusal naming the site and the rule) and at every later one. Whatever the policy, a site
-trains at most the rounds its noise was calibrated for, answers the end-of-run steps once, and
-sends no record count in the clear (only the noisy count of DP-SGD's FedAvg weight).
-`PERMISSIVE` is the policy of `fl/run_local.py` and of Flower's simulation engine (one
-researcher holds every simulated node), under which results equal main.py's.
+one refusal naming the site and the rule) and at every later one. `PERMISSIVE` is the policy of
+`fl/run_local.py` and of Flower's simulation engine (one researcher holds every simulated
+node), under which results equal main.py's.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import functools
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 
@@ -46,17 +30,6 @@ from algorithms.methods import registry
 from algorithms.options import Settings
 from algorithms.privacy.config import COUNT_NOISE, NOISE_SOURCES, DPConfig
 from utils.cli import flag_name
-
-POLICY_KEYS = (
-    "max-epsilon",
-    "max-delta",
-    "allow-no-dp",
-    "min-count-noise",
-    "methods",
-    "release-metrics",
-    "release-fidelity",
-    "noise-source",
-)
 
 
 class PolicyError(ValueError):
@@ -67,12 +40,19 @@ class Refusal(RuntimeError):
     """A site refuses a run or a message; the message names the site and the rule."""
 
 
+# The largest target epsilon of one run that a site accepts by default (a hospital's choice:
+# set max-epsilon in the node config; "inf" only together with allow-no-dp for public data).
+DEFAULT_MAX_EPSILON = 10.0
+# The largest delta of one run by default: the paper's delta, and `--preset dp`'s.
+DEFAULT_MAX_DELTA = 1e-4
+
+
 @dataclass(frozen=True)
 class SitePolicy:
-    """What a site accepts. The defaults are a hospital's (see the module docstring)."""
+    """What a site accepts. The defaults are a hospital's (NODE_KEYS)."""
 
-    max_epsilon: float = math.inf
-    max_delta: float = 1e-5
+    max_epsilon: float = DEFAULT_MAX_EPSILON
+    max_delta: float = DEFAULT_MAX_DELTA
     allow_no_dp: bool = False
     min_count_noise: float = COUNT_NOISE
     methods: tuple[str, ...] = registry.flower_methods()
@@ -81,15 +61,134 @@ class SitePolicy:
     noise_source: str = "secure"
 
 
+@dataclass(frozen=True)
+class NodeKey:
+    """One node-config key: its name, its default in words and what it sets."""
+
+    name: str
+    default: str
+    meaning: str
+
+
+# Every key a node config may hold (`flower-supernode --node-config "key=value ..."`).
+NODE_KEYS = (
+    NodeKey("client-id", "required", "which client of the split this site is"),
+    NodeKey(
+        "database-root",
+        "required",
+        "the site's own embedding database (a deployment never opens the coordinator's path)",
+    ),
+    NodeKey(
+        "split-file",
+        "main-args' `--split_file`",
+        "the site's split file (python -m data.site_split)",
+    ),
+    NodeKey(
+        "ledger-dir",
+        "required",
+        "the folder of the site's privacy ledger (initialise it: python -m fl.ledger init)",
+    ),
+    NodeKey(
+        "dataset-id",
+        "required",
+        "what the site calls its dataset: one budget per dataset-id, whatever its encoding "
+        "(letters, digits, '.', '_', '-')",
+    ),
+    NodeKey(
+        "site-secret",
+        "a `.site_key` file next to the database",
+        "the key of the hashes the site reports and of its noise",
+    ),
+    NodeKey(
+        "max-epsilon",
+        f"{DEFAULT_MAX_EPSILON:g}",
+        "the largest epsilon one run may spend; a finite one refuses every run that shares "
+        "without DP",
+    ),
+    NodeKey(
+        "max-delta",
+        f"{DEFAULT_MAX_DELTA:g}",
+        "the largest delta one run may spend (a fixed value: no rule reads the data)",
+    ),
+    NodeKey(
+        "allow-no-dp",
+        "false",
+        "serve runs that share without DP (needs max-epsilon = inf; the FedAvg weight is the "
+        "exact record count)",
+    ),
+    NodeKey(
+        "min-count-noise",
+        f"{COUNT_NOISE:g}",
+        "the smallest noise on the released record count (`--count_noise`)",
+    ),
+    NodeKey("methods", "every Flower method", "the methods it serves, comma-separated"),
+    NodeKey(
+        "release-metrics",
+        "false",
+        "release metrics computed on its data: validation grids, test rows, the synthetic "
+        "heads' accuracies (not DP: a crafted model turns them into class counts)",
+    ),
+    NodeKey(
+        "release-fidelity",
+        "false",
+        "release fidelity statistics on its training embeddings (W-distance, PRDC: a "
+        "membership oracle)",
+    ),
+    NodeKey(
+        "noise-source",
+        "secure",
+        "`seeded` draws the noise from the run seed, which the coordinator knows (testing only)",
+    ),
+)
+# Keys Flower itself sets in simulation (the simulated node's partition).
+SIMULATION_KEYS = ("partition-id", "num-partitions")
+# Keys a deployment (a SuperNode with `client-id`) must set: the coordinator chooses none of
+# the site's paths, and the budget belongs to the dataset, whatever its encoding.
+REQUIRED_KEYS = ("database-root", "ledger-dir", "dataset-id")
+# Keys of earlier versions, refused with what replaced them.
+REPLACED_KEYS = {
+    "budget-epsilon": "the budget lives in the ledger: python -m fl.ledger budget",
+    "budget-delta": "the budget lives in the ledger: python -m fl.ledger budget",
+}
+
+
 # The node config under which a site serves every run the Flower app can run and releases what
 # main.py reports (fl/run_local.py, tests, Flower's simulation engine): not a hospital's.
 PERMISSIVE = {
+    "max-epsilon": "inf",
     "max-delta": 1.0,
     "allow-no-dp": "true",
     "min-count-noise": 0.0,
     "release-metrics": "true",
     "release-fidelity": "true",
 }
+
+
+def node_keys_table() -> str:
+    """NODE_KEYS as the Markdown table of docs/flower.md."""
+    rows = ["| key | default | what it sets |", "|---|---|---|"]
+    rows += [f"| `{k.name}` | {k.default} | {k.meaning} |" for k in NODE_KEYS]
+    return "\n".join(rows)
+
+
+def check_node_keys(node_config: dict) -> None:
+    """Refuse (PolicyError, one line naming it) a key that is not a node-config key, and a
+    deployment's node config without a required key."""
+    known = [k.name for k in NODE_KEYS] + list(SIMULATION_KEYS)
+    for key in node_config:
+        if key in REPLACED_KEYS:
+            raise PolicyError(f"node config: {key} is no longer read ({REPLACED_KEYS[key]})")
+        if key not in known:
+            close = difflib.get_close_matches(str(key).replace("_", "-"), known, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise PolicyError(f"node config: unknown key {key!r}{hint}")
+    if "client-id" in node_config:
+        missing = [k for k in REQUIRED_KEYS if not str(node_config.get(k, "")).strip()]
+        if missing:
+            raise PolicyError(
+                f"node config: a deployed site must set {', '.join(missing)} "
+                "(flower-supernode --node-config)"
+            )
 
 
 def _flag(node_config: dict, key: str, default: bool) -> bool:
@@ -116,7 +215,9 @@ def _positive(node_config: dict, key: str, default: float, zero: bool = False) -
 
 
 def site_policy(node_config: dict) -> SitePolicy:
-    """The policy in a node config (absent keys take the hospital's defaults)."""
+    """The policy in a node config (absent keys take the hospital's defaults); PolicyError
+    naming the key for an unknown key, a missing required one or a bad value."""
+    check_node_keys(node_config)
     d = SitePolicy()
     methods = d.methods
     if "methods" in node_config:
@@ -132,9 +233,12 @@ def site_policy(node_config: dict) -> SitePolicy:
         raise PolicyError(
             f"node config: noise-source must be one of {NOISE_SOURCES}, got {source!r}"
         )
+    max_delta = _positive(node_config, "max-delta", d.max_delta)
+    if max_delta > 1:
+        raise PolicyError(f"node config: max-delta must be at most 1, got {max_delta:g}")
     return SitePolicy(
         max_epsilon=_positive(node_config, "max-epsilon", d.max_epsilon),
-        max_delta=_positive(node_config, "max-delta", d.max_delta),
+        max_delta=max_delta,
         allow_no_dp=_flag(node_config, "allow-no-dp", d.allow_no_dp),
         min_count_noise=_positive(node_config, "min-count-noise", d.min_count_noise, zero=True),
         methods=methods,
@@ -144,19 +248,28 @@ def site_policy(node_config: dict) -> SitePolicy:
     )
 
 
-def policy_violation(
-    policy: SitePolicy, settings: Settings, n_train: int | None = None
-) -> str | None:
+def uses_dp(settings: Settings) -> bool:
+    """Whether the run shares only DP releases: a private method with DP on."""
+    dp = settings.configs.get("dp")
+    return settings.method.private and dp is not None and dp.enabled
+
+
+def policy_violation(policy: SitePolicy, settings: Settings) -> str | None:
     """The rule of `policy` that the run's settings break, in words; None if they keep it.
-    `n_train`: the site's training record count, for the rule delta < 1/n (the words name the
-    rule, never n)."""
+    Data-independent: it reads the run's settings and the policy, never the site's records."""
     method, dp_flag = settings.method, functools.partial(flag_name, DPConfig)
     named = f"{spelling('method')} {method.name}"
     if method.name not in policy.methods:
         return f"{named} is not served (methods={','.join(policy.methods)})"
+    if method.make_clients is None:
+        return f"{named} has no client a site can build"
     dp = settings.configs.get("dp")
-    shares_without_dp = not method.private or dp is None or not dp.enabled
-    if shares_without_dp:
+    if uses_dp(settings) and not issubclass(method.client or object, registry.Accounted):
+        return (
+            f"{named} says it is private, but its client keeps no privacy accounting "
+            "(no privacy() report): it would share without DP"
+        )
+    if not uses_dp(settings):
         what = f"{dp_flag('enabled')} off" if dp is not None else f"{named} (not private)"
         if math.isfinite(policy.max_epsilon):
             return (
@@ -170,26 +283,48 @@ def policy_violation(
             f"{named} is evaluated with heads the coordinator sends, whose "
             "metrics the site does not release (release-metrics=false)"
         )
-    if shares_without_dp:
+    if not uses_dp(settings):
         return None
+    if dp.calibration not in (None, "total"):  # e.g. the paper's: spends more than its target
+        return (
+            f"{dp_flag('calibration')} {dp.calibration} spends more than "
+            f"{dp_flag('epsilon')}: a site serves only runs calibrated for their whole training"
+        )
     if dp.epsilon > policy.max_epsilon:
         return f"{dp_flag('epsilon')} {dp.epsilon:g} exceeds max-epsilon {policy.max_epsilon:g}"
     if dp.delta > policy.max_delta:
         return f"{dp_flag('delta')} {dp.delta:g} exceeds max-delta {policy.max_delta:g}"
-    if n_train is not None and dp.delta * n_train >= 1:
-        return (
-            f"{dp_flag('delta')} {dp.delta:g} is not below 1/n, n the site's training record count "
-            "(delta must be much smaller than one record's share)"
-        )
-    # a one-shot release (DP-FedPFT, calibration None) spends exactly its --epsilon
-    if dp.calibration not in (None, "total") and math.isfinite(policy.max_epsilon):
-        return (
-            f"{dp_flag('calibration')} {dp.calibration} spends more than "
-            f"{dp_flag('epsilon')}, and the site has a max-epsilon ({policy.max_epsilon:g})"
-        )
     if dp.calibration is not None and dp.count_noise < policy.min_count_noise:
         return (
             f"{dp_flag('count_noise')} {dp.count_noise:g} is below min-count-noise "
             f"{policy.min_count_noise:g}"
         )
     return None
+
+
+def run_charge(settings: Settings) -> tuple[float | None, float]:
+    """What the run will spend on this site, (epsilon, delta): the target the site calibrates
+    its noise for (DP-SGD over every step of the run, with the noisy count; DP-FedPFT's one
+    analytic-Gaussian release), which the accountant's spent epsilon never exceeds; epsilon
+    None (unbounded) for a run that shares without DP. Only calibrations that keep the target
+    are served (`policy_violation`)."""
+    if not uses_dp(settings):
+        return None, 0.0
+    dp = settings.configs["dp"]
+    return float(dp.epsilon), float(dp.delta)
+
+
+def run_binding(settings: Settings) -> str:
+    """A hash of everything that determines what the run spends and releases (method, seed,
+    every config: DP settings, rounds, local epochs, batch size, sampling, calibration,
+    accountant, noise): a run ID is bound to it at its first claim in the ledger."""
+    configs = {
+        name: dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+        for name, cfg in sorted(settings.configs.items())
+    }
+    text = json.dumps(
+        {"method": settings.method.name, "seed": settings.seed, "configs": configs},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()

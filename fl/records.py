@@ -89,3 +89,6 @@ def content_update(content: RecordDict) -> tuple[int, ClientUpdate]:
         record_weights(content.array_records["weights"]), int(client["n_samples"]), metrics
     )
     return int(client["id"]), update
+
+
+WITHHELD = "withheld"  # a site's reply record: its policy keeps the metrics computed on its data

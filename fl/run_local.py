@@ -7,7 +7,9 @@
 After `--` come main.py's flags (parsed by the library's parser, algorithms/options.py). The
 split file is made as main.py makes it (or reused), paths are made absolute, and then:
 deployment starts a SuperLink and one SuperNode per client, each told its client id, database
-and split file by its node config (`client-id=i database-root=... split-file=...`, plus the
+and split file by its node config (`client-id=i database-root=... split-file=... ledger-dir=...
+dataset-id=site<i>`, its ledger initialised here (no limit; the default budget with
+`--hospital_policy`), plus the
 keys of `--node_config`, e.g. a policy, on top of fl/policy.py's PERMISSIVE keys so that the
 results equal main.py's; `--hospital_policy` leaves the sites the policy defaults of a
 hospital instead), so the coordinator's run config names no split file;
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import shutil
@@ -40,6 +43,7 @@ from algorithms.options import UsageError, load_settings
 from algorithms.report import summary_line
 from data.database import load_database
 from data.partition import load_or_make_split
+from fl.ledger import DEFAULT_BUDGET_DELTA, DEFAULT_BUDGET_EPSILON, Ledger
 from fl.policy import PERMISSIVE
 from fl.processes import (
     APP_DIR,
@@ -144,6 +148,12 @@ def run_local(
         submit = ["flwr", "run", str(app), CONNECTION, "--run-config", str(run_config)]
         if engine == "deployment":
             for i in range(n_clients):
+                ledger = Ledger(work / "ledger", f"site{i}", i)  # this run's (fl/ledger.py)
+                if hospital_policy:
+                    budget = (DEFAULT_BUDGET_EPSILON, DEFAULT_BUDGET_DELTA)
+                else:
+                    budget = (math.inf, 1.0)
+                ledger.initialise(*budget, exist_ok=True)
                 procs.start(
                     f"supernode{i}",
                     [
@@ -159,7 +169,8 @@ def run_local(
                                 "client-id": i,
                                 "database-root": database_root,
                                 "split-file": str(split_path),
-                                "ledger-dir": str(work / "ledger"),  # this run's (fl/ledger.py)
+                                "ledger-dir": str(ledger.directory),
+                                "dataset-id": ledger.dataset_id,
                                 **({} if hospital_policy else PERMISSIVE),
                                 **(node_config or {}),
                             }

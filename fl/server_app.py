@@ -16,10 +16,12 @@ that head from the global model), not main.py's pooled one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
@@ -46,10 +48,11 @@ from algorithms.methods.synthesis import GLOBAL_SYNTHETIC_PER_CLASS
 from algorithms.options import Settings
 from data.database import encoder_mismatch
 from fl.policy import Refusal
-from fl.records import content_update, weights_record
+from fl.records import WITHHELD, content_update, weights_record
 from fl.settings import SettingsError, is_generative, is_pft, run_settings
 from utils.metrics import CLASSIFICATION_METRICS
 from utils.progress import set_quiet
+from utils.results import CONFIG_FILE, HISTORY_FILE
 from utils.seeding import SAMPLING, derive_seed
 
 app = ServerApp()
@@ -119,9 +122,22 @@ def serve(grid: Grid, context: Context) -> None:
         return
     start = time.perf_counter()
     run = run_pft if is_pft(settings) else run_generative if is_generative(settings) else run_fedavg
-    outcome, evaluation = run(sites, order, settings, dim, n_classes)
+    try:
+        outcome, evaluation = run(sites, order, settings, dim, n_classes)
+    except BaseException:  # a refused or failed run leaves no run directory behind
+        discard_run_dir(files.run_dir)
+        raise
     wall = time.perf_counter() - start
     close_run(files, settings.seed, facts.split_args, evaluation, outcome, wall)
+
+
+def discard_run_dir(run_dir: Path) -> None:
+    """Remove what this run wrote (its config.json, a partial history) and its directory if
+    nothing else is in it."""
+    for name in (CONFIG_FILE, HISTORY_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()
 
 
 def connect(
@@ -299,13 +315,18 @@ def finish_sites(
     done = sites.ask(
         order, "evaluate.synthesize", lambda cid: RecordDict({"weights": record}), "end"
     )
-    per_client, fidelity, privacy = [], [], []
+    privacy = [
+        {"id": cid, **json.loads(str(done[cid].config_records["privacy"]["json"]))} for cid in order
+    ]
+    withheld = [cid for cid in order if WITHHELD in done[cid].config_records]
+    if withheld:  # a site's policy keeps its metrics: the run reports its privacy only
+        withheld = f"clients {withheld} keep their metrics (release-metrics=false)"
+        return [{} for _ in order], privacy, None, Evaluation([], withheld=withheld)
+    per_client, fidelity = [], []
     for cid in order:
         reply = done[cid]
         per_client.append(mode_scores(reply.metric_records["lambda"]))
         fidelity.append({k: float(v) for k, v in reply.metric_records["fidelity"].items()})
-        line = json.loads(str(reply.config_records["privacy"]["json"]))
-        privacy.append({"id": cid, **line})
     grid = lambda_grid(settings.args.weights_grid_resolution)
     chosen = choose_modes(per_client, grid, JOINT_WEIGHTS)
     config = ConfigRecord(

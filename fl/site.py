@@ -1,5 +1,6 @@
-"""A Flower site for one message: its settings, data, privacy policy and ledger, its secret
-key, and its client object restored from Context.state."""
+"""A Flower site for one message: its settings, data, privacy policy and ledger, the key of its
+noise, and its client object (built by the method's registry factory) restored from
+Context.state."""
 
 from __future__ import annotations
 
@@ -13,14 +14,19 @@ from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from algorithms.methods.fedavg import FedAvgClient, make_fedavg_clients
-from algorithms.methods.fedpft import PFTClient, make_pft_clients
-from algorithms.methods.generative import make_clients
+from algorithms.methods.registry import Accounted, ClientSpec, Configs
 from algorithms.options import Settings
 from algorithms.privacy.accounting import remember_calibration
-from algorithms.privacy.dp_client import DPClient
-from fl.ledger import Claim, site_ledger
-from fl.policy import PERMISSIVE, Refusal, policy_violation, site_policy
+from fl.ledger import Charge, Claim, Ledger
+from fl.policy import (
+    PERMISSIVE,
+    Refusal,
+    policy_violation,
+    run_binding,
+    run_charge,
+    site_policy,
+    uses_dp,
+)
 from fl.records import load_state
 from fl.settings import (
     is_generative,
@@ -30,17 +36,12 @@ from fl.settings import (
     node_paths,
     run_settings,
 )
-from utils.cli import flag_name
 from utils.progress import set_quiet
-from utils.seeding import new_secret
 
 STATE = "client"  # the client object's state_dict() in Context.state
 
 
 LAST_ROUND = "last-round"  # the last round this client trained (refuses replays)
-
-
-SECRET = "secret"  # the key of this site's private randomness (secure noise)
 
 
 ANSWERED = "answered"  # the end-of-run steps this site has answered (each once per run)
@@ -53,22 +54,29 @@ SITE_KEY_FILE = ".site_key"  # next to the site's database: its secret for the f
 
 
 class Site:
-    """This node's settings, client id, policy and data for one message."""
+    """This node's settings, client id, policy, ledger and data for one message."""
 
     def __init__(self, context: Context):
         set_quiet(True)
+        node_config = node_policy_config(context.node_config)
+        self.policy = site_policy(node_config)  # every key checked first
         self.settings: Settings = run_settings(context.run_config)
-        self.client_id = node_client_id(context.node_config)
-        self.policy = site_policy(node_policy_config(context.node_config))
-        root, split = node_paths(context.node_config, self.settings)
+        self.client_id = node_client_id(node_config)
+        root, split = node_paths(node_config, self.settings)
         self.data, self.n_classes, self.facts = load_client(root, split, self.client_id)
-        self.violation = policy_violation(self.policy, self.settings, len(self.data.y_train))
         self.root = root
         self.context = context
-        self.ledger = site_ledger(context.node_config, root, self.client_id, self.policy)
+        self.ledger = site_ledger(node_config, root, str(self.facts.fingerprint), self.client_id)
+        self.charge = Charge(run_binding(self.settings), *run_charge(self.settings))
+        self.violation = policy_violation(self.policy, self.settings)
 
     def refuse(self, rule: str) -> None:
         raise Refusal(f"client {self.client_id}'s site refuses: {rule}")
+
+    def refusal(self) -> str | None:
+        """Whether the site would refuse the run, from its policy and its ledger alone (free,
+        claims nothing, reads no record): the rule, or None."""
+        return self.violation or self.ledger.violation(self.context.run_id, self.charge)
 
     def require_policy(self) -> None:
         """Refuse any message of a run that breaks the site's policy."""
@@ -89,27 +97,17 @@ class Site:
 
     def claim(self, key: str, what: str) -> None:
         """Claim a release of this run in the site's ledger (fl/ledger.py), before computing
-        it: refused if it was claimed before, by an overlapping message or an earlier process."""
-        self.ledger.claim(self.context.run_id, [Claim(key, what)])
+        it: refused if it was claimed before (an overlapping message or an earlier process),
+        if the run ID is bound to another run config, or over the dataset's budget. The run's
+        charge (what the site will spend, `fl.policy.run_charge`) is booked at its first
+        claim."""
+        self.ledger.claim(self.context.run_id, self.charge, [Claim(key, what)])
 
     def claim_round(self, rnd: int) -> None:
-        """Claim a train round (with the run's epsilon and delta at its first claim: the noise
-        is calibrated for the whole run), refused if claimed or over the dataset's budget."""
-        dp, private = self.settings.configs.get("dp"), self.settings.method.private
-        eps, delta = (
-            (None, 0.0) if dp is None or not dp.enabled or not private else (dp.epsilon, dp.delta)
-        )
-        if eps is not None and dp.calibration != "total" and math.isfinite(self.ledger.budget[0]):
-            self.refuse(
-                f"{flag_name(dp, 'calibration')} {dp.calibration} spends more than the ledger "
-                "can count"
-            )
+        """Claim a train round (the run's charge with it at the first claim: the noise is
+        calibrated for the whole run)."""
         what = "the one release" if is_pft(self.settings) else f"train round {rnd + 1}"
-        run = "run's privacy (target epsilon, delta)" if eps is not None else "run without DP"
-        claims = [Claim("run", run, eps, delta, once=False)]
-        if eps is not None and dp.count_noise:
-            claims.append(Claim("count", "noisy record count (in the run's epsilon)", once=False))
-        self.ledger.claim(self.context.run_id, [*claims, Claim(f"train {rnd}", what)])
+        self.claim(f"train {rnd}", what)
 
     def answer_once(self, step: str) -> None:
         """Mark an end-of-run step as answered; refuse it if it already was in this run."""
@@ -121,45 +119,43 @@ class Site:
         state[ANSWERED] = ConfigRecord({**done, step: True})
 
     def secret(self) -> bytes | None:
-        """The site's key for secure noise, drawn once per run from OS entropy and kept in
-        Context.state; None when the policy's noise source is seeded."""
+        """The key of this run's secure noise on this site: HMAC of the site's key, its
+        dataset, the run ID and the run's binding. A restarted SuperNode rebuilds the same key,
+        so it draws the same noise (the noisy count is one release, not one per restart);
+        None when the policy's noise source is seeded."""
         if self.policy.noise_source != "secure":
             return None
-        state = self.context.state
-        if SECRET not in state:
-            state[SECRET] = ConfigRecord({"key": new_secret()})
-        return bytes(state.config_records[SECRET]["key"])
+        key = site_key(self.root, self.context.node_config)
+        text = f"noise/{self.ledger.dataset_id}/{self.context.run_id}/{self.charge.binding}"
+        return hmac.new(key, text.encode(), hashlib.sha256).digest()
 
-    def client(self) -> DPClient | PFTClient | FedAvgClient:
-        """The client object, restored to where the last message left it."""
+    def client(self) -> Accounted | object:
+        """The client object, built by the method's registry factory (the one a simulation
+        uses) and restored to where the last message left it. A run with DP on gets a client
+        that keeps privacy accounting, or a refusal."""
         s = self.settings
         state = self.context.state
         if CALIBRATION in state:  # this run's noise multiplier, found by an earlier message
             known = state.config_records[CALIBRATION]
             remember_calibration(str(known["key"]), float(known["noise-multiplier"]))
-        if is_pft(s):
-            pft, gen, dp = s.configs["pft"], s.configs["generative"], s.configs.get("dp")
-            if dp is not None:
-                dp = dataclasses.replace(dp, noise_source=self.policy.noise_source)
-            client = make_pft_clients(
-                s.method.name, [self.data], self.n_classes, pft, gen, dp, s.seed, self.secret()
-            )[0]
-        elif is_generative(s):
-            gen = s.configs["generative"]
-            dp = dataclasses.replace(s.configs["dp"], noise_source=self.policy.noise_source)
-            client = make_clients(
-                s.method.name,
-                [self.data],
-                self.n_classes,
-                gen,
-                dp,
-                s.seed,
-                self.secret(),
-                s.execution.device,
-            )[0]
-        else:
-            cfg, device = s.configs["fedavg"], s.execution.device
-            client = make_fedavg_clients([self.data], self.n_classes, cfg, s.seed, device)[0]
+        configs = dict(s.configs)
+        if configs.get("dp") is not None:
+            configs["dp"] = dataclasses.replace(
+                configs["dp"], noise_source=self.policy.noise_source
+            )
+        spec = ClientSpec(
+            [self.data],
+            self.n_classes,
+            s.seed,
+            Configs(**configs),
+            self.secret(),
+            s.execution.device,
+        )
+        if s.method.make_clients is None:
+            self.refuse(f"{s.method.name} has no client a site can build")
+        (client,) = s.method.make_clients(spec)
+        if uses_dp(s) and not isinstance(client, Accounted):
+            self.refuse(f"{s.method.name}'s client keeps no privacy accounting")
         calibration = getattr(client, "calibration", None)  # DP-SGD clients only
         if calibration is not None:
             key, sigma = calibration
@@ -170,14 +166,27 @@ class Site:
         return client
 
     def require_metrics(self, what: str) -> None:
-        """Refuse metrics computed on a head the coordinator sends, unless the policy releases
-        them (a crafted head's accuracy reveals the site's class counts)."""
+        """Refuse metrics computed on the site's data unless the policy releases them (they
+        are not DP: a crafted head or model turns them into the site's class counts)."""
         if not self.policy.release_metrics:
-            self.refuse(f"{what} of a head the coordinator sends (release-metrics=false)")
+            self.refuse(f"{what} are not released (release-metrics=false)")
 
     def reply(self, msg: Message, records: dict) -> Message:
         records = {"client": MetricRecord({"id": self.client_id}), **records}
         return Message(RecordDict(records), reply_to=msg)
+
+
+def site_ledger(node_config: dict, database_root: str, fingerprint: str, client_id: int) -> Ledger:
+    """The ledger of this site's dataset: `ledger-dir` / `dataset-id` (a deployment must set
+    both; it must have been initialised). A node of Flower's simulation engine (`partition-id`:
+    the researcher's own, PERMISSIVE) gets one next to the database, initialised with no
+    limit, as main.py has none."""
+    if "client-id" in node_config or "partition-id" not in node_config:
+        return Ledger(node_config["ledger-dir"], node_config["dataset-id"], client_id)
+    root = Path(database_root).resolve()
+    ledger = Ledger(root.parent / "ledger", f"{fingerprint[:16]}-client{client_id}", client_id)
+    ledger.initialise(math.inf, 1.0, exist_ok=True)
+    return ledger
 
 
 def node_policy_config(node_config: dict) -> dict:

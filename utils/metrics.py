@@ -29,7 +29,10 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
 
 def summarize_clients(clients: list[dict], prefix: str = "test_") -> dict[str, float]:
     """Mean and std across clients (population std, ddof=0) and the test-size-weighted mean
-    (only where every client's row has its test size: a Flower site sends none)."""
+    (only where every client's row has its test size: a Flower site sends none). No rows (the
+    sites kept their metrics): no summary."""
+    if not clients:
+        return {}
     sized = all("n_test" in c for c in clients)
     weights = np.array([c["n_test"] for c in clients], dtype=np.float64) if sized else None
     out = {}

@@ -155,7 +155,7 @@ def validate_metrics(m: Any, source: str = "metrics") -> None:
         source,
         "'privacy' must be an object or null",
     )
-    _require(len(m["clients"]) > 0, source, "'clients' is empty")
+    _require(len(m["clients"]) > 0 or bool(m.get("withheld")), source, "'clients' is empty")
     for c in m["clients"]:
         _require(isinstance(c.get("id"), int), source, "client 'id' must be an integer")
         for key in ("n_train", "n_val", "n_test"):  # absent in a Flower deployment's results
@@ -171,7 +171,7 @@ def validate_metrics(m: Any, source: str = "metrics") -> None:
                 source,
                 f"client {c.get('id')} 'test_{name}' must be a fraction in [0, 1], got {v!r}",
             )
-    for name in CLASSIFICATION_METRICS:
+    for name in CLASSIFICATION_METRICS if m["clients"] else ():  # none: the sites kept them
         for stat in ("mean", "std", "weighted"):
             key = f"test_{name}_{stat}"
             if stat == "weighted" and not all("n_test" in c for c in m["clients"]):

@@ -127,6 +127,7 @@ class Evaluation:
     protocol: dict | None = None
     modes: dict | None = None
     downstream: str | None = None
+    withheld: str | None = None  # why there are no rows: the sites' policies kept them (Flower)
 
 
 def lambda_protocol(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from algorithms.evaluation.heads import HeadConfig
 from algorithms.evaluation.protocol import Outcome
@@ -22,9 +23,9 @@ from algorithms.federation.vectorized import CGANEngine, CVAEEngine
 from algorithms.methods.baselines import run_centralized, run_fedavg, run_local
 from algorithms.methods.dpcgan import CGANClient
 from algorithms.methods.dpcvae import CVAEClient
-from algorithms.methods.fedavg import FedAvgClient, FedAvgConfig
-from algorithms.methods.fedpft import PFTClient, PFTConfig, run_pft
-from algorithms.methods.generative import run_generative
+from algorithms.methods.fedavg import FedAvgClient, FedAvgConfig, make_fedavg_clients
+from algorithms.methods.fedpft import PFTClient, PFTConfig, make_pft_clients, run_pft
+from algorithms.methods.generative import make_clients, run_generative
 from algorithms.privacy.accounting import DPConfig
 from algorithms.privacy.dp_client import GenerativeConfig
 from data.clients import ClientData
@@ -58,8 +59,33 @@ class Configs:
     dp: DPConfig | None = None
 
 
+@dataclass(frozen=True)
+class ClientSpec:
+    """What builds a method's federated clients: in a simulation every client's data, on a
+    Flower site its own; `secret`: a site's key for its secure noise (None: each client draws
+    its own)."""
+
+    clients: list[ClientData]
+    n_classes: int
+    seed: int
+    configs: Configs
+    secret: bytes | None = None
+    device: str = "cpu"
+
+
+@runtime_checkable
+class Accounted(Protocol):
+    """A client that keeps privacy accounting: `privacy()` is its line of the privacy report
+    (its `epsilon` read from its accountant, None without DP)."""
+
+    def privacy(self) -> dict: ...
+
+
 # A method's run: (context, configs) -> what evaluation needs.
 Runner = Callable[[RunContext, Configs], Outcome]
+# A method's federated clients from a ClientSpec: the one factory that a simulation's runner
+# and a Flower site (fl/site.py) both build the method's clients with.
+ClientFactory = Callable[[ClientSpec], list[Any]]
 # How a run ends (fl/settings.py picks the Flower apps' flow by it): `head` (a head per client
 # or one on pooled data, nothing federated), `fedavg` (a federated head), `generative` (a
 # released decoder or generator, then synthesis and the lambda protocol), `pft` (one release
@@ -74,7 +100,9 @@ class Method:
     it; `private`: what it shares is covered by DP, or it shares nothing; `client`: the class
     of its federated clients (None: not federated); `vectorized`: the engine that trains all
     its clients at once as one stacked model (None: no vectorized path); `flow`: how its run
-    ends (FLOWS)."""
+    ends (FLOWS); `make_clients`: the factory of its clients (None: not federated). A Flower
+    site builds a method's clients with `make_clients` only, and serves a private method with
+    DP on only if `client` is Accounted (fl/policy.py)."""
 
     name: str
     help: str
@@ -84,6 +112,7 @@ class Method:
     flower: bool = False
     private: bool = False
     client: type | None = None
+    make_clients: ClientFactory | None = None
     vectorized: type | None = None
     flow: str = "head"
 
@@ -121,6 +150,46 @@ def _fedlambda(ctx: RunContext, cfg: Configs) -> Outcome:
         checkpoint=ctx.checkpoint,
         device=ctx.execution.device,
     )
+
+
+def _fedavg_clients(spec: ClientSpec) -> list[Any]:
+    return make_fedavg_clients(
+        spec.clients, spec.n_classes, spec.configs.fedavg, spec.seed, spec.device
+    )
+
+
+def _generative_clients(name: str) -> ClientFactory:
+    def make(spec: ClientSpec) -> list[Any]:
+        cfg = spec.configs
+        return make_clients(
+            name,
+            spec.clients,
+            spec.n_classes,
+            cfg.generative,
+            cfg.dp,
+            spec.seed,
+            spec.secret,
+            spec.device,
+        )
+
+    return make
+
+
+def _pft_clients(name: str) -> ClientFactory:
+    def make(spec: ClientSpec) -> list[Any]:
+        cfg = spec.configs
+        return make_pft_clients(
+            name,
+            spec.clients,
+            spec.n_classes,
+            cfg.pft,
+            cfg.generative,
+            cfg.dp,
+            spec.seed,
+            spec.secret,
+        )
+
+    return make
 
 
 def _generative(name: str) -> Runner:
@@ -174,6 +243,7 @@ METHODS = (
         aliases=(("algorithm", "normal"),),
         flower=True,
         client=FedAvgClient,
+        make_clients=_fedavg_clients,
         flow="fedavg",
     ),
     Method(
@@ -184,6 +254,7 @@ METHODS = (
         aliases=(("algorithm", "fedprox"),),
         flower=True,
         client=FedAvgClient,
+        make_clients=_fedavg_clients,
         flow="fedavg",
     ),
     Method(
@@ -192,6 +263,7 @@ METHODS = (
         _fedlambda,
         ("head", "fedavg", "lambda"),
         client=FedAvgClient,
+        make_clients=_fedavg_clients,
         flow="fedavg",
     ),
     Method(
@@ -204,6 +276,7 @@ METHODS = (
         flower=True,
         private=True,
         client=CGANClient,
+        make_clients=_generative_clients("dpcgan"),
         vectorized=CGANEngine,
         flow="generative",
     ),
@@ -217,6 +290,7 @@ METHODS = (
         flower=True,
         private=True,
         client=CVAEClient,
+        make_clients=_generative_clients("dpcvae"),
         vectorized=CVAEEngine,
         flow="generative",
     ),
@@ -228,6 +302,7 @@ METHODS = (
         ("head", "lambda", "synthesis", "pft", "fedpft"),
         flower=True,
         client=PFTClient,
+        make_clients=_pft_clients("fedpft"),
         flow="pft",
     ),
     Method(
@@ -240,6 +315,7 @@ METHODS = (
         flower=True,
         private=True,
         client=PFTClient,
+        make_clients=_pft_clients("dpfedpft"),
         flow="pft",
     ),
 )

@@ -10,24 +10,41 @@ import threading
 
 import pytest
 from flwr.app import Context, RecordDict
-from helpers.flower import DPCVAE, SEEDED, SMALL, run_in_process
+from helpers.flower import DPCVAE, SEEDED, SMALL, hospital_node, run_in_process
 from helpers.paths import HELPERS
 
 from fl import client_app
-from fl.ledger import Claim, Ledger, LedgerError, read_ledger
-from fl.policy import Refusal
+from fl.ledger import (
+    DEFAULT_BUDGET_DELTA,
+    DEFAULT_BUDGET_EPSILON,
+    Charge,
+    Claim,
+    Ledger,
+    LedgerError,
+    read_ledger,
+    spent,
+)
+from fl.policy import PERMISSIVE, Refusal
 from fl.processes import descendants
 from fl.run_local import run_local
 
-FINGERPRINT = "f" * 64
+BINDING = "b" * 64  # a run config's hash (fl.policy.run_binding)
+ONE = Charge(BINDING, 1.0, 1e-5)  # a run at epsilon 1
+
+
+def ledger_of(directory, site=0, epsilon=DEFAULT_BUDGET_EPSILON, delta=DEFAULT_BUDGET_DELTA):
+    """An initialised ledger (dataset `hospital`) with its budget."""
+    ledger = Ledger(directory, "hospital", site)
+    ledger.initialise(epsilon, delta, exist_ok=True)
+    return ledger
 
 
 def _claim_round(directory, barrier, results) -> None:
     """One racer: wait for the others, then claim round 1 of run 7."""
-    ledger = Ledger(directory, FINGERPRINT, 0)
+    ledger = Ledger(directory, "hospital", 0)
     barrier.wait()
     try:
-        ledger.claim(7, [Claim("train 0", "train round 1")])
+        ledger.claim(7, ONE, [Claim("train 0", "train round 1")])
         results.put("claimed")
     except Refusal:
         results.put("refused")
@@ -35,6 +52,7 @@ def _claim_round(directory, barrier, results) -> None:
 
 def test_adversarial_concurrent_claims_of_one_round_exactly_one_wins(tmp_path):
     """Four processes claim the same round at once: the lock makes claim-or-refuse atomic."""
+    ledger_of(tmp_path)
     mp = multiprocessing.get_context("fork")
     barrier, results = mp.Barrier(4), mp.Queue()
     procs = [mp.Process(target=_claim_round, args=(tmp_path, barrier, results)) for _ in range(4)]
@@ -44,37 +62,36 @@ def test_adversarial_concurrent_claims_of_one_round_exactly_one_wins(tmp_path):
         p.join(60)
     outcomes = sorted(results.get(timeout=5) for _ in procs)
     assert outcomes == ["claimed", "refused", "refused", "refused"]
-    assert len(Ledger(tmp_path, FINGERPRINT, 0).read()["claims"]) == 1
+    assert len(Ledger(tmp_path, "hospital", 0).read()["claims"]) == 1
 
 
-def _run(ledger: Ledger, run_id: int, epsilon: float) -> None:
-    """A run's first train message: the run's privacy, then its first round."""
-    charge = Claim("run", "run's privacy", epsilon, 1e-5, once=False)
-    ledger.claim(run_id, [charge, Claim("train 0", "train round 1")])
-    ledger.claim(run_id, [charge, Claim("train 1", "train round 2")])  # charged once
+def _run(ledger: Ledger, run_id: int, charge: Charge = ONE) -> None:
+    """A run's first two train messages: the run is charged once, at its first claim."""
+    ledger.claim(run_id, charge, [Claim("train 0", "train round 1")])
+    ledger.claim(run_id, charge, [Claim("train 1", "train round 2")])
 
 
 def test_adversarial_runs_over_the_datasets_budget_are_refused(tmp_path):
     """Two runs at epsilon 1 fit a budget of 2.5 (the ledger sums them); a third is refused at
     its first claim, and leaves nothing in the ledger."""
-    ledger = Ledger(tmp_path, FINGERPRINT, 0, budget_epsilon=2.5, budget_delta=1e-3)
-    _run(ledger, 1, 1.0)
-    _run(ledger, 2, 1.0)
-    eps = sum(c["epsilon"] for c in ledger.read()["claims"])
-    assert eps == pytest.approx(2.0)
-    with pytest.raises(Refusal, match="client 0's site refuses: epsilon 3 .*budget-epsilon 2.5"):
-        _run(ledger, 3, 1.0)
-    assert len(ledger.read()["claims"]) == 6  # the refused run claimed nothing
+    ledger = ledger_of(tmp_path, epsilon=2.5, delta=1e-3)
+    _run(ledger, 1)
+    _run(ledger, 2)
+    assert spent(ledger.read()) == pytest.approx((2.0, 2e-5))
+    with pytest.raises(Refusal, match="client 0's site refuses: epsilon 3 .*budget 2.5"):
+        _run(ledger, 3)
+    assert len(ledger.read()["claims"]) == 4  # the refused run claimed nothing
+    assert set(ledger.read()["runs"]) == {"1", "2"}
     with pytest.raises(Refusal, match="train round 2 of run 2 was already released"):
-        ledger.claim(2, [Claim("train 1", "train round 2")])
+        ledger.claim(2, ONE, [Claim("train 1", "train round 2")])
 
 
 def test_adversarial_the_ledger_command_prints_spent_and_left(tmp_path):
-    ledger = Ledger(tmp_path, FINGERPRINT, 3, budget_epsilon=2.5, budget_delta=1e-3)
-    _run(ledger, 11, 1.0)
-    _run(ledger, 12, 1.0)
+    ledger = ledger_of(tmp_path, site=3, epsilon=2.5, delta=1e-3)
+    _run(ledger, 11)
+    _run(ledger, 12)
     done = subprocess.run(
-        [sys.executable, "-m", "fl.ledger", str(tmp_path)], capture_output=True, text=True
+        [sys.executable, "-m", "fl.ledger", "show", str(tmp_path)], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     out = done.stdout
@@ -84,8 +101,9 @@ def test_adversarial_the_ledger_command_prints_spent_and_left(tmp_path):
 
 
 def test_adversarial_a_corrupt_ledger_gives_one_error_naming_the_file(tmp_path):
-    Ledger(tmp_path, FINGERPRINT, 0).claim(1, [Claim("train 0", "train round 1")])
-    path = Ledger(tmp_path, FINGERPRINT, 0).path
+    ledger = ledger_of(tmp_path)
+    ledger.claim(1, ONE, [Claim("train 0", "train round 1")])
+    path = ledger.path
     path.write_text('{"claims": [{"key": ')
     for named in (path, tmp_path / "missing"):
         where = str(named.parent if named == path else named)
@@ -95,7 +113,7 @@ def test_adversarial_a_corrupt_ledger_gives_one_error_naming_the_file(tmp_path):
         assert done.returncode == 2
         assert len(done.stderr.strip().splitlines()) == 1 and str(named) in done.stderr
     with pytest.raises(LedgerError, match=str(path)):  # a claim on it fails, not overwrites
-        Ledger(tmp_path, FINGERPRINT, 0).claim(2, [Claim("train 0", "train round 1")])
+        ledger.claim(2, ONE, [Claim("train 0", "train round 1")])
     assert path.read_text() == '{"claims": [{"key": '
 
 
@@ -202,12 +220,17 @@ def test_adversarial_a_second_run_over_the_sites_budget_is_refused_by_the_client
     tmp_path,
     task_identity,  # noqa: F811 (fixture)
 ):
-    """Two runs at epsilon 1 against sites whose per-dataset budget is 1.5: the first runs, the
-    second is refused at its first train message (the ledger outlives the run's Context)."""
+    """Two runs at epsilon 1 against sites whose per-dataset budget is 1.5 (set in their
+    ledgers): the first runs, the second is refused at the start, by every site, before any
+    train message, and leaves no run directory."""
+    split = gauss_db / "split.json"
     nodes = [
-        {"partition-id": i, **SEEDED, "budget-epsilon": 1.5, "ledger-dir": str(tmp_path / "l")}
+        hospital_node(gauss_db, split, i, **{**PERMISSIVE, **SEEDED, "max-epsilon": 2})
         for i in (1, 0)
     ]
+    for i in (0, 1):
+        Ledger(nodes[0]["ledger-dir"], f"hospital{i}", i).set_budget(1.5, 1e-3)
     run_in_process(gauss_db, tmp_path / "a", DPCVAE, nodes)
-    with pytest.raises(RuntimeError, match="epsilon 2 in all would exceed .*budget-epsilon 1.5"):
+    with pytest.raises(Refusal, match="epsilon 2 in all would exceed the dataset's budget 1.5"):
         run_in_process(gauss_db, tmp_path / "b", DPCVAE, nodes)
+    assert not (tmp_path / "b").exists()

@@ -15,6 +15,7 @@ from helpers.flower import (
     HEAD,
     SEEDED,
     SMALL,
+    hospital_node,
     run_in_process,
 )
 
@@ -211,10 +212,16 @@ def test_a_pft_site_releases_once_and_sends_no_sample_count(
 
 
 def test_a_client_that_cannot_start_is_named(gauss_db, tmp_path, task_identity):
+    """Two sites claiming one client id stop the run; a site that cannot load its client is
+    named, in words that hold none of its paths (the reason stays in its log)."""
+    split = gauss_db / "split.json"
+    same = [hospital_node(gauss_db, split, 0, **PERMISSIVE) for _ in range(2)]
     with pytest.raises(SettingsError, match="claim client-id 0"):
-        run_in_process(gauss_db, tmp_path / "r", DPCVAE, [{"client-id": 0}, {"client-id": 0}])
-    with pytest.raises(RuntimeError, match="client-id 5 is not in"):
-        run_in_process(gauss_db, tmp_path / "s", DPCVAE, [{"client-id": 0}, {"client-id": 5}])
+        run_in_process(gauss_db, tmp_path / "r", DPCVAE, same)
+    nodes = [hospital_node(gauss_db, split, cid, **PERMISSIVE) for cid in (0, 5)]
+    with pytest.raises(RuntimeError, match="client 5's site could not answer query") as err:
+        run_in_process(gauss_db, tmp_path / "s", DPCVAE, nodes)
+    assert str(gauss_db) not in str(err.value)
 
 
 def test_a_site_reads_its_own_database_and_split_from_node_config(
@@ -226,14 +233,8 @@ def test_a_site_reads_its_own_database_and_split_from_node_config(
     site = tmp_path / "site1"
     shutil.copytree(gauss_db, site)
     nodes = [
-        {"client-id": 0, **SEEDED, **PERMISSIVE},
-        {
-            "client-id": 1,
-            "database-root": str(site),
-            "split-file": str(site / "split.json"),
-            **SEEDED,
-            **PERMISSIVE,
-        },
+        hospital_node(gauss_db, gauss_db / "split.json", 0, **SEEDED, **PERMISSIVE),
+        hospital_node(site, site / "split.json", 1, **SEEDED, **PERMISSIVE),
     ]
     run_in_process(gauss_db, tmp_path / "b", DPCVAE, nodes)
     assert read_metrics(tmp_path / "a")["clients"] == read_metrics(tmp_path / "b")["clients"]

@@ -16,6 +16,7 @@ from helpers.flower import (
     SEEDED,
     SMALL,
     InProcessGrid,
+    hospital_node,
     run_in_process,
 )
 
@@ -208,14 +209,7 @@ def test_sites_with_their_own_databases_and_splits_need_no_split_at_the_coordina
     argv = ["--database_root", str(tmp_path / "nowhere"), *SMALL, *DPCVAE]
     run_config = {"main-args": shlex.join([*argv, "--results_dir", str(out)])}
     nodes = [
-        {
-            "client-id": i,
-            "database-root": str(db),
-            "split-file": str(db / "s.json"),
-            **SEEDED,
-            **PERMISSIVE,
-        }
-        for i, db in enumerate(dbs)
+        hospital_node(db, db / "s.json", i, **SEEDED, **PERMISSIVE) for i, db in enumerate(dbs)
     ]
     server_app.app(InProcessGrid(nodes, run_config), Context(1, 0, {}, RecordDict(), run_config))
     config = json.loads((out / "config.json").read_text())

@@ -11,6 +11,7 @@ from data.database import load_database
 from data.partition import split_database
 from data.split_config import SplitConfig
 from fl import client_app, server_app
+from fl.ledger import DEFAULT_BUDGET_DELTA, DEFAULT_BUDGET_EPSILON, Ledger
 from utils.io import write_json
 
 RUN_IDS = itertools.count(100)  # in-process grids' run ids (fresh Contexts below use 1, 2)
@@ -61,6 +62,23 @@ class InProcessGrid(Grid):
             except Exception as err:
                 replies.append(Message(Error(2, f"{type(err).__name__}: {err}"), reply_to=msg))
         return replies
+
+
+def hospital_node(db, split, cid, **keys):
+    """A deployed site's node config (client-id, its paths, its ledger and dataset-id) with the
+    policy `keys` on top of the defaults; its ledger (`ledger-dir`, default next to the
+    database) initialised with the default budget if it is not yet."""
+    node = {
+        "client-id": cid,
+        "database-root": str(db),
+        "split-file": str(split),
+        "ledger-dir": str(db.parent / "site-ledger"),
+        "dataset-id": f"hospital{cid}",
+        **keys,
+    }
+    ledger = Ledger(node["ledger-dir"], node["dataset-id"], cid)
+    ledger.initialise(DEFAULT_BUDGET_EPSILON, DEFAULT_BUDGET_DELTA, exist_ok=True)
+    return node
 
 
 def run_in_process(db, out, args, node_configs=None):
