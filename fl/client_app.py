@@ -101,7 +101,7 @@ def guarded(
             who = context.node_config.get("client-id", context.node_config.get("partition-id"))
             raise Refusal(
                 f"client {who}'s site could not answer {msg.metadata.message_type} "
-                "(the reason is in the site's log)"
+                "(the reason is in its log)"
             ) from None
 
     return run

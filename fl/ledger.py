@@ -41,6 +41,10 @@ SUFFIX = ".ledger.json"
 # max-epsilon, or ten at epsilon 1), and delta for ten runs at the default max-delta.
 DEFAULT_BUDGET_EPSILON = 10.0
 DEFAULT_BUDGET_DELTA = 10 * DEFAULT_MAX_DELTA
+NOT_INITIALISED = (
+    "its privacy ledger is not initialised (the operator runs python -m fl.ledger init): a "
+    "missing ledger is never a fresh budget"
+)
 DATASET_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
@@ -105,10 +109,7 @@ class Ledger:
     def read(self) -> dict:
         """The ledger's content; a refusal if it was never initialised (or was deleted)."""
         if not self.path.exists():
-            self.refuse(
-                "its privacy ledger is not initialised (the operator runs python -m fl.ledger "
-                "init): a missing ledger is never a fresh budget"
-            )
+            self.refuse(NOT_INITIALISED)
         return read_ledger(self.path)
 
     def initialise(self, epsilon: float, delta: float, exist_ok: bool = False) -> None:
@@ -145,6 +146,8 @@ class Ledger:
     def violation(self, run_id: int, charge: Charge) -> str | None:
         """The rule the run would break if it were claimed now, in words; None if it would be
         accepted. Free and read-only: it reads the ledger, never the data."""
+        if not self.path.exists():
+            return NOT_INITIALISED
         book = self.read()
         run = book["runs"].get(str(run_id))
         if run is not None:
