@@ -157,7 +157,9 @@ def run_local(
                 procs.start(
                     f"supernode{i}",
                     [
-                        "flower-supernode",
+                        sys.executable,  # fl/supernode.py: checks the node config, then
+                        "-m",  # becomes flower-supernode
+                        "fl.supernode",
                         "--insecure",
                         "--superlink",
                         f"127.0.0.1:{port}",
