@@ -102,6 +102,7 @@ class RunFiles:
     dataset: str
     backbone: str
     finished: bool = False
+    dp_on: bool = False  # the run shares DP releases (a private method with DP on)
 
 
 def run(settings: Settings) -> Path:
@@ -213,6 +214,12 @@ def describe_run(settings: Settings, facts: DataFacts) -> tuple[dict, Path]:
     return config, run_dir
 
 
+def shares_dp(settings: Settings) -> bool:
+    """Whether the run shares only DP releases: a private method with DP on."""
+    dp = settings.configs.get("dp")
+    return settings.method.private and dp is not None and dp.enabled
+
+
 def open_run(settings: Settings, facts: DataFacts) -> RunFiles:
     """Create the run directory and write config.json.
 
@@ -230,7 +237,7 @@ def open_run(settings: Settings, facts: DataFacts) -> RunFiles:
         check_same_run(run_dir, key, settings.seed)
     if (args.skip_existing or args.resume) and is_finished(run_dir):
         print(f"skipping: {run_dir} holds a finished run", file=sys.stderr)
-        return RunFiles(run_dir, method, key, dataset, backbone, finished=True)
+        return RunFiles(run_dir, method, key, dataset, backbone, True, shares_dp(settings))
     checkpoint = run_dir / CHECKPOINT_DIR
     if checkpoint.exists() and not (args.resume or args.overwrite):
         raise ResultsError(
@@ -241,7 +248,7 @@ def open_run(settings: Settings, facts: DataFacts) -> RunFiles:
         shutil.rmtree(checkpoint, ignore_errors=True)
     run_dir = prepare_run_dir(run_dir, args.overwrite)
     if args.resume and (run_dir / CONFIG_FILE).is_file():
-        return RunFiles(run_dir, method, key, dataset, backbone)
+        return RunFiles(run_dir, method, key, dataset, backbone, dp_on=shares_dp(settings))
     write_config(
         run_dir,
         {
@@ -258,7 +265,7 @@ def open_run(settings: Settings, facts: DataFacts) -> RunFiles:
             "versions": versions(),
         },
     )
-    return RunFiles(run_dir, method, key, dataset, backbone)
+    return RunFiles(run_dir, method, key, dataset, backbone, dp_on=shares_dp(settings))
 
 
 def check_same_run(run_dir: Path, key: str, seed: int) -> None:
@@ -290,7 +297,7 @@ def close_run(
     what this run shared is private (`private`: a private method, and DP not switched off), so
     that tables and plots are made from results files alone."""
     method = run.method
-    if method.private and "dp" in method.sections and outcome.privacy is None:
+    if run.dp_on and outcome.privacy is None:
         raise RuntimeError(
             f"{method.name} is private but its run has no privacy report: a DP run without "
             "accounting is an error, never epsilon 0"

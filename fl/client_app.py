@@ -61,7 +61,7 @@ from algorithms.evaluation.downstream import (
 )
 from algorithms.evaluation.heads import new_head, predict_proba
 from algorithms.evaluation.protocol import LAMBDA_METRICS, ClientProbs, client_test_row, lambda_grid
-from algorithms.experiment import warn_privacy_settings
+from algorithms.experiment import shares_dp, warn_privacy_settings
 from algorithms.federation.rounds import ClientUpdate
 from algorithms.methods.fedavg import FedAvgClient, val_accuracy
 from algorithms.methods.fedpft import PFTClient, PooledSampler
@@ -70,7 +70,7 @@ from algorithms.methods.synthesis import correct_count, finish_client, global_sy
 from algorithms.privacy.dp_client import DPClient
 from data.clients import ClientData
 from data.database import encoder_facts, load_meta
-from fl.policy import PolicyError, Refusal, uses_dp
+from fl.policy import PolicyError, Refusal
 from fl.records import WITHHELD, record_weights, save_state, update_content
 from fl.settings import (
     is_generative,
@@ -162,7 +162,7 @@ def train(msg: Message, context: Context) -> Message:
     client = site.client()
     weights = record_weights(msg.content.array_records["weights"])
     update = fit_round(client, weights, rnd, site.settings.execution.device)
-    if uses_dp(site.settings):  # a private run's release carries its accountant's epsilon
+    if shares_dp(site.settings):  # a private run's release carries its accountant's epsilon
         spent = update.metrics.get("epsilon")
         if spent is None:
             site.refuse(f"{site.settings.method.name} reported no spent epsilon (no accountant)")

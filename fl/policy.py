@@ -25,6 +25,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from algorithms.experiment import shares_dp
 from algorithms.flags import spelling
 from algorithms.methods import registry
 from algorithms.options import Settings
@@ -248,12 +249,6 @@ def site_policy(node_config: dict) -> SitePolicy:
     )
 
 
-def uses_dp(settings: Settings) -> bool:
-    """Whether the run shares only DP releases: a private method with DP on."""
-    dp = settings.configs.get("dp")
-    return settings.method.private and dp is not None and dp.enabled
-
-
 def policy_violation(policy: SitePolicy, settings: Settings) -> str | None:
     """The rule of `policy` that the run's settings break, in words; None if they keep it.
     Data-independent: it reads the run's settings and the policy, never the site's records."""
@@ -264,12 +259,12 @@ def policy_violation(policy: SitePolicy, settings: Settings) -> str | None:
     if method.make_clients is None:
         return f"{named} has no client a site can build"
     dp = settings.configs.get("dp")
-    if uses_dp(settings) and not issubclass(method.client or object, registry.Accounted):
+    if shares_dp(settings) and not issubclass(method.client or object, registry.Accounted):
         return (
             f"{named} says it is private, but its client keeps no privacy accounting "
             "(no privacy() report): it would share without DP"
         )
-    if not uses_dp(settings):
+    if not shares_dp(settings):
         what = f"{dp_flag('enabled')} off" if dp is not None else f"{named} (not private)"
         if math.isfinite(policy.max_epsilon):
             return (
@@ -283,7 +278,7 @@ def policy_violation(policy: SitePolicy, settings: Settings) -> str | None:
             f"{named} is evaluated with heads the coordinator sends, whose "
             "metrics the site does not release (release-metrics=false)"
         )
-    if not uses_dp(settings):
+    if not shares_dp(settings):
         return None
     if dp.calibration not in (None, "total"):  # e.g. the paper's: spends more than its target
         return (
@@ -308,7 +303,7 @@ def run_charge(settings: Settings) -> tuple[float | None, float]:
     analytic-Gaussian release), which the accountant's spent epsilon never exceeds; epsilon
     None (unbounded) for a run that shares without DP. Only calibrations that keep the target
     are served (`policy_violation`)."""
-    if not uses_dp(settings):
+    if not shares_dp(settings):
         return None, 0.0
     dp = settings.configs["dp"]
     return float(dp.epsilon), float(dp.delta)

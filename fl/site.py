@@ -14,6 +14,7 @@ from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from algorithms.experiment import shares_dp
 from algorithms.methods.registry import Accounted, ClientSpec, Configs
 from algorithms.options import Settings
 from algorithms.privacy.accounting import remember_calibration
@@ -25,7 +26,6 @@ from fl.policy import (
     run_binding,
     run_charge,
     site_policy,
-    uses_dp,
 )
 from fl.records import load_state
 from fl.settings import (
@@ -154,7 +154,7 @@ class Site:
         if s.method.make_clients is None:
             self.refuse(f"{s.method.name} has no client a site can build")
         (client,) = s.method.make_clients(spec)
-        if uses_dp(s) and not isinstance(client, Accounted):
+        if shares_dp(s) and not isinstance(client, Accounted):
             self.refuse(f"{s.method.name}'s client keeps no privacy accounting")
         calibration = getattr(client, "calibration", None)  # DP-SGD clients only
         if calibration is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.flower import DPCVAE, SEEDED, run_in_process
+from helpers.flower import DPCVAE, SEEDED, hospital_node, run_in_process
 from helpers.images import TINY_BACKBONE, make_images
 from PIL import Image
 
@@ -350,8 +350,8 @@ def test_flower_refuses_a_site_encoded_with_other_weights(gauss_db, tmp_path):
     shutil.copy(gauss_db / "split.json", site / "split.json")
     # permissive policies (the run's delta is the paper's 1e-4): only the encoders differ
     nodes = [
-        {"client-id": 0, **SEEDED, **PERMISSIVE},
-        {"client-id": 1, "database-root": str(site), **SEEDED, **PERMISSIVE},
+        hospital_node(gauss_db, gauss_db / "split.json", 0, **SEEDED, **PERMISSIVE),
+        hospital_node(site, site / "split.json", 1, **SEEDED, **PERMISSIVE),
     ]
     with pytest.raises(Refusal, match=r"encoded their database with another weights .*0000"):
         run_in_process(gauss_db, tmp_path / "r", DPCVAE, nodes)
