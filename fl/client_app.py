@@ -193,7 +193,7 @@ def synthesize(msg: Message, context: Context) -> Message:
     privacy = {k: v for k, v in client.privacy().items() if k != "id"}
     fidelity = {k: v for k, v in result.fidelity().items() if k not in COUNT_KEYS}
     if not site.policy.release_fidelity:  # the statistics on training data stay here
-        fidelity = {k: fidelity[k] for k in ("synthetic_acc", "chance")}
+        fidelity = {k: fidelity[k] for k in ("synthetic_acc", "majority")}
     return site.reply(
         msg,
         {
