@@ -61,14 +61,17 @@ def empty_synthetic_warning(fidelity: dict | None) -> str | None:
         return None
     what = []
     if clients:
-        what.append(f"client(s) {', '.join(map(str, clients))} drew no synthetic record")
+        what.append(
+            f"client(s) {', '.join(map(str, clients))} drew no synthetic record (the released "
+            "model samples none of their classes)"
+        )
     if glob.get("empty"):
         what.append("the released model samples no class (no global synthetic-only accuracy)")
     return (
-        f"empty synthetic data: {'; '.join(what)}; the released model samples none of "
-        "their classes (with DP-FedPFT: every class's noisy count fell under the sampling "
-        "threshold: sites too small for this epsilon); their synthetic-only accuracy and "
-        "fidelity are marked empty; their mixed rows are their local heads'"
+        f"empty synthetic data: {'; '.join(what)}. DP-FedPFT drops a class whose pooled noisy "
+        "count falls under the sampling threshold: sites too small for this epsilon. Their "
+        "synthetic-only accuracy and fidelity are marked empty; a client without synthetic data "
+        "keeps its local head in every mixed row"
     )
 
 

@@ -1,18 +1,22 @@
 """A hospital's own images without surprises (issue 33, items 2-6): fewer than two classes is
 refused, likely label mistakes are warned about, a DICOM compression that does not decode here
-is refused in the header pass, a semicolon manifest works, and every message names its file
-once, on one line."""
+is refused in the header pass, a semicolon manifest works, every message names its file once,
+on one line (items 2-6); docs/own-data.md's image-folder example runs as written (item 8)."""
 
 import re
+import shlex
 import shutil
 from pathlib import Path
 
 import pytest
 from helpers.images import TINY_BACKBONE, make_site_manifest, write_gray_png
+from helpers.paths import REPO
 
 import data.create_db as create_db
+import main as main_module
 from data.database import load_database
 from data.own_checks import detect_delimiter
+from utils.collect import main as collect_main
 
 ENCODE = ["--backbone", TINY_BACKBONE, "--random_init", "--quiet", "--num_workers", "0"]
 
@@ -146,3 +150,32 @@ def test_a_text_file_named_png_is_named_once(tmp_path, capsys):
     code, err, db = create(capsys, tmp_path, "--dataset", "imagefolder", "--dataset_root", root)
     refused(code, err, r"notes\.png is not a readable image \(cannot identify image file\)", db)
     assert err.count("notes.png") == 1, err
+
+
+def doc_commands(section: str) -> list[list[str]]:
+    """The commands of the first bash block under `section` in docs/own-data.md, with the
+    backbone replaced by the tests' tiny random one (no download, seconds)."""
+    text = (REPO / "docs" / "own-data.md").read_text()
+    block = text.split(section, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    block = re.sub(r'--weights "\$\(.*?\)"', "--random_init", block.replace("\\\n", " "))
+    block = block.replace("tf_efficientnet_lite0", TINY_BACKBONE)
+    lines = [line.strip() for line in block.splitlines()]
+    return [shlex.split(line) for line in lines if line and not line.startswith("#")]
+
+
+def test_the_docs_folder_example_runs_as_written(tmp_path, capsys, monkeypatch):
+    for cls in ("benign", "malignant"):
+        for i in range(10):
+            write_gray_png(tmp_path / "my_folder" / cls / f"{i}.png", seed=i + 10 * len(cls))
+    monkeypatch.chdir(tmp_path)
+    commands = doc_commands("## An image folder")
+    assert [c[:2] for c in commands] == [
+        ["python", "data/create_db.py"],
+        ["python", "main.py"],
+        ["python", "-m"],
+    ]
+    assert "--n_clients" in commands[1]
+    assert create_db.main([*commands[0][2:], "--quiet", "--num_workers", "0"]) == 0
+    assert main_module.main([*commands[1][2:], "--quiet"]) == 0
+    assert commands[2][2] == "utils.collect" and collect_main(commands[2][3:]) == 0
+    assert "| dpfedpft |" in (tmp_path / "results" / "my_folder" / "table.md").read_text()
