@@ -198,11 +198,12 @@ def fidelity_report(
     for name in FIDELITY_NUMBERS:
         fidelity[name] = [_finite_or_none(c.get(name)) for c in per_client]
         fidelity[f"{name}_mean"] = _mean_of_finite(fidelity[name])
-    fidelity["synthetic_acc_client_majority"] = fidelity.pop("majority_mean")
+    sized = [c for c in per_client if not c.get("synthetic_empty")]  # with a synthetic set
+    fidelity.pop("majority_mean")  # over the clients whose synthetic-only accuracy is measured:
+    fidelity["synthetic_acc_client_majority"] = _mean_of_finite([c.get("majority") for c in sized])
     fidelity["client_majority"] = fidelity.pop("majority")
     fidelity["synthetic_empty"] = [i for i, c in enumerate(per_client) if c.get("synthetic_empty")]
     fidelity["global_synthetic"] = global_synthetic
-    sized = [c for c in per_client if not c.get("synthetic_empty")]
     n_test = int(sum(c.get("n_test", 0) for c in sized))  # none under Flower: no counts
     at_majority = n_test > 0 and at_chance(
         fidelity["synthetic_acc_mean"], fidelity["synthetic_acc_client_majority"], n_test

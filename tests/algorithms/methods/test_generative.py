@@ -13,7 +13,7 @@ from algorithms.methods.generative import fidelity_report, run_generative, seede
 from algorithms.methods.synthesis import at_chance, global_synthetic_report, synthetic_label_counts
 from algorithms.privacy.config import DPConfig
 from algorithms.privacy.generative_config import GenerativeConfig
-from algorithms.report import chance_warning
+from algorithms.report import chance_warning, empty_synthetic_warning
 from data.clients import ClientData
 from data.features import standardize_records
 
@@ -227,3 +227,26 @@ def test_same_seed_same_result():
     c = run_generative("dpcvae", _clients(), 3, CFG, DPConfig(), HEAD, seed=6)
     assert a.history == b.history and a.fidelity == b.fidelity
     assert a.fidelity != c.fidelity
+
+
+def test_a_client_with_an_empty_synthetic_set_is_listed_and_left_out_of_the_means():
+    client = {"wasserstein": 1.0, "precision": 0, "recall": 0, "density": 0, "coverage": 0}
+    good = {**client, "synthetic_acc": 0.9, "majority": 0.5, "n_test": 400.0}
+    nan = float("nan")
+    empty = {"wasserstein": nan, "precision": nan, "recall": nan, "density": nan,
+             "coverage": nan, "synthetic_acc": nan, "majority": 1.0, "n_test": 4.0,
+             "synthetic_empty": 1.0}  # fmt: skip
+    report = fidelity_report(CFG, [good, empty], global_synthetic_report([300], [404], 2))
+    assert report["synthetic_empty"] == [1] and report["wasserstein"] == [1.0, None]
+    assert report["synthetic_acc"] == [0.9, None] and report["synthetic_acc_mean"] == 0.9
+    assert report["synthetic_acc_client_majority"] == 0.5  # the empty client's 1.0 left out
+    assert empty_synthetic_warning(report).startswith(
+        "empty synthetic data: client(s) 1 drew no synthetic record"
+    )
+    nothing = global_synthetic_report([None, None], [200, 204], 2)
+    assert nothing["empty"] and nothing["acc"] is None and not nothing["at_chance"]
+    assert "samples no class" in empty_synthetic_warning(fidelity_report(CFG, [empty], nothing))
+    full = global_synthetic_report([300], [400], 2)
+    assert (
+        "empty" not in full and empty_synthetic_warning(fidelity_report(CFG, [good], full)) is None
+    )
