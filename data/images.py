@@ -140,10 +140,9 @@ DECODER_HINTS = (
 
 def dicom_transfer_syntax(path: str | Path) -> tuple[str, str] | None:
     """The transfer syntax (UID, name) of a DICOM file's header; None for a file without one."""
-    import pydicom
+    from pydicom.filereader import read_file_meta_info
 
-    meta = pydicom.dcmread(str(path), stop_before_pixels=True).get("file_meta")
-    uid = None if meta is None else meta.get("TransferSyntaxUID")
+    uid = read_file_meta_info(str(path)).get("TransferSyntaxUID")  # group 0002 only: fast
     return None if uid is None else (str(uid), uid.name)
 
 
