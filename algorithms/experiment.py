@@ -26,7 +26,7 @@ from algorithms.options import Settings, UsageError, check_before_run
 from algorithms.privacy.accounting import delta_warning, over_budget_warning
 from algorithms.privacy.config import DPConfig
 from algorithms.privacy.generative_config import GenerativeConfig
-from algorithms.report import chance_warning
+from algorithms.report import chance_warning, empty_synthetic_warning
 from data.clients import ClientData, client_datasets, pooled_test
 from data.database import Database, DatabaseError, load_database
 from data.features import squash
@@ -39,6 +39,7 @@ from utils.io import read_json, save_npz, sha256_file
 from utils.provenance import versions
 from utils.results import (
     CONFIG_FILE,
+    HISTORY_FILE,
     ResultsError,
     config_key,
     default_run_dir,
@@ -51,6 +52,7 @@ from utils.results import (
 
 # The folder of a run directory that holds the checkpoint of an unfinished federated run.
 CHECKPOINT_DIR = "checkpoint"
+SYNTHETIC_FILE = "synthetic.npz"  # --save_synthetic
 # What a run refuses with one line naming the flag or file (entry points exit with status 2).
 RUN_ERRORS = (UsageError, DatabaseError, SplitError, ResultsError, CheckpointError, OutputError)
 
@@ -111,9 +113,19 @@ def run(settings: Settings) -> Path:
     check_before_run(settings)
     data = load_run_data(settings)
     facts = data_facts(data.db.meta, settings.args.database_root, data.split, data.split_path)
+    existed = describe_run(settings, facts)[1].exists()
     files = open_run(settings, facts)
     if files.finished:
         return files.run_dir
+    try:
+        return run_opened(settings, data, facts, files)
+    except BaseException:
+        discard_unfinished(files.run_dir, remove_folder=not existed)
+        raise
+
+
+def run_opened(settings: Settings, data: RunData, facts: DataFacts, files: RunFiles) -> Path:
+    """Run the method in the run directory `open_run` made, and close the run."""
     execution = settings.execution
     checkpoint = RoundCheckpoint(
         files.run_dir / CHECKPOINT_DIR,
@@ -151,6 +163,18 @@ def run(settings: Settings) -> Path:
     close_run(files, settings.seed, facts.split_args, evaluation, outcome, wall)
     checkpoint.remove()
     return files.run_dir
+
+
+def discard_unfinished(run_dir: Path, remove_folder: bool) -> None:
+    """After a failed run, remove what it wrote (config.json, history.csv, synthetic.npz; the
+    folder when this run made it and it is empty), so that nothing half-written is left; a run
+    with a checkpoint is kept whole, for --resume."""
+    if (run_dir / CHECKPOINT_DIR).exists():
+        return
+    for name in (CONFIG_FILE, HISTORY_FILE, SYNTHETIC_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+    if remove_folder and run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
 
 
 def secure_noise(settings: Settings) -> bool:
@@ -341,6 +365,7 @@ def close_run(
     }
     warnings_ = [over_budget_warning(outcome.privacy) if outcome.privacy else None]
     warnings_.append(chance_warning(metrics["private"], outcome.fidelity))
+    warnings_.append(empty_synthetic_warning(outcome.fidelity))
     for warning in filter(None, warnings_):
         print(f"warning: {warning}", file=sys.stderr)
     write_history(run.run_dir, outcome.history)
@@ -359,7 +384,7 @@ def save_synthetic(
     clients = data.clients
     largest = max(clients, key=lambda c: c.n_train)
     save_npz(
-        run_dir / "synthetic.npz",
+        run_dir / SYNTHETIC_FILE,
         embeddings=np.concatenate([s for s, _ in synthetic]).astype(np.float32),
         labels=np.concatenate([y for _, y in synthetic]).astype(np.int64),
         client=np.concatenate([np.full(len(y), c.id) for c, (_, y) in zip(clients, synthetic)]),

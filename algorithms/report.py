@@ -1,5 +1,5 @@
-"""What a finished run says: the warning when its synthetic data is at chance, and its summary
-line."""
+"""What a finished run says: the warnings when its synthetic data is at chance or empty, and its
+summary line."""
 
 from __future__ import annotations
 
@@ -10,38 +10,68 @@ from utils.results import read_metrics
 
 def chance_warning(private: bool, fidelity: dict | None) -> str | None:
     """A warning when a private run's synthetic data is worth nothing for the task, naming
-    what is at chance: the clients' heads on their own synthetic data (against each client's
-    majority class), the global model's synthetic data (against 1/C), or both. Only when both
-    are does the run share nothing of use; the per-client figure alone is often at chance on
-    small clients while the released global model carries information."""
-    if not private or not fidelity or not fidelity.get("synthetic_at_chance"):
+    what is: the clients' heads on their own synthetic data (against each client's
+    majority-class rate), the global model's synthetic data (against chance, 1/C), or both.
+    Only when both are does the run share nothing of use; the per-client figure alone is often
+    at the majority rate on small clients while the released global model carries information."""
+    if not private or not fidelity:
         return None
     glob = fidelity.get("global_synthetic") or {}
-    client_at_chance = fidelity.get("synthetic_client_at_chance", True)
-    global_at_chance = bool(glob.get("at_chance", True))
+    client_at = fidelity.get("synthetic_client_at_majority")
+    global_at = bool(glob.get("at_chance"))
+    if not (client_at or global_at):
+        return None
+    majority = fidelity["synthetic_acc_client_majority"]
     per_client = (
-        f"synthetic-only accuracy {fidelity['synthetic_acc_mean']:.3f} per client (majority-class "
-        f"chance {fidelity['synthetic_acc_client_chance']:.3f})"
+        f"synthetic-only accuracy {fidelity['synthetic_acc_mean']:.3f} per client "
+        f"(majority-class rate {majority:.3f})"
     )
     global_ = (
         f"{glob.get('acc', float('nan')):.3f} for the global model "
         f"(chance 1/C = {glob.get('chance', float('nan')):.3f})"
     )
-    if client_at_chance and global_at_chance:
+    if client_at and global_at:
         return (
-            f"the synthetic data is at chance: {per_client}, {global_}; what this run shares "
-            "carries no information about the task"
+            f"the synthetic data is worth nothing for the task: {per_client}, {global_}; what "
+            "this run shares carries no information about the task"
         )
-    if client_at_chance:
+    if client_at:
         return (
-            f"each client's head on its own synthetic data is at chance ({per_client}), but the "
-            f"global model's synthetic data is not ({global_}): the released model carries "
-            "information about the task; the clients' own synthetic sets are too small or too "
-            "skewed to show it"
+            f"each client's head on its own synthetic data is at its majority-class rate "
+            f"({per_client}), but the global model's synthetic data is above chance ({global_}): "
+            "the released model carries information about the task; the clients' own synthetic "
+            "sets are too small or too skewed to show it"
         )
     return (
         f"the global model's synthetic data is at chance ({global_}), although each client's "
-        f"head on its own synthetic data is not ({per_client})"
+        f"head on its own synthetic data is above its majority-class rate ({per_client})"
+    )
+
+
+def empty_synthetic_warning(fidelity: dict | None) -> str | None:
+    """A warning when a client's synthetic set (or the global model's) is empty: the released
+    model samples none of its classes (DP-FedPFT: every class's noisy count fell under the
+    sampling threshold). Its synthetic-only accuracy and fidelity are empty; its other rows
+    stand (its mixed rows are its local head's)."""
+    if not fidelity:
+        return None
+    clients = fidelity.get("synthetic_empty") or []
+    glob = fidelity.get("global_synthetic") or {}
+    if not clients and not glob.get("empty"):
+        return None
+    what = []
+    if clients:
+        what.append(
+            f"client(s) {', '.join(map(str, clients))} drew no synthetic record (the released "
+            "model samples none of their classes)"
+        )
+    if glob.get("empty"):
+        what.append("the released model samples no class (no global synthetic-only accuracy)")
+    return (
+        f"empty synthetic data: {'; '.join(what)}. DP-FedPFT drops a class whose pooled noisy "
+        "count falls under the sampling threshold: sites too small for this epsilon. Their "
+        "synthetic-only accuracy and fidelity are marked empty; a client without synthetic data "
+        "keeps its local head in every mixed row"
     )
 
 

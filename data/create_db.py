@@ -32,6 +32,7 @@ from data.database import (
     write_meta,
 )
 from data.encoding import encode_source
+from data.images import name_dicom_warnings
 from data.medmnist_source import medmnist_flags
 from data.own_data import Columns
 from data.source_base import OWN_DATASETS, Source, SourceError
@@ -382,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (2 for bad input)."""
     started = time.time()
     args = build_parser().parse_args(argv)
+    name_dicom_warnings()
     command = list(sys.argv) if argv is None else ["data/create_db.py", *argv]
     try:
         meta = run(args, command, started)

@@ -10,12 +10,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from data.backbone import Backbone, fetch
 from data.database import DatabaseError
 from data.source_base import Source, SourceError
 from utils.io import save_npz
+from utils.progress import progress as progress_bar
 
 
 def _prepare_when_read(raw: Future, prepare: Callable[[Sequence], np.ndarray]) -> np.ndarray:
@@ -124,13 +124,8 @@ def encode_source(
     chunk_end = {(fi, hi): (k, lo) for fi, k, lo, hi in todo}
     total = sum(hi - lo for _, _, lo, hi in todo)
     done = sum(len(f) for f in source.files) - total
-    bar = tqdm(
-        total=total,
-        unit="img",
-        desc=f"encode {source.dataset}",
-        disable=not progress,
-        dynamic_ncols=True,
-        mininterval=0.5,
+    bar = progress_bar(
+        total=total, unit="img", desc=f"encode {source.dataset}", disable=not progress
     )
     if done and progress:
         print(f"resuming: {done} images already encoded in {work}", file=sys.stderr)

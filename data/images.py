@@ -20,6 +20,10 @@ databases were converted differently are told apart):
 from __future__ import annotations
 
 import io
+import logging
+import sys
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +79,7 @@ def read_dicom_header(path: str | Path) -> None:
         from pydicom.errors import InvalidDicomError
     except ImportError:
         raise ValueError(f"{path}: {PYDICOM_HINT}") from None
+    _READING.name = str(path)
     try:
         ds = pydicom.dcmread(str(path), stop_before_pixels=True)
     except (InvalidDicomError, OSError, ValueError, EOFError) as err:
@@ -93,6 +98,7 @@ def dicom_to_array(data: bytes, name: str = "DICOM bytes") -> np.ndarray:
         import pydicom
     except ImportError:
         raise ValueError(f"{name}: {PYDICOM_HINT}") from None
+    _READING.name = name
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
         frames = dicom_frames(ds)
@@ -115,7 +121,81 @@ def dicom_to_array(data: bytes, name: str = "DICOM bytes") -> np.ndarray:
         out = _minmax_uint8(arr)
         return 255 - out if photometric == "MONOCHROME1" else out
     except Exception as err:  # pydicom raises many types for bad files
-        raise ValueError(f"{name}: cannot decode DICOM ({err})") from None
+        raise ValueError(f"{name}: cannot decode DICOM ({one_line(err)})") from None
+
+
+def one_line(err: Exception | str) -> str:
+    """An error message on one line (pydicom's span several)."""
+    return " ".join(str(err).split())
+
+
+# What decodes which DICOM compression (pydicom's pixel data plugins), for the refusal's advice.
+JPEG_2000 = ("1.2.840.10008.1.2.4.9", "1.2.840.10008.1.2.4.20")  # J2K, HTJ2K prefixes
+DECODER_HINTS = (
+    (JPEG_2000, "pip install pylibjpeg pylibjpeg-openjpeg (or python-gdcm)"),
+    (("1.2.840.10008.1.2.4.",), "pip install pylibjpeg pylibjpeg-libjpeg (or python-gdcm)"),
+    (("",), "pip install python-gdcm"),
+)
+
+
+def dicom_transfer_syntax(path: str | Path) -> tuple[str, str] | None:
+    """The transfer syntax (UID, name) of a DICOM file's header; None for a file without one."""
+    from pydicom.filereader import read_file_meta_info
+
+    uid = read_file_meta_info(str(path)).get("TransferSyntaxUID")  # group 0002 only: fast
+    return None if uid is None else (str(uid), uid.name)
+
+
+def check_dicom_decodes(path: str | Path, syntax: tuple[str, str]) -> None:
+    """Decode one DICOM file's pixels (one per transfer syntax in the header pass), so that a
+    compression no installed plugin decodes is refused before encoding: ValueError, one line
+    naming the syntax and what to install or export."""
+    _READING.quiet = True  # its warnings repeat the refusal, or come again while encoding
+    try:
+        dicom_to_array(Path(path).read_bytes(), str(path))
+    except ValueError as err:
+        uid, name = syntax
+        hint = next(h for prefixes, h in DECODER_HINTS if uid.startswith(prefixes))
+        reason = str(err).removeprefix(f"{path}: ")
+        raise ValueError(
+            f"{path}: DICOM transfer syntax {name!r} ({uid}) does not decode here ({reason}); "
+            f"{hint}, or "
+            "export the images uncompressed (e.g. gdcmconv --raw, dcmdjpeg); "
+            "docs/own-data.md lists what decodes"
+        ) from None
+    finally:
+        _READING.quiet = False
+
+
+_READING = threading.local()  # the DICOM file this thread reads, for pydicom's warnings
+
+
+class _NamedWarnings(logging.Handler):
+    """pydicom's warnings (its logger) as one stderr line each, naming the file being read,
+    each once."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(_READING, "quiet", False):
+            return
+        name = getattr(_READING, "name", None) or "a DICOM file"
+        line = f"warning: {name}: {one_line(record.getMessage())}"
+        if line not in self.seen:
+            self.seen.add(line)
+            print(line, file=sys.stderr)
+
+
+def name_dicom_warnings() -> None:
+    """Print each pydicom warning once, on one line naming its file (pydicom's own warnings do
+    not): its logger's records go through `_NamedWarnings`, and its Python warnings, which
+    repeat them without the file, are silenced. For a command line (create_db.py)."""
+    logger = logging.getLogger("pydicom")
+    if not any(isinstance(h, _NamedWarnings) for h in logger.handlers):
+        logger.addHandler(_NamedWarnings())
+    warnings.filterwarnings("ignore", module="pydicom")
 
 
 def to_8bit(img: Image.Image) -> Image.Image:

@@ -21,13 +21,22 @@ from __future__ import annotations
 
 import csv
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from data.images import DICOM_SUFFIXES, IMAGE_CONVERSION, read_dicom_header
+from data.images import (
+    DICOM_SUFFIXES,
+    IMAGE_CONVERSION,
+    check_dicom_decodes,
+    dicom_transfer_syntax,
+    is_dicom,
+    read_dicom_header,
+)
+from data.own_checks import DELIMITERS, class_warnings, detect_delimiter
 from data.source_base import FileBytesReader, OutputFile, Source, SourceError
 
 IMAGE_SUFFIXES = (
@@ -132,7 +141,27 @@ def check_image_file(path: Path, where: str) -> None:
     except ValueError as err:  # read_dicom_header's messages name the file
         raise SourceError(f"{where}: {err}" if str(path) != where else str(err)) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise SourceError(f"{where}: {path} is not a readable image ({err})") from None
+        reason = " ".join(str(err).replace(f"'{path}'", "").replace(str(path), "").split())
+        named = f"{where}: {path}" if str(path) != where else str(path)  # the file named once
+        raise SourceError(f"{named} is not a readable image ({reason})") from None
+
+
+def header_pass(rows: list[Row]) -> None:
+    """Check every file (`check_image_file`), then decode one DICOM file per transfer syntax,
+    so that a compression nothing installed decodes is refused here, before any encoding."""
+    first: dict[tuple[str, str], Row] = {}
+    for r in rows:
+        check_image_file(r.path, r.where)
+        with r.path.open("rb") as fh:
+            dicom = is_dicom(fh.read(132), r.path)
+        syntax = dicom_transfer_syntax(r.path) if dicom else None
+        if syntax is not None:
+            first.setdefault(syntax, r)
+    for syntax, r in first.items():
+        try:
+            check_dicom_decodes(r.path, syntax)
+        except ValueError as err:  # its message names the file
+            raise SourceError(f"{r.where}: {err}" if str(r.path) != r.where else str(err)) from None
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -187,13 +216,21 @@ def _read_manifest(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         raise SourceError(f"--manifest {path}: file not found")
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
+            delimiter = detect_delimiter(fh.readline())
+            fh.seek(0)
+            reader = csv.DictReader(fh, delimiter=delimiter)
             header = [h.strip() for h in (reader.fieldnames or [])]
             reader.fieldnames = header
             records = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise SourceError(f"--manifest {path}: cannot read as CSV ({err})") from None
     return header, records
+
+
+def _delimiter_seen(manifest: Path) -> str:
+    """The delimiter the manifest was read with, in words (for an error message)."""
+    with manifest.open(newline="", encoding="utf-8-sig") as fh:
+        return DELIMITERS[detect_delimiter(fh.readline())]
 
 
 def manifest_rows(manifest: str | Path, columns: Columns = Columns()) -> list[Row]:
@@ -204,8 +241,8 @@ def manifest_rows(manifest: str | Path, columns: Columns = Columns()) -> list[Ro
     for name, flag in ((columns.path, "--path_column"), (columns.label, "--label_column")):
         if name not in header:
             raise SourceError(
-                f"{manifest}: no column {name!r} (columns: {', '.join(header) or 'none'}); "
-                f"name the column with {flag}"
+                f"{manifest}: no column {name!r} (columns: {', '.join(header) or 'none'}, "
+                f"read as {_delimiter_seen(manifest)}-separated); name the column with {flag}"
             )
     for name, flag in ((columns.site, "--site_column"), (columns.split, "--split_column")):
         if flag in columns.explicit and name not in header:
@@ -310,8 +347,9 @@ def open_own_data(
         rows = manifest_rows(manifest, columns)
         source_file = Path(manifest).resolve()
     names, labels = resolve_labels(rows, classes)
-    for r in rows:
-        check_image_file(r.path, r.where)
+    integer = all(_is_int(r.label) for r in rows)
+    label_warnings = class_warnings(names, labels, [r.where for r in rows], integer, source_file)
+    header_pass(rows)
     files = []
     for name, idx, info in _group(rows):
         meta = np.array([[i, rows[i].split] for i in idx], dtype=np.int64).reshape(-1, 2)
@@ -334,6 +372,8 @@ def open_own_data(
     sites = [f.info["site"] for f in files if "site" in f.info]
     if sites:
         info["sites"] = {f.name: f.info["site"] for f in files}
+    for message in label_warnings:  # after every refusal: a refused input prints one line
+        print(f"warning: {message}", file=sys.stderr)
     return Source(
         dataset=dataset,
         task="binary-class" if len(names) == 2 else "multi-class",

@@ -248,7 +248,7 @@ def synthesize(msg: Message, context: Context) -> Message:
     flat = {f"{mode}-{m}": v for mode, per in (scores or {}).items() for m, v in per.items()}
     fidelity = {k: v for k, v in result.fidelity().items() if k not in COUNT_KEYS}
     if not site.policy.release_fidelity:  # the statistics on training data stay here
-        fidelity = {k: fidelity[k] for k in ("synthetic_acc", "chance")}
+        fidelity = {k: fidelity[k] for k in ("synthetic_acc", "majority")}
     return site.reply(
         msg,
         {

@@ -7,7 +7,8 @@ each metric is averaged over seeds; the row shows the mean +- std of those acros
 Rows follow the methods' display order that each metrics.json records (the method registry's).
 Writes `<name>.md` and `<name>.csv` and prints the Markdown table. "Syn. acc" is the accuracy of
 a head trained on the global model's synthetic data alone, on the pooled real test data
-(train on synthetic, test on real), marked "(chance)" when within noise of chance. "Pooled
+(train on synthetic, test on real), marked "(chance)" when within noise of chance (1 / the
+number of classes), and "empty" where a run's synthetic set was empty (then W-dist too). "Pooled
 acc" is each client's model on the pooled test data of every client (patients unlike its own),
 averaged like the other metrics; a Flower deployment has no pooled data ("-").
 """
@@ -154,22 +155,27 @@ def _mode(metrics: dict, downstream: str | None) -> str | None:
 
 def _synthetic_only(ms: list[dict]) -> dict[str, Any]:
     """The synthetic data's own accuracy, averaged over seeds: of the global model's synthetic
-    data on the pooled test data (`syn_acc`), of each client's (`syn_acc_client`), and whether
-    any seed's synthetic data was within noise of chance. None for runs without it."""
+    data on the pooled test data (`syn_acc`), of each client's (`syn_acc_client`), whether any
+    seed's global synthetic data was within noise of chance (1/C: the global model's own
+    `at_chance`, not the clients' majority-class rates), and whether any seed's synthetic data
+    was empty (`syn_empty`: a client's, or the global model's). None for runs without it."""
     fids = [m.get("fidelity") or {} for m in ms]
-    glob = [f["global_synthetic"]["acc"] for f in fids if f.get("global_synthetic")]
-    client = [f["synthetic_acc_mean"] for f in fids if "synthetic_acc_mean" in f]
+    globs = [f["global_synthetic"] for f in fids if f.get("global_synthetic")]
+    glob = [g["acc"] for g in globs if g.get("acc") is not None]
+    client = [f["synthetic_acc_mean"] for f in fids if f.get("synthetic_acc_mean") is not None]
     complete = len(glob) == len(ms)
     return {
         "syn_acc": float(np.mean(glob)) if complete else None,
         "syn_acc_client": float(np.mean(client)) if len(client) == len(ms) else None,
-        "syn_at_chance": any(f.get("synthetic_at_chance") for f in fids) if complete else None,
+        "syn_at_chance": any(bool(g.get("at_chance")) for g in globs) if complete else None,
+        "syn_empty": any(bool(g.get("empty")) for g in globs)
+        or any(f.get("synthetic_empty") for f in fids),
     }
 
 
 def _syn_text(r: dict[str, Any]) -> str:
     if r.get("syn_acc") is None:
-        return "-"
+        return "empty" if r.get("syn_empty") else "-"
     return f"{100 * r['syn_acc']:.2f}" + (" (chance)" if r["syn_at_chance"] else "")
 
 
@@ -272,6 +278,12 @@ def _fmt(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _wasserstein_text(r: dict[str, Any]) -> str:
+    if r["wasserstein"] is None:
+        return "empty" if r.get("syn_empty") else "-"
+    return f"{r['wasserstein']:.4f}"
+
+
 def _pooled_text(r: dict[str, Any]) -> str:
     if r.get("pooled_acc_mean") is None:
         return "-"
@@ -306,7 +318,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         cells += [f"{100 * r[f'{n}_mean']:.2f} ± {100 * r[f'{n}_std']:.2f}" for n in METRIC_TITLES]
         cells += [
             _pooled_text(r),
-            _fmt(r["wasserstein"], ".4f"),
+            _wasserstein_text(r),
             _syn_text(r),
             _lambda_text(r),
             _eps_text(r["epsilon_spent"]),

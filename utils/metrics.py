@@ -49,9 +49,11 @@ def sinkhorn_wasserstein(
     real: np.ndarray, synthetic: np.ndarray, blur: float = 0.01, device: str = "cpu"
 ) -> float:
     """The paper's fidelity: sqrt of geomloss's debiased Sinkhorn loss (p=2, blur=0.01),
-    computed on `device`.
+    computed on `device`; NaN when a set is empty (no distance to measure).
 
     geomloss's p=2 cost is |x-y|^2 / 2, so the value is a (blurred) W2 distance up to sqrt(2)."""
+    if len(real) == 0 or len(synthetic) == 0:
+        return float("nan")
     import torch
     from geomloss import SamplesLoss
 

@@ -176,7 +176,7 @@ FIDELITY_NUMBERS = (
     "density",
     "coverage",
     "synthetic_acc",
-    "chance",
+    "majority",
 )
 
 
@@ -184,29 +184,38 @@ def fidelity_report(
     cfg: GenerativeConfig, per_client: list[dict[str, float]], global_synthetic: dict | None
 ) -> dict:
     """The `fidelity` block of metrics.json from the clients' `FinishedClient.fidelity()` (in
-    client order) and the global synthetic-only accuracy. `synthetic_at_chance`: the synthetic
-    data is worth nothing for the task (per client, or the global model's), within noise;
-    `synthetic_client_at_chance`: the per-client part of that (the global part is
-    `global_synthetic["at_chance"]`), None when no client sent its test size (Flower). A
+    client order) and the global synthetic-only accuracy. `synthetic_at_chance`: the global
+    model's synthetic data is within noise of chance (1 / n_classes);
+    `synthetic_client_at_majority`: the clients' heads on their own synthetic data are within
+    noise of their majority-class rate (`majority`: the share of each client's most frequent
+    test class), None when no client sent its test size (Flower). `synthetic_empty`: the
+    indices (in client order) of the clients whose synthetic set is empty (the released model
+    samples none of their classes): their fidelity and synthetic-only accuracy are None. A
     Flower site whose policy keeps its fidelity statistics on training data sends none of them
     (its synthetic-only accuracy is a test metric and is sent): its values are None and the
     means are over the clients that sent them (None if none did)."""
     fidelity: dict = {"space": f"squashed (temperature {cfg.squash_temperature})"}
     for name in FIDELITY_NUMBERS:
-        fidelity[name] = [c.get(name) for c in per_client]
+        fidelity[name] = [_finite_or_none(c.get(name)) for c in per_client]
         fidelity[f"{name}_mean"] = _mean_of_finite(fidelity[name])
-    fidelity["synthetic_acc_client_chance"] = fidelity.pop("chance_mean")
-    fidelity["client_chance"] = fidelity.pop("chance")
+    sized = [c for c in per_client if not c.get("synthetic_empty")]  # with a synthetic set
+    fidelity.pop("majority_mean")  # over the clients whose synthetic-only accuracy is measured:
+    fidelity["synthetic_acc_client_majority"] = _mean_of_finite([c.get("majority") for c in sized])
+    fidelity["client_majority"] = fidelity.pop("majority")
+    fidelity["synthetic_empty"] = [i for i, c in enumerate(per_client) if c.get("synthetic_empty")]
     fidelity["global_synthetic"] = global_synthetic
-    n_test = int(sum(c.get("n_test", 0) for c in per_client))  # none under Flower: no counts
-    per_client_at_chance = at_chance(
-        fidelity["synthetic_acc_mean"], fidelity["synthetic_acc_client_chance"], n_test
+    n_test = int(sum(c.get("n_test", 0) for c in sized))  # none under Flower: no counts
+    at_majority = n_test > 0 and at_chance(
+        fidelity["synthetic_acc_mean"], fidelity["synthetic_acc_client_majority"], n_test
     )
-    fidelity["synthetic_client_at_chance"] = bool(per_client_at_chance) if n_test else None
-    fidelity["synthetic_at_chance"] = bool(
-        per_client_at_chance or (global_synthetic is not None and global_synthetic["at_chance"])
-    )
+    fidelity["synthetic_client_at_majority"] = bool(at_majority) if n_test else None
+    fidelity["synthetic_at_chance"] = bool(global_synthetic and global_synthetic["at_chance"])
     return fidelity
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    """A fidelity number as metrics.json stores it: None where there is none (NaN)."""
+    return None if value is None or not np.isfinite(value) else float(value)
 
 
 def _mean_of_finite(values: list[float | None]) -> float | None:

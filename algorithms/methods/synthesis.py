@@ -99,8 +99,8 @@ class FinishedClient:
     quality: dict[str, float]
     synthetic: np.ndarray
     labels: np.ndarray
-    synthetic_acc: float  # the synthetic head alone on the client's real test data
-    chance: float  # the share of the most frequent class in the client's test data
+    synthetic_acc: float  # the synthetic head alone on the client's real test data (nan: empty)
+    majority: float  # the share of the most frequent class in the client's test data
     joint: dict[float, ClientProbs]  # heads on real + synthetic data, by synthetic weight
 
     def fidelity(self) -> dict[str, float]:
@@ -109,7 +109,8 @@ class FinishedClient:
             "wasserstein": self.wasserstein,
             **self.quality,
             "synthetic_acc": self.synthetic_acc,
-            "chance": self.chance,
+            "majority": self.majority,
+            "synthetic_empty": float(len(self.labels) == 0),
             "n_test": float(len(self.local.test)),
         }
 
@@ -127,20 +128,15 @@ def finish_client(
     """Run where the client's data lives: synthesize from the global model, fit a head on real
     data, one on synthetic data and the joint heads on both (on the client's device), and
     measure the fidelity of the synthetic embeddings. `pooled_x`: every client's test data (a
-    simulation's second evaluation), or None."""
+    simulation's second evaluation), or None. An empty synthetic set (the global model samples
+    none of the client's classes) gives NaN fidelity and synthetic-only accuracy, and the local
+    head in the global model's place (the mixed rows are the local head's), so the run's other
+    rows are kept."""
     synthetic, labels = synthesize(client, data, weights, n_classes, cfg, seed)
     real = squash(data.x_train, cfg.squash_temperature)
     wasserstein = sinkhorn_wasserstein(real, synthetic, device=client.device.type)
     quality = prdc(real, synthetic)
     x_syn = unsquash(synthetic, cfg.squash_temperature)
-    head_syn = train_head(
-        x_syn,
-        labels,
-        n_classes,
-        head_cfg,
-        derive_seed(seed, SYNTHETIC_HEAD, data.id),
-        client.device,
-    )
     head_real = train_head(
         data.x_train,
         data.y_train,
@@ -151,7 +147,12 @@ def finish_client(
     )
     own_prior = label_prior(data.y_train, n_classes)
     local = head_probs(head_real, data, pooled_x, own_prior)
-    global_ = head_probs(head_syn, data, pooled_x, label_prior(labels, n_classes))
+    if len(labels):
+        seed_syn = derive_seed(seed, SYNTHETIC_HEAD, data.id)
+        head_syn = train_head(x_syn, labels, n_classes, head_cfg, seed_syn, client.device)
+        global_ = head_probs(head_syn, data, pooled_x, label_prior(labels, n_classes))
+    else:
+        global_ = local  # nothing released to add: every mix of the two is the local head
     return FinishedClient(
         local=local,
         global_=global_,
@@ -159,8 +160,8 @@ def finish_client(
         quality=quality,
         synthetic=synthetic,
         labels=labels,
-        synthetic_acc=accuracy(global_.test, data.y_test),
-        chance=majority_share(data.y_test),
+        synthetic_acc=accuracy(global_.test, data.y_test) if len(labels) else float("nan"),
+        majority=majority_share(data.y_test),
         joint=joint_heads(data, x_syn, labels, n_classes, head_cfg, seed, client.device, pooled_x)
         | {0.0: local},
     )
@@ -199,8 +200,9 @@ def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
 
 
 def majority_share(y: np.ndarray) -> float:
-    """The accuracy of always predicting the most frequent class of `y` (chance level of a head
-    that has learnt the label prior only; nan without data)."""
+    """The accuracy of always predicting the most frequent class of `y` (the majority-class
+    rate: what a head that has learnt the label prior only scores; nan without data). Not
+    chance, which is 1 / n_classes."""
     return float(np.bincount(y).max() / len(y)) if len(y) else float("nan")
 
 
@@ -216,19 +218,24 @@ def global_synthetic_head(
     cfg: GenerativeConfig,
     head_cfg: HeadConfig,
     seed: int,
-) -> torch.nn.Module:
+) -> torch.nn.Module | None:
     """A head trained on a class-balanced synthetic set from the released model alone
     (GLOBAL_SYNTHETIC_PER_CLASS per class it can sample, run seed `seed`), where the released
     model is (the server): what the shared model is worth by itself, tested on every client's
-    real test data (`global_synthetic_report`)."""
+    real test data (`global_synthetic_report`). None when it can sample no class."""
     labels = np.repeat(np.flatnonzero(sampler.can_sample(weights)), GLOBAL_SYNTHETIC_PER_CLASS)
+    if not len(labels):
+        return None
     x = sampler.sample(weights, labels, generator(derive_seed(seed, GLOBAL_SAMPLE)))
     x = unsquash(x, cfg.squash_temperature)
     return train_head(x, labels, n_classes, head_cfg, derive_seed(seed, GLOBAL_HEAD))
 
 
-def correct_count(head: torch.nn.Module, data: ClientData) -> int:
-    """How many of the client's test records `head` classifies right (a client reports this)."""
+def correct_count(head: torch.nn.Module | None, data: ClientData) -> int | None:
+    """How many of the client's test records `head` classifies right (a client reports this);
+    None without a head (the released model samples no class)."""
+    if head is None:
+        return None
     return int((predict_proba(head, data.x_test).argmax(1) == data.y_test).sum())
 
 
@@ -238,18 +245,21 @@ def at_chance(acc: float, chance: float, n: int) -> bool:
     return n > 0 and acc <= chance + 3.0 * math.sqrt(chance * (1.0 - chance) / n)
 
 
-def global_synthetic_report(correct: list[int], n_test: list[int], n_classes: int) -> dict:
+def global_synthetic_report(correct: list[int | None], n_test: list[int], n_classes: int) -> dict:
     """The global synthetic-only accuracy on the pooled test data (from the clients' correct
-    counts), against chance 1 / n_classes (the head never saw the clients' label prior)."""
+    counts), against chance 1 / n_classes (the head never saw the clients' label prior).
+    `empty` (only then): the released model samples no class (no head; `acc` None)."""
     n = int(sum(n_test))
-    acc = sum(correct) / n if n else float("nan")
     chance = 1.0 / n_classes
+    empty = any(c is None for c in correct)
+    acc = None if empty else (sum(correct) / n if n else float("nan"))
     return {
         "acc": acc,
         "n_test": n,
         "chance": chance,
         "per_class": GLOBAL_SYNTHETIC_PER_CLASS,
-        "at_chance": at_chance(acc, chance, n),
+        "at_chance": False if empty else at_chance(acc, chance, n),
+        **({"empty": True} if empty else {}),
     }
 
 
@@ -272,7 +282,7 @@ def finish_clients(
 
 
 def pooled_synthetic_report(
-    head: torch.nn.Module, clients: list[ClientData], n_classes: int
+    head: torch.nn.Module | None, clients: list[ClientData], n_classes: int
 ) -> dict:
     """`global_synthetic_report` in process: every client's correct count of `head`."""
     return global_synthetic_report(

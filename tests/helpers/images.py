@@ -122,3 +122,29 @@ def make_fashionmnist(root: Path, n_train: int = 30, n_test: int = 10, seed: int
         write_idx(root / names[split][1], y)
         out[split] = (x, y)
     return out
+
+
+def write_gray_png(path: Path, size: int = 16, seed: int = 0) -> Path:
+    """One tiny smooth 8-bit grayscale PNG at `path` (its folders made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(make_images(1, size, rgb=False, seed=seed)[0]).save(path)
+    return path
+
+
+def make_site_manifest(
+    root: Path,
+    sites: dict[str, int],
+    classes: tuple[str, ...] = ("benign", "malignant"),
+    delimiter: str = ",",
+) -> Path:
+    """`root/manifest.csv` (path, label, site) over `sites[name]` PNGs per site, the classes in
+    turn; `delimiter` as a spreadsheet in that locale writes it."""
+    lines = [delimiter.join(("path", "label", "site"))]
+    k = 0
+    for site, n in sites.items():
+        for i in range(n):
+            write_gray_png(root / site / f"{i}.png", seed=k)
+            lines.append(delimiter.join((f"{site}/{i}.png", classes[i % len(classes)], site)))
+            k += 1
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root / "manifest.csv"

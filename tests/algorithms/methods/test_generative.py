@@ -13,7 +13,7 @@ from algorithms.methods.generative import fidelity_report, run_generative, seede
 from algorithms.methods.synthesis import at_chance, global_synthetic_report, synthetic_label_counts
 from algorithms.privacy.config import DPConfig
 from algorithms.privacy.generative_config import GenerativeConfig
-from algorithms.report import chance_warning
+from algorithms.report import chance_warning, empty_synthetic_warning
 from data.clients import ClientData
 from data.features import standardize_records
 
@@ -167,26 +167,29 @@ def test_chance_is_flagged_within_three_standard_errors():
     assert report["acc"] == 0.1 and report["chance"] == 0.1 and report["at_chance"]
     assert not global_synthetic_report([150, 250], [200, 300], 10)["at_chance"]
     client = {"wasserstein": 1.0, "precision": 0, "recall": 0, "density": 0, "coverage": 0}
-    good = {**client, "synthetic_acc": 0.9, "chance": 0.5, "n_test": 400.0}
-    bad = {**client, "synthetic_acc": 0.5, "chance": 0.5, "n_test": 400.0}
+    good = {**client, "synthetic_acc": 0.9, "majority": 0.5, "n_test": 400.0}
+    bad = {**client, "synthetic_acc": 0.5, "majority": 0.5, "n_test": 400.0}
     glob = global_synthetic_report([400], [400], 10)
-    # per client: the mean synthetic-only accuracy against the mean chance level
-    assert not fidelity_report(CFG, [good, bad], glob)["synthetic_at_chance"]
-    assert fidelity_report(CFG, [bad, bad], glob)["synthetic_at_chance"]
-    assert fidelity_report(CFG, [good], global_synthetic_report([41], [400], 10))[
-        "synthetic_at_chance"
-    ]
+    # per client: the mean synthetic-only accuracy against the mean majority-class rate
+    assert not fidelity_report(CFG, [good, bad], glob)["synthetic_client_at_majority"]
+    report = fidelity_report(CFG, [bad, bad], glob)
+    assert report["synthetic_client_at_majority"] and not report["synthetic_at_chance"]
+    # chance is 1/C: only the global model's synthetic data is tested against it
+    report = fidelity_report(CFG, [good], global_synthetic_report([41], [400], 10))
+    assert report["synthetic_at_chance"] and not report["synthetic_client_at_majority"]
+    assert report["client_majority"] == [0.5] and "chance" not in report
 
 
 def test_the_chance_warning_names_what_is_at_chance():
     client = {"wasserstein": 1.0, "precision": 0, "recall": 0, "density": 0, "coverage": 0}
-    bad = {**client, "synthetic_acc": 0.5, "chance": 0.5, "n_test": 400.0}
-    good = {**client, "synthetic_acc": 0.9, "chance": 0.5, "n_test": 400.0}
+    bad = {**client, "synthetic_acc": 0.5, "majority": 0.5, "n_test": 400.0}
+    good = {**client, "synthetic_acc": 0.9, "majority": 0.5, "n_test": 400.0}
     informative = global_synthetic_report([214], [400], 10)  # 53.5% against 10%
     useless = global_synthetic_report([41], [400], 10)
-    # per-client at chance, global far above 1/C: the shared model carries information
+    # per-client at the majority rate, global far above 1/C: the shared model carries information
     warning = chance_warning(True, fidelity_report(CFG, [bad, bad], informative))
     assert "each client's head" in warning and "carries information" in warning
+    assert "majority-class rate 0.500" in warning and "chance 1/C = 0.100" in warning
     assert "carries no information" not in warning and "0.535" in warning
     # both at chance: nothing of use is shared
     warning = chance_warning(True, fidelity_report(CFG, [bad, bad], useless))
@@ -224,3 +227,26 @@ def test_same_seed_same_result():
     c = run_generative("dpcvae", _clients(), 3, CFG, DPConfig(), HEAD, seed=6)
     assert a.history == b.history and a.fidelity == b.fidelity
     assert a.fidelity != c.fidelity
+
+
+def test_a_client_with_an_empty_synthetic_set_is_listed_and_left_out_of_the_means():
+    client = {"wasserstein": 1.0, "precision": 0, "recall": 0, "density": 0, "coverage": 0}
+    good = {**client, "synthetic_acc": 0.9, "majority": 0.5, "n_test": 400.0}
+    nan = float("nan")
+    empty = {"wasserstein": nan, "precision": nan, "recall": nan, "density": nan,
+             "coverage": nan, "synthetic_acc": nan, "majority": 1.0, "n_test": 4.0,
+             "synthetic_empty": 1.0}  # fmt: skip
+    report = fidelity_report(CFG, [good, empty], global_synthetic_report([300], [404], 2))
+    assert report["synthetic_empty"] == [1] and report["wasserstein"] == [1.0, None]
+    assert report["synthetic_acc"] == [0.9, None] and report["synthetic_acc_mean"] == 0.9
+    assert report["synthetic_acc_client_majority"] == 0.5  # the empty client's 1.0 left out
+    assert empty_synthetic_warning(report).startswith(
+        "empty synthetic data: client(s) 1 drew no synthetic record"
+    )
+    nothing = global_synthetic_report([None, None], [200, 204], 2)
+    assert nothing["empty"] and nothing["acc"] is None and not nothing["at_chance"]
+    assert "samples no class" in empty_synthetic_warning(fidelity_report(CFG, [empty], nothing))
+    full = global_synthetic_report([300], [400], 2)
+    assert (
+        "empty" not in full and empty_synthetic_warning(fidelity_report(CFG, [good], full)) is None
+    )
