@@ -241,7 +241,8 @@ def synthesize(msg: Message, context: Context) -> Message:
         sampler, weights, site.n_classes, s.configs["generative"], s.configs["head"], s.seed
     )
     n_test = len(site.data.y_test)
-    acc = correct_count(head, site.data) / n_test if n_test else float("nan")
+    correct = correct_count(head, site.data)  # None: an empty synthetic set, no head
+    acc = correct / n_test if n_test and correct is not None else float("nan")
     context.state[GLOBAL_ACC] = ConfigRecord({"acc": acc})
     grid = lambda_grid(s.args.weights_grid_resolution)
     scores = client_mode_scores(result.local, result.global_, result.joint, site.data.y_val, grid)

@@ -16,12 +16,10 @@ that head from the global model), not main.py's pooled one.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
@@ -33,7 +31,7 @@ from algorithms.evaluation.downstream import (
     modes_report,
 )
 from algorithms.evaluation.protocol import Evaluation, Outcome, lambda_grid
-from algorithms.experiment import DataFacts, close_run, open_run
+from algorithms.experiment import DataFacts, close_run, discard_unfinished, open_run
 from algorithms.federation.aggregation import StateDict
 from algorithms.federation.rounds import ClientUpdate, Rounds, fedavg_aggregate, run_rounds
 from algorithms.methods.fedavg import initial_head, validation_row
@@ -52,7 +50,6 @@ from fl.records import WITHHELD, content_update, weights_record
 from fl.settings import SettingsError, is_generative, is_pft, run_settings
 from utils.metrics import CLASSIFICATION_METRICS
 from utils.progress import set_quiet
-from utils.results import CONFIG_FILE, HISTORY_FILE
 from utils.seeding import SAMPLING, derive_seed
 
 app = ServerApp()
@@ -124,20 +121,11 @@ def serve(grid: Grid, context: Context) -> None:
     run = run_pft if is_pft(settings) else run_generative if is_generative(settings) else run_fedavg
     try:
         outcome, evaluation = run(sites, order, settings, dim, n_classes)
-    except BaseException:  # a refused or failed run leaves no run directory behind
-        discard_run_dir(files.run_dir)
+    except BaseException:  # a refused or failed run leaves nothing half-written behind
+        discard_unfinished(files.run_dir, remove_folder=True)
         raise
     wall = time.perf_counter() - start
     close_run(files, settings.seed, facts.split_args, evaluation, outcome, wall)
-
-
-def discard_run_dir(run_dir: Path) -> None:
-    """Remove what this run wrote (its config.json, a partial history) and its directory if
-    nothing else is in it."""
-    for name in (CONFIG_FILE, HISTORY_FILE):
-        (run_dir / name).unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        run_dir.rmdir()
 
 
 def connect(
