@@ -34,6 +34,7 @@ from data.database import (
 from data.encoding import encode_source
 from data.medmnist_source import medmnist_flags
 from data.own_data import Columns
+from data.patients import files_patient_facts, key_path
 from data.source_base import OWN_DATASETS, Source, SourceError
 from data.sources import default_dataset_root, open_source
 from utils.cli import OutputError, Parser, check_output
@@ -100,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--split_column",
         default=None,
         help="the manifest's train/test column (default: split, if any)",
+    )
+    own.add_argument(
+        "--patient_column",
+        default=None,
+        help="the manifest's patient id column (default: patient, if any): a patient's images "
+        "share a site and a split, and splits never cut a patient. Without it, DICOM PatientIDs "
+        "are used, stored only as consecutive integers keyed by a site key "
+        "(<database_root>.patient_key, mode 0600)",
     )
     own.add_argument(
         "--classes",
@@ -278,9 +287,12 @@ def run(args: argparse.Namespace, command: list[str], started: float) -> dict:
             for flag, value in (
                 ("--site_column", args.site_column),
                 ("--split_column", args.split_column),
+                ("--patient_column", args.patient_column),
             )
             if value is not None
         ),
+        patient=args.patient_column or "patient",
+        key_file=str(key_path(root)),
     )
     if not own and (args.manifest or args.classes or columns.explicit):
         raise UsageError(
@@ -362,6 +374,7 @@ def run(args: argparse.Namespace, command: list[str], started: float) -> dict:
         },
         "preprocessing": preprocessing(backbone),
         "files": files,
+        "patients": files_patient_facts(source.files),
         "seed": args.seed,
         "s_frac": source.info.get("s_frac", args.s_frac),
         "batch_size": args.batch_size,
