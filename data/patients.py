@@ -204,6 +204,7 @@ class Units:
     order: np.ndarray
     mixed: int  # patients with records of several classes
     identity: bool  # one record per unit, unit i = record i
+    name: str = "samples"  # what a unit is called in messages: samples, or patients
 
     def expand(self, units: np.ndarray) -> np.ndarray:
         """The sorted record indices of these units."""
@@ -216,10 +217,10 @@ class Units:
         return np.sort(np.concatenate(parts))
 
 
-def record_units(labels: np.ndarray, sources: np.ndarray) -> Units:
-    """Each record its own unit (no patient ids)."""
+def record_units(labels: np.ndarray, sources: np.ndarray, name: str = "samples") -> Units:
+    """Each record its own unit (no patient ids, or one record per patient in order)."""
     n = len(labels)
-    return Units(labels, sources, np.arange(n + 1), np.arange(n), 0, True)
+    return Units(labels, sources, np.arange(n + 1), np.arange(n), 0, True, name)
 
 
 def patient_units(
@@ -237,7 +238,7 @@ def patient_units(
     unit_of = rank[inverse]  # units in order of their first record
     n_units = len(first)
     if n_units == len(labels) and np.array_equal(unit_of, np.arange(len(labels))):
-        return record_units(labels, sources)
+        return record_units(labels, sources, "patients")
     order = np.argsort(unit_of, kind="stable")
     starts = np.concatenate([[0], np.cumsum(np.bincount(unit_of, minlength=n_units))])
     votes = np.zeros((n_units, n_classes), dtype=np.int64)
@@ -250,7 +251,24 @@ def patient_units(
         order=order,
         mixed=int(((votes > 0).sum(axis=1) > 1).sum()),
         identity=False,
+        name="patients",
     )
+
+
+MAJORITY_RULE = (
+    "a patient's records move together (one client, one of train/val/test); a patient with "
+    "records of several classes is placed by its majority label (ties: the lower class index)"
+)
+
+
+def split_unit(units: Units, patients: np.ndarray) -> dict:
+    """The `unit` block of a split file made with patient ids: the facts and the rule."""
+    return {
+        **patient_facts(np.asarray(patients)),
+        "mixed_label_patients": units.mixed,
+        "rule": MAJORITY_RULE,
+        "mixed_note": f"{units.mixed} patient(s) have records of several classes: {MAJORITY_RULE}",
+    }
 
 
 def patients_across(patients: np.ndarray, groups: np.ndarray) -> int | None:
