@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 import sys
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +23,16 @@ from algorithms.evaluation.protocol import Evaluation, Outcome
 from algorithms.flags import spelling
 from algorithms.methods.registry import Configs, Method, RunContext, display_order
 from algorithms.options import Settings, UsageError, check_before_run
-from algorithms.privacy.accounting import delta_warning, over_budget_warning
+from algorithms.privacy.accounting import (
+    delta_warning,
+    group_privacy_warning,
+    over_budget_warning,
+    with_patients,
+)
 from algorithms.privacy.config import DPConfig
 from algorithms.privacy.generative_config import GenerativeConfig
 from algorithms.report import chance_warning
-from data.clients import ClientData, client_datasets, pooled_test
+from data.clients import ClientData, client_datasets, pooled_test, training_patients
 from data.database import Database, DatabaseError, load_database
 from data.features import squash
 from data.partition import load_or_make_split
@@ -134,6 +139,9 @@ def run(settings: Settings) -> Path:
         )
     context = RunContext(data.clients, data.db.n_classes, settings.seed, checkpoint, execution)
     outcome = settings.method.run(context, Configs(**settings.configs))
+    if outcome.privacy is not None:
+        patients = training_patients(data.clients)
+        outcome = replace(outcome, privacy=with_patients(outcome.privacy, patients))
     evaluation = evaluate_clients(
         data.clients,
         outcome.local,
@@ -327,6 +335,7 @@ def close_run(
         },
     }
     warnings_ = [over_budget_warning(outcome.privacy) if outcome.privacy else None]
+    warnings_.append(group_privacy_warning(outcome.privacy) if outcome.privacy else None)
     warnings_.append(chance_warning(metrics["private"], outcome.fidelity))
     for warning in filter(None, warnings_):
         print(f"warning: {warning}", file=sys.stderr)

@@ -1,0 +1,69 @@
+"""The privacy report's unit: epsilon per record; on data with patient ids the patients and the
+group-privacy bound for the largest one, a warning, and the run's privacy line."""
+
+import math
+
+import numpy as np
+from helpers.databases import make_gaussian_db
+from helpers.tiny import FAST, TINY
+
+import main as main_module
+from algorithms.privacy.accounting import group_bound, group_privacy_warning, with_patients
+from algorithms.report import privacy_line
+from data.database import load_embedding_file, save_embedding_file
+from data.patients import patient_facts
+from utils.results import read_metrics
+
+REPORT = {"enabled": True, "epsilon_max": 1.0, "delta": 1e-4, "unit": "record"}
+
+
+def test_group_bound_is_k_eps_and_k_e_to_the_k_minus_1_eps_delta():
+    assert group_bound(0.5, 1e-5, 1) == (0.5, 1e-5)
+    eps, delta = group_bound(1.0, 1e-4, 50)
+    assert eps == 50.0 and math.isclose(delta, 50 * math.exp(49) * 1e-4)
+
+
+def test_with_patients_adds_the_facts_and_the_largest_patients_bound():
+    facts = patient_facts(np.array([0, 0, 0, 1, 2, 2]))
+    report = with_patients(REPORT, facts)
+    assert report["patients"]["n_patients"] == 3 and report["unit"] == "record"
+    assert report["group_privacy"] == {"k": 3, "epsilon": 3.0, "delta": 3 * math.exp(2) * 1e-4}
+    warning = group_privacy_warning(report)
+    assert "per record, not per patient" in warning and "up to 3 records" in warning
+    assert "no guarantee" not in warning
+    # no ids, no DP, or one record per patient: nothing to add or to warn about
+    assert with_patients(REPORT, None) is REPORT
+    assert with_patients({"enabled": False}, facts) == {"enabled": False}
+    assert group_privacy_warning(with_patients(REPORT, patient_facts(np.arange(4)))) is None
+    # k = 50 at epsilon 1: the bound says nothing
+    many = with_patients(REPORT, patient_facts(np.zeros(50, dtype=int)))
+    assert "that is no guarantee (delta >= 1)" in group_privacy_warning(many)
+
+
+def test_privacy_line_names_the_unit_and_the_patients():
+    facts = patient_facts(np.array([0, 0, 0, 1, 2, 2, 3, 3]))
+    line = privacy_line(with_patients(REPORT, facts))
+    assert line.startswith("privacy: epsilon 1 per record (delta 0.0001); 4 patients, ")
+    assert "records per patient median 2 / max 3; for the largest patient (k = 3)" in line
+    assert "no patient ids: each record is its own patient" in privacy_line(REPORT)
+    assert privacy_line({"enabled": False}) is None and privacy_line(None) is None
+
+
+def test_a_dp_run_on_data_with_patient_ids_reports_per_record_and_warns(tmp_path, capsys):
+    db = make_gaussian_db(tmp_path / "db", n_per_file=(300,))
+    f = load_embedding_file(db / "all.npz")
+    patients = np.arange(300) // 3  # 100 patients of 3 records, a label each
+    labels = f.labels.copy()
+    for p in range(100):
+        labels[3 * p : 3 * p + 3] = labels[3 * p]
+    save_embedding_file(db / "all.npz", f.embeddings, labels, patients[:, None], ("patient",))
+    out = tmp_path / "run"
+    argv = ["--database_root", str(db), "--results_dir", str(out), *FAST]
+    assert main_module.main([*argv, "--method", "dpfedpft", *TINY["dpfedpft"]]) == 0
+    printed = capsys.readouterr()
+    privacy = read_metrics(out)["privacy"]
+    assert privacy["unit"] == "record" and privacy["patients"]["records_per_patient_max"] == 3
+    assert privacy["patients"]["n_patients"] < 100  # the training patients only
+    assert privacy["group_privacy"]["epsilon"] == 3 * privacy["epsilon_max"]
+    assert "per record (delta 0.0001); " in printed.out and "(k = 3)" in printed.out
+    assert "is per record, not per patient" in printed.err
