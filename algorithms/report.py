@@ -58,11 +58,15 @@ def privacy_line(privacy: dict | None) -> str | None:
             f"privacy: epsilon {eps:.4g} per {privacy.get('unit') or 'record'} (delta "
             f"{privacy['delta']:g}); no patient ids: each record is its own patient"
         )
-    group = privacy["group_privacy"]
-    return (
-        f"privacy: epsilon {eps:.4g} per record (delta {privacy['delta']:g}); "
+    facts = (
         f"{patients['n_patients']} patients, records per patient median "
         f"{patients['records_per_patient_median']:g} / max {patients['records_per_patient_max']}"
+    )
+    if privacy.get("unit") == "patient":
+        return f"privacy: epsilon {eps:.4g} per patient (delta {privacy['delta']:g}); {facts}"
+    group = privacy["group_privacy"]
+    return (
+        f"privacy: epsilon {eps:.4g} per record (delta {privacy['delta']:g}); {facts}"
         f"; for the largest patient (k = {group['k']}): epsilon {group['epsilon']:.4g}, "
         f"delta {group['delta']:.3g}"
     )

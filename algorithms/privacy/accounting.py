@@ -272,8 +272,9 @@ def privacy_report(
         "clients": clients,
         "epsilon_max": max(c["epsilon"] for c in clients),
         "not_covered": list(not_covered) + exact_count,
-        # what one DP step protects: one record (one embedding); see with_patients
-        "unit": "record",
+        # what DP protects: one record (one embedding), or one patient when every client ran
+        # user-level DP-SGD (dp_client.py); see with_patients
+        "unit": "patient" if all(c.get("unit") == "patient" for c in clients) else "record",
     }
 
 
@@ -289,6 +290,8 @@ def with_patients(report: dict, patients: dict | None) -> dict:
     record, the group-privacy bound for the largest patient."""
     if patients is None or not report.get("enabled"):
         return report
+    if report.get("unit") == "patient":
+        return {**report, "patients": patients}
     k = int(patients["records_per_patient_max"])
     eps, delta = group_bound(report["epsilon_max"], report["delta"], k)
     return {

@@ -19,7 +19,12 @@ from algorithms.privacy.accounting import (
     steps_per_epoch,
 )
 from algorithms.privacy.config import DPConfig
-from algorithms.privacy.dp_sgd import PrivateTraining, make_private, poisson_batch
+from algorithms.privacy.dp_sgd import (
+    PrivateTraining,
+    make_private,
+    patient_poisson_batch,
+    poisson_batch,
+)
 from algorithms.privacy.generative_config import GenerativeConfig
 from algorithms.privacy.noise import noisy_count
 from data.clients import ClientData
@@ -46,6 +51,8 @@ class DPClient:
 
     # How DP-SGD clips (see algorithms.privacy.dp_sgd.GRAD_SAMPLE_MODES); the others are references.
     grad_sample_mode = "fast"
+    # Privacy units the client's DP step supports: record, and patient (user-level DP-SGD)
+    units = ("record", "patient")
 
     def __init__(
         self,
@@ -56,6 +63,7 @@ class DPClient:
         seed: int,
         secret: bytes | None = None,
         device: str = "cpu",
+        unit: str = "record",
     ):
         self.id, self.cfg, self.dp, self.n_classes = data.id, cfg, dp, n_classes
         self.device = torch.device(device)
@@ -64,6 +72,10 @@ class DPClient:
         self.y = torch.as_tensor(data.y_train, dtype=torch.int64).to(self.device)
         self.onehot = F.one_hot(self.y, n_classes).float()
         self.n = len(self.y)  # stays here; under DP only the noisy count leaves
+        self.unit, self.patients, self.groups = self._privacy_unit(data, unit)
+        # what DP protects and counts: records, or patients (each with all its records)
+        n_units = self.n if self.patients is None else int(self.patients.max()) + 1
+        self.n_units = n_units
         self.secret = (secret or new_secret()) if dp.noise_source == "secure" else None
 
         def stream(name: str, device: torch.device = self.device) -> torch.Generator:
@@ -72,11 +84,11 @@ class DPClient:
 
         # the released count: everything that would depend on n in the clear uses it
         self.n_released = (
-            noisy_count(self.n, dp.count_noise, stream(COUNT, torch.device("cpu")))
+            noisy_count(n_units, dp.count_noise, stream(COUNT, torch.device("cpu")))
             if dp.enabled
             else self.n
         )
-        # the nominal batch size B (0: the whole client, one step per epoch)
+        # the nominal batch size B, in units (0: the whole client, one step per epoch)
         self.batch_size = cfg.batch_size or self.n_released
         self.steps_epoch = steps_per_epoch(self.n_released, self.batch_size)
         self.total_steps = cfg.n_rounds * cfg.local_epochs * self.steps_epoch
@@ -87,6 +99,20 @@ class DPClient:
         # (calibration key, noise multiplier) under DP: what a Flower site keeps between messages
         self.calibration: tuple[str, float] | None = None
         self._build(seed)
+
+    def _privacy_unit(
+        self, data: ClientData, unit: str
+    ) -> tuple[str, torch.Tensor | None, torch.Tensor | None]:
+        """The unit, each training record's patient (0..P-1; None per record) and the current
+        batch's patient groups (None per record)."""
+        if unit not in self.units:
+            raise ValueError(f"{type(self).__name__}: privacy unit {unit!r} not in {self.units}")
+        if unit == "record" or not self.dp.enabled:
+            return unit, None, None
+        if data.patients_train is None:
+            raise ValueError(f"client {data.id}: privacy unit patient needs patient ids")
+        local = np.unique(data.patients_train, return_inverse=True)[1]
+        return unit, torch.as_tensor(local, dtype=torch.int64).to(self.device), None
 
     def _build(self, seed: int) -> None:
         """The method's models and optimizers (seeded from the client seed), made private."""
@@ -115,7 +141,14 @@ class DPClient:
 
     def _batches(self):
         """Index batches of one local epoch: Poisson sampled under DP, shuffled otherwise."""
-        if self.private is not None:
+        if self.private is not None and self.patients is not None:
+            # user-level DP-SGD: patients Poisson sampled, each with all its records
+            for _ in range(self.steps_epoch):
+                index, self.groups = patient_poisson_batch(
+                    self.patients, self.n_units, self.private.sample_rate, self.rng_batches
+                )
+                yield index
+        elif self.private is not None:
             for _ in range(self.steps_epoch):
                 yield poisson_batch(self.n, self.private.sample_rate, self.rng_batches)
         else:
@@ -142,8 +175,10 @@ class DPClient:
         """This client's line of the privacy report, read from its accountant."""
         if self.private is None:
             return {"id": self.id, "noise_source": self.dp.noise_source, "epsilon": None}
+        unit = {} if self.patients is None else {"unit": "patient"}
         return {
             "id": self.id,
+            **unit,
             "noise_source": self.dp.noise_source,
             "n_released": self.n_released,
             "sample_rate": self.private.sample_rate,

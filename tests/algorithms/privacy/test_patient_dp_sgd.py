@@ -87,3 +87,38 @@ def test_per_patient_clipping_is_refused_outside_the_fast_path():
     private = PrivateTraining(None, None, None, 0.1, 1.0, "ghost")
     with pytest.raises(ValueError, match="per-patient clipping needs grad_sample_mode='fast'"):
         dp_step(private, torch.zeros(2), torch.zeros(2, dtype=torch.int64))
+
+
+def test_a_cvae_client_at_the_patient_unit_counts_samples_and_accounts_patients():
+    import numpy as np
+
+    from algorithms.methods.dpcgan import CGANClient
+    from algorithms.methods.dpcvae import CVAEClient
+    from algorithms.methods.generative import seeded_global_weights
+    from algorithms.privacy.accounting import privacy_report, sample_rate_for
+    from algorithms.privacy.config import DPConfig
+    from algorithms.privacy.generative_config import GenerativeConfig
+    from data.clients import ClientData
+    from data.features import standardize_records
+
+    cfg = GenerativeConfig(n_rounds=1, local_epochs=2, batch_size=4, hidden_dim=16, latent_dim=4)
+    rng = np.random.default_rng(0)
+    x = standardize_records(rng.normal(size=(64, 6)))
+    y = rng.integers(0, 3, size=64)
+    patients = np.repeat(np.arange(100, 116), 4)  # 16 patients of 4 records
+    data = ClientData(0, x, y, x[:2], y[:2], x[:2], y[:2], patients)
+    dp = DPConfig(epsilon=2.0, count_noise=0.0)  # an exact count: the rate is checked below
+    client = CVAEClient(data, 3, cfg, dp, seed=0, unit="patient")
+    assert (client.n, client.n_units, client.n_released) == (64, 16, 16)  # counts patients
+    client.fit(seeded_global_weights("dpcvae", 6, 3, cfg, seed=0), 0)
+    line = client.privacy()
+    assert line["unit"] == "patient" and line["sample_rate"] == sample_rate_for(16, 4) == 0.25
+    assert line["steps"] == 2 * 4 and 0 < line["epsilon"] <= 2.0
+    assert privacy_report(dp, [line])["unit"] == "patient"
+    # the same data per record: q per record, and the report says record
+    record = CVAEClient(data, 3, cfg, dp, seed=0)
+    assert record.n_released == 64 and "unit" not in record.privacy()
+    with pytest.raises(ValueError, match="privacy unit 'patient' not in"):
+        CGANClient(data, 3, cfg, dp, seed=0, unit="patient")
+    with pytest.raises(ValueError, match="client 0: privacy unit patient needs patient ids"):
+        CVAEClient(ClientData(0, x, y, x, y, x, y), 3, cfg, dp, seed=0, unit="patient")
