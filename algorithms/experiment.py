@@ -30,6 +30,7 @@ from algorithms.privacy.accounting import (
     with_patients,
 )
 from algorithms.privacy.config import DPConfig
+from algorithms.privacy.dp_client import privacy_unit
 from algorithms.privacy.generative_config import GenerativeConfig
 from algorithms.report import chance_warning
 from data.clients import ClientData, client_datasets, pooled_test, training_patients
@@ -181,6 +182,13 @@ def load_run_data(settings: Settings) -> RunData:
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     clients = client_datasets(db, split)
+    dp = settings.configs.get("dp")
+    try:  # --privacy_unit patient where it cannot be: one line before any output
+        if dp is not None and settings.method.client is not None:
+            has_ids = db.patients() is not None
+            privacy_unit(dp, settings.method.client, has_ids, settings.execution.vectorized)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     warn_privacy_settings(settings.configs, clients)
     return RunData(db, split, Path(split_path), clients)
 

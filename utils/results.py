@@ -28,6 +28,9 @@ NON_RESULT_KEYS = (
     "quiet",
     "database_root",
 )
+# Config fields added after runs were made, (section, field): value. A field is hashed only
+# when it differs from this value, so every finished run keeps its key.
+KEYED_WHEN_NOT = {("dp", "privacy_unit"): "auto"}
 
 
 class ResultsError(ValueError):
@@ -37,6 +40,10 @@ class ResultsError(ValueError):
 def config_key(config: dict[str, Any]) -> str:
     """Short hash of everything in `config` that changes results, except the seed."""
     relevant = {k: v for k, v in sorted(config.items()) if k not in NON_RESULT_KEYS}
+    for (section, name), value in KEYED_WHEN_NOT.items():
+        part = relevant.get(section)
+        if isinstance(part, dict) and name in part and part[name] == value:
+            relevant[section] = {k: v for k, v in part.items() if k != name}
     text = json.dumps(relevant, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 

@@ -29,6 +29,7 @@ from algorithms.privacy.generative_config import GenerativeConfig
 from algorithms.privacy.noise import noisy_count
 from data.clients import ClientData
 from data.features import squash
+from utils.cli import flag_name
 from utils.seeding import BATCHES, COUNT, DP_NOISE, LATENT, new_secret, private_generator
 
 
@@ -36,6 +37,25 @@ def adam(params, lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.
     """Adam with the fused kernel: the same update as the per-tensor loop (up to rounding),
     about 3x faster on CPU for these models (a tenth of a DP step)."""
     return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+
+
+def privacy_unit(dp: DPConfig, client: type, has_ids: bool, vectorized: bool = False) -> str:
+    """The unit a client's DP-SGD protects (`--privacy_unit`): auto is patient where the data
+    has patient ids and the client class supports it (its `units`), outside the vectorized path;
+    record otherwise. ValueError, naming the flag, for patient where it cannot be."""
+    if not dp.enabled or dp.privacy_unit == "record":
+        return "record"
+    supported = "patient" in getattr(client, "units", ())
+    if dp.privacy_unit == "auto":
+        return "patient" if has_ids and supported and not vectorized else "record"
+    flag = flag_name(dp, "privacy_unit")
+    if not has_ids:
+        raise ValueError(f"{flag} patient: the database has no patient ids")
+    if not supported:
+        raise ValueError(f"{flag} patient: {client.__name__} clips per record only")
+    if vectorized:
+        raise ValueError(f"{flag} patient has no vectorized path yet (run the per-client path)")
+    return "patient"
 
 
 class DPClient:
@@ -63,7 +83,6 @@ class DPClient:
         seed: int,
         secret: bytes | None = None,
         device: str = "cpu",
-        unit: str = "record",
     ):
         self.id, self.cfg, self.dp, self.n_classes = data.id, cfg, dp, n_classes
         self.device = torch.device(device)
@@ -72,7 +91,12 @@ class DPClient:
         self.y = torch.as_tensor(data.y_train, dtype=torch.int64).to(self.device)
         self.onehot = F.one_hot(self.y, n_classes).float()
         self.n = len(self.y)  # stays here; under DP only the noisy count leaves
-        self.unit, self.patients, self.groups = self._privacy_unit(data, unit)
+        self.unit = privacy_unit(dp, type(self), data.patients_train is not None)
+        self.patients = None  # each training record's patient, 0..P-1, at the patient unit
+        self.groups = None  # the current batch's patients (dp_sgd.patient_poisson_batch)
+        if self.unit == "patient":
+            local = np.unique(data.patients_train, return_inverse=True)[1]
+            self.patients = torch.as_tensor(local, dtype=torch.int64).to(self.device)
         # what DP protects and counts: records, or patients (each with all its records)
         n_units = self.n if self.patients is None else int(self.patients.max()) + 1
         self.n_units = n_units
@@ -99,20 +123,6 @@ class DPClient:
         # (calibration key, noise multiplier) under DP: what a Flower site keeps between messages
         self.calibration: tuple[str, float] | None = None
         self._build(seed)
-
-    def _privacy_unit(
-        self, data: ClientData, unit: str
-    ) -> tuple[str, torch.Tensor | None, torch.Tensor | None]:
-        """The unit, each training record's patient (0..P-1; None per record) and the current
-        batch's patient groups (None per record)."""
-        if unit not in self.units:
-            raise ValueError(f"{type(self).__name__}: privacy unit {unit!r} not in {self.units}")
-        if unit == "record" or not self.dp.enabled:
-            return unit, None, None
-        if data.patients_train is None:
-            raise ValueError(f"client {data.id}: privacy unit patient needs patient ids")
-        local = np.unique(data.patients_train, return_inverse=True)[1]
-        return unit, torch.as_tensor(local, dtype=torch.int64).to(self.device), None
 
     def _build(self, seed: int) -> None:
         """The method's models and optimizers (seeded from the client seed), made private."""

@@ -4,15 +4,18 @@ group-privacy bound for the largest one, a warning, and the run's privacy line."
 import math
 
 import numpy as np
+import pytest
 from helpers.databases import make_gaussian_db
 from helpers.tiny import FAST, TINY
 
 import main as main_module
+from algorithms.experiment import DataFacts, describe_run
+from algorithms.options import load_settings
 from algorithms.privacy.accounting import group_bound, group_privacy_warning, with_patients
 from algorithms.report import privacy_line
 from data.database import load_embedding_file, save_embedding_file
 from data.patients import patient_facts
-from utils.results import read_metrics
+from utils.results import config_key, read_metrics
 
 REPORT = {"enabled": True, "epsilon_max": 1.0, "delta": 1e-4, "unit": "record"}
 
@@ -49,14 +52,20 @@ def test_privacy_line_names_the_unit_and_the_patients():
     assert privacy_line({"enabled": False}) is None and privacy_line(None) is None
 
 
-def test_a_dp_run_on_data_with_patient_ids_reports_per_record_and_warns(tmp_path, capsys):
-    db = make_gaussian_db(tmp_path / "db", n_per_file=(300,))
+def patient_db(root):
+    """The small Gaussian database with 100 patients of 3 records (one label each)."""
+    db = make_gaussian_db(root, n_per_file=(300,))
     f = load_embedding_file(db / "all.npz")
-    patients = np.arange(300) // 3  # 100 patients of 3 records, a label each
+    patients = np.arange(300) // 3
     labels = f.labels.copy()
     for p in range(100):
         labels[3 * p : 3 * p + 3] = labels[3 * p]
     save_embedding_file(db / "all.npz", f.embeddings, labels, patients[:, None], ("patient",))
+    return db
+
+
+def test_a_dp_run_on_data_with_patient_ids_reports_per_record_and_warns(tmp_path, capsys):
+    db = patient_db(tmp_path / "db")
     out = tmp_path / "run"
     argv = ["--database_root", str(db), "--results_dir", str(out), *FAST]
     assert main_module.main([*argv, "--method", "dpfedpft", *TINY["dpfedpft"]]) == 0
@@ -67,3 +76,63 @@ def test_a_dp_run_on_data_with_patient_ids_reports_per_record_and_warns(tmp_path
     assert privacy["group_privacy"]["epsilon"] == 3 * privacy["epsilon_max"]
     assert "per record (delta 0.0001); " in printed.out and "(k = 3)" in printed.out
     assert "is per record, not per patient" in printed.err
+
+
+def test_dpcvae_on_data_with_patient_ids_is_private_per_patient_by_default(tmp_path, capsys):
+    db = patient_db(tmp_path / "db")
+    argv = ["--database_root", str(db), *FAST, "--method", "dpcvae", *TINY["dpcvae"]]
+    assert main_module.main([*argv, "--results_dir", str(tmp_path / "auto")]) == 0
+    printed = capsys.readouterr()
+    privacy = read_metrics(tmp_path / "auto")["privacy"]
+    assert privacy["unit"] == "patient" and "group_privacy" not in privacy
+    assert all(c["unit"] == "patient" and c["n_released"] < 60 for c in privacy["clients"])
+    assert "per patient (delta 0.0001); " in printed.out and "not per patient" not in printed.err
+    # per record on request: a distinct run, the group bound and the warning
+    record = [*argv, "--results_dir", str(tmp_path / "record"), "--privacy_unit", "record"]
+    assert main_module.main(record) == 0
+    printed = capsys.readouterr()
+    assert read_metrics(tmp_path / "record")["privacy"]["unit"] == "record"
+    assert "is per record, not per patient" in printed.err
+    assert (
+        read_metrics(tmp_path / "record")["config_key"]
+        != read_metrics(tmp_path / "auto")["config_key"]
+    )
+
+
+@pytest.mark.parametrize(
+    "method, db_kind, needle",
+    [("dpcvae", "plain", "--privacy_unit patient: the database has no patient ids"),
+     ("dpcgan", "patients", "--privacy_unit patient: CGANClient clips per record only")],
+)  # fmt: skip
+def test_privacy_unit_patient_where_it_cannot_be_is_one_line(tmp_path, capsys, method, db_kind,
+                                                             needle):  # fmt: skip
+    root = tmp_path / "db"
+    db = patient_db(root) if db_kind == "patients" else make_gaussian_db(root, n_per_file=(300,))
+    out = tmp_path / "run"
+    argv = ["--database_root", str(db), "--results_dir", str(out), *FAST, "--method", method]
+    assert main_module.main([*argv, *TINY[method], "--privacy_unit", "patient"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == f"error: {needle}" and not out.exists()
+
+
+# Run keys of these configurations, computed before --privacy_unit existed (at c7bc38f): its
+# default keeps them, so finished runs are not rerun.
+KEYS = {
+    "dpcvae": "5b0af9304e",
+    "dpcvae --dp off": "3d30e2b048",
+    "dpcgan": "c9aa2b8c11",
+    "dpcgan --dp off": "4a988ca018",
+    "dpfedpft": "c34bb50849",
+    "dpfedpft --dp off": "ad0b3d1b28",
+    "fedavg": "7fab1efb3b",
+}
+
+
+def test_the_default_privacy_unit_keeps_every_run_key():
+    facts = DataFacts("gauss", "none", "f" * 64, "split.json", "s" * 64, {})
+    for name, key in KEYS.items():
+        settings = load_settings(["--database_root", "db", "--method", *name.split()])
+        assert config_key(describe_run(settings, facts)[0]) == key, name
+    patient = load_settings(["--database_root", "db", "--method", "dpcvae", "--privacy_unit",
+                             "patient"])  # fmt: skip
+    assert config_key(describe_run(patient, facts)[0]) != KEYS["dpcvae"]
