@@ -126,3 +126,17 @@ def test_a_cvae_client_at_the_patient_unit_counts_samples_and_accounts_patients(
         CGANClient(data, 3, cfg, patient, seed=0)
     with pytest.raises(ValueError, match="--privacy_unit patient: the database has no patient"):
         CVAEClient(ClientData(0, x, y, x, y, x, y), 3, cfg, patient, seed=0)
+
+
+def test_benchmark_quick_prints_both_units_for_each_k(capsys):
+    import runpy
+
+    from helpers.paths import REPO
+
+    bench = runpy.run_path(str(REPO / "experiments" / "benchmarks" / "bench_patient_step.py"))
+    bench["main"](["--quick", "--repeats", "1"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [(r[0], r[1]) for r in rows] == [
+        (k, u) for k in ("1", "5", "20") for u in ("record", "patient")
+    ]
+    assert all(float(r[2]) > 0 for r in rows)
