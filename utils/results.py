@@ -121,6 +121,19 @@ def epsilon_spent(metrics: dict[str, Any]) -> float | None:
     return 0.0 if metrics["private"] else math.inf
 
 
+def privacy_unit_mark(metrics: dict[str, Any]) -> str:
+    """What a private run's epsilon is per, for tables: "" per record on data without patient
+    ids; "patient"; or "record, k <= K" on data with patient ids (its largest patient has K
+    records, so the per-patient bound is much weaker: see its privacy block)."""
+    privacy = metrics.get("privacy")
+    if not (isinstance(privacy, dict) and privacy.get("enabled")):
+        return ""
+    if privacy.get("unit") == "patient":
+        return "patient"
+    group = privacy.get("group_privacy")
+    return f"record, k <= {group['k']}" if group else ""
+
+
 def _require(cond: bool, source: str, what: str) -> None:
     if not cond:
         raise ResultsError(f"{source}: {what}")

@@ -15,6 +15,7 @@ from algorithms.privacy.accounting import group_bound, group_privacy_warning, wi
 from algorithms.report import privacy_line
 from data.database import load_embedding_file, save_embedding_file
 from data.patients import patient_facts
+from utils.collect import collect, to_markdown
 from utils.results import config_key, read_metrics
 
 REPORT = {"enabled": True, "epsilon_max": 1.0, "delta": 1e-4, "unit": "record"}
@@ -97,6 +98,11 @@ def test_dpcvae_on_data_with_patient_ids_is_private_per_patient_by_default(tmp_p
         read_metrics(tmp_path / "record")["config_key"]
         != read_metrics(tmp_path / "auto")["config_key"]
     )
+    # the table marks what each row's epsilon is per
+    rows = collect([tmp_path])
+    assert sorted(r["privacy_unit"] for r in rows) == ["patient", "record, k <= 3"]
+    table = to_markdown(rows)
+    assert " (patient) |" in table and " (record, k <= 3) |" in table
 
 
 @pytest.mark.parametrize(
