@@ -34,7 +34,7 @@ from data.database import (
 from data.encoding import encode_source
 from data.medmnist_source import medmnist_flags
 from data.own_data import Columns
-from data.patients import files_patient_facts, key_path
+from data.patients import PATIENT_COLUMN_HELP, files_patient_facts, key_path
 from data.source_base import OWN_DATASETS, Source, SourceError
 from data.sources import default_dataset_root, open_source
 from utils.cli import OutputError, Parser, check_output
@@ -102,14 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the manifest's train/test column (default: split, if any)",
     )
-    own.add_argument(
-        "--patient_column",
-        default=None,
-        help="the manifest's patient id column (default: patient, if any): a patient's images "
-        "share a site and a split, and splits never cut a patient. Without it, DICOM PatientIDs "
-        "are used, stored only as consecutive integers keyed by a site key "
-        "(<database_root>.patient_key, mode 0600)",
-    )
+    own.add_argument("--patient_column", default=None, help=PATIENT_COLUMN_HELP)
     own.add_argument(
         "--classes",
         default=None,

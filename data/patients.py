@@ -28,6 +28,13 @@ from data.source_base import SourceError
 PATIENT_FIELD = "patient"
 KEY_SUFFIX = ".patient_key"  # <database_root>.patient_key: the site key, next to the database
 KEY_BYTES = 32
+# create_db.py's --patient_column
+PATIENT_COLUMN_HELP = (
+    "the manifest's patient id column (default: patient, if any): a patient's images share a "
+    "site and a split, and splits never cut a patient. Without it, DICOM PatientIDs are used, "
+    "stored only as consecutive integers keyed by a site key (<database_root>.patient_key, "
+    "mode 0600)"
+)
 
 
 class PatientKeyError(ValueError):
