@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 import sys
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +23,17 @@ from algorithms.evaluation.protocol import Evaluation, Outcome
 from algorithms.flags import spelling
 from algorithms.methods.registry import Configs, Method, RunContext, display_order
 from algorithms.options import Settings, UsageError, check_before_run
-from algorithms.privacy.accounting import delta_warning, over_budget_warning
+from algorithms.privacy.accounting import (
+    delta_warning,
+    group_privacy_warning,
+    over_budget_warning,
+    with_patients,
+)
 from algorithms.privacy.config import DPConfig
+from algorithms.privacy.dp_client import privacy_unit
 from algorithms.privacy.generative_config import GenerativeConfig
 from algorithms.report import chance_warning, empty_synthetic_warning
-from data.clients import ClientData, client_datasets, pooled_test
+from data.clients import ClientData, client_datasets, pooled_test, training_patients
 from data.database import Database, DatabaseError, load_database
 from data.features import squash
 from data.partition import load_or_make_split
@@ -147,6 +153,9 @@ def run_opened(settings: Settings, data: RunData, facts: DataFacts, files: RunFi
         )
     context = RunContext(data.clients, data.db.n_classes, settings.seed, checkpoint, execution)
     outcome = settings.method.run(context, Configs(**settings.configs))
+    if outcome.privacy is not None:
+        patients = training_patients(data.clients)
+        outcome = replace(outcome, privacy=with_patients(outcome.privacy, patients))
     evaluation = evaluate_clients(
         data.clients,
         outcome.local,
@@ -198,6 +207,13 @@ def load_run_data(settings: Settings) -> RunData:
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     clients = client_datasets(db, split)
+    dp = settings.configs.get("dp")
+    try:  # --privacy_unit patient where it cannot be: one line before any output
+        if dp is not None and settings.method.client is not None:
+            has_ids = db.patients() is not None
+            privacy_unit(dp, settings.method.client, has_ids, settings.execution.vectorized)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     warn_privacy_settings(settings.configs, clients)
     return RunData(db, split, Path(split_path), clients)
 
@@ -364,6 +380,7 @@ def close_run(
         },
     }
     warnings_ = [over_budget_warning(outcome.privacy) if outcome.privacy else None]
+    warnings_.append(group_privacy_warning(outcome.privacy) if outcome.privacy else None)
     warnings_.append(chance_warning(metrics["private"], outcome.fidelity))
     warnings_.append(empty_synthetic_warning(outcome.fidelity))
     for warning in filter(None, warnings_):

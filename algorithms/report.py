@@ -1,5 +1,5 @@
-"""What a finished run says: the warnings when its synthetic data is at chance or empty, and its
-summary line."""
+"""What a finished run says: the warnings when its synthetic data is at chance or empty, its
+privacy line (epsilon per record; the patients and their group bound) and its summary."""
 
 from __future__ import annotations
 
@@ -75,13 +75,44 @@ def empty_synthetic_warning(fidelity: dict | None) -> str | None:
     )
 
 
+def privacy_line(privacy: dict | None) -> str | None:
+    """What a private run's epsilon is per: per record, with the data's patients (number,
+    records per patient median/max) and the group bound for the largest patient when it has
+    patient ids. None for a run without DP."""
+    if not privacy or not privacy.get("enabled"):
+        return None
+    eps = privacy["epsilon_max"]
+    patients = privacy.get("patients")
+    if not patients:
+        return (
+            f"privacy: epsilon {eps:.4g} per {privacy.get('unit') or 'record'} (delta "
+            f"{privacy['delta']:g}); no patient ids: each record is its own patient"
+        )
+    facts = (
+        f"{patients['n_patients']} patients, records per patient median "
+        f"{patients['records_per_patient_median']:g} / max {patients['records_per_patient_max']}"
+    )
+    if privacy.get("unit") == "patient":
+        return f"privacy: epsilon {eps:.4g} per patient (delta {privacy['delta']:g}); {facts}"
+    group = privacy["group_privacy"]
+    return (
+        f"privacy: epsilon {eps:.4g} per record (delta {privacy['delta']:g}); {facts}"
+        f"; for the largest patient (k = {group['k']}): epsilon {group['epsilon']:.4g}, "
+        f"delta {group['delta']:.3g}"
+    )
+
+
 def summary_line(run_dir: Path) -> str:
-    """A finished run's headline numbers and where its files are (two lines)."""
+    """A finished run's headline numbers, its privacy line (a private run) and where its files
+    are."""
     m = read_metrics(run_dir)
     s = m["summary"]
     lam = "" if m["lambda"] is None else f"  lambda {m['lambda']:.1f}"
+    privacy = privacy_line(m.get("privacy"))
     return (
         f"{m['method']}: test acc {s['test_acc_mean']:.4f} +- {s['test_acc_std']:.4f} "
         f"(balanced {s['test_balanced_acc_mean']:.4f}, F1 macro {s['test_f1_macro_mean']:.4f})"
-        f"{lam}  [{m['cost']['wall_seconds']:.1f} s]\nresults: {run_dir}"
+        f"{lam}  [{m['cost']['wall_seconds']:.1f} s]\n"
+        + (f"{privacy}\n" if privacy else "")
+        + f"results: {run_dir}"
     )

@@ -11,6 +11,7 @@ import numpy as np
 
 from data.database import Database
 from data.features import standardize_records
+from data.patients import patient_facts
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class ClientData:
     y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    patients_train: np.ndarray | None = None  # each training record's patient (None: no ids)
 
     @property
     def n_train(self) -> int:
@@ -43,8 +45,18 @@ def client_datasets(db: Database, split: dict) -> list[ClientData]:
     """Per-client arrays for a split, with every embedding standardized per record."""
     x, y, _ = db.pooled()
     u = standardize_records(x)
+    patients = db.patients()
     out = []
     for c in split["clients"]:
         tr, va, te = (np.asarray(c[k], dtype=np.int64) for k in ("train", "val", "test"))
-        out.append(ClientData(int(c["id"]), u[tr], y[tr], u[va], y[va], u[te], y[te]))
+        p = None if patients is None else patients[tr]
+        out.append(ClientData(int(c["id"]), u[tr], y[tr], u[va], y[va], u[te], y[te], p))
     return out
+
+
+def training_patients(clients: list[ClientData]) -> dict | None:
+    """The patients of the clients' training data (a patient is at one client): their number
+    and records per patient (median, max); None without patient ids."""
+    if not clients or any(c.patients_train is None for c in clients):
+        return None
+    return patient_facts(np.concatenate([c.patients_train for c in clients]))

@@ -35,6 +35,7 @@ from data.encoding import encode_source
 from data.images import name_dicom_warnings
 from data.medmnist_source import medmnist_flags
 from data.own_data import Columns
+from data.patients import PATIENT_COLUMN_HELP, files_patient_facts, key_path
 from data.source_base import OWN_DATASETS, Source, SourceError
 from data.sources import default_dataset_root, open_source
 from utils.cli import OutputError, Parser, check_output
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the manifest's train/test column (default: split, if any)",
     )
+    own.add_argument("--patient_column", default=None, help=PATIENT_COLUMN_HELP)
     own.add_argument(
         "--classes",
         default=None,
@@ -279,9 +281,12 @@ def run(args: argparse.Namespace, command: list[str], started: float) -> dict:
             for flag, value in (
                 ("--site_column", args.site_column),
                 ("--split_column", args.split_column),
+                ("--patient_column", args.patient_column),
             )
             if value is not None
         ),
+        patient=args.patient_column or "patient",
+        key_file=str(key_path(root)),
     )
     if not own and (args.manifest or args.classes or columns.explicit):
         raise UsageError(
@@ -363,6 +368,7 @@ def run(args: argparse.Namespace, command: list[str], started: float) -> dict:
         },
         "preprocessing": preprocessing(backbone),
         "files": files,
+        "patients": files_patient_facts(source.files),
         "seed": args.seed,
         "s_frac": source.info.get("s_frac", args.s_frac),
         "batch_size": args.batch_size,

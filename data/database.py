@@ -3,7 +3,8 @@
 A database is a folder with `meta.json` and one `.npz` per file listed in it (`train`/`test` for
 MedMNIST and digits, `client_<hospital>` for Camelyon17). Each `.npz` holds `embeddings`
 (float32, N x D), `labels` (int64, N) and optionally `metadata` (int64, N x K) with the column
-names in `metadata_fields`. The loader validates everything and names the file in every error.
+names in `metadata_fields`; a column `patient` holds each record's patient id (data/patients.py).
+The loader validates everything and names the file in every error.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data.patients import file_patients, pooled_patients
 from utils.io import read_json, save_npz, write_json
 
 META_FILE = "meta.json"
@@ -68,6 +70,11 @@ class Database:
             [np.full(len(f), i, dtype=np.int64) for i, f in enumerate(self.files)]
         )
         return x, y, source
+
+    def patients(self) -> np.ndarray | None:
+        """Every record's patient id (files concatenated), or None when a file has no
+        `patient` metadata column: then each record is its own patient."""
+        return pooled_patients([file_patients(f.metadata, f.metadata_fields) for f in self.files])
 
 
 def save_embedding_file(
@@ -261,6 +268,13 @@ def summary_table(meta: dict, root: Path) -> str:
         lines.append(f"{name:<{width}} {info['n']:>7} {counts}")
     total = sum(info["n"] for info in meta["files"].values())
     lines.append(f"{'total':<{width}} {total:>7}")
+    patients = meta.get("patients") or {}
+    if patients.get("ids"):
+        median, most = patients["records_per_patient_median"], patients["records_per_patient_max"]
+        lines.append(
+            f"patients: {patients['n_patients']} (records per patient: median {median:g}, "
+            f"max {most})"
+        )
     lines.append("classes: " + ", ".join(f"{i}={c}" for i, c in enumerate(classes)))
     rate = total / meta["encode_seconds"] if meta["encode_seconds"] > 0 else float("nan")
     lines.append(

@@ -72,6 +72,14 @@ def dicom_frames(ds: object) -> int:
         return 1
 
 
+def read_dicom_tags(path: str | Path, tags: list[str]) -> object:
+    """The DICOM dataset of `tags` only (no pixel data); pydicom's warnings name the file."""
+    import pydicom
+
+    _READING.name = str(path)
+    return pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=tags)
+
+
 def read_dicom_header(path: str | Path) -> None:
     """Check a DICOM file without its pixel data: readable, single-frame. ValueError otherwise."""
     try:

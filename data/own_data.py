@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ from data.images import (
     read_dicom_header,
 )
 from data.own_checks import DELIMITERS, class_warnings, detect_delimiter
+from data.patients import PATIENT_FIELD, check_patient_rows, consecutive_ids, patient_keys
 from data.source_base import FileBytesReader, OutputFile, Source, SourceError
 
 IMAGE_SUFFIXES = (
@@ -58,13 +59,16 @@ MIN_SITE_IMAGES = 2  # one train and one test image at least
 
 @dataclass(frozen=True)
 class Columns:
-    """The manifest's column names (`--path_column` ...); `site`/`split` are optional columns."""
+    """The manifest's column names (`--path_column` ...); `site`/`split`/`patient` are optional
+    columns. `key_file`: the site key that pseudonymizes DICOM PatientIDs (None: not read)."""
 
     path: str = "path"
     label: str = "label"
     site: str = "site"
     split: str = "split"
     explicit: tuple[str, ...] = ()  # the optional columns named on the command line
+    patient: str = "patient"
+    key_file: str | None = None
 
 
 @dataclass
@@ -76,6 +80,7 @@ class Row:
     site: str | None
     split: int  # 0 train, 1 test, -1 unspecified
     where: str  # "FILE line N" or the file itself
+    patient: str | None = None  # the manifest's patient id (never written anywhere)
 
 
 def parse_classes(text: str | None) -> list[str] | None:
@@ -244,7 +249,12 @@ def manifest_rows(manifest: str | Path, columns: Columns = Columns()) -> list[Ro
                 f"{manifest}: no column {name!r} (columns: {', '.join(header) or 'none'}, "
                 f"read as {_delimiter_seen(manifest)}-separated); name the column with {flag}"
             )
-    for name, flag in ((columns.site, "--site_column"), (columns.split, "--split_column")):
+    optional = (
+        (columns.site, "--site_column"),
+        (columns.split, "--split_column"),
+        (columns.patient, "--patient_column"),
+    )
+    for name, flag in optional:
         if flag in columns.explicit and name not in header:
             raise SourceError(
                 f"{manifest}: no column {name!r} ({flag}); columns: {', '.join(header)}"
@@ -252,6 +262,7 @@ def manifest_rows(manifest: str | Path, columns: Columns = Columns()) -> list[Ro
     if not records:
         raise SourceError(f"{manifest}: lists no image")
     has_site, has_split = columns.site in header, columns.split in header
+    has_patient = columns.patient in header
     base = manifest.resolve().parent
     rows = []
     for i, rec in enumerate(records):
@@ -271,18 +282,25 @@ def manifest_rows(manifest: str | Path, columns: Columns = Columns()) -> list[Ro
         if split_text and split_text not in SPLITS:
             raise SourceError(f"{where}: split {split_text!r}; expected train or test (or empty)")
         split = SPLITS.index(split_text) if split_text else -1
-        rows.append(Row(path, label, site, split, where))
+        patient = (rec.get(columns.patient) or "").strip() or None if has_patient else None
+        rows.append(Row(path, label, site, split, where, patient))
     if has_site:
         empty = next((r for r in rows if not r.site), None)
         if empty is not None and any(r.site for r in rows):
             raise SourceError(f"{empty.where}: empty {columns.site!r} (other rows name a site)")
         if empty is not None:
-            rows = [Row(r.path, r.label, None, r.split, r.where) for r in rows]
+            rows = [replace(r, site=None) for r in rows]
     if has_split:
         given = [r.split >= 0 for r in rows]
         if any(given) and not all(given):
             r = rows[given.index(False)]
             raise SourceError(f"{r.where}: empty {columns.split!r} (other rows give a split)")
+    if has_patient:
+        given = [r.patient is not None for r in rows]
+        if any(given) and not all(given):
+            r = rows[given.index(False)]
+            raise SourceError(f"{r.where}: empty {columns.patient!r} (other rows name a patient)")
+        check_patient_rows(rows)
     return rows
 
 
@@ -350,15 +368,21 @@ def open_own_data(
     integer = all(_is_int(r.label) for r in rows)
     label_warnings = class_warnings(names, labels, [r.where for r in rows], integer, source_file)
     header_pass(rows)
+    keys = patient_keys(rows, columns.key_file)
+    patients = None if keys is None else consecutive_ids(keys)
     files = []
     for name, idx, info in _group(rows):
         meta = np.array([[i, rows[i].split] for i in idx], dtype=np.int64).reshape(-1, 2)
+        fields = METADATA_FIELDS
+        if patients is not None:
+            meta = np.concatenate([meta, patients[idx, None]], axis=1)
+            fields = (*METADATA_FIELDS, PATIENT_FIELD)
         files.append(
             OutputFile(
                 name=name,
                 labels=labels[idx],
                 metadata=meta,
-                metadata_fields=METADATA_FIELDS,
+                metadata_fields=fields,
                 reader=FileBytesReader([rows[i].path for i in idx]),
                 info=info,
             )
@@ -367,7 +391,8 @@ def open_own_data(
         "source_file": str(source_file),
         "image_conversion": IMAGE_CONVERSION,
         "metadata": "row: the image's manifest data row (imagefolder: its place in sorted file "
-        "order); split: 0 train, 1 test, -1 not given",
+        "order); split: 0 train, 1 test, -1 not given"
+        + ("" if patients is None else "; patient: the patient's id (data/patients.py)"),
     }
     sites = [f.info["site"] for f in files if "site" in f.info]
     if sites:

@@ -23,6 +23,7 @@ from typing import NoReturn
 import numpy as np
 
 from data.database import Database, DatabaseError, load_database
+from data.patients import Units, patient_units, patients_across, split_unit
 from data.split_config import NATURAL, SplitConfig, add_split_arguments, split_config_from_args
 from data.split_methods import (
     SplitError,
@@ -63,12 +64,47 @@ def make_split(
     n_classes: int,
     cfg: SplitConfig,
     source_names: list[str] | None = None,
+    patients: np.ndarray | None = None,
 ) -> dict:
-    """Split rows among clients as `cfg` says; returns the JSON-ready split description."""
+    """Split rows among clients as `cfg` says; returns the JSON-ready split description.
+
+    With patient ids the split deals out patients, each with all its records (data/patients.py:
+    a patient's majority label stands for it, and `--s_frac` counts patients); no patient is
+    in two clients or two of train/val/test. Without ids every record is a unit and the split
+    is the record-level one."""
     labels = np.asarray(labels, dtype=np.int64)
     sources = np.asarray(sources, dtype=np.int64)
     n_sources = int(sources.max()) + 1 if len(sources) else 0
     source_names = source_names or [str(i) for i in range(n_sources)]
+    units = patient_units(labels, sources, patients, n_classes)
+    if cfg.split_method in NATURAL and patients is not None:
+        cut = patients_across(np.asarray(patients), sources)
+        if cut is not None:
+            raise SplitError(
+                f"{flag_name(cfg, 'split_method')} {cfg.split_method}: a patient has records "
+                "in two database files (sites); a patient belongs to one site"
+            )
+    split = _split_units(units, labels, n_classes, cfg, source_names, n_sources)
+    split["database"]["fingerprint"] = _fingerprint(labels, sources)
+    if patients is not None:
+        split["unit"] = split_unit(units, patients)
+        if units.mixed:
+            warnings.warn(split["unit"]["mixed_note"], stacklevel=2)
+    return split
+
+
+def _split_units(
+    units: Units,
+    labels: np.ndarray,
+    n_classes: int,
+    cfg: SplitConfig,
+    source_names: list[str],
+    n_sources: int,
+) -> dict:
+    """`make_split` on units (patients, or records): the units' labels and sources choose,
+    and each part is expanded to its records."""
+    record_labels = labels
+    labels, sources = units.labels, units.sources
     rng = np.random.default_rng(cfg.seed)
     all_idx = np.arange(len(labels))
 
@@ -87,7 +123,7 @@ def make_split(
         if cfg.n_clients > len(pool):
             raise SplitError(
                 f"{flag_name(cfg, 'n_clients')} {cfg.n_clients} is more than the {len(pool)} "
-                "samples to split"
+                f"{units.name} to split"
             )
         if cfg.split_method == "iid":
             pools = iid_split(pool, cfg.n_clients, rng)
@@ -103,9 +139,10 @@ def make_split(
     for cid, pool in enumerate(pools):
         train, test = stratified_split(pool, labels[pool], cfg.test_data_frac, rng)
         train, val = stratified_split(train, labels[train], cfg.val_frac, rng)
+        train, val, test = (units.expand(v) for v in (train, val, test))
         if len(train) == 0 or len(test) == 0:
             empty = "train" if len(train) == 0 else "test"
-            reason = f"empty {empty} set ({len(pool)} samples in all)"
+            reason = f"empty {empty} set ({len(pool)} {units.name} in all)"
             if cfg.split_method == "by_site":
                 raise SplitError(
                     f"{flag_name(cfg, 'split_method')} by_site: site {names[cid]!r} has too few "
@@ -121,7 +158,8 @@ def make_split(
             {
                 "id": cid,
                 **{
-                    k: np.bincount(labels[v], minlength=n_classes).tolist() for k, v in part.items()
+                    k: np.bincount(record_labels[v], minlength=n_classes).tolist()
+                    for k, v in part.items()
                 },
             }
         )
@@ -136,10 +174,10 @@ def make_split(
         "format": SPLIT_FORMAT,
         "args": asdict(cfg),
         "database": {
-            "n_samples": len(labels),
+            "n_samples": len(record_labels),
             "n_classes": n_classes,
             "sources": source_names,
-            "fingerprint": _fingerprint(labels, sources),
+            "fingerprint": None,  # make_split's
         },
         "clients": clients,
         "class_counts": counts,
@@ -162,7 +200,7 @@ def split_database(db: Database, cfg: SplitConfig) -> dict:
                 "column, or use --split_method natural for one client per file)"
             )
         names = [str(s) for s in sites]
-    split = make_split(labels, sources, db.n_classes, cfg, names)
+    split = make_split(labels, sources, db.n_classes, cfg, names, db.patients())
     split["database"]["root"] = str(db.root)
     return split
 
@@ -192,6 +230,7 @@ def check_split(split: dict, db: Database, path: str | Path) -> None:
     if not clients:
         refuse("lists no client")
     used = np.zeros(len(labels), dtype=bool)
+    group = np.full(len(labels), -1, dtype=np.int64)  # (client, part) of each used row
     ids = set()
     for client in clients:
         cid = client.get("id") if isinstance(client, dict) else None
@@ -211,8 +250,15 @@ def check_split(split: dict, db: Database, path: str | Path) -> None:
             if len(np.unique(idx)) != len(idx) or used[idx].any():
                 refuse(f"client {cid} '{part}' uses a row twice (parts must not overlap)")
             used[idx] = True
+            group[idx] = 3 * len(ids) + ("train", "val", "test").index(part)
         if not client["train"] or not client["test"]:
             refuse(f"client {cid} has no train or no test rows")
+    patients = db.patients()
+    if patients is not None and patients_across(patients[used], group[used]) is not None:
+        refuse(
+            "a patient's records lie in two clients or in two of train/val/test (a split made "
+            "before patient ids were used, or by hand); remove it to make a patient-level split"
+        )
 
 
 def load_split(path: str | Path, db: Database) -> dict:

@@ -8,7 +8,8 @@ The site then names the file in its SuperNode's node config (`split-file=...`, w
 the format of data/partition.py's (one client, `args.split_method` "site"), so the same loader
 checks it against the database. Every class is split by the same stratified rule as a simulated
 client's: `--test_data_frac` of it held out for test, then `--val_frac` of the rest for
-validation (the validation set chooses lambda).
+validation (the validation set chooses lambda); with patient ids, whole patients are dealt
+(data/patients.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from data.database import Database
 from data.partition import SPLIT_FORMAT, database_fingerprint, stratified_split, write_split_file
+from data.patients import patient_units, split_unit
 from data.split_config import SplitError
 from utils.cli import Parser
 
@@ -36,13 +38,17 @@ def site_split(
         raise SplitError(f"--val_frac must lie in [0, 1), got {val_frac}")
     if seed < 0:
         raise SplitError(f"--seed must be >= 0, got {seed}")
-    _, labels, _ = db.pooled()
+    _, labels, sources = db.pooled()
+    patients = db.patients()
+    units = patient_units(labels, sources, patients, db.n_classes)  # whole patients
     rng = np.random.default_rng(seed)
-    train, test = stratified_split(np.arange(len(labels)), labels, test_frac, rng)
-    train, val = stratified_split(train, labels[train], val_frac, rng)
+    train, test = stratified_split(np.arange(len(units.labels)), units.labels, test_frac, rng)
+    train, val = stratified_split(train, units.labels[train], val_frac, rng)
+    train, val, test = (units.expand(v) for v in (train, val, test))
     if len(train) == 0 or len(test) == 0:
         raise SplitError(f"{db.root}: too few records for a train and a test set ({len(labels)})")
     parts = {"train": train, "val": val, "test": test}
+    unit = {} if patients is None else {"unit": split_unit(units, patients)}
     return {
         "format": SPLIT_FORMAT,
         "args": {
@@ -76,6 +82,7 @@ def site_split(
             }
         ],
         "dropped": [],
+        **unit,
     }
 
 

@@ -65,7 +65,8 @@ class SplitConfig:
     s_frac: float = _split(
         1.0,
         "--s_frac",
-        help="fraction (<= 1) or number (> 1) of the database's samples to use. Default: {default}",
+        help="fraction (<= 1) or number (> 1) of the database's samples to use (patients, when "
+        "it has patient ids). Default: {default}",
     )
     test_data_frac: float = _split(
         0.2,

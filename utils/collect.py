@@ -33,6 +33,7 @@ from utils.results import (
     ResultsError,
     display_key,
     epsilon_spent,
+    privacy_unit_mark,
     read_metrics,
 )
 
@@ -264,6 +265,7 @@ def collect(
         row["wasserstein"] = float(np.mean(wass)) if wass else None
         row.update(_synthetic_only(ms))
         row["epsilon_spent"] = _epsilon_spent(ms)
+        row["privacy_unit"] = privacy_unit_mark(ms[0])
         lams = [_lambda(m, lambda_metric, downstream) for m in ms]
         row["lambda"] = float(np.mean(lams)) if None not in lams else None
         row["downstream"] = _mode(ms[0], downstream)
@@ -321,7 +323,8 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
             _wasserstein_text(r),
             _syn_text(r),
             _lambda_text(r),
-            _eps_text(r["epsilon_spent"]),
+            _eps_text(r["epsilon_spent"])
+            + (f" ({r['privacy_unit']})" if r.get("privacy_unit") else ""),
             f"{r['params_shared']:,}",
             f"{r['bytes_per_round']:,}",
             f"{r['wall_seconds']:.1f}",

@@ -28,6 +28,9 @@ NON_RESULT_KEYS = (
     "quiet",
     "database_root",
 )
+# Config fields added after runs were made, (section, field): value. A field is hashed only
+# when it differs from this value, so every finished run keeps its key.
+KEYED_WHEN_NOT = {("dp", "privacy_unit"): "auto"}
 
 
 class ResultsError(ValueError):
@@ -37,6 +40,10 @@ class ResultsError(ValueError):
 def config_key(config: dict[str, Any]) -> str:
     """Short hash of everything in `config` that changes results, except the seed."""
     relevant = {k: v for k, v in sorted(config.items()) if k not in NON_RESULT_KEYS}
+    for (section, name), value in KEYED_WHEN_NOT.items():
+        part = relevant.get(section)
+        if isinstance(part, dict) and name in part and part[name] == value:
+            relevant[section] = {k: v for k, v in part.items() if k != name}
     text = json.dumps(relevant, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
@@ -112,6 +119,19 @@ def epsilon_spent(metrics: dict[str, Any]) -> float | None:
     if "private" not in metrics:
         return None
     return 0.0 if metrics["private"] else math.inf
+
+
+def privacy_unit_mark(metrics: dict[str, Any]) -> str:
+    """What a private run's epsilon is per, for tables: "" per record on data without patient
+    ids; "patient"; or "record, k <= K" on data with patient ids (its largest patient has K
+    records, so the per-patient bound is much weaker: see its privacy block)."""
+    privacy = metrics.get("privacy")
+    if not (isinstance(privacy, dict) and privacy.get("enabled")):
+        return ""
+    if privacy.get("unit") == "patient":
+        return "patient"
+    group = privacy.get("group_privacy")
+    return f"record, k <= {group['k']}" if group else ""
 
 
 def _require(cond: bool, source: str, what: str) -> None:

@@ -60,6 +60,8 @@ class _Engine:
         if any(p is None for p in self.private) and any(p is not None for p in self.private):
             raise ValueError("the vectorized path needs DP on for every client or for none")
         self.dp = self.private[0] is not None
+        if any(getattr(c, "patients", None) is not None for c in clients):
+            raise ValueError("user-level DP-SGD (privacy unit patient) has no vectorized path yet")
         n_max = max(c.n for c in clients)
         self.x = pad_rows([c.x for c in clients], n_max)
         self.onehot = pad_rows([c.onehot for c in clients], n_max)

@@ -25,6 +25,9 @@ class CGANClient(DPClient):
     """A DP-CGAN client: DP-SGD on the discriminator; the generator is the shared part. It
     starts every round from the global generator (never re-initialized)."""
 
+    # its discriminator's batch mixes records with fake samples: per-record clipping only
+    units = ("record",)
+
     def _build(self, seed: int) -> None:
         """Generator and discriminator with their Adam optimizers; the discriminator's DP."""
         dim, n_classes, cfg = self.x.shape[1], self.n_classes, self.cfg

@@ -90,7 +90,7 @@ class CVAEClient(DPClient):
             for idx in self._batches():
                 if self.private is not None:
                     loss = self._loss(idx) if len(idx) else None
-                    dp_step(self.private, loss)
+                    dp_step(self.private, loss, self.groups)
                 else:
                     loss = self._loss(idx)
                     self.optimizer.zero_grad(set_to_none=True)

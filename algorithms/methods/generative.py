@@ -127,6 +127,8 @@ def train_generative(
     cores; clients in threads do not wait on each other. Results do not depend on it. On CUDA
     clients take turns."""
     dim = clients[0].x_train.shape[1]
+    if execution.vectorized and dp.privacy_unit == "auto":
+        dp = dataclasses.replace(dp, privacy_unit="record")  # no vectorized user-level step yet
     gen_clients = make_clients(method, clients, n_classes, cfg, dp, seed, device=execution.device)
     weights = initial_global_weights(method, dim, n_classes, cfg, seed)
     history, start = [], 0

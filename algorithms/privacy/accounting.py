@@ -2,14 +2,15 @@
 Gaussian release, the epsilon actually spent, and the `privacy` block of metrics.json with what
 DP does not cover (the DP settings are in config.py).
 
-Guarantee: record-level (epsilon, delta)-DP for each client, over everything the client's
-DP-trained model releases during the run (every round's shared weights), under add/remove-one
-adjacency, with Poisson sampling on every step. The noise multiplier is calibrated for the
-total number of steps the client takes (rounds x local epochs x steps per epoch), so the spent
-epsilon, read back from the accountant after training, never exceeds the target. A one-shot
+Guarantee: record-level (epsilon, delta)-DP for each client (on data with patient ids the report
+adds the patients and the group-privacy bound that implies for the largest one), over everything
+the client's DP-trained model releases during the run (every round's shared weights), under
+add/remove-one adjacency, with Poisson sampling on every step. The noise multiplier is calibrated
+for the total number of steps the client takes (rounds x local epochs x steps per epoch), so the
+spent epsilon, read back from the accountant after training, never exceeds the target. A one-shot
 release (algorithms/methods/fedpft.py) is one Gaussian mechanism: its epsilon is exact (Balle &
-Wang). The DP-SGD step is in dp_sgd.py, the noise draws in noise.py, and the code that depends
-on Opacus internals in opacus_compat.py.
+Wang). The DP-SGD step is in dp_sgd.py, the noise draws in noise.py, and the code that depends on
+Opacus internals in opacus_compat.py.
 """
 
 from __future__ import annotations
@@ -250,6 +251,7 @@ def privacy_report(
             "clients": [{"id": c["id"], "epsilon": None} for c in clients],
             "epsilon_max": None,
             "not_covered": ["DP is disabled: nothing is private"],
+            "unit": None,
         }
     sigmas = {round(c["noise_multiplier"], 12) for c in clients}
     sgd = accountant is None
@@ -270,7 +272,48 @@ def privacy_report(
         "clients": clients,
         "epsilon_max": max(c["epsilon"] for c in clients),
         "not_covered": list(not_covered) + exact_count,
+        # what DP protects: one record (one embedding), or one patient when every client ran
+        # user-level DP-SGD (dp_client.py); see with_patients
+        "unit": "patient" if all(c.get("unit") == "patient" for c in clients) else "record",
     }
+
+
+def group_bound(epsilon: float, delta: float, k: int) -> tuple[float, float]:
+    """Group privacy: what a record-level (epsilon, delta) bound implies for a group of k
+    records (one patient's): (k epsilon, k e^((k-1) epsilon) delta)."""
+    return k * epsilon, k * math.exp((k - 1) * epsilon) * delta
+
+
+def with_patients(report: dict, patients: dict | None) -> dict:
+    """The privacy block with the patients of the clients' training data (data/patients.py
+    facts; None: no patient ids, each record is its own patient) and, while the DP step is per
+    record, the group-privacy bound for the largest patient."""
+    if patients is None or not report.get("enabled"):
+        return report
+    if report.get("unit") == "patient":
+        return {**report, "patients": patients}
+    k = int(patients["records_per_patient_max"])
+    eps, delta = group_bound(report["epsilon_max"], report["delta"], k)
+    return {
+        **report,
+        "patients": patients,
+        "group_privacy": {"k": k, "epsilon": eps, "delta": delta},
+    }
+
+
+def group_privacy_warning(report: dict) -> str | None:
+    """A warning when a run on data with patient ids is private per record only and some
+    patient has several records in a client's training data. None otherwise."""
+    group = report.get("group_privacy") if report.get("enabled") else None
+    if not group or report.get("unit") != "record" or group["k"] <= 1:
+        return None
+    hollow = "; that is no guarantee (delta >= 1)" if group["delta"] >= 1 else ""
+    return (
+        f"epsilon {report['epsilon_max']:.3g} is per record, not per patient: a patient has up "
+        f"to {group['k']} records in a client's training data, and for that patient the bound "
+        f"is only (k*eps, k*e^((k-1)*eps)*delta) = ({group['epsilon']:.3g}, "
+        f"{group['delta']:.3g}){hollow}"
+    )
 
 
 def delta_warning(cfg: DPConfig | None, sizes: list[int], ids: list[int]) -> str | None:

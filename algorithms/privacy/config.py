@@ -12,6 +12,9 @@ from utils.cli import flag, flag_name
 ACCOUNTANTS = ("prv", "rdp")
 CALIBRATIONS = ("total", "paper")
 NOISE_SOURCES = ("seeded", "secure")
+# What DP-SGD protects: auto is patient on data with patient ids (for a method whose clients
+# support it: dp_client.DPClient.units), record otherwise.
+PRIVACY_UNITS = ("auto", "patient", "record")
 # The standard deviation of the noise on the released record count (sensitivity 1). Alone it
 # would spend epsilon 0.14 at delta 1e-4 (PRV); composed with DP-SGD at epsilon 1 it raises the
 # noise multiplier by about 1% (the demo's 250 full-batch steps: 51.25 -> 51.88; paper scale,
@@ -140,6 +143,22 @@ class DPConfig:
         ),
     )
 
+    # added after runs were made: utils/results.py hashes it only when it is not "auto"
+    privacy_unit: str = field(
+        default="auto",
+        metadata=flag(
+            "--privacy_unit",
+            section="dpsgd",
+            choices=PRIVACY_UNITS,
+            help="what DP-SGD protects: patient (user-level DP-SGD: patients Poisson sampled, "
+            "each with all its records, each patient's summed gradient clipped, the noisy count "
+            "and the sampling rate per patient; needs patient ids, dpcvae, the per-client path) or "
+            "record (one embedding; on data with patient ids the run reports the group bound "
+            "for its largest patient). auto: patient where the data has patient ids and the "
+            "method supports it, else record. Default: {default}",
+        ),
+    )
+
     def __post_init__(self) -> None:
         """Checks each field alone (no accountant: `check_count_noise` runs one, when a run
         starts)."""
@@ -148,6 +167,10 @@ class DPConfig:
             raise ValueError(
                 f"noise source must be one of {NOISE_SOURCES} ({name('noise_source')}), "
                 f"got {self.noise_source!r}"
+            )
+        if self.privacy_unit not in PRIVACY_UNITS:
+            raise ValueError(
+                f"{name('privacy_unit')} must be one of {PRIVACY_UNITS}, got {self.privacy_unit!r}"
             )
         if not self.enabled:
             return

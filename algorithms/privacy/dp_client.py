@@ -19,11 +19,17 @@ from algorithms.privacy.accounting import (
     steps_per_epoch,
 )
 from algorithms.privacy.config import DPConfig
-from algorithms.privacy.dp_sgd import PrivateTraining, make_private, poisson_batch
+from algorithms.privacy.dp_sgd import (
+    PrivateTraining,
+    make_private,
+    patient_poisson_batch,
+    poisson_batch,
+)
 from algorithms.privacy.generative_config import GenerativeConfig
 from algorithms.privacy.noise import noisy_count
 from data.clients import ClientData
 from data.features import squash
+from utils.cli import flag_name
 from utils.seeding import BATCHES, COUNT, DP_NOISE, LATENT, new_secret, private_generator
 
 
@@ -31,6 +37,25 @@ def adam(params, lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.
     """Adam with the fused kernel: the same update as the per-tensor loop (up to rounding),
     about 3x faster on CPU for these models (a tenth of a DP step)."""
     return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+
+
+def privacy_unit(dp: DPConfig, client: type, has_ids: bool, vectorized: bool = False) -> str:
+    """The unit a client's DP-SGD protects (`--privacy_unit`): auto is patient where the data
+    has patient ids and the client class supports it (its `units`), outside the vectorized path;
+    record otherwise. ValueError, naming the flag, for patient where it cannot be."""
+    if not dp.enabled or dp.privacy_unit == "record":
+        return "record"
+    supported = "patient" in getattr(client, "units", ())
+    if dp.privacy_unit == "auto":
+        return "patient" if has_ids and supported and not vectorized else "record"
+    flag = flag_name(dp, "privacy_unit")
+    if not has_ids:
+        raise ValueError(f"{flag} patient: the database has no patient ids")
+    if not supported:
+        raise ValueError(f"{flag} patient: {client.__name__} clips per record only")
+    if vectorized:
+        raise ValueError(f"{flag} patient has no vectorized path yet (run the per-client path)")
+    return "patient"
 
 
 class DPClient:
@@ -46,6 +71,8 @@ class DPClient:
 
     # How DP-SGD clips (see algorithms.privacy.dp_sgd.GRAD_SAMPLE_MODES); the others are references.
     grad_sample_mode = "fast"
+    # Privacy units the client's DP step supports: record, and patient (user-level DP-SGD)
+    units = ("record", "patient")
 
     def __init__(
         self,
@@ -64,6 +91,15 @@ class DPClient:
         self.y = torch.as_tensor(data.y_train, dtype=torch.int64).to(self.device)
         self.onehot = F.one_hot(self.y, n_classes).float()
         self.n = len(self.y)  # stays here; under DP only the noisy count leaves
+        self.unit = privacy_unit(dp, type(self), data.patients_train is not None)
+        self.patients = None  # each training record's patient, 0..P-1, at the patient unit
+        self.groups = None  # the current batch's patients (dp_sgd.patient_poisson_batch)
+        if self.unit == "patient":
+            local = np.unique(data.patients_train, return_inverse=True)[1]
+            self.patients = torch.as_tensor(local, dtype=torch.int64).to(self.device)
+        # what DP protects and counts: records, or patients (each with all its records)
+        n_units = self.n if self.patients is None else int(self.patients.max()) + 1
+        self.n_units = n_units
         self.secret = (secret or new_secret()) if dp.noise_source == "secure" else None
 
         def stream(name: str, device: torch.device = self.device) -> torch.Generator:
@@ -72,11 +108,11 @@ class DPClient:
 
         # the released count: everything that would depend on n in the clear uses it
         self.n_released = (
-            noisy_count(self.n, dp.count_noise, stream(COUNT, torch.device("cpu")))
+            noisy_count(n_units, dp.count_noise, stream(COUNT, torch.device("cpu")))
             if dp.enabled
             else self.n
         )
-        # the nominal batch size B (0: the whole client, one step per epoch)
+        # the nominal batch size B, in units (0: the whole client, one step per epoch)
         self.batch_size = cfg.batch_size or self.n_released
         self.steps_epoch = steps_per_epoch(self.n_released, self.batch_size)
         self.total_steps = cfg.n_rounds * cfg.local_epochs * self.steps_epoch
@@ -115,7 +151,14 @@ class DPClient:
 
     def _batches(self):
         """Index batches of one local epoch: Poisson sampled under DP, shuffled otherwise."""
-        if self.private is not None:
+        if self.private is not None and self.patients is not None:
+            # user-level DP-SGD: patients Poisson sampled, each with all its records
+            for _ in range(self.steps_epoch):
+                index, self.groups = patient_poisson_batch(
+                    self.patients, self.n_units, self.private.sample_rate, self.rng_batches
+                )
+                yield index
+        elif self.private is not None:
             for _ in range(self.steps_epoch):
                 yield poisson_batch(self.n, self.private.sample_rate, self.rng_batches)
         else:
@@ -142,8 +185,10 @@ class DPClient:
         """This client's line of the privacy report, read from its accountant."""
         if self.private is None:
             return {"id": self.id, "noise_source": self.dp.noise_source, "epsilon": None}
+        unit = {} if self.patients is None else {"unit": "patient"}
         return {
             "id": self.id,
+            **unit,
             "noise_source": self.dp.noise_source,
             "n_released": self.n_released,
             "sample_rate": self.private.sample_rate,

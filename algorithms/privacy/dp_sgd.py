@@ -141,12 +141,32 @@ def poisson_mask(n: int, sample_rate: float, generator: torch.Generator) -> torc
     return torch.rand(n, generator=generator, device=generator.device) < sample_rate
 
 
-def dp_step(private: PrivateTraining, loss_per_sample: torch.Tensor | None) -> None:
-    """One DP-SGD step: clip each sample's gradient of its loss, sum, add Gaussian noise,
-    divide by the expected batch size, update, and count the step in the accountant.
+def patient_poisson_batch(
+    patients: torch.Tensor, n_patients: int, sample_rate: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of user-level DP-SGD: Poisson sampling over patients (each independently with
+    `sample_rate`, so q is per patient), each sampled patient with all its records. `patients`:
+    each record's patient, 0..n_patients-1. Returns the records' indices and each one's group
+    (its patient numbered 0..k-1 within the batch), for `dp_step`'s per-patient clipping."""
+    chosen = poisson_mask(n_patients, sample_rate, generator)
+    index = torch.nonzero(chosen[patients]).flatten()
+    groups = torch.unique(patients[index], return_inverse=True)[1]
+    return index, groups
+
+
+def dp_step(
+    private: PrivateTraining,
+    loss_per_sample: torch.Tensor | None,
+    groups: torch.Tensor | None = None,
+) -> None:
+    """One DP-SGD step: clip each sample's gradient of its loss (with `groups`, each patient's
+    summed gradient: user-level DP-SGD, `fast` mode only), sum, add Gaussian noise, divide by
+    the expected batch size, update, and count the step in the accountant.
 
     An empty Poisson batch (`loss_per_sample` None or empty) still takes a noise-only step: the
     accountant counts every step, so the released model must too."""
+    if groups is not None and private.mode != "fast":
+        raise ValueError("per-patient clipping needs grad_sample_mode='fast'")
     opt = private.optimizer
     opt.zero_grad(set_to_none=True)
     if loss_per_sample is None or loss_per_sample.numel() == 0:
@@ -157,7 +177,7 @@ def dp_step(private: PrivateTraining, loss_per_sample: torch.Tensor | None) -> N
             if private.mode == "hooks":
                 p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
     elif private.mode == "fast":
-        clip_and_sum_linear(private.tape.take(), loss_per_sample, opt.max_grad_norm)
+        clip_and_sum_linear(private.tape.take(), loss_per_sample, opt.max_grad_norm, groups)
         noise_and_step(opt)
         return
     elif private.mode == "ghost":

@@ -75,29 +75,53 @@ def clip_and_sum_linear(
     records: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]],
     loss_per_sample: torch.Tensor,
     max_grad_norm: float,
+    groups: torch.Tensor | None = None,
 ) -> None:
     """Set each layer's `.grad` to the sum over samples of the per-sample gradients, each sample's
-    whole gradient clipped to `max_grad_norm` as Opacus clips it.
+    whole gradient clipped to `max_grad_norm` as Opacus clips it; with `groups` (each sample's
+    patient, 0..k-1 in the batch), each patient's summed gradient clipped instead.
 
     One backward pass to the layer outputs gives each sample's output gradient g_i; with input
     a_i, its weight gradient is g_i a_i^T, of squared norm |g_i|^2 |a_i|^2 (ghost norm), and the
     clipped sum is one weighted matrix product per layer. Opacus's ghost mode needs two full
-    backward passes for the same sum."""
+    backward passes for the same sum. A patient's summed gradient sum_i g_i a_i^T has squared
+    norm sum_{i,j} (g_i . g_j)(a_i . a_j) over its samples (`group_sq_norms`)."""
     grads = torch.autograd.grad(loss_per_sample.sum(), [r[2] for r in records])
-    sq_norm = torch.zeros_like(loss_per_sample)
-    for (layer, a, _), g in zip(records, grads):
-        if a.dim() != 2:
-            raise ValueError("grad_sample_mode='fast' needs 2-D inputs to linear layers")
-        g2 = g.pow(2).sum(dim=1)
-        sq_norm += g2 * a.pow(2).sum(dim=1)
-        if layer.bias is not None:
-            sq_norm += g2
-    coef = (max_grad_norm / (sq_norm.sqrt() + CLIP_EPS)).clamp(max=1.0)
+    if any(a.dim() != 2 for _, a, _ in records):
+        raise ValueError("grad_sample_mode='fast' needs 2-D inputs to linear layers")
+    if groups is None:
+        sq_norm = torch.zeros_like(loss_per_sample)
+        for (layer, a, _), g in zip(records, grads):
+            g2 = g.pow(2).sum(dim=1)
+            sq_norm += g2 * a.pow(2).sum(dim=1)
+            if layer.bias is not None:
+                sq_norm += g2
+        coef = (max_grad_norm / (sq_norm.sqrt() + CLIP_EPS)).clamp(max=1.0)
+    else:
+        layers = [(a, g, layer.bias is not None) for (layer, a, _), g in zip(records, grads)]
+        sq_norm = group_sq_norms(layers, groups)
+        coef = (max_grad_norm / (sq_norm.sqrt() + CLIP_EPS)).clamp(max=1.0)[groups]
     for (layer, a, _), g in zip(records, grads):
         scaled = g * coef.unsqueeze(1)
         layer.weight.grad = scaled.t() @ a
         if layer.bias is not None:
             layer.bias.grad = scaled.sum(dim=0)
+
+
+def group_sq_norms(
+    layers: list[tuple[torch.Tensor, torch.Tensor, bool]], groups: torch.Tensor
+) -> torch.Tensor:
+    """Squared norm of each group's summed gradient over all layers (a: inputs, g: output
+    gradients, bias or not): sum over pairs i, j of one group of (g_i . g_j)(a_i . a_j + bias),
+    the pairs' terms added into their group with an index_add (B x B per layer, no per-sample
+    gradient is materialized)."""
+    n_groups = int(groups.max()) + 1 if groups.numel() else 0
+    same = groups.unsqueeze(0) == groups.unsqueeze(1)
+    sq = torch.zeros(n_groups, dtype=layers[0][1].dtype, device=groups.device)
+    for a, g, bias in layers:
+        gram = (g @ g.t()) * (a @ a.t() + (1.0 if bias else 0.0))
+        sq.index_add_(0, groups, (gram * same).sum(dim=1))
+    return sq
 
 
 def clip_and_sum_stacked(

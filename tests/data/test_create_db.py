@@ -58,6 +58,7 @@ def test_medmnist_database(tmp_path, capsys):
     assert meta["classes"][0] == "bladder" and meta["n_classes"] == 11
     assert meta["backbone"] == TINY_BACKBONE and meta["weights"] == "random"
     assert meta["weights_sha256"] is None
+    assert meta["patients"]["ids"] is False and meta["patients"]["n_patients"] == 40
     assert meta["embedding_dim"] == 64 and meta["image_size"] == 160 and meta["source_size"] == 28
     assert list(meta["files"]) == ["train", "test"]
     assert meta["files"]["train"]["n"] == 28

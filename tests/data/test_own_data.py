@@ -158,7 +158,8 @@ def test_manifest_columns_integer_labels_and_dicom(tmp_path, capsys):
     ct = get_testdata_file("CT_small.dcm", download=False)
     mr = get_testdata_file("MR_small.dcm", download=False)
     png = write_image(tmp_path / "p", "png16", 16, 3)
-    rows = [f"{ct},1,train", f"{mr},0,train", f"{png.name},0,test", f"{ct},1,test"]
+    # CT_small's patient (its DICOM PatientID) stays in one split (data/patients.py)
+    rows = [f"{ct},1,train", f"{png.name},0,train", f"{mr},0,test", f"{ct},1,train"]
     (tmp_path / "m.csv").write_text("file,y,part\n" + "\n".join(rows) + "\n")
     db = tmp_path / "db"
     columns = ["--path_column", "file", "--label_column", "y", "--split_column", "part"]
