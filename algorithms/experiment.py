@@ -140,7 +140,7 @@ def run(settings: Settings) -> Path:
         outcome.global_,
         settings.args.weights_grid_resolution,
         settings.args.lambda_metric,
-        getattr(settings.args, "downstream", "mix"),
+        settings.args.downstream,
         outcome.joint,
         pooled_test(data.clients)[1],
     )
@@ -156,9 +156,7 @@ def secure_noise(settings: Settings) -> bool:
     """Whether the run draws its private randomness from secret keys (--secure_noise): such a
     run is never checkpointed (utils.checkpoint.RoundCheckpoint, `enabled`)."""
     dp = settings.configs.get("dp")
-    return bool(getattr(settings.args, "secure_noise", False)) or (
-        dp is not None and getattr(dp, "noise_source", "seeded") == "secure"
-    )
+    return bool(settings.args.secure_noise) or (dp is not None and dp.noise_source == "secure")
 
 
 def load_run_data(settings: Settings) -> RunData:

@@ -364,7 +364,7 @@ def check_run_flags(parser: FlagParser, args: argparse.Namespace) -> None:
     name = parser.spelling
     if args.resume and args.overwrite:
         raise UsageError(f"{name('resume')} and {name('overwrite')} exclude each other")
-    if args.resume and getattr(args, "secure_noise", False):
+    if args.resume and args.secure_noise:
         raise UsageError(
             f"{name('resume')} does not apply to {name('secure_noise')} runs: their clients' "
             "secret keys are not kept, so a resumed run could not continue their noise streams"

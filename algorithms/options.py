@@ -110,7 +110,7 @@ def check_applicable(parser: FlagParser, given: frozenset[str], method: Method) 
 
 def apply_preset(args: argparse.Namespace, given: frozenset[str]) -> None:
     """Give the flags that --preset sets its values, unless given explicitly."""
-    for dest, value in presets.flags(getattr(args, "preset", presets.DEFAULT)).items():
+    for dest, value in presets.flags(args.preset).items():
         if dest not in given:
             setattr(args, dest, value)
 

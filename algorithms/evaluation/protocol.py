@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from data.clients import ClientData
-from utils.metrics import classification_metrics, summarize_clients
+from utils.metrics import classification_metrics
 
 # --lambda_metric values, with the key of the test metric each one is (classification_metrics).
 LAMBDA_METRICS = {"accuracy": "acc", "balanced_accuracy": "balanced_acc"}
@@ -134,22 +134,6 @@ def lambda_protocol(
 ) -> dict[str, tuple[float, list[float]]]:
     """The lambda and the mean validation scores under every lambda metric."""
     return {m: choose_lambda(per_client, grid, m) for m in LAMBDA_METRICS}
-
-
-def protocol_report(
-    chosen: dict[str, tuple[float, list[float]]], rows_at: dict[str, list[dict]]
-) -> dict:
-    """The `lambda_protocol` block of metrics.json: per metric its lambda, its mean validation
-    scores over the grid, the clients' test rows at that lambda and their summary."""
-    return {
-        m: {
-            "lambda": lam,
-            "val_scores": scores,
-            "clients": rows_at[m],
-            "summary": summarize_clients(rows_at[m]),
-        }
-        for m, (lam, scores) in chosen.items()
-    }
 
 
 @dataclass

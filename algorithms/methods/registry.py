@@ -25,10 +25,10 @@ from algorithms.methods.dpcvae import CVAEClient
 from algorithms.methods.fedavg import FedAvgClient, FedAvgConfig
 from algorithms.methods.fedpft import PFTClient, PFTConfig, run_pft
 from algorithms.methods.generative import run_generative
-from algorithms.privacy.accounting import DPConfig
-from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.privacy.config import DPConfig
+from algorithms.privacy.generative_config import GenerativeConfig
 from data.clients import ClientData
-from data.partition import SplitConfig
+from data.split_config import SplitConfig
 from utils.checkpoint import RoundCheckpoint
 from utils.device import ON_CPU, Execution
 

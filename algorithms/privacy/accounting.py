@@ -71,8 +71,6 @@ EXACT_COUNT = (
 )
 # The accountant of a one-shot Gaussian release, as the privacy block names it.
 ANALYTIC_GAUSSIAN = "analytic-gaussian"
-# What DP does not cover for a one-shot release (dpfedpft)
-# (its record counts are released noised, as part of the release)
 
 
 def count_epsilon(cfg: DPConfig) -> float:

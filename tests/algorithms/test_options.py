@@ -125,10 +125,10 @@ def test_apply_preset_fills_what_was_not_given():
     assert args.n_fedavg_rounds == 50  # given explicitly
     assert args.seed == 0  # no preset value
     assert set(values) - {"latent_dim", "n_fedavg_rounds"} <= set(vars(args))
-    # the default preset (also without a --preset at all) changes nothing
-    plain = argparse.Namespace(latent_dim=100)
+    # the default preset changes nothing
+    plain = argparse.Namespace(preset=presets.DEFAULT, latent_dim=100)
     apply_preset(plain, frozenset())
-    assert vars(plain) == {"latent_dim": 100}
+    assert vars(plain) == {"preset": presets.DEFAULT, "latent_dim": 100}
 
 
 @pytest.mark.parametrize("preset", [p for p in presets.names() if presets.flags(p)])
