@@ -235,3 +235,38 @@ def test_parsing_runs_no_accountant_the_run_start_does():
     with pytest.raises(UsageError, match="--count_noise 1.0 alone spends epsilon"):
         check_before_run(s)
     check_before_run(settings("--method", "dpcvae"))
+
+
+# --- run keys --------------------------------------------------------------------------------
+
+# The config hash (run directory name) of each method's default run on fixed data facts,
+# recorded before `Settings.configs` became the typed `registry.Configs`: a refactoring of
+# how the configs travel must not move any existing run's directory.
+DEFAULT_RUN_KEYS = {
+    "local": "d57d3c74a8",
+    "centralized": "a7011a3db6",
+    "fedavg": "7d67ff1a28",
+    "fedprox": "235e6fba14",
+    "fedlambda": "cfa156aa9b",
+    "dpcgan": "9df2b1d706",
+    "dpcvae": "353613b835",
+    "fedpft": "6f4daa9fb5",
+    "dpfedpft": "03fa2dce6c",
+}
+
+
+def test_a_default_runs_config_and_key_are_unchanged():
+    from algorithms.experiment import DataFacts, describe_run
+    from utils.results import config_key
+
+    facts = DataFacts("digits", "raw", "f" * 64, "split.json", "0" * 64, {})
+    keys = {}
+    for name in registry.NAMES:
+        method = registry.get(name)
+        config, _ = describe_run(settings("--method", name, "--results_dir", "/r"), facts)
+        # config.json's order: the split config, then the method's configs in CONFIGS' order
+        sections = [c for c, cls in CONFIGS.items() if config_sections(cls) & set(method.sections)]
+        head = ["method", "database_root", "database", "split"]
+        assert list(config) == [*head, *sections, "weights_grid_resolution"], name
+        keys[name] = config_key(config)
+    assert keys == DEFAULT_RUN_KEYS
