@@ -22,7 +22,7 @@ from algorithms.evaluation.downstream import evaluate_clients, summarize_rows
 from algorithms.evaluation.protocol import Evaluation, Outcome
 from algorithms.flags import spelling
 from algorithms.methods.registry import Configs, Method, RunContext, display_order
-from algorithms.options import Settings, UsageError, check_before_run
+from algorithms.options import Settings, UsageError, check_before_run, present_configs
 from algorithms.privacy.accounting import delta_warning, over_budget_warning
 from algorithms.privacy.config import DPConfig
 from algorithms.privacy.generative_config import GenerativeConfig
@@ -133,7 +133,7 @@ def run(settings: Settings) -> Path:
             file=sys.stderr,
         )
     context = RunContext(data.clients, data.db.n_classes, settings.seed, checkpoint, execution)
-    outcome = settings.method.run(context, Configs(**settings.configs))
+    outcome = settings.method.run(context, settings.configs)
     evaluation = evaluate_clients(
         data.clients,
         outcome.local,
@@ -146,7 +146,7 @@ def run(settings: Settings) -> Path:
     )
     wall = checkpoint.elapsed()
     if settings.args.save_synthetic and outcome.synthetic:
-        save_synthetic(files.run_dir, data, settings.configs["generative"], outcome.synthetic)
+        save_synthetic(files.run_dir, data, settings.configs.generative, outcome.synthetic)
     close_run(files, settings.seed, facts.split_args, evaluation, outcome, wall)
     checkpoint.remove()
     return files.run_dir
@@ -155,7 +155,7 @@ def run(settings: Settings) -> Path:
 def secure_noise(settings: Settings) -> bool:
     """Whether the run draws its private randomness from secret keys (--secure_noise): such a
     run is never checkpointed (utils.checkpoint.RoundCheckpoint, `enabled`)."""
-    dp = settings.configs.get("dp")
+    dp = settings.configs.dp
     return bool(settings.args.secure_noise) or (dp is not None and dp.noise_source == "secure")
 
 
@@ -165,9 +165,7 @@ def load_run_data(settings: Settings) -> RunData:
     db = load_database(settings.args.database_root)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        split, split_path = load_or_make_split(
-            db, settings.configs["split"], settings.args.split_file
-        )
+        split, split_path = load_or_make_split(db, settings.configs.split, settings.args.split_file)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     clients = client_datasets(db, split)
@@ -175,11 +173,9 @@ def load_run_data(settings: Settings) -> RunData:
     return RunData(db, split, Path(split_path), clients)
 
 
-def warn_privacy_settings(configs: dict, clients: list[ClientData]) -> None:
+def warn_privacy_settings(configs: Configs, clients: list[ClientData]) -> None:
     """Print the privacy module's warning about delta and the clients' sizes, if any."""
-    message = delta_warning(
-        configs.get("dp"), [c.n_train for c in clients], [c.id for c in clients]
-    )
+    message = delta_warning(configs.dp, [c.n_train for c in clients], [c.id for c in clients])
     if message:
         print(f"warning: {message}", file=sys.stderr)
 
@@ -198,7 +194,7 @@ def describe_run(settings: Settings, facts: DataFacts) -> tuple[dict, Path]:
             "backbone": backbone,
             "fingerprint": facts.fingerprint,
         },
-        **{name: asdict(cfg) for name, cfg in settings.configs.items()},
+        **{name: asdict(cfg) for name, cfg in present_configs(settings.configs).items()},
         "weights_grid_resolution": args.weights_grid_resolution,
     }
     run_dir = (

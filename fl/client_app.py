@@ -165,8 +165,8 @@ def synthesize(msg: Message, context: Context) -> Message:
         site.data,
         weights,
         site.n_classes,
-        s.configs["generative"],
-        s.configs["head"],
+        s.configs.generative,
+        s.configs.head,
         s.seed,
     )
     context.state[TEST_PROBS] = ArrayRecord(
@@ -175,14 +175,14 @@ def synthesize(msg: Message, context: Context) -> Message:
     # the global synthetic-only head, trained here from the global model as main.py's server
     # trains it: the coordinator sends no head to test on this site's data
     sampler = (
-        PooledSampler(s.configs["generative"].squash_temperature)
+        PooledSampler(s.configs.generative.squash_temperature)
         if is_pft(s)
         else ReleasedSampler(
-            s.method.name, site.data.x_train.shape[1], site.n_classes, s.configs["generative"]
+            s.method.name, site.data.x_train.shape[1], site.n_classes, s.configs.generative
         )
     )
     head = global_synthetic_head(
-        sampler, weights, site.n_classes, s.configs["generative"], s.configs["head"], s.seed
+        sampler, weights, site.n_classes, s.configs.generative, s.configs.head, s.seed
     )
     n_test = len(site.data.y_test)
     acc = correct_count(head, site.data) / n_test if n_test else float("nan")

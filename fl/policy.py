@@ -154,7 +154,7 @@ def policy_violation(
     named = f"{spelling('method')} {method.name}"
     if method.name not in policy.methods:
         return f"{named} is not served (methods={','.join(policy.methods)})"
-    dp = settings.configs.get("dp")
+    dp = settings.configs.dp
     shares_without_dp = not method.private or dp is None or not dp.enabled
     if shares_without_dp:
         what = f"{dp_flag('enabled')} off" if dp is not None else f"{named} (not private)"

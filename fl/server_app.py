@@ -201,7 +201,7 @@ def run_facts(
         common(each["split_sha256"]),
         split_args if isinstance(split_args, dict) else {"sites": split_args},
     )
-    expected = asdict(settings.configs["split"])
+    expected = asdict(settings.configs.split)
     shared = "sites" not in facts.split_args and facts.split_args.get("split_method") != "site"
     if shared and facts.split_args != expected:
         raise SettingsError(
@@ -252,7 +252,7 @@ def run_generative(
 ) -> tuple[Outcome, Evaluation]:
     """DP-CVAE / DP-CGAN: the rounds, then the end of a generative run (`finish_sites`)."""
     method, seed = settings.method.name, settings.seed
-    cfg, dp = settings.configs["generative"], settings.configs["dp"]
+    cfg, dp = settings.configs.generative, settings.configs.dp
     initial = initial_global_weights(method, dim, n_classes, cfg, seed)
     weights, history = train_rounds(sites, order, initial, cfg.n_rounds, 1.0, settings)
     fidelity, privacy, global_synthetic, evaluation = finish_sites(
@@ -270,7 +270,7 @@ def run_pft(
     """FedPFT / DP-FedPFT: one round (each site releases its statistics once, the server pools
     them), then the end of a generative run from the pooled Gaussians."""
     method, configs = settings.method.name, settings.configs
-    cfg, gen, dp = configs["pft"], configs["generative"], configs.get("dp")
+    cfg, gen, dp = configs.pft, configs.generative, configs.dp
     aggregate = pooler(method, cfg, dp)
     pooled, history = train_rounds(sites, order, {}, 1, 1.0, settings, aggregate=aggregate)
     fidelity, privacy, global_synthetic, evaluation = finish_sites(
@@ -329,7 +329,7 @@ def run_fedavg(
 ) -> tuple[Outcome, Evaluation]:
     """FedAvg / FedProx on a linear head: the rounds with each round's validation accuracy
     (reported by the sites), then each site's test metrics of the final global head."""
-    cfg, seed = settings.configs["fedavg"], settings.seed
+    cfg, seed = settings.configs.fedavg, settings.seed
 
     def validate(rnd: int, weights: StateDict, updates: Sequence[ClientUpdate]) -> dict:
         record = weights_record(weights)

@@ -80,7 +80,7 @@ class Site:
         s = self.settings
         if is_pft(s):
             return 1
-        return s.configs["generative" if is_generative(s) else "fedavg"].n_rounds
+        return (s.configs.generative if is_generative(s) else s.configs.fedavg).n_rounds
 
     def last_round(self) -> int | None:
         if LAST_ROUND not in self.context.state:
@@ -95,7 +95,7 @@ class Site:
     def claim_round(self, rnd: int) -> None:
         """Claim a train round (with the run's epsilon and delta at its first claim: the noise
         is calibrated for the whole run), refused if claimed or over the dataset's budget."""
-        dp, private = self.settings.configs.get("dp"), self.settings.method.private
+        dp, private = self.settings.configs.dp, self.settings.method.private
         eps, delta = (
             (None, 0.0) if dp is None or not dp.enabled or not private else (dp.epsilon, dp.delta)
         )
@@ -138,15 +138,15 @@ class Site:
             known = state.config_records[CALIBRATION]
             remember_calibration(str(known["key"]), float(known["noise-multiplier"]))
         if is_pft(s):
-            pft, gen, dp = s.configs["pft"], s.configs["generative"], s.configs.get("dp")
+            pft, gen, dp = s.configs.pft, s.configs.generative, s.configs.dp
             if dp is not None:
                 dp = dataclasses.replace(dp, noise_source=self.policy.noise_source)
             client = make_pft_clients(
                 s.method.name, [self.data], self.n_classes, pft, gen, dp, s.seed, self.secret()
             )[0]
         elif is_generative(s):
-            gen = s.configs["generative"]
-            dp = dataclasses.replace(s.configs["dp"], noise_source=self.policy.noise_source)
+            gen = s.configs.generative
+            dp = dataclasses.replace(s.configs.dp, noise_source=self.policy.noise_source)
             client = make_clients(
                 s.method.name,
                 [self.data],
@@ -158,7 +158,7 @@ class Site:
                 s.execution.device,
             )[0]
         else:
-            cfg, device = s.configs["fedavg"], s.execution.device
+            cfg, device = s.configs.fedavg, s.execution.device
             client = make_fedavg_clients([self.data], self.n_classes, cfg, s.seed, device)[0]
         calibration = getattr(client, "calibration", None)  # DP-SGD clients only
         if calibration is not None:

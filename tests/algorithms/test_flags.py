@@ -47,25 +47,25 @@ def test_round_trip_of_renamed_flags():
         *("--method", "fedprox", "--n_rounds", "7", "--local_steps", "3", "--bz", "64"),
         *("--mu", "0.2"),
     )
-    fed = s.configs["fedavg"]
+    fed = s.configs.fedavg
     assert (fed.n_rounds, fed.local_steps, fed.batch_size, fed.mu) == (7, 3, 64, 0.2)
     s = settings("--method", "fedavg", "--fedavg_local_epochs", "2")
-    assert s.configs["fedavg"].local_steps == 2 and s.configs["fedavg"].mu == 0.0  # no FedProx
+    assert s.configs.fedavg.local_steps == 2 and s.configs.fedavg.mu == 0.0  # no FedProx
     s = settings(
         *("--method", "dpcvae", "--n_fedavg_rounds", "4", "--cvae_var", "2.5", "--lr", "0.01"),
         *("--disable_dp", "--gen_batch_size", "0"),
     )
-    gen, dp = s.configs["generative"], s.configs["dp"]
+    gen, dp = s.configs.generative, s.configs.dp
     assert (gen.n_rounds, gen.latent_var, gen.lr, gen.batch_size) == (4, 2.5, 0.01, 0)
-    assert s.configs["head"].lr == 0.01  # --lr: the heads' and the CVAE's
+    assert s.configs.head.lr == 0.01  # --lr: the heads' and the CVAE's
     assert dp.enabled is False
     s = settings("--method", "dpcvae", "--secure_noise", "--dp_calibration", "paper")
-    assert s.configs["dp"].noise_source == "secure" and s.configs["dp"].calibration == "paper"
+    assert s.configs.dp.noise_source == "secure" and s.configs.dp.calibration == "paper"
     # a one-shot release: no DP-SGD settings; one Gaussian per class
     s = settings("--method", "dpfedpft", "--epsilon", "2")
-    dp = s.configs["dp"]
+    dp = s.configs.dp
     assert dp.epsilon == 2.0 and dp.accountant is None and dp.max_grad_norm is None
-    assert dp.count_noise == 0.0 and s.configs["pft"].components == 1
+    assert dp.count_noise == 0.0 and s.configs.pft.components == 1
 
 
 def test_a_validation_message_names_the_flag_not_the_field():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from algorithms import presets
+from algorithms.experiment import DataFacts, describe_run
 from algorithms.flags import CONFIGS, build_parser, config_sections
 from algorithms.methods import registry
 from algorithms.options import (
@@ -18,9 +19,11 @@ from algorithms.options import (
     check_before_run,
     given_flags,
     load_settings,
+    present_configs,
     resolve_execution,
 )
 from utils.device import ON_CPU, Execution
+from utils.results import config_key
 
 DB = ["--database_root", "/nonexistent"]
 
@@ -41,12 +44,13 @@ def test_a_run_keeps_its_command_line_and_its_methods_configs():
     for name in registry.NAMES:
         method = registry.get(name)
         configs = settings("--method", name).configs
+        assert isinstance(configs, registry.Configs)
         expected = {c for c, cls in CONFIGS.items() if config_sections(cls) & set(method.sections)}
-        assert set(configs) == {"split"} | expected, name
-        assert next(iter(configs)) == "split"
+        present = present_configs(configs)
+        assert set(present) == {"split"} | expected, name
+        assert next(iter(present)) == "split"
         for key, cls in CONFIGS.items():
-            if key in configs:
-                assert type(configs[key]) is cls
+            assert type(getattr(configs, key)) is (cls if key in present else type(None))
 
 
 def test_the_method_is_required_and_its_spellings_must_agree():
@@ -216,7 +220,7 @@ def test_a_preset_file_sets_flags_and_an_explicit_flag_wins():
     dp = presets.flags("dp")
     assert presets.names()[0] == "paper" and presets.flags("paper") == {}
     assert presets.load("dp")["description"]
-    gen = settings("--method", "dpcvae", "--preset", "dp").configs["generative"]
+    gen = settings("--method", "dpcvae", "--preset", "dp").configs.generative
     assert gen.preset == "dp"
     assert (gen.cvae_loss, gen.n_rounds, gen.latent_dim) == (
         dp["cvae_loss"],
@@ -224,10 +228,10 @@ def test_a_preset_file_sets_flags_and_an_explicit_flag_wins():
         dp["latent_dim"],
     )
     gen = settings("--method", "dpcvae", "--preset", "dp", "--n_fedavg_rounds", "3")
-    assert gen.configs["generative"].n_rounds == 3
+    assert gen.configs.generative.n_rounds == 3
     # also given explicitly at its default value
     gen = settings("--method", "dpcvae", "--preset", "dp", "--latent_dim", "100")
-    assert gen.configs["generative"].latent_dim == 100
+    assert gen.configs.generative.latent_dim == 100
 
 
 def test_parsing_runs_no_accountant_the_run_start_does():
@@ -256,9 +260,6 @@ DEFAULT_RUN_KEYS = {
 
 
 def test_a_default_runs_config_and_key_are_unchanged():
-    from algorithms.experiment import DataFacts, describe_run
-    from utils.results import config_key
-
     facts = DataFacts("digits", "raw", "f" * 64, "split.json", "0" * 64, {})
     keys = {}
     for name in registry.NAMES:

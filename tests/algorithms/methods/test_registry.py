@@ -138,20 +138,20 @@ def test_a_flag_the_method_does_not_read_is_refused(tmp_path, capsys, method, fl
 
 def test_the_misleading_flags_have_clear_spellings():
     base = ["--database_root", "db"]
-    old = load_settings([*base, "--method", "fedavg", "--local_steps", "3"]).configs["fedavg"]
+    old = load_settings([*base, "--method", "fedavg", "--local_steps", "3"]).configs.fedavg
     new = load_settings([*base, "--method", "fedavg", "--fedavg_local_epochs", "3"])
-    assert old == new.configs["fedavg"] and old.local_steps == 3
-    dp = {f: load_settings([*base, "--method", "dpcvae", *f.split()]).configs["dp"] for f in
+    assert old == new.configs.fedavg and old.local_steps == 3
+    dp = {f: load_settings([*base, "--method", "dpcvae", *f.split()]).configs.dp for f in
           ("--dp on", "--enable_dp", "--dp off", "--disable_dp")}  # fmt: skip
     assert dp["--dp on"] == dp["--enable_dp"] and dp["--dp on"].enabled
     assert dp["--dp off"] == dp["--disable_dp"] and not dp["--dp off"].enabled
     with pytest.raises(SystemExit):  # argparse: one switch, one spelling at a time
         load_settings([*base, "--method", "dpcvae", "--dp", "on", "--disable_dp"])
     lr = load_settings([*base, "--method", "dpcvae", "--lr", "0.01"]).configs
-    assert lr["head"].lr == lr["generative"].lr == 0.01  # the heads and the CVAE
-    assert lr["generative"].gan_lr == 2e-4  # not the CGAN's
-    mu = load_settings([*base, "--method", "fedavg"]).configs["fedavg"].mu
-    assert mu == 0.0 and load_settings([*base, "--method", "fedprox"]).configs["fedavg"].mu == 0.05
+    assert lr.head.lr == lr.generative.lr == 0.01  # the heads and the CVAE
+    assert lr.generative.gan_lr == 2e-4  # not the CGAN's
+    mu = load_settings([*base, "--method", "fedavg"]).configs.fedavg.mu
+    assert mu == 0.0 and load_settings([*base, "--method", "fedprox"]).configs.fedavg.mu == 0.05
 
 
 def test_dp_refuses_an_untested_opacus(tmp_path, capsys, monkeypatch):
@@ -162,7 +162,7 @@ def test_dp_refuses_an_untested_opacus(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "needs opacus 1.6.0" in err and "1.5.4 is installed" in err and not out.exists()
     # without DP nothing of Opacus's internals runs
-    assert not load_settings([*argv, "--dp", "off"]).configs["dp"].enabled
+    assert not load_settings([*argv, "--dp", "off"]).configs.dp.enabled
 
 
 def test_versions_name_what_the_numbers_depend_on(gauss_db, tmp_path):
