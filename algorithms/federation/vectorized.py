@@ -56,10 +56,10 @@ class _Engine:
     def __init__(self, clients: Sequence[DPClient]):
         self.clients = list(clients)
         self.device = clients[0].device
-        self.private = [c.private for c in clients]
-        if any(p is None for p in self.private) and any(p is not None for p in self.private):
+        self.dp_sgd = [c.dp_sgd for c in clients]
+        if any(p is None for p in self.dp_sgd) and any(p is not None for p in self.dp_sgd):
             raise ValueError("the vectorized path needs DP on for every client or for none")
-        self.dp = self.private[0] is not None
+        self.dp = self.dp_sgd[0] is not None
         n_max = max(c.n for c in clients)
         self.x = pad_rows([c.x for c in clients], n_max)
         self.onehot = pad_rows([c.onehot for c in clients], n_max)
@@ -77,7 +77,7 @@ class _Engine:
                 poisson_mask(c.n, p.sample_rate, c.rng_batches)
                 if on
                 else torch.zeros(0, dtype=torch.bool, device=self.device)
-                for c, p, on in zip(self.clients, self.private, active)
+                for c, p, on in zip(self.clients, self.dp_sgd, active)
             ]
             drawn = pad_rows(masks, self.x.shape[1])
             counts = drawn.sum(dim=1).tolist()
@@ -112,9 +112,9 @@ class _Engine:
         DP its clipped, noised sum over the expected batch size (and its accountant's step),
         otherwise the gradient of its batch's mean loss."""
         if self.dp:
-            clip = self.private[0].optimizer.max_grad_norm
+            clip = self.dp_sgd[0].optimizer.max_grad_norm
             grad = clip_and_sum_stacked(tape, loss, clip, layout)
-            noise_and_account_stacked(self.private, grad, layout, active)
+            noise_and_account_stacked(self.dp_sgd, grad, layout, active)
             return grad
         return torch.autograd.grad(_masked_mean(loss, mask).sum(), flat)[0]
 

@@ -69,7 +69,7 @@ class CVAEClient(DPClient):
         eps = torch.randn(
             len(idx), self.cfg.latent_dim, generator=self.rng_latent, device=self.device
         )
-        forward = self.private.module if self.private is not None else self.model
+        forward = self.dp_sgd.module if self.dp_sgd is not None else self.model
         recon, mu, logvar = forward(x, oh, eps)
         cfg = self.cfg
         return cvae_loss_per_sample(
@@ -88,9 +88,9 @@ class CVAEClient(DPClient):
         losses = []
         for _ in range(n_epochs):
             for idx in self._batches():
-                if self.private is not None:
+                if self.dp_sgd is not None:
                     loss = self._loss(idx) if len(idx) else None
-                    dp_step(self.private, loss)
+                    dp_step(self.dp_sgd, loss)
                 else:
                     loss = self._loss(idx)
                     self.optimizer.zero_grad(set_to_none=True)
@@ -98,7 +98,7 @@ class CVAEClient(DPClient):
                     self.optimizer.step()
                 if loss is not None:
                     losses.append(float(loss.detach().mean()))
-        self._release_gradients(self.private.optimizer if self.private else self.optimizer)
+        self._release_gradients(self.dp_sgd.optimizer if self.dp_sgd else self.optimizer)
         return losses
 
     @torch.no_grad()

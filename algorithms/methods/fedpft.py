@@ -86,7 +86,7 @@ if TYPE_CHECKING:
 
 def pft_method(method: str) -> Method:
     """The registry entry of a FedPFT method (looked up when called: the registry imports this
-    module); its `private` tells dpfedpft's DP release from fedpft's mixtures."""
+    module)."""
     from algorithms.methods import registry
 
     entry = registry.get(method)
@@ -94,6 +94,12 @@ def pft_method(method: str) -> Method:
         names = ", ".join(registry.with_flow("pft"))
         raise ValueError(f"{method!r} is not a FedPFT method ({names})")
     return entry
+
+
+def release_dp(method: str) -> bool:
+    """Whether the FedPFT method releases DP statistics (dpfedpft's noised counts, sums and
+    moments) rather than fedpft's Gaussian mixtures: its registry entry's `private`."""
+    return pft_method(method).private
 
 
 @dataclass(frozen=True)
@@ -141,7 +147,7 @@ def sensitivity(covariance: str) -> float:
 def release_size(method: str, cfg: PFTConfig, dim: int, n_classes: int) -> int:
     """Numbers one client releases (once): the same for every client (fixed shapes)."""
     cov = math.prod(scale_shape(cfg.covariance, dim))
-    if not pft_method(method).private:
+    if not release_dp(method):
         return n_classes * (1 + cfg.components * (1 + dim + cov))
     moment = {"diag": dim, "full": dim * dim, "spherical": 0}[cfg.covariance]
     return n_classes * (1 + dim + moment)
@@ -151,7 +157,7 @@ def pooler(
     method: str, cfg: PFTConfig, dp: DPConfig | None
 ) -> Callable[[Sequence[ClientUpdate]], StateDict]:
     """The server's step of `method` (the `aggregate` of the one round)."""
-    if not pft_method(method).private:
+    if not release_dp(method):
         return lambda updates: pool_mixtures([u.weights for u in updates])
     noise_std = calibrate_release(dp) * sensitivity(cfg.covariance)
     return lambda updates: pool_statistics([u.weights for u in updates], cfg.covariance, noise_std)
@@ -193,8 +199,8 @@ class PFTClient:
         pft_method(method)
         self.method, self.id, self.data, self.n_classes = method, data.id, data, n_classes
         self.cfg, self.temperature, self.dp, self.seed = cfg, gen_cfg.squash_temperature, dp, seed
-        private = pft_method(method).private and dp is not None and dp.enabled
-        self.noise_multiplier = calibrate_release(dp) if private else None
+        noised = release_dp(method) and dp is not None and dp.enabled
+        self.noise_multiplier = calibrate_release(dp) if noised else None
         secure = dp is not None and dp.noise_source == "secure"
         self.secret = (secret or new_secret()) if secure else None
         self.rng_noise = private_generator(seed, DP_NOISE, secret=self.secret)
@@ -208,7 +214,7 @@ class PFTClient:
         if self.released or rnd != 0:
             raise RuntimeError(f"client {self.id}: {self.method} releases once, in round 1 only")
         x, y, c = self.data.x_train, self.data.y_train, self.n_classes
-        if not pft_method(self.method).private:
+        if not release_dp(self.method):
             release = fit_mixtures(x, y, c, self.cfg.components, self.cfg.covariance, self.seed)
         else:
             std = (self.noise_multiplier or 0.0) * sensitivity(self.cfg.covariance)
@@ -291,7 +297,7 @@ def pft_outcome(
     and for dpfedpft the privacy block of its one release."""
     size = release_size(method, cfg, dim, n_classes)
     report = None
-    if pft_method(method).private:
+    if release_dp(method):
         report = privacy_report(dp, privacy, ANALYTIC_GAUSSIAN, NOT_COVERED)
     params = {"shared": size, "total": size}
     return generative_outcome(

@@ -83,7 +83,7 @@ class DPClient:
         self.rng_batches = stream(BATCHES)
         self.rng_noise = stream(DP_NOISE)
         self.rng_latent = stream(LATENT)
-        self.private: PrivateTraining | None = None
+        self.dp_sgd: PrivateTraining | None = None
         # (calibration key, noise multiplier) under DP: what a Flower site keeps between messages
         self.calibration: tuple[str, float] | None = None
         self._build(seed)
@@ -101,7 +101,7 @@ class DPClient:
             calibration_key(self.dp, rate, self.total_steps, self.steps_epoch),
             sigma,
         )
-        self.private = make_private(
+        self.dp_sgd = make_private(
             model,
             optimizer,
             self.n_released,
@@ -115,9 +115,9 @@ class DPClient:
 
     def _batches(self):
         """Index batches of one local epoch: Poisson sampled under DP, shuffled otherwise."""
-        if self.private is not None:
+        if self.dp_sgd is not None:
             for _ in range(self.steps_epoch):
-                yield poisson_batch(self.n, self.private.sample_rate, self.rng_batches)
+                yield poisson_batch(self.n, self.dp_sgd.sample_rate, self.rng_batches)
         else:
             order = torch.randperm(self.n, generator=self.rng_batches, device=self.device)
             yield from order.split(self.batch_size)
@@ -134,23 +134,23 @@ class DPClient:
 
     def _metrics(self, losses: list[float]) -> dict[str, float]:
         out = {"train_loss": float(np.mean(losses)) if losses else float("nan")}
-        if self.private is not None:
-            out["epsilon"] = self.private.epsilon(self.dp.delta)
+        if self.dp_sgd is not None:
+            out["epsilon"] = self.dp_sgd.epsilon(self.dp.delta)
         return out
 
     def privacy(self) -> dict:
         """This client's line of the privacy report, read from its accountant."""
-        if self.private is None:
+        if self.dp_sgd is None:
             return {"id": self.id, "noise_source": self.dp.noise_source, "epsilon": None}
         return {
             "id": self.id,
             "noise_source": self.dp.noise_source,
             "n_released": self.n_released,
-            "sample_rate": self.private.sample_rate,
-            "steps": self.private.steps(),
-            "noise_multiplier": self.private.noise_multiplier,
-            "epsilon": self.private.epsilon(self.dp.delta),
-            "accountant_history": [list(h) for h in self.private.engine.accountant.history],
+            "sample_rate": self.dp_sgd.sample_rate,
+            "steps": self.dp_sgd.steps(),
+            "noise_multiplier": self.dp_sgd.noise_multiplier,
+            "epsilon": self.dp_sgd.epsilon(self.dp.delta),
+            "accountant_history": [list(h) for h in self.dp_sgd.engine.accountant.history],
         }
 
     def _rng_state(self) -> dict:
@@ -159,8 +159,8 @@ class DPClient:
             "noise": self.rng_noise.get_state(),
             "latent": self.rng_latent.get_state(),
             "n_released": self.n_released,
-            "accountant": [list(h) for h in self.private.engine.accountant.history]
-            if self.private
+            "accountant": [list(h) for h in self.dp_sgd.engine.accountant.history]
+            if self.dp_sgd
             else [],
         }
 
@@ -174,5 +174,5 @@ class DPClient:
         self.rng_batches.set_state(state["batches"])
         self.rng_noise.set_state(state["noise"])
         self.rng_latent.set_state(state["latent"])
-        if self.private is not None:
-            self.private.engine.accountant.history = [tuple(h) for h in state["accountant"]]
+        if self.dp_sgd is not None:
+            self.dp_sgd.engine.accountant.history = [tuple(h) for h in state["accountant"]]

@@ -115,13 +115,13 @@ def test_stacked_noise_draws_and_scaling_equal_the_dp_optimizers():
     engine = CVAEEngine(clients)
     sums = torch.randn(3, engine.layout.size, generator=torch.Generator().manual_seed(0))
     grad = sums.clone()
-    noise_and_account_stacked(engine.private, grad, engine.layout, [True, False, True])
+    noise_and_account_stacked(engine.dp_sgd, grad, engine.layout, [True, False, True])
     for k, twin in enumerate(twins):
         if k == 1:  # not active: no draw, no accountant step
-            assert clients[k].private.steps() == 0
+            assert clients[k].dp_sgd.steps() == 0
             assert torch.equal(clients[k].rng_noise.get_state(), twin.rng_noise.get_state())
             continue
-        opt = twin.private.optimizer
+        opt = twin.dp_sgd.optimizer
         for p, view in zip(opt.params, engine.layout.row(sums, k).values()):
             p.grad = view.clone()
         before = [p.detach().clone() for p in opt.params]
@@ -130,9 +130,9 @@ def test_stacked_noise_draws_and_scaling_equal_the_dp_optimizers():
         assert torch.equal(noised, grad[k])
         assert any(not torch.equal(a, b) for a, b in zip(before, opt.params))
         # the noisy record count's release first (DPConfig.count_history), then this one step
-        assert clients[k].private.engine.accountant.history == [
+        assert clients[k].dp_sgd.engine.accountant.history == [
             *DP.count_history(),
-            (opt.noise_multiplier, twin.private.sample_rate, 1),
+            (opt.noise_multiplier, twin.dp_sgd.sample_rate, 1),
         ]
 
 
@@ -200,7 +200,7 @@ def test_vectorized_training_equals_per_client_training(method, dp):
     tight = 1e-6 if dp else 2e-5  # the DP-trained network
     loose = tight if method == "dpcvae" else 2e-5  # the shared network
     if dp:
-        sigmas = {c.private.noise_multiplier for c in ref}
+        sigmas = {c.dp_sgd.noise_multiplier for c in ref}
         assert len(sigmas) == 3
     for k in w_ref:
         assert _rel(w_ref[k], w_vec[k]) <= loose, k

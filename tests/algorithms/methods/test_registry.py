@@ -14,7 +14,7 @@ import main as main_module
 from algorithms.evaluation.protocol import ClientProbs, Evaluation, Outcome
 from algorithms.experiment import RunFiles, close_run
 from algorithms.methods import registry
-from algorithms.methods.fedpft import pft_method
+from algorithms.methods.fedpft import release_dp
 from algorithms.methods.generative import client_type
 from algorithms.options import UsageError, load_settings
 from data.clients import ClientData
@@ -213,6 +213,6 @@ def test_what_is_looked_up_about_a_method_is_in_its_entry():
     assert registry.with_flow("pft") == ("fedpft", "dpfedpft")
     assert client_type("dpcvae") is registry.get("dpcvae").client
     for name in registry.with_flow("pft"):
-        assert pft_method(name).private == (name == "dpfedpft")
+        assert release_dp(name) == (name == "dpfedpft")
     with pytest.raises(ValueError, match="not a generative method"):
         client_type("fedpft")

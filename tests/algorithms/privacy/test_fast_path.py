@@ -185,7 +185,7 @@ def test_fast_path_refuses_layers_it_cannot_clip():
 def test_generator_step_is_not_recorded_and_gradients_are_released_after_fit():
     client = _client("dpcgan", "fast")
     client.fit(seeded_global_weights("dpcgan", 6, 3, CFG, seed=0), 0)
-    assert client.private.tape.records == []
+    assert client.dp_sgd.tape.records == []
     for model in (client.generator, client.discriminator):
         assert all(p.grad is None for p in model.parameters())
     assert all(getattr(p, "summed_grad", None) is None for p in client.discriminator.parameters())
