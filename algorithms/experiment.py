@@ -21,7 +21,7 @@ import numpy as np
 from algorithms.evaluation.downstream import evaluate_clients, summarize_rows
 from algorithms.evaluation.protocol import Evaluation, Outcome
 from algorithms.flags import spelling
-from algorithms.methods.registry import Configs, Method, RunContext, display_order
+from algorithms.methods.registry import Configs, Method, RunContext
 from algorithms.options import Settings, UsageError, check_before_run, present_configs
 from algorithms.privacy.accounting import delta_warning, over_budget_warning
 from algorithms.privacy.config import DPConfig
@@ -280,14 +280,13 @@ def close_run(
 ) -> None:
     """history.csv, then metrics.json (the last file: its presence marks a finished run).
 
-    metrics.json also records the method's place in the tables (`display_order`) and whether
-    what this run shared is private (`private`: a private method, and DP not switched off), so
-    that tables and plots are made from results files alone."""
+    metrics.json also records whether what this run shared is private (`private`: a private
+    method, and DP not switched off), so that tables and plots are made from results files
+    alone (they take the methods' order from the registry when they are made)."""
     method = run.method
     dp_off = outcome.privacy is not None and not outcome.privacy["enabled"]
     metrics = {
         "method": method.name,
-        "display_order": display_order(method.name),
         "private": method.private and not dp_off,
         "dataset": run.dataset,
         "backbone": run.backbone,

@@ -4,7 +4,7 @@
 
 Runs are grouped by configuration (all seeds of one configuration form one row). Per client,
 each metric is averaged over seeds; the row shows the mean +- std of those across clients.
-Rows follow the methods' display order that each metrics.json records (the method registry's).
+Rows follow the method registry's order, read when the table is made (results carry none).
 Writes `<name>.md` and `<name>.csv` and prints the Markdown table. "Syn. acc" is the accuracy of
 a head trained on the global model's synthetic data alone, on the pooled real test data
 (train on synthetic, test on real), marked "(chance)" when within noise of chance. "Pooled
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -220,11 +221,14 @@ def _per_client_means(runs: list[list[dict]]) -> pd.DataFrame:
 
 
 def collect(
-    paths: list[str | Path], lambda_metric: str | None = None, downstream: str | None = None
+    paths: list[str | Path],
+    lambda_metric: str | None = None,
+    downstream: str | None = None,
+    order: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """One row per configuration with the across-client mean/std of seed-averaged metrics
     (`lambda_metric`, `downstream`: the rows of that mode at the value chosen by that metric,
-    see `client_rows`)."""
+    see `client_rows`), rows in the method order `order` (`display_key`)."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for run_dir in find_runs(paths):
         metrics = read_metrics(run_dir)
@@ -264,7 +268,7 @@ def collect(
         row["params_shared"] = int(ms[0]["cost"]["params_shared"])
         row["bytes_per_round"] = int(ms[0]["cost"]["bytes_per_round"])
         row["wall_seconds"] = float(np.mean([m["cost"]["wall_seconds"] for m in ms]))
-        keyed.append(((display_key(ms[0]), row["method"]), row))
+        keyed.append(((display_key(ms[0]["method"], order), row["method"]), row))
     return [row for _, row in sorted(keyed, key=lambda kr: kr[0])]
 
 
@@ -331,6 +335,15 @@ def write_table(
     return md, csv
 
 
+def method_order() -> tuple[str, ...]:
+    """The method registry's order, read when a table or plot is made. Only the command lines
+    (entry points) call this: the functions of utils take the order as an argument and import
+    nothing from algorithms."""
+    from algorithms.methods.registry import NAMES
+
+    return tuple(NAMES)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", help="run directories or folders above them")
@@ -360,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         if Path(args.name).name != args.name or args.name in ("", ".", ".."):
             raise OutputError(f"--name {args.name!r}: a file name stem, not a path")
         check_output(out, "--out", folder=True)
-        rows = collect(args.results, args.lambda_metric, args.downstream)
+        rows = collect(args.results, args.lambda_metric, args.downstream, method_order())
         md, csv = write_table(rows, out, args.name)
     except (ResultsError, OutputError) as err:
         print(f"error: {err}", file=sys.stderr)

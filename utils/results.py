@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +95,12 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any]:
     return metrics
 
 
-def display_key(metrics: dict[str, Any]) -> tuple[float, str]:
-    """Where a run's method goes in tables and plots: the display order its metrics.json
-    records (the method registry's), then the name. Runs whose file records none (written
-    before it was recorded) come last."""
-    order = metrics.get("display_order")
-    return (order if isinstance(order, int) else math.inf, metrics["method"])
+def display_key(method: str, order: Sequence[str]) -> tuple[float, str]:
+    """Where a run's method goes in tables and plots: its place in `order` (the method
+    registry's names, read when the table is made: results carry no presentation), then its
+    name; a method not in `order` comes last. A `display_order` that older metrics.json files
+    still hold is ignored."""
+    return (order.index(method) if method in order else math.inf, method)
 
 
 def epsilon_spent(metrics: dict[str, Any]) -> float | None:
@@ -139,13 +140,7 @@ def validate_metrics(m: Any, source: str = "metrics") -> None:
         _require(isinstance(m.get(key), kind), source, f"'{key}' must be a {kind.__name__}")
     for key in ("lambda", "privacy"):
         _require(key in m, source, f"missing key '{key}'")
-    # written by every run since the method registry (older files lack them)
-    _require(
-        not isinstance(m.get("display_order", 0), bool)
-        and isinstance(m.get("display_order", 0), int),
-        source,
-        "'display_order' must be an integer",
-    )
+    # written by every run since the method registry (older files lack it)
     _require(isinstance(m.get("private", False), bool), source, "'private' must be true or false")
     _require(
         m["lambda"] is None or _is_num(m["lambda"]), source, "'lambda' must be a number or null"

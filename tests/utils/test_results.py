@@ -29,8 +29,7 @@ def fake_metrics(method="fedavg", seed=1, accs=(0.5, 0.7), key="k1"):
     summary = {f"test_{n}_{s}": 0.0 for n in NAMES for s in ("mean", "std", "weighted")}
     return {
         "method": method,
-        # as the run lifecycle writes them, from the method registry
-        "display_order": registry.display_order(method),
+        # as the run lifecycle writes it, from the method registry
         "private": registry.get(method).private,
         "dataset": "d",
         "backbone": "b",
@@ -86,8 +85,10 @@ def test_collect_averages_seeds_per_client_then_across_clients(tmp_path):
     write_json(tmp_path / "a/seed_1/metrics.json", fake_metrics(seed=1, accs=(0.4, 0.8)))
     write_json(tmp_path / "a/seed_2/metrics.json", fake_metrics(seed=2, accs=(0.6, 1.0)))
     write_json(tmp_path / "b/seed_1/metrics.json", fake_metrics("local", 1, (0.1, 0.3), key="k2"))
-    rows = collect([tmp_path])
+    rows = collect([tmp_path], order=registry.NAMES)
     assert [r["method"] for r in rows] == ["local", "fedavg"]
+    # without an order the methods are in name order
+    assert [r["method"] for r in collect([tmp_path])] == ["fedavg", "local"]
     fed = rows[1]
     assert fed["seeds"] == 2
     assert fed["acc_mean"] == pytest.approx(0.7)

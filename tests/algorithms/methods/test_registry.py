@@ -19,10 +19,11 @@ from algorithms.methods.generative import client_type
 from algorithms.options import UsageError, load_settings
 from data.clients import ClientData
 from fl.settings import SettingsError, run_settings
-from utils.collect import collect
-from utils.plots import PALETTE, by_method, color
+from utils.collect import collect, method_order
+from utils.io import read_json, write_json
+from utils.plots import PALETTE, by_method, color, make_all
 from utils.provenance import versions
-from utils.results import read_metrics
+from utils.results import display_key, read_metrics
 
 ROWS = [
     {"id": 0, "n_train": 8, "n_val": 2, "n_test": 2}
@@ -63,12 +64,29 @@ def test_every_flag_says_its_default_in_its_help():
 
 def test_tables_and_plots_list_the_registry_methods_in_its_order(tmp_path):
     dirs = finished_runs(tmp_path)
-    assert [r["method"] for r in collect([tmp_path])] == list(registry.NAMES)
-    runs = [{"dir": d, "metrics": read_metrics(d)} for d in dirs]
+    # the command lines read the registry's order when they run; the results do not carry it
+    assert method_order() == registry.NAMES
+    assert not any("display_order" in read_metrics(d) for d in dirs)
+    assert [r["method"] for r in collect([tmp_path], order=method_order())] == list(registry.NAMES)
+    runs = [
+        {"dir": d, "metrics": read_metrics(d), "rank": display_key(m.name, registry.NAMES)}
+        for d, m in zip(dirs, reversed(registry.METHODS))
+    ]
     grouped = by_method(runs)
     assert tuple(grouped) == registry.NAMES
-    colors = [color(rs[0]["metrics"]) for rs in grouped.values()]
+    colors = [color(rs[0]) for rs in grouped.values()]
     assert len(set(colors)) == len(colors) and set(colors) <= set(PALETTE)
+
+
+def test_old_results_with_a_display_order_still_tabulate_in_the_registry_order(tmp_path):
+    """Files written before the order left metrics.json keep their `display_order`: read,
+    and ignored (here it is reversed), the rows follow the registry."""
+    for i, d in enumerate(finished_runs(tmp_path)):
+        path = d / "metrics.json"
+        write_json(path, read_json(path) | {"display_order": i})
+    assert [r["method"] for r in collect([tmp_path], order=method_order())] == list(registry.NAMES)
+    plots = make_all([tmp_path], tmp_path / "plots", order=registry.NAMES)
+    assert {p.name for p in plots} == {"client_accuracy.png"}
 
 
 def test_epsilon_column_comes_from_the_registry_flags_in_the_results(tmp_path):
@@ -188,7 +206,7 @@ def _toy(ctx: registry.RunContext, cfg: registry.Configs) -> Outcome:
 
 def test_a_new_method_is_one_registry_entry_run_end_to_end(gauss_db, tmp_path, monkeypatch):
     """Adding a method is one entry: `--method` accepts it and the run lifecycle writes its
-    metrics.json (one row per client, its display order after the paper's methods)."""
+    metrics.json (one row per client; the tables place it after the paper's methods)."""
     toy = registry.Method("toy", "class priors (a test)", _toy, ("head",))
     monkeypatch.setattr(registry, "METHODS", (*registry.METHODS, toy))
     monkeypatch.setattr(registry, "NAMES", (*registry.NAMES, "toy"))
@@ -197,7 +215,8 @@ def test_a_new_method_is_one_registry_entry_run_end_to_end(gauss_db, tmp_path, m
     assert main_module.main([*argv, "--quiet", "--method", "toy"]) == 0
     metrics = read_metrics(out)
     assert metrics["method"] == "toy"
-    assert metrics["display_order"] == len(registry.NAMES) - 1
+    assert "display_order" not in metrics  # the tables read the order from the registry
+    assert method_order()[-1] == "toy"
     assert [row["id"] for row in metrics["clients"]] == [0, 1, 2]
     assert all(0 <= row["test_acc"] <= 1 for row in metrics["clients"])
 
