@@ -125,6 +125,7 @@ def run(settings: Settings) -> Path:
         },
         interval=settings.args.checkpoint_interval,
         enabled=not secure_noise(settings),
+        restart=f"pass {spelling('overwrite')} to start over",
     )
     if not checkpoint.enabled:
         print(
@@ -228,12 +229,13 @@ def open_run(settings: Settings, facts: DataFacts) -> RunFiles:
     checkpoint = run_dir / CHECKPOINT_DIR
     if checkpoint.exists() and not (args.resume or args.overwrite):
         raise ResultsError(
-            f"{run_dir}: holds an interrupted run ({checkpoint}); pass --resume to continue it "
-            "or --overwrite to start over"
+            f"{run_dir}: holds an interrupted run ({checkpoint}); pass {spelling('resume')} to "
+            f"continue it or {spelling('overwrite')} to start over"
         )
     if args.overwrite:
         shutil.rmtree(checkpoint, ignore_errors=True)
-    run_dir = prepare_run_dir(run_dir, args.overwrite)
+    replace = f"pass {spelling('overwrite')} to replace it or choose another {flag}"
+    run_dir = prepare_run_dir(run_dir, args.overwrite, remedy=replace)
     if args.resume and (run_dir / CONFIG_FILE).is_file():
         return RunFiles(run_dir, method, key, dataset, backbone)
     write_config(
@@ -266,7 +268,7 @@ def check_same_run(run_dir: Path, key: str, seed: int) -> None:
     if old != (key, seed):
         raise ResultsError(
             f"{path}: holds another run (config_key, seed = {old}, these flags give "
-            f"{(key, seed)}); --resume needs the flags of the interrupted run"
+            f"{(key, seed)}); {spelling('resume')} needs the flags of the interrupted run"
         )
 
 

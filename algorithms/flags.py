@@ -190,7 +190,8 @@ def _experiment_flags(parser: FlagParser) -> None:
         type=int,
         default=3407,
         help="run seed: model initialization, batch order, client sampling, and (unless "
-        "--secure_noise) the DP noise. The paper uses 3407, 12345 and 202502. Default: 3407",
+        f"{flag_name(DPConfig, 'noise_source')}) the DP noise. The paper uses 3407, 12345 and "
+        "202502. Default: 3407",
     )
     add(
         "--split_seed",

@@ -104,7 +104,8 @@ def check_applicable(parser: FlagParser, given: frozenset[str], method: Method) 
             names = "/".join(parser.names_of[dest])
             users = ", ".join(registry.using(section))
             raise UsageError(
-                f"{names} does not apply to --method {method.name} (it is used by {users})"
+                f"{names} does not apply to {spelling('method')} {method.name} (it is used by "
+                f"{users})"
             )
 
 

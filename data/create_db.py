@@ -36,7 +36,8 @@ from data.medmnist_source import medmnist_flags
 from data.own_data import Columns
 from data.source_base import OWN_DATASETS, Source, SourceError
 from data.sources import default_dataset_root, open_source
-from utils.cli import OutputError, Parser, check_output
+from data.split_config import SplitConfig
+from utils.cli import OutputError, Parser, check_output, flag_name
 from utils.io import read_json, write_json
 from utils.provenance import versions
 
@@ -89,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="--dataset csv: a CSV with one row per image: path (relative to the manifest's "
         "folder, or absolute), label (class name or integer index), and optionally site (one "
-        "database file site_<name> per site, for --split_method by_site) and split (train/test)",
+        "database file site_<name> per site, for "
+        f"{flag_name(SplitConfig, 'split_method')} by_site) and split (train/test)",
     )
     own.add_argument("--path_column", default="path", help="the manifest's image path column")
     own.add_argument("--label_column", default="label", help="the manifest's label column")

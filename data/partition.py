@@ -159,7 +159,7 @@ def split_database(db: Database, cfg: SplitConfig) -> dict:
             raise SplitError(
                 f"{flag_name(cfg, 'split_method')} by_site: {db.root} records no site for file "
                 f"{names[sites.index(None)]!r} (make the database from a manifest with a site "
-                "column, or use --split_method natural for one client per file)"
+                f"column, or use {flag_name(cfg, 'split_method')} natural for one client per file)"
             )
         names = [str(s) for s in sites]
     split = make_split(labels, sources, db.n_classes, cfg, names)

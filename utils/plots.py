@@ -268,7 +268,7 @@ def synthetic_inputs(run: dict) -> dict:
             if missing:
                 raise ResultsError(
                     f"{path}: lacks {', '.join(missing)} (written by an older main.py? rerun "
-                    "the run with --save_synthetic --overwrite)"
+                    "the run over, saving its synthetic data)"
                 )
             syn = {k: npz[k] for k in SYNTHETIC_KEYS}
     except (OSError, ValueError, zipfile.BadZipFile) as err:

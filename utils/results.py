@@ -55,14 +55,15 @@ def is_finished(run_dir: str | Path) -> bool:
     return (Path(run_dir) / METRICS_FILE).is_file()
 
 
-def prepare_run_dir(run_dir: str | Path, overwrite: bool) -> Path:
-    """Create the run directory; refuse a finished run unless `overwrite`, which clears it."""
+def prepare_run_dir(run_dir: str | Path, overwrite: bool, remedy: str = "") -> Path:
+    """Create the run directory; refuse a finished run unless `overwrite`, which clears it.
+    `remedy`: what the refusal tells the user to do (the caller knows its flags)."""
     run_dir = Path(run_dir)
     if is_finished(run_dir):
         if not overwrite:
             raise ResultsError(
-                f"{run_dir}: holds a finished run ({METRICS_FILE} exists); "
-                f"pass --overwrite to replace it or choose another --results_dir"
+                f"{run_dir}: holds a finished run ({METRICS_FILE} exists)"
+                + (f"; {remedy}" if remedy else "")
             )
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

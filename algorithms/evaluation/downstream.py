@@ -31,6 +31,7 @@ import torch
 from algorithms.evaluation.heads import predict_proba
 from algorithms.evaluation.protocol import (
     LAMBDA_METRICS,
+    NO_VALIDATION,
     ClientProbs,
     Evaluation,
     check_lambda_metric,
@@ -170,7 +171,7 @@ def choose_modes(
     mode's grid (ties: the smallest value)."""
     reported = [s for s in per_client if s is not None]
     if not reported:
-        raise ValueError("no client has validation data to choose lambda; use --val_frac > 0")
+        raise ValueError(NO_VALIDATION)
     out = {}
     for mode in reported[0]:
         values = mode_values(mode, grid, joint_values)

@@ -31,7 +31,7 @@ class HeadConfig:
         metadata=flag(
             "--lr",
             section="head",
-            help="learning rate of the heads and of the CVAE (the CGAN has --gan_lr). "
+            help="learning rate of the heads and of the CVAE (the CGAN has its own). "
             "Default: {default}",
         ),
     )

@@ -23,7 +23,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from data.clients import ClientData
+from data.split_config import SplitConfig
+from utils.cli import flag_name
 from utils.metrics import classification_metrics
+
+# The refusal when no client has validation data (lambda and the downstream modes need it).
+NO_VALIDATION = (
+    f"no client has validation data to choose lambda; use {flag_name(SplitConfig, 'val_frac')} > 0"
+)
 
 # --lambda_metric values, with the key of the test metric each one is (classification_metrics).
 LAMBDA_METRICS = {"accuracy": "acc", "balanced_accuracy": "balanced_acc"}
@@ -85,7 +92,7 @@ def choose_lambda(
     check_lambda_metric(metric)
     reported = [scores[metric] for scores in per_client if scores is not None]
     if not reported:
-        raise ValueError("no client has validation data to choose lambda; use --val_frac > 0")
+        raise ValueError(NO_VALIDATION)
     mean = [float(np.mean([s[j] for s in reported])) for j in range(len(grid))]
     return float(grid[int(np.argmax(mean))]), mean
 

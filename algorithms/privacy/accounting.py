@@ -66,7 +66,8 @@ NOT_COVERED = (
 )
 # Added when the record count is released exactly (--count_noise 0).
 EXACT_COUNT = (
-    "each client's number of training samples (--count_noise 0: sent in the clear as its "
+    f"each client's number of training samples ({flag_name(DPConfig, 'count_noise')} 0: sent in "
+    "the clear as its "
     "FedAvg weight, and implied by its sampling rate and DP-CGAN's fake batch size)"
 )
 # The accountant of a one-shot Gaussian release, as the privacy block names it.
@@ -295,6 +296,7 @@ def over_budget_warning(report: dict) -> str | None:
         return None
     return (
         f"the spent epsilon ({spent:.3f}, largest over clients, from the accountant) exceeds "
-        f"the target {target} (--dp_calibration {report['calibration']}); this run is NOT "
+        f"the target {target} ({flag_name(DPConfig, 'calibration')} {report['calibration']}); "
+        "this run is NOT "
         f"{target}-DP"
     )

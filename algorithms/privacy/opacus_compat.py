@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from algorithms.federation.stacked import Layout
+from algorithms.privacy.config import DPConfig
 from algorithms.privacy.noise import dpsgd_noise
+from utils.cli import flag_name
 
 if TYPE_CHECKING:
     from algorithms.privacy.dp_sgd import PrivateTraining
@@ -77,7 +79,7 @@ def check_opacus() -> None:
         raise ValueError(
             f"DP training needs opacus {TESTED_OPACUS}, the tested version (this code uses "
             f"Opacus internals), but {opacus.__version__} is installed: install "
-            f"opacus=={TESTED_OPACUS}, or train without DP (--dp off)"
+            f"opacus=={TESTED_OPACUS}, or train without DP ({flag_name(DPConfig, 'enabled')} off)"
         )
 
 

@@ -74,8 +74,8 @@ def test_run_dir_is_derived_from_config_without_timestamps(tmp_path):
 def test_finished_run_is_refused_without_overwrite(tmp_path):
     run = prepare_run_dir(tmp_path / "run", overwrite=False)
     write_metrics(run, fake_metrics())
-    with pytest.raises(ResultsError, match="--overwrite"):
-        prepare_run_dir(run, overwrite=False)
+    with pytest.raises(ResultsError, match="finished run.*; pass --overwrite"):
+        prepare_run_dir(run, overwrite=False, remedy="pass --overwrite")
     prepare_run_dir(run, overwrite=True)
     assert not (run / "metrics.json").exists()
 
