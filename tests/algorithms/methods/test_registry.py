@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import opacus
 import pytest
+from helpers.tiny import TINY
 
 import main as main_module
 from algorithms.evaluation.protocol import ClientProbs, Evaluation, Outcome
@@ -40,6 +41,14 @@ def finished_runs(root: Path) -> list[Path]:
         close_run(run, 1, {}, Evaluation(ROWS), Outcome(None, None, [], 0), 1.0)
         dirs.append(run.run_dir)
     return dirs
+
+
+def test_every_method_has_tiny_flags_that_it_reads():
+    """tests/helpers/tiny.py holds a tiny run of every registered method (the tests that run
+    every method, e.g. tests/e2e/test_resume.py, read them), each accepted by its method."""
+    assert set(TINY) == set(registry.NAMES)
+    for name in registry.NAMES:
+        load_settings(["--database_root", "db", "--method", name, *TINY[name]])
 
 
 def test_help_lists_exactly_the_registry_methods(capsys):
