@@ -16,6 +16,7 @@ import struct
 import urllib.request
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from data.source_base import (
     SourceError,
     parse_s_frac,
 )
+
+if TYPE_CHECKING:
+    from data.own_data import Columns
 
 # Fashion-MNIST: the four official IDX files, and where Debian's `dataset-fashion-mnist` puts them.
 FASHION_FILES = {
@@ -221,7 +225,7 @@ def open_source(
     seed: int = 202502,
     download: bool = False,
     manifest: str | Path | None = None,
-    columns: object | None = None,
+    columns: Columns | None = None,
     classes: str | None = None,
 ) -> Source:
     """Open any supported dataset by its `--dataset` name; SourceError on bad input.

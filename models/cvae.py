@@ -51,6 +51,7 @@ class CVAE(nn.Module):
         self.input_dim, self.n_classes, self.latent_dim = input_dim, n_classes, latent_dim
         self.encoder_scale = encoder_scale
         hidden = [hidden_dim] * n_layers
+        self.encoder: nn.Module
         if n_layers:
             self.encoder = nn.Sequential(*mlp([input_dim + n_classes, *hidden]), nn.ReLU())
         else:

@@ -126,7 +126,7 @@ def _block(metrics: dict, lambda_metric: str | None, downstream: str | None) -> 
         return None
     mode = downstream or metrics.get("downstream") or "mix"
     metric = lambda_metric or metrics.get("lambda_metric") or "accuracy"
-    blocks = modes if modes else {"mix": protocol}
+    blocks: dict = modes if modes else {"mix": protocol}
     if mode not in blocks:
         raise ResultsError(
             f"{metrics.get('method')}: downstream mode {mode!r} is not in {sorted(blocks)}"
@@ -178,7 +178,8 @@ def _epsilon_spent(ms: list[dict]) -> float | None:
     """Largest spent epsilon over clients and seeds (see utils.results.epsilon_spent); None
     when a run does not say."""
     eps = [epsilon_spent(m) for m in ms]
-    return None if None in eps else float(max(eps))
+    known = [e for e in eps if e is not None]
+    return float(max(known)) if len(known) == len(eps) else None
 
 
 def _eps_text(eps: float | None) -> str:
@@ -263,7 +264,8 @@ def collect(
         row.update(_synthetic_only(ms))
         row["epsilon_spent"] = _epsilon_spent(ms)
         lams = [_lambda(m, lambda_metric, downstream) for m in ms]
-        row["lambda"] = float(np.mean(lams)) if None not in lams else None
+        known = [lam for lam in lams if lam is not None]
+        row["lambda"] = float(np.mean(known)) if len(known) == len(lams) else None
         row["downstream"] = _mode(ms[0], downstream)
         row["params_shared"] = int(ms[0]["cost"]["params_shared"])
         row["bytes_per_round"] = int(ms[0]["cost"]["bytes_per_round"])
