@@ -63,8 +63,8 @@ class UsageError(ValueError):
 
 
 def config_sections(cls: type) -> frozenset[str]:
-    """The sections of `cls`'s own flags."""
-    return frozenset(r.section for _, r in flagged_fields(cls) if not r.shared)
+    """The sections of `cls`'s own flags (a flag of no section belongs to every method)."""
+    return frozenset(r.section for _, r in flagged_fields(cls) if not r.shared and r.section)
 
 
 def build_config(name: str, args: argparse.Namespace, method: registry.Method) -> object:
@@ -89,8 +89,10 @@ class FlagParser(Parser):
         self.names_of: dict[str, list[str]] = {}  # dest -> its spellings, as --help shows them
         self.groups: dict[str, argparse._ArgumentGroup] = {}
 
-    def group(self, section: str) -> argparse._ArgumentGroup:
+    def group(self, section: str | None) -> argparse._ArgumentGroup:
         """The --help group of `section`, titled with the methods that read it."""
+        if section is None:
+            raise ValueError("a flag of main.py's configs belongs to a section")
         if section not in self.groups:
             methods = ", ".join(registry.using(section))
             self.groups[section] = self.add_argument_group(f"{SECTIONS[section]} ({methods})")

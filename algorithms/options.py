@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 from algorithms import presets
 from algorithms.flags import (
@@ -122,7 +123,7 @@ def apply_preset(args: argparse.Namespace, given: frozenset[str]) -> None:
 def build_configs(args: argparse.Namespace, method: Method) -> Configs:
     """The split config and the config of every section the method reads (each dataclass
     raises ValueError naming its flag); None for the others."""
-    built = {
+    built: dict[str, Any] = {
         name: build_config(name, args, method)
         for name, cls in CONFIGS.items()
         if config_sections(cls) & set(method.sections)
@@ -134,7 +135,7 @@ def build_configs(args: argparse.Namespace, method: Method) -> Configs:
     return configs
 
 
-def present_configs(configs: Configs) -> dict[str, object]:
+def present_configs(configs: Configs) -> dict[str, Any]:
     """The configs a run has (not None), by section, in config.json's order: the split's,
     then those of flags.CONFIGS in its order (Configs' field order)."""
     values = {f.name: getattr(configs, f.name) for f in fields(configs)}

@@ -285,7 +285,7 @@ def evaluate_clients(
     if local is None and global_ is None:
         raise ValueError("nothing to evaluate: no local and no global predictions")
     if local is None or global_ is None:
-        only = local if local is not None else global_
+        only = local if local is not None else (global_ or [])
         rows = [model_row(c, p, pooled_y) for c, p in zip(clients, only)]
         return Evaluation(rows, metric=metric)
     grid = lambda_grid(grid_resolution)
@@ -301,5 +301,5 @@ def evaluate_clients(
         client_mode_rows(c, lo, gl, jo, values, grid, joint_values, pooled_y)
         for c, lo, gl, jo in zip(clients, local, global_, joints)
     ]
-    rows = {mode: {m: [r[mode][m] for r in per_row] for m in LAMBDA_METRICS} for mode in chosen}
-    return evaluation_of(modes_report(chosen, rows), metric, downstream)
+    by_mode = {mode: {m: [r[mode][m] for r in per_row] for m in LAMBDA_METRICS} for mode in chosen}
+    return evaluation_of(modes_report(chosen, by_mode), metric, downstream)

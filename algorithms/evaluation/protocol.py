@@ -113,10 +113,11 @@ def client_test_row(
     c: ClientData, local_test: np.ndarray | None, global_test: np.ndarray | None, lam: float | None
 ) -> dict:
     """One client's test row: of the mixed model at `lam`, or of its one model (lam None)."""
-    if lam is not None:
-        probs = mix(local_test, global_test, lam)
-    else:
-        probs = local_test if local_test is not None else global_test
+    if lam is not None and local_test is not None and global_test is not None:
+        return client_row(c, mix(local_test, global_test, lam))
+    probs = local_test if local_test is not None else global_test
+    if probs is None:
+        raise ValueError(f"client {c.id}: no test predictions to evaluate")
     return client_row(c, probs)
 
 

@@ -100,7 +100,8 @@ def run_fedavg(
         return validation_row(cfg, rnd, [val_accuracy(evaluator, c) for c in clients])
 
     weights = initial_head(dim, n_classes, seed)
-    history, start = [], 0
+    history: list[dict] = []
+    start = 0
     if checkpoint is not None:
         weights, history, start = checkpoint.restore(fed_clients, weights)
     rounds = Rounds(

@@ -129,7 +129,8 @@ def train_generative(
     dim = clients[0].x_train.shape[1]
     gen_clients = make_clients(method, clients, n_classes, cfg, dp, seed, device=execution.device)
     weights = initial_global_weights(method, dim, n_classes, cfg, seed)
-    history, start = [], 0
+    history: list[dict] = []
+    start = 0
     if checkpoint is not None:
         weights, history, start = checkpoint.restore(gen_clients, weights)
     rounds = Rounds(cfg.n_rounds, seed=derive_seed(seed, SAMPLING), start_round=start, desc=method)

@@ -77,7 +77,9 @@ ANALYTIC_GAUSSIAN = "analytic-gaussian"
 def count_epsilon(cfg: DPConfig) -> float:
     """The epsilon that the noisy count alone spends at the config's delta (0 without one)."""
     history = list(cfg.count_history())
-    return epsilon_from_history(cfg.accountant, history, cfg.delta) if history else 0.0
+    if not history or cfg.accountant is None:  # no accountant: no count entry (count_history)
+        return 0.0
+    return epsilon_from_history(cfg.accountant, history, cfg.delta)
 
 
 def check_count_noise(cfg: DPConfig | None) -> None:

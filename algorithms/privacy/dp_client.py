@@ -8,6 +8,9 @@ data/features.py): no statistic of private data is used for normalization.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,8 +29,14 @@ from data.clients import ClientData
 from data.features import squash
 from utils.seeding import BATCHES, COUNT, DP_NOISE, LATENT, new_secret, private_generator
 
+if TYPE_CHECKING:
+    from algorithms.federation.aggregation import StateDict
+    from algorithms.federation.rounds import ClientUpdate
 
-def adam(params, lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Adam:
+
+def adam(
+    params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999)
+) -> torch.optim.Adam:
     """Adam with the fused kernel: the same update as the per-tensor loop (up to rounding),
     about 3x faster on CPU for these models (a tenth of a DP step)."""
     return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
@@ -113,7 +122,7 @@ class DPClient:
             count_history=self.dp.count_history(),
         )
 
-    def _batches(self):
+    def _batches(self) -> Iterator[torch.Tensor]:
         """Index batches of one local epoch: Poisson sampled under DP, shuffled otherwise."""
         if self.dp_sgd is not None:
             for _ in range(self.steps_epoch):
@@ -125,6 +134,43 @@ class DPClient:
     def can_sample(self, weights: dict[str, torch.Tensor]) -> np.ndarray:
         """Per class, whether the global model can sample it: always (it takes any label)."""
         return np.ones(self.n_classes, dtype=bool)
+
+    # --- what each subclass implements (CVAEClient, CGANClient) ---------------------------
+
+    def fit(self, global_weights: StateDict, rnd: int) -> ClientUpdate:
+        """One round of local training from the global weights; what it releases."""
+        raise NotImplementedError
+
+    def train_epochs(self, n_epochs: int) -> list[float]:
+        """Local epochs of (DP-)training; the loss of each step."""
+        raise NotImplementedError
+
+    def sample(self, weights: StateDict, labels: np.ndarray, rng: torch.Generator) -> np.ndarray:
+        """Synthetic embeddings (model space) from released weights, one per label."""
+        raise NotImplementedError
+
+    def released_weights(self) -> StateDict:
+        """What this client sends (a copy)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def released_model(
+        weights: StateDict, dim: int, n_classes: int, cfg: GenerativeConfig
+    ) -> torch.nn.Module:
+        """A model holding released weights, called as (z, onehot)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def latent_draw(n: int, cfg: GenerativeConfig, rng: torch.Generator) -> torch.Tensor:
+        """The latent draws of `n` synthetic samples."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs of this client (models, optimizers, generators)."""
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
 
     def _release_gradients(self, *optimizers: torch.optim.Optimizer) -> None:
         """Drop the gradients (and Opacus's summed gradients) after local training: nothing

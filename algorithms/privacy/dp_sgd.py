@@ -20,8 +20,10 @@ from algorithms.privacy.config import DPConfig
 from algorithms.privacy.ghost_clipping import LinearTape, Recorded, clip_and_sum_linear
 from algorithms.privacy.opacus_compat import check_opacus, load_opacus, noise_and_step
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # untyped package: Any to mypy
     import opacus
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
 
 # How per-sample gradients are clipped: `fast` (ghost_clipping.py's single backward pass for
 # nn.Linear layers), or Opacus's own `ghost` (two backward passes) and `hooks` (per-sample
@@ -35,8 +37,8 @@ class PrivateTraining:
     the module to call for private forward passes, the DP optimizer, and the Poisson rate."""
 
     engine: opacus.PrivacyEngine
-    module: nn.Module
-    optimizer: torch.optim.Optimizer
+    module: GradSampleModule  # Opacus's wrapper of the model (the `fast` mode: `Recorded`)
+    optimizer: DPOptimizer
     sample_rate: float
     noise_multiplier: float
     mode: str
@@ -157,6 +159,8 @@ def dp_step(private: PrivateTraining, loss_per_sample: torch.Tensor | None) -> N
             if private.mode == "hooks":
                 p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
     elif private.mode == "fast":
+        if private.tape is None:
+            raise RuntimeError("the fast mode records its linear layers on a tape (make_private)")
         clip_and_sum_linear(private.tape.take(), loss_per_sample, opt.max_grad_norm)
         noise_and_step(opt)
         return

@@ -11,6 +11,7 @@ import functools
 import math
 import warnings
 from collections.abc import Sequence
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import torch
@@ -21,6 +22,8 @@ from algorithms.privacy.noise import dpsgd_noise
 from utils.cli import flag_name
 
 if TYPE_CHECKING:
+    from opacus.optimizers import DPOptimizer  # untyped package: Any to mypy
+
     from algorithms.privacy.dp_sgd import PrivateTraining
 
 # Opacus's hooks see inputs that need no gradient (embeddings): a benign PyTorch notice.
@@ -32,7 +35,7 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing")
 TESTED_OPACUS = "1.6.0"
 
 
-def load_opacus():
+def load_opacus() -> ModuleType:
     """Opacus, imported on first use: with it come SciPy's statistics and sympy, seconds of
     start-up that a process without DP-SGD (a FedAvg site's ClientApp) does not need.
 
@@ -60,12 +63,17 @@ def _route_opacus_noise() -> None:
 
     original = getattr(plain._generate_noise, "opacus_original", plain._generate_noise)
 
-    def generate(std, reference, generator=None, secure_mode=False):
+    def generate(
+        std: float,
+        reference: torch.Tensor,
+        generator: torch.Generator | None = None,
+        secure_mode: bool = False,
+    ) -> torch.Tensor:
         if secure_mode or generator is None or std == 0:
             return original(std, reference, generator=generator, secure_mode=secure_mode)
         return dpsgd_noise(std, reference.shape, generator, reference.dtype).to(reference.device)
 
-    generate.opacus_original = original
+    generate.opacus_original = original  # type: ignore[attr-defined]  # marks it as ours
     for module in (plain, ghost):
         if not hasattr(module._generate_noise, "opacus_original"):
             module._generate_noise = generate
@@ -83,7 +91,7 @@ def check_opacus() -> None:
         )
 
 
-def noise_and_step(opt: torch.optim.Optimizer) -> None:
+def noise_and_step(opt: DPOptimizer) -> None:
     """What Opacus's ghost-mode `DPOptimizer.step()` does after clipping, on the clipped sums
     already in `.grad`, without its per-step copy of every gradient: the same noise draws (same
     call, generator and order), the same scaling, the accountant's hook, then the update. Equal
@@ -100,7 +108,7 @@ def noise_and_step(opt: torch.optim.Optimizer) -> None:
     opt.original_optimizer.step()
 
 
-def _check_supported(opt: torch.optim.Optimizer) -> None:
+def _check_supported(opt: DPOptimizer) -> None:
     """The fast DP steps re-implement the plain DPOptimizer step only."""
     if (
         opt.secure_mode
