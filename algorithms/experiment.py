@@ -146,8 +146,9 @@ def run(settings: Settings) -> Path:
         pooled_test(data.clients)[1],
     )
     wall = checkpoint.elapsed()
-    if settings.args.save_synthetic and outcome.synthetic:
-        save_synthetic(files.run_dir, data, settings.configs.generative, outcome.synthetic)
+    generative = settings.configs.generative
+    if settings.args.save_synthetic and outcome.synthetic and generative is not None:
+        save_synthetic(files.run_dir, data, generative, outcome.synthetic)
     close_run(files, settings.seed, facts.split_args, evaluation, outcome, wall)
     checkpoint.remove()
     return files.run_dir
@@ -322,7 +323,7 @@ def close_run(
         },
     }
     warnings_ = [over_budget_warning(outcome.privacy) if outcome.privacy else None]
-    warnings_.append(chance_warning(metrics["private"], outcome.fidelity))
+    warnings_.append(chance_warning(bool(metrics["private"]), outcome.fidelity))
     for warning in filter(None, warnings_):
         print(f"warning: {warning}", file=sys.stderr)
     write_history(run.run_dir, outcome.history)
@@ -347,6 +348,6 @@ def save_synthetic(
         client=np.concatenate([np.full(len(y), c.id) for c, (_, y) in zip(clients, synthetic)]),
         real_embeddings=squash(largest.x_train, cfg.squash_temperature).astype(np.float32),
         real_labels=largest.y_train.astype(np.int64),
-        real_client=np.int64(largest.id),
+        real_client=np.asarray(largest.id, dtype=np.int64),
         class_names=np.asarray(data.db.classes, dtype=str),
     )

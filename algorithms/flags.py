@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+from typing import Any
 
 from algorithms import presets
 from algorithms.evaluation.heads import HeadConfig
@@ -83,7 +84,7 @@ def preset_note(dest: str) -> str:
 class FlagParser(Parser):
     """The parser of main.py's flags; it remembers the section of every flag it adds."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.section_of: dict[str, str] = {}  # dest -> section (absent: every method)
         self.names_of: dict[str, list[str]] = {}  # dest -> its spellings, as --help shows them

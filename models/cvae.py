@@ -90,7 +90,7 @@ def cvae_loss_per_sample(
     mu: torch.Tensor,
     logvar: torch.Tensor,
     beta: float,
-    batch_size: int,
+    batch_size: int | torch.Tensor,
     loss: str = "paper",
     obs_std: float = 0.125,
 ) -> torch.Tensor:

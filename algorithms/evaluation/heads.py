@@ -85,7 +85,7 @@ def train_head(
     n_classes: int,
     cfg: HeadConfig,
     seed: int,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     sample_weight: np.ndarray | None = None,
     anchor: dict[str, torch.Tensor] | None = None,
     anchor_strength: float = 0.0,

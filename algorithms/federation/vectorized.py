@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,8 @@ from algorithms.privacy.ghost_clipping import clip_and_sum_stacked
 from algorithms.privacy.opacus_compat import noise_and_account_stacked
 from models.cvae import cvae_loss_per_sample
 
+C = TypeVar("C", bound=DPClient)  # an engine's client class
+
 
 class _Batch:
     """One step's batches of all clients: `idx` (K, b) row indices (padded slots hold any
@@ -50,16 +53,18 @@ class _Batch:
         self.mask = (width < torch.tensor(counts, device=idx.device)[:, None]).float()
 
 
-class _Engine:
+class _Engine(Generic[C]):
     """What both stacked models share: the clients' data, their batches, the DP step."""
 
-    def __init__(self, clients: Sequence[DPClient]):
+    def __init__(self, clients: Sequence[C]):
         self.clients = list(clients)
         self.device = clients[0].device
-        self.dp_sgd = [c.dp_sgd for c in clients]
-        if any(p is None for p in self.dp_sgd) and any(p is not None for p in self.dp_sgd):
+        states = [c.dp_sgd for c in clients]
+        # every client's DP-SGD state (DP on), or none (DP off)
+        self.dp_sgd = [p for p in states if p is not None]
+        if self.dp_sgd and len(self.dp_sgd) != len(states):
             raise ValueError("the vectorized path needs DP on for every client or for none")
-        self.dp = self.dp_sgd[0] is not None
+        self.dp = bool(self.dp_sgd)
         n_max = max(c.n for c in clients)
         self.x = pad_rows([c.x for c in clients], n_max)
         self.onehot = pad_rows([c.onehot for c in clients], n_max)
@@ -92,7 +97,10 @@ class _Engine:
             j = step % c.steps_epoch
             if j == 0:
                 self.orders[k] = torch.randperm(c.n, generator=c.rng_batches, device=self.device)
-            picks.append(self.orders[k][j * c.batch_size : (j + 1) * c.batch_size])
+            epoch = self.orders[k]
+            if epoch is None:
+                raise RuntimeError(f"client {c.id}: an epoch's order is drawn at its first step")
+            picks.append(epoch[j * c.batch_size : (j + 1) * c.batch_size])
         counts = [len(p) for p in picks]
         return _Batch(pad_rows(picks, max(1, *counts)), counts)
 
@@ -112,6 +120,8 @@ class _Engine:
         DP its clipped, noised sum over the expected batch size (and its accountant's step),
         otherwise the gradient of its batch's mean loss."""
         if self.dp:
+            if tape is None:
+                raise RuntimeError("a DP step records its linear layers on a tape")
             clip = self.dp_sgd[0].optimizer.max_grad_norm
             grad = clip_and_sum_stacked(tape, loss, clip, layout)
             noise_and_account_stacked(self.dp_sgd, grad, layout, active)
@@ -166,7 +176,7 @@ def _load_columns(flat: torch.Tensor, layout: Layout, names: list[str], weights:
         flat[:, layout.columns(names)] = row
 
 
-class CVAEEngine(_Engine):
+class CVAEEngine(_Engine[CVAEClient]):
     """DP-CVAE clients as one stacked CVAE (encoder and decoder DP-trained, decoder shared)."""
 
     def __init__(self, clients: Sequence[CVAEClient]):
@@ -214,7 +224,7 @@ class CVAEEngine(_Engine):
             ],
             batch.idx.shape[1],
         )
-        tape = [] if self.dp else None
+        tape: list | None = [] if self.dp else None
         recon, mu, logvar = self.forward(x, onehot, eps, tape)
         cfg = self.cfg
         loss = cvae_loss_per_sample(
@@ -231,7 +241,7 @@ class CVAEEngine(_Engine):
         self.adam.save(k, self.layout, client.optimizer, self.names)
 
 
-class CGANEngine(_Engine):
+class CGANEngine(_Engine[CGANClient]):
     """DP-CGAN clients as one stacked generator and one stacked discriminator (DP-trained); the
     generator is shared."""
 
@@ -281,7 +291,7 @@ class CGANEngine(_Engine):
         onehot = torch.cat([oh_real, oh_fake], dim=1)
         target = torch.cat([torch.ones_like(batch.mask), torch.zeros_like(fake_mask)], dim=1)
         mask = torch.cat([batch.mask, fake_mask], dim=1)
-        tape = [] if self.dp else None
+        tape: list | None = [] if self.dp else None
         params_d = self.layout_d.views(self.flat_d)
         prob = forward(self.disc.net, "net", params_d, torch.cat([x, onehot], dim=2), tape)
         loss = F.binary_cross_entropy(prob.squeeze(2), target, reduction="none") * mask
@@ -304,14 +314,15 @@ class CGANEngine(_Engine):
         self.adam_d.save(k, self.layout_d, client.opt_d, list(self.layout_d.slots))
 
 
-def make_engine(clients: Sequence[DPClient]) -> _Engine:
+def make_engine(clients: Sequence[DPClient]) -> _Engine[Any]:
     """The engine of the clients' method: its registry entry's `vectorized` (looked up when
     called: the registry imports this module)."""
     from algorithms.methods import registry
 
     for method in registry.METHODS:
         engine = method.vectorized
-        if engine is not None and all(isinstance(c, method.client) for c in clients):
+        client = method.client
+        if engine is not None and client and all(isinstance(c, client) for c in clients):
             return engine(clients)
     names = ", ".join(m.name for m in registry.METHODS if m.vectorized is not None)
     raise ValueError(f"the vectorized path trains the clients of one method of {names}")
@@ -320,7 +331,7 @@ def make_engine(clients: Sequence[DPClient]) -> _Engine:
 class _Synced:
     """A client as a checkpoint sees it: its state written back from the engine first."""
 
-    def __init__(self, engine: _Engine, k: int):
+    def __init__(self, engine: _Engine[Any], k: int):
         self.engine, self.k = engine, k
 
     def state_dict(self) -> dict:

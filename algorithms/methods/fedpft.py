@@ -96,6 +96,14 @@ def pft_method(method: str) -> Method:
     return entry
 
 
+def dp_of(method: str, dp: DPConfig | None) -> DPConfig:
+    """The DP config of a method that releases DP statistics (it reads the dp section, so the
+    run has one); ValueError naming the method otherwise."""
+    if dp is None:
+        raise ValueError(f"{method}: its DP release needs the run's DP config (the dp section)")
+    return dp
+
+
 def release_dp(method: str) -> bool:
     """Whether the FedPFT method releases DP statistics (dpfedpft's noised counts, sums and
     moments) rather than fedpft's Gaussian mixtures: its registry entry's `private`."""
@@ -159,7 +167,7 @@ def pooler(
     """The server's step of `method` (the `aggregate` of the one round)."""
     if not release_dp(method):
         return lambda updates: pool_mixtures([u.weights for u in updates])
-    noise_std = calibrate_release(dp) * sensitivity(cfg.covariance)
+    noise_std = calibrate_release(dp_of(method, dp)) * sensitivity(cfg.covariance)
     return lambda updates: pool_statistics([u.weights for u in updates], cfg.covariance, noise_std)
 
 
@@ -200,7 +208,7 @@ class PFTClient:
         self.method, self.id, self.data, self.n_classes = method, data.id, data, n_classes
         self.cfg, self.temperature, self.dp, self.seed = cfg, gen_cfg.squash_temperature, dp, seed
         noised = release_dp(method) and dp is not None and dp.enabled
-        self.noise_multiplier = calibrate_release(dp) if noised else None
+        self.noise_multiplier = calibrate_release(dp_of(method, dp)) if noised else None
         secure = dp is not None and dp.noise_source == "secure"
         self.secret = (secret or new_secret()) if secure else None
         self.rng_noise = private_generator(seed, DP_NOISE, secret=self.secret)
@@ -225,7 +233,11 @@ class PFTClient:
 
     def epsilon(self) -> float:
         """The epsilon spent so far: the release's, once it is made."""
-        return release_epsilon(self.noise_multiplier, self.dp.delta) if self.released else 0.0
+        if not self.released:
+            return 0.0
+        if self.noise_multiplier is None:
+            raise ValueError(f"client {self.id}: {self.method} made no DP release (no epsilon)")
+        return release_epsilon(self.noise_multiplier, dp_of(self.method, self.dp).delta)
 
     @property
     def noise_source(self) -> str:
@@ -298,7 +310,7 @@ def pft_outcome(
     size = release_size(method, cfg, dim, n_classes)
     report = None
     if release_dp(method):
-        report = privacy_report(dp, privacy, ANALYTIC_GAUSSIAN, NOT_COVERED)
+        report = privacy_report(dp_of(method, dp), privacy, ANALYTIC_GAUSSIAN, NOT_COVERED)
     params = {"shared": size, "total": size}
     return generative_outcome(
         params, gen_cfg, history, fidelity, report, global_synthetic, finished

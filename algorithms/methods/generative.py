@@ -21,8 +21,6 @@ from algorithms.evaluation.protocol import Outcome
 from algorithms.federation.aggregation import StateDict
 from algorithms.federation.rounds import Rounds, run_federation
 from algorithms.federation.vectorized import run_vectorized
-from algorithms.methods.dpcgan import CGANClient
-from algorithms.methods.dpcvae import CVAEClient
 from algorithms.methods.synthesis import (
     FinishedClient,
     at_chance,
@@ -46,7 +44,7 @@ from utils.seeding import (
 )
 
 
-def client_type(method: str) -> type[CVAEClient] | type[CGANClient]:
+def client_type(method: str) -> type[DPClient]:
     """The client class of a generative method, from its registry entry (looked up when called:
     the registry imports this module)."""
     from algorithms.methods import registry
@@ -54,7 +52,10 @@ def client_type(method: str) -> type[CVAEClient] | type[CGANClient]:
     if method not in registry.with_flow("generative"):
         names = ", ".join(registry.with_flow("generative"))
         raise ValueError(f"{method!r} is not a generative method ({names})")
-    return registry.get(method).client
+    client = registry.get(method).client
+    if client is None or not issubclass(client, DPClient):
+        raise ValueError(f"{method!r}: its registry entry names no DPClient class")
+    return client
 
 
 def seeded_global_weights(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,11 +36,9 @@ from utils.seeding import (
 
 
 class Sampler(Protocol):
-    """What the end of a generative run needs of a client: sampling from what was released
-    (DPClient: the global decoder or generator; fedpft.PFTClient: the pooled Gaussians), on
-    the client's `device`."""
-
-    device: torch.device
+    """Sampling from what was released (DPClient: the global decoder or generator;
+    fedpft.PFTClient: the pooled Gaussians; where no client is, generative.ReleasedSampler and
+    fedpft.PooledSampler)."""
 
     def sample(self, weights: StateDict, labels: np.ndarray, rng: torch.Generator) -> np.ndarray:
         """Synthetic embeddings (model space), one per label."""
@@ -48,6 +47,14 @@ class Sampler(Protocol):
     def can_sample(self, weights: StateDict) -> np.ndarray:
         """Per class, whether the released model can sample it (bool)."""
         ...
+
+
+class ClientSampler(Sampler, Protocol):
+    """What the end of a generative run needs of a client: a Sampler on the client's `device`,
+    whose private draws are keyed by its `secret` (None: seeded)."""
+
+    device: torch.device
+    secret: bytes | None
 
 
 def synthetic_label_counts(
@@ -68,7 +75,7 @@ def synthetic_label_counts(
 
 
 def synthesize(
-    client: Sampler,
+    client: ClientSampler,
     data: ClientData,
     weights: StateDict,
     n_classes: int,
@@ -115,7 +122,7 @@ class FinishedClient:
 
 
 def finish_client(
-    client: Sampler,
+    client: ClientSampler,
     data: ClientData,
     weights: StateDict,
     n_classes: int,
@@ -254,7 +261,7 @@ def global_synthetic_report(correct: list[int], n_test: list[int], n_classes: in
 
 
 def finish_clients(
-    samplers: list[Sampler],
+    samplers: Sequence[ClientSampler],
     clients: list[ClientData],
     weights: StateDict,
     n_classes: int,

@@ -161,6 +161,16 @@ class DPClient:
         raise NotImplementedError
 
     @staticmethod
+    def initial_weights(dim: int, n_classes: int, cfg: GenerativeConfig, seed: int) -> StateDict:
+        """The server's initial shared weights, seeded by `seed`."""
+        raise NotImplementedError
+
+    @staticmethod
+    def parameter_counts(dim: int, n_classes: int, cfg: GenerativeConfig) -> dict[str, int]:
+        """Parameters shared (`shared`) and of the whole model (`total`)."""
+        raise NotImplementedError
+
+    @staticmethod
     def latent_draw(n: int, cfg: GenerativeConfig, rng: torch.Generator) -> torch.Tensor:
         """The latent draws of `n` synthetic samples."""
         raise NotImplementedError
