@@ -136,20 +136,27 @@ def run(settings: Settings) -> Path:
     context = RunContext(data.clients, data.db.n_classes, settings.seed, checkpoint, execution)
     outcome = settings.method.run(context, settings.configs)
     evaluation = evaluate_clients(
-        data.clients,
-        outcome.local,
-        outcome.global_,
-        settings.args.weights_grid_resolution,
-        settings.args.lambda_metric,
-        settings.args.downstream,
-        outcome.joint,
-        pooled_test(data.clients)[1],
+        clients=data.clients,
+        local=outcome.local,
+        global_=outcome.global_,
+        grid_resolution=settings.args.weights_grid_resolution,
+        metric=settings.args.lambda_metric,
+        downstream=settings.args.downstream,
+        joint=outcome.joint,
+        pooled_y=pooled_test(data.clients)[1],
     )
     wall = checkpoint.elapsed()
     generative = settings.configs.generative
     if settings.args.save_synthetic and outcome.synthetic and generative is not None:
         save_synthetic(files.run_dir, data, generative, outcome.synthetic)
-    close_run(files, settings.seed, facts.split_args, evaluation, outcome, wall)
+    close_run(
+        run=files,
+        seed=settings.seed,
+        split_args=facts.split_args,
+        evaluation=evaluation,
+        outcome=outcome,
+        wall=wall,
+    )
     checkpoint.remove()
     return files.run_dir
 
@@ -203,7 +210,12 @@ def describe_run(settings: Settings, facts: DataFacts) -> tuple[dict, Path]:
         Path(args.results_dir)
         if args.results_dir
         else default_run_dir(
-            args.results_root, dataset, backbone, settings.method.name, config, settings.seed
+            root=args.results_root,
+            dataset=dataset,
+            backbone=backbone,
+            method=settings.method.name,
+            config=config,
+            seed=settings.seed,
         )
     )
     return config, run_dir
@@ -274,6 +286,7 @@ def check_same_run(run_dir: Path, key: str, seed: int) -> None:
 
 
 def close_run(
+    *,
     run: RunFiles,
     seed: int,
     split_args: dict,
@@ -285,7 +298,16 @@ def close_run(
 
     metrics.json also records whether what this run shared is private (`private`: a private
     method, and DP not switched off), so that tables and plots are made from results files
-    alone (they take the methods' order from the registry when they are made)."""
+    alone (they take the methods' order from the registry when they are made).
+
+    Args:
+        run: the run's directory and what names it.
+        seed: the run seed.
+        split_args: the split's settings as metrics.json records them.
+        evaluation: the clients' test rows and the lambda protocol.
+        outcome: what the method returned (history, privacy, fidelity, parameters shared).
+        wall: the run's training time in seconds (resumed runs included).
+    """
     method = run.method
     dp_off = outcome.privacy is not None and not outcome.privacy["enabled"]
     metrics = {

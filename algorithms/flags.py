@@ -22,7 +22,7 @@ from algorithms.evaluation.heads import HeadConfig
 from algorithms.evaluation.protocol import LAMBDA_METRICS, lambda_grid
 from algorithms.methods import registry
 from algorithms.methods.fedavg import FedAvgConfig
-from algorithms.methods.fedpft import PFTConfig
+from algorithms.methods.pft_config import PFTConfig
 from algorithms.privacy.config import DPConfig
 from algorithms.privacy.generative_config import GenerativeConfig
 from data.split_config import add_split_arguments

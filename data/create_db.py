@@ -289,8 +289,8 @@ def run(args: argparse.Namespace, command: list[str], started: float) -> dict:
             "--manifest, --classes and the column flags apply to --dataset imagefolder or csv"
         )
     source = open_source(
-        args.dataset,
-        args.dataset_root,
+        dataset=args.dataset,
+        dataset_root=args.dataset_root,
         size=args.size,
         s_frac=args.s_frac,
         seed=args.seed,
@@ -330,9 +330,9 @@ def run(args: argparse.Namespace, command: list[str], started: float) -> dict:
 
         t0 = time.time()
         embeddings = encode_source(
-            source,
-            backbone,
-            work,
+            source=source,
+            backbone=backbone,
+            work=work,
             batch_size=args.batch_size,
             chunk_rows=chunk_rows,
             num_workers=args.num_workers,

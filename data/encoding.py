@@ -104,6 +104,7 @@ def chunk_path(work: Path, name: str, k: int) -> Path:
 
 
 def encode_source(
+    *,
     source: Source,
     backbone: Backbone,
     work: Path,
@@ -117,6 +118,15 @@ def encode_source(
     Each finished chunk is saved atomically under `work`; chunks already there are reused, so an
     interrupted run resumes where it stopped. `chunk_rows` is a multiple of `batch_size`, so the
     batches are the same with or without interruption.
+
+    Args:
+        source: the images, file by file.
+        backbone: the frozen model that embeds them.
+        work: the folder of the finished chunks.
+        batch_size: images per forward pass.
+        chunk_rows: images per saved chunk (a multiple of `batch_size`).
+        num_workers: threads preparing images ahead.
+        progress: whether to show a progress bar.
     """
     todo = []
     for fi, f in enumerate(source.files):

@@ -93,7 +93,13 @@ def make_split(
             pools = iid_split(pool, cfg.n_clients, rng)
         elif cfg.split_method == "by_labels_split":
             pools = dirichlet_label_split(
-                pool, labels[pool], n_classes, cfg.n_clients, cfg.alpha, cfg.n_components, rng
+                indices=pool,
+                labels=labels[pool],
+                n_classes=n_classes,
+                n_clients=cfg.n_clients,
+                alpha=cfg.alpha,
+                n_components=cfg.n_components,
+                rng=rng,
             )
         else:
             pools = pathological_split(pool, labels[pool], cfg.n_clients, cfg.n_shards, rng)

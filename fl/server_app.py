@@ -121,7 +121,14 @@ def serve(grid: Grid, context: Context) -> None:
     run = run_pft if is_pft(settings) else run_generative if is_generative(settings) else run_fedavg
     outcome, evaluation = run(sites, order, settings, dim, n_classes)
     wall = time.perf_counter() - start
-    close_run(files, settings.seed, facts.split_args, evaluation, outcome, wall)
+    close_run(
+        run=files,
+        seed=settings.seed,
+        split_args=facts.split_args,
+        evaluation=evaluation,
+        outcome=outcome,
+        wall=wall,
+    )
 
 
 def connect(
@@ -260,7 +267,14 @@ def run_generative(
     )
     params = count_parameters(method, dim, n_classes, cfg)
     privacy_block = dpsgd_privacy_report(dp, cfg, privacy)
-    outcome = generative_outcome(params, cfg, history, fidelity, privacy_block, global_synthetic)
+    outcome = generative_outcome(
+        params=params,
+        cfg=cfg,
+        history=history,
+        fidelity=fidelity,
+        privacy=privacy_block,
+        global_synthetic=global_synthetic,
+    )
     return outcome, evaluation
 
 
@@ -277,7 +291,16 @@ def run_pft(
         sites, order, settings, pooled, n_classes
     )
     outcome = pft_outcome(
-        method, dim, n_classes, cfg, gen, dp, history, fidelity, privacy, global_synthetic
+        method=method,
+        dim=dim,
+        n_classes=n_classes,
+        cfg=cfg,
+        gen_cfg=gen,
+        dp=dp,
+        history=history,
+        fidelity=fidelity,
+        privacy=privacy,
+        global_synthetic=global_synthetic,
     )
     return outcome, evaluation
 

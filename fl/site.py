@@ -142,20 +142,27 @@ class Site:
             if dp is not None:
                 dp = dataclasses.replace(dp, noise_source=self.policy.noise_source)
             client = make_pft_clients(
-                s.method.name, [self.data], self.n_classes, pft, gen, dp, s.seed, self.secret()
+                method=s.method.name,
+                clients=[self.data],
+                n_classes=self.n_classes,
+                cfg=pft,
+                gen_cfg=gen,
+                dp=dp,
+                seed=s.seed,
+                secret=self.secret(),
             )[0]
         elif is_generative(s):
             gen = s.configs.generative
             dp = dataclasses.replace(s.configs.dp, noise_source=self.policy.noise_source)
             client = make_clients(
-                s.method.name,
-                [self.data],
-                self.n_classes,
-                gen,
-                dp,
-                s.seed,
-                self.secret(),
-                s.execution.device,
+                method=s.method.name,
+                clients=[self.data],
+                n_classes=self.n_classes,
+                cfg=gen,
+                dp=dp,
+                seed=s.seed,
+                secret=self.secret(),
+                device=s.execution.device,
             )[0]
         else:
             cfg, device = s.configs.fedavg, s.execution.device

@@ -138,9 +138,7 @@ def add_flags(
     return actions
 
 
-def config_from_args(
-    cls: type, args: argparse.Namespace, sections: Sequence[str | None]
-) -> Any:
+def config_from_args(cls: type, args: argparse.Namespace, sections: Sequence[str | None]) -> Any:
     """An instance of `cls` from parsed flags: each field's flag value (converted), or its
     `unused` value when its section is not among `sections` (those a method reads)."""
     values = {}

@@ -43,10 +43,19 @@ def config_key(config: dict[str, Any]) -> str:
 
 
 def default_run_dir(
-    root: str | Path, dataset: str, backbone: str, method: str, config: dict[str, Any], seed: int
+    *, root: str | Path, dataset: str, backbone: str, method: str, config: dict[str, Any], seed: int
 ) -> Path:
     """`<root>/<dataset>/<backbone>/<method>-<config hash>/seed_<seed>`: no timestamps, so the
-    same configuration always maps to the same directory and seeds sit side by side."""
+    same configuration always maps to the same directory and seeds sit side by side.
+
+    Args:
+        root: the results root.
+        dataset: the dataset's name.
+        backbone: the backbone's name ("/" becomes "_").
+        method: the method's name.
+        config: the run's configuration (its hash names the folder).
+        seed: the run seed.
+    """
     safe_backbone = backbone.replace("/", "_")
     return Path(root) / dataset / safe_backbone / f"{method}-{config_key(config)}" / f"seed_{seed}"
 

@@ -109,6 +109,7 @@ class _Engine(Generic[C]):
 
     def gradient(
         self,
+        *,
         loss: torch.Tensor,
         mask: torch.Tensor,
         active: Sequence[bool],
@@ -118,7 +119,16 @@ class _Engine(Generic[C]):
     ) -> torch.Tensor:
         """The update direction of every client from its masked per-sample losses (K, b): under
         DP its clipped, noised sum over the expected batch size (and its accountant's step),
-        otherwise the gradient of its batch's mean loss."""
+        otherwise the gradient of its batch's mean loss.
+
+        Args:
+            loss: the per-sample losses (K, b), padded slots zero.
+            mask: 1.0 where a slot holds a sample (K, b).
+            active: which clients take this step.
+            layout: where each parameter sits in `flat`.
+            flat: the stacked parameters (K, P) the loss depends on.
+            tape: the linear layers' records of the forward pass (under DP; None otherwise).
+        """
         if self.dp:
             if tape is None:
                 raise RuntimeError("a DP step records its linear layers on a tape")
@@ -228,10 +238,19 @@ class CVAEEngine(_Engine[CVAEClient]):
         recon, mu, logvar = self.forward(x, onehot, eps, tape)
         cfg = self.cfg
         loss = cvae_loss_per_sample(
-            x, recon, mu, logvar, cfg.beta, self.batch_sizes, cfg.cvae_loss, cfg.obs_std
+            x=x,
+            recon=recon,
+            mu=mu,
+            logvar=logvar,
+            beta=cfg.beta,
+            batch_size=self.batch_sizes,
+            loss=cfg.cvae_loss,
+            obs_std=cfg.obs_std,
         )
         loss = loss * batch.mask
-        grad = self.gradient(loss, batch.mask, active, self.layout, self.flat, tape)
+        grad = self.gradient(
+            loss=loss, mask=batch.mask, active=active, layout=self.layout, flat=self.flat, tape=tape
+        )
         self.adam.step(grad, active)
         return _masked_mean(loss, batch.mask), batch.counts
 
@@ -295,7 +314,9 @@ class CGANEngine(_Engine[CGANClient]):
         params_d = self.layout_d.views(self.flat_d)
         prob = forward(self.disc.net, "net", params_d, torch.cat([x, onehot], dim=2), tape)
         loss = F.binary_cross_entropy(prob.squeeze(2), target, reduction="none") * mask
-        grad_d = self.gradient(loss, mask, active, self.layout_d, self.flat_d, tape)
+        grad_d = self.gradient(
+            loss=loss, mask=mask, active=active, layout=self.layout_d, flat=self.flat_d, tape=tape
+        )
         self.adam_d.step(grad_d, active)
         # the generator against the updated discriminator (not a private step: no record)
         params_d = self.layout_d.views(self.flat_d.detach())

@@ -20,7 +20,14 @@ from utils.seeding import INIT, derive_seed, seeded
 
 def new_cvae(dim: int, n_classes: int, cfg: GenerativeConfig) -> CVAE:
     """The CVAE of these settings (unseeded: call it under `seeded`)."""
-    return CVAE(dim, n_classes, cfg.hidden_dim, cfg.latent_dim, cfg.cvae_layers, cfg.encoder_scale)
+    return CVAE(
+        input_dim=dim,
+        n_classes=n_classes,
+        hidden_dim=cfg.hidden_dim,
+        latent_dim=cfg.latent_dim,
+        n_layers=cfg.cvae_layers,
+        encoder_scale=cfg.encoder_scale,
+    )
 
 
 class CVAEClient(DPClient):
@@ -73,7 +80,14 @@ class CVAEClient(DPClient):
         recon, mu, logvar = forward(x, oh, eps)
         cfg = self.cfg
         return cvae_loss_per_sample(
-            x, recon, mu, logvar, cfg.beta, self.batch_size, cfg.cvae_loss, cfg.obs_std
+            x=x,
+            recon=recon,
+            mu=mu,
+            logvar=logvar,
+            beta=cfg.beta,
+            batch_size=self.batch_size,
+            loss=cfg.cvae_loss,
+            obs_std=cfg.obs_std,
         )
 
     def fit(self, global_weights: StateDict, rnd: int) -> ClientUpdate:

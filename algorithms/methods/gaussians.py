@@ -53,6 +53,7 @@ def class_statistics(x: np.ndarray, y: np.ndarray, n_classes: int, covariance: s
 
 
 def noisy_statistics(
+    *,
     x: np.ndarray,
     y: np.ndarray,
     n_classes: int,
@@ -62,7 +63,16 @@ def noisy_statistics(
 ) -> StateDict:
     """dpfedpft's release (float64): `class_statistics` plus Gaussian noise of std `noise_std`
     on every coordinate of the scaled vector (count, sum / sqrt(D), moment / D), drawn in that
-    order from `rng`; a full moment's noise is symmetric (upper triangle mirrored)."""
+    order from `rng`; a full moment's noise is symmetric (upper triangle mirrored).
+
+    Args:
+        x: the client's training embeddings (N, D).
+        y: their labels.
+        n_classes: the number of classes.
+        covariance: diag, full or spherical (which moment is released).
+        noise_std: the noise's standard deviation on each coordinate.
+        rng: the client's private noise generator.
+    """
     stats = class_statistics(x, y, n_classes, covariance)
     scale = {"count": 1.0, "sum": math.sqrt(x.shape[1]), "moment": float(x.shape[1])}
     out = {}
@@ -75,12 +85,21 @@ def noisy_statistics(
 
 
 def fit_mixtures(
-    x: np.ndarray, y: np.ndarray, n_classes: int, components: int, covariance: str, seed: int
+    *, x: np.ndarray, y: np.ndarray, n_classes: int, components: int, covariance: str, seed: int
 ) -> StateDict:
     """fedpft's release: per class, its count and a Gaussian mixture fitted by scikit-learn
     (REG_COVAR added to the variances), as weights (C, K), means (C, K, D) and scales. A class
     with fewer records than K gets as many components as records (one record: a Gaussian at it,
-    of variance REG_COVAR); a class the client lacks, zero weights."""
+    of variance REG_COVAR); a class the client lacks, zero weights.
+
+    Args:
+        x: the client's training embeddings (N, D).
+        y: their labels.
+        n_classes: the number of classes.
+        components: the mixture components per class (K).
+        covariance: diag, full or spherical.
+        seed: scikit-learn's random state (per class).
+    """
     # imported here: every Flower message starts a process that imports the apps' modules
     from sklearn.mixture import GaussianMixture
 

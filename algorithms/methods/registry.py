@@ -23,8 +23,9 @@ from algorithms.methods.baselines import run_centralized, run_fedavg, run_local
 from algorithms.methods.dpcgan import CGANClient
 from algorithms.methods.dpcvae import CVAEClient
 from algorithms.methods.fedavg import FedAvgClient, FedAvgConfig
-from algorithms.methods.fedpft import PFTClient, PFTConfig, run_pft
+from algorithms.methods.fedpft import PFTClient, run_pft
 from algorithms.methods.generative import run_generative
+from algorithms.methods.pft_config import PFTConfig
 from algorithms.privacy.config import DPConfig
 from algorithms.privacy.generative_config import GenerativeConfig
 from data.clients import ClientData
@@ -102,10 +103,10 @@ def _centralized(ctx: RunContext, cfg: Configs) -> Outcome:
 
 def _fedavg(ctx: RunContext, cfg: Configs) -> Outcome:
     return run_fedavg(
-        ctx.clients,
-        ctx.n_classes,
-        cfg.fedavg,
-        ctx.seed,
+        clients=ctx.clients,
+        n_classes=ctx.n_classes,
+        cfg=cfg.fedavg,
+        seed=ctx.seed,
         checkpoint=ctx.checkpoint,
         device=ctx.execution.device,
     )
@@ -113,11 +114,11 @@ def _fedavg(ctx: RunContext, cfg: Configs) -> Outcome:
 
 def _fedlambda(ctx: RunContext, cfg: Configs) -> Outcome:
     return run_fedavg(
-        ctx.clients,
-        ctx.n_classes,
-        cfg.fedavg,
-        ctx.seed,
-        cfg.head,
+        clients=ctx.clients,
+        n_classes=ctx.n_classes,
+        cfg=cfg.fedavg,
+        seed=ctx.seed,
+        head_cfg=cfg.head,
         checkpoint=ctx.checkpoint,
         device=ctx.execution.device,
     )
@@ -126,15 +127,15 @@ def _fedlambda(ctx: RunContext, cfg: Configs) -> Outcome:
 def _generative(name: str) -> Runner:
     def run(ctx: RunContext, cfg: Configs) -> Outcome:
         return run_generative(
-            name,
-            ctx.clients,
-            ctx.n_classes,
-            cfg.generative,
-            cfg.dp,
-            cfg.head,
-            ctx.seed,
-            ctx.checkpoint,
-            ctx.execution,
+            method=name,
+            clients=ctx.clients,
+            n_classes=ctx.n_classes,
+            cfg=cfg.generative,
+            dp=cfg.dp,
+            head_cfg=cfg.head,
+            seed=ctx.seed,
+            checkpoint=ctx.checkpoint,
+            execution=ctx.execution,
         )
 
     return run
@@ -144,7 +145,14 @@ def _pft(name: str) -> Runner:
     # one release of statistics computed with numpy: on the CPU, whatever the --device
     def run(ctx: RunContext, cfg: Configs) -> Outcome:
         return run_pft(
-            name, ctx.clients, ctx.n_classes, cfg.pft, cfg.generative, cfg.dp, cfg.head, ctx.seed
+            method=name,
+            clients=ctx.clients,
+            n_classes=ctx.n_classes,
+            cfg=cfg.pft,
+            gen_cfg=cfg.generative,
+            dp=cfg.dp,
+            head_cfg=cfg.head,
+            seed=ctx.seed,
         )
 
     return run

@@ -142,16 +142,30 @@ def calibrate_noise(cfg: DPConfig, sample_rate: float, total_steps: int, steps_e
     steps = calibrated_steps(cfg, total_steps, steps_epoch)
     with _ACCOUNTING:
         return _noise_multiplier(
-            cfg.epsilon, cfg.delta, sample_rate, steps, cfg.accountant, cfg.count_history()
+            epsilon=cfg.epsilon,
+            delta=cfg.delta,
+            rate=sample_rate,
+            steps=steps,
+            accountant=cfg.accountant,
+            prefix=cfg.count_history(),
         )
 
 
 @functools.lru_cache(maxsize=1024)
 def _noise_multiplier(
-    epsilon: float, delta: float, rate: float, steps: int, accountant: str, prefix: tuple
+    *, epsilon: float, delta: float, rate: float, steps: int, accountant: str, prefix: tuple
 ) -> float:
     """Opacus's binary search (`get_noise_multiplier`, same bounds and tolerance) over a history
-    that starts with `prefix` (the count's release). Cached: clients of equal size share it."""
+    that starts with `prefix` (the count's release). Cached: clients of equal size share it.
+
+    Args:
+        epsilon: the target epsilon.
+        delta: the target delta.
+        rate: the Poisson sampling rate.
+        steps: the DP-SGD steps the noise is calibrated for.
+        accountant: prv or rdp.
+        prefix: the accountant's history before the steps (the count's release).
+    """
     if not prefix:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PRV's "optimal order" chatter

@@ -58,6 +58,7 @@ class DPClient:
 
     def __init__(
         self,
+        *,
         data: ClientData,
         n_classes: int,
         cfg: GenerativeConfig,
@@ -66,6 +67,17 @@ class DPClient:
         secret: bytes | None = None,
         device: str = "cpu",
     ):
+        """A client of `data`, its models built and made private (DP on).
+
+        Args:
+            data: the client's data.
+            n_classes: the number of classes.
+            cfg: the generative model's settings.
+            dp: the DP settings.
+            seed: the client seed.
+            secret: the key of its private draws (None: drawn here when the noise is secure).
+            device: where its tensors and generators live.
+        """
         self.id, self.cfg, self.dp, self.n_classes = data.id, cfg, dp, n_classes
         self.device = torch.device(device)
         x = torch.as_tensor(squash(data.x_train, cfg.squash_temperature))
@@ -111,13 +123,13 @@ class DPClient:
             sigma,
         )
         self.dp_sgd = make_private(
-            model,
-            optimizer,
-            self.n_released,
-            self.batch_size,
-            self.dp,
-            sigma,
-            self.rng_noise,
+            model=model,
+            optimizer=optimizer,
+            n=self.n_released,
+            batch_size=self.batch_size,
+            cfg=self.dp,
+            noise_multiplier=sigma,
+            noise_generator=self.rng_noise,
             grad_sample_mode=self.grad_sample_mode,
             count_history=self.dp.count_history(),
         )

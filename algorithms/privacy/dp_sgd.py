@@ -69,6 +69,7 @@ class PrivateTraining:
 
 
 def make_private(
+    *,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     n: int,
@@ -86,7 +87,19 @@ def make_private(
     Opacus's ghost-mode DP optimizer and accountant but clips in one backward pass instead of
     two (`clip_and_sum_linear`). Batches come from `poisson_batch` at the rate Opacus derives
     from the data loader (1 / ceil(n / batch_size)); `n` is the released (noisy) count, and
-    `count_history` (its release) starts the accountant's history."""
+    `count_history` (its release) starts the accountant's history.
+
+    Args:
+        model: the model to train privately.
+        optimizer: its optimizer (wrapped into Opacus's DP optimizer).
+        n: the released (noisy) record count.
+        batch_size: the nominal batch size (the Poisson rate is 1 / ceil(n / batch_size)).
+        cfg: the DP settings (clipping norm, accountant).
+        noise_multiplier: the calibrated noise multiplier.
+        noise_generator: the client's private noise generator.
+        grad_sample_mode: fast, ghost or hooks (GRAD_SAMPLE_MODES).
+        count_history: the accountant's entries of the count's release.
+    """
     check_opacus()
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ValueError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}")

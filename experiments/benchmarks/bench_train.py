@@ -83,6 +83,7 @@ def paper_like_clients(
 
 
 def make_client(
+    *,
     method: str,
     data: ClientData,
     n_classes: int,
@@ -91,10 +92,20 @@ def make_client(
     mode: str,
     device: str = "cpu",
 ) -> CVAEClient | CGANClient:
-    """A client whose DP-SGD clips with `mode` (fast, ghost or hooks)."""
+    """A client whose DP-SGD clips with `mode` (fast, ghost or hooks).
+
+    Args:
+        method: dpcvae or dpcgan.
+        data: the client's data.
+        n_classes: the number of classes.
+        cfg: the generative model's settings.
+        dp: the DP settings.
+        mode: the clipping mode.
+        device: where it trains.
+    """
     base = CVAEClient if method == "dpcvae" else CGANClient
     cls = type(f"{base.__name__}_{mode}", (base,), {"grad_sample_mode": mode})
-    return cls(data, n_classes, cfg, dp, seed=0, device=device)
+    return cls(data=data, n_classes=n_classes, cfg=cfg, dp=dp, seed=0, device=device)
 
 
 def _sync(device: str) -> None:
@@ -115,6 +126,7 @@ def time_epochs(client: CVAEClient | CGANClient, epochs: int) -> tuple[float, fl
 
 
 def per_epoch_figures(
+    *,
     data: ClientData,
     n_classes: int,
     cfg: GenerativeConfig,
@@ -124,9 +136,26 @@ def per_epoch_figures(
 ) -> dict[str, tuple[float, float]]:
     """Medians over alternating repeats of the wall and CPU seconds per client-epoch: CVAE
     without DP, with DP (`fast`) and with Opacus's `ghost` mode. Alternating keeps a burst of
-    load on the machine from favouring one of them."""
+    load on the machine from favouring one of them.
+
+    Args:
+        data: the client's data.
+        n_classes: the number of classes.
+        cfg: the generative model's settings.
+        epochs: epochs per timing.
+        repeats: alternating repeats.
+        device: where it trains.
+    """
     clients = {
-        name: make_client("dpcvae", data, n_classes, cfg, dp, mode, device)
+        name: make_client(
+            method="dpcvae",
+            data=data,
+            n_classes=n_classes,
+            cfg=cfg,
+            dp=dp,
+            mode=mode,
+            device=device,
+        )
         for name, dp, mode in (
             ("nodp", DPConfig(enabled=False), "fast"),
             ("dp", DPConfig(), "fast"),
@@ -176,7 +205,13 @@ def full_run(
     try:
         start, cpu = time.perf_counter(), time.process_time()
         gen_clients, _, history = train_generative(
-            method, clients, n_classes, cfg, DPConfig(), 0, execution=execution
+            method=method,
+            clients=clients,
+            n_classes=n_classes,
+            cfg=cfg,
+            dp=DPConfig(),
+            seed=0,
+            execution=execution,
         )
         _sync(execution.device)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -266,8 +301,18 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     per_epoch: dict = {k: (None, None) for k in ("nodp", "dp", "ghost", "hooks")}
     if not args.skip_per_epoch:
-        per_epoch = per_epoch_figures(one, n_classes, cfg, epochs, repeats, device)
-        hooks_client = make_client("dpcvae", one, n_classes, cfg, DPConfig(), "hooks", device)
+        per_epoch = per_epoch_figures(
+            data=one, n_classes=n_classes, cfg=cfg, epochs=epochs, repeats=repeats, device=device
+        )
+        hooks_client = make_client(
+            method="dpcvae",
+            data=one,
+            n_classes=n_classes,
+            cfg=cfg,
+            dp=DPConfig(),
+            mode="hooks",
+            device=device,
+        )
         per_epoch["hooks"] = time_epochs(hooks_client, hooks_epochs)
 
     def ratio(a, b):

@@ -65,9 +65,25 @@ def test_valid_metrics_pass_and_each_broken_key_is_named():
 
 
 def test_run_dir_is_derived_from_config_without_timestamps(tmp_path):
-    a = default_run_dir(tmp_path, "d", "vit/b", "fedavg", {"x": 1, "seed": 5}, 5)
-    b = default_run_dir(tmp_path, "d", "vit/b", "fedavg", {"x": 1, "seed": 6}, 5)
-    c = default_run_dir(tmp_path, "d", "vit/b", "fedavg", {"x": 2}, 5)
+    a = default_run_dir(
+        root=tmp_path,
+        dataset="d",
+        backbone="vit/b",
+        method="fedavg",
+        config={"x": 1, "seed": 5},
+        seed=5,
+    )
+    b = default_run_dir(
+        root=tmp_path,
+        dataset="d",
+        backbone="vit/b",
+        method="fedavg",
+        config={"x": 1, "seed": 6},
+        seed=5,
+    )
+    c = default_run_dir(
+        root=tmp_path, dataset="d", backbone="vit/b", method="fedavg", config={"x": 2}, seed=5
+    )
     assert a == b and a != c and a.name == "seed_5" and "vit_b" in str(a)
 
 

@@ -15,8 +15,8 @@ import main as main_module
 from algorithms.evaluation.protocol import ClientProbs, Evaluation, Outcome
 from algorithms.experiment import RunFiles, close_run
 from algorithms.methods import registry
-from algorithms.methods.fedpft import release_dp
 from algorithms.methods.generative import client_type
+from algorithms.methods.pft_config import release_dp
 from algorithms.options import UsageError, load_settings
 from data.clients import ClientData
 from fl.settings import SettingsError, run_settings
@@ -38,7 +38,14 @@ def finished_runs(root: Path) -> list[Path]:
     for i, method in enumerate(reversed(registry.METHODS)):
         run = RunFiles(root / f"run{i}", method, f"key{i}", "d", "b")
         run.run_dir.mkdir(parents=True)
-        close_run(run, 1, {}, Evaluation(ROWS), Outcome(None, None, [], 0), 1.0)
+        close_run(
+            run=run,
+            seed=1,
+            split_args={},
+            evaluation=Evaluation(ROWS),
+            outcome=Outcome(None, None, [], 0),
+            wall=1.0,
+        )
         dirs.append(run.run_dir)
     return dirs
 
