@@ -84,7 +84,18 @@ def flag(
     switches: tuple[tuple[str, dict], ...] = (),
     **kwargs: Any,
 ) -> dict[str, Flag]:
-    """A field's metadata: `field(default=..., metadata=flag("--name", help=..., ...))`."""
+    """A field's metadata: `field(default=..., metadata=flag("--name", help=..., ...))`.
+
+    Args:
+        names: the flag's spellings, the first one its name in messages.
+        help: its --help line (`{default}` is replaced by the default).
+        section: its --help group; a method that does not read it refuses the flag.
+        default: the flag's default when not the field's.
+        convert: parsed value -> field value (None: the parsed value).
+        unused: the field's value when the method does not read the section.
+        switches: other spellings of the same dest, each (name, add_argument kwargs).
+        kwargs: what else argparse's add_argument takes (type, choices, action, metavar).
+    """
     return {FLAG: Flag(names, help, section, kwargs, default, convert, unused, switches)}
 
 
