@@ -187,10 +187,10 @@ def full_run(
     epsilon_fn, calibrate_fn = accounting._epsilon, accounting._noise_multiplier
 
     def timed(fn, key):
-        def call(*args):
+        def call(*args, **kwargs):
             start = time.perf_counter()
             try:
-                return fn(*args)
+                return fn(*args, **kwargs)
             finally:
                 seconds_in[key] += time.perf_counter() - start
 

@@ -188,7 +188,7 @@ def test_a_method_without_rounds_resumes_from_the_start(db, clean, tmp_path, cas
     out = tmp_path / "run"
     with pytest.MonkeyPatch.context() as mp:
 
-        def fail(*args):
+        def fail(**kwargs):
             raise Interrupted
 
         mp.setattr(experiment, "close_run", fail)

@@ -154,7 +154,7 @@ def test_a_site_calibrates_its_noise_once_per_run(gauss_db, tmp_path, task_ident
     searches = []
     search = accounting._noise_multiplier.__wrapped__  # uncached: count every search
     monkeypatch.setattr(
-        accounting, "_noise_multiplier", lambda *a: searches.append(a) or search(*a)
+        accounting, "_noise_multiplier", lambda **kw: searches.append(kw) or search(**kw)
     )
     monkeypatch.setattr(accounting, "_REMEMBERED", {})
     _, grid = run_in_process(gauss_db, tmp_path / "r", DPCVAE)
