@@ -156,31 +156,31 @@ def poisson_mask(n: int, sample_rate: float, generator: torch.Generator) -> torc
     return torch.rand(n, generator=generator, device=generator.device) < sample_rate
 
 
-def dp_step(private: PrivateTraining, loss_per_sample: torch.Tensor | None) -> None:
+def dp_step(state: PrivateTraining, loss_per_sample: torch.Tensor | None) -> None:
     """One DP-SGD step: clip each sample's gradient of its loss, sum, add Gaussian noise,
     divide by the expected batch size, update, and count the step in the accountant.
 
     An empty Poisson batch (`loss_per_sample` None or empty) still takes a noise-only step: the
     accountant counts every step, so the released model must too."""
-    opt = private.optimizer
+    opt = state.optimizer
     opt.zero_grad(set_to_none=True)
     if loss_per_sample is None or loss_per_sample.numel() == 0:
-        if private.tape is not None:
-            private.tape.records.clear()
+        if state.tape is not None:
+            state.tape.records.clear()
         for p in opt.params:
             p.grad = torch.zeros_like(p)
-            if private.mode == "hooks":
+            if state.mode == "hooks":
                 p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
-    elif private.mode == "fast":
-        if private.tape is None:
+    elif state.mode == "fast":
+        if state.tape is None:
             raise RuntimeError("the fast mode records its linear layers on a tape (make_private)")
-        clip_and_sum_linear(private.tape.take(), loss_per_sample, opt.max_grad_norm)
+        clip_and_sum_linear(state.tape.take(), loss_per_sample, opt.max_grad_norm)
         noise_and_step(opt)
         return
-    elif private.mode == "ghost":
+    elif state.mode == "ghost":
         from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 
-        DPTensorFastGradientClipping(private.module, opt, loss_per_sample, "mean").backward()
+        DPTensorFastGradientClipping(state.module, opt, loss_per_sample, "mean").backward()
     else:
         loss_per_sample.mean().backward()
     opt.step()

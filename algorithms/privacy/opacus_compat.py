@@ -122,21 +122,21 @@ def _check_supported(opt: DPOptimizer) -> None:
 
 
 def noise_and_account_stacked(
-    privates: Sequence[PrivateTraining],
+    states: Sequence[PrivateTraining],
     grad: torch.Tensor,
     layout: Layout,
     active: Sequence[bool],
 ) -> None:
     """`noise_and_step` without the update, for K clients stacked in the vectorized path:
     `grad` (K, P) holds each client's clipped sum in `layout`'s columns (one row per client, as
-    `privates`). In place, for each `active` client: Gaussian noise from its own DP optimizer's
+    `states`). In place, for each `active` client: Gaussian noise from its own DP optimizer's
     generator with the same calls, shapes and order as that optimizer (so the same draws), the
     division by its expected batch size, and the step of its accountant. The update (Adam, one
     per client) is the caller's; inactive clients' rows are left to be ignored."""
     draws = torch.zeros_like(grad)
     scale = []
-    for k, private in enumerate(privates):
-        opt = private.optimizer
+    for k, state in enumerate(states):
+        opt = state.optimizer
         _check_supported(opt)
         scale.append(float(opt.expected_batch_size * opt.accumulated_iterations))
         std = opt.noise_multiplier * opt.max_grad_norm
