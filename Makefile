@@ -27,9 +27,11 @@ test: $(STAMP)
 demo: $(STAMP)
 	bash experiments/digits/demo.sh
 
+# ruff (lint and format) and mypy (types; its settings in pyproject.toml's [tool.mypy])
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

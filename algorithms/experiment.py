@@ -21,8 +21,8 @@ import numpy as np
 from algorithms.evaluation.downstream import evaluate_clients, summarize_rows
 from algorithms.evaluation.protocol import Evaluation, Outcome
 from algorithms.flags import spelling
-from algorithms.methods.registry import Configs, Method, RunContext, display_order
-from algorithms.options import Settings, UsageError, check_before_run
+from algorithms.methods.registry import Configs, Method, RunContext
+from algorithms.options import Settings, UsageError, check_before_run, present_configs
 from algorithms.privacy.accounting import (
     delta_warning,
     group_privacy_warning,
@@ -144,6 +144,7 @@ def run_opened(settings: Settings, data: RunData, facts: DataFacts, files: RunFi
         },
         interval=settings.args.checkpoint_interval,
         enabled=not secure_noise(settings),
+        restart=f"pass {spelling('overwrite')} to start over",
     )
     if not checkpoint.enabled:
         print(
@@ -152,24 +153,32 @@ def run_opened(settings: Settings, data: RunData, facts: DataFacts, files: RunFi
             file=sys.stderr,
         )
     context = RunContext(data.clients, data.db.n_classes, settings.seed, checkpoint, execution)
-    outcome = settings.method.run(context, Configs(**settings.configs))
+    outcome = settings.method.run(context, settings.configs)
     if outcome.privacy is not None:
         patients = training_patients(data.clients)
         outcome = replace(outcome, privacy=with_patients(outcome.privacy, patients))
     evaluation = evaluate_clients(
-        data.clients,
-        outcome.local,
-        outcome.global_,
-        settings.args.weights_grid_resolution,
-        settings.args.lambda_metric,
-        getattr(settings.args, "downstream", "mix"),
-        outcome.joint,
-        pooled_test(data.clients)[1],
+        clients=data.clients,
+        local=outcome.local,
+        global_=outcome.global_,
+        grid_resolution=settings.args.weights_grid_resolution,
+        metric=settings.args.lambda_metric,
+        downstream=settings.args.downstream,
+        joint=outcome.joint,
+        pooled_y=pooled_test(data.clients)[1],
     )
     wall = checkpoint.elapsed()
-    if settings.args.save_synthetic and outcome.synthetic:
-        save_synthetic(files.run_dir, data, settings.configs["generative"], outcome.synthetic)
-    close_run(files, settings.seed, facts.split_args, evaluation, outcome, wall)
+    generative = settings.configs.generative
+    if settings.args.save_synthetic and outcome.synthetic and generative is not None:
+        save_synthetic(files.run_dir, data, generative, outcome.synthetic)
+    close_run(
+        run=files,
+        seed=settings.seed,
+        split_args=facts.split_args,
+        evaluation=evaluation,
+        outcome=outcome,
+        wall=wall,
+    )
     checkpoint.remove()
     return files.run_dir
 
@@ -189,10 +198,8 @@ def discard_unfinished(run_dir: Path, remove_folder: bool) -> None:
 def secure_noise(settings: Settings) -> bool:
     """Whether the run draws its private randomness from secret keys (--secure_noise): such a
     run is never checkpointed (utils.checkpoint.RoundCheckpoint, `enabled`)."""
-    dp = settings.configs.get("dp")
-    return bool(getattr(settings.args, "secure_noise", False)) or (
-        dp is not None and getattr(dp, "noise_source", "seeded") == "secure"
-    )
+    dp = settings.configs.dp
+    return bool(settings.args.secure_noise) or (dp is not None and dp.noise_source == "secure")
 
 
 def load_run_data(settings: Settings) -> RunData:
@@ -201,13 +208,11 @@ def load_run_data(settings: Settings) -> RunData:
     db = load_database(settings.args.database_root)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        split, split_path = load_or_make_split(
-            db, settings.configs["split"], settings.args.split_file
-        )
+        split, split_path = load_or_make_split(db, settings.configs.split, settings.args.split_file)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     clients = client_datasets(db, split)
-    dp = settings.configs.get("dp")
+    dp = settings.configs.dp
     try:  # --privacy_unit patient where it cannot be: one line before any output
         if dp is not None and settings.method.client is not None:
             has_ids = db.patients() is not None
@@ -218,11 +223,9 @@ def load_run_data(settings: Settings) -> RunData:
     return RunData(db, split, Path(split_path), clients)
 
 
-def warn_privacy_settings(configs: dict, clients: list[ClientData]) -> None:
+def warn_privacy_settings(configs: Configs, clients: list[ClientData]) -> None:
     """Print the privacy module's warning about delta and the clients' sizes, if any."""
-    message = delta_warning(
-        configs.get("dp"), [c.n_train for c in clients], [c.id for c in clients]
-    )
+    message = delta_warning(configs.dp, [c.n_train for c in clients], [c.id for c in clients])
     if message:
         print(f"warning: {message}", file=sys.stderr)
 
@@ -241,14 +244,19 @@ def describe_run(settings: Settings, facts: DataFacts) -> tuple[dict, Path]:
             "backbone": backbone,
             "fingerprint": facts.fingerprint,
         },
-        **{name: asdict(cfg) for name, cfg in settings.configs.items()},
+        **{name: asdict(cfg) for name, cfg in present_configs(settings.configs).items()},
         "weights_grid_resolution": args.weights_grid_resolution,
     }
     run_dir = (
         Path(args.results_dir)
         if args.results_dir
         else default_run_dir(
-            args.results_root, dataset, backbone, settings.method.name, config, settings.seed
+            root=args.results_root,
+            dataset=dataset,
+            backbone=backbone,
+            method=settings.method.name,
+            config=config,
+            seed=settings.seed,
         )
     )
     return config, run_dir
@@ -256,7 +264,7 @@ def describe_run(settings: Settings, facts: DataFacts) -> tuple[dict, Path]:
 
 def shares_dp(settings: Settings) -> bool:
     """Whether the run shares only DP releases: a private method with DP on."""
-    dp = settings.configs.get("dp")
+    dp = settings.configs.dp
     return settings.method.private and dp is not None and dp.enabled
 
 
@@ -281,12 +289,13 @@ def open_run(settings: Settings, facts: DataFacts) -> RunFiles:
     checkpoint = run_dir / CHECKPOINT_DIR
     if checkpoint.exists() and not (args.resume or args.overwrite):
         raise ResultsError(
-            f"{run_dir}: holds an interrupted run ({checkpoint}); pass --resume to continue it "
-            "or --overwrite to start over"
+            f"{run_dir}: holds an interrupted run ({checkpoint}); pass {spelling('resume')} to "
+            f"continue it or {spelling('overwrite')} to start over"
         )
     if args.overwrite:
         shutil.rmtree(checkpoint, ignore_errors=True)
-    run_dir = prepare_run_dir(run_dir, args.overwrite)
+    replace = f"pass {spelling('overwrite')} to replace it or choose another {flag}"
+    run_dir = prepare_run_dir(run_dir, args.overwrite, remedy=replace)
     if args.resume and (run_dir / CONFIG_FILE).is_file():
         return RunFiles(run_dir, method, key, dataset, backbone, dp_on=shares_dp(settings))
     write_config(
@@ -319,11 +328,12 @@ def check_same_run(run_dir: Path, key: str, seed: int) -> None:
     if old != (key, seed):
         raise ResultsError(
             f"{path}: holds another run (config_key, seed = {old}, these flags give "
-            f"{(key, seed)}); --resume needs the flags of the interrupted run"
+            f"{(key, seed)}); {spelling('resume')} needs the flags of the interrupted run"
         )
 
 
 def close_run(
+    *,
     run: RunFiles,
     seed: int,
     split_args: dict,
@@ -333,9 +343,18 @@ def close_run(
 ) -> None:
     """history.csv, then metrics.json (the last file: its presence marks a finished run).
 
-    metrics.json also records the method's place in the tables (`display_order`) and whether
-    what this run shared is private (`private`: a private method, and DP not switched off), so
-    that tables and plots are made from results files alone."""
+    metrics.json also records whether what this run shared is private (`private`: a private
+    method, and DP not switched off), so that tables and plots are made from results files
+    alone (they take the methods' order from the registry when they are made).
+
+    Args:
+        run: the run's directory and what names it.
+        seed: the run seed.
+        split_args: the split's settings as metrics.json records them.
+        evaluation: the clients' test rows and the lambda protocol.
+        outcome: what the method returned (history, privacy, fidelity, parameters shared).
+        wall: the run's training time in seconds (resumed runs included).
+    """
     method = run.method
     if run.dp_on and outcome.privacy is None:
         raise RuntimeError(
@@ -345,7 +364,6 @@ def close_run(
     dp_off = outcome.privacy is not None and not outcome.privacy["enabled"]
     metrics = {
         "method": method.name,
-        "display_order": display_order(method.name),
         "private": method.private and not dp_off,
         "dataset": run.dataset,
         "backbone": run.backbone,
@@ -381,7 +399,7 @@ def close_run(
     }
     warnings_ = [over_budget_warning(outcome.privacy) if outcome.privacy else None]
     warnings_.append(group_privacy_warning(outcome.privacy) if outcome.privacy else None)
-    warnings_.append(chance_warning(metrics["private"], outcome.fidelity))
+    warnings_.append(chance_warning(bool(metrics["private"]), outcome.fidelity))
     warnings_.append(empty_synthetic_warning(outcome.fidelity))
     for warning in filter(None, warnings_):
         print(f"warning: {warning}", file=sys.stderr)
@@ -407,6 +425,6 @@ def save_synthetic(
         client=np.concatenate([np.full(len(y), c.id) for c, (_, y) in zip(clients, synthetic)]),
         real_embeddings=squash(largest.x_train, cfg.squash_temperature).astype(np.float32),
         real_labels=largest.y_train.astype(np.int64),
-        real_client=np.int64(largest.id),
+        real_client=np.asarray(largest.id, dtype=np.int64),
         class_names=np.asarray(data.db.classes, dtype=str),
     )

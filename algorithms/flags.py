@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+from typing import Any
 
 from algorithms import presets
 from algorithms.evaluation.heads import HeadConfig
 from algorithms.evaluation.protocol import LAMBDA_METRICS, lambda_grid
 from algorithms.methods import registry
 from algorithms.methods.fedavg import FedAvgConfig
-from algorithms.methods.fedpft import PFTConfig
+from algorithms.methods.pft_config import PFTConfig
 from algorithms.privacy.config import DPConfig
 from algorithms.privacy.generative_config import GenerativeConfig
 from data.split_config import add_split_arguments
@@ -63,8 +64,8 @@ class UsageError(ValueError):
 
 
 def config_sections(cls: type) -> frozenset[str]:
-    """The sections of `cls`'s own flags."""
-    return frozenset(r.section for _, r in flagged_fields(cls) if not r.shared)
+    """The sections of `cls`'s own flags (a flag of no section belongs to every method)."""
+    return frozenset(r.section for _, r in flagged_fields(cls) if not r.shared and r.section)
 
 
 def build_config(name: str, args: argparse.Namespace, method: registry.Method) -> object:
@@ -83,14 +84,16 @@ def preset_note(dest: str) -> str:
 class FlagParser(Parser):
     """The parser of main.py's flags; it remembers the section of every flag it adds."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.section_of: dict[str, str] = {}  # dest -> section (absent: every method)
         self.names_of: dict[str, list[str]] = {}  # dest -> its spellings, as --help shows them
         self.groups: dict[str, argparse._ArgumentGroup] = {}
 
-    def group(self, section: str) -> argparse._ArgumentGroup:
+    def group(self, section: str | None) -> argparse._ArgumentGroup:
         """The --help group of `section`, titled with the methods that read it."""
+        if section is None:
+            raise ValueError("a flag of main.py's configs belongs to a section")
         if section not in self.groups:
             methods = ", ".join(registry.using(section))
             self.groups[section] = self.add_argument_group(f"{SECTIONS[section]} ({methods})")
@@ -190,7 +193,8 @@ def _experiment_flags(parser: FlagParser) -> None:
         type=int,
         default=3407,
         help="run seed: model initialization, batch order, client sampling, and (unless "
-        "--secure_noise) the DP noise. The paper uses 3407, 12345 and 202502. Default: 3407",
+        f"{flag_name(DPConfig, 'noise_source')}) the DP noise. The paper uses 3407, 12345 and "
+        "202502. Default: 3407",
     )
     add(
         "--split_seed",
@@ -364,7 +368,7 @@ def check_run_flags(parser: FlagParser, args: argparse.Namespace) -> None:
     name = parser.spelling
     if args.resume and args.overwrite:
         raise UsageError(f"{name('resume')} and {name('overwrite')} exclude each other")
-    if args.resume and getattr(args, "secure_noise", False):
+    if args.resume and args.secure_noise:
         raise UsageError(
             f"{name('resume')} does not apply to {name('secure_noise')} runs: their clients' "
             "secret keys are not kept, so a resumed run could not continue their noise streams"

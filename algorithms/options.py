@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 from algorithms import presets
 from algorithms.flags import (
@@ -25,7 +26,7 @@ from algorithms.flags import (
     spelling,
 )
 from algorithms.methods import registry
-from algorithms.methods.registry import Method
+from algorithms.methods.registry import Configs, Method
 from algorithms.privacy.accounting import check_count_noise
 from algorithms.privacy.opacus_compat import check_opacus
 from data.split_config import split_config_from_args
@@ -36,13 +37,13 @@ __all__ = ["Settings", "UsageError", "check_before_run", "load_settings"]
 
 @dataclass(frozen=True)
 class Settings:
-    """A run's command line, its parsed flags, its method, its configs by section, and how it
-    computes (device and path: not part of the configuration)."""
+    """A run's command line, its parsed flags, its method, its configs (typed, by section), and
+    how it computes (device and path: not part of the configuration)."""
 
     argv: tuple[str, ...]
     args: argparse.Namespace
     method: Method
-    configs: dict
+    configs: Configs
     execution: Execution = ON_CPU
 
     @property
@@ -73,7 +74,7 @@ def check_before_run(settings: Settings) -> None:
     """What a run checks as it starts, before any output: the privacy settings that need the
     accountant (a count noise that alone spends the target epsilon)."""
     try:
-        check_count_noise(settings.configs.get("dp"))
+        check_count_noise(settings.configs.dp)
     except ValueError as err:
         raise UsageError(str(err)) from None
 
@@ -104,13 +105,14 @@ def check_applicable(parser: FlagParser, given: frozenset[str], method: Method) 
             names = "/".join(parser.names_of[dest])
             users = ", ".join(registry.using(section))
             raise UsageError(
-                f"{names} does not apply to --method {method.name} (it is used by {users})"
+                f"{names} does not apply to {spelling('method')} {method.name} (it is used by "
+                f"{users})"
             )
 
 
 def apply_preset(args: argparse.Namespace, given: frozenset[str]) -> None:
     """Give the flags that --preset sets its values, unless given explicitly."""
-    for dest, value in presets.flags(getattr(args, "preset", presets.DEFAULT)).items():
+    for dest, value in presets.flags(args.preset).items():
         if dest not in given:
             setattr(args, dest, value)
 
@@ -118,14 +120,23 @@ def apply_preset(args: argparse.Namespace, given: frozenset[str]) -> None:
 # --- one config dataclass per section (a method gets those of the sections it reads) ---------
 
 
-def build_configs(args: argparse.Namespace, method: Method) -> dict:
+def build_configs(args: argparse.Namespace, method: Method) -> Configs:
     """The split config and the config of every section the method reads (each dataclass
-    raises ValueError naming its flag), in config.json's order."""
-    configs: dict = {"split": split_config_from_args(args, args.split_seed)}
-    for name, cls in CONFIGS.items():
-        if config_sections(cls) & set(method.sections):
-            configs[name] = build_config(name, args, method)
-    dp = configs.get("dp")
+    raises ValueError naming its flag); None for the others."""
+    built: dict[str, Any] = {
+        name: build_config(name, args, method)
+        for name, cls in CONFIGS.items()
+        if config_sections(cls) & set(method.sections)
+    }
+    configs = Configs(split=split_config_from_args(args, args.split_seed), **built)
+    dp = configs.dp
     if dp is not None and dp.enabled and dp.accountant is not None:  # DP-SGD
         check_opacus()
     return configs
+
+
+def present_configs(configs: Configs) -> dict[str, Any]:
+    """The configs a run has (not None), by section, in config.json's order: the split's,
+    then those of flags.CONFIGS in its order (Configs' field order)."""
+    values = {f.name: getattr(configs, f.name) for f in fields(configs)}
+    return {name: cfg for name, cfg in values.items() if cfg is not None}

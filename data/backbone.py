@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import timm
@@ -24,6 +25,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from data.images import IMAGE_CONVERSION, decode_image
+from data.source_base import Images
 from utils.io import sha256_file
 
 DEFAULT_BACKBONE = "vit_base_patch14_dinov2.lvd142m"
@@ -74,6 +76,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise BackboneError(f"--weights {path}: file not found")
+    obj: Any
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -244,7 +247,7 @@ class Backbone:
         """The PIL steps of the eval transform: one image to uint8 H x W x 3 at the input size."""
         return self.prepare_batch([item])[0]
 
-    def prepare_batch(self, items: Sequence[np.ndarray | bytes]) -> np.ndarray:
+    def prepare_batch(self, items: Images) -> np.ndarray:
         """`prepare` for a batch, as one uint8 B x H x W x 3 array."""
         h, w = self.image_size
         batch = np.empty((len(items), h, w, 3), dtype=np.uint8)
@@ -266,7 +269,8 @@ class Backbone:
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled pre-logits features of a normalized input batch."""
-        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        model: Any = self.model  # a timm model (forward_features, forward_head)
+        return model.forward_head(model.forward_features(x), pre_logits=True)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """Embeddings (float32 B x D) of a prepared uint8 batch."""

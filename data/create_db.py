@@ -38,7 +38,8 @@ from data.own_data import Columns
 from data.patients import PATIENT_COLUMN_HELP, files_patient_facts, key_path
 from data.source_base import OWN_DATASETS, Source, SourceError
 from data.sources import default_dataset_root, open_source
-from utils.cli import OutputError, Parser, check_output
+from data.split_config import SplitConfig
+from utils.cli import OutputError, Parser, check_output, flag_name
 from utils.io import read_json, write_json
 from utils.provenance import versions
 
@@ -91,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="--dataset csv: a CSV with one row per image: path (relative to the manifest's "
         "folder, or absolute), label (class name or integer index), and optionally site (one "
-        "database file site_<name> per site, for --split_method by_site) and split (train/test)",
+        "database file site_<name> per site, for "
+        f"{flag_name(SplitConfig, 'split_method')} by_site) and split (train/test)",
     )
     own.add_argument("--path_column", default="path", help="the manifest's image path column")
     own.add_argument("--label_column", default="label", help="the manifest's label column")
@@ -293,8 +295,8 @@ def run(args: argparse.Namespace, command: list[str], started: float) -> dict:
             "--manifest, --classes and the column flags apply to --dataset imagefolder or csv"
         )
     source = open_source(
-        args.dataset,
-        args.dataset_root,
+        dataset=args.dataset,
+        dataset_root=args.dataset_root,
         size=args.size,
         s_frac=args.s_frac,
         seed=args.seed,
@@ -334,9 +336,9 @@ def run(args: argparse.Namespace, command: list[str], started: float) -> dict:
 
         t0 = time.time()
         embeddings = encode_source(
-            source,
-            backbone,
-            work,
+            source=source,
+            backbone=backbone,
+            work=work,
             batch_size=args.batch_size,
             chunk_rows=chunk_rows,
             num_workers=args.num_workers,

@@ -85,7 +85,7 @@ def save_embedding_file(
     metadata_fields: tuple[str, ...] | list[str] = (),
 ) -> None:
     """Write one database file atomically, in the format `load_embedding_file` reads."""
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "embeddings": np.ascontiguousarray(embeddings, dtype=np.float32),
         "labels": np.asarray(labels, dtype=np.int64),
     }

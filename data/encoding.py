@@ -8,25 +8,28 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from data.backbone import Backbone, fetch
 from data.database import DatabaseError
-from data.source_base import Source, SourceError
+from data.source_base import Images, Source, SourceError
 from utils.io import save_npz
 from utils.progress import progress as progress_bar
 
+T = TypeVar("T")  # a job's tag
 
-def _prepare_when_read(raw: Future, prepare: Callable[[Sequence], np.ndarray]) -> np.ndarray:
+
+def _prepare_when_read(raw: Future, prepare: Callable[[Images], np.ndarray]) -> np.ndarray:
     return prepare(raw.result())
 
 
 def prepared_batches(
-    jobs: Iterable[tuple[object, Callable[[], Sequence]]],
-    prepare: Callable[[Sequence], np.ndarray],
+    jobs: Iterable[tuple[T, Callable[[], Images]]],
+    prepare: Callable[[Images], np.ndarray],
     num_workers: int,
-) -> Iterator[tuple[object, np.ndarray]]:
+) -> Iterator[tuple[T, np.ndarray]]:
     """Yield (tag, prepare(read())) for each (tag, read) job, in order.
 
     One thread calls the `read`s in order (streams must be read sequentially); `num_workers`
@@ -40,7 +43,7 @@ def prepared_batches(
     depth = 2 * num_workers + 2
     reader = ThreadPoolExecutor(1, thread_name_prefix="create_db-read")
     pool = ThreadPoolExecutor(num_workers, thread_name_prefix="create_db-prepare")
-    pending: deque[tuple[object, Future]] = deque()
+    pending: deque[tuple[T, Future]] = deque()
     try:
         for tag, read in jobs:
             raw = reader.submit(read)
@@ -101,6 +104,7 @@ def chunk_path(work: Path, name: str, k: int) -> Path:
 
 
 def encode_source(
+    *,
     source: Source,
     backbone: Backbone,
     work: Path,
@@ -114,6 +118,15 @@ def encode_source(
     Each finished chunk is saved atomically under `work`; chunks already there are reused, so an
     interrupted run resumes where it stopped. `chunk_rows` is a multiple of `batch_size`, so the
     batches are the same with or without interruption.
+
+    Args:
+        source: the images, file by file.
+        backbone: the frozen model that embeds them.
+        work: the folder of the finished chunks.
+        batch_size: images per forward pass.
+        chunk_rows: images per saved chunk (a multiple of `batch_size`).
+        num_workers: threads preparing images ahead.
+        progress: whether to show a progress bar.
     """
     todo = []
     for fi, f in enumerate(source.files):

@@ -196,7 +196,7 @@ def imagefolder_rows(root: str | Path) -> list[Row]:
         bool(top) and {p.name for p in top} <= set(SPLITS) and "train" in {p.name for p in top}
     )
     parts = [(root / s, code) for code, s in enumerate(SPLITS)] if split_layout else [(root, -1)]
-    rows = []
+    rows: list[Row] = []
     for folder, code in parts:
         if not folder.is_dir():
             continue
@@ -318,8 +318,9 @@ def _group(rows: list[Row]) -> list[tuple[str, list[int], dict]]:
         by_name: dict[str, list[int]] = {}
         sites: dict[str, str] = {}
         for i, r in enumerate(rows):
-            name = site_file_name(r.site)
-            if sites.setdefault(name, r.site) != r.site:
+            site = r.site or ""  # a manifest's rows name sites all or none (read_manifest)
+            name = site_file_name(site)
+            if sites.setdefault(name, site) != site:
                 raise SourceError(
                     f"{r.where}: sites {sites[name]!r} and {r.site!r} both become file "
                     f"{name!r}; rename one"

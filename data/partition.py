@@ -59,6 +59,7 @@ def database_fingerprint(db: Database) -> str:
 
 
 def make_split(
+    *,
     labels: np.ndarray,
     sources: np.ndarray,
     n_classes: int,
@@ -71,7 +72,16 @@ def make_split(
     With patient ids the split deals out patients, each with all its records (data/patients.py:
     a patient's majority label stands for it, and `--s_frac` counts patients); no patient is
     in two clients or two of train/val/test. Without ids every record is a unit and the split
-    is the record-level one."""
+    is the record-level one.
+
+    Args:
+        labels: each record's label.
+        sources: each record's database file (site).
+        n_classes: the number of classes.
+        cfg: the split flags.
+        source_names: the files' names (default: their numbers).
+        patients: each record's patient id (None: no ids, every record its own unit).
+    """
     labels = np.asarray(labels, dtype=np.int64)
     sources = np.asarray(sources, dtype=np.int64)
     n_sources = int(sources.max()) + 1 if len(sources) else 0
@@ -84,7 +94,14 @@ def make_split(
                 f"{flag_name(cfg, 'split_method')} {cfg.split_method}: a patient has records "
                 "in two database files (sites); a patient belongs to one site"
             )
-    split = _split_units(units, labels, n_classes, cfg, source_names, n_sources)
+    split = _split_units(
+        units=units,
+        labels=labels,
+        n_classes=n_classes,
+        cfg=cfg,
+        source_names=source_names,
+        n_sources=n_sources,
+    )
     split["database"]["fingerprint"] = _fingerprint(labels, sources)
     if patients is not None:
         split["unit"] = split_unit(units, patients)
@@ -94,6 +111,7 @@ def make_split(
 
 
 def _split_units(
+    *,
     units: Units,
     labels: np.ndarray,
     n_classes: int,
@@ -102,7 +120,16 @@ def _split_units(
     n_sources: int,
 ) -> dict:
     """`make_split` on units (patients, or records): the units' labels and sources choose,
-    and each part is expanded to its records."""
+    and each part is expanded to its records.
+
+    Args:
+        units: the units the split deals out (their labels, sources and records).
+        labels: each record's label.
+        n_classes: the number of classes.
+        cfg: the split flags.
+        source_names: the database files' names.
+        n_sources: the number of database files.
+    """
     record_labels = labels
     labels, sources = units.labels, units.sources
     rng = np.random.default_rng(cfg.seed)
@@ -129,7 +156,13 @@ def _split_units(
             pools = iid_split(pool, cfg.n_clients, rng)
         elif cfg.split_method == "by_labels_split":
             pools = dirichlet_label_split(
-                pool, labels[pool], n_classes, cfg.n_clients, cfg.alpha, cfg.n_components, rng
+                indices=pool,
+                labels=labels[pool],
+                n_classes=n_classes,
+                n_clients=cfg.n_clients,
+                alpha=cfg.alpha,
+                n_components=cfg.n_components,
+                rng=rng,
             )
         else:
             pools = pathological_split(pool, labels[pool], cfg.n_clients, cfg.n_shards, rng)
@@ -197,10 +230,17 @@ def split_database(db: Database, cfg: SplitConfig) -> dict:
             raise SplitError(
                 f"{flag_name(cfg, 'split_method')} by_site: {db.root} records no site for file "
                 f"{names[sites.index(None)]!r} (make the database from a manifest with a site "
-                "column, or use --split_method natural for one client per file)"
+                f"column, or use {flag_name(cfg, 'split_method')} natural for one client per file)"
             )
         names = [str(s) for s in sites]
-    split = make_split(labels, sources, db.n_classes, cfg, names, db.patients())
+    split = make_split(
+        labels=labels,
+        sources=sources,
+        n_classes=db.n_classes,
+        cfg=cfg,
+        source_names=names,
+        patients=db.patients(),
+    )
     split["database"]["root"] = str(db.root)
     return split
 

@@ -8,7 +8,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 import numpy as np
 
@@ -22,12 +22,17 @@ class SourceError(ValueError):
     """Bad dataset input; the message names the flag or the file and what is wrong."""
 
 
+# What a Reader returns for rows [lo, hi): decoded arrays (one array, or one per image) or the
+# bytes of image files.
+Images = Sequence[np.ndarray | bytes] | np.ndarray
+
+
 class Reader(Protocol):
     """Reads the images [lo, hi) of one database file; calls come in increasing order."""
 
     def __len__(self) -> int: ...
 
-    def read(self, lo: int, hi: int) -> Sequence[np.ndarray | bytes]: ...
+    def read(self, lo: int, hi: int) -> Images: ...
 
     def close(self) -> None: ...
 
@@ -146,7 +151,7 @@ class NpyStreamReader:
         self.member = member
         self.row_bytes = int(np.prod(member.shape[1:], dtype=np.int64)) * member.dtype.itemsize
         self._zip: zipfile.ZipFile | None = None
-        self._fh = None
+        self._fh: IO[bytes] | None = None
         self.position = 0  # next row the stream will return
 
     def __len__(self) -> int:
@@ -160,6 +165,8 @@ class NpyStreamReader:
         self.position = 0
 
     def _read_exact(self, n_bytes: int) -> bytes:
+        if self._fh is None:  # `_reopen` opens it
+            raise RuntimeError(f"{self.member.path}: array '{self.member.key}' is not open")
         try:
             data = self._fh.read(n_bytes)
         except (zipfile.BadZipFile, zlib.error, EOFError) as err:
@@ -247,7 +254,7 @@ class FileBytesReader:
         return len(self.paths)
 
     def read(self, lo: int, hi: int) -> list[bytes]:
-        out = []
+        out: list[bytes] = []
         for path in self.paths[lo:hi]:
             try:
                 data = NamedBytes(path.read_bytes())

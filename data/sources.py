@@ -16,6 +16,7 @@ import struct
 import urllib.request
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from data.source_base import (
     SourceError,
     parse_s_frac,
 )
+
+if TYPE_CHECKING:
+    from data.own_data import Columns
 
 # Fashion-MNIST: the four official IDX files, and where Debian's `dataset-fashion-mnist` puts them.
 FASHION_FILES = {
@@ -214,6 +218,7 @@ def open_digits() -> Source:
 
 
 def open_source(
+    *,
     dataset: str,
     dataset_root: str | Path,
     size: int | None = None,
@@ -221,11 +226,23 @@ def open_source(
     seed: int = 202502,
     download: bool = False,
     manifest: str | Path | None = None,
-    columns: object | None = None,
+    columns: Columns | None = None,
     classes: str | None = None,
 ) -> Source:
     """Open any supported dataset by its `--dataset` name; SourceError on bad input.
-    `manifest`, `columns` (a data.own_data.Columns) and `classes` are for imagefolder/csv."""
+    `manifest`, `columns` (a data.own_data.Columns) and `classes` are for imagefolder/csv.
+
+    Args:
+        dataset: the `--dataset` name.
+        dataset_root: where its files are.
+        size: MedMNIST's image size (None: the default).
+        s_frac: the fraction of images sampled (camelyon17, fashionmnist; None: all).
+        seed: the seed of that sampling.
+        download: whether to download missing files (the public datasets).
+        manifest: a CSV manifest (csv only).
+        columns: the manifest's column names (None: the defaults).
+        classes: the class names in order (imagefolder, csv; None: as found).
+    """
     dataset = dataset.lower()
     if size is not None and dataset in OTHER_DATASETS:
         raise SourceError(f"--size applies to MedMNIST datasets only, not to {dataset}")

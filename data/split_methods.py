@@ -28,6 +28,7 @@ def iid_split(indices: np.ndarray, n_clients: int, rng: np.random.Generator) -> 
 
 
 def dirichlet_label_split(
+    *,
     indices: np.ndarray,
     labels: np.ndarray,
     n_classes: int,
@@ -37,7 +38,17 @@ def dirichlet_label_split(
     rng: np.random.Generator,
 ) -> list[np.ndarray]:
     """Label-Dirichlet split (FedEM / kNN-Per): classes are grouped into clusters, and each
-    cluster is dealt to the clients with proportions drawn from Dirichlet(alpha)."""
+    cluster is dealt to the clients with proportions drawn from Dirichlet(alpha).
+
+    Args:
+        indices: the records to split.
+        labels: their labels.
+        n_classes: the number of classes.
+        n_clients: the number of clients.
+        alpha: the Dirichlet concentration.
+        n_components: the clusters of classes.
+        rng: the split's generator.
+    """
     n_clusters = n_classes if n_components == -1 else min(n_components, n_classes)
     classes = rng.permutation(n_classes)
     cluster_of = np.empty(n_classes, dtype=np.int64)

@@ -93,13 +93,25 @@ def probe(run_dir: Path, database_root: str | None = None) -> dict:
             own = syn["client"] == c.id
             x, y = unsquash(syn["embeddings"][own], temperature), syn["labels"][own]
             h_real = train_head(
-                c.x_train, c.y_train, n_classes, head_cfg, derive_seed(seed, LOCAL_HEAD, c.id)
+                x=c.x_train,
+                y=c.y_train,
+                n_classes=n_classes,
+                cfg=head_cfg,
+                seed=derive_seed(seed, LOCAL_HEAD, c.id),
             )
-            h_syn = train_head(x, y, n_classes, head_cfg, derive_seed(seed, SYNTHETIC_HEAD, c.id))
+            h_syn = train_head(
+                x=x,
+                y=y,
+                n_classes=n_classes,
+                cfg=head_cfg,
+                seed=derive_seed(seed, SYNTHETIC_HEAD, c.id),
+            )
             local.append(head_probs(h_real, c, prior=label_prior(c.y_train, n_classes)))
             synthetic.append(head_probs(h_syn, c, prior=label_prior(y, n_classes)))
     resolution = config["weights_grid_resolution"]
-    ev = evaluate_clients(clients, local, synthetic, resolution)
+    ev = evaluate_clients(
+        clients=clients, local=local, global_=synthetic, grid_resolution=resolution
+    )
     for metric in LAMBDA_METRICS:
         ours, theirs = ev.protocol[metric], metrics["lambda_protocol"][metric]
         same = ours["lambda"] == theirs["lambda"] and all(
@@ -120,7 +132,9 @@ def probe(run_dir: Path, database_root: str | None = None) -> dict:
             lams.append(float(grid[int(np.argmax(scores))]))
         out[f"mix, lambda per client by {metric}"] = summarize(clients, local, synthetic, lams)
     reweighted = [with_prior(s, lo.prior) for s, lo in zip(synthetic, local)]
-    ev = evaluate_clients(clients, local, reweighted, resolution)
+    ev = evaluate_clients(
+        clients=clients, local=local, global_=reweighted, grid_resolution=resolution
+    )
     for metric in LAMBDA_METRICS:
         lam = ev.protocol[metric]["lambda"]
         out[f"mix with the client's prior, lambda by {metric}"] = summarize(

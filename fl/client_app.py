@@ -217,13 +217,13 @@ def synthesize(msg: Message, context: Context) -> Message:
         )
     weights = record_weights(msg.content.array_records["weights"])
     result = finish_client(
-        client,
-        site.data,
-        weights,
-        site.n_classes,
-        s.configs["generative"],
-        s.configs["head"],
-        s.seed,
+        client=client,
+        data=site.data,
+        weights=weights,
+        n_classes=site.n_classes,
+        cfg=s.configs.generative,
+        head_cfg=s.configs.head,
+        seed=s.seed,
     )
     context.state[TEST_PROBS] = ArrayRecord(
         kept_test_probs(result.local, result.global_, result.joint)
@@ -231,14 +231,19 @@ def synthesize(msg: Message, context: Context) -> Message:
     # the global synthetic-only head, trained here from the global model as main.py's server
     # trains it: the coordinator sends no head to test on this site's data
     sampler = (
-        PooledSampler(s.configs["generative"].squash_temperature)
+        PooledSampler(s.configs.generative.squash_temperature)
         if is_pft(s)
         else ReleasedSampler(
-            s.method.name, site.data.x_train.shape[1], site.n_classes, s.configs["generative"]
+            s.method.name, site.data.x_train.shape[1], site.n_classes, s.configs.generative
         )
     )
     head = global_synthetic_head(
-        sampler, weights, site.n_classes, s.configs["generative"], s.configs["head"], s.seed
+        sampler=sampler,
+        weights=weights,
+        n_classes=site.n_classes,
+        cfg=s.configs.generative,
+        head_cfg=s.configs.head,
+        seed=s.seed,
     )
     n_test = len(site.data.y_test)
     correct = correct_count(head, site.data)  # None: an empty synthetic set, no head
@@ -281,7 +286,15 @@ def report(msg: Message, context: Context) -> Message:
     config = msg.content.config_records["config"]
     grid = lambda_grid(site.settings.args.weights_grid_resolution)
     chosen = chosen_values(site, config, grid)
-    rows = client_mode_rows(site.data, local, global_, joint, chosen, grid, JOINT_WEIGHTS)
+    rows = client_mode_rows(
+        c=site.data,
+        local=local,
+        global_=global_,
+        joint=joint,
+        chosen=chosen,
+        grid=grid,
+        joint_values=JOINT_WEIGHTS,
+    )
     records = {
         f"row-{mode}-{m}": MetricRecord(uncounted(row))
         for mode, per in rows.items()

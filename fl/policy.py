@@ -81,7 +81,7 @@ NODE_KEYS = (
     ),
     NodeKey(
         "split-file",
-        "main-args' `--split_file`",
+        f"main-args' `{spelling('split_file')}`",
         "the site's split file (python -m data.site_split)",
     ),
     NodeKey(
@@ -120,7 +120,7 @@ NODE_KEYS = (
     NodeKey(
         "min-count-noise",
         f"{COUNT_NOISE:g}",
-        "the smallest noise on the released record count (`--count_noise`)",
+        f"the smallest noise on the released record count (`{flag_name(DPConfig, 'count_noise')}`)",
     ),
     NodeKey("methods", "every Flower method", "the methods it serves, comma-separated"),
     NodeKey(
@@ -258,7 +258,7 @@ def policy_violation(policy: SitePolicy, settings: Settings) -> str | None:
         return f"{named} is not served (methods={','.join(policy.methods)})"
     if method.make_clients is None:
         return f"{named} has no client a site can build"
-    dp = settings.configs.get("dp")
+    dp = settings.configs.dp
     if shares_dp(settings) and not issubclass(method.client or object, registry.Accounted):
         return (
             f"{named} says it is private, but its client keeps no privacy accounting "
@@ -305,7 +305,8 @@ def run_charge(settings: Settings) -> tuple[float | None, float]:
     are served (`policy_violation`)."""
     if not shares_dp(settings):
         return None, 0.0
-    dp = settings.configs["dp"]
+    dp = settings.configs.dp
+    assert dp is not None  # shares_dp
     return float(dp.epsilon), float(dp.delta)
 
 
@@ -314,8 +315,9 @@ def run_binding(settings: Settings) -> str:
     every config: DP settings, rounds, local epochs, batch size, sampling, calibration,
     accountant, noise): a run ID is bound to it at its first claim in the ledger."""
     configs = {
-        name: dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
-        for name, cfg in sorted(settings.configs.items())
+        f.name: dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+        for f in dataclasses.fields(settings.configs)
+        if (cfg := getattr(settings.configs, f.name)) is not None
     }
     text = json.dumps(
         {"method": settings.method.name, "seed": settings.seed, "configs": configs},

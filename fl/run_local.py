@@ -79,7 +79,7 @@ def prepare(main_argv: list[str]) -> tuple[list[str], Path, Path, int]:
         flower = ", ".join(registry.flower_methods())
         raise UsageError(f"{spelling('method')} {method.name} does not run on Flower ({flower})")
     db = load_database(args.database_root)
-    split, split_path = load_or_make_split(db, settings.configs["split"], args.split_file)
+    split, split_path = load_or_make_split(db, settings.configs.split, args.split_file)
     paths = {
         "database_root": args.database_root,
         "split_file": split_path,

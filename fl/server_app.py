@@ -125,7 +125,14 @@ def serve(grid: Grid, context: Context) -> None:
         discard_unfinished(files.run_dir, remove_folder=True)
         raise
     wall = time.perf_counter() - start
-    close_run(files, settings.seed, facts.split_args, evaluation, outcome, wall)
+    close_run(
+        run=files,
+        seed=settings.seed,
+        split_args=facts.split_args,
+        evaluation=evaluation,
+        outcome=outcome,
+        wall=wall,
+    )
 
 
 def connect(
@@ -205,7 +212,7 @@ def run_facts(
         common(each["split_sha256"]),
         split_args if isinstance(split_args, dict) else {"sites": split_args},
     )
-    expected = asdict(settings.configs["split"])
+    expected = asdict(settings.configs.split)
     shared = "sites" not in facts.split_args and facts.split_args.get("split_method") != "site"
     if shared and facts.split_args != expected:
         raise SettingsError(
@@ -256,7 +263,7 @@ def run_generative(
 ) -> tuple[Outcome, Evaluation]:
     """DP-CVAE / DP-CGAN: the rounds, then the end of a generative run (`finish_sites`)."""
     method, seed = settings.method.name, settings.seed
-    cfg, dp = settings.configs["generative"], settings.configs["dp"]
+    cfg, dp = settings.configs.generative, settings.configs.dp
     initial = initial_global_weights(method, dim, n_classes, cfg, seed)
     weights, history = train_rounds(sites, order, initial, cfg.n_rounds, 1.0, settings)
     fidelity, privacy, global_synthetic, evaluation = finish_sites(
@@ -264,7 +271,14 @@ def run_generative(
     )
     params = count_parameters(method, dim, n_classes, cfg)
     privacy_block = dpsgd_privacy_report(dp, cfg, privacy)
-    outcome = generative_outcome(params, cfg, history, fidelity, privacy_block, global_synthetic)
+    outcome = generative_outcome(
+        params=params,
+        cfg=cfg,
+        history=history,
+        fidelity=fidelity,
+        privacy=privacy_block,
+        global_synthetic=global_synthetic,
+    )
     return outcome, evaluation
 
 
@@ -274,14 +288,23 @@ def run_pft(
     """FedPFT / DP-FedPFT: one round (each site releases its statistics once, the server pools
     them), then the end of a generative run from the pooled Gaussians."""
     method, configs = settings.method.name, settings.configs
-    cfg, gen, dp = configs["pft"], configs["generative"], configs.get("dp")
+    cfg, gen, dp = configs.pft, configs.generative, configs.dp
     aggregate = pooler(method, cfg, dp)
     pooled, history = train_rounds(sites, order, {}, 1, 1.0, settings, aggregate=aggregate)
     fidelity, privacy, global_synthetic, evaluation = finish_sites(
         sites, order, settings, pooled, n_classes
     )
     outcome = pft_outcome(
-        method, dim, n_classes, cfg, gen, dp, history, fidelity, privacy, global_synthetic
+        method=method,
+        dim=dim,
+        n_classes=n_classes,
+        cfg=cfg,
+        gen_cfg=gen,
+        dp=dp,
+        history=history,
+        fidelity=fidelity,
+        privacy=privacy,
+        global_synthetic=global_synthetic,
     )
     return outcome, evaluation
 
@@ -338,7 +361,7 @@ def run_fedavg(
 ) -> tuple[Outcome, Evaluation]:
     """FedAvg / FedProx on a linear head: the rounds with each round's validation accuracy
     (reported by the sites), then each site's test metrics of the final global head."""
-    cfg, seed = settings.configs["fedavg"], settings.seed
+    cfg, seed = settings.configs.fedavg, settings.seed
 
     def validate(rnd: int, weights: StateDict, updates: Sequence[ClientUpdate]) -> dict:
         record = weights_record(weights)

@@ -54,19 +54,21 @@ def run_settings(run_config: dict) -> Settings:
     args, method = settings.args, settings.method
     if not method.flower:
         raise SettingsError(
-            f"main-args: --method {method.name} does not run on Flower "
+            f"main-args: {spelling('method')} {method.name} does not run on Flower "
             f"(one of {', '.join(registry.flower_methods())})"
         )
     if args.resume:  # main.py's checkpoints are not written under Flower
-        raise SettingsError("main-args: --resume does not run on Flower; start the run again")
+        raise SettingsError(f"main-args: {spelling('resume')} does not run on Flower; start again")
     if getattr(args, "vectorized", "auto") == "on":
         raise SettingsError(
-            "main-args: --vectorized on does not run on Flower: each site is one client "
-            "(the per-client path; --vectorized trains simulated clients at once)"
+            f"main-args: {spelling('vectorized')} on does not run on Flower: each site is one "
+            f"client (the per-client path; {spelling('vectorized')} trains simulated clients "
+            "at once)"
         )
     if args.save_synthetic:
         raise SettingsError(
-            "main-args: --save_synthetic does not run on Flower: synthetic data stays on the sites"
+            f"main-args: {spelling('save_synthetic')} does not run on Flower: synthetic data stays "
+            "on the sites"
         )
     for flag in ("database_root", "split_file"):
         value = getattr(args, flag)
@@ -111,7 +113,7 @@ def node_paths(node_config: dict, settings: Settings) -> tuple[str, str]:
     if not split:
         raise SettingsError(
             "node config: set split-file (this site's split file, e.g. written by "
-            "python -m data.site_split), or give --split_file in main-args"
+            f"python -m data.site_split), or give {spelling('split_file')} in main-args"
         )
     return root, str(split)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from algorithms.experiment import shares_dp
-from algorithms.methods.registry import Accounted, ClientSpec, Configs
+from algorithms.methods.registry import Accounted, ClientSpec
 from algorithms.options import Settings
 from algorithms.privacy.accounting import remember_calibration
 from fl.ledger import Charge, Claim, Ledger
@@ -88,7 +88,7 @@ class Site:
         s = self.settings
         if is_pft(s):
             return 1
-        return s.configs["generative" if is_generative(s) else "fedavg"].n_rounds
+        return (s.configs.generative if is_generative(s) else s.configs.fedavg).n_rounds
 
     def last_round(self) -> int | None:
         if LAST_ROUND not in self.context.state:
@@ -138,18 +138,17 @@ class Site:
         if CALIBRATION in state:  # this run's noise multiplier, found by an earlier message
             known = state.config_records[CALIBRATION]
             remember_calibration(str(known["key"]), float(known["noise-multiplier"]))
-        configs = dict(s.configs)
-        if configs.get("dp") is not None:
-            configs["dp"] = dataclasses.replace(
-                configs["dp"], noise_source=self.policy.noise_source
-            )
+        configs = s.configs
+        if configs.dp is not None:
+            dp = dataclasses.replace(configs.dp, noise_source=self.policy.noise_source)
+            configs = dataclasses.replace(configs, dp=dp)
         spec = ClientSpec(
-            [self.data],
-            self.n_classes,
-            s.seed,
-            Configs(**configs),
-            self.secret(),
-            s.execution.device,
+            clients=[self.data],
+            n_classes=self.n_classes,
+            seed=s.seed,
+            configs=configs,
+            secret=self.secret(),
+            device=s.execution.device,
         )
         if s.method.make_clients is None:
             self.refuse(f"{s.method.name} has no client a site can build")

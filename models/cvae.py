@@ -40,6 +40,7 @@ class CVAE(nn.Module):
 
     def __init__(
         self,
+        *,
         input_dim: int,
         n_classes: int,
         hidden_dim: int = 256,
@@ -47,10 +48,21 @@ class CVAE(nn.Module):
         n_layers: int = 3,
         encoder_scale: float = 1.0,
     ):
+        """The networks' sizes.
+
+        Args:
+            input_dim: the embedding size D.
+            n_classes: the number of classes.
+            hidden_dim: the hidden layers' width.
+            latent_dim: the size of z.
+            n_layers: hidden layers of the encoder and of the decoder.
+            encoder_scale: the factor applied to the embedding before the encoder.
+        """
         super().__init__()
         self.input_dim, self.n_classes, self.latent_dim = input_dim, n_classes, latent_dim
         self.encoder_scale = encoder_scale
         hidden = [hidden_dim] * n_layers
+        self.encoder: nn.Module
         if n_layers:
             self.encoder = nn.Sequential(*mlp([input_dim + n_classes, *hidden]), nn.ReLU())
         else:
@@ -84,12 +96,13 @@ def kl_per_sample(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 def cvae_loss_per_sample(
+    *,
     x: torch.Tensor,
     recon: torch.Tensor,
     mu: torch.Tensor,
     logvar: torch.Tensor,
     beta: float,
-    batch_size: int,
+    batch_size: int | torch.Tensor,
     loss: str = "paper",
     obs_std: float = 0.125,
 ) -> torch.Tensor:
@@ -103,7 +116,18 @@ def cvae_loss_per_sample(
     0.01 makes the posterior collapse: the decoder learns to ignore z.
     `elbo`: the negative evidence lower bound of a Gaussian likelihood p(x | z, y) =
     N(recon, obs_std^2 I) in the model's space, `sum_d (x - recon)^2 / (2 obs_std^2) +
-    beta * KL_i` (the constant D log(obs_std sqrt(2 pi)) left out); beta = 1 is the ELBO."""
+    beta * KL_i` (the constant D log(obs_std sqrt(2 pi)) left out); beta = 1 is the ELBO.
+
+    Args:
+        x: the inputs.
+        recon: their reconstructions.
+        mu: the posterior means.
+        logvar: the posterior log variances.
+        beta: the KL weight.
+        batch_size: the nominal batch size B (per client when stacked: a tensor).
+        loss: paper or elbo (CVAE_LOSSES).
+        obs_std: the observation noise of the elbo loss.
+    """
     kl = kl_per_sample(mu, logvar)
     if loss == "paper":
         return F.mse_loss(recon, x, reduction="none").mean(dim=-1) + beta * batch_size * kl

@@ -215,6 +215,7 @@ class RoundCheckpoint:
     elapsed_before: float = 0.0
     last_saved: float = field(default_factory=time.perf_counter)
     enabled: bool = True
+    restart: str = "start the run over"  # what a refusal tells the user (the caller's flags)
 
     def exists(self) -> bool:
         return (Path(self.directory) / STATE_FILE).is_file()
@@ -236,7 +237,7 @@ class RoundCheckpoint:
         if state.get("identity") != self.identity:
             raise CheckpointError(
                 f"{where}: checkpoint of another run ({state.get('identity')}, this run is "
-                f"{self.identity}); pass --overwrite to start over"
+                f"{self.identity}); {self.restart}"
             )
         if len(state["clients"]) != len(clients):
             raise CheckpointError(

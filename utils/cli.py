@@ -7,13 +7,13 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 
 class Parser(argparse.ArgumentParser):
     """argparse, with usage errors on one line (`prog: error: message (see --help)`), status 2."""
 
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
@@ -84,7 +84,18 @@ def flag(
     switches: tuple[tuple[str, dict], ...] = (),
     **kwargs: Any,
 ) -> dict[str, Flag]:
-    """A field's metadata: `field(default=..., metadata=flag("--name", help=..., ...))`."""
+    """A field's metadata: `field(default=..., metadata=flag("--name", help=..., ...))`.
+
+    Args:
+        names: the flag's spellings, the first one its name in messages.
+        help: its --help line (`{default}` is replaced by the default).
+        section: its --help group; a method that does not read it refuses the flag.
+        default: the flag's default when not the field's.
+        convert: parsed value -> field value (None: the parsed value).
+        unused: the field's value when the method does not read the section.
+        switches: other spellings of the same dest, each (name, add_argument kwargs).
+        kwargs: what else argparse's add_argument takes (type, choices, action, metavar).
+    """
     return {FLAG: Flag(names, help, section, kwargs, default, convert, unused, switches)}
 
 
@@ -138,7 +149,7 @@ def add_flags(
     return actions
 
 
-def config_from_args(cls: type, args: argparse.Namespace, sections: Sequence[str]) -> Any:
+def config_from_args(cls: type, args: argparse.Namespace, sections: Sequence[str | None]) -> Any:
     """An instance of `cls` from parsed flags: each field's flag value (converted), or its
     `unused` value when its section is not among `sections` (those a method reads)."""
     values = {}

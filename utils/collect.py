@@ -4,7 +4,7 @@
 
 Runs are grouped by configuration (all seeds of one configuration form one row). Per client,
 each metric is averaged over seeds; the row shows the mean +- std of those across clients.
-Rows follow the methods' display order that each metrics.json records (the method registry's).
+Rows follow the method registry's order, read when the table is made (results carry none).
 Writes `<name>.md` and `<name>.csv` and prints the Markdown table. "Syn. acc" is the accuracy of
 a head trained on the global model's synthetic data alone, on the pooled real test data
 (train on synthetic, test on real), marked "(chance)" when within noise of chance (1 / the
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,7 @@ def _block(metrics: dict, lambda_metric: str | None, downstream: str | None) -> 
         return None
     mode = downstream or metrics.get("downstream") or "mix"
     metric = lambda_metric or metrics.get("lambda_metric") or "accuracy"
-    blocks = modes if modes else {"mix": protocol}
+    blocks: dict = modes if modes else {"mix": protocol}
     if mode not in blocks:
         raise ResultsError(
             f"{metrics.get('method')}: downstream mode {mode!r} is not in {sorted(blocks)}"
@@ -184,7 +185,8 @@ def _epsilon_spent(ms: list[dict]) -> float | None:
     """Largest spent epsilon over clients and seeds (see utils.results.epsilon_spent); None
     when a run does not say."""
     eps = [epsilon_spent(m) for m in ms]
-    return None if None in eps else float(max(eps))
+    known = [e for e in eps if e is not None]
+    return float(max(known)) if len(known) == len(eps) else None
 
 
 def _eps_text(eps: float | None) -> str:
@@ -227,11 +229,14 @@ def _per_client_means(runs: list[list[dict]]) -> pd.DataFrame:
 
 
 def collect(
-    paths: list[str | Path], lambda_metric: str | None = None, downstream: str | None = None
+    paths: list[str | Path],
+    lambda_metric: str | None = None,
+    downstream: str | None = None,
+    order: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """One row per configuration with the across-client mean/std of seed-averaged metrics
     (`lambda_metric`, `downstream`: the rows of that mode at the value chosen by that metric,
-    see `client_rows`)."""
+    see `client_rows`), rows in the method order `order` (`display_key`)."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for run_dir in find_runs(paths):
         metrics = read_metrics(run_dir)
@@ -267,12 +272,13 @@ def collect(
         row["epsilon_spent"] = _epsilon_spent(ms)
         row["privacy_unit"] = privacy_unit_mark(ms[0])
         lams = [_lambda(m, lambda_metric, downstream) for m in ms]
-        row["lambda"] = float(np.mean(lams)) if None not in lams else None
+        known = [lam for lam in lams if lam is not None]
+        row["lambda"] = float(np.mean(known)) if len(known) == len(lams) else None
         row["downstream"] = _mode(ms[0], downstream)
         row["params_shared"] = int(ms[0]["cost"]["params_shared"])
         row["bytes_per_round"] = int(ms[0]["cost"]["bytes_per_round"])
         row["wall_seconds"] = float(np.mean([m["cost"]["wall_seconds"] for m in ms]))
-        keyed.append(((display_key(ms[0]), row["method"]), row))
+        keyed.append(((display_key(ms[0]["method"], order), row["method"]), row))
     return [row for _, row in sorted(keyed, key=lambda kr: kr[0])]
 
 
@@ -346,6 +352,15 @@ def write_table(
     return md, csv
 
 
+def method_order() -> tuple[str, ...]:
+    """The method registry's order, read when a table or plot is made. Only the command lines
+    (entry points) call this: the functions of utils take the order as an argument and import
+    nothing from algorithms."""
+    from algorithms.methods.registry import NAMES
+
+    return tuple(NAMES)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", help="run directories or folders above them")
@@ -375,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         if Path(args.name).name != args.name or args.name in ("", ".", ".."):
             raise OutputError(f"--name {args.name!r}: a file name stem, not a path")
         check_output(out, "--out", folder=True)
-        rows = collect(args.results, args.lambda_metric, args.downstream)
+        rows = collect(args.results, args.lambda_metric, args.downstream, method_order())
         md, csv = write_table(rows, out, args.name)
     except (ResultsError, OutputError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -7,7 +7,7 @@ accuracy against spent epsilon, when a sweep is given),
 client_accuracy.png (per-client accuracy against client size), training_curves.png (from
 history.csv) and real_vs_synthetic_<method>.png (2-D PCA of one client's real and synthetic
 embeddings, for runs saved with --save_synthetic: their synthetic.npz holds both). Methods are
-ordered and coloured by the display order that each metrics.json records.
+ordered and coloured by the method registry's order, read when the plots are made.
 
 Every input is read and checked before the first PNG is written.
 """
@@ -19,6 +19,7 @@ import math
 import sys
 import zipfile
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -28,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from utils.cli import OutputError, Parser, check_output  # noqa: E402
-from utils.collect import find_runs, read_config  # noqa: E402
+from utils.collect import find_runs, method_order, read_config  # noqa: E402
 from utils.io import read_csv  # noqa: E402
 from utils.results import (  # noqa: E402
     HISTORY_FILE,
@@ -38,8 +39,8 @@ from utils.results import (  # noqa: E402
     read_metrics,
 )
 
-# A method's colour: by its display order (metrics.json), so that each method keeps its colour
-# in every plot; methods without a recorded order get matplotlib's next colour.
+# A method's colour: by its place in the registry's order, so that each method keeps its colour
+# in every plot; methods not in it get matplotlib's next colour.
 PALETTE = (
     "tab:gray",
     "black",
@@ -73,12 +74,20 @@ CURVES = (
 )
 
 
-def _load(paths: list[str | Path]) -> list[dict]:
-    """Every run under `paths`: its directory, metrics, config and history (checked)."""
+def _load(paths: list[str | Path], order: Sequence[str]) -> list[dict]:
+    """Every run under `paths`: its directory, metrics, config and history (checked), and its
+    method's place in `order` (`rank`: utils.results.display_key)."""
     runs = []
     for d in find_runs(paths):
+        metrics = read_metrics(d)
         runs.append(
-            {"dir": d, "metrics": read_metrics(d), "config": read_config(d), "history": _history(d)}
+            {
+                "dir": d,
+                "metrics": metrics,
+                "config": read_config(d),
+                "history": _history(d),
+                "rank": display_key(metrics["method"], order),
+            }
         )
     return runs
 
@@ -105,17 +114,17 @@ def _history(run_dir: Path) -> list[dict[str, float]]:
 
 
 def by_method(runs: list[dict]) -> dict[str, list[dict]]:
-    """Runs by method, in the display order their metrics.json record."""
+    """Runs by method, in the method order (their `rank`)."""
     out = defaultdict(list)
     for r in runs:
         out[r["metrics"]["method"]].append(r)
-    return dict(sorted(out.items(), key=lambda kv: display_key(kv[1][0]["metrics"])))
+    return dict(sorted(out.items(), key=lambda kv: kv[1][0]["rank"]))
 
 
-def color(metrics: dict) -> str | None:
+def color(run: dict) -> str | None:
     """The colour of a run's method (None: matplotlib's next one)."""
-    order = display_key(metrics)[0]
-    return PALETTE[int(order) % len(PALETTE)] if math.isfinite(order) else None
+    place = run["rank"][0]
+    return PALETTE[int(place) % len(PALETTE)] if math.isfinite(place) else None
 
 
 def _accounted(run: dict) -> bool:
@@ -153,10 +162,10 @@ def privacy_utility(main_runs: list[dict], sweep_runs: list[dict], out: Path) ->
     unique = {str(r["dir"]): r for r in [*main_runs, *sweep_runs]}  # a run may be in both
     dp_runs = [r for r in unique.values() if _accounted(r)]
     lines: dict[str, list[dict]] = defaultdict(list)
-    for r in sorted(dp_runs, key=lambda r: display_key(r["metrics"])):
+    for r in sorted(dp_runs, key=lambda r: r["rank"]):
         lines[variant(r)].append(r)
     refs: dict[str, list[dict]] = defaultdict(list)
-    for r in sorted(unique.values(), key=lambda r: display_key(r["metrics"])):
+    for r in sorted(unique.values(), key=lambda r: r["rank"]):
         if not _accounted(r):
             refs[variant(r)].append(r)
     ticks = sorted({r["metrics"]["privacy"]["target_epsilon"] for r in dp_runs})
@@ -172,7 +181,7 @@ def privacy_utility(main_runs: list[dict], sweep_runs: list[dict], out: Path) ->
             xs = [np.mean([e for e, _ in v]) for _, v in sorted(by_target.items())]
             ys = [np.mean([a for _, a in v]) for _, v in sorted(by_target.items())]
             ls = "o-" if "(" not in name else "s--"
-            ax.plot(xs, ys, ls, color=color(rs[0]["metrics"]), label=name)
+            ax.plot(xs, ys, ls, color=color(rs[0]), label=name)
         for name, rs in refs.items():
             ys = [value(r["metrics"]) for r in rs]
             if None in ys:
@@ -182,7 +191,7 @@ def privacy_utility(main_runs: list[dict], sweep_runs: list[dict], out: Path) ->
                 float(np.mean(ys)),
                 ls=":",
                 lw=1.2,
-                color=color(rs[0]["metrics"]),
+                color=color(rs[0]),
                 label=f"{name} ({what})",
             )
         ax.set_xscale("log")
@@ -212,7 +221,7 @@ def client_accuracy(runs: list[dict], out: Path) -> Path:
             [size[i] for i in ids],
             [np.mean(acc[i]) for i in ids],
             s=18,
-            color=color(rs[0]["metrics"]),
+            color=color(rs[0]),
             label=method,
             alpha=0.8,
         )
@@ -238,7 +247,7 @@ def training_curves(runs: list[dict], out: Path) -> Path | None:
                 ax.plot(
                     [r["round"] for r in rows],
                     [r[key] for r in rows],
-                    color=color(run["metrics"]),
+                    color=color(run),
                     label=method,
                 )
         ax.set_xlabel("round")
@@ -259,7 +268,7 @@ def synthetic_inputs(run: dict) -> dict:
             if missing:
                 raise ResultsError(
                     f"{path}: lacks {', '.join(missing)} (written by an older main.py? rerun "
-                    "the run with --save_synthetic --overwrite)"
+                    "the run over, saving its synthetic data)"
                 )
             syn = {k: npz[k] for k in SYNTHETIC_KEYS}
     except (OSError, ValueError, zipfile.BadZipFile) as err:
@@ -319,13 +328,16 @@ def _save(fig, path: Path) -> Path:
 
 
 def make_all(
-    results: list[str | Path], out: str | Path, sweep: list[str | Path] | None = None
+    results: list[str | Path],
+    out: str | Path,
+    sweep: list[str | Path] | None = None,
+    order: Sequence[str] = (),
 ) -> list[Path]:
-    """Every plot the results allow; returns the files written. All inputs are read and checked
-    first, so bad input leaves no plot behind."""
+    """Every plot the results allow, methods in `order`; returns the files written. All inputs
+    are read and checked first, so bad input leaves no plot behind."""
     out = Path(out)
-    runs = _load(results)
-    sweep_runs = _load(sweep) if sweep else None
+    runs = _load(results, order)
+    sweep_runs = _load(sweep, order) if sweep else None
     synthetic = []
     for rs in by_method(runs).values():
         with_syn = [r for r in rs if (r["dir"] / "synthetic.npz").is_file()]
@@ -351,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         check_output(args.out, "--out", folder=True)
-        written = make_all(args.results, args.out, args.sweep)
+        written = make_all(args.results, args.out, args.sweep, method_order())
     except (ResultsError, OutputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +50,19 @@ def config_key(config: dict[str, Any]) -> str:
 
 
 def default_run_dir(
-    root: str | Path, dataset: str, backbone: str, method: str, config: dict[str, Any], seed: int
+    *, root: str | Path, dataset: str, backbone: str, method: str, config: dict[str, Any], seed: int
 ) -> Path:
     """`<root>/<dataset>/<backbone>/<method>-<config hash>/seed_<seed>`: no timestamps, so the
-    same configuration always maps to the same directory and seeds sit side by side."""
+    same configuration always maps to the same directory and seeds sit side by side.
+
+    Args:
+        root: the results root.
+        dataset: the dataset's name.
+        backbone: the backbone's name ("/" becomes "_").
+        method: the method's name.
+        config: the run's configuration (its hash names the folder).
+        seed: the run seed.
+    """
     safe_backbone = backbone.replace("/", "_")
     return Path(root) / dataset / safe_backbone / f"{method}-{config_key(config)}" / f"seed_{seed}"
 
@@ -61,14 +71,15 @@ def is_finished(run_dir: str | Path) -> bool:
     return (Path(run_dir) / METRICS_FILE).is_file()
 
 
-def prepare_run_dir(run_dir: str | Path, overwrite: bool) -> Path:
-    """Create the run directory; refuse a finished run unless `overwrite`, which clears it."""
+def prepare_run_dir(run_dir: str | Path, overwrite: bool, remedy: str = "") -> Path:
+    """Create the run directory; refuse a finished run unless `overwrite`, which clears it.
+    `remedy`: what the refusal tells the user to do (the caller knows its flags)."""
     run_dir = Path(run_dir)
     if is_finished(run_dir):
         if not overwrite:
             raise ResultsError(
-                f"{run_dir}: holds a finished run ({METRICS_FILE} exists); "
-                f"pass --overwrite to replace it or choose another --results_dir"
+                f"{run_dir}: holds a finished run ({METRICS_FILE} exists)"
+                + (f"; {remedy}" if remedy else "")
             )
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -101,12 +112,12 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any]:
     return metrics
 
 
-def display_key(metrics: dict[str, Any]) -> tuple[float, str]:
-    """Where a run's method goes in tables and plots: the display order its metrics.json
-    records (the method registry's), then the name. Runs whose file records none (written
-    before it was recorded) come last."""
-    order = metrics.get("display_order")
-    return (order if isinstance(order, int) else math.inf, metrics["method"])
+def display_key(method: str, order: Sequence[str]) -> tuple[float, str]:
+    """Where a run's method goes in tables and plots: its place in `order` (the method
+    registry's names, read when the table is made: results carry no presentation), then its
+    name; a method not in `order` comes last. A `display_order` that older metrics.json files
+    still hold is ignored."""
+    return (order.index(method) if method in order else math.inf, method)
 
 
 def epsilon_spent(metrics: dict[str, Any]) -> float | None:
@@ -159,13 +170,7 @@ def validate_metrics(m: Any, source: str = "metrics") -> None:
         _require(isinstance(m.get(key), kind), source, f"'{key}' must be a {kind.__name__}")
     for key in ("lambda", "privacy"):
         _require(key in m, source, f"missing key '{key}'")
-    # written by every run since the method registry (older files lack them)
-    _require(
-        not isinstance(m.get("display_order", 0), bool)
-        and isinstance(m.get("display_order", 0), int),
-        source,
-        "'display_order' must be an integer",
-    )
+    # written by every run since the method registry (older files lack it)
     _require(isinstance(m.get("private", False), bool), source, "'private' must be true or false")
     _require(
         m["lambda"] is None or _is_num(m["lambda"]), source, "'lambda' must be a number or null"

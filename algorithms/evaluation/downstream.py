@@ -31,6 +31,7 @@ import torch
 from algorithms.evaluation.heads import predict_proba
 from algorithms.evaluation.protocol import (
     LAMBDA_METRICS,
+    NO_VALIDATION,
     ClientProbs,
     Evaluation,
     check_lambda_metric,
@@ -170,7 +171,7 @@ def choose_modes(
     mode's grid (ties: the smallest value)."""
     reported = [s for s in per_client if s is not None]
     if not reported:
-        raise ValueError("no client has validation data to choose lambda; use --val_frac > 0")
+        raise ValueError(NO_VALIDATION)
     out = {}
     for mode in reported[0]:
         values = mode_values(mode, grid, joint_values)
@@ -193,6 +194,7 @@ def model_row(c: ClientData, probs: ClientProbs, pooled_y: np.ndarray | None) ->
 
 
 def client_mode_rows(
+    *,
     c: ClientData,
     local: ClientProbs,
     global_: ClientProbs,
@@ -202,7 +204,18 @@ def client_mode_rows(
     joint_values: tuple[float, ...],
     pooled_y: np.ndarray | None = None,
 ) -> dict[str, dict[str, dict]]:
-    """One client's rows per mode and lambda metric, at the values the server chose."""
+    """One client's rows per mode and lambda metric, at the values the server chose.
+
+    Args:
+        c: the client (its test data; its id and split sizes in the rows).
+        local: its local head's probabilities (validation and test).
+        global_: the global model's probabilities.
+        joint: its joint heads' probabilities by synthetic weight (None: no joint mode).
+        chosen: per mode and lambda metric, the value the server chose.
+        grid: the lambda grid of the mix and prior modes.
+        joint_values: the synthetic weights of the joint mode.
+        pooled_y: the labels of the pooled test data (None: no pooled metrics).
+    """
     out = {}
     for mode, per_metric in chosen.items():
         values = list(mode_values(mode, grid, joint_values))
@@ -267,6 +280,7 @@ def evaluation_of(report: dict, metric: str = "accuracy", downstream: str = "mix
 
 
 def evaluate_clients(
+    *,
     clients: list[ClientData],
     local: list[ClientProbs] | None,
     global_: list[ClientProbs] | None,
@@ -278,13 +292,24 @@ def evaluate_clients(
 ) -> Evaluation:
     """Per-client test metrics in one process. With a local and a global model, every mode's
     value is chosen on validation and applied on test; with one model its predictions are
-    used. `pooled_y`: the labels of the pooled test data (the rows then hold pooled metrics)."""
+    used. `pooled_y`: the labels of the pooled test data (the rows then hold pooled metrics).
+
+    Args:
+        clients: every client's data.
+        local: per client, its local model's probabilities (None: no local model).
+        global_: per client, the global model's probabilities (None: no global model).
+        grid_resolution: the step of the lambda grid (--weights_grid_resolution).
+        metric: the validation metric that chooses lambda (LAMBDA_METRICS).
+        downstream: the mode whose rows head the report (DOWNSTREAM_MODES).
+        joint: per client, its joint heads' probabilities by synthetic weight (None: none).
+        pooled_y: the labels of the pooled test data (None: no pooled metrics).
+    """
     check_lambda_metric(metric)
     check_downstream(downstream)
     if local is None and global_ is None:
         raise ValueError("nothing to evaluate: no local and no global predictions")
     if local is None or global_ is None:
-        only = local if local is not None else global_
+        only = local if local is not None else (global_ or [])
         rows = [model_row(c, p, pooled_y) for c, p in zip(clients, only)]
         return Evaluation(rows, metric=metric)
     grid = lambda_grid(grid_resolution)
@@ -297,8 +322,17 @@ def evaluate_clients(
     chosen = choose_modes(per_client, grid, joint_values)
     values = {mode: {m: v for m, (v, _) in pm.items()} for mode, pm in chosen.items()}
     per_row = [
-        client_mode_rows(c, lo, gl, jo, values, grid, joint_values, pooled_y)
+        client_mode_rows(
+            c=c,
+            local=lo,
+            global_=gl,
+            joint=jo,
+            chosen=values,
+            grid=grid,
+            joint_values=joint_values,
+            pooled_y=pooled_y,
+        )
         for c, lo, gl, jo in zip(clients, local, global_, joints)
     ]
-    rows = {mode: {m: [r[mode][m] for r in per_row] for m in LAMBDA_METRICS} for mode in chosen}
-    return evaluation_of(modes_report(chosen, rows), metric, downstream)
+    by_mode = {mode: {m: [r[mode][m] for r in per_row] for m in LAMBDA_METRICS} for mode in chosen}
+    return evaluation_of(modes_report(chosen, by_mode), metric, downstream)

@@ -31,7 +31,7 @@ class HeadConfig:
         metadata=flag(
             "--lr",
             section="head",
-            help="learning rate of the heads and of the CVAE (the CGAN has --gan_lr). "
+            help="learning rate of the heads and of the CVAE (the CGAN has its own). "
             "Default: {default}",
         ),
     )
@@ -80,12 +80,13 @@ def new_head(dim: int, n_classes: int, seed: int) -> nn.Linear:
 
 
 def train_head(
+    *,
     x: np.ndarray,
     y: np.ndarray,
     n_classes: int,
     cfg: HeadConfig,
     seed: int,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     sample_weight: np.ndarray | None = None,
     anchor: dict[str, torch.Tensor] | None = None,
     anchor_strength: float = 0.0,
@@ -93,7 +94,19 @@ def train_head(
     """Train a linear head full-batch on (x, y) with cross-entropy, on `device` (the same
     initialization on every device). `sample_weight`: each record's weight in the loss (the
     downstream step's joint head); `anchor`: start from these weights and add
-    anchor_strength / 2 * ||w - anchor||^2 to the loss (a head pulled toward a global one)."""
+    anchor_strength / 2 * ||w - anchor||^2 to the loss (a head pulled toward a global one).
+
+    Args:
+        x: the training embeddings (N, D).
+        y: their labels (N,).
+        n_classes: the number of classes (the head's outputs).
+        cfg: learning rate, weight decay and epochs.
+        seed: the head's initialization.
+        device: where it trains.
+        sample_weight: each record's weight in the loss (None: all 1).
+        anchor: weights to start from and pull toward (None: a fresh head, no pull).
+        anchor_strength: the pull toward `anchor`.
+    """
     head = new_head(x.shape[1], n_classes, seed).to(device)
     if anchor is not None:
         head.load_state_dict(anchor)

@@ -23,7 +23,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from data.clients import ClientData
-from utils.metrics import classification_metrics, summarize_clients
+from data.split_config import SplitConfig
+from utils.cli import flag_name
+from utils.metrics import classification_metrics
+
+# The refusal when no client has validation data (lambda and the downstream modes need it).
+NO_VALIDATION = (
+    f"no client has validation data to choose lambda; use {flag_name(SplitConfig, 'val_frac')} > 0"
+)
 
 # --lambda_metric values, with the key of the test metric each one is (classification_metrics).
 LAMBDA_METRICS = {"accuracy": "acc", "balanced_accuracy": "balanced_acc"}
@@ -85,7 +92,7 @@ def choose_lambda(
     check_lambda_metric(metric)
     reported = [scores[metric] for scores in per_client if scores is not None]
     if not reported:
-        raise ValueError("no client has validation data to choose lambda; use --val_frac > 0")
+        raise ValueError(NO_VALIDATION)
     mean = [float(np.mean([s[j] for s in reported])) for j in range(len(grid))]
     return float(grid[int(np.argmax(mean))]), mean
 
@@ -106,10 +113,11 @@ def client_test_row(
     c: ClientData, local_test: np.ndarray | None, global_test: np.ndarray | None, lam: float | None
 ) -> dict:
     """One client's test row: of the mixed model at `lam`, or of its one model (lam None)."""
-    if lam is not None:
-        probs = mix(local_test, global_test, lam)
-    else:
-        probs = local_test if local_test is not None else global_test
+    if lam is not None and local_test is not None and global_test is not None:
+        return client_row(c, mix(local_test, global_test, lam))
+    probs = local_test if local_test is not None else global_test
+    if probs is None:
+        raise ValueError(f"client {c.id}: no test predictions to evaluate")
     return client_row(c, probs)
 
 
@@ -135,22 +143,6 @@ def lambda_protocol(
 ) -> dict[str, tuple[float, list[float]]]:
     """The lambda and the mean validation scores under every lambda metric."""
     return {m: choose_lambda(per_client, grid, m) for m in LAMBDA_METRICS}
-
-
-def protocol_report(
-    chosen: dict[str, tuple[float, list[float]]], rows_at: dict[str, list[dict]]
-) -> dict:
-    """The `lambda_protocol` block of metrics.json: per metric its lambda, its mean validation
-    scores over the grid, the clients' test rows at that lambda and their summary."""
-    return {
-        m: {
-            "lambda": lam,
-            "val_scores": scores,
-            "clients": rows_at[m],
-            "summary": summarize_clients(rows_at[m]),
-        }
-        for m, (lam, scores) in chosen.items()
-    }
 
 
 @dataclass

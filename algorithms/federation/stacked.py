@@ -149,9 +149,13 @@ class StackedAdam:
         for k, on in enumerate(active):
             self.steps[k] += bool(on)
         done = [max(s, 1) for s in self.steps]  # a client without a step yet is not active
-        column = {"device": self.flat.device, "dtype": self.flat.dtype}
-        step_size = torch.tensor([self.lr / (1 - beta1**s) for s in done], **column)
-        bias2_sqrt = torch.tensor([math.sqrt(1 - beta2**s) for s in done], **column)
+        device, dtype = self.flat.device, self.flat.dtype
+        step_size = torch.tensor(
+            [self.lr / (1 - beta1**s) for s in done], device=device, dtype=dtype
+        )
+        bias2_sqrt = torch.tensor(
+            [math.sqrt(1 - beta2**s) for s in done], device=device, dtype=dtype
+        )
         exp_avg = self.exp_avg.lerp(grad, 1 - beta1)
         exp_avg_sq = self.exp_avg_sq.mul(beta2).addcmul_(grad, grad, value=1 - beta2)
         denom = (exp_avg_sq.sqrt() / bias2_sqrt[:, None]).add_(self.eps)

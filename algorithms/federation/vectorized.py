@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,8 @@ from algorithms.privacy.ghost_clipping import clip_and_sum_stacked
 from algorithms.privacy.opacus_compat import noise_and_account_stacked
 from models.cvae import cvae_loss_per_sample
 
+C = TypeVar("C", bound=DPClient)  # an engine's client class
+
 
 class _Batch:
     """One step's batches of all clients: `idx` (K, b) row indices (padded slots hold any
@@ -50,16 +53,18 @@ class _Batch:
         self.mask = (width < torch.tensor(counts, device=idx.device)[:, None]).float()
 
 
-class _Engine:
+class _Engine(Generic[C]):
     """What both stacked models share: the clients' data, their batches, the DP step."""
 
-    def __init__(self, clients: Sequence[DPClient]):
+    def __init__(self, clients: Sequence[C]):
         self.clients = list(clients)
         self.device = clients[0].device
-        self.private = [c.private for c in clients]
-        if any(p is None for p in self.private) and any(p is not None for p in self.private):
+        states = [c.dp_sgd for c in clients]
+        # every client's DP-SGD state (DP on), or none (DP off)
+        self.dp_sgd = [p for p in states if p is not None]
+        if self.dp_sgd and len(self.dp_sgd) != len(states):
             raise ValueError("the vectorized path needs DP on for every client or for none")
-        self.dp = self.private[0] is not None
+        self.dp = bool(self.dp_sgd)
         if any(getattr(c, "patients", None) is not None for c in clients):
             raise ValueError("user-level DP-SGD (privacy unit patient) has no vectorized path yet")
         n_max = max(c.n for c in clients)
@@ -79,7 +84,7 @@ class _Engine:
                 poisson_mask(c.n, p.sample_rate, c.rng_batches)
                 if on
                 else torch.zeros(0, dtype=torch.bool, device=self.device)
-                for c, p, on in zip(self.clients, self.private, active)
+                for c, p, on in zip(self.clients, self.dp_sgd, active)
             ]
             drawn = pad_rows(masks, self.x.shape[1])
             counts = drawn.sum(dim=1).tolist()
@@ -94,7 +99,10 @@ class _Engine:
             j = step % c.steps_epoch
             if j == 0:
                 self.orders[k] = torch.randperm(c.n, generator=c.rng_batches, device=self.device)
-            picks.append(self.orders[k][j * c.batch_size : (j + 1) * c.batch_size])
+            epoch = self.orders[k]
+            if epoch is None:
+                raise RuntimeError(f"client {c.id}: an epoch's order is drawn at its first step")
+            picks.append(epoch[j * c.batch_size : (j + 1) * c.batch_size])
         counts = [len(p) for p in picks]
         return _Batch(pad_rows(picks, max(1, *counts)), counts)
 
@@ -103,6 +111,7 @@ class _Engine:
 
     def gradient(
         self,
+        *,
         loss: torch.Tensor,
         mask: torch.Tensor,
         active: Sequence[bool],
@@ -112,11 +121,22 @@ class _Engine:
     ) -> torch.Tensor:
         """The update direction of every client from its masked per-sample losses (K, b): under
         DP its clipped, noised sum over the expected batch size (and its accountant's step),
-        otherwise the gradient of its batch's mean loss."""
+        otherwise the gradient of its batch's mean loss.
+
+        Args:
+            loss: the per-sample losses (K, b), padded slots zero.
+            mask: 1.0 where a slot holds a sample (K, b).
+            active: which clients take this step.
+            layout: where each parameter sits in `flat`.
+            flat: the stacked parameters (K, P) the loss depends on.
+            tape: the linear layers' records of the forward pass (under DP; None otherwise).
+        """
         if self.dp:
-            clip = self.private[0].optimizer.max_grad_norm
+            if tape is None:
+                raise RuntimeError("a DP step records its linear layers on a tape")
+            clip = self.dp_sgd[0].optimizer.max_grad_norm
             grad = clip_and_sum_stacked(tape, loss, clip, layout)
-            noise_and_account_stacked(self.private, grad, layout, active)
+            noise_and_account_stacked(self.dp_sgd, grad, layout, active)
             return grad
         return torch.autograd.grad(_masked_mean(loss, mask).sum(), flat)[0]
 
@@ -168,7 +188,7 @@ def _load_columns(flat: torch.Tensor, layout: Layout, names: list[str], weights:
         flat[:, layout.columns(names)] = row
 
 
-class CVAEEngine(_Engine):
+class CVAEEngine(_Engine[CVAEClient]):
     """DP-CVAE clients as one stacked CVAE (encoder and decoder DP-trained, decoder shared)."""
 
     def __init__(self, clients: Sequence[CVAEClient]):
@@ -216,14 +236,23 @@ class CVAEEngine(_Engine):
             ],
             batch.idx.shape[1],
         )
-        tape = [] if self.dp else None
+        tape: list | None = [] if self.dp else None
         recon, mu, logvar = self.forward(x, onehot, eps, tape)
         cfg = self.cfg
         loss = cvae_loss_per_sample(
-            x, recon, mu, logvar, cfg.beta, self.batch_sizes, cfg.cvae_loss, cfg.obs_std
+            x=x,
+            recon=recon,
+            mu=mu,
+            logvar=logvar,
+            beta=cfg.beta,
+            batch_size=self.batch_sizes,
+            loss=cfg.cvae_loss,
+            obs_std=cfg.obs_std,
         )
         loss = loss * batch.mask
-        grad = self.gradient(loss, batch.mask, active, self.layout, self.flat, tape)
+        grad = self.gradient(
+            loss=loss, mask=batch.mask, active=active, layout=self.layout, flat=self.flat, tape=tape
+        )
         self.adam.step(grad, active)
         return _masked_mean(loss, batch.mask), batch.counts
 
@@ -233,7 +262,7 @@ class CVAEEngine(_Engine):
         self.adam.save(k, self.layout, client.optimizer, self.names)
 
 
-class CGANEngine(_Engine):
+class CGANEngine(_Engine[CGANClient]):
     """DP-CGAN clients as one stacked generator and one stacked discriminator (DP-trained); the
     generator is shared."""
 
@@ -283,11 +312,13 @@ class CGANEngine(_Engine):
         onehot = torch.cat([oh_real, oh_fake], dim=1)
         target = torch.cat([torch.ones_like(batch.mask), torch.zeros_like(fake_mask)], dim=1)
         mask = torch.cat([batch.mask, fake_mask], dim=1)
-        tape = [] if self.dp else None
+        tape: list | None = [] if self.dp else None
         params_d = self.layout_d.views(self.flat_d)
         prob = forward(self.disc.net, "net", params_d, torch.cat([x, onehot], dim=2), tape)
         loss = F.binary_cross_entropy(prob.squeeze(2), target, reduction="none") * mask
-        grad_d = self.gradient(loss, mask, active, self.layout_d, self.flat_d, tape)
+        grad_d = self.gradient(
+            loss=loss, mask=mask, active=active, layout=self.layout_d, flat=self.flat_d, tape=tape
+        )
         self.adam_d.step(grad_d, active)
         # the generator against the updated discriminator (not a private step: no record)
         params_d = self.layout_d.views(self.flat_d.detach())
@@ -306,14 +337,15 @@ class CGANEngine(_Engine):
         self.adam_d.save(k, self.layout_d, client.opt_d, list(self.layout_d.slots))
 
 
-def make_engine(clients: Sequence[DPClient]) -> _Engine:
+def make_engine(clients: Sequence[DPClient]) -> _Engine[Any]:
     """The engine of the clients' method: its registry entry's `vectorized` (looked up when
     called: the registry imports this module)."""
     from algorithms.methods import registry
 
     for method in registry.METHODS:
         engine = method.vectorized
-        if engine is not None and all(isinstance(c, method.client) for c in clients):
+        client = method.client
+        if engine is not None and client and all(isinstance(c, client) for c in clients):
             return engine(clients)
     names = ", ".join(m.name for m in registry.METHODS if m.vectorized is not None)
     raise ValueError(f"the vectorized path trains the clients of one method of {names}")
@@ -322,7 +354,7 @@ def make_engine(clients: Sequence[DPClient]) -> _Engine:
 class _Synced:
     """A client as a checkpoint sees it: its state written back from the engine first."""
 
-    def __init__(self, engine: _Engine, k: int):
+    def __init__(self, engine: _Engine[Any], k: int):
         self.engine, self.k = engine, k
 
     def state_dict(self) -> dict:

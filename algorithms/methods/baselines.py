@@ -29,12 +29,15 @@ def local_heads(
     out = []
     for c in clients:
         head_seed = derive_seed(seed, LOCAL_HEAD, c.id)
-        head = train_head(c.x_train, c.y_train, n_classes, cfg, head_seed, device)
+        head = train_head(
+            x=c.x_train, y=c.y_train, n_classes=n_classes, cfg=cfg, seed=head_seed, device=device
+        )
         out.append(head_probs(head, c, pooled_x, label_prior(c.y_train, n_classes)))
     return out
 
 
 def anchored_heads(
+    *,
     c: ClientData,
     n_classes: int,
     cfg: HeadConfig,
@@ -43,16 +46,25 @@ def anchored_heads(
     device: str = "cpu",
 ) -> dict[float, ClientProbs]:
     """FedLambda's joint heads for one client: each starts from the FedAvg head `weights` and
-    trains on the client's real data, pulled toward `weights` with each of ANCHOR_STRENGTHS."""
+    trains on the client's real data, pulled toward `weights` with each of ANCHOR_STRENGTHS.
+
+    Args:
+        c: the client.
+        n_classes: the number of classes.
+        cfg: the heads' settings.
+        weights: the FedAvg global head.
+        pooled_x: every client's test data, for the pooled rows (None: none).
+        device: where the heads train.
+    """
     out = {}
     for strength in ANCHOR_STRENGTHS:
         head = train_head(
-            c.x_train,
-            c.y_train,
-            n_classes,
-            cfg,
-            0,
-            device,
+            x=c.x_train,
+            y=c.y_train,
+            n_classes=n_classes,
+            cfg=cfg,
+            seed=0,
+            device=device,
             anchor=weights,
             anchor_strength=strength,
         )
@@ -74,12 +86,20 @@ def run_centralized(
     """One head on the pooled training data of every client (not private: an upper bound)."""
     x = np.concatenate([c.x_train for c in clients])
     y = np.concatenate([c.y_train for c in clients])
-    head = train_head(x, y, n_classes, head_cfg, derive_seed(seed, CENTRALIZED_HEAD), device)
+    head = train_head(
+        x=x,
+        y=y,
+        n_classes=n_classes,
+        cfg=head_cfg,
+        seed=derive_seed(seed, CENTRALIZED_HEAD),
+        device=device,
+    )
     pooled_x, _ = pooled_test(clients)
     return Outcome(None, [head_probs(head, c, pooled_x) for c in clients], [], params_shared=0)
 
 
 def run_fedavg(
+    *,
     clients: list[ClientData],
     n_classes: int,
     cfg: FedAvgConfig,
@@ -90,7 +110,17 @@ def run_fedavg(
 ) -> Outcome:
     """FedAvg (FedProx when cfg.mu > 0) on a linear head. With `head_cfg` it is FedLambda: each
     client also trains a local head, mixed with the global one by the lambda protocol. With
-    `checkpoint`, training continues from its last round and rewrites it after every round."""
+    `checkpoint`, training continues from its last round and rewrites it after every round.
+
+    Args:
+        clients: every client's data.
+        n_classes: the number of classes.
+        cfg: rounds, local steps, learning rate, FedProx's mu.
+        seed: the run seed.
+        head_cfg: the local heads' settings (FedLambda; None: FedAvg or FedProx).
+        checkpoint: where rounds are saved and resumed from (None: no checkpoint).
+        device: where the heads train.
+    """
     dim = clients[0].x_train.shape[1]
     fed_clients = make_fedavg_clients(clients, n_classes, cfg, seed, device)
     evaluator = new_head(dim, n_classes, 0).to(device)
@@ -100,7 +130,8 @@ def run_fedavg(
         return validation_row(cfg, rnd, [val_accuracy(evaluator, c) for c in clients])
 
     weights = initial_head(dim, n_classes, seed)
-    history, start = [], 0
+    history: list[dict] = []
+    start = 0
     if checkpoint is not None:
         weights, history, start = checkpoint.restore(fed_clients, weights)
     rounds = Rounds(
@@ -120,5 +151,15 @@ def run_fedavg(
     if head_cfg is None:
         return Outcome(None, global_probs, history, params_shared=params)
     local = local_heads(clients, n_classes, head_cfg, seed, device)
-    joint = [anchored_heads(c, n_classes, head_cfg, weights, pooled_x, device) for c in clients]
+    joint = [
+        anchored_heads(
+            c=c,
+            n_classes=n_classes,
+            cfg=head_cfg,
+            weights=weights,
+            pooled_x=pooled_x,
+            device=device,
+        )
+        for c in clients
+    ]
     return Outcome(local, global_probs, history, params_shared=params, joint=joint)

@@ -85,8 +85,8 @@ class CGANClient(DPClient):
         """Fake samples per step, as many as real ones on average: under DP the expected batch
         size q * n~ (the noisy count: the public number the DP optimizer divides by, whatever
         the drawn batch), otherwise the batch's own size `n_real`."""
-        if self.private is not None:
-            return max(1, round(self.private.sample_rate * self.n_released))
+        if self.dp_sgd is not None:
+            return max(1, round(self.dp_sgd.sample_rate * self.n_released))
         return n_real
 
     def _step(self, idx: torch.Tensor) -> float:
@@ -101,16 +101,16 @@ class CGANClient(DPClient):
         target = torch.cat(
             [torch.ones(len(idx), device=self.device), torch.zeros(len(fake), device=self.device)]
         )
-        disc = self.private.module if self.private is not None else self.discriminator
+        disc = self.dp_sgd.module if self.dp_sgd is not None else self.discriminator
         loss = F.binary_cross_entropy(disc(x, oh), target, reduction="none")
-        if self.private is not None:
-            dp_step(self.private, loss)
+        if self.dp_sgd is not None:
+            dp_step(self.dp_sgd, loss)
         else:
             self.opt_d.zero_grad(set_to_none=True)
             loss.mean().backward()
             self.opt_d.step()
         # the generator against the updated discriminator (not a private step: no record)
-        with self.private.paused() if self.private is not None else contextlib.nullcontext():
+        with self.dp_sgd.paused() if self.dp_sgd is not None else contextlib.nullcontext():
             prob = self.discriminator(fake, oh_fake)
             g_loss = F.binary_cross_entropy(prob, torch.ones_like(prob))
             self.opt_g.zero_grad(set_to_none=True)
@@ -132,7 +132,7 @@ class CGANClient(DPClient):
         for _ in range(n_epochs):
             for idx in self._batches():
                 losses.append(self._step(idx))
-        self._release_gradients(self.opt_g, self.private.optimizer if self.private else self.opt_d)
+        self._release_gradients(self.opt_g, self.dp_sgd.optimizer if self.dp_sgd else self.opt_d)
         return losses
 
     @torch.no_grad()

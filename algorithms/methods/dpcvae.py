@@ -20,7 +20,14 @@ from utils.seeding import INIT, derive_seed, seeded
 
 def new_cvae(dim: int, n_classes: int, cfg: GenerativeConfig) -> CVAE:
     """The CVAE of these settings (unseeded: call it under `seeded`)."""
-    return CVAE(dim, n_classes, cfg.hidden_dim, cfg.latent_dim, cfg.cvae_layers, cfg.encoder_scale)
+    return CVAE(
+        input_dim=dim,
+        n_classes=n_classes,
+        hidden_dim=cfg.hidden_dim,
+        latent_dim=cfg.latent_dim,
+        n_layers=cfg.cvae_layers,
+        encoder_scale=cfg.encoder_scale,
+    )
 
 
 class CVAEClient(DPClient):
@@ -69,11 +76,18 @@ class CVAEClient(DPClient):
         eps = torch.randn(
             len(idx), self.cfg.latent_dim, generator=self.rng_latent, device=self.device
         )
-        forward = self.private.module if self.private is not None else self.model
+        forward = self.dp_sgd.module if self.dp_sgd is not None else self.model
         recon, mu, logvar = forward(x, oh, eps)
         cfg = self.cfg
         return cvae_loss_per_sample(
-            x, recon, mu, logvar, cfg.beta, self.batch_size, cfg.cvae_loss, cfg.obs_std
+            x=x,
+            recon=recon,
+            mu=mu,
+            logvar=logvar,
+            beta=cfg.beta,
+            batch_size=self.batch_size,
+            loss=cfg.cvae_loss,
+            obs_std=cfg.obs_std,
         )
 
     def fit(self, global_weights: StateDict, rnd: int) -> ClientUpdate:
@@ -88,9 +102,9 @@ class CVAEClient(DPClient):
         losses = []
         for _ in range(n_epochs):
             for idx in self._batches():
-                if self.private is not None:
+                if self.dp_sgd is not None:
                     loss = self._loss(idx) if len(idx) else None
-                    dp_step(self.private, loss, self.groups)
+                    dp_step(self.dp_sgd, loss, self.groups)
                 else:
                     loss = self._loss(idx)
                     self.optimizer.zero_grad(set_to_none=True)
@@ -98,7 +112,7 @@ class CVAEClient(DPClient):
                     self.optimizer.step()
                 if loss is not None:
                     losses.append(float(loss.detach().mean()))
-        self._release_gradients(self.private.optimizer if self.private else self.optimizer)
+        self._release_gradients(self.dp_sgd.optimizer if self.dp_sgd else self.optimizer)
         return losses
 
     @torch.no_grad()

@@ -207,5 +207,5 @@ def val_accuracy(head: torch.nn.Module, c: ClientData) -> float | None:
 def validation_row(cfg: FedAvgConfig, rnd: int, accs: list[float | None]) -> dict:
     """History columns of a FedAvg round: its learning rate and the global head's validation
     accuracy averaged over the clients that have validation data."""
-    accs = [a for a in accs if a is not None]
-    return {"lr": lr_at(cfg, rnd), "val_acc": float(np.mean(accs)) if accs else float("nan")}
+    known = [a for a in accs if a is not None]
+    return {"lr": lr_at(cfg, rnd), "val_acc": float(np.mean(known)) if known else float("nan")}

@@ -11,18 +11,11 @@ dpfedpft: each client releases once, for EVERY class (a class it lacks releases 
 the set of classes it holds is not revealed), the record count n_c, the sum s_c and the second
 moment m_c (diag: sum of x * x; full: sum of x x^T; spherical: none), with the Gaussian mechanism.
 
-Sensitivity (add/remove one record x of class c). Records are per-record standardized, so
-||x|| = sqrt(D) (0 for a constant row); they are clipped to norm sqrt(D) anyway, so that the bound
-does not rest on the preprocessing. One record changes class c's part only: the count by 1, the
-sum by x (L2 norm <= sqrt(D)), the moment by x * x (L2 norm sqrt(sum x_j^4) <= ||x||^2 <= D) or by
-x x^T (Frobenius norm ||x||^2 <= D). The release is the scaled vector (n_c, s_c / sqrt(D),
-m_c / D) over all classes: its L2 sensitivity is sqrt(3) (sqrt(2) for spherical), and every
-coordinate gets Gaussian noise of std sigma * sensitivity. One noise multiplier sigma, calibrated
-by the analytic Gaussian mechanism (calibrate_release in algorithms/privacy/accounting.py, from
-algorithms/privacy/analytic_gaussian.py), makes this one release spend the target epsilon at
-delta. A full moment is symmetric: its upper triangle (L2 norm <= Frobenius) is noised and
-mirrored. Spherical needs no moment: every record has ||x||^2 = D, so a class's total
-second moment is D n_c, a function of its count, and its variance per dimension 1 - ||mean||^2 / D.
+Sensitivity (add/remove one record; records clipped to norm sqrt(D)): the scaled vector
+(n_c, s_c / sqrt(D), m_c / D) over all classes has L2 sensitivity sqrt(3) (sqrt(2) for
+spherical, which needs no moment); every coordinate gets Gaussian noise of std sigma x
+sensitivity, sigma calibrated once by the analytic Gaussian mechanism (calibrate_release) so that
+this one release spends the target epsilon at delta. The derivation: docs/fedpft.md.
 
 Post-processing of the pooled sums (the noise is already in, so it costs no privacy): a class
 whose pooled count is below max(1, MIN_COUNT_STDS x the std of the pooled count's noise) is
@@ -37,11 +30,8 @@ constants named here, are in algorithms/methods/gaussians.py.
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -51,16 +41,22 @@ from algorithms.evaluation.protocol import Outcome
 from algorithms.federation.aggregation import StateDict
 from algorithms.federation.rounds import ClientUpdate, Rounds, run_federation
 from algorithms.methods.gaussians import (
-    COVARIANCES,
     fit_mixtures,
     noisy_statistics,
     pool_mixtures,
     pool_statistics,
     sample_mixture,
-    scale_shape,
     to_float32,
 )
 from algorithms.methods.generative import generative_outcome
+from algorithms.methods.pft_config import (
+    PFTConfig,
+    dp_of,
+    pft_method,
+    release_dp,
+    release_size,
+    sensitivity,
+)
 from algorithms.methods.synthesis import (
     finish_clients,
     global_synthetic_head,
@@ -77,83 +73,16 @@ from algorithms.privacy.config import DPConfig
 from algorithms.privacy.generative_config import GenerativeConfig
 from data.clients import ClientData
 from data.features import squash
-from utils.cli import flag, flag_name
 from utils.seeding import DP_NOISE, GENERATIVE_CLIENT, derive_seed, new_secret, private_generator
-
-if TYPE_CHECKING:
-    from algorithms.methods.registry import Method
-
-
-def pft_method(method: str) -> Method:
-    """The registry entry of a FedPFT method (looked up when called: the registry imports this
-    module); its `private` tells dpfedpft's DP release from fedpft's mixtures."""
-    from algorithms.methods import registry
-
-    entry = registry.get(method)
-    if entry.flow != "pft":
-        names = ", ".join(registry.with_flow("pft"))
-        raise ValueError(f"{method!r} is not a FedPFT method ({names})")
-    return entry
-
-
-@dataclass(frozen=True)
-class PFTConfig:
-    """FedPFT's Gaussians: `components` per class (fedpft; dpfedpft releases one Gaussian per
-    class) and their covariance type, as the Flower baseline offers them."""
-
-    components: int = field(
-        default=1,
-        metadata=flag(
-            "--pft_components",
-            section="fedpft",
-            unused=1,  # dpfedpft releases one Gaussian per class
-            help="Gaussian mixture components per client and class (a class with fewer "
-            "records gets one per record). Default: {default}",
-        ),
-    )
-    covariance: str = field(
-        default="diag",
-        metadata=flag(
-            "--pft_covariance",
-            section="pft",
-            choices=COVARIANCES,
-            help="covariance of each Gaussian: diag, full (D x D) or spherical (one variance). "
-            "Default: {default}",
-        ),
-    )
-
-    def __post_init__(self) -> None:
-        name = functools.partial(flag_name, self)
-        if self.components < 1:
-            raise ValueError(f"{name('components')} must be >= 1, got {self.components}")
-        if self.covariance not in COVARIANCES:
-            raise ValueError(
-                f"{name('covariance')} must be one of {COVARIANCES}, got {self.covariance!r}"
-            )
-
-
-def sensitivity(covariance: str) -> float:
-    """L2 sensitivity of dpfedpft's scaled release (count, sum / sqrt(D), moment / D) under
-    add/remove-one: each part moves by at most 1 (module docstring); spherical has no moment."""
-    return math.sqrt(2.0) if covariance == "spherical" else math.sqrt(3.0)
-
-
-def release_size(method: str, cfg: PFTConfig, dim: int, n_classes: int) -> int:
-    """Numbers one client releases (once): the same for every client (fixed shapes)."""
-    cov = math.prod(scale_shape(cfg.covariance, dim))
-    if not pft_method(method).private:
-        return n_classes * (1 + cfg.components * (1 + dim + cov))
-    moment = {"diag": dim, "full": dim * dim, "spherical": 0}[cfg.covariance]
-    return n_classes * (1 + dim + moment)
 
 
 def pooler(
     method: str, cfg: PFTConfig, dp: DPConfig | None
 ) -> Callable[[Sequence[ClientUpdate]], StateDict]:
     """The server's step of `method` (the `aggregate` of the one round)."""
-    if not pft_method(method).private:
+    if not release_dp(method):
         return lambda updates: pool_mixtures([u.weights for u in updates])
-    noise_std = calibrate_release(dp) * sensitivity(cfg.covariance)
+    noise_std = calibrate_release(dp_of(method, dp)) * sensitivity(cfg.covariance)
     return lambda updates: pool_statistics([u.weights for u in updates], cfg.covariance, noise_std)
 
 
@@ -181,6 +110,7 @@ class PFTClient:
 
     def __init__(
         self,
+        *,
         method: str,
         data: ClientData,
         n_classes: int,
@@ -190,11 +120,23 @@ class PFTClient:
         seed: int,
         secret: bytes | None = None,
     ):
+        """A client of `data`; its release's noise calibrated (dpfedpft with DP on).
+
+        Args:
+            method: fedpft or dpfedpft.
+            data: the client's data.
+            n_classes: the number of classes.
+            cfg: the mixtures' components and covariance.
+            gen_cfg: the synthesis settings (squash temperature).
+            dp: the DP settings (None: the method reads none).
+            seed: the client seed.
+            secret: the key of its secure noise (None: drawn here when the noise is secure).
+        """
         pft_method(method)
         self.method, self.id, self.data, self.n_classes = method, data.id, data, n_classes
         self.cfg, self.temperature, self.dp, self.seed = cfg, gen_cfg.squash_temperature, dp, seed
-        private = pft_method(method).private and dp is not None and dp.enabled
-        self.noise_multiplier = calibrate_release(dp) if private else None
+        noised = release_dp(method) and dp is not None and dp.enabled
+        self.noise_multiplier = calibrate_release(dp_of(method, dp)) if noised else None
         secure = dp is not None and dp.noise_source == "secure"
         self.secret = (secret or new_secret()) if secure else None
         self.rng_noise = private_generator(seed, DP_NOISE, secret=self.secret)
@@ -208,18 +150,36 @@ class PFTClient:
         if self.released or rnd != 0:
             raise RuntimeError(f"client {self.id}: {self.method} releases once, in round 1 only")
         x, y, c = self.data.x_train, self.data.y_train, self.n_classes
-        if not pft_method(self.method).private:
-            release = fit_mixtures(x, y, c, self.cfg.components, self.cfg.covariance, self.seed)
+        if not release_dp(self.method):
+            release = fit_mixtures(
+                x=x,
+                y=y,
+                n_classes=c,
+                components=self.cfg.components,
+                covariance=self.cfg.covariance,
+                seed=self.seed,
+            )
         else:
             std = (self.noise_multiplier or 0.0) * sensitivity(self.cfg.covariance)
-            release = noisy_statistics(x, y, c, self.cfg.covariance, std, self.rng_noise)
+            release = noisy_statistics(
+                x=x,
+                y=y,
+                n_classes=c,
+                covariance=self.cfg.covariance,
+                noise_std=std,
+                rng=self.rng_noise,
+            )
         self.released = True
         metrics = {"epsilon": self.epsilon()} if self.noise_multiplier else {}
         return ClientUpdate(to_float32(release), 0, metrics)
 
     def epsilon(self) -> float:
         """The epsilon spent so far: the release's, once it is made."""
-        return release_epsilon(self.noise_multiplier, self.dp.delta) if self.released else 0.0
+        if not self.released:
+            return 0.0
+        if self.noise_multiplier is None:
+            raise ValueError(f"client {self.id}: {self.method} made no DP release (no epsilon)")
+        return release_epsilon(self.noise_multiplier, dp_of(self.method, self.dp).delta)
 
     @property
     def noise_source(self) -> str:
@@ -257,6 +217,7 @@ class PFTClient:
 
 
 def make_pft_clients(
+    *,
     method: str,
     clients: list[ClientData],
     n_classes: int,
@@ -267,14 +228,36 @@ def make_pft_clients(
     secret: bytes | None = None,
 ) -> list[PFTClient]:
     """One client per data set, seeded as the generative methods' (run seed, method, id);
-    `secret`: a Flower site's key for secure noise (one client)."""
+    `secret`: a Flower site's key for secure noise (one client).
+
+    Args:
+        method: fedpft or dpfedpft.
+        clients: every client's data.
+        n_classes: the number of classes.
+        cfg: the mixtures' components and covariance.
+        gen_cfg: the synthesis settings (squash temperature).
+        dp: the DP settings (None: the method reads none).
+        seed: the run seed.
+        secret: a Flower site's key for secure noise (None: each client draws its own).
+    """
     seeds = [derive_seed(seed, method, GENERATIVE_CLIENT, c.id) for c in clients]
     return [
-        PFTClient(method, c, n_classes, cfg, gen_cfg, dp, s, secret) for c, s in zip(clients, seeds)
+        PFTClient(
+            method=method,
+            data=c,
+            n_classes=n_classes,
+            cfg=cfg,
+            gen_cfg=gen_cfg,
+            dp=dp,
+            seed=s,
+            secret=secret,
+        )
+        for c, s in zip(clients, seeds)
     ]
 
 
 def pft_outcome(
+    *,
     method: str,
     dim: int,
     n_classes: int,
@@ -288,18 +271,39 @@ def pft_outcome(
     finished=None,
 ) -> Outcome:
     """What a FedPFT run reports (see generative_outcome): the numbers each client releases,
-    and for dpfedpft the privacy block of its one release."""
+    and for dpfedpft the privacy block of its one release.
+
+    Args:
+        method: fedpft or dpfedpft.
+        dim: the embedding size.
+        n_classes: the number of classes.
+        cfg: the mixtures' components and covariance (what a release holds).
+        gen_cfg: the synthesis settings.
+        dp: the DP settings (dpfedpft's privacy block; None without).
+        history: the per-round history.
+        fidelity: the clients' fidelity numbers, in client order.
+        privacy: the clients' privacy lines.
+        global_synthetic: the global synthetic-only accuracy (None: not measured).
+        finished: the clients' end-of-run results in this process (None: elsewhere).
+    """
     size = release_size(method, cfg, dim, n_classes)
     report = None
-    if pft_method(method).private:
-        report = privacy_report(dp, privacy, ANALYTIC_GAUSSIAN, NOT_COVERED)
+    if release_dp(method):
+        report = privacy_report(dp_of(method, dp), privacy, ANALYTIC_GAUSSIAN, NOT_COVERED)
     params = {"shared": size, "total": size}
     return generative_outcome(
-        params, gen_cfg, history, fidelity, report, global_synthetic, finished
+        params=params,
+        cfg=gen_cfg,
+        history=history,
+        fidelity=fidelity,
+        privacy=report,
+        global_synthetic=global_synthetic,
+        finished=finished,
     )
 
 
 def run_pft(
+    *,
     method: str,
     clients: list[ClientData],
     n_classes: int,
@@ -310,24 +314,58 @@ def run_pft(
     seed: int,
 ) -> Outcome:
     """One round (each client releases, the server pools), then each client's
-    `finish_client` from the pooled Gaussians."""
-    pft_clients = make_pft_clients(method, clients, n_classes, cfg, gen_cfg, dp, seed)
+    `finish_client` from the pooled Gaussians.
+
+    Args:
+        method: fedpft or dpfedpft.
+        clients: every client's data.
+        n_classes: the number of classes.
+        cfg: the mixtures' components and covariance.
+        gen_cfg: the synthesis settings.
+        dp: the DP settings (None: the method reads none).
+        head_cfg: the heads' settings.
+        seed: the run seed.
+    """
+    pft_clients = make_pft_clients(
+        method=method,
+        clients=clients,
+        n_classes=n_classes,
+        cfg=cfg,
+        gen_cfg=gen_cfg,
+        dp=dp,
+        seed=seed,
+    )
     pooled, history = run_federation(
         pft_clients, {}, Rounds(1, pooler(method, cfg, dp), desc=method)
     )
-    finished = finish_clients(pft_clients, clients, pooled, n_classes, gen_cfg, head_cfg, seed)
+    finished = finish_clients(
+        samplers=pft_clients,
+        clients=clients,
+        weights=pooled,
+        n_classes=n_classes,
+        cfg=gen_cfg,
+        head_cfg=head_cfg,
+        seed=seed,
+    )
     sampler = PooledSampler(gen_cfg.squash_temperature)
-    head = global_synthetic_head(sampler, pooled, n_classes, gen_cfg, head_cfg, seed)
+    head = global_synthetic_head(
+        sampler=sampler,
+        weights=pooled,
+        n_classes=n_classes,
+        cfg=gen_cfg,
+        head_cfg=head_cfg,
+        seed=seed,
+    )
     return pft_outcome(
-        method,
-        clients[0].x_train.shape[1],
-        n_classes,
-        cfg,
-        gen_cfg,
-        dp,
-        history,
-        [f.fidelity() for f in finished],
-        [c.privacy() for c in pft_clients],
-        pooled_synthetic_report(head, clients, n_classes),
-        finished,
+        method=method,
+        dim=clients[0].x_train.shape[1],
+        n_classes=n_classes,
+        cfg=cfg,
+        gen_cfg=gen_cfg,
+        dp=dp,
+        history=history,
+        fidelity=[f.fidelity() for f in finished],
+        privacy=[c.privacy() for c in pft_clients],
+        global_synthetic=pooled_synthetic_report(head, clients, n_classes),
+        finished=finished,
     )

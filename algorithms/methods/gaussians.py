@@ -53,6 +53,7 @@ def class_statistics(x: np.ndarray, y: np.ndarray, n_classes: int, covariance: s
 
 
 def noisy_statistics(
+    *,
     x: np.ndarray,
     y: np.ndarray,
     n_classes: int,
@@ -62,7 +63,16 @@ def noisy_statistics(
 ) -> StateDict:
     """dpfedpft's release (float64): `class_statistics` plus Gaussian noise of std `noise_std`
     on every coordinate of the scaled vector (count, sum / sqrt(D), moment / D), drawn in that
-    order from `rng`; a full moment's noise is symmetric (upper triangle mirrored)."""
+    order from `rng`; a full moment's noise is symmetric (upper triangle mirrored).
+
+    Args:
+        x: the client's training embeddings (N, D).
+        y: their labels.
+        n_classes: the number of classes.
+        covariance: diag, full or spherical (which moment is released).
+        noise_std: the noise's standard deviation on each coordinate.
+        rng: the client's private noise generator.
+    """
     stats = class_statistics(x, y, n_classes, covariance)
     scale = {"count": 1.0, "sum": math.sqrt(x.shape[1]), "moment": float(x.shape[1])}
     out = {}
@@ -75,12 +85,21 @@ def noisy_statistics(
 
 
 def fit_mixtures(
-    x: np.ndarray, y: np.ndarray, n_classes: int, components: int, covariance: str, seed: int
+    *, x: np.ndarray, y: np.ndarray, n_classes: int, components: int, covariance: str, seed: int
 ) -> StateDict:
     """fedpft's release: per class, its count and a Gaussian mixture fitted by scikit-learn
     (REG_COVAR added to the variances), as weights (C, K), means (C, K, D) and scales. A class
     with fewer records than K gets as many components as records (one record: a Gaussian at it,
-    of variance REG_COVAR); a class the client lacks, zero weights."""
+    of variance REG_COVAR); a class the client lacks, zero weights.
+
+    Args:
+        x: the client's training embeddings (N, D).
+        y: their labels.
+        n_classes: the number of classes.
+        components: the mixture components per class (K).
+        covariance: diag, full or spherical.
+        seed: scikit-learn's random state (per class).
+    """
     # imported here: every Flower message starts a process that imports the apps' modules
     from sklearn.mixture import GaussianMixture
 
@@ -91,16 +110,17 @@ def fit_mixtures(
     for c in np.flatnonzero(count):
         xc = np.asarray(x[y == c], dtype=np.float64)
         m = min(k, len(xc))
+        covariances: np.ndarray
         if m == 1 and len(xc) == 1:  # scikit-learn needs two records: the Gaussian it would fit
-            covariances = {"diag": np.full((1, d), REG_COVAR), "spherical": np.full(1, REG_COVAR)}
+            one = {"diag": np.full((1, d), REG_COVAR), "spherical": np.full(1, REG_COVAR)}
             weights[c, 0], means[c, 0] = 1.0, xc[0]
-            covariances = covariances.get(covariance, REG_COVAR * np.eye(d)[None])
+            covariances = one.get(covariance, REG_COVAR * np.eye(d)[None])
         else:
             gm = GaussianMixture(
                 m,
                 covariance_type=covariance,
                 reg_covar=REG_COVAR,
-                random_state=_seed32(seed, c),
+                random_state=_seed32(seed, int(c)),
             )
             gm.fit(xc)
             weights[c, :m], means[c, :m], covariances = gm.weights_, gm.means_, gm.covariances_
@@ -140,11 +160,19 @@ def pool_mixtures(releases: Sequence[StateDict]) -> StateDict:
     )
 
 
+def _summed(releases: Sequence[StateDict], key: str) -> torch.Tensor:
+    """One released statistic summed over the clients in their order, in float64."""
+    total = releases[0][key].double()
+    for r in releases[1:]:
+        total = total + r[key].double()
+    return total
+
+
 def pool_statistics(releases: Sequence[StateDict], covariance: str, noise_std: float) -> StateDict:
     """dpfedpft's server step: sum the released statistics over clients, then post-process them
     into one Gaussian per class (fedpft.py says how). `noise_std`: the std of each
     release's noise on its count."""
-    count, total = (sum(r[k].double() for r in releases) for k in ("count", "sum"))
+    count, total = _summed(releases, "count"), _summed(releases, "sum")
     dim = total.shape[1]
     keep = count >= max(1.0, MIN_COUNT_STDS * noise_std * math.sqrt(len(releases)))
     n = count.clamp_min(1.0)[:, None]
@@ -153,10 +181,10 @@ def pool_statistics(releases: Sequence[StateDict], covariance: str, noise_std: f
         var = (1.0 - (mean * mean).sum(1, keepdim=True) / dim).clamp_min(VARIANCE_FLOOR)
         scales = var.sqrt()
     elif covariance == "diag":
-        moment = sum(r["moment"].double() for r in releases)
+        moment = _summed(releases, "moment")
         scales = (moment / n - mean * mean).clamp_min(VARIANCE_FLOOR).sqrt()
     else:
-        moment = sum(r["moment"].double() for r in releases)
+        moment = _summed(releases, "moment")
         cov = moment / n[:, :, None] - mean[:, :, None] * mean[:, None, :]
         values, vectors = torch.linalg.eigh(0.5 * (cov + cov.transpose(1, 2)))
         scales = vectors * values.clamp_min(VARIANCE_FLOOR).sqrt()[:, None, :]
@@ -174,10 +202,10 @@ def sample_mixture(mixture: StateDict, labels: np.ndarray, rng: torch.Generator)
     """One draw per label from its class's pooled mixture (standardized space, float64): per
     class in label order, the components, then N(0, I) draws, from `rng`."""
     weights, means, scales = (mixture[k].double() for k in ("weights", "means", "scales"))
-    labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-    out = torch.zeros(len(labels), means.shape[2], dtype=torch.float64)
-    for c in labels.unique().tolist():
-        idx = torch.nonzero(labels == c).flatten()
+    by_label = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    out = torch.zeros(len(by_label), means.shape[2], dtype=torch.float64)
+    for c in by_label.unique().tolist():
+        idx = torch.nonzero(by_label == c).flatten()
         comp = torch.multinomial(weights[c], len(idx), replacement=True, generator=rng)
         z = torch.randn(len(idx), means.shape[2], generator=rng, dtype=torch.float64)
         for j in comp.unique().tolist():

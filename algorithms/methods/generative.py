@@ -21,8 +21,6 @@ from algorithms.evaluation.protocol import Outcome
 from algorithms.federation.aggregation import StateDict
 from algorithms.federation.rounds import Rounds, run_federation
 from algorithms.federation.vectorized import run_vectorized
-from algorithms.methods.dpcgan import CGANClient
-from algorithms.methods.dpcvae import CVAEClient
 from algorithms.methods.synthesis import (
     FinishedClient,
     at_chance,
@@ -46,7 +44,7 @@ from utils.seeding import (
 )
 
 
-def client_type(method: str) -> type[CVAEClient] | type[CGANClient]:
+def client_type(method: str) -> type[DPClient]:
     """The client class of a generative method, from its registry entry (looked up when called:
     the registry imports this module)."""
     from algorithms.methods import registry
@@ -54,7 +52,10 @@ def client_type(method: str) -> type[CVAEClient] | type[CGANClient]:
     if method not in registry.with_flow("generative"):
         names = ", ".join(registry.with_flow("generative"))
         raise ValueError(f"{method!r} is not a generative method ({names})")
-    return registry.get(method).client
+    client = registry.get(method).client
+    if client is None or not issubclass(client, DPClient):
+        raise ValueError(f"{method!r}: its registry entry names no DPClient class")
+    return client
 
 
 def seeded_global_weights(
@@ -73,6 +74,7 @@ def initial_global_weights(
 
 
 def make_clients(
+    *,
     method: str,
     clients: list[ClientData],
     n_classes: int,
@@ -84,17 +86,28 @@ def make_clients(
 ) -> list[DPClient]:
     """One client object per data set, seeded by the run seed, the method and the client id,
     its tensors and generators on `device`. `secret`: a site's own key for its secure noise
-    (None: each client draws its own)."""
+    (None: each client draws its own).
+
+    Args:
+        method: a generative method (its registry entry names the client class).
+        clients: every client's data.
+        n_classes: the number of classes.
+        cfg: the generative model's settings.
+        dp: the DP settings.
+        seed: the run seed.
+        secret: a site's own key for its secure noise (None: each client draws its own).
+        device: where the clients' tensors and generators live.
+    """
     cls = client_type(method)
     return [
         cls(
-            c,
-            n_classes,
-            cfg,
-            dp,
-            derive_seed(seed, method, GENERATIVE_CLIENT, c.id),
-            secret,
-            device,
+            data=c,
+            n_classes=n_classes,
+            cfg=cfg,
+            dp=dp,
+            seed=derive_seed(seed, method, GENERATIVE_CLIENT, c.id),
+            secret=secret,
+            device=device,
         )
         for c in clients
     ]
@@ -106,6 +119,7 @@ def count_parameters(method: str, dim: int, n_classes: int, cfg: GenerativeConfi
 
 
 def train_generative(
+    *,
     method: str,
     clients: list[ClientData],
     n_classes: int,
@@ -125,13 +139,33 @@ def train_generative(
     clients, not inside them: that many clients train at once, one thread each. Threads inside
     one client meet at every operation and slow down 10-20x when other processes share the
     cores; clients in threads do not wait on each other. Results do not depend on it. On CUDA
-    clients take turns."""
+    clients take turns.
+
+    Args:
+        method: a generative method.
+        clients: every client's data.
+        n_classes: the number of classes.
+        cfg: the generative model's settings.
+        dp: the DP settings.
+        seed: the run seed.
+        checkpoint: where rounds are saved and resumed from (None: no checkpoint).
+        execution: the device and whether the vectorized path trains the clients.
+    """
     dim = clients[0].x_train.shape[1]
     if execution.vectorized and dp.privacy_unit == "auto":
         dp = dataclasses.replace(dp, privacy_unit="record")  # no vectorized user-level step yet
-    gen_clients = make_clients(method, clients, n_classes, cfg, dp, seed, device=execution.device)
+    gen_clients = make_clients(
+        method=method,
+        clients=clients,
+        n_classes=n_classes,
+        cfg=cfg,
+        dp=dp,
+        seed=seed,
+        device=execution.device,
+    )
     weights = initial_global_weights(method, dim, n_classes, cfg, seed)
-    history, start = [], 0
+    history: list[dict] = []
+    start = 0
     if checkpoint is not None:
         weights, history, start = checkpoint.restore(gen_clients, weights)
     rounds = Rounds(cfg.n_rounds, seed=derive_seed(seed, SAMPLING), start_round=start, desc=method)
@@ -226,6 +260,7 @@ def _mean_of_finite(values: list[float | None]) -> float | None:
 
 
 def generative_outcome(
+    *,
     params: dict[str, int],
     cfg: GenerativeConfig,
     history: list[dict],
@@ -238,7 +273,17 @@ def generative_outcome(
     clients' fidelity numbers (`FinishedClient.fidelity()`, in client order), its privacy block
     and the global synthetic-only accuracy (`global_synthetic_report`). `finished`: the clients'
     end-of-run results, when they are in this process (their heads' probabilities and synthetic
-    sets)."""
+    sets).
+
+    Args:
+        params: the numbers shared (`shared`) and of the whole model (`total`).
+        cfg: the generative model's settings.
+        history: the per-round history.
+        fidelity: the clients' fidelity numbers, in client order.
+        privacy: the run's privacy block (None: no DP accounting).
+        global_synthetic: the global synthetic-only accuracy (None: not measured).
+        finished: the clients' end-of-run results in this process (None: elsewhere).
+    """
     return Outcome(
         [f.local for f in finished] if finished else None,
         [f.global_ for f in finished] if finished else None,
@@ -253,6 +298,7 @@ def generative_outcome(
 
 
 def run_generative(
+    *,
     method: str,
     clients: list[ClientData],
     n_classes: int,
@@ -264,22 +310,51 @@ def run_generative(
     execution: Execution = ON_CPU,
 ) -> Outcome:
     """Federated training of the generative model (resumable from `checkpoint`), then each
-    client's `finish_client`."""
+    client's `finish_client`.
+
+    Args:
+        method: a generative method.
+        clients: every client's data.
+        n_classes: the number of classes.
+        cfg: the generative model's settings.
+        dp: the DP settings.
+        head_cfg: the heads' settings.
+        seed: the run seed.
+        checkpoint: where rounds are saved and resumed from (None: no checkpoint).
+        execution: the device and whether the vectorized path trains the clients.
+    """
     gen_clients, weights, history = train_generative(
-        method, clients, n_classes, cfg, dp, seed, checkpoint, execution
+        method=method,
+        clients=clients,
+        n_classes=n_classes,
+        cfg=cfg,
+        dp=dp,
+        seed=seed,
+        checkpoint=checkpoint,
+        execution=execution,
     )
-    finished = finish_clients(gen_clients, clients, weights, n_classes, cfg, head_cfg, seed)
+    finished = finish_clients(
+        samplers=gen_clients,
+        clients=clients,
+        weights=weights,
+        n_classes=n_classes,
+        cfg=cfg,
+        head_cfg=head_cfg,
+        seed=seed,
+    )
     dim = clients[0].x_train.shape[1]
     sampler = ReleasedSampler(method, dim, n_classes, cfg)
-    head = global_synthetic_head(sampler, weights, n_classes, cfg, head_cfg, seed)
+    head = global_synthetic_head(
+        sampler=sampler, weights=weights, n_classes=n_classes, cfg=cfg, head_cfg=head_cfg, seed=seed
+    )
     return generative_outcome(
-        count_parameters(method, dim, n_classes, cfg),
-        cfg,
-        history,
-        [f.fidelity() for f in finished],
-        dpsgd_privacy_report(dp, cfg, [c.privacy() for c in gen_clients]),
-        pooled_synthetic_report(head, clients, n_classes),
-        finished,
+        params=count_parameters(method, dim, n_classes, cfg),
+        cfg=cfg,
+        history=history,
+        fidelity=[f.fidelity() for f in finished],
+        privacy=dpsgd_privacy_report(dp, cfg, [c.privacy() for c in gen_clients]),
+        global_synthetic=pooled_synthetic_report(head, clients, n_classes),
+        finished=finished,
     )
 
 

@@ -24,12 +24,13 @@ from algorithms.methods.baselines import run_centralized, run_fedavg, run_local
 from algorithms.methods.dpcgan import CGANClient
 from algorithms.methods.dpcvae import CVAEClient
 from algorithms.methods.fedavg import FedAvgClient, FedAvgConfig, make_fedavg_clients
-from algorithms.methods.fedpft import PFTClient, PFTConfig, make_pft_clients, run_pft
+from algorithms.methods.fedpft import PFTClient, make_pft_clients, run_pft
 from algorithms.methods.generative import make_clients, run_generative
-from algorithms.privacy.accounting import DPConfig
-from algorithms.privacy.dp_client import GenerativeConfig
+from algorithms.methods.pft_config import PFTConfig
+from algorithms.privacy.config import DPConfig
+from algorithms.privacy.generative_config import GenerativeConfig
 from data.clients import ClientData
-from data.partition import SplitConfig
+from data.split_config import SplitConfig
 from utils.checkpoint import RoundCheckpoint
 from utils.device import ON_CPU, Execution
 
@@ -131,10 +132,10 @@ def _centralized(ctx: RunContext, cfg: Configs) -> Outcome:
 
 def _fedavg(ctx: RunContext, cfg: Configs) -> Outcome:
     return run_fedavg(
-        ctx.clients,
-        ctx.n_classes,
-        cfg.fedavg,
-        ctx.seed,
+        clients=ctx.clients,
+        n_classes=ctx.n_classes,
+        cfg=cfg.fedavg,
+        seed=ctx.seed,
         checkpoint=ctx.checkpoint,
         device=ctx.execution.device,
     )
@@ -142,17 +143,18 @@ def _fedavg(ctx: RunContext, cfg: Configs) -> Outcome:
 
 def _fedlambda(ctx: RunContext, cfg: Configs) -> Outcome:
     return run_fedavg(
-        ctx.clients,
-        ctx.n_classes,
-        cfg.fedavg,
-        ctx.seed,
-        cfg.head,
+        clients=ctx.clients,
+        n_classes=ctx.n_classes,
+        cfg=cfg.fedavg,
+        seed=ctx.seed,
+        head_cfg=cfg.head,
         checkpoint=ctx.checkpoint,
         device=ctx.execution.device,
     )
 
 
 def _fedavg_clients(spec: ClientSpec) -> list[Any]:
+    assert spec.configs.fedavg is not None  # the method reads the fedavg section
     return make_fedavg_clients(
         spec.clients, spec.n_classes, spec.configs.fedavg, spec.seed, spec.device
     )
@@ -161,15 +163,16 @@ def _fedavg_clients(spec: ClientSpec) -> list[Any]:
 def _generative_clients(name: str) -> ClientFactory:
     def make(spec: ClientSpec) -> list[Any]:
         cfg = spec.configs
+        assert cfg.generative is not None and cfg.dp is not None  # the method's sections
         return make_clients(
-            name,
-            spec.clients,
-            spec.n_classes,
-            cfg.generative,
-            cfg.dp,
-            spec.seed,
-            spec.secret,
-            spec.device,
+            method=name,
+            clients=spec.clients,
+            n_classes=spec.n_classes,
+            cfg=cfg.generative,
+            dp=cfg.dp,
+            seed=spec.seed,
+            secret=spec.secret,
+            device=spec.device,
         )
 
     return make
@@ -178,15 +181,16 @@ def _generative_clients(name: str) -> ClientFactory:
 def _pft_clients(name: str) -> ClientFactory:
     def make(spec: ClientSpec) -> list[Any]:
         cfg = spec.configs
+        assert cfg.pft is not None and cfg.generative is not None  # the method's sections
         return make_pft_clients(
-            name,
-            spec.clients,
-            spec.n_classes,
-            cfg.pft,
-            cfg.generative,
-            cfg.dp,
-            spec.seed,
-            spec.secret,
+            method=name,
+            clients=spec.clients,
+            n_classes=spec.n_classes,
+            cfg=cfg.pft,
+            gen_cfg=cfg.generative,
+            dp=cfg.dp,
+            seed=spec.seed,
+            secret=spec.secret,
         )
 
     return make
@@ -195,15 +199,15 @@ def _pft_clients(name: str) -> ClientFactory:
 def _generative(name: str) -> Runner:
     def run(ctx: RunContext, cfg: Configs) -> Outcome:
         return run_generative(
-            name,
-            ctx.clients,
-            ctx.n_classes,
-            cfg.generative,
-            cfg.dp,
-            cfg.head,
-            ctx.seed,
-            ctx.checkpoint,
-            ctx.execution,
+            method=name,
+            clients=ctx.clients,
+            n_classes=ctx.n_classes,
+            cfg=cfg.generative,
+            dp=cfg.dp,
+            head_cfg=cfg.head,
+            seed=ctx.seed,
+            checkpoint=ctx.checkpoint,
+            execution=ctx.execution,
         )
 
     return run
@@ -213,7 +217,14 @@ def _pft(name: str) -> Runner:
     # one release of statistics computed with numpy: on the CPU, whatever the --device
     def run(ctx: RunContext, cfg: Configs) -> Outcome:
         return run_pft(
-            name, ctx.clients, ctx.n_classes, cfg.pft, cfg.generative, cfg.dp, cfg.head, ctx.seed
+            method=name,
+            clients=ctx.clients,
+            n_classes=ctx.n_classes,
+            cfg=cfg.pft,
+            gen_cfg=cfg.generative,
+            dp=cfg.dp,
+            head_cfg=cfg.head,
+            seed=ctx.seed,
         )
 
     return run

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,11 +36,9 @@ from utils.seeding import (
 
 
 class Sampler(Protocol):
-    """What the end of a generative run needs of a client: sampling from what was released
-    (DPClient: the global decoder or generator; fedpft.PFTClient: the pooled Gaussians), on
-    the client's `device`."""
-
-    device: torch.device
+    """Sampling from what was released (DPClient: the global decoder or generator;
+    fedpft.PFTClient: the pooled Gaussians; where no client is, generative.ReleasedSampler and
+    fedpft.PooledSampler)."""
 
     def sample(self, weights: StateDict, labels: np.ndarray, rng: torch.Generator) -> np.ndarray:
         """Synthetic embeddings (model space), one per label."""
@@ -48,6 +47,14 @@ class Sampler(Protocol):
     def can_sample(self, weights: StateDict) -> np.ndarray:
         """Per class, whether the released model can sample it (bool)."""
         ...
+
+
+class ClientSampler(Sampler, Protocol):
+    """What the end of a generative run needs of a client: a Sampler on the client's `device`,
+    whose private draws are keyed by its `secret` (None: seeded)."""
+
+    device: torch.device
+    secret: bytes | None
 
 
 def synthetic_label_counts(
@@ -68,7 +75,8 @@ def synthetic_label_counts(
 
 
 def synthesize(
-    client: Sampler,
+    *,
+    client: ClientSampler,
     data: ClientData,
     weights: StateDict,
     n_classes: int,
@@ -78,7 +86,16 @@ def synthesize(
     """A client's synthetic set from the global model (model space) and its labels, as the
     protocol draws them (`--synthetic_labels`, `--generated_factor`), from the client's private
     streams (run seed `seed`, or its secret key under secure noise), without the classes that
-    the global model cannot sample."""
+    the global model cannot sample.
+
+    Args:
+        client: the client's sampler (its device and secret).
+        data: the client's data (its training labels set the counts).
+        weights: the released model.
+        n_classes: the number of classes.
+        cfg: the synthesis settings.
+        seed: the run seed.
+    """
     rng = private_numpy_rng(seed, LABELS, data.id, secret=client.secret)
     counts = synthetic_label_counts(data.y_train, n_classes, cfg, rng)
     labels = np.repeat(np.arange(n_classes), np.where(client.can_sample(weights), counts, 0))
@@ -116,7 +133,8 @@ class FinishedClient:
 
 
 def finish_client(
-    client: Sampler,
+    *,
+    client: ClientSampler,
     data: ClientData,
     weights: StateDict,
     n_classes: int,
@@ -131,25 +149,44 @@ def finish_client(
     simulation's second evaluation), or None. An empty synthetic set (the global model samples
     none of the client's classes) gives NaN fidelity and synthetic-only accuracy, and the local
     head in the global model's place (the mixed rows are the local head's), so the run's other
-    rows are kept."""
-    synthetic, labels = synthesize(client, data, weights, n_classes, cfg, seed)
+    rows are kept.
+
+    Args:
+        client: the client's sampler.
+        data: the client's data.
+        weights: the released model.
+        n_classes: the number of classes.
+        cfg: the synthesis settings.
+        head_cfg: the heads' settings.
+        seed: the run seed.
+        pooled_x: every client's test data (None: no pooled evaluation).
+    """
+    synthetic, labels = synthesize(
+        client=client, data=data, weights=weights, n_classes=n_classes, cfg=cfg, seed=seed
+    )
     real = squash(data.x_train, cfg.squash_temperature)
     wasserstein = sinkhorn_wasserstein(real, synthetic, device=client.device.type)
     quality = prdc(real, synthetic)
     x_syn = unsquash(synthetic, cfg.squash_temperature)
     head_real = train_head(
-        data.x_train,
-        data.y_train,
-        n_classes,
-        head_cfg,
-        derive_seed(seed, LOCAL_HEAD, data.id),
-        client.device,
+        x=data.x_train,
+        y=data.y_train,
+        n_classes=n_classes,
+        cfg=head_cfg,
+        seed=derive_seed(seed, LOCAL_HEAD, data.id),
+        device=client.device,
     )
     own_prior = label_prior(data.y_train, n_classes)
     local = head_probs(head_real, data, pooled_x, own_prior)
     if len(labels):
-        seed_syn = derive_seed(seed, SYNTHETIC_HEAD, data.id)
-        head_syn = train_head(x_syn, labels, n_classes, head_cfg, seed_syn, client.device)
+        head_syn = train_head(
+            x=x_syn,
+            y=labels,
+            n_classes=n_classes,
+            cfg=head_cfg,
+            seed=derive_seed(seed, SYNTHETIC_HEAD, data.id),
+            device=client.device,
+        )
         global_ = head_probs(head_syn, data, pooled_x, label_prior(labels, n_classes))
     else:
         global_ = local  # nothing released to add: every mix of the two is the local head
@@ -162,12 +199,22 @@ def finish_client(
         labels=labels,
         synthetic_acc=accuracy(global_.test, data.y_test) if len(labels) else float("nan"),
         majority=majority_share(data.y_test),
-        joint=joint_heads(data, x_syn, labels, n_classes, head_cfg, seed, client.device, pooled_x)
+        joint=joint_heads(
+            data=data,
+            x_syn=x_syn,
+            y_syn=labels,
+            n_classes=n_classes,
+            head_cfg=head_cfg,
+            seed=seed,
+            device=client.device,
+            pooled_x=pooled_x,
+        )
         | {0.0: local},
     )
 
 
 def joint_heads(
+    *,
     data: ClientData,
     x_syn: np.ndarray,
     y_syn: np.ndarray,
@@ -178,7 +225,18 @@ def joint_heads(
     pooled_x: np.ndarray | None,
 ) -> dict[float, ClientProbs]:
     """The downstream step's joint heads: one head on the client's real plus synthetic data for
-    each positive weight of JOINT_WEIGHTS (a synthetic record counts w times a real one)."""
+    each positive weight of JOINT_WEIGHTS (a synthetic record counts w times a real one).
+
+    Args:
+        data: the client's data (its real training records).
+        x_syn: its synthetic embeddings.
+        y_syn: their labels.
+        n_classes: the number of classes.
+        head_cfg: the heads' settings.
+        seed: the heads' seed.
+        device: where the heads train.
+        pooled_x: every client's test data (None: no pooled evaluation).
+    """
     x = np.concatenate([data.x_train, x_syn])
     y = np.concatenate([data.y_train, y_syn])
     prior = label_prior(data.y_train, n_classes)
@@ -188,7 +246,13 @@ def joint_heads(
             continue
         weight = np.concatenate([np.ones(len(data.y_train)), np.full(len(y_syn), w)])
         head = train_head(
-            x, y, n_classes, head_cfg, derive_seed(seed, JOINT_HEAD, data.id), device, weight
+            x=x,
+            y=y,
+            n_classes=n_classes,
+            cfg=head_cfg,
+            seed=derive_seed(seed, JOINT_HEAD, data.id),
+            device=device,
+            sample_weight=weight,
         )
         out[w] = head_probs(head, data, pooled_x, prior)
     return out
@@ -212,6 +276,7 @@ GLOBAL_SYNTHETIC_PER_CLASS = 500
 
 
 def global_synthetic_head(
+    *,
     sampler: Sampler,
     weights: StateDict,
     n_classes: int,
@@ -222,13 +287,24 @@ def global_synthetic_head(
     """A head trained on a class-balanced synthetic set from the released model alone
     (GLOBAL_SYNTHETIC_PER_CLASS per class it can sample, run seed `seed`), where the released
     model is (the server): what the shared model is worth by itself, tested on every client's
-    real test data (`global_synthetic_report`). None when it can sample no class."""
+    real test data (`global_synthetic_report`). None when it can sample no class.
+
+    Args:
+        sampler: sampling from the released model where the server is.
+        weights: the released model.
+        n_classes: the number of classes.
+        cfg: the synthesis settings (squash temperature).
+        head_cfg: the head's settings.
+        seed: the run seed.
+    """
     labels = np.repeat(np.flatnonzero(sampler.can_sample(weights)), GLOBAL_SYNTHETIC_PER_CLASS)
     if not len(labels):
         return None
     x = sampler.sample(weights, labels, generator(derive_seed(seed, GLOBAL_SAMPLE)))
     x = unsquash(x, cfg.squash_temperature)
-    return train_head(x, labels, n_classes, head_cfg, derive_seed(seed, GLOBAL_HEAD))
+    return train_head(
+        x=x, y=labels, n_classes=n_classes, cfg=head_cfg, seed=derive_seed(seed, GLOBAL_HEAD)
+    )
 
 
 def correct_count(head: torch.nn.Module | None, data: ClientData) -> int | None:
@@ -264,7 +340,8 @@ def global_synthetic_report(correct: list[int | None], n_test: list[int], n_clas
 
 
 def finish_clients(
-    samplers: list[Sampler],
+    *,
+    samplers: Sequence[ClientSampler],
     clients: list[ClientData],
     weights: StateDict,
     n_classes: int,
@@ -272,11 +349,30 @@ def finish_clients(
     head_cfg: HeadConfig,
     seed: int,
 ) -> list[FinishedClient]:
-    """`finish_client` for every client, in process."""
+    """`finish_client` for every client, in process.
+
+    Args:
+        samplers: every client's sampler, in client order.
+        clients: every client's data.
+        weights: the released model.
+        n_classes: the number of classes.
+        cfg: the synthesis settings.
+        head_cfg: the heads' settings.
+        seed: the run seed.
+    """
     pairs = list(zip(clients, samplers))
     pooled_x, _ = pooled_test(clients)
     return [
-        finish_client(client, data, weights, n_classes, cfg, head_cfg, seed, pooled_x)
+        finish_client(
+            client=client,
+            data=data,
+            weights=weights,
+            n_classes=n_classes,
+            cfg=cfg,
+            head_cfg=head_cfg,
+            seed=seed,
+            pooled_x=pooled_x,
+        )
         for data, client in progress(pairs, desc="synthesize", unit="client")
     ]
 

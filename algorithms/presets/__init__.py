@@ -9,11 +9,12 @@ values were chosen on private data says so in `not_covered` (listed in the run's
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10
+else:  # Python 3.10
     import tomli as tomllib
 
 FOLDER = Path(__file__).parent

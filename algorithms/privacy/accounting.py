@@ -67,19 +67,20 @@ NOT_COVERED = (
 )
 # Added when the record count is released exactly (--count_noise 0).
 EXACT_COUNT = (
-    "each client's number of training samples (--count_noise 0: sent in the clear as its "
+    f"each client's number of training samples ({flag_name(DPConfig, 'count_noise')} 0: sent in "
+    "the clear as its "
     "FedAvg weight, and implied by its sampling rate and DP-CGAN's fake batch size)"
 )
 # The accountant of a one-shot Gaussian release, as the privacy block names it.
 ANALYTIC_GAUSSIAN = "analytic-gaussian"
-# What DP does not cover for a one-shot release (dpfedpft)
-# (its record counts are released noised, as part of the release)
 
 
 def count_epsilon(cfg: DPConfig) -> float:
     """The epsilon that the noisy count alone spends at the config's delta (0 without one)."""
     history = list(cfg.count_history())
-    return epsilon_from_history(cfg.accountant, history, cfg.delta) if history else 0.0
+    if not history or cfg.accountant is None:  # no accountant: no count entry (count_history)
+        return 0.0
+    return epsilon_from_history(cfg.accountant, history, cfg.delta)
 
 
 def check_count_noise(cfg: DPConfig | None) -> None:
@@ -142,16 +143,30 @@ def calibrate_noise(cfg: DPConfig, sample_rate: float, total_steps: int, steps_e
     steps = calibrated_steps(cfg, total_steps, steps_epoch)
     with _ACCOUNTING:
         return _noise_multiplier(
-            cfg.epsilon, cfg.delta, sample_rate, steps, cfg.accountant, cfg.count_history()
+            epsilon=cfg.epsilon,
+            delta=cfg.delta,
+            rate=sample_rate,
+            steps=steps,
+            accountant=cfg.accountant,
+            prefix=cfg.count_history(),
         )
 
 
 @functools.lru_cache(maxsize=1024)
 def _noise_multiplier(
-    epsilon: float, delta: float, rate: float, steps: int, accountant: str, prefix: tuple
+    *, epsilon: float, delta: float, rate: float, steps: int, accountant: str, prefix: tuple
 ) -> float:
     """Opacus's binary search (`get_noise_multiplier`, same bounds and tolerance) over a history
-    that starts with `prefix` (the count's release). Cached: clients of equal size share it."""
+    that starts with `prefix` (the count's release). Cached: clients of equal size share it.
+
+    Args:
+        epsilon: the target epsilon.
+        delta: the target delta.
+        rate: the Poisson sampling rate.
+        steps: the DP-SGD steps the noise is calibrated for.
+        accountant: prv or rdp.
+        prefix: the accountant's history before the steps (the count's release).
+    """
     if not prefix:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PRV's "optimal order" chatter
@@ -340,6 +355,7 @@ def over_budget_warning(report: dict) -> str | None:
         return None
     return (
         f"the spent epsilon ({spent:.3f}, largest over clients, from the accountant) exceeds "
-        f"the target {target} (--dp_calibration {report['calibration']}); this run is NOT "
+        f"the target {target} ({flag_name(DPConfig, 'calibration')} {report['calibration']}); "
+        "this run is NOT "
         f"{target}-DP"
     )

@@ -8,6 +8,9 @@ data/features.py): no statistic of private data is used for normalization.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -32,8 +35,14 @@ from data.features import squash
 from utils.cli import flag_name
 from utils.seeding import BATCHES, COUNT, DP_NOISE, LATENT, new_secret, private_generator
 
+if TYPE_CHECKING:
+    from algorithms.federation.aggregation import StateDict
+    from algorithms.federation.rounds import ClientUpdate
 
-def adam(params, lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Adam:
+
+def adam(
+    params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999)
+) -> torch.optim.Adam:
     """Adam with the fused kernel: the same update as the per-tensor loop (up to rounding),
     about 3x faster on CPU for these models (a tenth of a DP step)."""
     return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
@@ -76,6 +85,7 @@ class DPClient:
 
     def __init__(
         self,
+        *,
         data: ClientData,
         n_classes: int,
         cfg: GenerativeConfig,
@@ -84,6 +94,17 @@ class DPClient:
         secret: bytes | None = None,
         device: str = "cpu",
     ):
+        """A client of `data`, its models built and made private (DP on).
+
+        Args:
+            data: the client's data.
+            n_classes: the number of classes.
+            cfg: the generative model's settings.
+            dp: the DP settings.
+            seed: the client seed.
+            secret: the key of its private draws (None: drawn here when the noise is secure).
+            device: where its tensors and generators live.
+        """
         self.id, self.cfg, self.dp, self.n_classes = data.id, cfg, dp, n_classes
         self.device = torch.device(device)
         x = torch.as_tensor(squash(data.x_train, cfg.squash_temperature))
@@ -119,7 +140,7 @@ class DPClient:
         self.rng_batches = stream(BATCHES)
         self.rng_noise = stream(DP_NOISE)
         self.rng_latent = stream(LATENT)
-        self.private: PrivateTraining | None = None
+        self.dp_sgd: PrivateTraining | None = None
         # (calibration key, noise multiplier) under DP: what a Flower site keeps between messages
         self.calibration: tuple[str, float] | None = None
         self._build(seed)
@@ -137,30 +158,30 @@ class DPClient:
             calibration_key(self.dp, rate, self.total_steps, self.steps_epoch),
             sigma,
         )
-        self.private = make_private(
-            model,
-            optimizer,
-            self.n_released,
-            self.batch_size,
-            self.dp,
-            sigma,
-            self.rng_noise,
+        self.dp_sgd = make_private(
+            model=model,
+            optimizer=optimizer,
+            n=self.n_released,
+            batch_size=self.batch_size,
+            cfg=self.dp,
+            noise_multiplier=sigma,
+            noise_generator=self.rng_noise,
             grad_sample_mode=self.grad_sample_mode,
             count_history=self.dp.count_history(),
         )
 
-    def _batches(self):
+    def _batches(self) -> Iterator[torch.Tensor]:
         """Index batches of one local epoch: Poisson sampled under DP, shuffled otherwise."""
-        if self.private is not None and self.patients is not None:
+        if self.dp_sgd is not None and self.patients is not None:
             # user-level DP-SGD: patients Poisson sampled, each with all its records
             for _ in range(self.steps_epoch):
                 index, self.groups = patient_poisson_batch(
-                    self.patients, self.n_units, self.private.sample_rate, self.rng_batches
+                    self.patients, self.n_units, self.dp_sgd.sample_rate, self.rng_batches
                 )
                 yield index
-        elif self.private is not None:
+        elif self.dp_sgd is not None:
             for _ in range(self.steps_epoch):
-                yield poisson_batch(self.n, self.private.sample_rate, self.rng_batches)
+                yield poisson_batch(self.n, self.dp_sgd.sample_rate, self.rng_batches)
         else:
             order = torch.randperm(self.n, generator=self.rng_batches, device=self.device)
             yield from order.split(self.batch_size)
@@ -168,6 +189,53 @@ class DPClient:
     def can_sample(self, weights: dict[str, torch.Tensor]) -> np.ndarray:
         """Per class, whether the global model can sample it: always (it takes any label)."""
         return np.ones(self.n_classes, dtype=bool)
+
+    # --- what each subclass implements (CVAEClient, CGANClient) ---------------------------
+
+    def fit(self, global_weights: StateDict, rnd: int) -> ClientUpdate:
+        """One round of local training from the global weights; what it releases."""
+        raise NotImplementedError
+
+    def train_epochs(self, n_epochs: int) -> list[float]:
+        """Local epochs of (DP-)training; the loss of each step."""
+        raise NotImplementedError
+
+    def sample(self, weights: StateDict, labels: np.ndarray, rng: torch.Generator) -> np.ndarray:
+        """Synthetic embeddings (model space) from released weights, one per label."""
+        raise NotImplementedError
+
+    def released_weights(self) -> StateDict:
+        """What this client sends (a copy)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def released_model(
+        weights: StateDict, dim: int, n_classes: int, cfg: GenerativeConfig
+    ) -> torch.nn.Module:
+        """A model holding released weights, called as (z, onehot)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def initial_weights(dim: int, n_classes: int, cfg: GenerativeConfig, seed: int) -> StateDict:
+        """The server's initial shared weights, seeded by `seed`."""
+        raise NotImplementedError
+
+    @staticmethod
+    def parameter_counts(dim: int, n_classes: int, cfg: GenerativeConfig) -> dict[str, int]:
+        """Parameters shared (`shared`) and of the whole model (`total`)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def latent_draw(n: int, cfg: GenerativeConfig, rng: torch.Generator) -> torch.Tensor:
+        """The latent draws of `n` synthetic samples."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs of this client (models, optimizers, generators)."""
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
 
     def _release_gradients(self, *optimizers: torch.optim.Optimizer) -> None:
         """Drop the gradients (and Opacus's summed gradients) after local training: nothing
@@ -177,13 +245,13 @@ class DPClient:
 
     def _metrics(self, losses: list[float]) -> dict[str, float]:
         out = {"train_loss": float(np.mean(losses)) if losses else float("nan")}
-        if self.private is not None:
-            out["epsilon"] = self.private.epsilon(self.dp.delta)
+        if self.dp_sgd is not None:
+            out["epsilon"] = self.dp_sgd.epsilon(self.dp.delta)
         return out
 
     def privacy(self) -> dict:
         """This client's line of the privacy report, read from its accountant."""
-        if self.private is None:
+        if self.dp_sgd is None:
             return {"id": self.id, "noise_source": self.dp.noise_source, "epsilon": None}
         unit = {} if self.patients is None else {"unit": "patient"}
         return {
@@ -191,11 +259,11 @@ class DPClient:
             **unit,
             "noise_source": self.dp.noise_source,
             "n_released": self.n_released,
-            "sample_rate": self.private.sample_rate,
-            "steps": self.private.steps(),
-            "noise_multiplier": self.private.noise_multiplier,
-            "epsilon": self.private.epsilon(self.dp.delta),
-            "accountant_history": [list(h) for h in self.private.engine.accountant.history],
+            "sample_rate": self.dp_sgd.sample_rate,
+            "steps": self.dp_sgd.steps(),
+            "noise_multiplier": self.dp_sgd.noise_multiplier,
+            "epsilon": self.dp_sgd.epsilon(self.dp.delta),
+            "accountant_history": [list(h) for h in self.dp_sgd.engine.accountant.history],
         }
 
     def _rng_state(self) -> dict:
@@ -204,8 +272,8 @@ class DPClient:
             "noise": self.rng_noise.get_state(),
             "latent": self.rng_latent.get_state(),
             "n_released": self.n_released,
-            "accountant": [list(h) for h in self.private.engine.accountant.history]
-            if self.private
+            "accountant": [list(h) for h in self.dp_sgd.engine.accountant.history]
+            if self.dp_sgd
             else [],
         }
 
@@ -219,5 +287,5 @@ class DPClient:
         self.rng_batches.set_state(state["batches"])
         self.rng_noise.set_state(state["noise"])
         self.rng_latent.set_state(state["latent"])
-        if self.private is not None:
-            self.private.engine.accountant.history = [tuple(h) for h in state["accountant"]]
+        if self.dp_sgd is not None:
+            self.dp_sgd.engine.accountant.history = [tuple(h) for h in state["accountant"]]

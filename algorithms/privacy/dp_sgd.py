@@ -20,8 +20,10 @@ from algorithms.privacy.config import DPConfig
 from algorithms.privacy.ghost_clipping import LinearTape, Recorded, clip_and_sum_linear
 from algorithms.privacy.opacus_compat import check_opacus, load_opacus, noise_and_step
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # untyped package: Any to mypy
     import opacus
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
 
 # How per-sample gradients are clipped: `fast` (ghost_clipping.py's single backward pass for
 # nn.Linear layers), or Opacus's own `ghost` (two backward passes) and `hooks` (per-sample
@@ -35,8 +37,8 @@ class PrivateTraining:
     the module to call for private forward passes, the DP optimizer, and the Poisson rate."""
 
     engine: opacus.PrivacyEngine
-    module: nn.Module
-    optimizer: torch.optim.Optimizer
+    module: GradSampleModule  # Opacus's wrapper of the model (the `fast` mode: `Recorded`)
+    optimizer: DPOptimizer
     sample_rate: float
     noise_multiplier: float
     mode: str
@@ -67,6 +69,7 @@ class PrivateTraining:
 
 
 def make_private(
+    *,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     n: int,
@@ -84,7 +87,19 @@ def make_private(
     Opacus's ghost-mode DP optimizer and accountant but clips in one backward pass instead of
     two (`clip_and_sum_linear`). Batches come from `poisson_batch` at the rate Opacus derives
     from the data loader (1 / ceil(n / batch_size)); `n` is the released (noisy) count, and
-    `count_history` (its release) starts the accountant's history."""
+    `count_history` (its release) starts the accountant's history.
+
+    Args:
+        model: the model to train privately.
+        optimizer: its optimizer (wrapped into Opacus's DP optimizer).
+        n: the released (noisy) record count.
+        batch_size: the nominal batch size (the Poisson rate is 1 / ceil(n / batch_size)).
+        cfg: the DP settings (clipping norm, accountant).
+        noise_multiplier: the calibrated noise multiplier.
+        noise_generator: the client's private noise generator.
+        grad_sample_mode: fast, ghost or hooks (GRAD_SAMPLE_MODES).
+        count_history: the accountant's entries of the count's release.
+    """
     check_opacus()
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ValueError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}")
@@ -155,7 +170,7 @@ def patient_poisson_batch(
 
 
 def dp_step(
-    private: PrivateTraining,
+    state: PrivateTraining,
     loss_per_sample: torch.Tensor | None,
     groups: torch.Tensor | None = None,
 ) -> None:
@@ -165,25 +180,27 @@ def dp_step(
 
     An empty Poisson batch (`loss_per_sample` None or empty) still takes a noise-only step: the
     accountant counts every step, so the released model must too."""
-    if groups is not None and private.mode != "fast":
+    if groups is not None and state.mode != "fast":
         raise ValueError("per-patient clipping needs grad_sample_mode='fast'")
-    opt = private.optimizer
+    opt = state.optimizer
     opt.zero_grad(set_to_none=True)
     if loss_per_sample is None or loss_per_sample.numel() == 0:
-        if private.tape is not None:
-            private.tape.records.clear()
+        if state.tape is not None:
+            state.tape.records.clear()
         for p in opt.params:
             p.grad = torch.zeros_like(p)
-            if private.mode == "hooks":
+            if state.mode == "hooks":
                 p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
-    elif private.mode == "fast":
-        clip_and_sum_linear(private.tape.take(), loss_per_sample, opt.max_grad_norm, groups)
+    elif state.mode == "fast":
+        if state.tape is None:
+            raise RuntimeError("the fast mode records its linear layers on a tape (make_private)")
+        clip_and_sum_linear(state.tape.take(), loss_per_sample, opt.max_grad_norm, groups)
         noise_and_step(opt)
         return
-    elif private.mode == "ghost":
+    elif state.mode == "ghost":
         from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 
-        DPTensorFastGradientClipping(private.module, opt, loss_per_sample, "mean").backward()
+        DPTensorFastGradientClipping(state.module, opt, loss_per_sample, "mean").backward()
     else:
         loss_per_sample.mean().backward()
     opt.step()

@@ -176,7 +176,8 @@ class GenerativeConfig:
             "--cvae_lr",
             section="cvae",
             type=float,
-            help="Adam learning rate of the CVAE. Default: --lr, as the paper",
+            help="Adam learning rate of the CVAE. Default: "
+            f"{flag_name(HeadConfig, 'lr')}'s, as the paper",
         ),
     )
     preset: str = field(

@@ -6,6 +6,8 @@ same for K clients stacked along a leading dimension (the vectorized path)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -39,7 +41,7 @@ class LinearTape:
         for layer in self.layers:
             layer.register_forward_hook(self._record)
 
-    def _record(self, layer: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+    def _record(self, layer: nn.Linear, inputs: tuple, output: torch.Tensor) -> None:
         if self.recording and torch.is_grad_enabled():
             self.records.append((layer, inputs[0].detach(), output))
 
@@ -62,7 +64,7 @@ class Recorded(nn.Module):
         super().__init__()
         self.model, self.tape = model, tape
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         self.tape.records.clear()  # a forward pass whose loss never reached dp_step
         self.tape.recording = True
         try:

@@ -11,14 +11,19 @@ import functools
 import math
 import warnings
 from collections.abc import Sequence
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import torch
 
 from algorithms.federation.stacked import Layout
+from algorithms.privacy.config import DPConfig
 from algorithms.privacy.noise import dpsgd_noise
+from utils.cli import flag_name
 
 if TYPE_CHECKING:
+    from opacus.optimizers import DPOptimizer  # untyped package: Any to mypy
+
     from algorithms.privacy.dp_sgd import PrivateTraining
 
 # Opacus's hooks see inputs that need no gradient (embeddings): a benign PyTorch notice.
@@ -30,7 +35,7 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing")
 TESTED_OPACUS = "1.6.0"
 
 
-def load_opacus():
+def load_opacus() -> ModuleType:
     """Opacus, imported on first use: with it come SciPy's statistics and sympy, seconds of
     start-up that a process without DP-SGD (a FedAvg site's ClientApp) does not need.
 
@@ -58,12 +63,17 @@ def _route_opacus_noise() -> None:
 
     original = getattr(plain._generate_noise, "opacus_original", plain._generate_noise)
 
-    def generate(std, reference, generator=None, secure_mode=False):
+    def generate(
+        std: float,
+        reference: torch.Tensor,
+        generator: torch.Generator | None = None,
+        secure_mode: bool = False,
+    ) -> torch.Tensor:
         if secure_mode or generator is None or std == 0:
             return original(std, reference, generator=generator, secure_mode=secure_mode)
         return dpsgd_noise(std, reference.shape, generator, reference.dtype).to(reference.device)
 
-    generate.opacus_original = original
+    generate.opacus_original = original  # type: ignore[attr-defined]  # marks it as ours
     for module in (plain, ghost):
         if not hasattr(module._generate_noise, "opacus_original"):
             module._generate_noise = generate
@@ -77,11 +87,11 @@ def check_opacus() -> None:
         raise ValueError(
             f"DP training needs opacus {TESTED_OPACUS}, the tested version (this code uses "
             f"Opacus internals), but {opacus.__version__} is installed: install "
-            f"opacus=={TESTED_OPACUS}, or train without DP (--dp off)"
+            f"opacus=={TESTED_OPACUS}, or train without DP ({flag_name(DPConfig, 'enabled')} off)"
         )
 
 
-def noise_and_step(opt: torch.optim.Optimizer) -> None:
+def noise_and_step(opt: DPOptimizer) -> None:
     """What Opacus's ghost-mode `DPOptimizer.step()` does after clipping, on the clipped sums
     already in `.grad`, without its per-step copy of every gradient: the same noise draws (same
     call, generator and order), the same scaling, the accountant's hook, then the update. Equal
@@ -98,7 +108,7 @@ def noise_and_step(opt: torch.optim.Optimizer) -> None:
     opt.original_optimizer.step()
 
 
-def _check_supported(opt: torch.optim.Optimizer) -> None:
+def _check_supported(opt: DPOptimizer) -> None:
     """The fast DP steps re-implement the plain DPOptimizer step only."""
     if (
         opt.secure_mode
@@ -112,21 +122,21 @@ def _check_supported(opt: torch.optim.Optimizer) -> None:
 
 
 def noise_and_account_stacked(
-    privates: Sequence[PrivateTraining],
+    states: Sequence[PrivateTraining],
     grad: torch.Tensor,
     layout: Layout,
     active: Sequence[bool],
 ) -> None:
     """`noise_and_step` without the update, for K clients stacked in the vectorized path:
     `grad` (K, P) holds each client's clipped sum in `layout`'s columns (one row per client, as
-    `privates`). In place, for each `active` client: Gaussian noise from its own DP optimizer's
+    `states`). In place, for each `active` client: Gaussian noise from its own DP optimizer's
     generator with the same calls, shapes and order as that optimizer (so the same draws), the
     division by its expected batch size, and the step of its accountant. The update (Adam, one
     per client) is the caller's; inactive clients' rows are left to be ignored."""
     draws = torch.zeros_like(grad)
     scale = []
-    for k, private in enumerate(privates):
-        opt = private.optimizer
+    for k, state in enumerate(states):
+        opt = state.optimizer
         _check_supported(opt)
         scale.append(float(opt.expected_batch_size * opt.accumulated_iterations))
         std = opt.noise_multiplier * opt.max_grad_norm

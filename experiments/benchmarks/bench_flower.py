@@ -170,7 +170,7 @@ def one_message(site: int, rnd: int, folder: Path) -> dict[str, float]:
     else:
         s, dim = site_.settings, site_.data.x_train.shape[1]
         weights = initial_global_weights(
-            s.method.name, dim, site_.n_classes, s.configs["generative"], s.seed
+            s.method.name, dim, site_.n_classes, s.configs.generative, s.seed
         )
     build = time.perf_counter()
     client = site_.client()

@@ -40,7 +40,7 @@ def client_data(n: int, dim: int, n_classes: int, k: int) -> ClientData:
 
 def seconds_per_epoch(data: ClientData, unit: str, cfg: GenerativeConfig, repeats: int) -> float:
     """Median wall time of one local epoch of a client at this privacy unit."""
-    client = CVAEClient(data, 11, cfg, DPConfig(privacy_unit=unit), seed=0)
+    client = CVAEClient(data=data, n_classes=11, cfg=cfg, dp=DPConfig(privacy_unit=unit), seed=0)
     client.fit(seeded_global_weights("dpcvae", data.x_train.shape[1], 11, cfg, seed=0), 0)
     times = []
     for _ in range(repeats):

@@ -82,19 +82,20 @@ def paper_like_clients(
     return out
 
 
-def make_client(
-    method: str,
-    data: ClientData,
-    n_classes: int,
-    cfg: GenerativeConfig,
-    dp: DPConfig,
-    mode: str,
-    device: str = "cpu",
-) -> CVAEClient | CGANClient:
-    """A client whose DP-SGD clips with `mode` (fast, ghost or hooks)."""
-    base = CVAEClient if method == "dpcvae" else CGANClient
-    cls = type(f"{base.__name__}_{mode}", (base,), {"grad_sample_mode": mode})
-    return cls(data, n_classes, cfg, dp, seed=0, device=device)
+@dataclasses.dataclass(frozen=True)
+class OneClient:
+    """The per-epoch figures' client: its data, classes and settings, and where it trains."""
+
+    data: ClientData
+    n_classes: int
+    cfg: GenerativeConfig
+    device: str = "cpu"
+
+    def make(self, dp: DPConfig, mode: str) -> CVAEClient:
+        """A DP-CVAE client whose DP-SGD clips with `mode` (fast, ghost or hooks)."""
+        cls = type(f"CVAEClient_{mode}", (CVAEClient,), {"grad_sample_mode": mode})
+        data, n, cfg = self.data, self.n_classes, self.cfg
+        return cls(data=data, n_classes=n, cfg=cfg, dp=dp, seed=0, device=self.device)
 
 
 def _sync(device: str) -> None:
@@ -114,19 +115,12 @@ def time_epochs(client: CVAEClient | CGANClient, epochs: int) -> tuple[float, fl
     return (time.perf_counter() - wall) / epochs, (time.process_time() - cpu) / epochs
 
 
-def per_epoch_figures(
-    data: ClientData,
-    n_classes: int,
-    cfg: GenerativeConfig,
-    epochs: int,
-    repeats: int,
-    device: str = "cpu",
-) -> dict[str, tuple[float, float]]:
+def per_epoch_figures(one: OneClient, epochs: int, repeats: int) -> dict[str, tuple[float, float]]:
     """Medians over alternating repeats of the wall and CPU seconds per client-epoch: CVAE
     without DP, with DP (`fast`) and with Opacus's `ghost` mode. Alternating keeps a burst of
     load on the machine from favouring one of them."""
     clients = {
-        name: make_client("dpcvae", data, n_classes, cfg, dp, mode, device)
+        name: one.make(dp, mode)
         for name, dp, mode in (
             ("nodp", DPConfig(enabled=False), "fast"),
             ("dp", DPConfig(), "fast"),
@@ -158,10 +152,10 @@ def full_run(
     epsilon_fn, calibrate_fn = accounting._epsilon, accounting._noise_multiplier
 
     def timed(fn, key):
-        def call(*args):
+        def call(*args, **kwargs):
             start = time.perf_counter()
             try:
-                return fn(*args)
+                return fn(*args, **kwargs)
             finally:
                 seconds_in[key] += time.perf_counter() - start
 
@@ -176,7 +170,13 @@ def full_run(
     try:
         start, cpu = time.perf_counter(), time.process_time()
         gen_clients, _, history = train_generative(
-            method, clients, n_classes, cfg, DPConfig(), 0, execution=execution
+            method=method,
+            clients=clients,
+            n_classes=n_classes,
+            cfg=cfg,
+            dp=DPConfig(),
+            seed=0,
+            execution=execution,
         )
         _sync(execution.device)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -266,9 +266,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     per_epoch: dict = {k: (None, None) for k in ("nodp", "dp", "ghost", "hooks")}
     if not args.skip_per_epoch:
-        per_epoch = per_epoch_figures(one, n_classes, cfg, epochs, repeats, device)
-        hooks_client = make_client("dpcvae", one, n_classes, cfg, DPConfig(), "hooks", device)
-        per_epoch["hooks"] = time_epochs(hooks_client, hooks_epochs)
+        single = OneClient(one, n_classes, cfg, device)
+        per_epoch = per_epoch_figures(single, epochs, repeats)
+        per_epoch["hooks"] = time_epochs(single.make(DPConfig(), "hooks"), hooks_epochs)
 
     def ratio(a, b):
         return None if a is None or b is None else a / b

@@ -47,25 +47,25 @@ def test_round_trip_of_renamed_flags():
         *("--method", "fedprox", "--n_rounds", "7", "--local_steps", "3", "--bz", "64"),
         *("--mu", "0.2"),
     )
-    fed = s.configs["fedavg"]
+    fed = s.configs.fedavg
     assert (fed.n_rounds, fed.local_steps, fed.batch_size, fed.mu) == (7, 3, 64, 0.2)
     s = settings("--method", "fedavg", "--fedavg_local_epochs", "2")
-    assert s.configs["fedavg"].local_steps == 2 and s.configs["fedavg"].mu == 0.0  # no FedProx
+    assert s.configs.fedavg.local_steps == 2 and s.configs.fedavg.mu == 0.0  # no FedProx
     s = settings(
         *("--method", "dpcvae", "--n_fedavg_rounds", "4", "--cvae_var", "2.5", "--lr", "0.01"),
         *("--disable_dp", "--gen_batch_size", "0"),
     )
-    gen, dp = s.configs["generative"], s.configs["dp"]
+    gen, dp = s.configs.generative, s.configs.dp
     assert (gen.n_rounds, gen.latent_var, gen.lr, gen.batch_size) == (4, 2.5, 0.01, 0)
-    assert s.configs["head"].lr == 0.01  # --lr: the heads' and the CVAE's
+    assert s.configs.head.lr == 0.01  # --lr: the heads' and the CVAE's
     assert dp.enabled is False
     s = settings("--method", "dpcvae", "--secure_noise", "--dp_calibration", "paper")
-    assert s.configs["dp"].noise_source == "secure" and s.configs["dp"].calibration == "paper"
+    assert s.configs.dp.noise_source == "secure" and s.configs.dp.calibration == "paper"
     # a one-shot release: no DP-SGD settings; one Gaussian per class
     s = settings("--method", "dpfedpft", "--epsilon", "2")
-    dp = s.configs["dp"]
+    dp = s.configs.dp
     assert dp.epsilon == 2.0 and dp.accountant is None and dp.max_grad_norm is None
-    assert dp.count_noise == 0.0 and s.configs["pft"].components == 1
+    assert dp.count_noise == 0.0 and s.configs.pft.components == 1
 
 
 def test_a_validation_message_names_the_flag_not_the_field():
@@ -105,51 +105,58 @@ def _spellings() -> set[str]:
     return {n for n in names if n.startswith("--")} - {"--help"}
 
 
-def _opening_flags(source: str) -> set[str]:
-    """The flag-like words that open a string of `source` (a definition, a message that names
-    the flag, a command line built with it); docstrings and prose inside a string do not count.
-    Flags the module defines for a command line of its own (`add_argument`) are left out."""
+def _spelled_flags(source: str) -> set[str]:
+    """The flag-like words anywhere in a string of `source` (a definition, a message or a help
+    text that names the flag, a command line built with it, the text parts of an f-string);
+    docstrings do not count. Flags the module defines for a command line of its own
+    (`add_argument`) are left out."""
     tree = ast.parse(source)
-    docs, inner, own, found = set(), set(), set(), set()
+    docs, own, found = set(), set(), set()
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
             docs.add(id(body[0].value))
-        if isinstance(node, ast.JoinedStr):
-            inner.update(id(v) for v in node.values)
         if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
             own.update(a.value for a in node.args if isinstance(a, ast.Constant))
     for node in ast.walk(tree):
-        if id(node) in docs or id(node) in inner:
+        if id(node) in docs or not isinstance(node, ast.Constant):
             continue
-        if isinstance(node, ast.JoinedStr) and node.values:
-            node = node.values[0]
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            match = re.match(r"--[a-z][a-z0-9_]*", node.value)
-            if match and match.group(0) not in own:
-                found.add(match.group(0))
-    return found
+        if isinstance(node.value, str):
+            found.update(re.findall(r"(?<![\w-])--[a-z][a-z0-9_]*", node.value))
+    return found - own
 
 
-# data/create_db.py's own --device (any torch device) and --s_frac (images sampled before
-# encoding) are other flags than main.py's: the modules that check them for it name them.
-OTHER_TOOLS = {"--device": {"backbone.py"}, "--s_frac": {"source_base.py", "sources.py"}}
+# data/create_db.py's own --device (any torch device), --s_frac (images sampled before
+# encoding) and --overwrite (its database) are other flags than main.py's: the modules that
+# check them for it name them.
+OTHER_TOOLS = {
+    "--device": {"backbone.py"},
+    "--s_frac": {"source_base.py", "sources.py"},
+    "--overwrite": {"encoding.py"},  # create_db.py's own (its chunks)
+}
 PACKAGES = ("algorithms", "data", "fl", "models", "utils")
 
 
-def test_the_spelling_scan_sees_messages_and_command_lines_not_prose():
+def test_the_spelling_scan_sees_every_string_but_docstrings():
     source = '''"""--lr in a docstring."""
 def f(e, p):
     """--mu in a docstring."""
     p.add_argument("--seed", help="the seed (see --epsilon)")
     raise ValueError(f"--delta {e}: too high")
-    return ["--results_dir", "x"] + [f"{e} --bz"]
+    return ["--results_dir", "x"] + [f"{e} --bz", "a-b--c", "raise --count_noise"]
 '''
-    assert _opening_flags(source) == {"--delta", "--results_dir"}
+    assert _spelled_flags(source) == {
+        "--epsilon",
+        "--delta",
+        "--results_dir",
+        "--bz",
+        "--count_noise",
+    }
 
 
 def test_no_flag_is_spelled_in_two_python_files():
-    """A flag of main.py opens a string in one library file only: where its record defines it.
+    """A flag of main.py is spelled in a string of one library file only: where its record
+    defines it.
     Every other module takes the spelling from the record (utils.cli.flag_name, or
     algorithms.flags.spelling for the flags of no config), so a renamed flag changes in one
     place. Scripts under experiments/ are users of the command line, like the shell scripts."""
@@ -157,7 +164,7 @@ def test_no_flag_is_spelled_in_two_python_files():
     files += [p for package in PACKAGES for p in (ROOT / package).rglob("*.py")]
     where: dict[str, set[str]] = {}
     for path in files:
-        for name in _opening_flags(path.read_text()):
+        for name in _spelled_flags(path.read_text()):
             if path.name not in OTHER_TOOLS.get(name, set()):
                 where.setdefault(name, set()).add(str(path.relative_to(ROOT)))
     flags = _spellings()

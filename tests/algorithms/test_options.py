@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from algorithms import presets
+from algorithms.experiment import DataFacts, describe_run
 from algorithms.flags import CONFIGS, build_parser, config_sections
 from algorithms.methods import registry
 from algorithms.options import (
@@ -18,9 +19,11 @@ from algorithms.options import (
     check_before_run,
     given_flags,
     load_settings,
+    present_configs,
     resolve_execution,
 )
 from utils.device import ON_CPU, Execution
+from utils.results import config_key
 
 DB = ["--database_root", "/nonexistent"]
 
@@ -41,12 +44,13 @@ def test_a_run_keeps_its_command_line_and_its_methods_configs():
     for name in registry.NAMES:
         method = registry.get(name)
         configs = settings("--method", name).configs
+        assert isinstance(configs, registry.Configs)
         expected = {c for c, cls in CONFIGS.items() if config_sections(cls) & set(method.sections)}
-        assert set(configs) == {"split"} | expected, name
-        assert next(iter(configs)) == "split"
+        present = present_configs(configs)
+        assert set(present) == {"split"} | expected, name
+        assert next(iter(present)) == "split"
         for key, cls in CONFIGS.items():
-            if key in configs:
-                assert type(configs[key]) is cls
+            assert type(getattr(configs, key)) is (cls if key in present else type(None))
 
 
 def test_the_method_is_required_and_its_spellings_must_agree():
@@ -125,10 +129,10 @@ def test_apply_preset_fills_what_was_not_given():
     assert args.n_fedavg_rounds == 50  # given explicitly
     assert args.seed == 0  # no preset value
     assert set(values) - {"latent_dim", "n_fedavg_rounds"} <= set(vars(args))
-    # the default preset (also without a --preset at all) changes nothing
-    plain = argparse.Namespace(latent_dim=100)
+    # the default preset changes nothing
+    plain = argparse.Namespace(preset=presets.DEFAULT, latent_dim=100)
     apply_preset(plain, frozenset())
-    assert vars(plain) == {"latent_dim": 100}
+    assert vars(plain) == {"preset": presets.DEFAULT, "latent_dim": 100}
 
 
 @pytest.mark.parametrize("preset", [p for p in presets.names() if presets.flags(p)])
@@ -216,7 +220,7 @@ def test_a_preset_file_sets_flags_and_an_explicit_flag_wins():
     dp = presets.flags("dp")
     assert presets.names()[0] == "paper" and presets.flags("paper") == {}
     assert presets.load("dp")["description"]
-    gen = settings("--method", "dpcvae", "--preset", "dp").configs["generative"]
+    gen = settings("--method", "dpcvae", "--preset", "dp").configs.generative
     assert gen.preset == "dp"
     assert (gen.cvae_loss, gen.n_rounds, gen.latent_dim) == (
         dp["cvae_loss"],
@@ -224,10 +228,10 @@ def test_a_preset_file_sets_flags_and_an_explicit_flag_wins():
         dp["latent_dim"],
     )
     gen = settings("--method", "dpcvae", "--preset", "dp", "--n_fedavg_rounds", "3")
-    assert gen.configs["generative"].n_rounds == 3
+    assert gen.configs.generative.n_rounds == 3
     # also given explicitly at its default value
     gen = settings("--method", "dpcvae", "--preset", "dp", "--latent_dim", "100")
-    assert gen.configs["generative"].latent_dim == 100
+    assert gen.configs.generative.latent_dim == 100
 
 
 def test_parsing_runs_no_accountant_the_run_start_does():
@@ -235,3 +239,35 @@ def test_parsing_runs_no_accountant_the_run_start_does():
     with pytest.raises(UsageError, match="--count_noise 1.0 alone spends epsilon"):
         check_before_run(s)
     check_before_run(settings("--method", "dpcvae"))
+
+
+# --- run keys --------------------------------------------------------------------------------
+
+# The config hash (run directory name) of each method's default run on fixed data facts,
+# recorded before `Settings.configs` became the typed `registry.Configs`: a refactoring of
+# how the configs travel must not move any existing run's directory.
+DEFAULT_RUN_KEYS = {
+    "local": "d57d3c74a8",
+    "centralized": "a7011a3db6",
+    "fedavg": "7d67ff1a28",
+    "fedprox": "235e6fba14",
+    "fedlambda": "cfa156aa9b",
+    "dpcgan": "9df2b1d706",
+    "dpcvae": "353613b835",
+    "fedpft": "6f4daa9fb5",
+    "dpfedpft": "03fa2dce6c",
+}
+
+
+def test_a_default_runs_config_and_key_are_unchanged():
+    facts = DataFacts("digits", "raw", "f" * 64, "split.json", "0" * 64, {})
+    keys = {}
+    for name in registry.NAMES:
+        method = registry.get(name)
+        config, _ = describe_run(settings("--method", name, "--results_dir", "/r"), facts)
+        # config.json's order: the split config, then the method's configs in CONFIGS' order
+        sections = [c for c, cls in CONFIGS.items() if config_sections(cls) & set(method.sections)]
+        head = ["method", "database_root", "database", "split"]
+        assert list(config) == [*head, *sections, "weights_grid_resolution"], name
+        keys[name] = config_key(config)
+    assert keys == DEFAULT_RUN_KEYS

@@ -309,7 +309,7 @@ def test_embed_batches_delivers_every_batch_before_a_failing_one(tmp_path):
     (bad,) = (folder / "patches").rglob(name)
     bad.write_bytes(b"\x89PNG\r\n\x1a\n but not really")
     bb = create_backbone(TINY_BACKBONE, random_init=True)
-    with create_db.open_source("camelyon17", tmp_path / "ds") as src:
+    with create_db.open_source(dataset="camelyon17", dataset_root=tmp_path / "ds") as src:
         batches = [(0, lo, min(lo + 2, 7)) for lo in range(0, 7, 2)]
         reader = src.files[0].reader
         direct = [bb.embed(bb.prepare_batch(reader.read(0, 2)))]

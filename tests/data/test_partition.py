@@ -22,7 +22,12 @@ def _all_indices(split):
 @pytest.mark.parametrize("method", ["iid", "by_labels_split", "pathological_split"])
 def test_every_index_used_at_most_once(method):
     y = _labels()
-    split = make_split(y, np.zeros_like(y), 10, SplitConfig(split_method=method, n_clients=7))
+    split = make_split(
+        labels=y,
+        sources=np.zeros_like(y),
+        n_classes=10,
+        cfg=SplitConfig(split_method=method, n_clients=7),
+    )
     idx = _all_indices(split)
     assert len(idx) == len(set(idx))
     assert all(0 <= i < len(y) for i in idx)
@@ -30,7 +35,9 @@ def test_every_index_used_at_most_once(method):
 
 def test_dirichlet_counts_add_up_to_the_dataset():
     y = _labels(2000)
-    split = make_split(y, np.zeros_like(y), 10, SplitConfig(n_clients=10, alpha=0.3))
+    split = make_split(
+        labels=y, sources=np.zeros_like(y), n_classes=10, cfg=SplitConfig(n_clients=10, alpha=0.3)
+    )
     kept = {c["id"] for c in split["clients"]}
     total = np.zeros(10, dtype=int)
     for c in split["class_counts"]:
@@ -48,7 +55,12 @@ def test_small_alpha_is_more_skewed_than_large_alpha():
     y = _labels(5000)
 
     def skew(alpha):
-        split = make_split(y, np.zeros_like(y), 10, SplitConfig(n_clients=10, alpha=alpha))
+        split = make_split(
+            labels=y,
+            sources=np.zeros_like(y),
+            n_classes=10,
+            cfg=SplitConfig(n_clients=10, alpha=alpha),
+        )
         fracs = [max(c["train"]) / max(sum(c["train"]), 1) for c in split["class_counts"]]
         return np.mean(fracs)
 
@@ -59,7 +71,7 @@ def test_small_alpha_is_more_skewed_than_large_alpha():
 def test_pathological_clients_hold_at_most_n_shards_classes(n_shards):
     y = _labels(1500)
     cfg = SplitConfig(split_method="pathological_split", n_clients=8, n_shards=n_shards)
-    split = make_split(y, np.zeros_like(y), 10, cfg)
+    split = make_split(labels=y, sources=np.zeros_like(y), n_classes=10, cfg=cfg)
     for c in split["clients"]:
         classes = set(y[c["train"] + c["val"] + c["test"]].tolist())
         assert 1 <= len(classes) <= n_shards
@@ -67,16 +79,21 @@ def test_pathological_clients_hold_at_most_n_shards_classes(n_shards):
 
 def test_same_arguments_give_the_same_split_and_other_seeds_differ():
     y = _labels()
-    a = make_split(y, np.zeros_like(y), 10, SplitConfig(seed=1))
-    b = make_split(y, np.zeros_like(y), 10, SplitConfig(seed=1))
-    c = make_split(y, np.zeros_like(y), 10, SplitConfig(seed=2))
+    a = make_split(labels=y, sources=np.zeros_like(y), n_classes=10, cfg=SplitConfig(seed=1))
+    b = make_split(labels=y, sources=np.zeros_like(y), n_classes=10, cfg=SplitConfig(seed=1))
+    c = make_split(labels=y, sources=np.zeros_like(y), n_classes=10, cfg=SplitConfig(seed=2))
     assert json.dumps(a) == json.dumps(b)
     assert a["clients"] != c["clients"]
 
 
 def test_per_client_splits_are_stratified_fractions():
     y = np.repeat(np.arange(4), 100)
-    split = make_split(y, np.zeros_like(y), 4, SplitConfig(split_method="iid", n_clients=2))
+    split = make_split(
+        labels=y,
+        sources=np.zeros_like(y),
+        n_classes=4,
+        cfg=SplitConfig(split_method="iid", n_clients=2),
+    )
     for c in split["class_counts"]:
         n = np.sum([c["train"], c["val"], c["test"]], axis=0)
         # 20% of each class to test, then 20% of the rest to validation (rounded per class)
@@ -104,7 +121,9 @@ def test_client_with_empty_test_set_is_dropped_with_a_warning():
     y = np.array([0, 1] * 10 + [0, 1])
     sources = np.array([0] * 20 + [1] * 2)
     with pytest.warns(UserWarning, match="client 1 dropped: empty test set"):
-        split = make_split(y, sources, 2, SplitConfig(split_method="natural"))
+        split = make_split(
+            labels=y, sources=sources, n_classes=2, cfg=SplitConfig(split_method="natural")
+        )
     assert [c["id"] for c in split["clients"]] == [0]
     assert split["dropped"] == [
         {"id": 1, "name": "1", "reason": "empty test set (2 samples in all)"}
@@ -114,13 +133,23 @@ def test_client_with_empty_test_set_is_dropped_with_a_warning():
 def test_split_that_leaves_every_client_empty_is_refused():
     y = np.array([0, 1, 0, 1])
     with pytest.warns(UserWarning), pytest.raises(SplitError, match="every client"):
-        make_split(y, np.zeros_like(y), 2, SplitConfig(split_method="iid", n_clients=4))
+        make_split(
+            labels=y,
+            sources=np.zeros_like(y),
+            n_classes=2,
+            cfg=SplitConfig(split_method="iid", n_clients=4),
+        )
 
 
 def test_more_clients_than_samples_is_refused():
     y = np.array([0, 1, 0])
     with pytest.raises(SplitError, match="--n_clients 5"):
-        make_split(y, np.zeros_like(y), 2, SplitConfig(split_method="iid", n_clients=5))
+        make_split(
+            labels=y,
+            sources=np.zeros_like(y),
+            n_classes=2,
+            cfg=SplitConfig(split_method="iid", n_clients=5),
+        )
 
 
 @pytest.mark.parametrize(

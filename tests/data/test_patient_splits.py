@@ -49,7 +49,12 @@ def test_no_patient_is_cut_by_any_split_method(method):
     labels, sources, patients = patient_data()
     with pytest.warns(UserWarning, match="5 patient\\(s\\) have records of several classes"):
         split = make_split(
-            labels, sources, 4, SplitConfig(split_method=method, n_clients=3), None, patients
+            labels=labels,
+            sources=sources,
+            n_classes=4,
+            cfg=SplitConfig(split_method=method, n_clients=3),
+            source_names=None,
+            patients=patients,
         )
     seen = owners(split, patients)
     assert all(len(places) == 1 for places in seen.values())
@@ -67,7 +72,14 @@ def test_a_patient_is_stratified_by_its_majority_label():
     labels[np.arange(20) * 3] = 1
     cfg = SplitConfig(split_method="iid", n_clients=1, test_data_frac=0.25, val_frac=0.0)
     with pytest.warns(UserWarning, match="20 patient"):
-        split = make_split(labels, np.zeros_like(labels), 2, cfg, None, patients)
+        split = make_split(
+            labels=labels,
+            sources=np.zeros_like(labels),
+            n_classes=2,
+            cfg=cfg,
+            source_names=None,
+            patients=patients,
+        )
     test_patients = {int(patients[i]) for i in split["clients"][0]["test"]}
     assert len({p for p in test_patients if p < 20}) == 5  # 25% of each majority class
     assert len({p for p in test_patients if p >= 20}) == 5
@@ -75,8 +87,8 @@ def test_a_patient_is_stratified_by_its_majority_label():
 
 def test_s_frac_counts_patients():
     labels, sources, patients = patient_data(mixed=0)
-    split = make_split(labels, sources, 4, SplitConfig(split_method="iid", n_clients=2, s_frac=30),
-                       None, patients)  # fmt: skip
+    cfg = SplitConfig(split_method="iid", n_clients=2, s_frac=30)
+    split = make_split(labels=labels, sources=sources, n_classes=4, cfg=cfg, patients=patients)
     assert len(owners(split, patients)) == 30
 
 
@@ -85,16 +97,37 @@ def test_a_patient_in_two_files_is_refused_by_natural_splits():
     patients = patients.copy()
     patients[-1] = patients[0]  # the last site's last record: the first site's patient
     with pytest.raises(SplitError, match="a patient has records in two database files"):
-        make_split(labels, sources, 4, SplitConfig(split_method="natural"), None, patients)
+        make_split(
+            labels=labels,
+            sources=sources,
+            n_classes=4,
+            cfg=SplitConfig(split_method="natural"),
+            source_names=None,
+            patients=patients,
+        )
     with pytest.warns(UserWarning, match="1 patient"):  # the moved record's other class
-        make_split(labels, sources, 4, SplitConfig(split_method="iid", n_clients=2), None, patients)
+        make_split(
+            labels=labels,
+            sources=sources,
+            n_classes=4,
+            cfg=SplitConfig(split_method="iid", n_clients=2),
+            source_names=None,
+            patients=patients,
+        )
 
 
 def test_one_record_per_patient_splits_as_without_ids():
     labels, sources, _ = patient_data(mixed=0)
     cfg = SplitConfig(n_clients=3)
-    with_ids = make_split(labels, sources, 4, cfg, None, np.arange(len(labels)))
-    without = make_split(labels, sources, 4, cfg)
+    with_ids = make_split(
+        labels=labels,
+        sources=sources,
+        n_classes=4,
+        cfg=cfg,
+        source_names=None,
+        patients=np.arange(len(labels)),
+    )
+    without = make_split(labels=labels, sources=sources, n_classes=4, cfg=cfg)
     assert with_ids.pop("unit")["records_per_patient_max"] == 1
     assert with_ids == without
 
@@ -120,7 +153,9 @@ def test_splits_without_patient_ids_are_unchanged_byte_for_byte(tmp_path):
         *((m, SplitConfig(split_method=m, n_clients=4)) for m in METHODS),
         ("s_frac", SplitConfig(n_clients=4, s_frac=0.5)),
     ]:
-        write_json(tmp_path / f"{name}.json", make_split(y, src, 5, cfg))
+        write_json(
+            tmp_path / f"{name}.json", make_split(labels=y, sources=src, n_classes=5, cfg=cfg)
+        )
         got[name] = sha256_file(tmp_path / f"{name}.json")
     x = rng.normal(size=(400, 3)).astype(np.float32)
     files = [EmbeddingFile("all", x, y)]

@@ -71,11 +71,11 @@ def test_open_medmnist_pools_train_and_val(tmp_path, size, rgb, compressed):
 
 def test_medmnist_refuses_chestmnist_3d_and_unknown(tmp_path):
     with pytest.raises(SourceError, match="--dataset chestmnist: .*multi-label"):
-        open_source("chestmnist", tmp_path)
+        open_source(dataset="chestmnist", dataset_root=tmp_path)
     with pytest.raises(SourceError, match="--dataset organmnist3d: .*3D"):
-        open_source("organmnist3d", tmp_path)
+        open_source(dataset="organmnist3d", dataset_root=tmp_path)
     with pytest.raises(SourceError, match="--dataset foomnist: unknown dataset; choose one of"):
-        open_source("foomnist", tmp_path)
+        open_source(dataset="foomnist", dataset_root=tmp_path)
     assert "chestmnist" not in medmnist_flags() and "organsmnist" in medmnist_flags()
 
 
@@ -83,7 +83,7 @@ def test_medmnist_input_errors_name_the_file(tmp_path):
     with pytest.raises(SourceError, match=r"organsmnist_224\.npz not found .*--download"):
         open_medmnist(tmp_path, "organsmnist", 224)
     with pytest.raises(SourceError, match="--size 100"):
-        open_source("organsmnist", tmp_path, size=100)
+        open_source(dataset="organsmnist", dataset_root=tmp_path, size=100)
     # images of the wrong size for the file name
     path = make_medmnist(tmp_path, size=28)
     path.rename(tmp_path / "organsmnist_64.npz")
@@ -105,9 +105,9 @@ def test_medmnist_input_errors_name_the_file(tmp_path):
 
 def test_option_scope_is_checked():
     with pytest.raises(SourceError, match="--size applies to MedMNIST"):
-        open_source("digits", ".", size=28)
+        open_source(dataset="digits", dataset_root=".", size=28)
     with pytest.raises(SourceError, match="--s_frac applies to camelyon17 and fashionmnist only"):
-        open_source("organsmnist", ".", s_frac=0.5)
+        open_source(dataset="organsmnist", dataset_root=".", s_frac=0.5)
 
 
 def test_sample_counts_equal_share_capped_and_fractions():

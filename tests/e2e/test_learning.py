@@ -48,9 +48,13 @@ SHORT = {"n_rounds": 5, "local_epochs": 2, "latent_dim": 8}
 )
 def test_without_dp_the_synthetic_data_trains_a_head_far_above_chance(method, cfg):
     clients = digits_clients(2)
-    gen_clients, weights, _ = train_generative(method, clients, 10, cfg, DPConfig(enabled=False), 0)
+    gen_clients, weights, _ = train_generative(
+        method=method, clients=clients, n_classes=10, cfg=cfg, dp=DPConfig(enabled=False), seed=0
+    )
     for client, data in zip(gen_clients, clients):
-        done = finish_client(client, data, weights, 10, cfg, HEAD, seed=0)
+        done = finish_client(
+            client=client, data=data, weights=weights, n_classes=10, cfg=cfg, head_cfg=HEAD, seed=0
+        )
         synthetic_only = (done.global_.test.argmax(1) == data.y_test).mean()
         local = (done.local.test.argmax(1) == data.y_test).mean()
         assert synthetic_only > 4 * CHANCE, (method, synthetic_only)
@@ -60,11 +64,13 @@ def test_without_dp_the_synthetic_data_trains_a_head_far_above_chance(method, cf
 def test_fedavg_on_an_iid_split_reaches_the_centralized_head():
     clients = digits_clients(3)
     cfg = FedAvgConfig(n_rounds=20, local_steps=2, lr=0.2, lr_scheduler="none")
-    fedavg = run_fedavg(clients, 10, cfg, seed=0)
+    fedavg = run_fedavg(clients=clients, n_classes=10, cfg=cfg, seed=0)
     centralized = run_centralized(clients, 10, HeadConfig(epochs=200, lr=1e-2), seed=0)
     accs = {}
     for name, out in (("fedavg", fedavg), ("centralized", centralized)):
-        rows = evaluate_clients(clients, out.local, out.global_, 0.1).rows
+        rows = evaluate_clients(
+            clients=clients, local=out.local, global_=out.global_, grid_resolution=0.1
+        ).rows
         accs[name] = np.mean([r["test_acc"] for r in rows])
     assert accs["centralized"] > 0.9
     assert abs(accs["fedavg"] - accs["centralized"]) < 0.05, accs

@@ -14,33 +14,54 @@ import torch
 from helpers.paths import REPO
 from helpers.tiny import FAST, tiny
 
+import algorithms.experiment as experiment
 import algorithms.federation.vectorized as vectorized
 import main as main_module
 import utils.checkpoint as checkpoint_module
+from algorithms.methods import registry
 from algorithms.methods.dpcgan import CGANClient
 from algorithms.methods.dpcvae import CVAEClient
 from algorithms.methods.fedavg import FedAvgClient
+from utils.results import read_metrics
 
 # one xdist worker runs the whole module: the module-scoped runs below are made once, not
 # once per worker
 pytestmark = pytest.mark.xdist_group("test_resume")
 
-# Each case: the method's tiny flags with 3 rounds in all (interrupted after round 2, the last
-# one is trained again); Adam and partial participation for FedProx, so that optimizer state and
-# client sampling must survive the interruption; generative batches of 16, so that each epoch
-# takes several DP steps, not one step over the whole client.
-FEDPROX = tiny("fedprox", n_rounds=3, optimizer="adam", sampling_rate=0.67)
-DPCVAE = tiny("dpcvae", n_fedavg_rounds=3, gen_batch_size=16)
-DPCGAN = tiny("dpcgan", n_fedavg_rounds=3, gen_batch_size=16)
-CASES = {
-    "fedprox": ["--method", "fedprox", *FEDPROX],
-    "fedlambda": ["--method", "fedlambda", *tiny("fedlambda", n_rounds=3)],
-    "dpcvae": ["--method", "dpcvae", *DPCVAE],
-    "dpcvae-threads": ["--method", "dpcvae", *DPCVAE, "--num_threads", "2"],
-    "dpcgan": ["--method", "dpcgan", *DPCGAN],
+# The cases come from the registry: every method, and every method that reads the dp section
+# again with --dp off. A method trained in rounds (its flow's rounds flag) gets 3 rounds in all
+# (interrupted after round 2, the last one is trained again); generative batches of 16, so that
+# each epoch takes several DP steps, not one step over the whole client; Adam and partial
+# participation for FedProx, so that optimizer state and client sampling must survive the
+# interruption. A method without rounds writes no checkpoint: it is interrupted before its
+# results and resumed from the start.
+ROUNDS_FLAG = {"fedavg": "n_rounds", "generative": "n_fedavg_rounds"}
+HARDER = {"fedprox": {"optimizer": "adam", "sampling_rate": 0.67}}
+
+
+def case_flags(m: registry.Method) -> list[str]:
+    changes: dict[str, object] = {}
+    if m.flow in ROUNDS_FLAG:
+        changes[ROUNDS_FLAG[m.flow]] = 3
+    if m.flow == "generative":
+        changes["gen_batch_size"] = 16
+    return ["--method", m.name, *tiny(m.name, **changes, **HARDER.get(m.name, {}))]
+
+
+def with_dp_off(methods: list[registry.Method]) -> dict[str, list[str]]:
+    cases = {m.name: case_flags(m) for m in methods}
+    dp = [m.name for m in methods if "dp" in m.sections]
+    return cases | {f"{name}-dp-off": [*cases[name], "--dp", "off"] for name in dp}
+
+
+ROUNDED = [m for m in registry.METHODS if m.flow in ROUNDS_FLAG]
+CASES = with_dp_off(ROUNDED) | {
+    "dpcvae-threads": [*case_flags(registry.get("dpcvae")), "--num_threads", "2"],
     # every client at once: the stacked state is written back into the clients' checkpoints
-    "dpcvae-vectorized": ["--method", "dpcvae", *DPCVAE, "--vectorized", "on"],
+    "dpcvae-vectorized": [*case_flags(registry.get("dpcvae")), "--vectorized", "on"],
 }
+ONE_PASS = with_dp_off([m for m in registry.METHODS if m.flow not in ROUNDS_FLAG])
+ALL_CASES = CASES | ONE_PASS
 
 
 def metrics_text(run_dir: Path) -> str:
@@ -71,7 +92,7 @@ def clean(db, tmp_path_factory):
     def get(case: str) -> Path:
         if case not in done:
             out = root / case
-            flags = list(CASES[case])
+            flags = list(ALL_CASES[case])
             if "--num_threads" in flags:  # the flag and its value
                 at = flags.index("--num_threads")
                 del flags[at : at + 2]
@@ -156,6 +177,28 @@ def test_interrupted_run_resumes_to_the_uninterrupted_results(db, clean, tmp_pat
     assert "resuming from" in capsys.readouterr().err
     assert_same_results(clean(case), out)
     assert not ckpt.exists()  # removed once the results are written
+    if "--dp" in CASES[case]:  # --dp off: nothing private was shared, and it says so
+        assert read_metrics(out)["private"] is False
+
+
+@pytest.mark.parametrize("case", list(ONE_PASS))
+def test_a_method_without_rounds_resumes_from_the_start(db, clean, tmp_path, case):
+    """Interrupted before its results (no checkpoint: nothing is trained in rounds), `--resume`
+    runs it again from the start, to the results of an uninterrupted run."""
+    out = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as mp:
+
+        def fail(**kwargs):
+            raise Interrupted
+
+        mp.setattr(experiment, "close_run", fail)
+        with pytest.raises(Interrupted):
+            run(db, out, *ONE_PASS[case])
+    assert (out / "config.json").is_file() and not (out / "metrics.json").exists()
+    assert run(db, out, *ONE_PASS[case], "--resume") == 0
+    assert_same_results(clean(case), out)
+    if "--dp" in ONE_PASS[case]:
+        assert read_metrics(out)["private"] is False
 
 
 def test_run_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(db, clean, tmp_path):

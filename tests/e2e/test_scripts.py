@@ -113,22 +113,20 @@ def test_the_fashionmnist_study_runs_every_variant_over_the_sweep(tmp_path):
     def runs(method: str, preset: str) -> list:
         """The runs of a method variant (the paper's: its loss, not the no-DP ELBO comparison)."""
         gen = [s for s in settings if s.method.name == method]
-        gen = [s for s in gen if s.configs["generative"].preset == preset]
-        return [s for s in gen if preset == "dp" or s.configs["generative"].cvae_loss == "paper"]
+        gen = [s for s in gen if s.configs.generative.preset == preset]
+        return [s for s in gen if preset == "dp" or s.configs.generative.cvae_loss == "paper"]
 
     variants = (("dpcvae", "paper"), ("dpcvae", "dp"), ("dpcgan", "paper"), ("dpfedpft", "paper"))
     for method, preset in variants:
-        private = [s for s in runs(method, preset) if s.configs["dp"].enabled]
-        eps = sorted({s.configs["dp"].epsilon for s in private})
+        private = [s for s in runs(method, preset) if s.configs.dp.enabled]
+        eps = sorted({s.configs.dp.epsilon for s in private})
         assert eps == [0.5, 1.0, 2.0, 4.0, 8.0], (method, preset)
-        at_one = {s.seed for s in private if s.configs["dp"].epsilon == 1.0}
+        at_one = {s.seed for s in private if s.configs.dp.epsilon == 1.0}
         assert at_one == {3407, 12345, 202502}, (method, preset)
-        assert any(not s.configs["dp"].enabled for s in runs(method, preset)), (method, preset)
+        assert any(not s.configs.dp.enabled for s in runs(method, preset)), (method, preset)
     # the two losses without DP, with the paper's architecture
-    no_dp = [s for s in settings if s.method.name == "dpcvae" and not s.configs["dp"].enabled]
-    losses = {
-        (s.configs["generative"].cvae_loss, s.configs["generative"].cvae_layers) for s in no_dp
-    }
+    no_dp = [s for s in settings if s.method.name == "dpcvae" and not s.configs.dp.enabled]
+    losses = {(s.configs.generative.cvae_loss, s.configs.generative.cvae_layers) for s in no_dp}
     assert {("paper", 3), ("elbo", 3), ("elbo", 0)} <= losses
 
 

@@ -75,7 +75,7 @@ def rule_of(reply) -> str | None:
 def train_round(db, args, node, rnd, run_id=1, state=None):
     """Round `rnd` of `args` from the run's initial weights."""
     settings = run_settings(run_config(db, args))
-    cfg = settings.configs.get("generative")
+    cfg = settings.configs.generative
     weights = cfg and initial_global_weights(settings.method.name, 16, 4, cfg, settings.seed)
     content = RecordDict({"weights": weights_record(weights or {})})
     content["config"] = ConfigRecord({"round": rnd})

@@ -155,7 +155,7 @@ def test_a_site_calibrates_its_noise_once_per_run(gauss_db, tmp_path, task_ident
     searches = []
     search = accounting._noise_multiplier.__wrapped__  # uncached: count every search
     monkeypatch.setattr(
-        accounting, "_noise_multiplier", lambda *a: searches.append(a) or search(*a)
+        accounting, "_noise_multiplier", lambda **kw: searches.append(kw) or search(**kw)
     )
     monkeypatch.setattr(accounting, "_REMEMBERED", {})
     _, grid = run_in_process(gauss_db, tmp_path / "r", DPCVAE)
@@ -244,7 +244,7 @@ def test_a_site_reads_its_own_database_and_split_from_node_config(
 def test_settings_are_main_py_flags_with_absolute_paths(tmp_path):
     base = f"--database_root {tmp_path} --split_file {tmp_path}/s.json --results_dir {tmp_path}/r"
     s = run_settings({"main-args": f"{base} --method dpcvae --n_fedavg_rounds 3"})
-    assert s.method.name == "dpcvae" and s.configs["generative"].n_rounds == 3 and s.seed == 3407
+    assert s.method.name == "dpcvae" and s.configs.generative.n_rounds == 3 and s.seed == 3407
     assert not s.execution.vectorized  # a site is one client, whatever its device
     for bad, needle in [
         (f"{base} --method local", "does not run on Flower"),

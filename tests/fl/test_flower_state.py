@@ -51,7 +51,9 @@ def test_a_client_restored_from_its_stored_state_continues_exactly(gauss_db, met
         cfg, dp = GenerativeConfig(n_rounds=3, local_epochs=1), DPConfig()
 
         def make():
-            return make_clients("dpcvae", [data], n_classes, cfg, dp, 7)[0]
+            return make_clients(
+                method="dpcvae", clients=[data], n_classes=n_classes, cfg=cfg, dp=dp, seed=7
+            )[0]
 
         weights = seeded_global_weights("dpcvae", 16, n_classes, cfg, 1)
     else:

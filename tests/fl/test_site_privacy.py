@@ -69,8 +69,10 @@ def test_sites_with_one_run_config_add_noise_that_the_seed_does_not_reproduce(
 
     s = run_settings(run_config)
     data, n_classes, _ = load_client(str(gauss_db), str(gauss_db / "split.json"), cid)
-    gen, dp = s.configs["generative"], s.configs["dp"]
-    coordinator = make_clients("dpcvae", [data], n_classes, gen, dp, s.seed)[0]
+    gen, dp = s.configs.generative, s.configs.dp
+    coordinator = make_clients(
+        method="dpcvae", clients=[data], n_classes=n_classes, cfg=gen, dp=dp, seed=s.seed
+    )[0]
     guess = coordinator.fit(record_weights(train.content.array_records["weights"]), 0).weights
     assert not differ(guess, seeded[0])
     assert differ(guess, secure[0]) and differ(guess, secure[1])

@@ -23,7 +23,7 @@ def replay(grid: Grid, context: Context) -> None:
     _, hello = connect(grid, settings.args.n_clients, 60.0, 120.0)
     first = hello[min(hello)]
     dim, n_classes = int(first["dim"]), int(first["n_classes"])
-    cfg = settings.configs["generative"]
+    cfg = settings.configs.generative
     weights = initial_global_weights(settings.method.name, dim, n_classes, cfg, settings.seed)
     record = weights_record(weights)
     messages = [

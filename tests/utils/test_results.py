@@ -29,8 +29,7 @@ def fake_metrics(method="fedavg", seed=1, accs=(0.5, 0.7), key="k1"):
     summary = {f"test_{n}_{s}": 0.0 for n in NAMES for s in ("mean", "std", "weighted")}
     return {
         "method": method,
-        # as the run lifecycle writes them, from the method registry
-        "display_order": registry.display_order(method),
+        # as the run lifecycle writes it, from the method registry
         "private": registry.get(method).private,
         "dataset": "d",
         "backbone": "b",
@@ -66,17 +65,33 @@ def test_valid_metrics_pass_and_each_broken_key_is_named():
 
 
 def test_run_dir_is_derived_from_config_without_timestamps(tmp_path):
-    a = default_run_dir(tmp_path, "d", "vit/b", "fedavg", {"x": 1, "seed": 5}, 5)
-    b = default_run_dir(tmp_path, "d", "vit/b", "fedavg", {"x": 1, "seed": 6}, 5)
-    c = default_run_dir(tmp_path, "d", "vit/b", "fedavg", {"x": 2}, 5)
+    a = default_run_dir(
+        root=tmp_path,
+        dataset="d",
+        backbone="vit/b",
+        method="fedavg",
+        config={"x": 1, "seed": 5},
+        seed=5,
+    )
+    b = default_run_dir(
+        root=tmp_path,
+        dataset="d",
+        backbone="vit/b",
+        method="fedavg",
+        config={"x": 1, "seed": 6},
+        seed=5,
+    )
+    c = default_run_dir(
+        root=tmp_path, dataset="d", backbone="vit/b", method="fedavg", config={"x": 2}, seed=5
+    )
     assert a == b and a != c and a.name == "seed_5" and "vit_b" in str(a)
 
 
 def test_finished_run_is_refused_without_overwrite(tmp_path):
     run = prepare_run_dir(tmp_path / "run", overwrite=False)
     write_metrics(run, fake_metrics())
-    with pytest.raises(ResultsError, match="--overwrite"):
-        prepare_run_dir(run, overwrite=False)
+    with pytest.raises(ResultsError, match="finished run.*; pass --overwrite"):
+        prepare_run_dir(run, overwrite=False, remedy="pass --overwrite")
     prepare_run_dir(run, overwrite=True)
     assert not (run / "metrics.json").exists()
 
@@ -86,8 +101,10 @@ def test_collect_averages_seeds_per_client_then_across_clients(tmp_path):
     write_json(tmp_path / "a/seed_1/metrics.json", fake_metrics(seed=1, accs=(0.4, 0.8)))
     write_json(tmp_path / "a/seed_2/metrics.json", fake_metrics(seed=2, accs=(0.6, 1.0)))
     write_json(tmp_path / "b/seed_1/metrics.json", fake_metrics("local", 1, (0.1, 0.3), key="k2"))
-    rows = collect([tmp_path])
+    rows = collect([tmp_path], order=registry.NAMES)
     assert [r["method"] for r in rows] == ["local", "fedavg"]
+    # without an order the methods are in name order
+    assert [r["method"] for r in collect([tmp_path])] == ["fedavg", "local"]
     fed = rows[1]
     assert fed["seeds"] == 2
     assert fed["acc_mean"] == pytest.approx(0.7)

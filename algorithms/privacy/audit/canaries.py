@@ -53,5 +53,5 @@ def canary_label(clients: list[ClientData], index: int, n_classes: int) -> int:
     """The target client's rarest class, ties going to the class rarest in the whole federation
     (whose global decoder then mixes the fewest real records into the canaries' label)."""
     own = np.bincount(clients[index].y_train, minlength=n_classes)
-    total = sum(np.bincount(c.y_train, minlength=n_classes) for c in clients)
+    total = np.sum([np.bincount(c.y_train, minlength=n_classes) for c in clients], axis=0)
     return int(np.lexsort((np.arange(n_classes), total, own))[0])

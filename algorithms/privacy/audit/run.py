@@ -101,6 +101,7 @@ class AuditConfig:
 
 @torch.no_grad()
 def reconstruction_scores(
+    *,
     decode: torch.nn.Module,
     x: np.ndarray,
     y: np.ndarray,
@@ -110,7 +111,17 @@ def reconstruction_scores(
     seed: int,
 ) -> np.ndarray:
     """Minus each candidate's best reconstruction by the released model: min over `n_latent`
-    prior draws z of mean_d (x - decode(z, y))^2. The same draws serve every candidate."""
+    prior draws z of mean_d (x - decode(z, y))^2. The same draws serve every candidate.
+
+    Args:
+        decode: the released model, called as (z, onehot).
+        x: the candidates' embeddings (model space).
+        y: their labels.
+        n_classes: the number of classes.
+        latent_dim: the size of z.
+        n_latent: the prior draws tried per candidate.
+        seed: the draws' seed.
+    """
     z = torch.randn(n_latent, latent_dim, generator=generator(seed))
     x_t = torch.as_tensor(x, dtype=torch.float32)
     scores = np.empty(len(x))
@@ -246,7 +257,12 @@ def run_audit(setup: RunSetup, cfg: AuditConfig) -> dict:
     audited[index] = with_canaries(target, canaries[is_member], label)
 
     gen_clients, weights, _ = train_generative(
-        setup.method, audited, setup.n_classes, gen_cfg, setup.dp, setup.seed
+        method=setup.method,
+        clients=audited,
+        n_classes=setup.n_classes,
+        cfg=gen_cfg,
+        dp=setup.dp,
+        seed=setup.seed,
     )
     client = gen_clients[index]
     dim = target.x_train.shape[1]
@@ -260,17 +276,22 @@ def run_audit(setup: RunSetup, cfg: AuditConfig) -> dict:
     ):
         model = client.released_model(released, dim, setup.n_classes, gen_cfg)
         scores[name] = reconstruction_scores(
-            model,
-            x,
-            y,
-            setup.n_classes,
-            gen_cfg.latent_dim,
-            cfg.n_latent,
-            derive_seed(seed, LATENT),
+            decode=model,
+            x=x,
+            y=y,
+            n_classes=setup.n_classes,
+            latent_dim=gen_cfg.latent_dim,
+            n_latent=cfg.n_latent,
+            seed=derive_seed(seed, LATENT),
         )
     # the client's synthetic data, as finish_client draws it
     synthetic, labels = synthesize(
-        client, audited[index], weights, setup.n_classes, gen_cfg, setup.seed
+        client=client,
+        data=audited[index],
+        weights=weights,
+        n_classes=setup.n_classes,
+        cfg=gen_cfg,
+        seed=setup.seed,
     )
     scores["synthetic_dcr"] = dcr_scores(x, y, synthetic, labels)
 

@@ -10,7 +10,7 @@ from sklearn.metrics import roc_curve
 LOW_FPRS = (0.01, 0.1)
 
 
-def clopper_pearson(k: np.ndarray, n: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+def clopper_pearson(k: np.ndarray | int, n: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """One-sided Clopper-Pearson bounds on a binomial proportion from k successes in n trials
     (k may be an array): (lower, upper), each holding with probability at least 1 - alpha."""
     k = np.asarray(k, dtype=np.float64)

@@ -58,10 +58,12 @@ def test_prior_mode_beats_the_uncorrected_global_head_on_skewed_clients():
     # the "global" head: trained on balanced data (uniform prior)
     yb = np.repeat(np.arange(3), 300)
     xb = np.eye(3)[yb] + rng.normal(0, 1.0, (900, 3))
-    glob = train_head(xb, yb, 3, cfg, 1)
+    glob = train_head(x=xb, y=yb, n_classes=3, cfg=cfg, seed=1)
     local, global_ = [], []
     for c in clients:
-        head = train_head(c.x_train[:20], c.y_train[:20], 3, cfg, 2)  # a weak local head
+        head = train_head(
+            x=c.x_train[:20], y=c.y_train[:20], n_classes=3, cfg=cfg, seed=2
+        )  # a weak local head
         prior = label_prior(c.y_train, 3)
         local.append(
             ClientProbs(predict_proba(head, c.x_val), predict_proba(head, c.x_test), None, prior)
@@ -74,7 +76,7 @@ def test_prior_mode_beats_the_uncorrected_global_head_on_skewed_clients():
                 label_prior(yb, 3),
             )
         )
-    ev = evaluate_clients(clients, local, global_, 0.1)
+    ev = evaluate_clients(clients=clients, local=local, global_=global_, grid_resolution=0.1)
     acc = {mode: ev.modes[mode]["accuracy"]["summary"]["test_acc_mean"] for mode in ev.modes}
     assert set(ev.modes) == {"mix", "prior"}  # no joint heads given
     plain = np.mean([np.mean(g.test.argmax(1) == c.y_test) for g, c in zip(global_, clients)])
@@ -95,7 +97,7 @@ def test_every_mode_and_the_pooled_test_are_reported_and_joint_weight_zero_is_lo
     pooled_y = np.concatenate([c.y_test for c in clients])
 
     def probs(seed, c, prior=None):
-        h = train_head(c.x_train, c.y_train, 3, HeadConfig(epochs=20), seed)
+        h = train_head(x=c.x_train, y=c.y_train, n_classes=3, cfg=HeadConfig(epochs=20), seed=seed)
         return ClientProbs(
             predict_proba(h, c.x_val), predict_proba(h, c.x_test), predict_proba(h, pooled_x), prior
         )
@@ -108,7 +110,16 @@ def test_every_mode_and_the_pooled_test_are_reported_and_joint_weight_zero_is_lo
         for lo, c in zip(local, clients)
     ]
     for downstream in MODES:
-        ev = evaluate_clients(clients, local, global_, 0.5, "accuracy", downstream, joint, pooled_y)
+        ev = evaluate_clients(
+            clients=clients,
+            local=local,
+            global_=global_,
+            grid_resolution=0.5,
+            metric="accuracy",
+            downstream=downstream,
+            joint=joint,
+            pooled_y=pooled_y,
+        )
         assert set(ev.modes) == set(MODES)
         assert ev.rows == ev.modes[downstream]["accuracy"]["clients"]
         for mode in MODES:
@@ -119,12 +130,23 @@ def test_every_mode_and_the_pooled_test_are_reported_and_joint_weight_zero_is_lo
         # the mix block is the paper's lambda protocol
         assert ev.protocol["accuracy"]["lambda"] == ev.modes["mix"]["accuracy"]["lambda"]
     # a client's pooled accuracy is its model on every client's test data
-    only_local = evaluate_clients(clients, local, None, 0.5, pooled_y=pooled_y)
+    only_local = evaluate_clients(
+        clients=clients, local=local, global_=None, grid_resolution=0.5, pooled_y=pooled_y
+    )
     for row, lo in zip(only_local.rows, local):
         assert row[f"{POOLED}acc"] == pytest.approx(np.mean(lo.pooled.argmax(1) == pooled_y))
     # joint at weight 0 is exactly the local head: forcing it reproduces the local rows
     zero = [{0.0: lo} for lo in local]
-    ev = evaluate_clients(clients, local, global_, 0.5, "accuracy", "joint", zero, pooled_y)
+    ev = evaluate_clients(
+        clients=clients,
+        local=local,
+        global_=global_,
+        grid_resolution=0.5,
+        metric="accuracy",
+        downstream="joint",
+        joint=zero,
+        pooled_y=pooled_y,
+    )
     assert ev.modes["joint"]["accuracy"]["weight"] == 0.0
     assert ev.rows == only_local.rows
 

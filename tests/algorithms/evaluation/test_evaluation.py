@@ -63,9 +63,9 @@ def test_lambda_one_reproduces_the_local_heads_predictions_exactly():
         ClientProbs(_onehot((v + 1) % 3, conf=0.99), rng.dirichlet(np.ones(3), len(t)))
         for v, t in zip(y_val, y_test)
     ]
-    mixed = evaluate_clients(clients, local, glob, grid_resolution=1.0)
+    mixed = evaluate_clients(clients=clients, local=local, global_=glob, grid_resolution=1.0)
     assert mixed.lam == 1.0 and mixed.val_acc == [0.0, 1.0]
-    local_only = evaluate_clients(clients, local, None, grid_resolution=1.0)
+    local_only = evaluate_clients(clients=clients, local=local, global_=None, grid_resolution=1.0)
     assert local_only.lam is None and local_only.protocol is None
     assert mixed.rows == local_only.rows
 
@@ -86,7 +86,7 @@ def test_lambda_is_chosen_by_mean_validation_accuracy_ties_to_the_smallest():
 def test_rows_carry_sizes_and_metrics():
     c = _client(7, [0], [0, 1, 1, 2])
     probs = [ClientProbs(_onehot([0]), _onehot([0, 1, 2, 2]))]
-    rows = evaluate_clients([c], None, probs, 0.1).rows
+    rows = evaluate_clients(clients=[c], local=None, global_=probs, grid_resolution=0.1).rows
     assert rows[0]["id"] == 7 and rows[0]["n_test"] == 4 and rows[0]["n_val"] == 1
     assert rows[0]["test_acc"] == pytest.approx(0.75)
     assert rows[0]["test_balanced_acc"] == pytest.approx((1 + 0.5 + 1) / 3)
@@ -103,8 +103,16 @@ def test_balanced_accuracy_picks_the_synthetic_head_that_accuracy_ignores():
     scores = client_val_scores(local, glob, y_val, grid)
     assert scores["accuracy"] == [0.2, 0.8]
     assert scores["balanced_accuracy"] == pytest.approx([2 / 3, 1 / 3])
-    by_acc = evaluate_clients(clients, [local], [glob], 1.0, "accuracy")
-    by_bal = evaluate_clients(clients, [local], [glob], 1.0, "balanced_accuracy")
+    by_acc = evaluate_clients(
+        clients=clients, local=[local], global_=[glob], grid_resolution=1.0, metric="accuracy"
+    )
+    by_bal = evaluate_clients(
+        clients=clients,
+        local=[local],
+        global_=[glob],
+        grid_resolution=1.0,
+        metric="balanced_accuracy",
+    )
     assert (by_acc.lam, by_bal.lam) == (1.0, 0.0)
     # both runs report the protocol under both metrics, and the rows of the chosen one
     assert by_acc.protocol == by_bal.protocol
@@ -112,4 +120,6 @@ def test_balanced_accuracy_picks_the_synthetic_head_that_accuracy_ignores():
     assert by_bal.rows[0]["test_acc"] == pytest.approx(2 / 3)
     assert by_bal.protocol["accuracy"]["summary"]["test_acc_mean"] == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="lambda metric must be one of"):
-        evaluate_clients(clients, [local], [glob], 1.0, "f1")
+        evaluate_clients(
+            clients=clients, local=[local], global_=[glob], grid_resolution=1.0, metric="f1"
+        )

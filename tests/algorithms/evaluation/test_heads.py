@@ -104,7 +104,7 @@ def test_a_head_learns_a_separable_problem():
     x, y = _blobs(seed=0)
     x_test, y_test = _blobs(seed=1)
     start = predict_proba(new_head(4, 3, seed=3), x_test).argmax(1)
-    head = train_head(x, y, 3, HeadConfig(epochs=100, lr=0.05), seed=3)
+    head = train_head(x=x, y=y, n_classes=3, cfg=HeadConfig(epochs=100, lr=0.05), seed=3)
     assert not head.training  # returned in eval mode
     assert np.mean(predict_proba(head, x).argmax(1) == y) == 1.0
     assert np.mean(predict_proba(head, x_test).argmax(1) == y_test) == 1.0
@@ -114,9 +114,12 @@ def test_a_head_learns_a_separable_problem():
 def test_training_is_deterministic_in_its_seed():
     x, y = _blobs(seed=4)
     cfg = HeadConfig(epochs=10)
-    a, b = train_head(x, y, 3, cfg, seed=5), train_head(x, y, 3, cfg, seed=5)
+    a, b = (
+        train_head(x=x, y=y, n_classes=3, cfg=cfg, seed=5),
+        train_head(x=x, y=y, n_classes=3, cfg=cfg, seed=5),
+    )
     assert _same(_params(a), _params(b))
-    assert not _same(_params(a), _params(train_head(x, y, 3, cfg, seed=6)))
+    assert not _same(_params(a), _params(train_head(x=x, y=y, n_classes=3, cfg=cfg, seed=6)))
 
 
 def test_one_sgd_epoch_is_one_full_batch_gradient_step_with_weight_decay():
@@ -134,7 +137,7 @@ def test_one_sgd_epoch_is_one_full_batch_gradient_step_with_weight_decay():
     w1 = w0 - lr * (g.T @ xd + wd * w0)
     b1 = b0 - lr * (g.sum(0) + wd * b0)
     cfg = HeadConfig(epochs=1, lr=lr, weight_decay=wd, optimizer="sgd")
-    head = train_head(x, y, 3, cfg, seed=9)
+    head = train_head(x=x, y=y, n_classes=3, cfg=cfg, seed=9)
     torch.testing.assert_close(head.weight.detach().double(), w1, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(head.bias.detach().double(), b1, atol=1e-6, rtol=1e-5)
 
@@ -143,8 +146,8 @@ def test_unit_sample_weights_give_the_plain_head():
     rng = np.random.default_rng(2)
     x, y = rng.normal(size=(50, 4)), rng.integers(0, 3, 50)
     cfg = HeadConfig(epochs=5)
-    plain = train_head(x, y, 3, cfg, 7)
-    weighted = train_head(x, y, 3, cfg, 7, sample_weight=np.ones(50))
+    plain = train_head(x=x, y=y, n_classes=3, cfg=cfg, seed=7)
+    weighted = train_head(x=x, y=y, n_classes=3, cfg=cfg, seed=7, sample_weight=np.ones(50))
     assert _same(_params(plain), _params(weighted), atol=1e-6)
 
 
@@ -155,24 +158,30 @@ def test_sample_weights_weigh_records_in_a_normalized_loss():
     x, y = rng.normal(size=(40, 4)).astype(np.float32), rng.integers(0, 3, 40)
     cfg = HeadConfig(epochs=20, lr=0.05)
     w = np.r_[np.ones(25), np.zeros(15)]
-    dropped = train_head(x, y, 3, cfg, 1, sample_weight=w)
-    assert _same(_params(dropped), _params(train_head(x[:25], y[:25], 3, cfg, 1)), atol=1e-5)
+    dropped = train_head(x=x, y=y, n_classes=3, cfg=cfg, seed=1, sample_weight=w)
+    assert _same(
+        _params(dropped),
+        _params(train_head(x=x[:25], y=y[:25], n_classes=3, cfg=cfg, seed=1)),
+        atol=1e-5,
+    )
     w = np.r_[2 * np.ones(10), np.ones(30)]
-    doubled = train_head(x, y, 3, cfg, 1, sample_weight=w)
-    repeated = train_head(np.r_[x, x[:10]], np.r_[y, y[:10]], 3, cfg, 1)
+    doubled = train_head(x=x, y=y, n_classes=3, cfg=cfg, seed=1, sample_weight=w)
+    repeated = train_head(x=np.r_[x, x[:10]], y=np.r_[y, y[:10]], n_classes=3, cfg=cfg, seed=1)
     assert _same(_params(doubled), _params(repeated), atol=1e-5)
-    scaled = train_head(x, y, 3, cfg, 1, sample_weight=10 * w)
+    scaled = train_head(x=x, y=y, n_classes=3, cfg=cfg, seed=1, sample_weight=10 * w)
     assert _same(_params(doubled), _params(scaled), atol=1e-5)
     # and the weights do change the head
-    assert not _same(_params(doubled), _params(train_head(x, y, 3, cfg, 1)), atol=1e-4)
+    assert not _same(
+        _params(doubled), _params(train_head(x=x, y=y, n_classes=3, cfg=cfg, seed=1)), atol=1e-4
+    )
 
 
 def test_an_anchored_head_starts_at_its_anchor_whatever_the_seed():
     x, y = _blobs(seed=5)
     anchor = {k: 3.0 + v for k, v in new_head(4, 3, seed=0).state_dict().items()}
     cfg = HeadConfig(epochs=3, optimizer="sgd", lr=1e-3)
-    a = train_head(x, y, 3, cfg, seed=1, anchor=anchor)
-    b = train_head(x, y, 3, cfg, seed=2, anchor=anchor)
+    a = train_head(x=x, y=y, n_classes=3, cfg=cfg, seed=1, anchor=anchor)
+    b = train_head(x=x, y=y, n_classes=3, cfg=cfg, seed=2, anchor=anchor)
     assert _same(_params(a), _params(b))
     # three small steps away from the anchor, far from any seeded init
     assert _same(_params(a), list(anchor.values()), atol=0.05)
@@ -185,12 +194,17 @@ def test_the_anchor_strength_pulls_the_head_toward_the_anchor():
     x, y = _blobs(seed=6)
     flipped = (y + 1) % 3  # labels the anchor gets wrong: training wants to move away from it
     anchor = {
-        k: v.clone() for k, v in train_head(x, y, 3, HeadConfig(epochs=50), 0).state_dict().items()
+        k: v.clone()
+        for k, v in train_head(x=x, y=y, n_classes=3, cfg=HeadConfig(epochs=50), seed=0)
+        .state_dict()
+        .items()
     }
     cfg = HeadConfig(epochs=50, lr=1e-2)
 
     def distance(strength):
-        head = train_head(x, flipped, 3, cfg, 8, anchor=anchor, anchor_strength=strength)
+        head = train_head(
+            x=x, y=flipped, n_classes=3, cfg=cfg, seed=8, anchor=anchor, anchor_strength=strength
+        )
         params = head.state_dict().values()
         return sum(float(((p - a) ** 2).sum()) for p, a in zip(params, anchor.values()))
 

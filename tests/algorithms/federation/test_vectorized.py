@@ -58,7 +58,16 @@ def _cvaes(n_layers: int = 3, encoder_scale: float = 1.0) -> list[CVAE]:
     models = []
     for k in range(3):
         torch.manual_seed(k)
-        models.append(CVAE(10, 3, 8, 3, n_layers=n_layers, encoder_scale=encoder_scale))
+        models.append(
+            CVAE(
+                input_dim=10,
+                n_classes=3,
+                hidden_dim=8,
+                latent_dim=3,
+                n_layers=n_layers,
+                encoder_scale=encoder_scale,
+            )
+        )
     return models
 
 
@@ -79,7 +88,9 @@ def test_stacked_clipped_sums_equal_each_clients_own(n_layers, scale, loss, clip
     for model, x, oh, e in zip(models, xs, ohs, eps):
         tape = LinearTape(model)
         recon, mu, logvar = Recorded(model, tape)(x, oh, e)
-        per_sample = cvae_loss_per_sample(x, recon, mu, logvar, 0.1, 8, loss)
+        per_sample = cvae_loss_per_sample(
+            x=x, recon=recon, mu=mu, logvar=logvar, beta=0.1, batch_size=8, loss=loss
+        )
         if len(x):
             clip_and_sum_linear(tape.take(), per_sample, clip)
         else:  # an empty batch: zero sum (the DP step's noise-only step)
@@ -97,7 +108,12 @@ def test_stacked_clipped_sums_equal_each_clients_own(n_layers, scale, loss, clip
     z = mu + e * torch.exp(0.5 * logvar)
     recon = forward(model.decoder, "decoder", params, torch.cat([z, oh], 2), records)
     mask = (torch.arange(max(sizes)) < torch.tensor(sizes)[:, None]).float()
-    per_sample = cvae_loss_per_sample(x, recon, mu, logvar, 0.1, 8, loss) * mask
+    per_sample = (
+        cvae_loss_per_sample(
+            x=x, recon=recon, mu=mu, logvar=logvar, beta=0.1, batch_size=8, loss=loss
+        )
+        * mask
+    )
     stacked = clip_and_sum_stacked(records, per_sample, clip, layout)
     for k, row in enumerate(own):
         if sizes[k] == 0:
@@ -110,18 +126,18 @@ def test_stacked_noise_draws_and_scaling_equal_the_dp_optimizers():
     """The same clipped sums in both paths: the noised, scaled gradients are bit-identical (each
     client's own generator, same calls and shapes), and each accountant counts the step."""
     data = [_data(n, i) for i, n in enumerate(SIZES)]
-    clients = make_clients("dpcvae", data, 3, CFG, DP, seed=1)
-    twins = make_clients("dpcvae", data, 3, CFG, DP, seed=1)
+    clients = make_clients(method="dpcvae", clients=data, n_classes=3, cfg=CFG, dp=DP, seed=1)
+    twins = make_clients(method="dpcvae", clients=data, n_classes=3, cfg=CFG, dp=DP, seed=1)
     engine = CVAEEngine(clients)
     sums = torch.randn(3, engine.layout.size, generator=torch.Generator().manual_seed(0))
     grad = sums.clone()
-    noise_and_account_stacked(engine.private, grad, engine.layout, [True, False, True])
+    noise_and_account_stacked(engine.dp_sgd, grad, engine.layout, [True, False, True])
     for k, twin in enumerate(twins):
         if k == 1:  # not active: no draw, no accountant step
-            assert clients[k].private.steps() == 0
+            assert clients[k].dp_sgd.steps() == 0
             assert torch.equal(clients[k].rng_noise.get_state(), twin.rng_noise.get_state())
             continue
-        opt = twin.private.optimizer
+        opt = twin.dp_sgd.optimizer
         for p, view in zip(opt.params, engine.layout.row(sums, k).values()):
             p.grad = view.clone()
         before = [p.detach().clone() for p in opt.params]
@@ -130,9 +146,9 @@ def test_stacked_noise_draws_and_scaling_equal_the_dp_optimizers():
         assert torch.equal(noised, grad[k])
         assert any(not torch.equal(a, b) for a, b in zip(before, opt.params))
         # the noisy record count's release first (DPConfig.count_history), then this one step
-        assert clients[k].private.engine.accountant.history == [
+        assert clients[k].dp_sgd.engine.accountant.history == [
             *DP.count_history(),
-            (opt.noise_multiplier, twin.private.sample_rate, 1),
+            (opt.noise_multiplier, twin.dp_sgd.sample_rate, 1),
         ]
 
 
@@ -158,7 +174,7 @@ def test_stacked_adam_equals_torch_adam_per_client_with_masked_steps():
 
 def _train(method: str, vectorized: bool, dp: DPConfig, cfg: GenerativeConfig = CFG):
     data = [_data(n, i) for i, n in enumerate(SIZES)]
-    clients = make_clients(method, data, 3, cfg, dp, seed=2)
+    clients = make_clients(method=method, clients=data, n_classes=3, cfg=cfg, dp=dp, seed=2)
     start = seeded_global_weights(method, 6, 3, cfg, seed=0)
     run = run_vectorized if vectorized else run_federation
     weights, history = run(clients, start, Rounds(cfg.n_rounds))
@@ -200,7 +216,7 @@ def test_vectorized_training_equals_per_client_training(method, dp):
     tight = 1e-6 if dp else 2e-5  # the DP-trained network
     loose = tight if method == "dpcvae" else 2e-5  # the shared network
     if dp:
-        sigmas = {c.private.noise_multiplier for c in ref}
+        sigmas = {c.dp_sgd.noise_multiplier for c in ref}
         assert len(sigmas) == 3
     for k in w_ref:
         assert _rel(w_ref[k], w_vec[k]) <= loose, k
@@ -309,7 +325,9 @@ def test_cuda_vectorized_equals_cuda_per_client_and_matches_cpu_statistically(me
     data = [_data(n, i) for i, n in enumerate(SIZES)]
     runs = {}
     for device, vectorized in (("cuda", False), ("cuda", True), ("cpu", False)):
-        clients = make_clients(method, data, 3, CFG, DP, seed=2, device=device)
+        clients = make_clients(
+            method=method, clients=data, n_classes=3, cfg=CFG, dp=DP, seed=2, device=device
+        )
         start = seeded_global_weights(method, 6, 3, CFG, seed=0)
         run = run_vectorized if vectorized else run_federation
         weights, history = run(clients, start, Rounds(CFG.n_rounds))

@@ -12,16 +12,9 @@ from opacus.accountants import PRVAccountant
 
 import main as main_module
 from algorithms.evaluation.heads import HeadConfig
-from algorithms.methods.fedpft import (
-    PFTClient,
-    PFTConfig,
-    make_pft_clients,
-    pooler,
-    release_size,
-    run_pft,
-    sensitivity,
-)
+from algorithms.methods.fedpft import PFTClient, make_pft_clients, pooler, run_pft
 from algorithms.methods.gaussians import VARIANCE_FLOOR, class_statistics, noisy_statistics
+from algorithms.methods.pft_config import PFTConfig, release_size, sensitivity
 from algorithms.privacy.accounting import (
     ANALYTIC_GAUSSIAN,
     NOT_COVERED,
@@ -75,7 +68,16 @@ def test_the_noise_is_the_least_that_meets_the_target_and_prv_agrees(epsilon):
 
 def test_the_privacy_block_reports_each_release_as_the_analytic_gaussian_spends_it():
     clients = [_client(i, seed=i) for i in range(3)]
-    out = run_pft("dpfedpft", clients, N_CLASSES, PFTConfig(), GEN, DP, HEAD, seed=1)
+    out = run_pft(
+        method="dpfedpft",
+        clients=clients,
+        n_classes=N_CLASSES,
+        cfg=PFTConfig(),
+        gen_cfg=GEN,
+        dp=DP,
+        head_cfg=HEAD,
+        seed=1,
+    )
     report = out.privacy
     assert report["enabled"] and report["accountant"] == "analytic-gaussian"
     assert report["max_grad_norm"] is None and report["calibration"] is None
@@ -102,7 +104,9 @@ def _pooled_truth(clients):
 
 
 def _release_and_pool(method, cfg, clients, dp):
-    pft = make_pft_clients(method, clients, N_CLASSES, cfg, GEN, dp, seed=5)
+    pft = make_pft_clients(
+        method=method, clients=clients, n_classes=N_CLASSES, cfg=cfg, gen_cfg=GEN, dp=dp, seed=5
+    )
     updates = [c.fit({}, 0) for c in pft]
     return updates, pooler(method, cfg, dp)(updates)
 
@@ -170,9 +174,26 @@ def test_a_class_of_one_record_works(method):
     dp = DPConfig(epsilon=8.0) if method == "dpfedpft" else None
     for covariance in ("diag", "full", "spherical"):
         cfg = PFTConfig(components=2, covariance=covariance)
-        out = run_pft(method, [lonely, *others], N_CLASSES, cfg, GEN, dp, HEAD, seed=0)
+        out = run_pft(
+            method=method,
+            clients=[lonely, *others],
+            n_classes=N_CLASSES,
+            cfg=cfg,
+            gen_cfg=GEN,
+            dp=dp,
+            head_cfg=HEAD,
+            seed=0,
+        )
         assert np.isfinite(out.fidelity["wasserstein_mean"]) and len(out.local) == 3
-    release = make_pft_clients("fedpft", [lonely], N_CLASSES, PFTConfig(2), GEN, None, 0)[0]
+    release = make_pft_clients(
+        method="fedpft",
+        clients=[lonely],
+        n_classes=N_CLASSES,
+        cfg=PFTConfig(2),
+        gen_cfg=GEN,
+        dp=None,
+        seed=0,
+    )[0]
     update = release.fit({}, 0)
     # fewer records than components: one Gaussian, at the record, of variance reg_covar
     assert update.weights["weights"][2].tolist() == [1.0, 0.0]
@@ -181,13 +202,29 @@ def test_a_class_of_one_record_works(method):
 
 
 def test_a_release_is_made_once():
-    client = make_pft_clients("dpfedpft", [_client()], N_CLASSES, PFTConfig(), GEN, DPConfig(), 0)
+    client = make_pft_clients(
+        method="dpfedpft",
+        clients=[_client()],
+        n_classes=N_CLASSES,
+        cfg=PFTConfig(),
+        gen_cfg=GEN,
+        dp=DPConfig(),
+        seed=0,
+    )
     client = client[0]
     assert client.epsilon() == 0.0
     client.fit({}, 0)
     with pytest.raises(RuntimeError, match="releases once"):
         client.fit({}, 0)
-    restored = PFTClient("dpfedpft", _client(), N_CLASSES, PFTConfig(), GEN, DPConfig(), 0)
+    restored = PFTClient(
+        method="dpfedpft",
+        data=_client(),
+        n_classes=N_CLASSES,
+        cfg=PFTConfig(),
+        gen_cfg=GEN,
+        dp=DPConfig(),
+        seed=0,
+    )
     restored.load_state_dict(client.state_dict())
     assert restored.privacy() == client.privacy()
     with pytest.raises(RuntimeError, match="releases once"):
@@ -221,7 +258,14 @@ def test_neighbours_differ_only_by_their_exact_statistics_within_the_sensitivity
 
     def release(d):
         rng = torch.Generator().manual_seed(11)
-        return noisy_statistics(d.x_train, d.y_train, N_CLASSES, covariance, std, rng)
+        return noisy_statistics(
+            x=d.x_train,
+            y=d.y_train,
+            n_classes=N_CLASSES,
+            covariance=covariance,
+            noise_std=std,
+            rng=rng,
+        )
 
     a, b = release(full), release(minus)
     ea, eb = (class_statistics(d.x_train, d.y_train, N_CLASSES, covariance) for d in (full, minus))
@@ -236,7 +280,10 @@ def test_neighbours_differ_only_by_their_exact_statistics_within_the_sensitivity
     # the reply of the client object: same keys, shapes, sample count (0) and metrics
     cfg, dp = PFTConfig(covariance=covariance), DPConfig(epsilon=2.0)
     ua, ub = (
-        PFTClient("dpfedpft", d, N_CLASSES, cfg, GEN, dp, 3).fit({}, 0) for d in (full, minus)
+        PFTClient(
+            method="dpfedpft", data=d, n_classes=N_CLASSES, cfg=cfg, gen_cfg=GEN, dp=dp, seed=3
+        ).fit({}, 0)
+        for d in (full, minus)
     )
     assert (ua.n_samples, ua.metrics) == (ub.n_samples, ub.metrics) == (0, ua.metrics)
     assert {k: v.shape for k, v in ua.weights.items()} == {
@@ -293,10 +340,27 @@ def test_each_release_records_the_noise_source_its_client_used(source):
     block's is theirs, whatever the coordinator's configuration says."""
     dp = dataclasses.replace(DP, noise_source=source)
     clients = [_client(i, seed=i) for i in range(2)]
-    out = run_pft("dpfedpft", clients, N_CLASSES, PFTConfig(), GEN, dp, HEAD, seed=1)
+    out = run_pft(
+        method="dpfedpft",
+        clients=clients,
+        n_classes=N_CLASSES,
+        cfg=PFTConfig(),
+        gen_cfg=GEN,
+        dp=dp,
+        head_cfg=HEAD,
+        seed=1,
+    )
     assert [line["noise_source"] for line in out.privacy["clients"]] == [source, source]
     assert out.privacy["noise_source"] == source
-    pft = make_pft_clients("dpfedpft", clients, N_CLASSES, PFTConfig(), GEN, dp, seed=1)
+    pft = make_pft_clients(
+        method="dpfedpft",
+        clients=clients,
+        n_classes=N_CLASSES,
+        cfg=PFTConfig(),
+        gen_cfg=GEN,
+        dp=dp,
+        seed=1,
+    )
     lines = [c.privacy() for c in pft]
     # a site keyed by its secret is reported as secure even if the coordinator ran seeded
     report = privacy_report(DP, lines, ANALYTIC_GAUSSIAN, NOT_COVERED)

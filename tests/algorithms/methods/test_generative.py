@@ -34,7 +34,15 @@ def _clients(n_clients=3, n=40, dim=8, n_classes=3, zero_dims=0, seed=0):
 
 
 def test_spent_epsilon_is_at_most_the_target_and_recomputes_independently():
-    out = run_generative("dpcvae", _clients(), 3, CFG, DPConfig(epsilon=2.0), HEAD, seed=0)
+    out = run_generative(
+        method="dpcvae",
+        clients=_clients(),
+        n_classes=3,
+        cfg=CFG,
+        dp=DPConfig(epsilon=2.0),
+        head_cfg=HEAD,
+        seed=0,
+    )
     report = out.privacy
     assert report["enabled"] and report["target_epsilon"] == 2.0
     assert len(report["clients"]) == 3
@@ -60,7 +68,9 @@ def test_spent_epsilon_is_at_most_the_target_and_recomputes_independently():
 
 
 def test_only_the_decoder_is_shared_and_encoders_stay_local():
-    clients = [CVAEClient(c, 3, CFG, DPConfig(), seed=c.id) for c in _clients()]
+    clients = [
+        CVAEClient(data=c, n_classes=3, cfg=CFG, dp=DPConfig(), seed=c.id) for c in _clients()
+    ]
     start = seeded_global_weights("dpcvae", 8, 3, CFG, seed=9)
     encoders_before = [
         {k: v.clone() for k, v in c.model.encoder.state_dict().items()} for c in clients
@@ -79,7 +89,7 @@ def test_only_the_decoder_is_shared_and_encoders_stay_local():
 
 
 def test_fit_starts_from_the_global_decoder():
-    client = CVAEClient(_clients()[0], 3, CFG, DPConfig(), seed=0)
+    client = CVAEClient(data=_clients()[0], n_classes=3, cfg=CFG, dp=DPConfig(), seed=0)
     start = seeded_global_weights("dpcvae", 8, 3, CFG, seed=3)
     seen = {}
     original = client._batches
@@ -95,7 +105,9 @@ def test_fit_starts_from_the_global_decoder():
 
 
 def test_dpcgan_generator_starts_each_round_from_the_averaged_generator():
-    clients = [CGANClient(c, 3, CFG, DPConfig(), seed=c.id) for c in _clients()]
+    clients = [
+        CGANClient(data=c, n_classes=3, cfg=CFG, dp=DPConfig(), seed=c.id) for c in _clients()
+    ]
     starts = []
     for c in clients:
         original = c._batches
@@ -122,9 +134,17 @@ def test_dpcgan_generator_starts_each_round_from_the_averaged_generator():
 
 
 def test_dpcgan_shares_the_generator_only_and_reports_privacy():
-    out = run_generative("dpcgan", _clients(), 3, CFG, DPConfig(), HEAD, seed=1)
+    out = run_generative(
+        method="dpcgan",
+        clients=_clients(),
+        n_classes=3,
+        cfg=CFG,
+        dp=DPConfig(),
+        head_cfg=HEAD,
+        seed=1,
+    )
     assert out.privacy["enabled"] and out.privacy["epsilon_max"] <= 1.0
-    clients = [CGANClient(c, 3, CFG, DPConfig(), seed=0) for c in _clients(1)]
+    clients = [CGANClient(data=c, n_classes=3, cfg=CFG, dp=DPConfig(), seed=0) for c in _clients(1)]
     update = clients[0].fit(seeded_global_weights("dpcgan", 8, 3, CFG, 0), 0)
     assert set(update.weights) == set(clients[0].generator.state_dict())
 
@@ -133,7 +153,15 @@ def test_constant_dimensions_give_no_nan():
     # a ReLU backbone gives many dimensions that are exactly zero on a small client
     clients = _clients(zero_dims=5)
     for method in ("dpcvae", "dpcgan"):
-        out = run_generative(method, clients, 3, CFG, DPConfig(), HEAD, seed=0)
+        out = run_generative(
+            method=method,
+            clients=clients,
+            n_classes=3,
+            cfg=CFG,
+            dp=DPConfig(),
+            head_cfg=HEAD,
+            seed=0,
+        )
         assert all(np.isfinite(r["train_loss"]) for r in out.history)
         assert np.isfinite(out.fidelity["wasserstein_mean"])
         assert all(np.isfinite(p.test).all() for p in out.global_)
@@ -203,7 +231,15 @@ def test_the_chance_warning_names_what_is_at_chance():
 
 
 def test_the_global_synthetic_accuracy_is_the_pooled_accuracy_of_one_head():
-    out = run_generative("dpcvae", _clients(), 3, CFG, DPConfig(enabled=False), HEAD, seed=0)
+    out = run_generative(
+        method="dpcvae",
+        clients=_clients(),
+        n_classes=3,
+        cfg=CFG,
+        dp=DPConfig(enabled=False),
+        head_cfg=HEAD,
+        seed=0,
+    )
     glob = out.fidelity["global_synthetic"]
     assert glob["n_test"] == 3 * 5 and glob["chance"] == pytest.approx(1 / 3)
     assert glob["acc"] * glob["n_test"] == pytest.approx(round(glob["acc"] * glob["n_test"]))
@@ -215,16 +251,48 @@ def test_the_global_synthetic_accuracy_is_the_pooled_accuracy_of_one_head():
 
 
 def test_disabled_dp_reports_no_guarantee():
-    out = run_generative("dpcvae", _clients(), 3, CFG, DPConfig(enabled=False), HEAD, seed=0)
+    out = run_generative(
+        method="dpcvae",
+        clients=_clients(),
+        n_classes=3,
+        cfg=CFG,
+        dp=DPConfig(enabled=False),
+        head_cfg=HEAD,
+        seed=0,
+    )
     assert out.privacy["enabled"] is False
     assert all(c["epsilon"] is None for c in out.privacy["clients"])
     assert all("epsilon_max" not in r for r in out.history)
 
 
 def test_same_seed_same_result():
-    a = run_generative("dpcvae", _clients(), 3, CFG, DPConfig(), HEAD, seed=5)
-    b = run_generative("dpcvae", _clients(), 3, CFG, DPConfig(), HEAD, seed=5)
-    c = run_generative("dpcvae", _clients(), 3, CFG, DPConfig(), HEAD, seed=6)
+    a = run_generative(
+        method="dpcvae",
+        clients=_clients(),
+        n_classes=3,
+        cfg=CFG,
+        dp=DPConfig(),
+        head_cfg=HEAD,
+        seed=5,
+    )
+    b = run_generative(
+        method="dpcvae",
+        clients=_clients(),
+        n_classes=3,
+        cfg=CFG,
+        dp=DPConfig(),
+        head_cfg=HEAD,
+        seed=5,
+    )
+    c = run_generative(
+        method="dpcvae",
+        clients=_clients(),
+        n_classes=3,
+        cfg=CFG,
+        dp=DPConfig(),
+        head_cfg=HEAD,
+        seed=6,
+    )
     assert a.history == b.history and a.fidelity == b.fidelity
     assert a.fidelity != c.fidelity
 

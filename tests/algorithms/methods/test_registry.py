@@ -9,20 +9,22 @@ from pathlib import Path
 import numpy as np
 import opacus
 import pytest
+from helpers.tiny import TINY
 
 import main as main_module
 from algorithms.evaluation.protocol import ClientProbs, Evaluation, Outcome
 from algorithms.experiment import RunFiles, close_run
 from algorithms.methods import registry
-from algorithms.methods.fedpft import pft_method
 from algorithms.methods.generative import client_type
+from algorithms.methods.pft_config import release_dp
 from algorithms.options import UsageError, load_settings
 from data.clients import ClientData
 from fl.settings import SettingsError, run_settings
-from utils.collect import collect
-from utils.plots import PALETTE, by_method, color
+from utils.collect import collect, method_order
+from utils.io import read_json, write_json
+from utils.plots import PALETTE, by_method, color, make_all
 from utils.provenance import versions
-from utils.results import read_metrics
+from utils.results import display_key, read_metrics
 
 ROWS = [
     {"id": 0, "n_train": 8, "n_val": 2, "n_test": 2}
@@ -36,9 +38,24 @@ def finished_runs(root: Path) -> list[Path]:
     for i, method in enumerate(reversed(registry.METHODS)):
         run = RunFiles(root / f"run{i}", method, f"key{i}", "d", "b")
         run.run_dir.mkdir(parents=True)
-        close_run(run, 1, {}, Evaluation(ROWS), Outcome(None, None, [], 0), 1.0)
+        close_run(
+            run=run,
+            seed=1,
+            split_args={},
+            evaluation=Evaluation(ROWS),
+            outcome=Outcome(None, None, [], 0),
+            wall=1.0,
+        )
         dirs.append(run.run_dir)
     return dirs
+
+
+def test_every_method_has_tiny_flags_that_it_reads():
+    """tests/helpers/tiny.py holds a tiny run of every registered method (the tests that run
+    every method, e.g. tests/e2e/test_resume.py, read them), each accepted by its method."""
+    assert set(TINY) == set(registry.NAMES)
+    for name in registry.NAMES:
+        load_settings(["--database_root", "db", "--method", name, *TINY[name]])
 
 
 def test_help_lists_exactly_the_registry_methods(capsys):
@@ -63,12 +80,29 @@ def test_every_flag_says_its_default_in_its_help():
 
 def test_tables_and_plots_list_the_registry_methods_in_its_order(tmp_path):
     dirs = finished_runs(tmp_path)
-    assert [r["method"] for r in collect([tmp_path])] == list(registry.NAMES)
-    runs = [{"dir": d, "metrics": read_metrics(d)} for d in dirs]
+    # the command lines read the registry's order when they run; the results do not carry it
+    assert method_order() == registry.NAMES
+    assert not any("display_order" in read_metrics(d) for d in dirs)
+    assert [r["method"] for r in collect([tmp_path], order=method_order())] == list(registry.NAMES)
+    runs = [
+        {"dir": d, "metrics": read_metrics(d), "rank": display_key(m.name, registry.NAMES)}
+        for d, m in zip(dirs, reversed(registry.METHODS))
+    ]
     grouped = by_method(runs)
     assert tuple(grouped) == registry.NAMES
-    colors = [color(rs[0]["metrics"]) for rs in grouped.values()]
+    colors = [color(rs[0]) for rs in grouped.values()]
     assert len(set(colors)) == len(colors) and set(colors) <= set(PALETTE)
+
+
+def test_old_results_with_a_display_order_still_tabulate_in_the_registry_order(tmp_path):
+    """Files written before the order left metrics.json keep their `display_order`: read,
+    and ignored (here it is reversed), the rows follow the registry."""
+    for i, d in enumerate(finished_runs(tmp_path)):
+        path = d / "metrics.json"
+        write_json(path, read_json(path) | {"display_order": i})
+    assert [r["method"] for r in collect([tmp_path], order=method_order())] == list(registry.NAMES)
+    plots = make_all([tmp_path], tmp_path / "plots", order=registry.NAMES)
+    assert {p.name for p in plots} == {"client_accuracy.png"}
 
 
 def test_epsilon_column_comes_from_the_registry_flags_in_the_results(tmp_path):
@@ -138,20 +172,20 @@ def test_a_flag_the_method_does_not_read_is_refused(tmp_path, capsys, method, fl
 
 def test_the_misleading_flags_have_clear_spellings():
     base = ["--database_root", "db"]
-    old = load_settings([*base, "--method", "fedavg", "--local_steps", "3"]).configs["fedavg"]
+    old = load_settings([*base, "--method", "fedavg", "--local_steps", "3"]).configs.fedavg
     new = load_settings([*base, "--method", "fedavg", "--fedavg_local_epochs", "3"])
-    assert old == new.configs["fedavg"] and old.local_steps == 3
-    dp = {f: load_settings([*base, "--method", "dpcvae", *f.split()]).configs["dp"] for f in
+    assert old == new.configs.fedavg and old.local_steps == 3
+    dp = {f: load_settings([*base, "--method", "dpcvae", *f.split()]).configs.dp for f in
           ("--dp on", "--enable_dp", "--dp off", "--disable_dp")}  # fmt: skip
     assert dp["--dp on"] == dp["--enable_dp"] and dp["--dp on"].enabled
     assert dp["--dp off"] == dp["--disable_dp"] and not dp["--dp off"].enabled
     with pytest.raises(SystemExit):  # argparse: one switch, one spelling at a time
         load_settings([*base, "--method", "dpcvae", "--dp", "on", "--disable_dp"])
     lr = load_settings([*base, "--method", "dpcvae", "--lr", "0.01"]).configs
-    assert lr["head"].lr == lr["generative"].lr == 0.01  # the heads and the CVAE
-    assert lr["generative"].gan_lr == 2e-4  # not the CGAN's
-    mu = load_settings([*base, "--method", "fedavg"]).configs["fedavg"].mu
-    assert mu == 0.0 and load_settings([*base, "--method", "fedprox"]).configs["fedavg"].mu == 0.05
+    assert lr.head.lr == lr.generative.lr == 0.01  # the heads and the CVAE
+    assert lr.generative.gan_lr == 2e-4  # not the CGAN's
+    mu = load_settings([*base, "--method", "fedavg"]).configs.fedavg.mu
+    assert mu == 0.0 and load_settings([*base, "--method", "fedprox"]).configs.fedavg.mu == 0.05
 
 
 def test_dp_refuses_an_untested_opacus(tmp_path, capsys, monkeypatch):
@@ -162,7 +196,7 @@ def test_dp_refuses_an_untested_opacus(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "needs opacus 1.6.0" in err and "1.5.4 is installed" in err and not out.exists()
     # without DP nothing of Opacus's internals runs
-    assert not load_settings([*argv, "--dp", "off"]).configs["dp"].enabled
+    assert not load_settings([*argv, "--dp", "off"]).configs.dp.enabled
 
 
 def test_versions_name_what_the_numbers_depend_on(gauss_db, tmp_path):
@@ -188,7 +222,7 @@ def _toy(ctx: registry.RunContext, cfg: registry.Configs) -> Outcome:
 
 def test_a_new_method_is_one_registry_entry_run_end_to_end(gauss_db, tmp_path, monkeypatch):
     """Adding a method is one entry: `--method` accepts it and the run lifecycle writes its
-    metrics.json (one row per client, its display order after the paper's methods)."""
+    metrics.json (one row per client; the tables place it after the paper's methods)."""
     toy = registry.Method("toy", "class priors (a test)", _toy, ("head",))
     monkeypatch.setattr(registry, "METHODS", (*registry.METHODS, toy))
     monkeypatch.setattr(registry, "NAMES", (*registry.NAMES, "toy"))
@@ -197,7 +231,8 @@ def test_a_new_method_is_one_registry_entry_run_end_to_end(gauss_db, tmp_path, m
     assert main_module.main([*argv, "--quiet", "--method", "toy"]) == 0
     metrics = read_metrics(out)
     assert metrics["method"] == "toy"
-    assert metrics["display_order"] == len(registry.NAMES) - 1
+    assert "display_order" not in metrics  # the tables read the order from the registry
+    assert method_order()[-1] == "toy"
     assert [row["id"] for row in metrics["clients"]] == [0, 1, 2]
     assert all(0 <= row["test_acc"] <= 1 for row in metrics["clients"])
 
@@ -213,6 +248,6 @@ def test_what_is_looked_up_about_a_method_is_in_its_entry():
     assert registry.with_flow("pft") == ("fedpft", "dpfedpft")
     assert client_type("dpcvae") is registry.get("dpcvae").client
     for name in registry.with_flow("pft"):
-        assert pft_method(name).private == (name == "dpfedpft")
+        assert release_dp(name) == (name == "dpfedpft")
     with pytest.raises(ValueError, match="not a generative method"):
         client_type("fedpft")

@@ -36,18 +36,28 @@ CFG = GenerativeConfig(n_rounds=3, local_epochs=2, batch_size=8, hidden_dim=16, 
 def _cvae_update(mode: str, clip: float) -> torch.Tensor:
     """The noise-free DP update of a tiny CVAE on one batch, as one flat vector."""
     torch.manual_seed(0)
-    model = CVAE(12, 3, hidden_dim=8, latent_dim=3)
+    model = CVAE(input_dim=12, n_classes=3, hidden_dim=8, latent_dim=3)
     before = torch.cat([p.detach().flatten() for p in model.parameters()])
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     private = make_private(
-        model, opt, 40, 10, DPConfig(max_grad_norm=clip), 0.0, generator(0), mode
+        model=model,
+        optimizer=opt,
+        n=40,
+        batch_size=10,
+        cfg=DPConfig(max_grad_norm=clip),
+        noise_multiplier=0.0,
+        noise_generator=generator(0),
+        grad_sample_mode=mode,
     )
     g = torch.Generator().manual_seed(1)
     x = torch.rand(9, 12, generator=g)
     onehot = F.one_hot(torch.randint(0, 3, (9,), generator=g), 3).float()
     eps = torch.randn(9, 3, generator=g)
     recon, mu, logvar = private.module(x, onehot, eps)
-    dp_step(private, cvae_loss_per_sample(x, recon, mu, logvar, 0.1, 10))
+    dp_step(
+        private,
+        cvae_loss_per_sample(x=x, recon=recon, mu=mu, logvar=logvar, beta=0.1, batch_size=10),
+    )
     return before - torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
@@ -70,7 +80,7 @@ def _client_data(n: int = 30, dim: int = 6, seed: int = 0, cid: int = 0) -> Clie
 def _client(method: str, mode: str, dp: DPConfig | None = None):
     base = CVAEClient if method == "dpcvae" else CGANClient
     cls = type(f"{base.__name__}_{mode}", (base,), {"grad_sample_mode": mode})
-    return cls(_client_data(), 3, CFG, dp or DPConfig(), seed=4)
+    return cls(data=_client_data(), n_classes=3, cfg=CFG, dp=dp or DPConfig(), seed=4)
 
 
 def _state(client) -> list[torch.Tensor]:
@@ -123,7 +133,16 @@ def test_empty_batch_takes_a_counted_noise_only_step_in_the_fast_path():
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    private = make_private(model, opt, 20, 10, DPConfig(), 1.0, generator(1), "fast")
+    private = make_private(
+        model=model,
+        optimizer=opt,
+        n=20,
+        batch_size=10,
+        cfg=DPConfig(),
+        noise_multiplier=1.0,
+        noise_generator=generator(1),
+        grad_sample_mode="fast",
+    )
     dp_step(private, None)
     assert private.steps() == 1
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
@@ -138,7 +157,16 @@ def test_the_same_noise_stream_in_fast_and_ghost_paths():
         model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
         before = [p.detach().clone() for p in model.parameters()]
         opt = torch.optim.SGD(model.parameters(), lr=1.0)
-        private = make_private(model, opt, 20, 10, DPConfig(), 0.7, generator(5), mode)
+        private = make_private(
+            model=model,
+            optimizer=opt,
+            n=20,
+            batch_size=10,
+            cfg=DPConfig(),
+            noise_multiplier=0.7,
+            noise_generator=generator(5),
+            grad_sample_mode=mode,
+        )
         out = private.module(torch.randn(6, 4))
         dp_step(private, (out * 0).sum(dim=1))
         updates.append([b - p.detach() for b, p in zip(before, model.parameters())])
@@ -157,7 +185,14 @@ def test_frozen_layers_are_passed_through_as_opacus_does():
         before = [p.detach().clone() for p in trained]
         opt = torch.optim.SGD(trained, lr=1.0)
         private = make_private(
-            model, opt, 20, 10, DPConfig(max_grad_norm=0.1), 0.0, generator(0), mode
+            model=model,
+            optimizer=opt,
+            n=20,
+            batch_size=10,
+            cfg=DPConfig(max_grad_norm=0.1),
+            noise_multiplier=0.0,
+            noise_generator=generator(0),
+            grad_sample_mode=mode,
         )
         x = torch.randn(6, 4, generator=torch.Generator().manual_seed(3))
         dp_step(private, private.module(x).pow(2).sum(dim=1))
@@ -176,7 +211,13 @@ def test_fast_path_refuses_layers_it_cannot_clip():
     layer = nn.Linear(3, 3)
     model = nn.Sequential(layer, nn.ReLU(), layer)  # one layer used twice: tied weights
     private = make_private(
-        model, torch.optim.SGD(model.parameters(), lr=0.1), 20, 10, DPConfig(), 1.0, generator(0)
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        n=20,
+        batch_size=10,
+        cfg=DPConfig(),
+        noise_multiplier=1.0,
+        noise_generator=generator(0),
     )
     with pytest.raises(RuntimeError, match="twice"):
         dp_step(private, private.module(torch.randn(5, 3)).sum(dim=1))
@@ -185,7 +226,7 @@ def test_fast_path_refuses_layers_it_cannot_clip():
 def test_generator_step_is_not_recorded_and_gradients_are_released_after_fit():
     client = _client("dpcgan", "fast")
     client.fit(seeded_global_weights("dpcgan", 6, 3, CFG, seed=0), 0)
-    assert client.private.tape.records == []
+    assert client.dp_sgd.tape.records == []
     for model in (client.generator, client.discriminator):
         assert all(p.grad is None for p in model.parameters())
     assert all(getattr(p, "summed_grad", None) is None for p in client.discriminator.parameters())
@@ -196,7 +237,9 @@ def test_clients_trained_in_threads_give_the_same_run(method):
     data = [_client_data(seed=i, cid=i) for i in range(3)]
     runs = []
     for workers in (1, 3):
-        clients = make_clients(method, data, 3, CFG, DPConfig(), seed=2)
+        clients = make_clients(
+            method=method, clients=data, n_classes=3, cfg=CFG, dp=DPConfig(), seed=2
+        )
         start = seeded_global_weights(method, 6, 3, CFG, seed=0)
         weights, history = run_federation(clients, start, Rounds(CFG.n_rounds), workers=workers)
         runs.append((weights, history, [c.privacy() for c in clients]))
@@ -219,7 +262,7 @@ def test_train_generative_spends_the_thread_budget_on_clients_and_restores_it():
     torch.set_num_threads(2)
     try:
         CVAEClient.fit = spy
-        train_generative("dpcvae", data, 3, CFG, DPConfig(), seed=0)
+        train_generative(method="dpcvae", clients=data, n_classes=3, cfg=CFG, dp=DPConfig(), seed=0)
         assert torch.get_num_threads() == 2
     finally:
         CVAEClient.fit = original

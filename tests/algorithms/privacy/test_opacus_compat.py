@@ -24,7 +24,16 @@ def test_fast_noise_step_equals_opacus_optimizer_step_bit_for_bit(sigma):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
         opt = torch.optim.Adam(model.parameters(), lr=0.1)
-        private = make_private(model, opt, 30, 8, DPConfig(), sigma, generator(2), "fast")
+        private = make_private(
+            model=model,
+            optimizer=opt,
+            n=30,
+            batch_size=8,
+            cfg=DPConfig(),
+            noise_multiplier=sigma,
+            noise_generator=generator(2),
+            grad_sample_mode="fast",
+        )
         for step in range(3):
             x = torch.randn(7, 5, generator=torch.Generator().manual_seed(step))
             loss = private.module(x).pow(2).sum(dim=1)

@@ -110,7 +110,9 @@ def test_a_cvae_client_at_the_patient_unit_counts_samples_and_accounts_patients(
     patients = np.repeat(np.arange(100, 116), 4)  # 16 patients of 4 records
     data = ClientData(0, x, y, x[:2], y[:2], x[:2], y[:2], patients)
     dp = DPConfig(epsilon=2.0, count_noise=0.0)  # an exact count: the rate is checked below
-    client = CVAEClient(data, 3, cfg, dp, seed=0)  # auto: patient, the data has ids
+    client = CVAEClient(
+        data=data, n_classes=3, cfg=cfg, dp=dp, seed=0
+    )  # auto: patient, the data has ids
     assert (client.n, client.n_units, client.n_released) == (64, 16, 16)  # counts patients
     client.fit(seeded_global_weights("dpcvae", 6, 3, cfg, seed=0), 0)
     line = client.privacy()
@@ -118,14 +120,18 @@ def test_a_cvae_client_at_the_patient_unit_counts_samples_and_accounts_patients(
     assert line["steps"] == 2 * 4 and 0 < line["epsilon"] <= 2.0
     assert privacy_report(dp, [line])["unit"] == "patient"
     # the same data per record: q per record, and the report says record
-    record = CVAEClient(data, 3, cfg, replace(dp, privacy_unit="record"), seed=0)
+    record = CVAEClient(
+        data=data, n_classes=3, cfg=cfg, dp=replace(dp, privacy_unit="record"), seed=0
+    )
     assert record.n_released == 64 and "unit" not in record.privacy()
-    assert CGANClient(data, 3, cfg, dp, seed=0).unit == "record"  # auto: CGAN clips per record
+    assert (
+        CGANClient(data=data, n_classes=3, cfg=cfg, dp=dp, seed=0).unit == "record"
+    )  # auto: CGAN clips per record
     patient = replace(dp, privacy_unit="patient")
     with pytest.raises(ValueError, match="--privacy_unit patient: CGANClient clips per record"):
-        CGANClient(data, 3, cfg, patient, seed=0)
+        CGANClient(data=data, n_classes=3, cfg=cfg, dp=patient, seed=0)
     with pytest.raises(ValueError, match="--privacy_unit patient: the database has no patient"):
-        CVAEClient(ClientData(0, x, y, x, y, x, y), 3, cfg, patient, seed=0)
+        CVAEClient(data=ClientData(0, x, y, x, y, x, y), n_classes=3, cfg=cfg, dp=patient, seed=0)
 
 
 def test_benchmark_quick_prints_both_units_for_each_k(capsys):

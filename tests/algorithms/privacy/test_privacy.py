@@ -37,11 +37,11 @@ def test_noise_free_dp_update_equals_brute_force_clip_and_sum(mode):
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     cfg = DPConfig(max_grad_norm=clip)
     private = make_private(
-        model,
-        opt,
-        n,
-        batch,
-        cfg,
+        model=model,
+        optimizer=opt,
+        n=n,
+        batch_size=batch,
+        cfg=cfg,
         noise_multiplier=0.0,
         noise_generator=generator(0),
         grad_sample_mode=mode,
@@ -71,7 +71,13 @@ def test_empty_poisson_batch_still_takes_a_noisy_counted_step():
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     private = make_private(
-        model, opt, 20, 10, DPConfig(), noise_multiplier=1.0, noise_generator=generator(1)
+        model=model,
+        optimizer=opt,
+        n=20,
+        batch_size=10,
+        cfg=DPConfig(),
+        noise_multiplier=1.0,
+        noise_generator=generator(1),
     )
     dp_step(private, None)
     assert private.steps() == 1
@@ -182,11 +188,11 @@ def test_a_private_client_accounts_for_its_count_and_reports_it():
     model = _tiny()
     cfg = DPConfig(count_noise=20.0)
     private = make_private(
-        model,
-        torch.optim.SGD(model.parameters(), lr=1.0),
-        50,
-        10,
-        cfg,
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+        n=50,
+        batch_size=10,
+        cfg=cfg,
         noise_multiplier=2.0,
         noise_generator=generator(1),
         count_history=cfg.count_history(),
