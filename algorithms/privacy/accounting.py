@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import textwrap
 import threading
 import warnings
 
@@ -64,6 +65,17 @@ NOT_COVERED = (
     "cost.wall_seconds grow with its true n (not fixable cheaply)",
     "under Flower with release-metrics=true: the accuracies of heads the coordinator sends "
     "(fedavg, fedprox), which crafted heads turn into the site's exact class counts",
+)
+# Listed in docs/privacy.md only: facts about the code, not about a run's releases.
+DOCS_NOT_COVERED = (
+    "the baselines (fedavg, fedprox, fedlambda, centralized): not private (epsilon infinite)",
+    "secure noise is a Mersenne Twister (MT19937) whose state is SHAKE-256 of the site's "
+    "secret, not a CSPRNG: safe only because no raw output leaves the site",
+    "the simulator's own files (synthetic.npz holds real embeddings of one client)",
+    "group privacy (several records of one patient) at the record unit, beyond the group bound "
+    "that a run on data with patient ids reports",
+    "under Flower: a site's refusal of a run names the rule it breaks, a budget refusal with "
+    "the epsilon the dataset has spent (a fact of earlier runs' settings, not of the records)",
 )
 # Added when the record count is released exactly (--count_noise 0).
 EXACT_COUNT = (
@@ -359,3 +371,12 @@ def over_budget_warning(report: dict) -> str | None:
         "this run is NOT "
         f"{target}-DP"
     )
+
+
+def not_covered_markdown() -> str:
+    """docs/privacy.md's list of what is not covered, from the tuples the runs write (a test
+    keeps the page equal to it): NOT_COVERED, EXACT_COUNT, then DOCS_NOT_COVERED."""
+    items = [*NOT_COVERED, EXACT_COUNT]
+    items += [f"(docs only) {text}" for text in DOCS_NOT_COVERED]
+    wrap = functools.partial(textwrap.fill, width=100, initial_indent="- ", subsequent_indent="  ")
+    return "\n".join(wrap(f"{text};") for text in items)

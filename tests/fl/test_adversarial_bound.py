@@ -21,6 +21,7 @@ from algorithms.methods import registry
 from algorithms.methods.fedavg import FedAvgClient
 from algorithms.methods.generative import initial_global_weights
 from algorithms.presets import flags as preset_flags
+from algorithms.privacy.accounting import NOT_COVERED, not_covered_markdown
 from data.database import load_database
 from data.partition import split_database
 from data.split_config import SplitConfig
@@ -439,7 +440,16 @@ def test_adversarial_the_recommended_private_methods_run_on_a_default_site(
 
 
 def test_node_keys_table_is_the_docs_table():
-    """docs/flower.md's node-config table is the code's (NODE_KEYS), line by line."""
-    text = (REPO / "docs" / "flower.md").read_text()
+    """docs/privacy.md's node-config table is the code's (NODE_KEYS), line by line."""
+    text = (REPO / "docs" / "privacy.md").read_text()
     assert node_keys_table() in text
     assert len(NODE_KEYS) >= 14
+
+
+def test_the_not_covered_list_of_the_docs_is_the_codes():
+    """docs/privacy.md's list of what is not covered is the one the runs write (NOT_COVERED and
+    the rest), line by line."""
+    text = (REPO / "docs" / "privacy.md").read_text()
+    block = text.split("<!-- not covered -->\n")[1].split("\n<!-- end of not covered -->")[0]
+    assert block == not_covered_markdown()
+    assert all(item[:40] in " ".join(block.split()) for item in NOT_COVERED)
