@@ -19,6 +19,7 @@ from algorithms.privacy.generative_config import GenerativeConfig
 from data.clients import ClientData, pooled_test
 from data.features import squash, unsquash
 from utils.metrics import prdc, sinkhorn_wasserstein
+from utils.device import one_torch_thread
 from utils.progress import progress
 from utils.seeding import (
     GLOBAL_HEAD,
@@ -100,7 +101,8 @@ def synthesize(
     counts = synthetic_label_counts(data.y_train, n_classes, cfg, rng)
     labels = np.repeat(np.arange(n_classes), np.where(client.can_sample(weights), counts, 0))
     latent = private_generator(seed, SAMPLE, data.id, secret=client.secret, device=client.device)
-    synthetic = client.sample(weights, labels, latent)
+    with one_torch_thread():  # the same draws whatever --num_threads (sums in one order)
+        synthetic = client.sample(weights, labels, latent)
     return synthetic, labels
 
 
