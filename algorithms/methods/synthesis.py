@@ -18,8 +18,8 @@ from algorithms.federation.aggregation import StateDict
 from algorithms.privacy.generative_config import GenerativeConfig
 from data.clients import ClientData, pooled_test
 from data.features import squash, unsquash
-from utils.metrics import prdc, sinkhorn_wasserstein
 from utils.device import one_torch_thread
+from utils.metrics import prdc, sinkhorn_wasserstein
 from utils.progress import progress
 from utils.seeding import (
     GLOBAL_HEAD,
