@@ -18,9 +18,11 @@ from helpers.flower import (
     hospital_node,
     run_in_process,
 )
+from helpers.tiny import TINY
 
 import main as main_module
 from algorithms.evaluation.downstream import POOLED
+from algorithms.methods import registry
 from algorithms.privacy import accounting
 from fl import client_app
 from fl.policy import PERMISSIVE
@@ -321,3 +323,18 @@ def test_a_failed_local_run_stops_every_process(gauss_db, tmp_path):
         )
     assert descendants([os.getpid()]) <= before
     assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("method", registry.flower_methods())
+def test_every_flower_method_runs_under_the_flower_helper(
+    gauss_db, tmp_path, task_identity, method
+):
+    """Every method the registry marks `flower` runs end to end under the in-process Flower apps
+    (its tiny flags), and one that shares DP releases reports each site's spent epsilon."""
+    run_in_process(gauss_db, tmp_path / "r", ["--method", method, *TINY[method]])
+    metrics = read_metrics(tmp_path / "r")
+    assert metrics["method"] == method and len(metrics["clients"]) == 2
+    if registry.get(method).private and "dp" in registry.get(method).sections:
+        epsilons = [c["epsilon"] for c in metrics["privacy"]["clients"]]
+        target = metrics["privacy"]["target_epsilon"]
+        assert len(epsilons) == 2 and all(0 < e <= target + 1e-9 for e in epsilons)
