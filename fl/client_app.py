@@ -62,21 +62,31 @@ from algorithms.evaluation.downstream import (
 from algorithms.evaluation.heads import new_head, predict_proba
 from algorithms.evaluation.protocol import LAMBDA_METRICS, ClientProbs, client_test_row, lambda_grid
 from algorithms.experiment import shares_dp, warn_privacy_settings
+from algorithms.federation.aggregation import StateDict
 from algorithms.federation.rounds import ClientUpdate
-from algorithms.methods.fedavg import FedAvgClient, val_accuracy
-from algorithms.methods.fedpft import PFTClient, PooledSampler
+from algorithms.methods.fedavg import val_accuracy
+from algorithms.methods.fedpft import PooledSampler
 from algorithms.methods.generative import ReleasedSampler
+from algorithms.methods.registry import required
 from algorithms.methods.synthesis import correct_count, finish_client, global_synthetic_head
 from algorithms.privacy.dp_client import DPClient
 from data.clients import ClientData
 from data.database import encoder_facts, load_meta
 from fl.policy import PolicyError, Refusal
-from fl.records import WITHHELD, record_weights, save_state, update_content
+from fl.records import (
+    WITHHELD,
+    metric_record,
+    record_float,
+    record_int,
+    record_weights,
+    save_state,
+    update_content,
+)
 from fl.settings import (
     is_generative,
     is_pft,
 )
-from fl.site import LAST_ROUND, STATE, Site, keyed_fingerprint, site_key
+from fl.site import LAST_ROUND, STATE, Site, SiteClient, keyed_fingerprint, site_key
 from utils.device import one_torch_thread
 
 app = ClientApp()
@@ -125,7 +135,7 @@ def hello(msg: Message, context: Context) -> Message:
         "dim": int(site.data.x_train.shape[1]),
         "n_classes": site.n_classes,
     }
-    records = {"client": MetricRecord(info)}
+    records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {"client": metric_record(info)}
     if refusal:
         records["refusal"] = ConfigRecord({"rule": refusal})
     else:
@@ -148,7 +158,7 @@ def train(msg: Message, context: Context) -> Message:
     not after the last one trained."""
     site = Site(context)
     site.require_policy()
-    rnd = int(msg.content.config_records["config"]["round"])
+    rnd = record_int(msg.content.config_records["config"], "round")
     if not 0 <= rnd < site.n_rounds():
         site.refuse(
             f"round {rnd + 1} is beyond the {site.n_rounds()} rounds its noise is calibrated for"
@@ -216,13 +226,14 @@ def synthesize(msg: Message, context: Context) -> Message:
             },
         )
     weights = record_weights(msg.content.array_records["weights"])
+    gen, head_cfg = required(s.configs.generative, "generative"), required(s.configs.head, "head")
     result = finish_client(
         client=client,
         data=site.data,
         weights=weights,
         n_classes=site.n_classes,
-        cfg=s.configs.generative,
-        head_cfg=s.configs.head,
+        cfg=gen,
+        head_cfg=head_cfg,
         seed=s.seed,
     )
     context.state[TEST_PROBS] = ArrayRecord(
@@ -231,18 +242,16 @@ def synthesize(msg: Message, context: Context) -> Message:
     # the global synthetic-only head, trained here from the global model as main.py's server
     # trains it: the coordinator sends no head to test on this site's data
     sampler = (
-        PooledSampler(s.configs.generative.squash_temperature)
+        PooledSampler(gen.squash_temperature)
         if is_pft(s)
-        else ReleasedSampler(
-            s.method.name, site.data.x_train.shape[1], site.n_classes, s.configs.generative
-        )
+        else ReleasedSampler(s.method.name, site.data.x_train.shape[1], site.n_classes, gen)
     )
     head = global_synthetic_head(
         sampler=sampler,
         weights=weights,
         n_classes=site.n_classes,
-        cfg=s.configs.generative,
-        head_cfg=s.configs.head,
+        cfg=gen,
+        head_cfg=head_cfg,
         seed=s.seed,
     )
     n_test = len(site.data.y_test)
@@ -258,8 +267,8 @@ def synthesize(msg: Message, context: Context) -> Message:
     return site.reply(
         msg,
         {
-            "lambda": MetricRecord(flat),
-            "fidelity": MetricRecord(fidelity),
+            "lambda": metric_record(flat),
+            "fidelity": metric_record(fidelity),
             "privacy": ConfigRecord({"json": json.dumps(privacy)}),
         },
     )
@@ -300,8 +309,8 @@ def report(msg: Message, context: Context) -> Message:
         for mode, per in rows.items()
         for m, row in per.items()
     }
-    synthetic = {"global_acc": float(context.state.config_records[GLOBAL_ACC]["acc"])}
-    return site.reply(msg, {**records, "synthetic": MetricRecord(synthetic)})
+    synthetic = {"global_acc": record_float(context.state.config_records[GLOBAL_ACC], "acc")}
+    return site.reply(msg, {**records, "synthetic": metric_record(synthetic)})
 
 
 def kept_test_probs(
@@ -310,6 +319,8 @@ def kept_test_probs(
     """What a site keeps between its end-of-run evaluation and its test report: the local and
     global heads' test probabilities and label priors, and each joint head's test
     probabilities (JOINT_WEIGHTS order)."""
+    if local.prior is None or global_.prior is None:
+        raise ValueError("the heads' label priors are missing: the test report needs them")
     return [local.test, global_.test, local.prior, global_.prior] + [
         joint[w].test for w in JOINT_WEIGHTS
     ]
@@ -348,9 +359,7 @@ def uncounted(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in COUNT_KEYS}
 
 
-def fit_round(
-    client: DPClient | PFTClient | FedAvgClient, weights: dict, rnd: int, device: str
-) -> ClientUpdate:
+def fit_round(client: SiteClient, weights: StateDict, rnd: int, device: str) -> ClientUpdate:
     """One local round. A DP-CVAE / DP-CGAN client on CPU trains on one torch thread, as in
     main.py's per-client path (train_generative): threads inside one small client wait on each
     other at every operation, slowly when other processes (every site of the round, on a

@@ -280,6 +280,7 @@ def policy_violation(policy: SitePolicy, settings: Settings) -> str | None:
         )
     if not shares_dp(settings):
         return None
+    dp = registry.required(dp, "dp")  # shares_dp: the method reads the dp section
     if dp.calibration not in (None, "total"):  # e.g. the paper's: spends more than its target
         return (
             f"{dp_flag('calibration')} {dp.calibration} spends more than "
@@ -305,8 +306,7 @@ def run_charge(settings: Settings) -> tuple[float | None, float]:
     are served (`policy_violation`)."""
     if not shares_dp(settings):
         return None, 0.0
-    dp = settings.configs.dp
-    assert dp is not None  # shares_dp
+    dp = registry.required(settings.configs.dp, "dp")  # shares_dp
     return float(dp.epsilon), float(dp.delta)
 
 
@@ -315,7 +315,9 @@ def run_binding(settings: Settings) -> str:
     every config: DP settings, rounds, local epochs, batch size, sampling, calibration,
     accountant, noise): a run ID is bound to it at its first claim in the ledger."""
     configs = {
-        f.name: dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+        f.name: dataclasses.asdict(cfg)
+        if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type)
+        else cfg
         for f in dataclasses.fields(settings.configs)
         if (cfg := getattr(settings.configs, f.name)) is not None
     }

@@ -35,7 +35,7 @@ class Processes:
     def __enter__(self) -> Processes:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def start(self, name: str, cmd: list[str]) -> subprocess.Popen:

@@ -11,6 +11,7 @@ Two kinds of data pass through here:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,41 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from algorithms.federation.aggregation import StateDict
 from algorithms.federation.rounds import ClientUpdate
 from utils.checkpoint import pack, unpack
+
+Record = ConfigRecord | MetricRecord  # Flower types their values as unions of scalars and lists
+
+
+def record_int(record: Record, key: str) -> int:
+    """`record[key]` as an int, as `int()` reads it (a list is a TypeError)."""
+    value = record[key]
+    if isinstance(value, list):
+        raise TypeError(f"record value {key!r} is a list, not a number")
+    return int(value)
+
+
+def record_float(record: Record, key: str) -> float:
+    """`record[key]` as a float, as `float()` reads it (a list is a TypeError)."""
+    return as_float(record[key], key)
+
+
+def as_float(value: object, key: str) -> float:
+    """A record value as a float, as `float()` reads it (a list or None is a TypeError)."""
+    if not isinstance(value, (int, float, str, bytes)):
+        raise TypeError(f"record value {key!r} is {type(value).__name__}, not a number")
+    return float(value)
+
+
+def record_floats(record: Record, key: str) -> list[float]:
+    """`record[key]` (a list of numbers) as a list of floats."""
+    value = record[key]
+    if not isinstance(value, list):
+        raise TypeError(f"record value {key!r} is {type(value).__name__}, not a list")
+    return [as_float(v, key) for v in value]
+
+
+def metric_record(values: Mapping[str, int | float | list[int] | list[float]]) -> MetricRecord:
+    """A MetricRecord of `values` (Flower's constructor wants exactly its value union)."""
+    return MetricRecord(dict(values))
 
 
 def pack_state(state: Any) -> tuple[ArrayRecord, str]:
@@ -75,8 +111,8 @@ def update_content(client_id: int, update: ClientUpdate) -> RecordDict:
     return RecordDict(
         {
             "weights": weights_record(update.weights),
-            "client": MetricRecord({"id": client_id, "n_samples": update.n_samples}),
-            "metrics": MetricRecord(sent),
+            "client": metric_record({"id": client_id, "n_samples": update.n_samples}),
+            "metrics": metric_record(sent),
         }
     )
 
@@ -84,11 +120,11 @@ def update_content(client_id: int, update: ClientUpdate) -> RecordDict:
 def content_update(content: RecordDict) -> tuple[int, ClientUpdate]:
     """(client id, update) of a round's reply."""
     client = content.metric_records["client"]
-    metrics = {k: float(v) for k, v in content.metric_records["metrics"].items()}
+    metrics = {k: as_float(v, k) for k, v in content.metric_records["metrics"].items()}
     update = ClientUpdate(
-        record_weights(content.array_records["weights"]), int(client["n_samples"]), metrics
+        record_weights(content.array_records["weights"]), record_int(client, "n_samples"), metrics
     )
-    return int(client["id"]), update
+    return record_int(client, "id"), update
 
 
 WITHHELD = "withheld"  # a site's reply record: its policy keeps the metrics computed on its data

@@ -20,8 +20,9 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from typing import Any, TypeVar
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from algorithms.evaluation.downstream import (
@@ -42,62 +43,28 @@ from algorithms.methods.generative import (
     generative_outcome,
     initial_global_weights,
 )
+from algorithms.methods.registry import required
 from algorithms.methods.synthesis import GLOBAL_SYNTHETIC_PER_CLASS
 from algorithms.options import Settings
-from data.database import encoder_mismatch
-from fl.policy import Refusal
-from fl.records import WITHHELD, content_update, weights_record
+from fl.records import (
+    WITHHELD,
+    as_float,
+    content_update,
+    record_float,
+    record_floats,
+    weights_record,
+)
 from fl.settings import SettingsError, is_generative, is_pft, run_settings
+from fl.sites import Sites, connect
 from utils.metrics import CLASSIFICATION_METRICS
 from utils.progress import set_quiet
 from utils.seeding import SAMPLING, derive_seed
 
 app = ServerApp()
 
+T = TypeVar("T")
+
 ROW_KEYS = ("id", *(f"test_{m}" for m in CLASSIFICATION_METRICS))  # no counts: none is sent
-
-
-class Sites:
-    """The connected sites: which SuperNode serves which client, and one way to message them
-    (every reply must come back, without error, within the timeout)."""
-
-    def __init__(self, grid: Grid, node_of: dict[int, int], reply_timeout: float):
-        self.grid = grid
-        self.node_of = node_of
-        self.client_of = {node: cid for cid, node in node_of.items()}
-        self.reply_timeout = reply_timeout
-
-    def ask(
-        self,
-        client_ids: Sequence[int],
-        message_type: str,
-        content: Callable[[int], RecordDict],
-        group: str,
-    ) -> dict[int, RecordDict]:
-        """Send `content(client id)` to each client; their replies by client id."""
-        messages = [
-            Message(content(cid), self.node_of[cid], message_type, group_id=group)
-            for cid in client_ids
-        ]
-        start = time.perf_counter()
-        replies = list(self.grid.send_and_receive(messages, timeout=self.reply_timeout))
-        seconds = time.perf_counter() - start
-        print(f"{group}: {message_type}, {len(replies)} replies in {seconds:.1f} s", flush=True)
-        out = {}
-        for reply in replies:
-            cid = self.client_of[reply.metadata.src_node_id]
-            if reply.has_error():
-                raise RuntimeError(
-                    f"{message_type} ({group}): client {cid} failed: {reply.error.reason}"
-                )
-            out[cid] = reply.content
-        missing = sorted(set(client_ids) - set(out))
-        if missing:
-            raise TimeoutError(
-                f"{message_type} ({group}): no reply from clients {missing} within "
-                f"{self.reply_timeout:.0f} s (reply-timeout-s)"
-            )
-        return out
 
 
 @app.main()
@@ -135,52 +102,6 @@ def serve(grid: Grid, context: Context) -> None:
     )
 
 
-def connect(
-    grid: Grid, n_sites: int, node_timeout: float, reply_timeout: float
-) -> tuple[Sites, dict[int, dict]]:
-    """Wait for `n_sites` SuperNodes and ask each which client it serves and what its data is
-    (names, hashes and shapes), or whether it refuses the run: every refusal stops the run with
-    one message. Returns the sites and each one's reply by client id."""
-    deadline = time.monotonic() + node_timeout
-    while len(nodes := sorted(grid.get_node_ids())) < n_sites:
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"{len(nodes)} of {n_sites} SuperNodes connected within {node_timeout:.0f} s "
-                f"(node-timeout-s)"
-            )
-        time.sleep(0.5)
-    messages = [Message(RecordDict(), node, "query", group_id="hello") for node in nodes]
-    replies = list(grid.send_and_receive(messages, timeout=reply_timeout))
-    info: dict[int, dict] = {}
-    encoders: dict[int, dict] = {}
-    refusals = []
-    for reply in replies:
-        if reply.has_error():
-            raise RuntimeError(
-                f"SuperNode {reply.metadata.src_node_id} failed to start: {reply.error.reason}"
-            )
-        hello = dict(reply.content.metric_records["client"])
-        cid = int(hello["id"])
-        if cid in info:
-            raise SettingsError(f"two SuperNodes claim client-id {cid}")
-        if "refusal" in reply.content.config_records:
-            refusals.append(f"client {cid}: {reply.content.config_records['refusal']['rule']}")
-        else:
-            record = reply.content.config_records["facts"]
-            hello["facts"] = {k: json.loads(str(v)) for k, v in record.items()}
-            if "encoder" in reply.content.config_records:
-                encoders[cid] = json.loads(str(reply.content.config_records["encoder"]["facts"]))
-        info[cid] = {**hello, "node": reply.metadata.src_node_id}
-    if refusals:
-        raise Refusal("the run is refused by its sites' policies: " + "; ".join(sorted(refusals)))
-    if mismatch := encoder_mismatch(encoders):  # embeddings made differently do not pool
-        raise Refusal(f"the run is refused: {mismatch}")
-    if len(info) != n_sites:
-        raise SettingsError(f"{len(info)} SuperNodes answered, the run needs {n_sites}")
-    sites = Sites(grid, {cid: int(h["node"]) for cid, h in info.items()}, reply_timeout)
-    return sites, info
-
-
 def run_facts(
     settings: Settings, hello: dict[int, dict], order: list[int]
 ) -> tuple[DataFacts, int, int]:
@@ -189,10 +110,10 @@ def run_facts(
     every site must agree on. Sites reading one split file must have made it with main-args'
     partition flags."""
 
-    def common(values: list):
+    def common(values: list) -> Any:
         return values if any(v != values[0] for v in values) else values[0]
 
-    def agreed(name: str, key) -> object:
+    def agreed(name: str, key: Callable[[dict], T]) -> T:
         values = {cid: key(h) for cid, h in hello.items()}
         if len(set(map(json.dumps, values.values()))) != 1:
             raise SettingsError(f"the sites disagree on the {name}: {values}")
@@ -263,7 +184,8 @@ def run_generative(
 ) -> tuple[Outcome, Evaluation]:
     """DP-CVAE / DP-CGAN: the rounds, then the end of a generative run (`finish_sites`)."""
     method, seed = settings.method.name, settings.seed
-    cfg, dp = settings.configs.generative, settings.configs.dp
+    cfg = required(settings.configs.generative, "generative")
+    dp = required(settings.configs.dp, "dp")
     initial = initial_global_weights(method, dim, n_classes, cfg, seed)
     weights, history = train_rounds(sites, order, initial, cfg.n_rounds, 1.0, settings)
     fidelity, privacy, global_synthetic, evaluation = finish_sites(
@@ -288,7 +210,8 @@ def run_pft(
     """FedPFT / DP-FedPFT: one round (each site releases its statistics once, the server pools
     them), then the end of a generative run from the pooled Gaussians."""
     method, configs = settings.method.name, settings.configs
-    cfg, gen, dp = configs.pft, configs.generative, configs.dp
+    cfg, gen = required(configs.pft, "pft"), required(configs.generative, "generative")
+    dp = configs.dp
     aggregate = pooler(method, cfg, dp)
     pooled, history = train_rounds(sites, order, {}, 1, 1.0, settings, aggregate=aggregate)
     fidelity, privacy, global_synthetic, evaluation = finish_sites(
@@ -315,7 +238,7 @@ def finish_sites(
     settings: Settings,
     weights: StateDict,
     n_classes: int,
-) -> tuple[list[dict], list[dict], dict, Evaluation]:
+) -> tuple[list[dict], list[dict], dict | None, Evaluation]:
     """The end of a generative run: each site runs `finish_client` from the global `weights`
     and reports its lambda-grid validation scores, fidelity and privacy line, and trains the
     global synthetic-only head from `weights` itself; the server chooses lambda under every
@@ -331,13 +254,13 @@ def finish_sites(
     ]
     withheld = [cid for cid in order if WITHHELD in done[cid].config_records]
     if withheld:  # a site's policy keeps its metrics: the run reports its privacy only
-        withheld = f"clients {withheld} keep their metrics (release-metrics=false)"
-        return [{} for _ in order], privacy, None, Evaluation([], withheld=withheld)
+        kept = f"clients {withheld} keep their metrics (release-metrics=false)"
+        return [{} for _ in order], privacy, None, Evaluation([], withheld=kept)
     per_client, fidelity = [], []
     for cid in order:
         reply = done[cid]
         per_client.append(mode_scores(reply.metric_records["lambda"]))
-        fidelity.append({k: float(v) for k, v in reply.metric_records["fidelity"].items()})
+        fidelity.append({k: as_float(v, k) for k, v in reply.metric_records["fidelity"].items()})
     grid = lambda_grid(settings.args.weights_grid_resolution)
     chosen = choose_modes(per_client, grid, JOINT_WEIGHTS)
     config = ConfigRecord(
@@ -348,7 +271,7 @@ def finish_sites(
         mode: {m: [row_of(replies[cid], f"row-{mode}-{m}") for cid in order] for m in pm}
         for mode, pm in chosen.items()
     }
-    accs = [float(replies[cid].metric_records["synthetic"]["global_acc"]) for cid in order]
+    accs = [record_float(replies[cid].metric_records["synthetic"], "global_acc") for cid in order]
     global_synthetic = site_global_synthetic_report(accs, n_classes)
     evaluation = evaluation_of(
         modes_report(chosen, rows), settings.args.lambda_metric, downstream_of(settings)
@@ -361,7 +284,7 @@ def run_fedavg(
 ) -> tuple[Outcome, Evaluation]:
     """FedAvg / FedProx on a linear head: the rounds with each round's validation accuracy
     (reported by the sites), then each site's test metrics of the final global head."""
-    cfg, seed = settings.configs.fedavg, settings.seed
+    cfg, seed = required(settings.configs.fedavg, "fedavg"), settings.seed
 
     def validate(rnd: int, weights: StateDict, updates: Sequence[ClientUpdate]) -> dict:
         record = weights_record(weights)
@@ -372,7 +295,7 @@ def run_fedavg(
             group=f"round {rnd + 1}",
         )
         accs = [replies[cid].metric_records["val"].get("acc") for cid in order]
-        return validation_row(cfg, rnd, [None if a is None else float(a) for a in accs])
+        return validation_row(cfg, rnd, [None if a is None else as_float(a, "acc") for a in accs])
 
     initial = initial_head(dim, n_classes, seed)
     weights, history = train_rounds(
@@ -391,9 +314,9 @@ def mode_scores(record: MetricRecord) -> dict[str, dict[str, list[float]]] | Non
     if not record:
         return None
     out: dict[str, dict[str, list[float]]] = {}
-    for key, values in record.items():
+    for key in record:
         mode, metric = str(key).split("-", 1)
-        out.setdefault(mode, {})[metric] = [float(a) for a in values]
+        out.setdefault(mode, {})[metric] = record_floats(record, key)
     return out
 
 

@@ -11,11 +11,15 @@ import math
 import os
 import secrets
 from pathlib import Path
+from typing import Any, NoReturn, Protocol
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from algorithms.experiment import shares_dp
-from algorithms.methods.registry import Accounted, ClientSpec
+from algorithms.federation.aggregation import StateDict
+from algorithms.federation.rounds import ClientUpdate
+from algorithms.methods.registry import Accounted, ClientSpec, required
+from algorithms.methods.synthesis import ClientSampler
 from algorithms.options import Settings
 from algorithms.privacy.accounting import remember_calibration
 from fl.ledger import Charge, Claim, Ledger
@@ -27,7 +31,7 @@ from fl.policy import (
     run_charge,
     site_policy,
 )
-from fl.records import load_state
+from fl.records import load_state, record_float, record_int
 from fl.settings import (
     is_generative,
     is_pft,
@@ -53,6 +57,18 @@ CALIBRATION = "calibration"  # the client's noise multiplier and what it was cal
 SITE_KEY_FILE = ".site_key"  # next to the site's database: its secret for the fingerprint
 
 
+class SiteClient(ClientSampler, Accounted, Protocol):
+    """What the ClientApp uses of a method's client: a round, its state between messages and,
+    at the end of a generative run, its privacy line and its sampling (FedAvg's head client
+    serves the rounds and the state only)."""
+
+    def fit(self, weights: StateDict, rnd: int, /) -> ClientUpdate: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any], /) -> None: ...
+
+
 class Site:
     """This node's settings, client id, policy, ledger and data for one message."""
 
@@ -70,7 +86,7 @@ class Site:
         self.charge = Charge(run_binding(self.settings), *run_charge(self.settings))
         self.violation = policy_violation(self.policy, self.settings)
 
-    def refuse(self, rule: str) -> None:
+    def refuse(self, rule: str) -> NoReturn:
         raise Refusal(f"client {self.client_id}'s site refuses: {rule}")
 
     def refusal(self) -> str | None:
@@ -88,12 +104,14 @@ class Site:
         s = self.settings
         if is_pft(s):
             return 1
-        return (s.configs.generative if is_generative(s) else s.configs.fedavg).n_rounds
+        if is_generative(s):
+            return required(s.configs.generative, "generative").n_rounds
+        return required(s.configs.fedavg, "fedavg").n_rounds
 
     def last_round(self) -> int | None:
         if LAST_ROUND not in self.context.state:
             return None
-        return int(self.context.state.config_records[LAST_ROUND]["round"])
+        return record_int(self.context.state.config_records[LAST_ROUND], "round")
 
     def claim(self, key: str, what: str) -> None:
         """Claim a release of this run in the site's ledger (fl/ledger.py), before computing
@@ -129,7 +147,7 @@ class Site:
         text = f"noise/{self.ledger.dataset_id}/{self.context.run_id}/{self.charge.binding}"
         return hmac.new(key, text.encode(), hashlib.sha256).digest()
 
-    def client(self) -> Accounted | object:
+    def client(self) -> SiteClient:
         """The client object, built by the method's registry factory (the one a simulation
         uses) and restored to where the last message left it. A run with DP on gets a client
         that keeps privacy accounting, or a refusal."""
@@ -137,7 +155,7 @@ class Site:
         state = self.context.state
         if CALIBRATION in state:  # this run's noise multiplier, found by an earlier message
             known = state.config_records[CALIBRATION]
-            remember_calibration(str(known["key"]), float(known["noise-multiplier"]))
+            remember_calibration(str(known["key"]), record_float(known, "noise-multiplier"))
         configs = s.configs
         if configs.dp is not None:
             dp = dataclasses.replace(configs.dp, noise_source=self.policy.noise_source)

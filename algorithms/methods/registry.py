@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from algorithms.evaluation.heads import HeadConfig
 from algorithms.evaluation.protocol import Outcome
@@ -58,6 +58,18 @@ class Configs:
     generative: GenerativeConfig | None = None
     pft: PFTConfig | None = None
     dp: DPConfig | None = None
+
+
+T = TypeVar("T")
+
+
+def required(config: T | None, section: str) -> T:
+    """A config section the method reads (so the run's configs hold it): the config itself,
+    typed; a clear error where it is missing, which means a method reads a section its
+    registry entry does not list."""
+    if config is None:
+        raise ValueError(f"the run's configs have no {section} section, which the method reads")
+    return config
 
 
 @dataclass(frozen=True)
@@ -123,18 +135,22 @@ class Method:
 
 
 def _local(ctx: RunContext, cfg: Configs) -> Outcome:
-    return run_local(ctx.clients, ctx.n_classes, cfg.head, ctx.seed, ctx.execution.device)
+    return run_local(
+        ctx.clients, ctx.n_classes, required(cfg.head, "head"), ctx.seed, ctx.execution.device
+    )
 
 
 def _centralized(ctx: RunContext, cfg: Configs) -> Outcome:
-    return run_centralized(ctx.clients, ctx.n_classes, cfg.head, ctx.seed, ctx.execution.device)
+    return run_centralized(
+        ctx.clients, ctx.n_classes, required(cfg.head, "head"), ctx.seed, ctx.execution.device
+    )
 
 
 def _fedavg(ctx: RunContext, cfg: Configs) -> Outcome:
     return run_fedavg(
         clients=ctx.clients,
         n_classes=ctx.n_classes,
-        cfg=cfg.fedavg,
+        cfg=required(cfg.fedavg, "fedavg"),
         seed=ctx.seed,
         checkpoint=ctx.checkpoint,
         device=ctx.execution.device,
@@ -145,7 +161,7 @@ def _fedlambda(ctx: RunContext, cfg: Configs) -> Outcome:
     return run_fedavg(
         clients=ctx.clients,
         n_classes=ctx.n_classes,
-        cfg=cfg.fedavg,
+        cfg=required(cfg.fedavg, "fedavg"),
         seed=ctx.seed,
         head_cfg=cfg.head,
         checkpoint=ctx.checkpoint,
@@ -154,22 +170,19 @@ def _fedlambda(ctx: RunContext, cfg: Configs) -> Outcome:
 
 
 def _fedavg_clients(spec: ClientSpec) -> list[Any]:
-    assert spec.configs.fedavg is not None  # the method reads the fedavg section
-    return make_fedavg_clients(
-        spec.clients, spec.n_classes, spec.configs.fedavg, spec.seed, spec.device
-    )
+    cfg = required(spec.configs.fedavg, "fedavg")
+    return make_fedavg_clients(spec.clients, spec.n_classes, cfg, spec.seed, spec.device)
 
 
 def _generative_clients(name: str) -> ClientFactory:
     def make(spec: ClientSpec) -> list[Any]:
         cfg = spec.configs
-        assert cfg.generative is not None and cfg.dp is not None  # the method's sections
         return make_clients(
             method=name,
             clients=spec.clients,
             n_classes=spec.n_classes,
-            cfg=cfg.generative,
-            dp=cfg.dp,
+            cfg=required(cfg.generative, "generative"),
+            dp=required(cfg.dp, "dp"),
             seed=spec.seed,
             secret=spec.secret,
             device=spec.device,
@@ -181,13 +194,12 @@ def _generative_clients(name: str) -> ClientFactory:
 def _pft_clients(name: str) -> ClientFactory:
     def make(spec: ClientSpec) -> list[Any]:
         cfg = spec.configs
-        assert cfg.pft is not None and cfg.generative is not None  # the method's sections
         return make_pft_clients(
             method=name,
             clients=spec.clients,
             n_classes=spec.n_classes,
-            cfg=cfg.pft,
-            gen_cfg=cfg.generative,
+            cfg=required(cfg.pft, "pft"),
+            gen_cfg=required(cfg.generative, "generative"),
             dp=cfg.dp,
             seed=spec.seed,
             secret=spec.secret,
@@ -202,9 +214,9 @@ def _generative(name: str) -> Runner:
             method=name,
             clients=ctx.clients,
             n_classes=ctx.n_classes,
-            cfg=cfg.generative,
-            dp=cfg.dp,
-            head_cfg=cfg.head,
+            cfg=required(cfg.generative, "generative"),
+            dp=required(cfg.dp, "dp"),
+            head_cfg=required(cfg.head, "head"),
             seed=ctx.seed,
             checkpoint=ctx.checkpoint,
             execution=ctx.execution,
@@ -220,10 +232,10 @@ def _pft(name: str) -> Runner:
             method=name,
             clients=ctx.clients,
             n_classes=ctx.n_classes,
-            cfg=cfg.pft,
-            gen_cfg=cfg.generative,
+            cfg=required(cfg.pft, "pft"),
+            gen_cfg=required(cfg.generative, "generative"),
             dp=cfg.dp,
-            head_cfg=cfg.head,
+            head_cfg=required(cfg.head, "head"),
             seed=ctx.seed,
         )
 

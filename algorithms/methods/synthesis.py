@@ -329,14 +329,15 @@ def global_synthetic_report(correct: list[int | None], n_test: list[int], n_clas
     `empty` (only then): the released model samples no class (no head; `acc` None)."""
     n = int(sum(n_test))
     chance = 1.0 / n_classes
-    empty = any(c is None for c in correct)
-    acc = None if empty else (sum(correct) / n if n else float("nan"))
+    counts = [c for c in correct if c is not None]
+    empty = len(counts) < len(correct)
+    acc = None if empty else (sum(counts) / n if n else float("nan"))
     return {
         "acc": acc,
         "n_test": n,
         "chance": chance,
         "per_class": GLOBAL_SYNTHETIC_PER_CLASS,
-        "at_chance": False if empty else at_chance(acc, chance, n),
+        "at_chance": False if acc is None else at_chance(acc, chance, n),
         **({"empty": True} if empty else {}),
     }
 

@@ -81,7 +81,7 @@ class DPClient:
     # How DP-SGD clips (see algorithms.privacy.dp_sgd.GRAD_SAMPLE_MODES); the others are references.
     grad_sample_mode = "fast"
     # Privacy units the client's DP step supports: record, and patient (user-level DP-SGD)
-    units = ("record", "patient")
+    units: tuple[str, ...] = ("record", "patient")
 
     def __init__(
         self,
@@ -113,9 +113,11 @@ class DPClient:
         self.onehot = F.one_hot(self.y, n_classes).float()
         self.n = len(self.y)  # stays here; under DP only the noisy count leaves
         self.unit = privacy_unit(dp, type(self), data.patients_train is not None)
-        self.patients = None  # each training record's patient, 0..P-1, at the patient unit
-        self.groups = None  # the current batch's patients (dp_sgd.patient_poisson_batch)
-        if self.unit == "patient":
+        # each training record's patient, 0..P-1, at the patient unit
+        self.patients: torch.Tensor | None = None
+        # the current batch's patients (dp_sgd.patient_poisson_batch)
+        self.groups: torch.Tensor | None = None
+        if self.unit == "patient" and data.patients_train is not None:  # privacy_unit: ids
             local = np.unique(data.patients_train, return_inverse=True)[1]
             self.patients = torch.as_tensor(local, dtype=torch.int64).to(self.device)
         # what DP protects and counts: records, or patients (each with all its records)

@@ -9,8 +9,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from algorithms.methods.generative import initial_global_weights
 from fl.records import weights_record
-from fl.server_app import connect
 from fl.settings import run_settings
+from fl.sites import connect
 from utils.io import write_json
 
 app = ServerApp()
