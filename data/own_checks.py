@@ -20,7 +20,7 @@ def detect_delimiter(header: str) -> str:
         return csv.Sniffer().sniff(header, delimiters="".join(DELIMITERS)).delimiter
     except csv.Error:
         counts = {d: header.count(d) for d in DELIMITERS}
-        best = max(counts, key=counts.get)
+        best = max(counts, key=lambda d: counts[d])
         return best if counts[best] else ","
 
 

@@ -374,7 +374,7 @@ def open_own_data(
     files = []
     for name, idx, info in _group(rows):
         meta = np.array([[i, rows[i].split] for i in idx], dtype=np.int64).reshape(-1, 2)
-        fields = METADATA_FIELDS
+        fields: tuple[str, ...] = METADATA_FIELDS
         if patients is not None:
             meta = np.concatenate([meta, patients[idx, None]], axis=1)
             fields = (*METADATA_FIELDS, PATIENT_FIELD)

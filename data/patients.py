@@ -160,9 +160,10 @@ def file_patients(metadata: np.ndarray | None, fields: Sequence[str]) -> np.ndar
 
 def pooled_patients(columns: Sequence[np.ndarray | None]) -> np.ndarray | None:
     """The files' patient columns concatenated; None unless every file has one."""
-    if not columns or any(c is None for c in columns):
+    present = [c for c in columns if c is not None]
+    if not columns or len(present) != len(columns):
         return None
-    return np.concatenate(columns)
+    return np.concatenate(present)
 
 
 def files_patient_facts(files: Sequence[Any]) -> dict:
