@@ -59,7 +59,7 @@ def run_settings(run_config: dict) -> Settings:
         )
     if args.resume:  # main.py's checkpoints are not written under Flower
         raise SettingsError(f"main-args: {spelling('resume')} does not run on Flower; start again")
-    if getattr(args, "vectorized", "auto") == "on":
+    if args.vectorized == "on":
         raise SettingsError(
             f"main-args: {spelling('vectorized')} on does not run on Flower: each site is one "
             f"client (the per-client path; {spelling('vectorized')} trains simulated clients "

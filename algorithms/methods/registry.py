@@ -353,11 +353,6 @@ def get(name: str) -> Method:
     raise ValueError(f"method {name!r} is not known (one of {', '.join(NAMES)})")
 
 
-def display_order(name: str) -> int:
-    """The method's position in tables and plots."""
-    return NAMES.index(get(name).name)
-
-
 def using(section: str) -> tuple[str, ...]:
     """The methods whose flags include `section`'s, in display order."""
     return tuple(m.name for m in METHODS if section in m.sections)
