@@ -14,10 +14,10 @@ from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from algorithms.experiment import shares_dp
 from algorithms.methods.registry import Accounted, ClientSpec
 from algorithms.options import Settings
 from algorithms.privacy.accounting import remember_calibration
+from algorithms.run_files import shares_dp
 from fl.ledger import Charge, Claim, Ledger
 from fl.policy import (
     PERMISSIVE,
