@@ -32,8 +32,8 @@ from data.database import (
 )
 from data.encoding import encode_source, encoding_plan
 from data.images import name_dicom_warnings
+from data.manifest import Columns
 from data.medmnist_source import medmnist_flags
-from data.own_data import Columns
 from data.patients import PATIENT_COLUMN_HELP, files_patient_facts, key_path
 from data.source_base import OWN_DATASETS, SourceError
 from data.sources import default_dataset_root, open_source
