@@ -15,8 +15,9 @@ from algorithms.report import privacy_line
 from algorithms.run_files import DataFacts, describe_run
 from data.database import load_embedding_file, save_embedding_file
 from data.patients import patient_facts
-from utils.collect import collect, to_markdown
+from utils.collect import collect
 from utils.results import config_key, read_metrics
+from utils.table import to_markdown
 
 REPORT = {"enabled": True, "epsilon_max": 1.0, "delta": 1e-4, "unit": "record"}
 
