@@ -13,7 +13,6 @@ encoding also exits with status 2, naming it, and leaves the finished chunks for
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.backbone import DEFAULT_BACKBONE, Backbone, BackboneError, create_backbone, preprocessing
+from data.backbone import DEFAULT_BACKBONE, BackboneError, create_backbone, preprocessing
 from data.database import (
     META_FILE,
     DatabaseError,
@@ -31,12 +30,12 @@ from data.database import (
     summary_table,
     write_meta,
 )
-from data.encoding import encode_source
+from data.encoding import encode_source, encoding_plan
 from data.images import name_dicom_warnings
+from data.manifest import Columns
 from data.medmnist_source import medmnist_flags
-from data.own_data import Columns
 from data.patients import PATIENT_COLUMN_HELP, files_patient_facts, key_path
-from data.source_base import OWN_DATASETS, Source, SourceError
+from data.source_base import OWN_DATASETS, SourceError
 from data.sources import default_dataset_root, open_source
 from data.split_config import SplitConfig
 from utils.cli import OutputError, Parser, check_output, flag_name
@@ -226,35 +225,6 @@ def _remove_database(root: Path) -> None:
     shutil.rmtree(root / PARTIAL_DIR, ignore_errors=True)
 
 
-def _rows_digest(source: Source) -> str:
-    """Identity of the samples to encode (labels and metadata of every file, in order)."""
-    h = hashlib.sha256()
-    for f in source.files:
-        h.update(f.name.encode())
-        h.update(np.ascontiguousarray(f.labels).tobytes())
-        h.update(np.ascontiguousarray(f.metadata).tobytes())
-    return h.hexdigest()
-
-
-def _plan(args: argparse.Namespace, source: Source, backbone: Backbone, chunk_rows: int) -> dict:
-    """Everything that determines the chunks' content; a resumed run must match it."""
-    return {
-        "dataset": source.dataset,
-        "source_size": source.source_size,
-        "source_file": source.info.get("source_file"),
-        "s_frac": args.s_frac,
-        "seed": args.seed,
-        "backbone": backbone.name,
-        "weights": backbone.weights,
-        "weights_sha256": backbone.weights_sha256,
-        "device": backbone.device.type,
-        "batch_size": args.batch_size,
-        "chunk_rows": chunk_rows,
-        "files": {f.name: len(f) for f in source.files},
-        "rows_sha256": _rows_digest(source),
-    }
-
-
 def _check_same_plan(old: dict, plan: dict, what: str) -> None:
     old = old if isinstance(old, dict) else {}
     diff = [k for k in plan if old.get(k) != plan[k]]
@@ -314,7 +284,7 @@ def run(args: argparse.Namespace, command: list[str], started: float) -> dict:
             seed=args.seed,
         )
         chunk_rows = -(-args.chunk_size // args.batch_size) * args.batch_size
-        plan = _plan(args, source, backbone, chunk_rows)
+        plan = encoding_plan(args, source, backbone, chunk_rows)
         work = root / PARTIAL_DIR
         if args.overwrite:
             _remove_database(root)

@@ -1,8 +1,11 @@
 """The encoding pipeline of create_db.py: image batches prepared ahead in threads, embedded by
-the backbone, and saved in chunks that a resumed run reuses."""
+the backbone, and saved in chunks that a resumed run reuses (when its plan, `encoding_plan`,
+is the same)."""
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -169,3 +172,35 @@ def encode_source(
             pieces.append(emb)
         out[f.name] = np.concatenate(pieces).astype(np.float32, copy=False)
     return out
+
+
+def _rows_digest(source: Source) -> str:
+    """Identity of the samples to encode (labels and metadata of every file, in order)."""
+    h = hashlib.sha256()
+    for f in source.files:
+        h.update(f.name.encode())
+        h.update(np.ascontiguousarray(f.labels).tobytes())
+        h.update(np.ascontiguousarray(f.metadata).tobytes())
+    return h.hexdigest()
+
+
+def encoding_plan(
+    args: argparse.Namespace, source: Source, backbone: Backbone, chunk_rows: int
+) -> dict:
+    """Everything that determines the chunks' content (plan.json, and meta.json's `plan`); a
+    resumed run must match it."""
+    return {
+        "dataset": source.dataset,
+        "source_size": source.source_size,
+        "source_file": source.info.get("source_file"),
+        "s_frac": args.s_frac,
+        "seed": args.seed,
+        "backbone": backbone.name,
+        "weights": backbone.weights,
+        "weights_sha256": backbone.weights_sha256,
+        "device": backbone.device.type,
+        "batch_size": args.batch_size,
+        "chunk_rows": chunk_rows,
+        "files": {f.name: len(f) for f in source.files},
+        "rows_sha256": _rows_digest(source),
+    }

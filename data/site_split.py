@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from data.database import Database
-from data.partition import SPLIT_FORMAT, database_fingerprint, stratified_split, write_split_file
+from data.partition import stratified_split, write_split_file
 from data.patients import patient_units, split_unit
 from data.split_config import SplitError
+from data.split_file import SPLIT_FORMAT, database_fingerprint
 from utils.cli import Parser
 
 

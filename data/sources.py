@@ -39,7 +39,7 @@ from data.source_base import (
 )
 
 if TYPE_CHECKING:
-    from data.own_data import Columns
+    from data.manifest import Columns
 
 # Fashion-MNIST: the four official IDX files, and where Debian's `dataset-fashion-mnist` puts them.
 FASHION_FILES = {
@@ -230,7 +230,7 @@ def open_source(
     classes: str | None = None,
 ) -> Source:
     """Open any supported dataset by its `--dataset` name; SourceError on bad input.
-    `manifest`, `columns` (a data.own_data.Columns) and `classes` are for imagefolder/csv.
+    `manifest`, `columns` (a data.manifest.Columns) and `classes` are for imagefolder/csv.
 
     Args:
         dataset: the `--dataset` name.
@@ -249,7 +249,8 @@ def open_source(
     if s_frac is not None and dataset not in ("camelyon17", "fashionmnist"):
         raise SourceError(f"--s_frac applies to camelyon17 and fashionmnist only, not to {dataset}")
     if dataset in OWN_DATASETS:
-        from data.own_data import Columns, open_own_data
+        from data.manifest import Columns
+        from data.own_data import open_own_data
 
         if download:
             raise SourceError(f"--download does not apply to {dataset} (your own images)")

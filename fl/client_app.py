@@ -61,7 +61,7 @@ from algorithms.evaluation.downstream import (
 )
 from algorithms.evaluation.heads import new_head, predict_proba
 from algorithms.evaluation.protocol import LAMBDA_METRICS, ClientProbs, client_test_row, lambda_grid
-from algorithms.experiment import shares_dp, warn_privacy_settings
+from algorithms.experiment import warn_privacy_settings
 from algorithms.federation.aggregation import StateDict
 from algorithms.federation.rounds import ClientUpdate
 from algorithms.methods.fedavg import val_accuracy
@@ -70,6 +70,7 @@ from algorithms.methods.generative import ReleasedSampler
 from algorithms.methods.registry import required
 from algorithms.methods.synthesis import correct_count, finish_client, global_synthetic_head
 from algorithms.privacy.dp_client import DPClient
+from algorithms.run_files import shares_dp
 from data.clients import ClientData
 from data.database import encoder_facts, load_meta
 from fl.policy import PolicyError, Refusal

@@ -25,11 +25,11 @@ import json
 import math
 from dataclasses import dataclass
 
-from algorithms.experiment import shares_dp
 from algorithms.flags import spelling
 from algorithms.methods import registry
 from algorithms.options import Settings
 from algorithms.privacy.config import COUNT_NOISE, NOISE_SOURCES, DPConfig
+from algorithms.run_files import shares_dp
 from utils.cli import flag_name
 
 

@@ -36,11 +36,12 @@ from pathlib import Path
 import tomli
 import tomli_w
 
-from algorithms.experiment import RUN_ERRORS, data_facts, describe_run
+from algorithms.experiment import RUN_ERRORS
 from algorithms.flags import spelling
 from algorithms.methods import registry
 from algorithms.options import UsageError, load_settings
 from algorithms.report import summary_line
+from algorithms.run_files import data_facts, describe_run
 from data.database import load_database
 from data.partition import load_or_make_split
 from fl.ledger import DEFAULT_BUDGET_DELTA, DEFAULT_BUDGET_EPSILON, Ledger

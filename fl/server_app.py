@@ -32,7 +32,6 @@ from algorithms.evaluation.downstream import (
     modes_report,
 )
 from algorithms.evaluation.protocol import Evaluation, Outcome, lambda_grid
-from algorithms.experiment import DataFacts, close_run, discard_unfinished, open_run
 from algorithms.federation.aggregation import StateDict
 from algorithms.federation.rounds import ClientUpdate, Rounds, fedavg_aggregate, run_rounds
 from algorithms.methods.fedavg import initial_head, validation_row
@@ -46,6 +45,7 @@ from algorithms.methods.generative import (
 from algorithms.methods.registry import required
 from algorithms.methods.synthesis import GLOBAL_SYNTHETIC_PER_CLASS
 from algorithms.options import Settings
+from algorithms.run_files import DataFacts, close_run, discard_unfinished, open_run
 from fl.records import (
     WITHHELD,
     as_float,

@@ -26,10 +26,10 @@ import io
 import shlex
 from pathlib import Path
 
-from algorithms.experiment import DataFacts, data_facts
 from algorithms.flags import spelling
 from algorithms.methods import registry
 from algorithms.options import Settings, UsageError, check_before_run, load_settings
+from algorithms.run_files import DataFacts, data_facts
 from data.clients import ClientData, client_datasets
 from data.database import load_database
 from data.partition import load_split

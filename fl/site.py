@@ -15,13 +15,13 @@ from typing import Any, NoReturn, Protocol
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from algorithms.experiment import shares_dp
 from algorithms.federation.aggregation import StateDict
 from algorithms.federation.rounds import ClientUpdate
 from algorithms.methods.registry import Accounted, ClientSpec, required
 from algorithms.methods.synthesis import ClientSampler
 from algorithms.options import Settings
 from algorithms.privacy.accounting import remember_calibration
+from algorithms.run_files import shares_dp
 from fl.ledger import Charge, Claim, Ledger
 from fl.policy import (
     PERMISSIVE,

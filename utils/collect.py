@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from utils.cli import OutputError, Parser, check_output
-from utils.io import atomic_path, read_json, write_csv
+from utils.io import read_json
 from utils.metrics import CLASSIFICATION_METRICS
 from utils.results import (
     CONFIG_FILE,
@@ -37,18 +37,12 @@ from utils.results import (
     privacy_unit_mark,
     read_metrics,
 )
+from utils.table import to_markdown, write_table
 
 # the downstream modes that runs report (algorithms/evaluation/downstream.py), and the prefix of the
 # pooled-test metrics in their rows
 DOWNSTREAM_MODES = ("mix", "prior", "joint")
 POOLED = "pooled_"
-
-METRIC_TITLES = {
-    "acc": "Acc (%)",
-    "balanced_acc": "Bal. acc (%)",
-    "f1_macro": "F1 macro (%)",
-    "f1_weighted": "F1 weighted (%)",
-}
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:
@@ -175,24 +169,12 @@ def _synthetic_only(ms: list[dict]) -> dict[str, Any]:
     }
 
 
-def _syn_text(r: dict[str, Any]) -> str:
-    if r.get("syn_acc") is None:
-        return "empty" if r.get("syn_empty") else "-"
-    return f"{100 * r['syn_acc']:.2f}" + (" (chance)" if r["syn_at_chance"] else "")
-
-
 def _epsilon_spent(ms: list[dict]) -> float | None:
     """Largest spent epsilon over clients and seeds (see utils.results.epsilon_spent); None
     when a run does not say."""
     eps = [epsilon_spent(m) for m in ms]
     known = [e for e in eps if e is not None]
     return float(max(known)) if len(known) == len(eps) else None
-
-
-def _eps_text(eps: float | None) -> str:
-    if eps is None:
-        return "-"
-    return "∞" if eps == float("inf") else "0" if eps == 0 else f"{eps:.3f}"
 
 
 def _group_key(run_dir: Path, metrics: dict, config: dict) -> str:
@@ -280,76 +262,6 @@ def collect(
         row["wall_seconds"] = float(np.mean([m["cost"]["wall_seconds"] for m in ms]))
         keyed.append(((display_key(ms[0]["method"], order), row["method"]), row))
     return [row for _, row in sorted(keyed, key=lambda kr: kr[0])]
-
-
-def _fmt(v: Any, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def _wasserstein_text(r: dict[str, Any]) -> str:
-    if r["wasserstein"] is None:
-        return "empty" if r.get("syn_empty") else "-"
-    return f"{r['wasserstein']:.4f}"
-
-
-def _pooled_text(r: dict[str, Any]) -> str:
-    if r.get("pooled_acc_mean") is None:
-        return "-"
-    return f"{100 * r['pooled_acc_mean']:.2f} ± {100 * r['pooled_acc_std']:.2f}"
-
-
-def _lambda_text(r: dict[str, Any]) -> str:
-    """The chosen lambda; for the joint mode the synthetic weight, as (w 0.30)."""
-    if r["lambda"] is None:
-        return "-"
-    return f"(w {r['lambda']:.2f})" if r.get("downstream") == "joint" else f"{r['lambda']:.2f}"
-
-
-def to_markdown(rows: list[dict[str, Any]]) -> str:
-    """The table as Markdown: percentages as mean +- std across clients."""
-    head = [
-        "Method",
-        *METRIC_TITLES.values(),
-        "Pooled acc (%)",
-        "W-dist",
-        "Syn. acc (%)",
-        "λ (w)",
-        "eps spent",
-        "Shared params",
-        "Bytes/round",
-        "Time (s)",
-        "Seeds",
-    ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["method"]]
-        cells += [f"{100 * r[f'{n}_mean']:.2f} ± {100 * r[f'{n}_std']:.2f}" for n in METRIC_TITLES]
-        cells += [
-            _pooled_text(r),
-            _wasserstein_text(r),
-            _syn_text(r),
-            _lambda_text(r),
-            _eps_text(r["epsilon_spent"])
-            + (f" ({r['privacy_unit']})" if r.get("privacy_unit") else ""),
-            f"{r['params_shared']:,}",
-            f"{r['bytes_per_round']:,}",
-            f"{r['wall_seconds']:.1f}",
-            str(r["seeds"]),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_table(
-    rows: list[dict[str, Any]], out_dir: str | Path, name: str = "table"
-) -> tuple[Path, Path]:
-    """Write `<name>.md` and `<name>.csv` into `out_dir`, atomically."""
-    out_dir = Path(out_dir)
-    md, csv = out_dir / f"{name}.md", out_dir / f"{name}.csv"
-    with atomic_path(md) as tmp:
-        tmp.write_text(to_markdown(rows) + "\n")
-    write_csv(csv, rows)
-    return md, csv
 
 
 def method_order() -> tuple[str, ...]:

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from algorithms import presets
-from algorithms.experiment import DataFacts, describe_run
 from algorithms.flags import CONFIGS, build_parser, config_sections
 from algorithms.methods import registry
 from algorithms.options import (
@@ -22,6 +21,7 @@ from algorithms.options import (
     present_configs,
     resolve_execution,
 )
+from algorithms.run_files import DataFacts, describe_run
 from utils.device import ON_CPU, Execution
 from utils.results import config_key
 

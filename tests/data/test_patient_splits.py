@@ -11,9 +11,10 @@ from PIL import Image
 
 import data.create_db as create_db
 from data.database import Database, EmbeddingFile, load_database
-from data.partition import check_split, make_split, split_database
+from data.partition import make_split, split_database
 from data.site_split import site_split
 from data.split_config import SplitConfig, SplitError
+from data.split_file import check_split
 from utils.io import sha256_file, write_json
 
 METHODS = ("iid", "by_labels_split", "pathological_split", "natural")

@@ -15,8 +15,9 @@ from helpers.flower import DPCVAE, FEDAVG, SEEDED, SMALL, InProcessGrid, hospita
 
 from algorithms.evaluation.heads import new_head
 from data.database import load_database
-from data.partition import database_fingerprint, split_database
+from data.partition import split_database
 from data.split_config import SplitConfig
+from data.split_file import database_fingerprint
 from fl import client_app, server_app
 from fl import site as fl_site
 from fl.policy import Refusal, SitePolicy, policy_violation

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from algorithms.methods import registry
-from utils.collect import collect, to_markdown
+from utils.collect import collect
 from utils.collect import main as collect_main
 from utils.io import write_json
 from utils.results import (
@@ -17,6 +17,7 @@ from utils.results import (
     validate_metrics,
     write_metrics,
 )
+from utils.table import to_markdown
 
 NAMES = ("acc", "balanced_acc", "f1_macro", "f1_weighted")
 

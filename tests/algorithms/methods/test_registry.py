@@ -13,11 +13,11 @@ from helpers.tiny import TINY
 
 import main as main_module
 from algorithms.evaluation.protocol import ClientProbs, Evaluation, Outcome
-from algorithms.experiment import RunFiles, close_run
 from algorithms.methods import registry
 from algorithms.methods.generative import client_type
 from algorithms.methods.pft_config import release_dp
 from algorithms.options import UsageError, load_settings
+from algorithms.run_files import RunFiles, close_run
 from data.clients import ClientData
 from fl.settings import SettingsError, run_settings
 from utils.collect import collect, method_order

@@ -9,14 +9,15 @@ from helpers.databases import make_gaussian_db
 from helpers.tiny import FAST, TINY
 
 import main as main_module
-from algorithms.experiment import DataFacts, describe_run
 from algorithms.options import load_settings
 from algorithms.privacy.accounting import group_bound, group_privacy_warning, with_patients
 from algorithms.report import privacy_line
+from algorithms.run_files import DataFacts, describe_run
 from data.database import load_embedding_file, save_embedding_file
 from data.patients import patient_facts
-from utils.collect import collect, to_markdown
+from utils.collect import collect
 from utils.results import config_key, read_metrics
+from utils.table import to_markdown
 
 REPORT = {"enabled": True, "epsilon_max": 1.0, "delta": 1e-4, "unit": "record"}
 
