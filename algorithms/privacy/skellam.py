@@ -11,8 +11,9 @@ One round, with n sites of which at least m are honest (add their share):
     total = modular_sum([y_1, ..., y_n], bits)        # secure aggregation
     mean = decode(total, gamma, len(update), seed) / n
 
-with `bound = rounded_l2_bound(clip / gamma, beta, dim)`, `variance` from `calibrate_variance`
-(the sensitivities from `rounded_sensitivities`), `check_no_wrap` before the first round, and the
+with `bound = rounded_l2_bound(clip / gamma, beta, d)` for d = padded_dim(len(update)) (the
+rotated length), `variance` from `calibrate_variance` (the sensitivities from
+`rounded_sensitivities(clip / gamma, beta, d)`), `check_no_wrap` before the first round, and the
 two epsilons of `guarantees`. The accountant is the closed-form Skellam RDP (`skellam_rdp`),
 converted to (epsilon, delta) with Opacus's RDP conversion (Balle et al. 2020).
 
