@@ -57,9 +57,9 @@ NOT_COVERED = (
     "composes every run on its data with basic composition (epsilons and deltas summed), and "
     "a round or answer that fails after its claim still counts as spent",
     "the choice of hyper-parameters and of the backbone",
-    "floating point: the Gaussian noise is sampled in float64 (Box-Muller with 53-bit uniforms, "
-    "so draws stop near 8.6 sigma and are rounded) and added in float32; that tail and "
-    "floating-point attacks on the Gaussian mechanism (Mironov 2012-style) are not accounted",
+    "floating point: the Gaussian noise is drawn in float32 by Box-Muller, its radius refined in "
+    "float64 beyond 4.08 sigma (draws stop at 10.33 sigma, a mass of 2^-77 per pair); that tail "
+    "and floating-point attacks on the Gaussian mechanism (Mironov 2012-style) are not accounted",
     "under Flower: no split size leaves a site, but its reported accuracies are exact ratios "
     "of counts (their denominators can reveal n_val and n_test), and a site's reply time and "
     "cost.wall_seconds grow with its true n (not fixable cheaply)",

@@ -2,7 +2,7 @@
 (tests/algorithms/privacy/test_opacus_compat.py): the version check, Opacus imported on first
 use with its RDP terms memoized (a monkey-patch of
 `opacus.accountants.analysis.rdp._compute_rdp`), Opacus's `_generate_noise` swapped for this
-project's float64 `noise`, and the fast DP steps that re-implement
+project's `noise` (its tail refined), and the fast DP steps that re-implement
 `DPOptimizer.step` after clipping (one client, and K clients stacked)."""
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def load_opacus() -> ModuleType:
 
 def _route_opacus_noise() -> None:
     """Make Opacus's DP optimizers (the `ghost` and `hooks` modes) draw their noise with
-    `noise` (float64 sampling, then cast), as the `fast` and vectorized paths do. Opacus's
+    `noise` (Box-Muller with its tail refined), as the `fast` and vectorized paths do. Opacus's
     secure mode (never used here: `_check_supported`) and calls without a generator keep
     Opacus's own sampler."""
     import opacus.optimizers.optimizer as plain
@@ -145,7 +145,7 @@ def noise_and_account_stacked(
         if std > 0:
             row = draws[k]
             for start, shape in layout.slots.values():
-                # the same draws as `dpsgd_noise(std, shape)` (float64, then cast), flattened
+                # the same draws as `dpsgd_noise(std, shape)` (shape-free), flattened
                 size = math.prod(shape)
                 row[start : start + size] = dpsgd_noise(std, (size,), opt.generator, row.dtype)
         if opt.step_hook:

@@ -1,7 +1,7 @@
 """The code that depends on Opacus internals (algorithms/privacy/opacus_compat.py) against
 Opacus itself: the fast DP step equals `DPOptimizer.step` bit for bit, the memoized RDP terms
-leave the PRV epsilon unchanged, and Opacus's own noise sampler is routed through the float64
-`noise`."""
+leave the PRV epsilon unchanged, and Opacus's own noise sampler is routed through `noise`
+(Box-Muller with its tail refined)."""
 
 import pytest
 import torch
@@ -66,25 +66,30 @@ def test_memoized_rdp_terms_leave_the_prv_epsilon_unchanged(monkeypatch):
     assert [fresh_epsilon(k) for k in (7, 70, 700)] == memoized
 
 
-def test_adversarial_dp_noise_is_sampled_in_float64_in_every_path(monkeypatch):
+def test_adversarial_dp_noise_is_the_refined_box_muller_in_every_path(monkeypatch):
     """Every DP-SGD noise draw (the fast step's, the stacked path's slot draws, Opacus's own
-    optimizers') asks torch for float64 samples."""
+    optimizers') is `noise.normal`'s: float32 uniforms for radii and angles, then float64
+    uniforms refining the radii's tail (torch's normal sampler is never asked)."""
     load_opacus()  # routes Opacus's sampler through noise
     import opacus.optimizers.optimizer as plain
     import opacus.optimizers.optimizer_fast_gradient_clipping as ghost
 
     asked = []
-    real = torch.normal
+    real_rand = torch.rand
 
     def spy(*args, **kwargs):
         asked.append(kwargs.get("dtype"))
-        return real(*args, **kwargs)
+        return real_rand(*args, **kwargs)
 
-    monkeypatch.setattr(torch, "normal", spy)
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.normal called")
+
+    monkeypatch.setattr(torch, "rand", spy)
+    monkeypatch.setattr(torch, "normal", refuse)
     out = dpsgd_noise(1.0, (3, 5), generator(0))
-    assert out.dtype == torch.float32 and asked == [torch.float64]
+    assert out.dtype == torch.float32 and asked == [torch.float32, torch.float64]
     ref = torch.zeros(7, dtype=torch.float32)
     for module in (plain, ghost):
         asked.clear()
         drawn = module._generate_noise(2.0, ref, generator=generator(1))
-        assert drawn.dtype == torch.float32 and asked == [torch.float64]
+        assert drawn.dtype == torch.float32 and asked == [torch.float32, torch.float64]
