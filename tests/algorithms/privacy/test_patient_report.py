@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from helpers.databases import make_gaussian_db
+from helpers.databases import make_gaussian_db, make_patient_db
 from helpers.tiny import FAST, TINY
 
 import main as main_module
@@ -13,7 +13,6 @@ from algorithms.experiment import DataFacts, describe_run
 from algorithms.options import load_settings
 from algorithms.privacy.accounting import group_bound, group_privacy_warning, with_patients
 from algorithms.report import privacy_line
-from data.database import load_embedding_file, save_embedding_file
 from data.patients import patient_facts
 from utils.collect import collect, to_markdown
 from utils.results import config_key, read_metrics
@@ -55,14 +54,7 @@ def test_privacy_line_names_the_unit_and_the_patients():
 
 def patient_db(root):
     """The small Gaussian database with 100 patients of 3 records (one label each)."""
-    db = make_gaussian_db(root, n_per_file=(300,))
-    f = load_embedding_file(db / "all.npz")
-    patients = np.arange(300) // 3
-    labels = f.labels.copy()
-    for p in range(100):
-        labels[3 * p : 3 * p + 3] = labels[3 * p]
-    save_embedding_file(db / "all.npz", f.embeddings, labels, patients[:, None], ("patient",))
-    return db
+    return make_patient_db(root)
 
 
 def test_a_dp_run_on_data_with_patient_ids_reports_per_record_and_warns(tmp_path, capsys):
