@@ -152,10 +152,13 @@ class PFTClient:
         self.cfg, self.temperature, self.dp, self.seed = cfg, gen_cfg.squash_temperature, dp, seed
         noised = release_dp(method) and dp is not None and dp.enabled
         self.noise_multiplier = calibrate_release(dp_of(method, dp)) if noised else None
-        has_ids = data.patients_train is not None
+        patients = data.patients_train
+        has_ids = patients is not None
         self.unit = privacy_unit(dp, type(self), has_ids) if noised and dp else "record"
         # each training record's weight in the release (None: 1, the record unit)
-        self.weights = patient_weights(data.patients_train) if self.unit == "patient" else None
+        self.weights: np.ndarray | None = None
+        if self.unit == "patient" and patients is not None:
+            self.weights = patient_weights(patients)
         secure = dp is not None and dp.noise_source == "secure"
         self.secret = (secret or new_secret()) if secure else None
         self.rng_noise = private_generator(seed, DP_NOISE, secret=self.secret)
