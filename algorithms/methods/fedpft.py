@@ -17,6 +17,16 @@ spherical, which needs no moment); every coordinate gets Gaussian noise of std s
 sensitivity, sigma calibrated once by the analytic Gaussian mechanism (calibrate_release) so that
 this one release spends the target epsilon at delta. The derivation: docs/fedpft.md.
 
+At the patient unit (`--privacy_unit patient`, or auto on data with patient ids): each record
+is weighted 1 / (its patient's record count) in the counts, sums and moments (weights in
+`patient_weights`), so a patient's weights sum to 1. Adding or removing a patient then moves
+the scaled vector by at most what one record moves it at the record unit: its count parts sum
+to 1 across classes (L2 <= 1), and each other part is a convex combination of clipped records'
+parts (L2 <= 1 by the triangle inequality), however its records spread over classes. So the
+sensitivity and the noise are the record-level ones, the noisy counts count patients (a patient
+with records in several classes counts as the share of its records in each), the means are
+patient-weighted, and the privacy line says unit patient.
+
 Post-processing of the pooled sums (the noise is already in, so it costs no privacy): a class
 whose pooled count is below max(1, MIN_COUNT_STDS x the std of the pooled count's noise) is
 dropped from sampling (without noise: a class no client holds); the count is clipped to >= 1;
@@ -43,6 +53,7 @@ from algorithms.federation.rounds import ClientUpdate, Rounds, run_federation
 from algorithms.methods.gaussians import (
     fit_mixtures,
     noisy_statistics,
+    patient_weights,
     pool_mixtures,
     pool_statistics,
     sample_mixture,
@@ -70,6 +81,7 @@ from algorithms.privacy.accounting import (
     release_epsilon,
 )
 from algorithms.privacy.config import DPConfig
+from algorithms.privacy.dp_client import privacy_unit
 from algorithms.privacy.generative_config import GenerativeConfig
 from data.clients import ClientData
 from data.features import squash
@@ -108,6 +120,9 @@ class PFTClient:
     client's (the DP_NOISE stream: of its client seed, or of its secret key under secure
     noise)."""
 
+    # Privacy units its release supports: record, and patient (records weighted per patient)
+    units = ("record", "patient")
+
     def __init__(
         self,
         *,
@@ -137,6 +152,13 @@ class PFTClient:
         self.cfg, self.temperature, self.dp, self.seed = cfg, gen_cfg.squash_temperature, dp, seed
         noised = release_dp(method) and dp is not None and dp.enabled
         self.noise_multiplier = calibrate_release(dp_of(method, dp)) if noised else None
+        patients = data.patients_train
+        has_ids = patients is not None
+        self.unit = privacy_unit(dp, type(self), has_ids) if noised and dp else "record"
+        # each training record's weight in the release (None: 1, the record unit)
+        self.weights: np.ndarray | None = None
+        if self.unit == "patient" and patients is not None:
+            self.weights = patient_weights(patients)
         secure = dp is not None and dp.noise_source == "secure"
         self.secret = (secret or new_secret()) if secure else None
         self.rng_noise = private_generator(seed, DP_NOISE, secret=self.secret)
@@ -168,6 +190,7 @@ class PFTClient:
                 covariance=self.cfg.covariance,
                 noise_std=std,
                 rng=self.rng_noise,
+                weights=self.weights,
             )
         self.released = True
         metrics = {"epsilon": self.epsilon()} if self.noise_multiplier else {}
@@ -193,8 +216,10 @@ class PFTClient:
         if self.noise_multiplier is None:
             return {"id": self.id, "noise_source": self.noise_source, "epsilon": None}
         sens = sensitivity(self.cfg.covariance)
+        unit = {"unit": "patient"} if self.unit == "patient" else {}
         return {
             "id": self.id,
+            **unit,
             "noise_source": self.noise_source,
             "mechanism": "gaussian, one release",
             "noise_multiplier": self.noise_multiplier,

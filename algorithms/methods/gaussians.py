@@ -39,16 +39,36 @@ def clip_records(x: np.ndarray) -> np.ndarray:
     return x * np.minimum(1.0, bound / np.maximum(norms, 1e-300))
 
 
-def class_statistics(x: np.ndarray, y: np.ndarray, n_classes: int, covariance: str) -> StateDict:
+def patient_weights(patients: np.ndarray) -> np.ndarray:
+    """Each record's weight at the patient unit: 1 / (its patient's record count), so that every
+    patient's weights sum to 1 whatever its number of records or classes (fedpft.py: why the
+    release's sensitivity is then per patient)."""
+    _, index, counts = np.unique(np.asarray(patients), return_inverse=True, return_counts=True)
+    return 1.0 / counts[index].astype(np.float64)
+
+
+def class_statistics(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    covariance: str,
+    weights: np.ndarray | None = None,
+) -> StateDict:
     """Per class: record count, sum, and second moment (diag: (C, D); full: (C, D, D);
-    spherical: none) of the clipped records, exactly (float64)."""
+    spherical: none) of the clipped records, exactly (float64); with `weights` (one per record:
+    `patient_weights`), the weighted count, sum and moment."""
     x = clip_records(x)
-    onehot = np.eye(n_classes)[np.asarray(y, dtype=np.int64)]
+    y = np.asarray(y, dtype=np.int64)
+    onehot = np.eye(n_classes)[y]
+    if weights is not None:
+        onehot = onehot * np.asarray(weights, dtype=np.float64)[:, None]
     stats = {"count": onehot.sum(0), "sum": onehot.T @ x}
     if covariance == "diag":
         stats["moment"] = onehot.T @ (x * x)
     elif covariance == "full":
-        stats["moment"] = np.stack([x[y == c].T @ x[y == c] for c in range(n_classes)])
+        stats["moment"] = np.stack(
+            [(onehot[y == c, c, None] * x[y == c]).T @ x[y == c] for c in range(n_classes)]
+        )
     return {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in stats.items()}
 
 
@@ -60,6 +80,7 @@ def noisy_statistics(
     covariance: str,
     noise_std: float,
     rng: torch.Generator,
+    weights: np.ndarray | None = None,
 ) -> StateDict:
     """dpfedpft's release (float64): `class_statistics` plus Gaussian noise of std `noise_std`
     on every coordinate of the scaled vector (count, sum / sqrt(D), moment / D), drawn in that
@@ -72,8 +93,9 @@ def noisy_statistics(
         covariance: diag, full or spherical (which moment is released).
         noise_std: the noise's standard deviation on each coordinate.
         rng: the client's private noise generator.
+        weights: each record's weight (None: 1; the patient unit: `patient_weights`).
     """
-    stats = class_statistics(x, y, n_classes, covariance)
+    stats = class_statistics(x, y, n_classes, covariance, weights)
     scale = {"count": 1.0, "sum": math.sqrt(x.shape[1]), "moment": float(x.shape[1])}
     out = {}
     for name, value in stats.items():

@@ -300,7 +300,8 @@ def privacy_report(
         "epsilon_max": max(c["epsilon"] for c in clients),
         "not_covered": list(not_covered) + exact_count,
         # what DP protects: one record (one embedding), or one patient when every client ran
-        # user-level DP-SGD (dp_client.py); see with_patients
+        # user-level DP-SGD (dp_client.py) or a patient-weighted DP-FedPFT release (fedpft.py);
+        # see with_patients
         "unit": "patient" if all(c.get("unit") == "patient" for c in clients) else "record",
     }
 

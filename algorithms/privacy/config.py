@@ -148,11 +148,12 @@ class DPConfig:
         default="auto",
         metadata=flag(
             "--privacy_unit",
-            section="dpsgd",
+            section="dp",
             choices=PRIVACY_UNITS,
-            help="what DP-SGD protects: patient (user-level DP-SGD: patients Poisson sampled, "
+            help="what DP protects: patient (DP-SGD: patients Poisson sampled, "
             "each with all its records, each patient's summed gradient clipped, the noisy count "
-            "and the sampling rate per patient; needs patient ids, dpcvae, the per-client path) or "
+            "and the sampling rate per patient; dpfedpft: each patient's records weighted to a "
+            "total of 1; needs patient ids, dpcvae or dpfedpft, the per-client path) or "
             "record (one embedding; on data with patient ids the run reports the group bound "
             "for its largest patient). auto: patient where the data has patient ids and the "
             "method supports it, else record. Default: {default}",

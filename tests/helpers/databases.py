@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from data.database import save_embedding_file, write_meta
+from data.database import load_embedding_file, save_embedding_file, write_meta
 
 
 def make_gaussian_db(root, n_per_file=(300,), dim=16, n_classes=4, seed=0, names=None, zero_dims=0):
@@ -32,3 +32,14 @@ def make_gaussian_db(root, n_per_file=(300,), dim=16, n_classes=4, seed=0, names
         },
     )
     return root
+
+
+def make_patient_db(root, per_patient=3):
+    """The small Gaussian database (300 records) grouped into patients of `per_patient`
+    consecutive records, each patient of one label (metadata column `patient`)."""
+    db = make_gaussian_db(root, n_per_file=(300,))
+    f = load_embedding_file(db / "all.npz")
+    patients = np.arange(300) // per_patient
+    labels = f.labels[patients * per_patient]
+    save_embedding_file(db / "all.npz", f.embeddings, labels, patients[:, None], ("patient",))
+    return db

@@ -1,6 +1,7 @@
 """Empirical privacy audit of a finished dpcvae / dpcgan run: membership inference on canaries.
 
     python -m algorithms.privacy.audit RUN_DIR [--target_client ID] [--n_canaries K]
+        [--canary_records R]
 
 Reruns the run's federated training with its recorded settings and seed, with K canaries
 inserted into one target client's training data (members), while K more canaries drawn the same
@@ -36,6 +37,12 @@ intervals treat the canaries as independent trials, exact when each canary is tr
 own run; with all canaries in one run it is the usual approximation of DP auditing (justified for
 canaries included at random: Steinke, Nasr & Jagielski, 2023). `eps_lb_ceiling` is what a
 perfect attack (TPR 1, FPR 0) would prove with this many canaries: no result can exceed it.
+
+Canary patients (`--canary_records R` > 1): each canary is a patient of R identical records
+(a new patient where the data has patient ids), one trial scored by its record. Its epsilon is
+the accountant's where the run is private per patient, and otherwise the group bound of R
+records, (R eps, R e^((R-1) eps) delta), whose delta the bound then uses (no check where that
+delta is >= 1: the run promises nothing for such a patient). R = 1: record canaries, as before.
 
 The bound must never exceed the epsilon the target client spent (its accountant in the audited
 training, and the value the run reported): if it does, the accounting has a bug, and the audit

@@ -1,5 +1,6 @@
 """The audit's canaries: out-of-distribution records orthogonal to each other in the models'
-space, the client that gets them, and their label."""
+space, the client that gets them (as records, or as patients of several records), their label,
+and the privacy bound of one canary."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 from scipy.linalg import hadamard
 
+from algorithms.privacy.accounting import group_bound
 from data.clients import ClientData
 from data.features import standardize_records
 
@@ -39,14 +41,33 @@ def make_canaries(
     return standardize_records(x), "hadamard"
 
 
-def with_canaries(data: ClientData, x: np.ndarray, label: int) -> ClientData:
-    """The client with canary records `x` (all of class `label`) added to its training data."""
+def with_canaries(data: ClientData, x: np.ndarray, label: int, records: int = 1) -> ClientData:
+    """The client with canaries `x` (all of class `label`) added to its training data, each as
+    `records` identical records: a canary patient. Where the client has patient ids, each canary
+    is a new patient of its own (ids above every real one)."""
+    x = np.repeat(x, records, axis=0)
     y = np.full(len(x), label, dtype=data.y_train.dtype)
+    patients = data.patients_train
+    if patients is not None:
+        first = int(patients.max()) + 1 if len(patients) else 0
+        new = first + np.repeat(np.arange(len(x) // records), records)
+        patients = np.concatenate([patients, new.astype(patients.dtype)])
     return replace(
         data,
         x_train=np.concatenate([data.x_train, x.astype(data.x_train.dtype)]),
         y_train=np.concatenate([data.y_train, y]),
+        patients_train=patients,
     )
+
+
+def canary_bound(epsilon: float | None, delta: float, k: int) -> tuple[float | None, float]:
+    """(epsilon, delta) of a canary of k records under a per-record (epsilon, delta): k = 1
+    unchanged, k > 1 group privacy; (None, delta) when there is none or it says nothing
+    (a group delta >= 1)."""
+    if epsilon is None:
+        return None, delta
+    eps_k, delta_k = group_bound(epsilon, delta, k)
+    return (eps_k, delta_k) if delta_k < 1 else (None, delta)
 
 
 def canary_label(clients: list[ClientData], index: int, n_classes: int) -> int:

@@ -16,7 +16,12 @@ import torch.nn.functional as F
 from algorithms.methods import registry
 from algorithms.methods.generative import train_generative
 from algorithms.methods.synthesis import synthesize
-from algorithms.privacy.audit.canaries import canary_label, make_canaries, with_canaries
+from algorithms.privacy.audit.canaries import (
+    canary_bound,
+    canary_label,
+    make_canaries,
+    with_canaries,
+)
 from algorithms.privacy.audit.stats import attack_summary
 from algorithms.privacy.config import DPConfig
 from algorithms.privacy.generative_config import GenerativeConfig
@@ -76,6 +81,14 @@ class AuditConfig:
             "(ties: the federation's rarest)",
         ),
     )
+    canary_records: int = field(
+        default=1,
+        metadata=flag(
+            "--canary_records",
+            help="records of each canary patient (copies of its canary; a new patient where "
+            "the data has patient ids). Default: {default} (record canaries)",
+        ),
+    )
     n_latent: int = field(
         default=2048,
         metadata=flag(
@@ -93,6 +106,8 @@ class AuditConfig:
         name = functools.partial(flag_name, self)
         if self.n_canaries < 1:
             raise ValueError(f"{name('n_canaries')} must be >= 1, got {self.n_canaries}")
+        if self.canary_records < 1:
+            raise ValueError(f"{name('canary_records')} must be >= 1, got {self.canary_records}")
         if self.n_latent < 1:
             raise ValueError(f"{name('n_latent')} must be >= 1, got {self.n_latent}")
         if not 0 < self.confidence < 1:
@@ -254,7 +269,7 @@ def run_audit(setup: RunSetup, cfg: AuditConfig) -> dict:
     is_member = np.zeros(2 * k, dtype=bool)
     is_member[order[:k]] = True
     audited = list(clients)
-    audited[index] = with_canaries(target, canaries[is_member], label)
+    audited[index] = with_canaries(target, canaries[is_member], label, cfg.canary_records)
 
     gen_clients, weights, _ = train_generative(
         method=setup.method,
@@ -296,7 +311,11 @@ def run_audit(setup: RunSetup, cfg: AuditConfig) -> dict:
     scores["synthetic_dcr"] = dcr_scores(x, y, synthetic, labels)
 
     privacy = client.privacy()
-    delta = setup.dp.delta
+    unit = privacy.get("unit", "record")
+    # a canary's bound: the accountant's at the patient unit, else its records' group bound
+    k_group = 1 if unit == "patient" else cfg.canary_records
+    spent, delta = canary_bound(privacy["epsilon"], setup.dp.delta, k_group)
+    reported = canary_bound(_reported_epsilon(setup.metrics, target_id), setup.dp.delta, k_group)
     # Bonferroni over the attacks too: the largest of their bounds holds at `confidence`
     each = 1.0 - (1.0 - cfg.confidence) / len(scores)
     attacks = {
@@ -309,14 +328,17 @@ def run_audit(setup: RunSetup, cfg: AuditConfig) -> dict:
         "n_train": target.n_train,
         "n_canaries": k,
         "n_nonmembers": k,
-        "canary": {"label": label, "design": design},
+        "canary": {"label": label, "design": design, "records": cfg.canary_records},
+        "unit": unit,  # the run's DP unit; each canary is a record or a patient of `records`
+        "canary_unit": "patient" if cfg.canary_records > 1 or unit == "patient" else "record",
+        "group_k": k_group,
         "config": asdict(cfg),
         "dp_enabled": setup.dp.enabled,
         "delta": delta,
         "confidence": cfg.confidence,
         "confidence_per_attack": each,
-        "epsilon_spent": privacy["epsilon"],
-        "epsilon_reported": _reported_epsilon(setup.metrics, target_id),
+        "epsilon_spent": spent,  # per canary; None: its bound says nothing (delta >= 1)
+        "epsilon_reported": reported[0],
         "attacks": attacks,
         "eps_lb_max": max(a["eps_lb"] for a in attacks.values()),
         "wall_seconds": time.perf_counter() - start,
@@ -343,10 +365,13 @@ def check_bounds(audit: dict) -> None:
 
 def format_report(audit: dict, checked: bool = True) -> str:
     """The audit as a short plain-text table (`checked`: the bounds passed `check_bounds`)."""
+    records, unit, k = audit["canary"]["records"], audit["canary_unit"], audit["group_k"]
+    each = f"canary patients of {records} records" if records > 1 else "canaries"
     lines = [
         f"{audit['method']}: client {audit['target_client']} ({audit['n_train']} records + "
-        f"{audit['n_canaries']} canaries of class {audit['canary']['label']}; "
-        f"{audit['n_nonmembers']} held out), DP {'on' if audit['dp_enabled'] else 'OFF'}",
+        f"{audit['n_canaries']} {each} of class {audit['canary']['label']}; "
+        f"{audit['n_nonmembers']} held out), DP {'on' if audit['dp_enabled'] else 'OFF'}, "
+        f"bounds per {unit}",
         f"{'attack':<16} {'AUC':>6} {'TPR@1%':>7} {'TPR@10%':>8} {'eps_lb':>7} {'ceiling':>8}",
     ]
     for name, a in audit["attacks"].items():
@@ -356,10 +381,12 @@ def format_report(audit: dict, checked: bool = True) -> str:
         )
     conf = f"{100 * audit['confidence']:g}%"
     if audit["dp_enabled"]:
-        reported = audit["epsilon_reported"]
+        reported, spent = audit["epsilon_reported"], audit["epsilon_spent"]
         reported = "n/a" if reported is None else f"{reported:.4f}"
+        spent = "none (group bound: delta >= 1)" if spent is None else f"{spent:.4f}"
+        how = f", group bound of {k} records of the run's per-{audit['unit']}" if k > 1 else ""
         lines.append(
-            f"spent epsilon (delta {audit['delta']:g}): {audit['epsilon_spent']:.4f} in the "
+            f"spent epsilon per {unit} (delta {audit['delta']:g}{how}): {spent} in the "
             f"audited training, {reported} reported by the run"
         )
         if checked:

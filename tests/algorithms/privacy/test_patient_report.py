@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from helpers.databases import make_gaussian_db
+from helpers.databases import make_gaussian_db, make_patient_db
 from helpers.tiny import FAST, TINY
 
 import main as main_module
@@ -13,7 +13,6 @@ from algorithms.options import load_settings
 from algorithms.privacy.accounting import group_bound, group_privacy_warning, with_patients
 from algorithms.report import privacy_line
 from algorithms.run_files import DataFacts, describe_run
-from data.database import load_embedding_file, save_embedding_file
 from data.patients import patient_facts
 from utils.collect import collect
 from utils.results import config_key, read_metrics
@@ -56,21 +55,21 @@ def test_privacy_line_names_the_unit_and_the_patients():
 
 def patient_db(root):
     """The small Gaussian database with 100 patients of 3 records (one label each)."""
-    db = make_gaussian_db(root, n_per_file=(300,))
-    f = load_embedding_file(db / "all.npz")
-    patients = np.arange(300) // 3
-    labels = f.labels.copy()
-    for p in range(100):
-        labels[3 * p : 3 * p + 3] = labels[3 * p]
-    save_embedding_file(db / "all.npz", f.embeddings, labels, patients[:, None], ("patient",))
-    return db
+    return make_patient_db(root)
 
 
 def test_a_dp_run_on_data_with_patient_ids_reports_per_record_and_warns(tmp_path, capsys):
     db = patient_db(tmp_path / "db")
     out = tmp_path / "run"
-    argv = ["--database_root", str(db), "--results_dir", str(out), *FAST]
-    assert main_module.main([*argv, "--method", "dpfedpft", *TINY["dpfedpft"]]) == 0
+    argv = ["--database_root", str(db), *FAST, "--method", "dpfedpft", *TINY["dpfedpft"]]
+    # dpfedpft at auto: per patient (each patient's records weighted to a total of 1)
+    assert main_module.main([*argv, "--results_dir", str(tmp_path / "auto")]) == 0
+    printed = capsys.readouterr()
+    privacy = read_metrics(tmp_path / "auto")["privacy"]
+    assert privacy["unit"] == "patient" and "group_privacy" not in privacy
+    assert "per patient (delta 0.0001); " in printed.out and "not per patient" not in printed.err
+    record = [*argv, "--results_dir", str(out), "--privacy_unit", "record"]
+    assert main_module.main(record) == 0
     printed = capsys.readouterr()
     privacy = read_metrics(out)["privacy"]
     assert privacy["unit"] == "record" and privacy["patients"]["records_per_patient_max"] == 3
@@ -143,3 +142,7 @@ def test_the_default_privacy_unit_keeps_every_run_key():
     patient = load_settings(["--database_root", "db", "--method", "dpcvae", "--privacy_unit",
                              "patient"])  # fmt: skip
     assert config_key(describe_run(patient, facts)[0]) != KEYS["dpcvae"]
+    for unit in ("patient", "record"):  # dpfedpft reads the flag too: a unit asked is keyed
+        pft = load_settings(["--database_root", "db", "--method", "dpfedpft", "--privacy_unit",
+                             unit])  # fmt: skip
+        assert config_key(describe_run(pft, facts)[0]) != KEYS["dpfedpft"]
