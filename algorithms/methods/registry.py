@@ -23,6 +23,7 @@ from algorithms.federation.vectorized import CGANEngine, CVAEEngine
 from algorithms.methods.baselines import run_centralized, run_fedavg, run_local
 from algorithms.methods.dpcgan import CGANClient
 from algorithms.methods.dpcvae import CVAEClient
+from algorithms.methods.dpfedavg import DPFedAvgClient, make_dpfedavg_clients, run_dpfedavg
 from algorithms.methods.fedavg import FedAvgClient, FedAvgConfig, make_fedavg_clients
 from algorithms.methods.fedpft import PFTClient, make_pft_clients, run_pft
 from algorithms.methods.generative import make_clients, run_generative
@@ -160,6 +161,33 @@ def _fedavg_clients(spec: ClientSpec) -> list[Any]:
     )
 
 
+def _dpfedavg(ctx: RunContext, cfg: Configs) -> Outcome:
+    assert cfg.fedavg is not None and cfg.dp is not None  # the method's sections
+    return run_dpfedavg(
+        clients=ctx.clients,
+        n_classes=ctx.n_classes,
+        cfg=cfg.fedavg,
+        dp=cfg.dp,
+        seed=ctx.seed,
+        checkpoint=ctx.checkpoint,
+        device=ctx.execution.device,
+    )
+
+
+def _dpfedavg_clients(spec: ClientSpec) -> list[Any]:
+    cfg = spec.configs
+    assert cfg.fedavg is not None and cfg.dp is not None  # the method's sections
+    return make_dpfedavg_clients(
+        clients=spec.clients,
+        n_classes=spec.n_classes,
+        cfg=cfg.fedavg,
+        dp=cfg.dp,
+        seed=spec.seed,
+        secret=spec.secret,
+        device=spec.device,
+    )
+
+
 def _generative_clients(name: str) -> ClientFactory:
     def make(spec: ClientSpec) -> list[Any]:
         cfg = spec.configs
@@ -275,6 +303,18 @@ METHODS = (
         ("head", "fedavg", "lambda"),
         client=FedAvgClient,
         make_clients=_fedavg_clients,
+        flow="fedavg",
+    ),
+    Method(
+        "dpfedavg",
+        "the FedAvg head trained with DP-SGD at each client (the private federated classifier; "
+        "noise calibrated for the whole run, noisy counts as the FedAvg weights)",
+        _dpfedavg,
+        ("fedavg", "dp", "dpsgd"),
+        flower=True,
+        private=True,
+        client=DPFedAvgClient,
+        make_clients=_dpfedavg_clients,
         flow="fedavg",
     ),
     Method(
