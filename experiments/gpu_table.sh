@@ -14,7 +14,7 @@ done
 
 # ---- flags (edit here): what the table changes in those scripts' ----------------------------
 device=${DEVICE:-cuda}
-methods=(local centralized fedavg fedprox fedlambda dpcgan dpcvae fedpft dpfedpft)
+methods=(local centralized fedavg fedprox fedlambda dpfedavg dpcgan dpcvae fedpft dpfedpft)
 epsilons=()               # the target epsilon is in the DP methods' flags (the others refuse it)
 BACKBONES=(${BACKBONE:-${BACKBONES[@]}})
 local_flags+=(--device "${device}")
@@ -22,6 +22,7 @@ centralized_flags+=(--device "${device}")
 fedavg_flags+=(--device "${device}")
 fedprox_flags+=(--device "${device}")
 fedlambda_flags+=(--device "${device}")
+dpfedavg_flags=("${fedavg_flags[@]}" --epsilon 1.0)  # fedavg's flags (with its --device), private
 dpcgan_flags+=(--epsilon 1.0 --device "${device}")
 dpcvae_flags+=(--epsilon 1.0 --device "${device}")
 fedpft_flags+=(--device "${device}")                  # FedPFT computes on the CPU anyway

@@ -19,7 +19,7 @@ Messages (what comes back is all that leaves the site):
   (the FedAvg weight) and the epsilon spent so far (the train loss is only printed to the
   site's log); refused beyond the rounds the noise is calibrated for; fedpft, dpfedpft: the
   site's one release (its sample count sent as 0), refused if asked again;
-- evaluate.validate (fedavg, fedprox): the global head's validation accuracy, only under
+- evaluate.validate (fedavg, fedprox, dpfedavg): the global head's validation accuracy, only under
   `release-metrics=true` (else refused: a crafted head is an oracle of the class counts);
 - evaluate.synthesize (dpcvae, dpcgan, fedpft, dpfedpft; once, after the last round): the
   client's privacy accounting; and, only under `release-metrics=true`, synthesize from the
@@ -29,8 +29,9 @@ Messages (what comes back is all that leaves the site):
   trains, here, the global synthetic-only head from the global model (run seed, as main.py's
   server does). Under the default policy the reply says the metrics are withheld;
 - evaluate (once, only under `release-metrics=true`): test metrics, of the global head
-  (fedavg) or of the mix at the lambda chosen under each lambda metric, with the test accuracy
-  of the site's global synthetic-only head (no head the coordinator sends).
+  (fedavg; dpfedavg adds its privacy accounting) or of the mix at the lambda chosen under
+  each lambda metric, with the test accuracy of the site's global synthetic-only head (no head
+  the coordinator sends).
 
 Every handler is `guarded`: an error on the data path becomes one refusal whose text does not
 depend on the data (the details stay in the site's log).
@@ -291,7 +292,11 @@ def report(msg: Message, context: Context) -> Message:
     if not is_generative(site.settings):
         head = _head(site.data, site.n_classes, msg.content.array_records["weights"])
         row = client_test_row(site.data, None, predict_proba(head, site.data.x_test), None)
-        return site.reply(msg, {"row": MetricRecord(uncounted(row))})
+        records: dict = {"row": MetricRecord(uncounted(row))}
+        if site.settings.configs.dp is not None:  # a DP-SGD head (dpfedavg): its accounting
+            privacy = {k: v for k, v in site.client().privacy().items() if k != "id"}
+            records["privacy"] = ConfigRecord({"json": json.dumps(privacy)})
+        return site.reply(msg, records)
     local, global_, joint = restore_test_probs(context.state.array_records[TEST_PROBS])
     config = msg.content.config_records["config"]
     grid = lambda_grid(site.settings.args.weights_grid_resolution)

@@ -45,6 +45,7 @@ from algorithms.methods.generative import (
 from algorithms.methods.registry import required
 from algorithms.methods.synthesis import GLOBAL_SYNTHETIC_PER_CLASS
 from algorithms.options import Settings
+from algorithms.privacy.accounting import privacy_report
 from algorithms.run_files import DataFacts, close_run, discard_unfinished, open_run
 from fl.records import (
     WITHHELD,
@@ -249,9 +250,7 @@ def finish_sites(
     done = sites.ask(
         order, "evaluate.synthesize", lambda cid: RecordDict({"weights": record}), "end"
     )
-    privacy = [
-        {"id": cid, **json.loads(str(done[cid].config_records["privacy"]["json"]))} for cid in order
-    ]
+    privacy = [privacy_line(cid, done[cid]) for cid in order]
     withheld = [cid for cid in order if WITHHELD in done[cid].config_records]
     if withheld:  # a site's policy keeps its metrics: the run reports its privacy only
         kept = f"clients {withheld} keep their metrics (release-metrics=false)"
@@ -305,7 +304,17 @@ def run_fedavg(
     replies = sites.ask(order, "evaluate", lambda cid: RecordDict({"weights": record}), "test")
     rows = [row_of(replies[cid], "row") for cid in order]
     params = sum(v.numel() for v in weights.values())
-    return Outcome(None, None, history, params_shared=params), Evaluation(rows)
+    privacy = None
+    if settings.configs.dp is not None:  # a DP-SGD head (dpfedavg): each site's accounting
+        lines = [privacy_line(cid, replies[cid]) for cid in order]
+        privacy = privacy_report(settings.configs.dp, lines)
+    outcome = Outcome(None, None, history, params_shared=params, privacy=privacy)
+    return outcome, Evaluation(rows)
+
+
+def privacy_line(cid: int, reply: RecordDict) -> dict:
+    """A site's line of the privacy report, from its reply's `privacy` record."""
+    return {"id": cid, **json.loads(str(reply.config_records["privacy"]["json"]))}
 
 
 def mode_scores(record: MetricRecord) -> dict[str, dict[str, list[float]]] | None:

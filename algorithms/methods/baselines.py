@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -107,6 +109,7 @@ def run_fedavg(
     head_cfg: HeadConfig | None = None,
     checkpoint: RoundCheckpoint | None = None,
     device: str = "cpu",
+    fed_clients: list[Any] | None = None,
 ) -> Outcome:
     """FedAvg (FedProx when cfg.mu > 0) on a linear head. With `head_cfg` it is FedLambda: each
     client also trains a local head, mixed with the global one by the lambda protocol. With
@@ -120,9 +123,12 @@ def run_fedavg(
         head_cfg: the local heads' settings (FedLambda; None: FedAvg or FedProx).
         checkpoint: where rounds are saved and resumed from (None: no checkpoint).
         device: where the heads train.
+        fed_clients: the federated clients, one per data set (None: FedAvg's; DP-FedAvg
+            passes its own).
     """
     dim = clients[0].x_train.shape[1]
-    fed_clients = make_fedavg_clients(clients, n_classes, cfg, seed, device)
+    if fed_clients is None:
+        fed_clients = make_fedavg_clients(clients, n_classes, cfg, seed, device)
     evaluator = new_head(dim, n_classes, 0).to(device)
 
     def validate(rnd, weights, updates):

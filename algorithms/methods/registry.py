@@ -23,6 +23,7 @@ from algorithms.federation.vectorized import CGANEngine, CVAEEngine
 from algorithms.methods.baselines import run_centralized, run_fedavg, run_local
 from algorithms.methods.dpcgan import CGANClient
 from algorithms.methods.dpcvae import CVAEClient
+from algorithms.methods.dpfedavg import DPFedAvgClient, make_dpfedavg_clients, run_dpfedavg
 from algorithms.methods.fedavg import FedAvgClient, FedAvgConfig, make_fedavg_clients
 from algorithms.methods.fedpft import PFTClient, make_pft_clients, run_pft
 from algorithms.methods.generative import make_clients, run_generative
@@ -96,8 +97,7 @@ class Accounted(Protocol):
 
 # A method's run: (context, configs) -> what evaluation needs.
 Runner = Callable[[RunContext, Configs], Outcome]
-# A method's federated clients from a ClientSpec: the one factory that a simulation's runner
-# and a Flower site (fl/site.py) both build the method's clients with.
+# A method's federated clients from a ClientSpec (the factory a Flower site builds them with).
 ClientFactory = Callable[[ClientSpec], list[Any]]
 # How a run ends (fl/settings.py picks the Flower apps' flow by it): `head` (a head per client
 # or one on pooled data, nothing federated), `fedavg` (a federated head), `generative` (a
@@ -134,44 +134,59 @@ class Method:
             raise ValueError(f"method {self.name!r}: flow must be one of {FLOWS}")
 
 
-def _local(ctx: RunContext, cfg: Configs) -> Outcome:
-    return run_local(
-        ctx.clients, ctx.n_classes, required(cfg.head, "head"), ctx.seed, ctx.execution.device
-    )
+def _heads(run: Callable[..., Outcome]) -> Runner:
+    # local, centralized: heads on real data, nothing federated
+    def runner(ctx: RunContext, cfg: Configs) -> Outcome:
+        head = required(cfg.head, "head")
+        return run(ctx.clients, ctx.n_classes, head, ctx.seed, ctx.execution.device)
+
+    return runner
 
 
-def _centralized(ctx: RunContext, cfg: Configs) -> Outcome:
-    return run_centralized(
-        ctx.clients, ctx.n_classes, required(cfg.head, "head"), ctx.seed, ctx.execution.device
-    )
+def _fedavg(mixed: bool) -> Runner:
+    # fedavg, fedprox; fedlambda (`mixed`): the FedAvg head mixed with a local head
+    def runner(ctx: RunContext, cfg: Configs) -> Outcome:
+        return run_fedavg(
+            clients=ctx.clients,
+            n_classes=ctx.n_classes,
+            cfg=required(cfg.fedavg, "fedavg"),
+            seed=ctx.seed,
+            head_cfg=cfg.head if mixed else None,
+            checkpoint=ctx.checkpoint,
+            device=ctx.execution.device,
+        )
 
-
-def _fedavg(ctx: RunContext, cfg: Configs) -> Outcome:
-    return run_fedavg(
-        clients=ctx.clients,
-        n_classes=ctx.n_classes,
-        cfg=required(cfg.fedavg, "fedavg"),
-        seed=ctx.seed,
-        checkpoint=ctx.checkpoint,
-        device=ctx.execution.device,
-    )
-
-
-def _fedlambda(ctx: RunContext, cfg: Configs) -> Outcome:
-    return run_fedavg(
-        clients=ctx.clients,
-        n_classes=ctx.n_classes,
-        cfg=required(cfg.fedavg, "fedavg"),
-        seed=ctx.seed,
-        head_cfg=cfg.head,
-        checkpoint=ctx.checkpoint,
-        device=ctx.execution.device,
-    )
+    return runner
 
 
 def _fedavg_clients(spec: ClientSpec) -> list[Any]:
     cfg = required(spec.configs.fedavg, "fedavg")
     return make_fedavg_clients(spec.clients, spec.n_classes, cfg, spec.seed, spec.device)
+
+
+def _dpfedavg(ctx: RunContext, cfg: Configs) -> Outcome:
+    return run_dpfedavg(
+        clients=ctx.clients,
+        n_classes=ctx.n_classes,
+        cfg=required(cfg.fedavg, "fedavg"),
+        dp=required(cfg.dp, "dp"),
+        seed=ctx.seed,
+        checkpoint=ctx.checkpoint,
+        device=ctx.execution.device,
+    )
+
+
+def _dpfedavg_clients(spec: ClientSpec) -> list[Any]:
+    cfg = spec.configs
+    return make_dpfedavg_clients(
+        clients=spec.clients,
+        n_classes=spec.n_classes,
+        cfg=required(cfg.fedavg, "fedavg"),
+        dp=required(cfg.dp, "dp"),
+        seed=spec.seed,
+        secret=spec.secret,
+        device=spec.device,
+    )
 
 
 def _generative_clients(name: str) -> ClientFactory:
@@ -247,7 +262,7 @@ METHODS = (
     Method(
         "local",
         "a head per client on its own data; nothing is shared",
-        _local,
+        _heads(run_local),
         ("head",),
         aliases=(("aggregator_type", "local"),),
         private=True,
@@ -255,13 +270,13 @@ METHODS = (
     Method(
         "centralized",
         "one head on the pooled data of every client (not private: an upper bound)",
-        _centralized,
+        _heads(run_centralized),
         ("head",),
     ),
     Method(
         "fedavg",
         "a linear head trained federatedly (FedAvg)",
-        _fedavg,
+        _fedavg(mixed=False),
         ("fedavg",),
         aliases=(("algorithm", "normal"),),
         flower=True,
@@ -272,7 +287,7 @@ METHODS = (
     Method(
         "fedprox",
         "FedAvg with the proximal term mu/2 ||w - w_global||^2 in each client's loss",
-        _fedavg,
+        _fedavg(mixed=False),
         ("fedavg", "fedprox"),
         aliases=(("algorithm", "fedprox"),),
         flower=True,
@@ -283,10 +298,22 @@ METHODS = (
     Method(
         "fedlambda",
         "the FedAvg head mixed with a local head by the lambda protocol",
-        _fedlambda,
+        _fedavg(mixed=True),
         ("head", "fedavg", "lambda"),
         client=FedAvgClient,
         make_clients=_fedavg_clients,
+        flow="fedavg",
+    ),
+    Method(
+        "dpfedavg",
+        "the FedAvg head trained with DP-SGD at each client (the private federated classifier; "
+        "noise calibrated for the whole run, noisy counts as the FedAvg weights)",
+        _dpfedavg,
+        ("fedavg", "dp", "dpsgd"),
+        flower=True,
+        private=True,
+        client=DPFedAvgClient,
+        make_clients=_dpfedavg_clients,
         flow="fedavg",
     ),
     Method(

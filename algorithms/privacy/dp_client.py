@@ -1,6 +1,7 @@
-"""What DP-CVAE and DP-CGAN clients share: their data in model space, their
-random streams, and the DP-SGD engine of the network that sees the data (their settings are in
-generative_config.py).
+"""DP-SGD clients: `DPSGDClient`, what any DP-SGD client needs (private streams, the noisy
+count, the Poisson rate and steps of its schedule, the calibration for the whole run, the
+engine, its privacy line), and `DPClient`, the base of DP-CVAE and DP-CGAN clients (their data
+in model space, a latent stream; their settings are in generative_config.py).
 
 Data: per-record standardized embeddings, squashed into (0, 1) by a fixed logistic (see
 data/features.py): no statistic of private data is used for normalization.
@@ -9,6 +10,7 @@ data/features.py): no statistic of private data is used for normalization.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -67,16 +69,27 @@ def privacy_unit(dp: DPConfig, client: type, has_ids: bool, vectorized: bool = F
     return "patient"
 
 
-class DPClient:
-    """The base of DP-CVAE and DP-CGAN clients: data in model space, RNGs, the private engine.
+@dataclass(frozen=True)
+class Schedule:
+    """What a DP-SGD client's calibration needs of its training: rounds, local epochs per round,
+    and the nominal batch size in privacy units (0: the whole client, one step per epoch)."""
 
-    A subclass trains its networks (`fit`, `train_epochs`), samples from released weights
-    (`sample`), and says what it shares (`released_weights`, `initial_weights`).
+    n_rounds: int
+    local_epochs: int
+    batch_size: int
 
-    Private randomness (noise, batches, the noisy count, latent draws, synthetic sampling) comes
-    from `private_generator`: seeded by `seed` (`dp.noise_source` seeded), or keyed by `secret`
-    (secure: 32 bytes of OS entropy, drawn here unless given; a Flower site keeps its own and
-    passes it again at every message). Model initialization stays seeded (public)."""
+
+class DPSGDClient:
+    """A client trained with DP-SGD for a whole run (any method): its training data, private
+    streams, released count, schedule, and the engine calibrated for every step of the run.
+
+    A subclass builds its model and optimizer and calls `_make_private` on them, trains on
+    `_batches()` with `dp_step`, and releases `n_released` as its FedAvg weight.
+
+    Private randomness (noise, batches, the noisy count, a subclass's own streams) comes from
+    `private_generator` (`stream`): seeded by `seed` (`dp.noise_source` seeded), or keyed by
+    `secret` (secure: 32 bytes of OS entropy, drawn here unless given; a Flower site keeps its
+    own and passes it again at every message). Model initialization stays seeded (public)."""
 
     # How DP-SGD clips (see algorithms.privacy.dp_sgd.GRAD_SAMPLE_MODES); the others are references.
     grad_sample_mode = "fast"
@@ -87,28 +100,29 @@ class DPClient:
         self,
         *,
         data: ClientData,
+        x: np.ndarray,
         n_classes: int,
-        cfg: GenerativeConfig,
+        schedule: Schedule,
         dp: DPConfig,
         seed: int,
         secret: bytes | None = None,
         device: str = "cpu",
     ):
-        """A client of `data`, its models built and made private (DP on).
+        """A client of `data` whose training inputs are `x` (its train rows, in model space).
 
         Args:
-            data: the client's data.
+            data: the client's data (labels, patient ids).
+            x: the training inputs the model sees, one row per training record.
             n_classes: the number of classes.
-            cfg: the generative model's settings.
+            schedule: rounds, local epochs and nominal batch size (the calibration's steps).
             dp: the DP settings.
             seed: the client seed.
             secret: the key of its private draws (None: drawn here when the noise is secure).
             device: where its tensors and generators live.
         """
-        self.id, self.cfg, self.dp, self.n_classes = data.id, cfg, dp, n_classes
+        self.id, self.dp, self.n_classes, self.seed = data.id, dp, n_classes, seed
         self.device = torch.device(device)
-        x = torch.as_tensor(squash(data.x_train, cfg.squash_temperature))
-        self.x = x.to(self.device)
+        self.x = torch.as_tensor(x).to(self.device)
         self.y = torch.as_tensor(data.y_train, dtype=torch.int64).to(self.device)
         self.onehot = F.one_hot(self.y, n_classes).float()
         self.n = len(self.y)  # stays here; under DP only the noisy count leaves
@@ -124,32 +138,26 @@ class DPClient:
         n_units = self.n if self.patients is None else int(self.patients.max()) + 1
         self.n_units = n_units
         self.secret = (secret or new_secret()) if dp.noise_source == "secure" else None
-
-        def stream(name: str, device: torch.device = self.device) -> torch.Generator:
-            # every private stream of the client, on its device, made here and only here
-            return private_generator(seed, name, secret=self.secret, device=device)
-
         # the released count: everything that would depend on n in the clear uses it
         self.n_released = (
-            noisy_count(n_units, dp.count_noise, stream(COUNT, torch.device("cpu")))
+            noisy_count(n_units, dp.count_noise, self.stream(COUNT, torch.device("cpu")))
             if dp.enabled
             else self.n
         )
         # the nominal batch size B, in units (0: the whole client, one step per epoch)
-        self.batch_size = cfg.batch_size or self.n_released
+        self.batch_size = schedule.batch_size or self.n_released
         self.steps_epoch = steps_per_epoch(self.n_released, self.batch_size)
-        self.total_steps = cfg.n_rounds * cfg.local_epochs * self.steps_epoch
-        self.rng_batches = stream(BATCHES)
-        self.rng_noise = stream(DP_NOISE)
-        self.rng_latent = stream(LATENT)
+        self.total_steps = schedule.n_rounds * schedule.local_epochs * self.steps_epoch
+        self.rng_batches = self.stream(BATCHES)
+        self.rng_noise = self.stream(DP_NOISE)
         self.dp_sgd: PrivateTraining | None = None
         # (calibration key, noise multiplier) under DP: what a Flower site keeps between messages
         self.calibration: tuple[str, float] | None = None
-        self._build(seed)
 
-    def _build(self, seed: int) -> None:
-        """The method's models and optimizers (seeded from the client seed), made private."""
-        raise NotImplementedError
+    def stream(self, name: str, device: torch.device | None = None) -> torch.Generator:
+        """The client's private stream `name` (on its device unless given): every private draw
+        of the client comes from one made here."""
+        return private_generator(self.seed, name, secret=self.secret, device=device or self.device)
 
     def _make_private(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         if not self.dp.enabled:
@@ -187,6 +195,106 @@ class DPClient:
         else:
             order = torch.randperm(self.n, generator=self.rng_batches, device=self.device)
             yield from order.split(self.batch_size)
+
+    def _release_gradients(self, *optimizers: torch.optim.Optimizer) -> None:
+        """Drop the gradients (and Opacus's summed gradients) after local training: nothing
+        reads them between rounds, and ten clients' copies would cost memory."""
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+
+    def _metrics(self, losses: list[float]) -> dict[str, float]:
+        out = {"train_loss": float(np.mean(losses)) if losses else float("nan")}
+        if self.dp_sgd is not None:
+            out["epsilon"] = self.dp_sgd.epsilon(self.dp.delta)
+        return out
+
+    def privacy(self) -> dict:
+        """This client's line of the privacy report, read from its accountant."""
+        if self.dp_sgd is None:
+            return {"id": self.id, "noise_source": self.dp.noise_source, "epsilon": None}
+        unit = {} if self.patients is None else {"unit": "patient"}
+        return {
+            "id": self.id,
+            **unit,
+            "noise_source": self.dp.noise_source,
+            "n_released": self.n_released,
+            "sample_rate": self.dp_sgd.sample_rate,
+            "steps": self.dp_sgd.steps(),
+            "noise_multiplier": self.dp_sgd.noise_multiplier,
+            "epsilon": self.dp_sgd.epsilon(self.dp.delta),
+            "accountant_history": [list(h) for h in self.dp_sgd.engine.accountant.history],
+        }
+
+    def _rng_state(self) -> dict:
+        """The streams' states, the released count and the accountant's history (resume)."""
+        return {
+            "batches": self.rng_batches.get_state(),
+            "noise": self.rng_noise.get_state(),
+            "n_released": self.n_released,
+            "accountant": [list(h) for h in self.dp_sgd.engine.accountant.history]
+            if self.dp_sgd
+            else [],
+        }
+
+    def _load_rng_state(self, state: dict) -> None:
+        if state.get("n_released", self.n_released) != self.n_released:
+            raise ValueError(
+                f"client {self.id}: the stored state released another record count "
+                f"({state['n_released']}, now {self.n_released}): secure noise needs the same "
+                "secret key as the run that stored it"
+            )
+        self.rng_batches.set_state(state["batches"])
+        self.rng_noise.set_state(state["noise"])
+        if self.dp_sgd is not None:
+            self.dp_sgd.engine.accountant.history = [tuple(h) for h in state["accountant"]]
+
+
+class DPClient(DPSGDClient):
+    """The base of DP-CVAE and DP-CGAN clients: data in model space (squashed), a latent
+    stream, the private engine of the network that sees the data.
+
+    A subclass trains its networks (`fit`, `train_epochs`), samples from released weights
+    (`sample`), and says what it shares (`released_weights`, `initial_weights`)."""
+
+    def __init__(
+        self,
+        *,
+        data: ClientData,
+        n_classes: int,
+        cfg: GenerativeConfig,
+        dp: DPConfig,
+        seed: int,
+        secret: bytes | None = None,
+        device: str = "cpu",
+    ):
+        """A client of `data`, its models built and made private (DP on).
+
+        Args:
+            data: the client's data.
+            n_classes: the number of classes.
+            cfg: the generative model's settings.
+            dp: the DP settings.
+            seed: the client seed.
+            secret: the key of its private draws (None: drawn here when the noise is secure).
+            device: where its tensors and generators live.
+        """
+        super().__init__(
+            data=data,
+            x=squash(data.x_train, cfg.squash_temperature),
+            n_classes=n_classes,
+            schedule=Schedule(cfg.n_rounds, cfg.local_epochs, cfg.batch_size),
+            dp=dp,
+            seed=seed,
+            secret=secret,
+            device=device,
+        )
+        self.cfg = cfg
+        self.rng_latent = self.stream(LATENT)
+        self._build(seed)
+
+    def _build(self, seed: int) -> None:
+        """The method's models and optimizers (seeded from the client seed), made private."""
+        raise NotImplementedError
 
     def can_sample(self, weights: dict[str, torch.Tensor]) -> np.ndarray:
         """Per class, whether the global model can sample it: always (it takes any label)."""
@@ -239,55 +347,9 @@ class DPClient:
     def load_state_dict(self, state: dict) -> None:
         raise NotImplementedError
 
-    def _release_gradients(self, *optimizers: torch.optim.Optimizer) -> None:
-        """Drop the gradients (and Opacus's summed gradients) after local training: nothing
-        reads them between rounds, and ten clients' copies would cost memory."""
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
-
-    def _metrics(self, losses: list[float]) -> dict[str, float]:
-        out = {"train_loss": float(np.mean(losses)) if losses else float("nan")}
-        if self.dp_sgd is not None:
-            out["epsilon"] = self.dp_sgd.epsilon(self.dp.delta)
-        return out
-
-    def privacy(self) -> dict:
-        """This client's line of the privacy report, read from its accountant."""
-        if self.dp_sgd is None:
-            return {"id": self.id, "noise_source": self.dp.noise_source, "epsilon": None}
-        unit = {} if self.patients is None else {"unit": "patient"}
-        return {
-            "id": self.id,
-            **unit,
-            "noise_source": self.dp.noise_source,
-            "n_released": self.n_released,
-            "sample_rate": self.dp_sgd.sample_rate,
-            "steps": self.dp_sgd.steps(),
-            "noise_multiplier": self.dp_sgd.noise_multiplier,
-            "epsilon": self.dp_sgd.epsilon(self.dp.delta),
-            "accountant_history": [list(h) for h in self.dp_sgd.engine.accountant.history],
-        }
-
     def _rng_state(self) -> dict:
-        return {
-            "batches": self.rng_batches.get_state(),
-            "noise": self.rng_noise.get_state(),
-            "latent": self.rng_latent.get_state(),
-            "n_released": self.n_released,
-            "accountant": [list(h) for h in self.dp_sgd.engine.accountant.history]
-            if self.dp_sgd
-            else [],
-        }
+        return {**super()._rng_state(), "latent": self.rng_latent.get_state()}
 
     def _load_rng_state(self, state: dict) -> None:
-        if state.get("n_released", self.n_released) != self.n_released:
-            raise ValueError(
-                f"client {self.id}: the stored state released another record count "
-                f"({state['n_released']}, now {self.n_released}): secure noise needs the same "
-                "secret key as the run that stored it"
-            )
-        self.rng_batches.set_state(state["batches"])
-        self.rng_noise.set_state(state["noise"])
+        super()._load_rng_state(state)
         self.rng_latent.set_state(state["latent"])
-        if self.dp_sgd is not None:
-            self.dp_sgd.engine.accountant.history = [tuple(h) for h in state["accountant"]]

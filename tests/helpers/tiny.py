@@ -17,6 +17,7 @@ TINY = {
     "fedavg": ROUNDS,
     "fedprox": ROUNDS,
     "fedlambda": [*ROUNDS, *HEAD],
+    "dpfedavg": ROUNDS,
     "dpcvae": [*GEN, *CVAE],
     "dpcgan": GEN,
     "fedpft": HEAD,

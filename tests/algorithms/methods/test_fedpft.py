@@ -317,9 +317,9 @@ def test_main_runs_both_methods_to_a_valid_metrics_file(gauss_db, tmp_path):
     ("method", "flags", "needle"),
     [
         ("dpfedpft", ["--pft_components", "2"], "(it is used by fedpft)"),
-        ("dpfedpft", ["--max_grad_norm", "1"], "(it is used by dpcgan, dpcvae)"),
-        ("dpfedpft", ["--accountant", "rdp"], "(it is used by dpcgan, dpcvae)"),
-        ("fedpft", ["--epsilon", "1"], "(it is used by dpcgan, dpcvae, dpfedpft)"),
+        ("dpfedpft", ["--max_grad_norm", "1"], "(it is used by dpfedavg, dpcgan, dpcvae)"),
+        ("dpfedpft", ["--accountant", "rdp"], "(it is used by dpfedavg, dpcgan, dpcvae)"),
+        ("fedpft", ["--epsilon", "1"], "(it is used by dpfedavg, dpcgan, dpcvae, dpfedpft)"),
         ("fedpft", ["--n_fedavg_rounds", "2"], "(it is used by dpcgan, dpcvae)"),
         ("dpcvae", ["--pft_covariance", "full"], "(it is used by fedpft, dpfedpft)"),
         ("fedpft", ["--pft_components", "0"], "--pft_components must be >= 1, got 0"),

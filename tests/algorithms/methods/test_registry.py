@@ -141,9 +141,9 @@ def test_the_paper_spellings_select_their_methods():
     [
         ("dpcvae", ["--mu", "0.05"], "fedprox"),  # also at its default value
         ("fedavg", ["--mu", "0.1"], "fedprox"),
-        ("dpcvae", ["--sampling_rate", "0.5"], "fedavg, fedprox, fedlambda"),
-        ("local", ["--epsilon", "2"], "dpcgan, dpcvae, dpfedpft"),
-        ("local", ["--disable_dp"], "dpcgan, dpcvae, dpfedpft"),
+        ("dpcvae", ["--sampling_rate", "0.5"], "fedavg, fedprox, fedlambda, dpfedavg"),
+        ("local", ["--epsilon", "2"], "dpfedavg, dpcgan, dpcvae, dpfedpft"),
+        ("local", ["--disable_dp"], "dpfedavg, dpcgan, dpcvae, dpfedpft"),
         (
             "fedavg",
             ["--local_epochs", "5"],
@@ -156,9 +156,9 @@ def test_the_paper_spellings_select_their_methods():
             ["--weights_grid_resolution", "0.5"],
             "fedlambda, dpcgan, dpcvae, fedpft, dpfedpft",
         ),
-        ("dpcgan", ["--local_steps", "2"], "fedavg, fedprox, fedlambda"),
+        ("dpcgan", ["--local_steps", "2"], "fedavg, fedprox, fedlambda, dpfedavg"),
         ("fedprox", ["--save_synthetic"], "dpcgan, dpcvae, fedpft, dpfedpft"),
-        ("dpfedpft", ["--max_grad_norm", "1"], "dpcgan, dpcvae"),
+        ("dpfedpft", ["--max_grad_norm", "1"], "dpfedavg, dpcgan, dpcvae"),
     ],
 )
 def test_a_flag_the_method_does_not_read_is_refused(tmp_path, capsys, method, flags, users):
