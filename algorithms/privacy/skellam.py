@@ -189,6 +189,7 @@ def bits_needed(
 
 
 def check_no_wrap(
+    *,
     bits: int,
     n_sites: int,
     norm_bound: float,
@@ -197,7 +198,16 @@ def check_no_wrap(
     failure: float = 1e-9,
 ) -> None:
     """Refuse a modulus 2^bits that the sum could wrap around (ValueError saying the bits
-    needed), and more than 62 bits (int64 sums)."""
+    needed), and more than 62 bits (int64 sums).
+
+    Args:
+        bits: the modulus is 2^bits.
+        n_sites: how many sites' integer vectors are summed.
+        norm_bound: each site's L2 norm bound after rounding.
+        share_variance: the variance of each site's noise share, per coordinate.
+        dim: the (padded) vector length.
+        failure: the probability allowed for the noise's tail to wrap.
+    """
     need = bits_needed(n_sites, norm_bound, share_variance, dim, failure)
     if bits < need or bits > 62:
         raise ValueError(
@@ -268,10 +278,19 @@ def skellam_epsilon(variance: float, l1: float, l2: float, steps: int, delta: fl
 
 
 def calibrate_variance(
-    epsilon: float, delta: float, steps: int, l1: float, l2: float, rtol: float = 1e-6
+    *, epsilon: float, delta: float, steps: int, l1: float, l2: float, rtol: float = 1e-6
 ) -> float:
     """The smallest total Skellam variance (to `rtol`) whose `steps` releases spend at most
-    `epsilon` at `delta`: a bisection on the log-variance (the epsilon falls as it grows)."""
+    `epsilon` at `delta`: a bisection on the log-variance (the epsilon falls as it grows).
+
+    Args:
+        epsilon: the target epsilon.
+        delta: the target delta.
+        steps: how many releases compose (full-batch steps, q = 1).
+        l1: the L1 sensitivity after rounding.
+        l2: the L2 sensitivity after rounding.
+        rtol: the relative tolerance of the bisection.
+    """
     if not (epsilon > 0 and 0 < delta < 1 and steps >= 1):
         raise ValueError(
             f"calibrate_variance needs epsilon > 0, 0 < delta < 1, steps >= 1: "
@@ -303,10 +322,19 @@ class Guarantees:
 
 
 def guarantees(
-    variance: float, min_honest: int, l1: float, l2: float, steps: int, delta: float
+    *, variance: float, min_honest: int, l1: float, l2: float, steps: int, delta: float
 ) -> Guarantees:
     """Both guarantees of a site whose shares are sized for `min_honest` sites and total
-    `variance`."""
+    `variance`.
+
+    Args:
+        variance: the total Skellam variance of a sum over `min_honest` honest sites.
+        min_honest: the sites each sum is guaranteed to hold.
+        l1: the L1 sensitivity after rounding.
+        l2: the L2 sensitivity after rounding.
+        steps: how many releases compose.
+        delta: the delta of both epsilons.
+    """
     return Guarantees(
         epsilon=skellam_epsilon(variance, l1, l2, steps, delta),
         epsilon_collusion=skellam_epsilon(variance / min_honest, l1, l2, steps, delta),

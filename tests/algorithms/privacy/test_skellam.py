@@ -57,25 +57,25 @@ def test_epsilon_approaches_the_gaussian_mechanism_for_large_noise():
 
 def test_calibration_is_the_smallest_variance_meeting_the_target():
     l1, l2 = skellam.rounded_sensitivities(300.0, math.exp(-0.5), 256)
-    var = skellam.calibrate_variance(1.0, 1e-4, 40, l1, l2)
+    var = skellam.calibrate_variance(epsilon=1.0, delta=1e-4, steps=40, l1=l1, l2=l2)
     assert skellam.skellam_epsilon(var, l1, l2, 40, 1e-4) <= 1.0
     assert skellam.skellam_epsilon(var * (1 - 1e-4), l1, l2, 40, 1e-4) > 1.0
-    more_steps = skellam.calibrate_variance(1.0, 1e-4, 80, l1, l2)
+    more_steps = skellam.calibrate_variance(epsilon=1.0, delta=1e-4, steps=80, l1=l1, l2=l2)
     assert more_steps > var
     with pytest.raises(ValueError, match="epsilon > 0"):
-        skellam.calibrate_variance(0.0, 1e-4, 40, l1, l2)
+        skellam.calibrate_variance(epsilon=0.0, delta=1e-4, steps=40, l1=l1, l2=l2)
 
 
 def test_guarantees_honest_sites_and_collusion():
     """The m-honest epsilon is the calibrated one; against collusion the site's own share (the
     variance over m) counts, so it is larger for m > 1 and equal for m = 1."""
     l1, l2 = skellam.rounded_sensitivities(300.0, 0.0, 256)
-    var = skellam.calibrate_variance(1.0, 1e-4, 40, l1, l2)
-    ten = skellam.guarantees(var, 10, l1, l2, 40, 1e-4)
+    var = skellam.calibrate_variance(epsilon=1.0, delta=1e-4, steps=40, l1=l1, l2=l2)
+    ten = skellam.guarantees(variance=var, min_honest=10, l1=l1, l2=l2, steps=40, delta=1e-4)
     assert ten.epsilon == pytest.approx(1.0, abs=1e-4) and ten.min_honest_sites == 10
     assert ten.epsilon_collusion == skellam.skellam_epsilon(var / 10, l1, l2, 40, 1e-4)
     assert ten.epsilon_collusion > 2.5 * ten.epsilon
-    one = skellam.guarantees(var, 1, l1, l2, 40, 1e-4)
+    one = skellam.guarantees(variance=var, min_honest=1, l1=l1, l2=l2, steps=40, delta=1e-4)
     assert one.epsilon == one.epsilon_collusion == ten.epsilon
 
 
@@ -149,7 +149,13 @@ def test_encoded_round_trip_recovers_the_sum_of_clipped_vectors():
     dim, clip, gamma, bits, seed = 50, 1.0, 1e-3, 24, 9
     bound = skellam.rounded_l2_bound(clip / gamma, 0.0, skellam.padded_dim(dim))
     variance = 100.0
-    skellam.check_no_wrap(bits, 3, bound, variance / 3, skellam.padded_dim(dim))
+    skellam.check_no_wrap(
+        bits=bits,
+        n_sites=3,
+        norm_bound=bound,
+        share_variance=variance / 3,
+        dim=skellam.padded_dim(dim),
+    )
     vectors = [torch.randn(dim, generator=generator(20 + i), dtype=torch.float64) for i in range(3)]
     sent = []
     for i, v in enumerate(vectors):
@@ -172,11 +178,13 @@ def test_adversarial_wrap_around_is_refused():
     holds over a large draw."""
     dim, n, norm, share = 1024, 10, 5000.0, 1e6
     need = skellam.bits_needed(n, norm, share, dim)
-    skellam.check_no_wrap(need, n, norm, share, dim)
+    skellam.check_no_wrap(bits=need, n_sites=n, norm_bound=norm, share_variance=share, dim=dim)
     with pytest.raises(ValueError, match=f"needs {need} bits"):
-        skellam.check_no_wrap(need - 1, n, norm, share, dim)
+        skellam.check_no_wrap(
+            bits=need - 1, n_sites=n, norm_bound=norm, share_variance=share, dim=dim
+        )
     with pytest.raises(ValueError, match="at most 62"):
-        skellam.check_no_wrap(63, n, norm, share, dim)
+        skellam.check_no_wrap(bits=63, n_sites=n, norm_bound=norm, share_variance=share, dim=dim)
     noise = skellam.skellam_share(100_000, 1e4, 1, generator(8))
     assert noise.abs().max().item() <= skellam.noise_tail(1e4, 100_000, 1e-9)
     assert skellam.noise_tail(1e4, 1, 0.5) > math.sqrt(1e4)
