@@ -103,6 +103,7 @@ def prepare(main_argv: list[str]) -> tuple[list[str], Path, Path, int]:
 
 
 def run_local(
+    *,
     main_argv: list[str],
     engine: str = "deployment",
     work_dir: str | Path | None = None,
@@ -117,7 +118,18 @@ def run_local(
     top of the PERMISSIVE policy keys (none with `hospital_policy`: the sites keep the policy
     defaults, fl/policy.py). `server_app`: a file defining a ServerApp `app` to run instead of
     fl.server_app (tests: a hostile coordinator); the run then need not write main.py's
-    results."""
+    results.
+
+    Args:
+        main_argv: main.py's flags.
+        engine: `deployment` (SuperLink and SuperNodes) or `simulation` (Flower's engine).
+        work_dir: where Flower's state, the ledgers and the logs go (default: beside the run).
+        timeout: seconds for the whole run.
+        env: more environment variables for every process.
+        node_config: more node-config keys for every SuperNode.
+        server_app: a file defining another ServerApp (tests), or None.
+        hospital_policy: keep the sites' default policy instead of PERMISSIVE.
+    """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     start = time.monotonic()
@@ -303,10 +315,10 @@ def cli(argv: list[str] | None = None) -> int:
             raise UsageError(f"--node_config must be key=value pairs, got {args.node_config!r}")
         extra = dict(pair.split("=", 1) for pair in pairs)
         result = run_local(
-            main_args,
-            args.engine,
-            args.work_dir,
-            args.timeout,
+            main_argv=main_args,
+            engine=args.engine,
+            work_dir=args.work_dir,
+            timeout=args.timeout,
             node_config=extra,
             hospital_policy=args.hospital_policy,
         )

@@ -145,6 +145,7 @@ def run_facts(
 
 
 def train_rounds(
+    *,
     sites: Sites,
     order: list[int],
     initial: StateDict,
@@ -154,7 +155,18 @@ def train_rounds(
     on_round: Callable | None = None,
     aggregate: Callable[[Sequence[ClientUpdate]], StateDict] = fedavg_aggregate,
 ) -> tuple[StateDict, list[dict]]:
-    """main.py's rounds (same sampling seed and aggregation); each chosen site trains locally."""
+    """main.py's rounds (same sampling seed and aggregation); each chosen site trains locally.
+
+    Args:
+        sites: the connected sites.
+        order: client index -> client id.
+        initial: the global weights of round 1.
+        n_rounds: how many rounds.
+        sampling_rate: the share of sites chosen each round.
+        settings: the run's settings (its seed and method).
+        on_round: called after each round's aggregation (FedAvg's validation), or None.
+        aggregate: the server step (FedAvg's weighted mean, or FedPFT's pooling).
+    """
 
     def fit_round(chosen: Sequence[int], weights: StateDict, rnd: int) -> list[ClientUpdate]:
         record = weights_record(weights)
@@ -188,7 +200,14 @@ def run_generative(
     cfg = required(settings.configs.generative, "generative")
     dp = required(settings.configs.dp, "dp")
     initial = initial_global_weights(method, dim, n_classes, cfg, seed)
-    weights, history = train_rounds(sites, order, initial, cfg.n_rounds, 1.0, settings)
+    weights, history = train_rounds(
+        sites=sites,
+        order=order,
+        initial=initial,
+        n_rounds=cfg.n_rounds,
+        sampling_rate=1.0,
+        settings=settings,
+    )
     fidelity, privacy, global_synthetic, evaluation = finish_sites(
         sites, order, settings, weights, n_classes
     )
@@ -214,7 +233,15 @@ def run_pft(
     cfg, gen = required(configs.pft, "pft"), required(configs.generative, "generative")
     dp = configs.dp
     aggregate = pooler(method, cfg, dp)
-    pooled, history = train_rounds(sites, order, {}, 1, 1.0, settings, aggregate=aggregate)
+    pooled, history = train_rounds(
+        sites=sites,
+        order=order,
+        initial={},
+        n_rounds=1,
+        sampling_rate=1.0,
+        settings=settings,
+        aggregate=aggregate,
+    )
     fidelity, privacy, global_synthetic, evaluation = finish_sites(
         sites, order, settings, pooled, n_classes
     )
@@ -298,7 +325,13 @@ def run_fedavg(
 
     initial = initial_head(dim, n_classes, seed)
     weights, history = train_rounds(
-        sites, order, initial, cfg.n_rounds, cfg.sampling_rate, settings, on_round=validate
+        sites=sites,
+        order=order,
+        initial=initial,
+        n_rounds=cfg.n_rounds,
+        sampling_rate=cfg.sampling_rate,
+        settings=settings,
+        on_round=validate,
     )
     record = weights_record(weights)
     replies = sites.ask(order, "evaluate", lambda cid: RecordDict({"weights": record}), "test")

@@ -14,7 +14,7 @@ else:  # Python 3.10
     import tomli as tomllib
 
 # fl/ is the Flower deployment, outside this rule for now (its own review)
-SCANNED = ("algorithms", "data", "models", "utils", "experiments")
+SCANNED = ("algorithms", "data", "models", "utils", "experiments", "fl")
 
 
 def long_signatures(source: str) -> list[str]:

@@ -192,8 +192,8 @@ def test_adversarial_overlapping_train_messages_on_loopback_deployment(gauss_db,
     before = descendants([os.getpid()])
     argv = ["--database_root", str(gauss_db), *SMALL, *DPCVAE]
     run_local(
-        [*argv, "--results_dir", str(tmp_path / "r")],
-        "deployment",
+        main_argv=[*argv, "--results_dir", str(tmp_path / "r")],
+        engine="deployment",
         work_dir=tmp_path / "work",
         timeout=300,
         env={"OMP_NUM_THREADS": "1"},

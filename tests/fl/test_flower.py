@@ -272,10 +272,10 @@ def test_deployment_on_loopback_equals_main(gauss_db, tmp_path):
     argv = ["--database_root", str(gauss_db), *SMALL, *DPCVAE]
     before = descendants([os.getpid()])
     run = run_local(
-        [*argv, "--results_dir", str(tmp_path / "flower")],
-        "deployment",
+        main_argv=[*argv, "--results_dir", str(tmp_path / "flower")],
+        engine="deployment",
         work_dir=tmp_path / "work",
-        timeout=600,  # generous: the cores may be shared
+        timeout=600,
         env={"OMP_NUM_THREADS": "1"},
         node_config=SEEDED,
     )
@@ -296,10 +296,10 @@ def test_simulation_engine_equals_main(gauss_db, tmp_path):
     argv = ["--database_root", str(gauss_db), *SMALL, *FEDAVG]
     before = descendants([os.getpid()])
     run = run_local(
-        [*argv, "--results_dir", str(tmp_path / "flower")],
-        "simulation",
+        main_argv=[*argv, "--results_dir", str(tmp_path / "flower")],
+        engine="simulation",
         work_dir=tmp_path / "work",
-        timeout=600,  # generous: the cores may be shared
+        timeout=600,
     )
     assert run.status == "finished:completed"
     assert descendants([os.getpid()]) <= before
@@ -316,8 +316,8 @@ def test_a_failed_local_run_stops_every_process(gauss_db, tmp_path):
     before = descendants([os.getpid()])
     with pytest.raises(LocalRunError, match="logs|timed out|did not"):
         run_local(
-            [*argv, "--results_dir", str(tmp_path / "r")],
-            "deployment",
+            main_argv=[*argv, "--results_dir", str(tmp_path / "r")],
+            engine="deployment",
             work_dir=tmp_path / "work",
             timeout=15,
         )
