@@ -23,8 +23,7 @@ from algorithms.flags import spelling
 from algorithms.methods.registry import Configs, RunContext
 from algorithms.options import Settings, UsageError, check_before_run
 from algorithms.privacy.accounting import delta_warning, with_patients
-from algorithms.privacy.config import DPConfig
-from algorithms.privacy.dp_client import privacy_unit
+from algorithms.privacy.config import DPConfig, privacy_unit
 from algorithms.privacy.generative_config import GenerativeConfig
 from algorithms.run_files import (
     CHECKPOINT_DIR,
@@ -91,13 +90,19 @@ def run_opened(settings: Settings, data: RunData, facts: DataFacts, files: RunFi
             "vectorized": execution.vectorized,
         },
         interval=settings.args.checkpoint_interval,
-        enabled=not secure_noise(settings),
+        enabled=not (secure_noise(settings) or secure_aggregation(settings)),
         restart=f"pass {spelling('overwrite')} to start over",
     )
-    if not checkpoint.enabled:
+    if secure_noise(settings):
         print(
             f"{flag_name(DPConfig, 'noise_source')}: no checkpoint is written (it would hold "
             "the clients' private generator states); an interrupted run starts over",
+            file=sys.stderr,
+        )
+    elif not checkpoint.enabled:
+        print(
+            f"{flag_name(DPConfig, 'secure_aggregation')}: no checkpoint is written (the "
+            "coordinator's optimizer state is not kept); an interrupted run starts over",
             file=sys.stderr,
         )
     context = RunContext(data.clients, data.db.n_classes, settings.seed, checkpoint, execution)
@@ -136,6 +141,12 @@ def secure_noise(settings: Settings) -> bool:
     run is never checkpointed (utils.checkpoint.RoundCheckpoint, `enabled`)."""
     dp = settings.configs.dp
     return bool(settings.args.secure_noise) or (dp is not None and dp.noise_source == "secure")
+
+
+def secure_aggregation(settings: Settings) -> bool:
+    """Whether the run sums noise shares under secure aggregation (not checkpointed)."""
+    dp = settings.configs.dp
+    return dp is not None and dp.enabled and dp.secure_aggregation
 
 
 def load_run_data(settings: Settings) -> RunData:

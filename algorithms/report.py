@@ -81,6 +81,18 @@ def privacy_line(privacy: dict | None) -> str | None:
     patient ids. None for a run without DP."""
     if not privacy or not privacy.get("enabled"):
         return None
+    line = _privacy_line(privacy)
+    secure = privacy.get("secure_aggregation")
+    if not secure:
+        return line
+    return (
+        f"{line}\nsecure aggregation: that epsilon holds while at least "
+        f"{secure['min_honest_sites']} honest sites are in every sum; against a coordinator "
+        f"colluding with every other site: epsilon {secure['epsilon_collusion_max']:.4g}"
+    )
+
+
+def _privacy_line(privacy: dict) -> str:
     eps = privacy["epsilon_max"]
     patients = privacy.get("patients")
     if not patients:

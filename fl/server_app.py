@@ -35,13 +35,14 @@ from algorithms.evaluation.protocol import Evaluation, Outcome, lambda_grid
 from algorithms.federation.aggregation import StateDict
 from algorithms.federation.rounds import ClientUpdate, Rounds, fedavg_aggregate, run_rounds
 from algorithms.methods.fedavg import initial_head, validation_row
-from algorithms.methods.fedpft import pft_outcome, pooler
+from algorithms.methods.fedpft import pft_outcome
 from algorithms.methods.generative import (
     count_parameters,
     dpsgd_privacy_report,
     generative_outcome,
     initial_global_weights,
 )
+from algorithms.methods.pft_server import pooler
 from algorithms.methods.registry import required
 from algorithms.methods.synthesis import GLOBAL_SYNTHETIC_PER_CLASS
 from algorithms.options import Settings

@@ -31,7 +31,11 @@ NON_RESULT_KEYS = (
 )
 # Config fields added after runs were made, (section, field): value. A field is hashed only
 # when it differs from this value, so every finished run keeps its key.
-KEYED_WHEN_NOT = {("dp", "privacy_unit"): "auto"}
+KEYED_WHEN_NOT = {
+    ("dp", "privacy_unit"): "auto",
+    ("dp", "secure_aggregation"): False,
+    ("dp", "min_honest_sites"): 1,
+}
 
 
 class ResultsError(ValueError):

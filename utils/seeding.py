@@ -40,6 +40,7 @@ COUNT = "count"  # the noise of a DP client's released record count (client seed
 AUDIT = "audit"  # the audit's own seed (run seed)
 CANARIES = "canaries"  # the audit's canary records (audit seed)
 MEMBERS = "members"  # which canaries are members (audit seed)
+SECURE_ROTATION = "secure-rotation"  # secure aggregation's rotations (run seed, step, part)
 
 
 def derive_seed(base: int, *keys: object) -> int:

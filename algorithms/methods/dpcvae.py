@@ -31,7 +31,11 @@ def new_cvae(dim: int, n_classes: int, cfg: GenerativeConfig) -> CVAE:
 
 
 class CVAEClient(DPClient):
-    """A DP-CVAE client: encoder and decoder trained with DP-SGD; only the decoder is sent."""
+    """A DP-CVAE client: encoder and decoder trained with DP-SGD; only the decoder is sent.
+    Under secure aggregation it sends its share of the decoder's noisy clipped-gradient sum
+    instead, and steps its encoder alone (dp_client._secure_round)."""
+
+    secure = True
 
     def _build(self, seed: int) -> None:
         """The CVAE, its Adam optimizer, made private (the client seed's INIT stream)."""
@@ -93,6 +97,10 @@ class CVAEClient(DPClient):
     def fit(self, global_weights: StateDict, rnd: int) -> ClientUpdate:
         """Local epochs from the global decoder (the encoder stays local); returns the decoder."""
         load_decoder(self.model, global_weights)
+        if self.plan is not None:
+            decoder = dict(self.model.named_parameters())
+            shared = [decoder[name] for name in global_weights]
+            return self._secure_round(self._loss, shared, rnd)
         losses = self.train_epochs(self.cfg.local_epochs)
         return ClientUpdate(self.released_weights(), self.n_released, self._metrics(losses))
 

@@ -17,15 +17,14 @@ spherical, which needs no moment); every coordinate gets Gaussian noise of std s
 sensitivity, sigma calibrated once by the analytic Gaussian mechanism (calibrate_release) so that
 this one release spends the target epsilon at delta. The derivation: docs/fedpft.md.
 
-At the patient unit (`--privacy_unit patient`, or auto on data with patient ids): each record
-is weighted 1 / (its patient's record count) in the counts, sums and moments (weights in
-`patient_weights`), so a patient's weights sum to 1. Adding or removing a patient then moves
-the scaled vector by at most what one record moves it at the record unit: its count parts sum
-to 1 across classes (L2 <= 1), and each other part is a convex combination of clipped records'
-parts (L2 <= 1 by the triangle inequality), however its records spread over classes. So the
-sensitivity and the noise are the record-level ones, the noisy counts count patients (a patient
-with records in several classes counts as the share of its records in each), the means are
-patient-weighted, and the privacy line says unit patient.
+At the patient unit (`--privacy_unit patient`, or auto with patient ids) each record weighs
+1 / (its patient's record count) in the counts, sums and moments (`patient_weights`): a
+patient's parts then move the scaled vector by at most what one record does (its count parts
+sum to 1 across classes; the others are convex combinations of clipped records' parts), so
+the sensitivity and noise are the record-level ones and the noisy counts count patients.
+
+Under `--secure_aggregation` the release is the same vector encoded with a Skellam share
+(pft_secure.py): the coordinator decodes the sites' sum and fits the Gaussians from it.
 
 Post-processing of the pooled sums (the noise is already in, so it costs no privacy): a class
 whose pooled count is below max(1, MIN_COUNT_STDS x the std of the pooled count's noise) is
@@ -33,15 +32,11 @@ dropped from sampling (without noise: a class no client holds); the count is cli
 mean = sum / count; variances (diag, spherical) and covariance eigenvalues (full) are floored at
 VARIANCE_FLOOR, which projects the covariance to positive definite.
 
-What crosses the network, as float32: a client's release (once), and back the pooled mixture
-(one Gaussian per class for dpfedpft). The statistics, fits, pooling and sampling, and the
-constants named here, are in algorithms/methods/gaussians.py.
+What crosses the network, as float32: a client's release (once), and back the pooled mixture.
+The statistics, fits, pooling and sampling, and the constants named here: gaussians.py.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -51,12 +46,10 @@ from algorithms.evaluation.protocol import Outcome
 from algorithms.federation.aggregation import StateDict
 from algorithms.federation.rounds import ClientUpdate, Rounds, run_federation
 from algorithms.methods.gaussians import (
+    class_statistics,
     fit_mixtures,
     noisy_statistics,
     patient_weights,
-    pool_mixtures,
-    pool_statistics,
-    sample_mixture,
     to_float32,
 )
 from algorithms.methods.generative import generative_outcome
@@ -68,6 +61,7 @@ from algorithms.methods.pft_config import (
     release_size,
     sensitivity,
 )
+from algorithms.methods.pft_server import PooledSampler, pft_plan, pooler, secure_release
 from algorithms.methods.synthesis import (
     finish_clients,
     global_synthetic_head,
@@ -80,38 +74,12 @@ from algorithms.privacy.accounting import (
     privacy_report,
     release_epsilon,
 )
-from algorithms.privacy.config import DPConfig
-from algorithms.privacy.dp_client import privacy_unit
+from algorithms.privacy.config import DPConfig, privacy_unit
 from algorithms.privacy.generative_config import GenerativeConfig
+from algorithms.privacy.secure_aggregation import SecurePlan
+from algorithms.privacy.secure_dpsgd import secure_privacy
 from data.clients import ClientData
-from data.features import squash
 from utils.seeding import DP_NOISE, GENERATIVE_CLIENT, derive_seed, new_secret, private_generator
-
-
-def pooler(
-    method: str, cfg: PFTConfig, dp: DPConfig | None
-) -> Callable[[Sequence[ClientUpdate]], StateDict]:
-    """The server's step of `method` (the `aggregate` of the one round)."""
-    if not release_dp(method):
-        return lambda updates: pool_mixtures([u.weights for u in updates])
-    noise_std = calibrate_release(dp_of(method, dp)) * sensitivity(cfg.covariance)
-    return lambda updates: pool_statistics([u.weights for u in updates], cfg.covariance, noise_std)
-
-
-@dataclass(frozen=True)
-class PooledSampler:
-    """Sampling from the pooled Gaussians (a synthesis.Sampler), on a site or on the server:
-    it needs nothing but the pooled statistics and the squash temperature."""
-
-    temperature: float
-
-    def can_sample(self, weights: StateDict) -> np.ndarray:
-        """Per class, whether the pooled mixture holds it (module docstring: dropped classes)."""
-        return (weights["weights"].sum(1) > 0).numpy()
-
-    def sample(self, weights: StateDict, labels: np.ndarray, rng: torch.Generator) -> np.ndarray:
-        """Synthetic embeddings in model space (squashed, as the other generative methods')."""
-        return squash(sample_mixture(weights, labels, rng), self.temperature)
 
 
 class PFTClient:
@@ -134,6 +102,7 @@ class PFTClient:
         dp: DPConfig | None,
         seed: int,
         secret: bytes | None = None,
+        plan: SecurePlan | None = None,
     ):
         """A client of `data`; its release's noise calibrated (dpfedpft with DP on).
 
@@ -146,8 +115,10 @@ class PFTClient:
             dp: the DP settings (None: the method reads none).
             seed: the client seed.
             secret: the key of its secure noise (None: drawn here when the noise is secure).
+            plan: the public plan of its secure release (None: a Gaussian release).
         """
         pft_method(method)
+        self.plan = plan
         self.method, self.id, self.data, self.n_classes = method, data.id, data, n_classes
         self.cfg, self.temperature, self.dp, self.seed = cfg, gen_cfg.squash_temperature, dp, seed
         noised = release_dp(method) and dp is not None and dp.enabled
@@ -172,6 +143,10 @@ class PFTClient:
         if self.released or rnd != 0:
             raise RuntimeError(f"client {self.id}: {self.method} releases once, in round 1 only")
         x, y, c = self.data.x_train, self.data.y_train, self.n_classes
+        if self.plan is not None:
+            stats = class_statistics(x, y, c, self.cfg.covariance, self.weights)
+            self.released = True
+            return secure_release(stats, self.plan, self.rng_noise, self.epsilon())
         if not release_dp(self.method):
             release = fit_mixtures(
                 x=x,
@@ -200,6 +175,8 @@ class PFTClient:
         """The epsilon spent so far: the release's, once it is made."""
         if not self.released:
             return 0.0
+        if self.plan is not None:
+            return secure_privacy(self.plan, 1, dp_of(self.method, self.dp).delta, None)["epsilon"]
         if self.noise_multiplier is None:
             raise ValueError(f"client {self.id}: {self.method} made no DP release (no epsilon)")
         return release_epsilon(self.noise_multiplier, dp_of(self.method, self.dp).delta)
@@ -217,6 +194,11 @@ class PFTClient:
             return {"id": self.id, "noise_source": self.noise_source, "epsilon": None}
         sens = sensitivity(self.cfg.covariance)
         unit = {"unit": "patient"} if self.unit == "patient" else {}
+        if self.plan is not None:
+            delta = dp_of(self.method, self.dp).delta
+            steps = 1 if self.released else 0
+            line = secure_privacy(self.plan, steps, delta, None)
+            return {"id": self.id, **unit, "noise_source": self.noise_source, **line}
         return {
             "id": self.id,
             **unit,
@@ -251,6 +233,7 @@ def make_pft_clients(
     dp: DPConfig | None,
     seed: int,
     secret: bytes | None = None,
+    n_sites: int | None = None,
 ) -> list[PFTClient]:
     """One client per data set, seeded as the generative methods' (run seed, method, id);
     `secret`: a Flower site's key for secure noise (one client).
@@ -264,8 +247,11 @@ def make_pft_clients(
         dp: the DP settings (None: the method reads none).
         seed: the run seed.
         secret: a Flower site's key for secure noise (None: each client draws its own).
+        n_sites: the sites of the federation (None: `clients`, a simulation).
     """
     seeds = [derive_seed(seed, method, GENERATIVE_CLIENT, c.id) for c in clients]
+    shape = (clients[0].x_train.shape[1], n_classes)
+    plan = pft_plan(method, cfg, dp, shape, (n_sites or len(clients), seed))
     return [
         PFTClient(
             method=method,
@@ -276,6 +262,7 @@ def make_pft_clients(
             dp=dp,
             seed=s,
             secret=secret,
+            plan=plan,
         )
         for c, s in zip(clients, seeds)
     ]
@@ -360,9 +347,9 @@ def run_pft(
         dp=dp,
         seed=seed,
     )
-    pooled, history = run_federation(
-        pft_clients, {}, Rounds(1, pooler(method, cfg, dp), desc=method)
-    )
+    shape = (clients[0].x_train.shape[1], n_classes)
+    pool = pooler(method, cfg, dp, pft_clients[0].plan, shape)
+    pooled, history = run_federation(pft_clients, {}, Rounds(1, pool, desc=method))
     finished = finish_clients(
         samplers=pft_clients,
         clients=clients,

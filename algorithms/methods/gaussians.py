@@ -194,25 +194,54 @@ def pool_statistics(releases: Sequence[StateDict], covariance: str, noise_std: f
     """dpfedpft's server step: sum the released statistics over clients, then post-process them
     into one Gaussian per class (fedpft.py says how). `noise_std`: the std of each
     release's noise on its count."""
-    count, total = _summed(releases, "count"), _summed(releases, "sum")
+    sums = {k: _summed(releases, k) for k in releases[0]}
+    return gaussians_from_sums(sums, covariance, noise_std * math.sqrt(len(releases)))
+
+
+def gaussians_from_sums(sums: StateDict, covariance: str, count_std: float) -> StateDict:
+    """One Gaussian per class from the pooled noisy statistics (count, sum, moment; float64):
+    `count_std` is the std of the pooled count's noise (fedpft.py: the post-processing)."""
+    count, total = sums["count"].double(), sums["sum"].double()
     dim = total.shape[1]
-    keep = count >= max(1.0, MIN_COUNT_STDS * noise_std * math.sqrt(len(releases)))
+    keep = count >= max(1.0, MIN_COUNT_STDS * count_std)
     n = count.clamp_min(1.0)[:, None]
     mean = total / n
     if covariance == "spherical":
         var = (1.0 - (mean * mean).sum(1, keepdim=True) / dim).clamp_min(VARIANCE_FLOOR)
         scales = var.sqrt()
     elif covariance == "diag":
-        moment = _summed(releases, "moment")
+        moment = sums["moment"].double()
         scales = (moment / n - mean * mean).clamp_min(VARIANCE_FLOOR).sqrt()
     else:
-        moment = _summed(releases, "moment")
+        moment = sums["moment"].double()
         cov = moment / n[:, :, None] - mean[:, :, None] * mean[:, None, :]
         values, vectors = torch.linalg.eigh(0.5 * (cov + cov.transpose(1, 2)))
         scales = vectors * values.clamp_min(VARIANCE_FLOOR).sqrt()[:, None, :]
     return to_float32(
         {"weights": keep.double()[:, None], "means": mean[:, None], "scales": scales[:, None]}
     )
+
+
+def scaled_vector(stats: StateDict) -> torch.Tensor:
+    """The statistics as one vector in the release's scale (count, sum / sqrt(D), moment / D),
+    whose L2 sensitivity is pft_config.sensitivity: what a secure release encodes."""
+    dim = stats["sum"].shape[1]
+    scale = {"count": 1.0, "sum": math.sqrt(dim), "moment": float(dim)}
+    return torch.cat([(v.double() / scale[k]).flatten() for k, v in stats.items()])
+
+
+def from_scaled_vector(
+    vector: torch.Tensor, n_classes: int, dim: int, covariance: str
+) -> StateDict:
+    """`scaled_vector`'s inverse: the statistics (float64) from their scaled vector."""
+    shapes = {"count": (n_classes,), "sum": (n_classes, dim)}
+    if covariance == "diag":
+        shapes["moment"] = (n_classes, dim)
+    elif covariance == "full":
+        shapes["moment"] = (n_classes, dim, dim)
+    scale = {"count": 1.0, "sum": math.sqrt(dim), "moment": float(dim)}
+    parts = vector.double().split([math.prod(s) for s in shapes.values()])
+    return {k: p.view(shapes[k]) * scale[k] for k, p in zip(shapes, parts)}
 
 
 def to_float32(state: StateDict) -> StateDict:

@@ -30,8 +30,10 @@ from algorithms.methods.synthesis import (
 )
 from algorithms.privacy.accounting import NOT_COVERED, privacy_report
 from algorithms.privacy.config import DPConfig
-from algorithms.privacy.dp_client import DPClient
+from algorithms.privacy.dp_client import DPClient, adam
 from algorithms.privacy.generative_config import GenerativeConfig
+from algorithms.privacy.secure_aggregation import SecurePlan
+from algorithms.privacy.secure_dpsgd import SecureServer, check_schedule, dpsgd_plan
 from data.clients import ClientData
 from utils.checkpoint import RoundCheckpoint
 from utils.cli import flag_name
@@ -73,6 +75,49 @@ def initial_global_weights(
     return seeded_global_weights(method, dim, n_classes, cfg, seed)
 
 
+def secure_plan(
+    *,
+    method: str,
+    dim: int,
+    n_classes: int,
+    cfg: GenerativeConfig,
+    dp: DPConfig,
+    sites: tuple[int, int],
+) -> SecurePlan | None:
+    """The public plan of a generative run's secure releases (None without
+    --secure_aggregation): the shared and the local part of the model, one release per round,
+    the count's release composed; refused (one line) for a method without a secure round and
+    for a schedule of other than one full-batch step per round.
+
+    Args:
+        method: a generative method.
+        dim: the embedding size.
+        n_classes: the number of classes.
+        cfg: the generative settings (the schedule).
+        dp: the DP settings.
+        sites: (sites in a sum, run seed).
+    """
+    if not (dp.enabled and dp.secure_aggregation):
+        return None
+    if not client_type(method).secure:
+        raise ValueError(f"{flag_name(dp, 'secure_aggregation')}: {method} has no secure round")
+    if cfg.batch_size != 0 or cfg.local_epochs != 1:
+        schedule = (
+            f"{flag_name(cfg, 'local_epochs')} {cfg.local_epochs} "
+            f"{flag_name(cfg, 'batch_size')} {cfg.batch_size}"
+        )
+        check_schedule(0, schedule)
+    counts = count_parameters(method, dim, n_classes, cfg)
+    return dpsgd_plan(
+        dp=dp,
+        shared=counts["shared"],
+        local=counts["total"] - counts["shared"],
+        n_sites=sites[0],
+        steps=cfg.n_rounds,
+        seed=sites[1],
+    )
+
+
 def make_clients(
     *,
     method: str,
@@ -83,6 +128,7 @@ def make_clients(
     seed: int,
     secret: bytes | None = None,
     device: str = "cpu",
+    n_sites: int | None = None,
 ) -> list[DPClient]:
     """One client object per data set, seeded by the run seed, the method and the client id,
     its tensors and generators on `device`. `secret`: a site's own key for its secure noise
@@ -97,8 +143,17 @@ def make_clients(
         seed: the run seed.
         secret: a site's own key for its secure noise (None: each client draws its own).
         device: where the clients' tensors and generators live.
+        n_sites: the sites of the federation (None: `clients`, a simulation).
     """
     cls = client_type(method)
+    plan = secure_plan(
+        method=method,
+        dim=clients[0].x_train.shape[1],
+        n_classes=n_classes,
+        cfg=cfg,
+        dp=dp,
+        sites=(n_sites or len(clients), seed),
+    )
     return [
         cls(
             data=c,
@@ -108,6 +163,7 @@ def make_clients(
             seed=derive_seed(seed, method, GENERATIVE_CLIENT, c.id),
             secret=secret,
             device=device,
+            plan=plan,
         )
         for c in clients
     ]
@@ -169,6 +225,12 @@ def train_generative(
     if checkpoint is not None:
         weights, history, start = checkpoint.restore(gen_clients, weights)
     rounds = Rounds(cfg.n_rounds, seed=derive_seed(seed, SAMPLING), start_round=start, desc=method)
+    plan = gen_clients[0].plan
+    if plan is not None:  # the coordinator decodes the sites' sum and steps the shared part
+        if execution.vectorized:
+            raise ValueError(f"{flag_name(dp, 'secure_aggregation')} has no vectorized path")
+        server = SecureServer(weights, plan, lambda ps: adam(ps, lr=cfg.cvae_learning_rate))
+        rounds = dataclasses.replace(rounds, aggregate=server.aggregate)
     if execution.vectorized:
         saver = checkpoint.saver if checkpoint is not None else None
         weights, history = run_vectorized(gen_clients, weights, rounds, history, saver)

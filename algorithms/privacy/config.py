@@ -160,6 +160,34 @@ class DPConfig:
         ),
     )
 
+    # added after runs were made: utils/results.py hashes them only when not at their defaults
+    secure_aggregation: bool = field(
+        default=False,
+        metadata=flag(
+            "--secure_aggregation",
+            section="dp",
+            action="store_true",
+            help="distributed DP: each site adds a share of Skellam noise to an integer encoding "
+            "of its release and the coordinator sees only the sum (modulo 2^30) of the sites' "
+            "shares, so the sum carries the accounted noise once instead of once per site. "
+            "dpfedpft (its one release), and dpcvae/dpfedavg with one full-batch DP step per round "
+            "(the schedule of the dp preset); every metrics.json privacy line then also says "
+            "epsilon_collusion (against a coordinator colluding with every other site). "
+            "Default: off",
+        ),
+    )
+    min_honest_sites: int = field(
+        default=1,
+        metadata=flag(
+            "--min_honest_sites",
+            section="dp",
+            help="with --secure_aggregation, m: the sites guaranteed honest in every sum; each "
+            "adds 1/m of the noise's variance, so `epsilon` holds while m honest sites are in "
+            "every sum, and a site alone is protected by epsilon_collusion. 1: every site adds "
+            "the whole noise (today's guarantee). Default: {default}",
+        ),
+    )
+
     def __post_init__(self) -> None:
         """Checks each field alone (no accountant: `check_count_noise` runs one, when a run
         starts)."""
@@ -172,6 +200,15 @@ class DPConfig:
         if self.privacy_unit not in PRIVACY_UNITS:
             raise ValueError(
                 f"{name('privacy_unit')} must be one of {PRIVACY_UNITS}, got {self.privacy_unit!r}"
+            )
+        if self.min_honest_sites < 1:
+            raise ValueError(
+                f"{name('min_honest_sites')} must be >= 1, got {self.min_honest_sites}"
+            )
+        if self.min_honest_sites > 1 and not self.secure_aggregation:
+            raise ValueError(
+                f"{name('min_honest_sites')} {self.min_honest_sites} needs "
+                f"{name('secure_aggregation')} (without it every site adds the whole noise)"
             )
         if not self.enabled:
             return
@@ -198,3 +235,22 @@ class DPConfig:
         if self.accountant is None:  # a one-shot release noises its counts itself
             return ()
         return ((self.count_noise, 1.0, 1),) if self.count_noise > 0 else ()
+
+
+def privacy_unit(dp: DPConfig, client: type, has_ids: bool, vectorized: bool = False) -> str:
+    """The unit a client's DP-SGD protects (`--privacy_unit`): auto is patient where the data
+    has patient ids and the client class supports it (its `units`), outside the vectorized path;
+    record otherwise. ValueError, naming the flag, for patient where it cannot be."""
+    if not dp.enabled or dp.privacy_unit == "record":
+        return "record"
+    supported = "patient" in getattr(client, "units", ())
+    if dp.privacy_unit == "auto":
+        return "patient" if has_ids and supported and not vectorized else "record"
+    flag = flag_name(dp, "privacy_unit")
+    if not has_ids:
+        raise ValueError(f"{flag} patient: the database has no patient ids")
+    if not supported:
+        raise ValueError(f"{flag} patient: {client.__name__} clips per record only")
+    if vectorized:
+        raise ValueError(f"{flag} patient has no vectorized path yet (run the per-client path)")
+    return "patient"

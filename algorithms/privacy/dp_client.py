@@ -9,7 +9,7 @@ data/features.py): no statistic of private data is used for normalization.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,13 +17,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from algorithms.federation.rounds import ClientUpdate
 from algorithms.privacy.accounting import (
     calibrate_noise,
     calibration_key,
     sample_rate_for,
     steps_per_epoch,
 )
-from algorithms.privacy.config import DPConfig
+from algorithms.privacy.config import DPConfig, privacy_unit
 from algorithms.privacy.dp_sgd import (
     PrivateTraining,
     make_private,
@@ -32,14 +33,20 @@ from algorithms.privacy.dp_sgd import (
 )
 from algorithms.privacy.generative_config import GenerativeConfig
 from algorithms.privacy.noise import noisy_count
+from algorithms.privacy.secure_aggregation import SecurePlan
+from algorithms.privacy.secure_dpsgd import (
+    check_schedule,
+    count_rdp,
+    secure_dp_step,
+    secure_privacy,
+    secure_update,
+)
 from data.clients import ClientData
 from data.features import squash
-from utils.cli import flag_name
 from utils.seeding import BATCHES, COUNT, DP_NOISE, LATENT, new_secret, private_generator
 
 if TYPE_CHECKING:
     from algorithms.federation.aggregation import StateDict
-    from algorithms.federation.rounds import ClientUpdate
 
 
 def adam(
@@ -48,25 +55,6 @@ def adam(
     """Adam with the fused kernel: the same update as the per-tensor loop (up to rounding),
     about 3x faster on CPU for these models (a tenth of a DP step)."""
     return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
-
-
-def privacy_unit(dp: DPConfig, client: type, has_ids: bool, vectorized: bool = False) -> str:
-    """The unit a client's DP-SGD protects (`--privacy_unit`): auto is patient where the data
-    has patient ids and the client class supports it (its `units`), outside the vectorized path;
-    record otherwise. ValueError, naming the flag, for patient where it cannot be."""
-    if not dp.enabled or dp.privacy_unit == "record":
-        return "record"
-    supported = "patient" in getattr(client, "units", ())
-    if dp.privacy_unit == "auto":
-        return "patient" if has_ids and supported and not vectorized else "record"
-    flag = flag_name(dp, "privacy_unit")
-    if not has_ids:
-        raise ValueError(f"{flag} patient: the database has no patient ids")
-    if not supported:
-        raise ValueError(f"{flag} patient: {client.__name__} clips per record only")
-    if vectorized:
-        raise ValueError(f"{flag} patient has no vectorized path yet (run the per-client path)")
-    return "patient"
 
 
 @dataclass(frozen=True)
@@ -95,6 +83,8 @@ class DPSGDClient:
     grad_sample_mode = "fast"
     # Privacy units the client's DP step supports: record, and patient (user-level DP-SGD)
     units: tuple[str, ...] = ("record", "patient")
+    # Whether it has a secure-aggregation round (`_secure_round`)
+    secure = False
 
     def __init__(
         self,
@@ -107,6 +97,7 @@ class DPSGDClient:
         seed: int,
         secret: bytes | None = None,
         device: str = "cpu",
+        plan: SecurePlan | None = None,
     ):
         """A client of `data` whose training inputs are `x` (its train rows, in model space).
 
@@ -119,8 +110,11 @@ class DPSGDClient:
             seed: the client seed.
             secret: the key of its private draws (None: drawn here when the noise is secure).
             device: where its tensors and generators live.
+            plan: the public plan of its secure releases (None: no secure aggregation).
         """
         self.id, self.dp, self.n_classes, self.seed = data.id, dp, n_classes, seed
+        self.plan = plan
+        self.secure_steps = 0  # releases made under secure aggregation
         self.device = torch.device(device)
         self.x = torch.as_tensor(x).to(self.device)
         self.y = torch.as_tensor(data.y_train, dtype=torch.int64).to(self.device)
@@ -150,6 +144,11 @@ class DPSGDClient:
         self.total_steps = schedule.n_rounds * schedule.local_epochs * self.steps_epoch
         self.rng_batches = self.stream(BATCHES)
         self.rng_noise = self.stream(DP_NOISE)
+        # the secure releases' draws (CPU; the same stream as the DP noise, which they replace)
+        cpu = self.device.type == "cpu"
+        self.rng_secure = self.rng_noise if cpu else self.stream(DP_NOISE, torch.device("cpu"))
+        if plan is not None:
+            check_schedule(schedule.local_epochs * self.steps_epoch, "this schedule")
         self.dp_sgd: PrivateTraining | None = None
         # (calibration key, noise multiplier) under DP: what a Flower site keeps between messages
         self.calibration: tuple[str, float] | None = None
@@ -204,15 +203,53 @@ class DPSGDClient:
 
     def _metrics(self, losses: list[float]) -> dict[str, float]:
         out = {"train_loss": float(np.mean(losses)) if losses else float("nan")}
-        if self.dp_sgd is not None:
+        if self.plan is not None:
+            out["epsilon"] = self.privacy()["epsilon"]
+        elif self.dp_sgd is not None:
             out["epsilon"] = self.dp_sgd.epsilon(self.dp.delta)
         return out
+
+    def _secure_round(
+        self,
+        loss: Callable[[torch.Tensor], torch.Tensor],
+        shared: list[torch.nn.Parameter],
+        rnd: int,
+    ) -> ClientUpdate:
+        """One round under secure aggregation: the one full batch, `secure_dp_step` (the shared
+        parameters in the coordinator's order), this site's residues and released count."""
+        if self.dp_sgd is None or self.plan is None:
+            raise RuntimeError(f"client {self.id}: secure rounds need DP and a secure plan")
+        idx = next(iter(self._batches()))
+        losses = loss(idx) if len(idx) else None
+        residues = secure_dp_step(
+            state=self.dp_sgd,
+            loss_per_sample=losses,
+            groups=self.groups,
+            plan=self.plan,
+            shared=shared,
+            step=rnd,
+            generator=self.rng_secure,
+        )
+        self.secure_steps += 1
+        done = [] if losses is None else [float(losses.detach().mean())]
+        return ClientUpdate(secure_update(residues, rnd), self.n_released, self._metrics(done))
 
     def privacy(self) -> dict:
         """This client's line of the privacy report, read from its accountant."""
         if self.dp_sgd is None:
             return {"id": self.id, "noise_source": self.dp.noise_source, "epsilon": None}
         unit = {} if self.patients is None else {"unit": "patient"}
+        if self.plan is not None:
+            return {
+                "id": self.id,
+                **unit,
+                "noise_source": self.dp.noise_source,
+                "n_released": self.n_released,
+                "sample_rate": self.dp_sgd.sample_rate,
+                **secure_privacy(
+                    self.plan, self.secure_steps, self.dp.delta, count_rdp(self.dp.count_noise)
+                ),
+            }
         return {
             "id": self.id,
             **unit,
@@ -266,6 +303,7 @@ class DPClient(DPSGDClient):
         seed: int,
         secret: bytes | None = None,
         device: str = "cpu",
+        plan: SecurePlan | None = None,
     ):
         """A client of `data`, its models built and made private (DP on).
 
@@ -277,6 +315,7 @@ class DPClient(DPSGDClient):
             seed: the client seed.
             secret: the key of its private draws (None: drawn here when the noise is secure).
             device: where its tensors and generators live.
+            plan: the public plan of its secure releases (None: no secure aggregation).
         """
         super().__init__(
             data=data,
@@ -287,6 +326,7 @@ class DPClient(DPSGDClient):
             seed=seed,
             secret=secret,
             device=device,
+            plan=plan,
         )
         self.cfg = cfg
         self.rng_latent = self.stream(LATENT)

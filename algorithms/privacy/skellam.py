@@ -277,8 +277,30 @@ def skellam_epsilon(variance: float, l1: float, l2: float, steps: int, delta: fl
     return rdp_to_epsilon(steps * skellam_rdp(l1, l2, variance), delta)
 
 
+def composed_epsilon(
+    variance: float, sensitivities: tuple[float, float], steps: int, delta: float, extra: np.ndarray
+) -> float:
+    """`skellam_epsilon` (sensitivities (L1, L2)) composed with `extra`, the RDP curve on
+    RDP_ORDERS of the run's other releases (e.g. the noisy record count's)."""
+    l1, l2 = sensitivities
+    return rdp_to_epsilon(steps * skellam_rdp(l1, l2, variance) + extra, delta)
+
+
+def gaussian_rdp(noise_multiplier: float, orders: Sequence[int] = RDP_ORDERS) -> np.ndarray:
+    """RDP of one Gaussian release of sensitivity 1 and std `noise_multiplier` (the noisy
+    count's): a / (2 sigma^2)."""
+    return np.asarray(orders, dtype=np.float64) / (2 * noise_multiplier**2)
+
+
 def calibrate_variance(
-    *, epsilon: float, delta: float, steps: int, l1: float, l2: float, rtol: float = 1e-6
+    *,
+    epsilon: float,
+    delta: float,
+    steps: int,
+    l1: float,
+    l2: float,
+    rtol: float = 1e-6,
+    extra: np.ndarray | None = None,
 ) -> float:
     """The smallest total Skellam variance (to `rtol`) whose `steps` releases spend at most
     `epsilon` at `delta`: a bisection on the log-variance (the epsilon falls as it grows).
@@ -290,20 +312,28 @@ def calibrate_variance(
         l1: the L1 sensitivity after rounding.
         l2: the L2 sensitivity after rounding.
         rtol: the relative tolerance of the bisection.
+        extra: the RDP curve of the run's other releases (None: none).
     """
     if not (epsilon > 0 and 0 < delta < 1 and steps >= 1):
         raise ValueError(
             f"calibrate_variance needs epsilon > 0, 0 < delta < 1, steps >= 1: "
             f"{epsilon}, {delta}, {steps}"
         )
+    other = np.zeros(len(RDP_ORDERS)) if extra is None else extra
+    if rdp_to_epsilon(other, delta) >= epsilon:
+        raise ValueError(f"the run's other releases alone spend epsilon {epsilon} or more")
+
+    def spent(variance: float) -> float:
+        return composed_epsilon(variance, (l1, l2), steps, delta, other)
+
     low, high = l2**2, l2**2
-    while skellam_epsilon(high, l1, l2, steps, delta) > epsilon:
+    while spent(high) > epsilon:
         high *= 16
-    while skellam_epsilon(low, l1, l2, steps, delta) <= epsilon:
+    while spent(low) <= epsilon:
         low /= 16
     while high / low > 1 + rtol:
         mid = math.sqrt(low * high)
-        if skellam_epsilon(mid, l1, l2, steps, delta) > epsilon:
+        if spent(mid) > epsilon:
             low = mid
         else:
             high = mid
@@ -322,7 +352,14 @@ class Guarantees:
 
 
 def guarantees(
-    *, variance: float, min_honest: int, l1: float, l2: float, steps: int, delta: float
+    *,
+    variance: float,
+    min_honest: int,
+    l1: float,
+    l2: float,
+    steps: int,
+    delta: float,
+    extra: np.ndarray | None = None,
 ) -> Guarantees:
     """Both guarantees of a site whose shares are sized for `min_honest` sites and total
     `variance`.
@@ -334,9 +371,11 @@ def guarantees(
         l2: the L2 sensitivity after rounding.
         steps: how many releases compose.
         delta: the delta of both epsilons.
+        extra: the RDP curve of the run's other releases (None: none).
     """
+    other = np.zeros(len(RDP_ORDERS)) if extra is None else extra
     return Guarantees(
-        epsilon=skellam_epsilon(variance, l1, l2, steps, delta),
-        epsilon_collusion=skellam_epsilon(variance / min_honest, l1, l2, steps, delta),
+        epsilon=composed_epsilon(variance, (l1, l2), steps, delta, other),
+        epsilon_collusion=composed_epsilon(variance / min_honest, (l1, l2), steps, delta, other),
         min_honest_sites=min_honest,
     )

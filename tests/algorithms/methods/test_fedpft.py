@@ -12,9 +12,10 @@ from opacus.accountants import PRVAccountant
 
 import main as main_module
 from algorithms.evaluation.heads import HeadConfig
-from algorithms.methods.fedpft import PFTClient, make_pft_clients, pooler, run_pft
+from algorithms.methods.fedpft import PFTClient, make_pft_clients, run_pft
 from algorithms.methods.gaussians import VARIANCE_FLOOR, class_statistics, noisy_statistics
 from algorithms.methods.pft_config import PFTConfig, release_size, sensitivity
+from algorithms.methods.pft_server import pooler
 from algorithms.privacy.accounting import (
     ANALYTIC_GAUSSIAN,
     NOT_COVERED,
