@@ -77,10 +77,11 @@ class Site:
         self.root = root
         self.context = context
         self.ledger = site_ledger(node_config, root, str(self.facts.fingerprint), self.client_id)
-        # the sites in a sum, as the ServerApp counts them; the shape is public (hello sends it)
-        n_sites = int(context.run_config.get("n-sites", 0)) or self.settings.args.n_clients
+        # the sites in a sum, as the ServerApp counts them (a secure plan's n_sites); the shape
+        # is public (hello sends it)
+        self.n_sites = int(context.run_config.get("n-sites", 0)) or self.settings.args.n_clients
         shape = (int(self.data.x_train.shape[1]), self.n_classes)
-        cost, self.violation = assess(self.policy, self.settings, n_sites=n_sites, shape=shape)
+        cost, self.violation = assess(self.policy, self.settings, n_sites=self.n_sites, shape=shape)
         self.charge = booked(run_binding(self.settings), self.policy, cost)
 
     def refuse(self, rule: str) -> NoReturn:
