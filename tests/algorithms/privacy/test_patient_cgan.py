@@ -34,7 +34,8 @@ def _client(unit: str) -> CGANClient:
     y = np.concatenate([rng.integers(0, 3, size=8), np.full(MANY, 1)])
     patients = np.concatenate([np.arange(8), np.full(MANY, 8)])
     data = ClientData(0, x, y, x[:2], y[:2], x[:2], y[:2], patients)
-    dp = DPConfig(epsilon=2.0, max_grad_norm=C, privacy_unit=unit, accountant="rdp")
+    # an exact count: the rates are checked below
+    dp = DPConfig(epsilon=2.0, max_grad_norm=C, privacy_unit=unit, accountant="rdp", count_noise=0)
     return CGANClient(data=data, n_classes=3, cfg=CFG, dp=dp, seed=0)
 
 
@@ -88,16 +89,19 @@ def test_fake_samples_are_groups_of_their_own_even_in_an_empty_batch():
 
 def test_a_cgan_client_at_the_patient_unit_accounts_patients():
     client = _client("patient")
-    assert (client.n, client.n_units) == (48, 9)
+    assert (client.n, client.n_units, client.n_released) == (48, 9, 9)
     client.fit(seeded_global_weights("dpcgan", 6, 3, CFG, seed=0), 0)
+    # the generator's steps through the discriminator are not private steps: nothing recorded
+    assert client.dp_sgd.tape is not None and client.dp_sgd.tape.records == []
     line = client.privacy()
-    rate = sample_rate_for(client.n_released, CFG.batch_size)  # the noisy count of 9 patients
-    assert line["unit"] == "patient" and line["sample_rate"] == rate
+    rate = sample_rate_for(9, CFG.batch_size)
+    assert line["unit"] == "patient" and line["sample_rate"] == rate == 1 / 3
     assert line["steps"] == 2 * client.steps_epoch and 0 < line["epsilon"] <= 2.0
     # the fake samples: as many as the expected number of patients per batch
-    assert client.n_fake(0) == max(1, round(rate * client.n_released))
+    assert client.n_fake(0) == 3
     record = _client("record")
-    assert "unit" not in record.privacy() and record.n_released > 20  # counts records
+    assert "unit" not in record.privacy() and record.n_released == 48  # counts records
+    assert record.dp_sgd.sample_rate == sample_rate_for(48, 4) and record.n_fake(0) == 4
 
 
 def test_a_dpcgan_run_with_privacy_unit_patient_is_private_per_patient(tmp_path, capsys):
