@@ -153,11 +153,10 @@ class DPConfig:
             help="what DP protects: patient (DP-SGD: patients Poisson sampled, "
             "each with all its records, each patient's summed gradient clipped, the noisy count "
             "and the sampling rate per patient; dpfedpft: each patient's records weighted to a "
-            "total of 1; needs patient ids; dpfedavg, dpcvae, dpcgan and dpfedpft, the "
-            "vectorized path too) or "
-            "record (one embedding; on data with patient ids the run reports the group bound "
-            "for its largest patient). auto: patient where the data has patient ids and the "
-            "method supports it, else record. Default: {default}",
+            "total of 1; needs patient ids; dpfedavg, dpcvae, dpcgan and dpfedpft, on both "
+            "execution paths) or record (one embedding; on data with patient ids the run "
+            "reports the group bound for its largest patient). auto: patient where the data "
+            "has patient ids and the method supports it, else record. Default: {default}",
         ),
     )
 
