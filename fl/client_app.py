@@ -66,7 +66,7 @@ from algorithms.experiment import warn_privacy_settings
 from algorithms.federation.aggregation import StateDict
 from algorithms.federation.rounds import ClientUpdate
 from algorithms.methods.fedavg import val_accuracy
-from algorithms.methods.generative import ReleasedSampler
+from algorithms.methods.generative_run import ReleasedSampler
 from algorithms.methods.pft_server import PooledSampler
 from algorithms.methods.registry import required
 from algorithms.methods.synthesis import correct_count, finish_client, global_synthetic_head

@@ -36,12 +36,8 @@ from algorithms.federation.aggregation import StateDict
 from algorithms.federation.rounds import ClientUpdate, Rounds, fedavg_aggregate, run_rounds
 from algorithms.methods.fedavg import initial_head, validation_row
 from algorithms.methods.fedpft import pft_outcome
-from algorithms.methods.generative import (
-    count_parameters,
-    dpsgd_privacy_report,
-    generative_outcome,
-    initial_global_weights,
-)
+from algorithms.methods.generative import count_parameters, initial_global_weights
+from algorithms.methods.generative_run import dpsgd_privacy_report, generative_outcome
 from algorithms.methods.pft_server import pooler
 from algorithms.methods.registry import required
 from algorithms.methods.synthesis import GLOBAL_SYNTHETIC_PER_CLASS

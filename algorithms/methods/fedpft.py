@@ -52,7 +52,7 @@ from algorithms.methods.gaussians import (
     patient_weights,
     to_float32,
 )
-from algorithms.methods.generative import generative_outcome
+from algorithms.methods.generative_run import generative_outcome
 from algorithms.methods.pft_config import (
     PFTConfig,
     dp_of,

@@ -26,7 +26,8 @@ from algorithms.methods.dpcvae import CVAEClient
 from algorithms.methods.dpfedavg import DPFedAvgClient, make_dpfedavg_clients, run_dpfedavg
 from algorithms.methods.fedavg import FedAvgClient, FedAvgConfig, make_fedavg_clients
 from algorithms.methods.fedpft import PFTClient, make_pft_clients, run_pft
-from algorithms.methods.generative import make_clients, run_generative
+from algorithms.methods.generative import make_clients
+from algorithms.methods.generative_run import run_generative
 from algorithms.methods.pft_config import PFTConfig
 from algorithms.privacy.config import DPConfig
 from algorithms.privacy.generative_config import GenerativeConfig

@@ -9,7 +9,8 @@ from algorithms.evaluation.heads import HeadConfig
 from algorithms.federation.rounds import Rounds, fedavg_aggregate, run_federation
 from algorithms.methods.dpcgan import CGANClient
 from algorithms.methods.dpcvae import CVAEClient
-from algorithms.methods.generative import fidelity_report, run_generative, seeded_global_weights
+from algorithms.methods.generative import seeded_global_weights
+from algorithms.methods.generative_run import fidelity_report, run_generative
 from algorithms.methods.synthesis import at_chance, global_synthetic_report, synthetic_label_counts
 from algorithms.privacy.config import DPConfig
 from algorithms.privacy.generative_config import GenerativeConfig
