@@ -164,6 +164,11 @@ def load_run_data(settings: Settings) -> RunData:
         if dp is not None and settings.method.client is not None:
             has_ids = db.patients() is not None
             privacy_unit(dp, settings.method.client, has_ids, settings.execution.vectorized)
+        if dp is not None and dp.secure_aggregation and dp.min_honest_sites > len(clients):
+            raise ValueError(
+                f"{flag_name(dp, 'min_honest_sites')} {dp.min_honest_sites}: the split has "
+                f"{len(clients)} clients (every sum holds at most that many sites)"
+            )
     except ValueError as err:
         raise UsageError(str(err)) from None
     warn_privacy_settings(settings.configs, clients)

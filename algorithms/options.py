@@ -29,7 +29,9 @@ from algorithms.methods import registry
 from algorithms.methods.registry import Configs, Method
 from algorithms.privacy.accounting import check_count_noise
 from algorithms.privacy.opacus_compat import check_opacus
+from algorithms.privacy.secure_dpsgd import check_schedule
 from data.split_config import split_config_from_args
+from utils.cli import flag_name
 from utils.device import ON_CPU, Execution, resolve_device
 
 __all__ = ["Settings", "UsageError", "check_before_run", "load_settings"]
@@ -65,6 +67,7 @@ def load_settings(argv: Sequence[str], description: str | None = None) -> Settin
     try:
         configs = build_configs(args, method)
         execution = resolve_execution(args, method)
+        check_secure(method, configs, execution)
     except ValueError as err:
         raise UsageError(str(err)) from None
     return Settings(tuple(argv), args, method, configs, execution)
@@ -140,3 +143,31 @@ def present_configs(configs: Configs) -> dict[str, Any]:
     then those of flags.CONFIGS in its order (Configs' field order)."""
     values = {f.name: getattr(configs, f.name) for f in fields(configs)}
     return {name: cfg for name, cfg in values.items() if cfg is not None}
+
+
+def check_secure(method: Method, configs: Configs, execution: Execution) -> None:
+    """What --secure_aggregation needs, refused in one line before the run starts: DP on, a
+    method with a secure round (its client's `secure`), one full-batch DP step per round, the
+    per-client path."""
+    dp = configs.dp
+    if dp is None or not dp.secure_aggregation:
+        return
+    flag = flag_name(dp, "secure_aggregation")
+    if not dp.enabled:
+        raise ValueError(f"{flag} adds noise shares: it needs DP on")
+    if not getattr(method.client, "secure", False):
+        secure = [m for m in registry.METHODS if m.private and getattr(m.client, "secure", False)]
+        names = ", ".join(m.name for m in secure)
+        raise ValueError(f"{flag}: {method.name} has no secure round (methods with one: {names})")
+    gen = configs.generative if "generative" in method.sections else None
+    fed = configs.fedavg if "fedavg" in method.sections else None
+    if gen is not None and (gen.batch_size != 0 or gen.local_epochs != 1):
+        what = (
+            f"{flag_name(gen, 'local_epochs')} {gen.local_epochs} "
+            f"{flag_name(gen, 'batch_size')} {gen.batch_size}"
+        )
+        check_schedule(gen.local_epochs if gen.batch_size == 0 else 0, what)
+    if fed is not None and fed.local_steps != 1:
+        check_schedule(fed.local_steps, f"{flag_name(fed, 'local_steps')} {fed.local_steps}")
+    if execution.vectorized:
+        raise ValueError(f"{flag} has no vectorized path ({spelling('vectorized')} off)")

@@ -80,7 +80,8 @@ from fl.records import (
     update_content,
 )
 from fl.secure_site import secure_mod, secure_train
-from fl.settings import is_generative, is_pft, is_secure
+from fl.charge import is_secure
+from fl.settings import is_generative, is_pft
 from fl.site import Site, keyed_fingerprint, site_key
 
 app = ClientApp()

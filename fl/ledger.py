@@ -12,7 +12,10 @@ refused.
 The budget lives in the ledger: set when the operator initialises it (`init`), changed only by
 the `budget` command (logged); a missing ledger is a refusal, never a fresh budget. Spent =
 basic composition of the runs' charges (sums of epsilons and deltas): conservative. A run
-sharing without DP is charged an infinite epsilon (JSON null).
+sharing without DP is charged an infinite epsilon (JSON null). A run under secure aggregation
+has two epsilons (with m honest sites in every sum, and against a coordinator colluding with
+every other site); its entry records both, and `epsilon` is the one charged
+(fl.policy.charged_epsilon: the collusion epsilon unless the node config sets charge-honest).
 
     python -m fl.ledger init LEDGER_DIR DATASET_ID [--epsilon 10] [--delta 1e-3]
     python -m fl.ledger budget LEDGER_DIR DATASET_ID --epsilon E [--delta D]
@@ -34,7 +37,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from fl.policy import DEFAULT_MAX_DELTA, Refusal
+from fl.charge import RunCharge
+from fl.policy import DEFAULT_MAX_DELTA, Refusal, SitePolicy, charged_epsilon
 
 SUFFIX = ".ledger.json"
 # A new ledger's lifetime budget (`init`'s defaults): epsilon 10 in all (one run at the default
@@ -63,13 +67,38 @@ class Claim:
 @dataclass(frozen=True)
 class Charge:
     """What a run spends on the site, bound to the run ID at its first claim: its binding (a
-    hash of every setting that determines the spend, fl.policy.run_binding) and its (epsilon,
-    delta) as the site computes them (epsilon None: no DP, unbounded)."""
+    hash of every setting that determines the spend, fl.charge.run_binding) and its (epsilon,
+    delta) as the site computes them (epsilon None: no DP, unbounded): the epsilon charged. A
+    secure run also records both of its epsilons and m (`secure`, else None)."""
 
     binding: str
     epsilon: float | None
     delta: float
     what: str = "run"
+    secure: RunCharge | None = None
+    charges_honest: bool = False  # a secure run: its epsilon with m honest sites is charged
+
+
+def booked(binding: str, policy: SitePolicy, charge: RunCharge) -> Charge:
+    """The ledger's charge of a run: the epsilon the policy charges (`charged_epsilon`), with
+    both epsilons of a secure run recorded."""
+    secure = charge if charge.secure else None
+    epsilon = charged_epsilon(policy, charge)
+    honest = policy.charge_honest
+    return Charge(binding, epsilon, charge.delta, secure=secure, charges_honest=honest)
+
+
+def secure_entry(charge: Charge) -> dict:
+    """A secure run's fields of its ledger entry (nothing for another run)."""
+    if charge.secure is None:
+        return {}
+    both = charge.secure
+    return {
+        "epsilon_honest": both.epsilon,
+        "epsilon_collusion": both.epsilon_collusion,
+        "min_honest_sites": both.min_honest_sites,
+        "charged": "epsilon" if charge.charges_honest else "epsilon_collusion",
+    }
 
 
 def _eps(value: float | None) -> float:
@@ -194,6 +223,7 @@ class Ledger:
                     "delta": charge.delta,
                     "what": charge.what,
                     "time": now,
+                    **secure_entry(charge),
                 }
             book["claims"] += new
             self._write(book)
@@ -234,6 +264,8 @@ def read_ledger(path: Path) -> dict:
         _eps(budget["epsilon"]), float(budget["delta"])
         for r in runs.values():
             _eps(r["epsilon"]), float(r["delta"]), str(r["binding"])
+            if "epsilon_collusion" in r:
+                float(r["epsilon_honest"]), float(r["epsilon_collusion"])
         for c in claims:
             str(c["key"]), str(c["what"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -257,6 +289,12 @@ def describe(path: Path) -> str:
     ]
     for run_id, r in book["runs"].items():
         cost = f"epsilon {_eps(r['epsilon']):g}, delta {float(r['delta']):g}"
+        if "epsilon_collusion" in r:
+            cost += (
+                f"; secure aggregation: epsilon {r['epsilon_honest']:.4g} with "
+                f"{r.get('min_honest_sites', '?')} honest sites, {r['epsilon_collusion']:.4g} "
+                f"against collusion, charged {r.get('charged', '?')}"
+            )
         lines.append(f"    {_when(r.get('time'))}  run {run_id}  {r['what']}  ({cost})")
     lines.append(f"  releases ({len(book['claims'])}):")
     for c in book["claims"]:

@@ -5,10 +5,11 @@ The defaults are a hospital's: a site that sets nothing serves only private runs
 epsilon, and releases no metric or statistic computed on its data. `docs/flower.md`'s node-config
 table is `node_keys_table()` (a test keeps them equal).
 
-What a run costs is computed by the site, from the values it will use (`run_charge`), and a
+What a run costs is computed by the site, from the values it will use (`fl.charge.run_charge`;
+under secure aggregation both epsilons, of which the ledger charges `charged_epsilon`), and a
 run's identity in the site's ledger is a hash of everything that determines its cost
-(`run_binding`). No rule reads the site's data: a query is answered from the policy and the
-ledger alone, so it reveals nothing about the records.
+(`fl.charge.run_binding`). No rule reads the site's data: a query is answered from the policy
+and the ledger alone, so it reveals nothing about the records.
 A run whose settings exceed the policy is refused at its first message (the coordinator gets
 one refusal naming the site and the rule) and at every later one. `PERMISSIVE` is the policy of
 `fl/run_local.py` and of Flower's simulation engine (one researcher holds every simulated
@@ -17,11 +18,8 @@ node), under which results equal main.py's.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import functools
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 
@@ -30,6 +28,8 @@ from algorithms.methods import registry
 from algorithms.options import Settings
 from algorithms.privacy.config import COUNT_NOISE, NOISE_SOURCES, DPConfig
 from algorithms.run_files import shares_dp
+from fl.charge import RunCharge, is_secure, run_charge
+from fl.charge import run_binding as run_binding  # re-exported: the site's binding
 from utils.cli import flag_name
 
 
@@ -60,6 +60,8 @@ class SitePolicy:
     release_metrics: bool = False
     release_fidelity: bool = False
     noise_source: str = "secure"
+    min_honest_sites: int = 1
+    charge_honest: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,18 @@ NODE_KEYS = (
         "secure",
         "`seeded` draws the noise from the run seed, which the coordinator knows (testing only)",
     ),
+    NodeKey(
+        "min-honest-sites",
+        "1",
+        f"the least `{flag_name(DPConfig, 'min_honest_sites')}` it serves; above 1 it serves only "
+        f"runs with `{flag_name(DPConfig, 'secure_aggregation')}` (noise shares)",
+    ),
+    NodeKey(
+        "charge-honest",
+        "false",
+        "charge a secure run's epsilon with m honest sites to the ledger and max-epsilon; "
+        "false: its epsilon_collusion, the guarantee the site holds alone",
+    ),
 )
 # Keys Flower itself sets in simulation (the simulated node's partition).
 SIMULATION_KEYS = ("partition-id", "num-partitions")
@@ -215,6 +229,13 @@ def _positive(node_config: dict, key: str, default: float, zero: bool = False) -
     return value
 
 
+def _count(node_config: dict, key: str, default: int) -> int:
+    text = str(node_config.get(key, default)).strip()
+    if not (text.isdigit() and int(text) >= 1):
+        raise PolicyError(f"node config: {key} must be a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def site_policy(node_config: dict) -> SitePolicy:
     """The policy in a node config (absent keys take the hospital's defaults); PolicyError
     naming the key for an unknown key, a missing required one or a bad value."""
@@ -246,12 +267,17 @@ def site_policy(node_config: dict) -> SitePolicy:
         release_metrics=_flag(node_config, "release-metrics", d.release_metrics),
         release_fidelity=_flag(node_config, "release-fidelity", d.release_fidelity),
         noise_source=source,
+        min_honest_sites=_count(node_config, "min-honest-sites", d.min_honest_sites),
+        charge_honest=_flag(node_config, "charge-honest", d.charge_honest),
     )
 
 
-def policy_violation(policy: SitePolicy, settings: Settings) -> str | None:
+def policy_violation(
+    policy: SitePolicy, settings: Settings, charge: RunCharge | None = None
+) -> str | None:
     """The rule of `policy` that the run's settings break, in words; None if they keep it.
-    Data-independent: it reads the run's settings and the policy, never the site's records."""
+    Data-independent: it reads the run's settings, its `charge` (`fl.charge.run_charge`; None:
+    the run's target, for a run without secure aggregation) and the policy, never the records."""
     method, dp_flag = settings.method, functools.partial(flag_name, DPConfig)
     named = f"{spelling('method')} {method.name}"
     if method.name not in policy.methods:
@@ -273,6 +299,12 @@ def policy_violation(policy: SitePolicy, settings: Settings) -> str | None:
             )
         if not policy.allow_no_dp:
             return f"{what}: sharing without DP is forbidden (allow-no-dp=false)"
+    secure = is_secure(settings)
+    if not secure and policy.min_honest_sites > 1:
+        return (
+            f"a run without {dp_flag('secure_aggregation')} is refused: min-honest-sites "
+            f"{policy.min_honest_sites} demands noise shares summed over that many honest sites"
+        )
     if not policy.release_metrics and "synthesis" not in method.sections:
         return (
             f"{named} is evaluated with heads the coordinator sends, whose "
@@ -281,6 +313,11 @@ def policy_violation(policy: SitePolicy, settings: Settings) -> str | None:
     if not shares_dp(settings):
         return None
     dp = registry.required(dp, "dp")  # shares_dp: the method reads the dp section
+    if secure and dp.min_honest_sites < policy.min_honest_sites:
+        return (
+            f"{dp_flag('min_honest_sites')} {dp.min_honest_sites} is below min-honest-sites "
+            f"{policy.min_honest_sites}"
+        )
     if dp.calibration not in (None, "total"):  # e.g. the paper's: spends more than its target
         return (
             f"{dp_flag('calibration')} {dp.calibration} spends more than "
@@ -295,35 +332,38 @@ def policy_violation(policy: SitePolicy, settings: Settings) -> str | None:
             f"{dp_flag('count_noise')} {dp.count_noise:g} is below min-count-noise "
             f"{policy.min_count_noise:g}"
         )
+    if charge is None:
+        if secure:
+            raise ValueError("a secure run's policy check needs its charge (fl.charge.run_charge)")
+        return None  # its charge is its target, checked above
+    charged = charged_epsilon(policy, charge)
+    if charge.secure and charged is not None and charged > policy.max_epsilon:
+        which = "epsilon" if policy.charge_honest else "epsilon_collusion (charge-honest=false)"
+        return (
+            f"{which} {charged:.4g} of {dp_flag('epsilon')} {dp.epsilon:g} with "
+            f"{dp_flag('min_honest_sites')} {dp.min_honest_sites} exceeds max-epsilon "
+            f"{policy.max_epsilon:g}"
+        )
     return None
 
 
-def run_charge(settings: Settings) -> tuple[float | None, float]:
-    """What the run will spend on this site, (epsilon, delta): the target the site calibrates
-    its noise for (DP-SGD over every step of the run, with the noisy count; DP-FedPFT's one
-    analytic-Gaussian release), which the accountant's spent epsilon never exceeds; epsilon
-    None (unbounded) for a run that shares without DP. Only calibrations that keep the target
-    are served (`policy_violation`)."""
-    if not shares_dp(settings):
-        return None, 0.0
-    dp = registry.required(settings.configs.dp, "dp")  # shares_dp
-    return float(dp.epsilon), float(dp.delta)
+def charged_epsilon(policy: SitePolicy, charge: RunCharge) -> float | None:
+    """The epsilon the site's ledger charges for a run (and max-epsilon caps): a secure run's
+    epsilon_collusion, the guarantee the site holds alone, unless the policy's charge-honest
+    books its epsilon with m honest sites; any other run's epsilon (None: unbounded)."""
+    if charge.secure and not policy.charge_honest:
+        return charge.epsilon_collusion
+    return charge.epsilon
 
 
-def run_binding(settings: Settings) -> str:
-    """A hash of everything that determines what the run spends and releases (method, seed,
-    every config: DP settings, rounds, local epochs, batch size, sampling, calibration,
-    accountant, noise): a run ID is bound to it at its first claim in the ledger."""
-    configs = {
-        f.name: dataclasses.asdict(cfg)
-        if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type)
-        else cfg
-        for f in dataclasses.fields(settings.configs)
-        if (cfg := getattr(settings.configs, f.name)) is not None
-    }
-    text = json.dumps(
-        {"method": settings.method.name, "seed": settings.seed, "configs": configs},
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(text.encode()).hexdigest()
+def assess(
+    policy: SitePolicy, settings: Settings, *, n_sites: int, shape: tuple[int, int]
+) -> tuple[RunCharge, str | None]:
+    """The run's charge on this site and the rule of `policy` it breaks (None: none). A secure
+    run without a plan (its one line names the flag) is refused and charged as unbounded.
+    `n_sites`: the sites in a sum; `shape`: (embedding size, classes), public facts."""
+    try:
+        charge = run_charge(settings, n_sites=n_sites, shape=shape)
+    except ValueError as err:
+        return RunCharge(None, 0.0), str(err)
+    return charge, policy_violation(policy, settings, charge)

@@ -47,13 +47,13 @@ from flwr.serverapp import Grid
 
 from algorithms.federation.aggregation import StateDict
 from algorithms.federation.rounds import ClientUpdate, Rounds, run_rounds
-from algorithms.methods.generative import secure_plan
-from algorithms.methods.pft_server import pft_plan, pool_total
+from algorithms.methods.pft_server import pool_total
 from algorithms.methods.registry import required
 from algorithms.options import Settings
 from algorithms.privacy.dp_client import adam
 from algorithms.privacy.secure_aggregation import SecurePlan
 from algorithms.privacy.secure_dpsgd import SecureServer
+from fl.charge import secure_run_plan
 from fl.records import SECURE_TRAIN, as_float
 from fl.secure_site import ROUND, WEIGHT_NAMES
 from fl.settings import is_pft
@@ -277,29 +277,23 @@ def secure_train_rounds(
     sites: Sites, order: list[int], initial: StateDict, settings: Settings, shape: tuple[int, int]
 ) -> tuple[StateDict, list[dict]]:
     """The rounds of a secure run (dpcvae: one DP step per round, the coordinator's Adam on the
-    decoded sum; dpfedpft: the one release, pooled), with main.py's sampling seed; `shape`:
-    (embedding size, classes)."""
+    decoded sum; dpfedpft: the one release, pooled) with the plan the sites build
+    (`fl.charge.secure_run_plan`) and main.py's sampling seed; `shape`: (embedding size,
+    classes)."""
     configs, method, seed = settings.configs, settings.method.name, settings.seed
-    dp, gen = required(configs.dp, "dp"), required(configs.generative, "generative")
-    n_sites = len(order)
+    plan = secure_run_plan(settings, len(order), shape)
+    gen = required(configs.generative, "generative")
     if is_pft(settings):
         cfg = required(configs.pft, "pft")
-        plan = pft_plan(method, cfg, dp, shape, (n_sites, seed))
         n_rounds = 1
 
         def step(total: torch.Tensor, counts: list[int]) -> StateDict:
-            return pool_total(total, len(counts), required(plan, "plan"), cfg, shape)
+            return pool_total(total, len(counts), plan, cfg, shape)
 
     else:
-        dim, n_classes = shape
-        plan = secure_plan(
-            method=method, dim=dim, n_classes=n_classes, cfg=gen, dp=dp, sites=(n_sites, seed)
-        )
-        server = SecureServer(
-            initial, required(plan, "plan"), lambda ps: adam(ps, lr=gen.cvae_learning_rate)
-        )
+        server = SecureServer(initial, plan, lambda ps: adam(ps, lr=gen.cvae_learning_rate))
         step, n_rounds = server.step_from_total, gen.n_rounds
-    secure = SecureRounds(sites, order, required(plan, "plan"), step)
+    secure = SecureRounds(sites, order, plan, step)
     rounds = Rounds(
         n_rounds, secure.aggregate, 1.0, derive_seed(seed, SAMPLING), desc=f"{method} secure"
     )

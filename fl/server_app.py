@@ -57,7 +57,8 @@ from fl.records import (
     weights_record,
 )
 from fl.secure_rounds import secure_train_rounds
-from fl.settings import SettingsError, is_generative, is_pft, is_secure, run_settings, run_sites
+from fl.charge import is_secure
+from fl.settings import SettingsError, is_generative, is_pft, run_settings, run_sites
 from fl.sites import Sites, connect
 from utils.metrics import CLASSIFICATION_METRICS
 from utils.progress import set_quiet

@@ -104,12 +104,6 @@ def run_sites(run_config: dict, settings: Settings) -> int:
     return int(run_config.get("n-sites", 0)) or settings.args.n_clients
 
 
-def is_secure(settings: Settings) -> bool:
-    """Whether the run's DP releases go through secure aggregation (--secure_aggregation)."""
-    dp = settings.configs.dp
-    return dp is not None and dp.enabled and dp.secure_aggregation
-
-
 def node_client_id(node_config: dict) -> int:
     """This site's client id: `client-id`, or Flower's `partition-id` in simulation."""
     for key in ("client-id", "partition-id"):

@@ -24,15 +24,9 @@ from algorithms.options import Settings
 from algorithms.privacy.accounting import remember_calibration
 from algorithms.privacy.dp_client import DPClient
 from algorithms.run_files import shares_dp
-from fl.ledger import Charge, Claim, Ledger
-from fl.policy import (
-    PERMISSIVE,
-    Refusal,
-    policy_violation,
-    run_binding,
-    run_charge,
-    site_policy,
-)
+from fl.charge import run_binding
+from fl.ledger import Claim, Ledger, booked
+from fl.policy import PERMISSIVE, Refusal, assess, site_policy
 from fl.records import load_state, record_float, record_int, save_state
 from fl.settings import (
     is_generative,
@@ -87,8 +81,12 @@ class Site:
         self.root = root
         self.context = context
         self.ledger = site_ledger(node_config, root, str(self.facts.fingerprint), self.client_id)
-        self.charge = Charge(run_binding(self.settings), *run_charge(self.settings))
-        self.violation = policy_violation(self.policy, self.settings)
+        # the sites in a sum, as the ServerApp counts them (a secure plan's n_sites); the shape
+        # is public (hello sends it)
+        self.n_sites = run_sites(context.run_config, self.settings)
+        shape = (int(self.data.x_train.shape[1]), self.n_classes)
+        cost, self.violation = assess(self.policy, self.settings, n_sites=self.n_sites, shape=shape)
+        self.charge = booked(run_binding(self.settings), self.policy, cost)
 
     def refuse(self, rule: str) -> NoReturn:
         raise Refusal(f"client {self.client_id}'s site refuses: {rule}")
@@ -121,8 +119,8 @@ class Site:
         """Claim a release of this run in the site's ledger (fl/ledger.py), before computing
         it: refused if it was claimed before (an overlapping message or an earlier process),
         if the run ID is bound to another run config, or over the dataset's budget. The run's
-        charge (what the site will spend, `fl.policy.run_charge`) is booked at its first
-        claim."""
+        charge (what the site will spend, `fl.charge.run_charge`, as `fl.ledger.booked`) is
+        booked at its first claim."""
         self.ledger.claim(self.context.run_id, self.charge, [Claim(key, what)])
 
     def claim_round(self, rnd: int) -> None:
@@ -171,7 +169,7 @@ class Site:
             configs=configs,
             secret=self.secret(),
             device=s.execution.device,
-            n_sites=run_sites(self.context.run_config, s),
+            n_sites=self.n_sites,
         )
         if s.method.make_clients is None:
             self.refuse(f"{s.method.name} has no client a site can build")

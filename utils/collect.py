@@ -36,6 +36,7 @@ from utils.results import (
     epsilon_spent,
     privacy_unit_mark,
     read_metrics,
+    secure_mark,
 )
 from utils.table import to_markdown, write_table
 
@@ -253,6 +254,7 @@ def collect(
         row.update(_synthetic_only(ms))
         row["epsilon_spent"] = _epsilon_spent(ms)
         row["privacy_unit"] = privacy_unit_mark(ms[0])
+        row["secure_aggregation"] = secure_mark(ms[0])
         lams = [_lambda(m, lambda_metric, downstream) for m in ms]
         known = [lam for lam in lams if lam is not None]
         row["lambda"] = float(np.mean(known)) if len(known) == len(lams) else None

@@ -136,6 +136,17 @@ def epsilon_spent(metrics: dict[str, Any]) -> float | None:
     return 0.0 if metrics["private"] else math.inf
 
 
+def secure_mark(metrics: dict[str, Any]) -> str:
+    """A run with noise shares under secure aggregation, for tables: "m = M, collusion E" (its
+    epsilon holds while M honest sites are in every sum; E: against a coordinator colluding
+    with every other site); "" otherwise."""
+    privacy = metrics.get("privacy")
+    secure = privacy.get("secure_aggregation") if isinstance(privacy, dict) else None
+    if not secure:
+        return ""
+    return f"m = {secure['min_honest_sites']}, collusion {secure['epsilon_collusion_max']:.3g}"
+
+
 def privacy_unit_mark(metrics: dict[str, Any]) -> str:
     """What a private run's epsilon is per, for tables: "" per record on data without patient
     ids; "patient"; or "record, k <= K" on data with patient ids (its largest patient has K

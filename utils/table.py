@@ -74,7 +74,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
             _syn_text(r),
             _lambda_text(r),
             _eps_text(r["epsilon_spent"])
-            + (f" ({r['privacy_unit']})" if r.get("privacy_unit") else ""),
+            + "".join(f" ({r[k]})" for k in ("privacy_unit", "secure_aggregation") if r.get(k)),
             f"{r['params_shared']:,}",
             f"{r['bytes_per_round']:,}",
             f"{r['wall_seconds']:.1f}",

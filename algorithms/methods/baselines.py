@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,8 @@ import torch
 from algorithms.evaluation.downstream import ANCHOR_STRENGTHS, head_probs, label_prior
 from algorithms.evaluation.heads import HeadConfig, new_head, train_head
 from algorithms.evaluation.protocol import ClientProbs, Outcome
-from algorithms.federation.rounds import Rounds, run_federation
+from algorithms.federation.aggregation import StateDict
+from algorithms.federation.rounds import ClientUpdate, Rounds, fedavg_aggregate, run_federation
 from algorithms.methods.fedavg import (
     FedAvgConfig,
     initial_head,
@@ -110,6 +112,7 @@ def run_fedavg(
     checkpoint: RoundCheckpoint | None = None,
     device: str = "cpu",
     fed_clients: list[Any] | None = None,
+    aggregate: Callable[[Sequence[ClientUpdate]], StateDict] = fedavg_aggregate,
 ) -> Outcome:
     """FedAvg (FedProx when cfg.mu > 0) on a linear head. With `head_cfg` it is FedLambda: each
     client also trains a local head, mixed with the global one by the lambda protocol. With
@@ -125,6 +128,8 @@ def run_fedavg(
         device: where the heads train.
         fed_clients: the federated clients, one per data set (None: FedAvg's; DP-FedAvg
             passes its own).
+        aggregate: the server's step (FedAvg's average; DP-FedAvg under secure aggregation:
+            the decoding of the sites' sum).
     """
     dim = clients[0].x_train.shape[1]
     if fed_clients is None:
@@ -142,6 +147,7 @@ def run_fedavg(
         weights, history, start = checkpoint.restore(fed_clients, weights)
     rounds = Rounds(
         cfg.n_rounds,
+        aggregate=aggregate,
         sampling_rate=cfg.sampling_rate,
         seed=derive_seed(seed, SAMPLING),
         start_round=start,

@@ -13,24 +13,29 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 
 from algorithms.evaluation.heads import make_optimizer, new_head
 from algorithms.evaluation.protocol import Outcome
 from algorithms.federation.aggregation import StateDict
-from algorithms.federation.rounds import ClientUpdate
+from algorithms.federation.rounds import ClientUpdate, fedavg_aggregate
 from algorithms.methods.baselines import run_fedavg
-from algorithms.methods.fedavg import FedAvgConfig, lr_at
+from algorithms.methods.fedavg import FedAvgConfig, initial_head, lr_at
 from algorithms.privacy.accounting import privacy_report
 from algorithms.privacy.config import DPConfig
 from algorithms.privacy.dp_client import DPSGDClient, Schedule
 from algorithms.privacy.dp_sgd import dp_step
+from algorithms.privacy.secure_aggregation import SecurePlan
+from algorithms.privacy.secure_dpsgd import SecureServer, dpsgd_plan
 from data.clients import ClientData
 from utils.checkpoint import RoundCheckpoint
 from utils.seeding import FEDAVG_CLIENT, derive_seed
 
 
 class DPFedAvgClient(DPSGDClient):
+    secure = True  # a secure round: the head's clipped-gradient sum, stepped by the coordinator
+
     """A FedAvg client whose local steps are DP-SGD steps (plain minibatch steps with DP off):
     FedAvg's flags (rounds, local epochs, batch size, optimizer, learning rate schedule) are
     its schedule; it releases its head and its noisy count (the FedAvg weight)."""
@@ -45,6 +50,7 @@ class DPFedAvgClient(DPSGDClient):
         seed: int,
         secret: bytes | None = None,
         device: str = "cpu",
+        plan: SecurePlan | None = None,
     ):
         """A client of `data`, its head built and made private (DP on).
 
@@ -56,6 +62,7 @@ class DPFedAvgClient(DPSGDClient):
             seed: the client seed.
             secret: the key of its private draws (None: drawn here when the noise is secure).
             device: where its tensors and generators live.
+            plan: the public plan of its secure releases (None: no secure aggregation).
         """
         super().__init__(
             data=data,
@@ -66,6 +73,7 @@ class DPFedAvgClient(DPSGDClient):
             seed=seed,
             secret=secret,
             device=device,
+            plan=plan,
         )
         self.cfg = cfg
         self.head = new_head(self.x.shape[1], n_classes, seed).to(self.device)
@@ -73,8 +81,17 @@ class DPFedAvgClient(DPSGDClient):
         self._make_private(self.head, self.optimizer)
 
     def fit(self, global_weights: StateDict, rnd: int) -> ClientUpdate:
-        """Local epochs of (DP-)SGD from the global head; returns the head and the noisy count."""
+        """Local epochs of (DP-)SGD from the global head; returns the head and the noisy count
+        (under secure aggregation: its share of the round's one noisy clipped-gradient sum)."""
         self.head.load_state_dict(global_weights)
+        if self.plan is not None:
+            params = dict(self.head.named_parameters())
+            forward = self.dp_sgd.module if self.dp_sgd is not None else self.head
+
+            def per_sample(idx: torch.Tensor) -> torch.Tensor:
+                return F.cross_entropy(forward(self.x[idx]), self.y[idx], reduction="none")
+
+            return self._secure_round(per_sample, [params[k] for k in global_weights], rnd)
         self.head.train()
         optimizer = self.dp_sgd.optimizer if self.dp_sgd is not None else self.optimizer
         for group in optimizer.param_groups:
@@ -114,6 +131,7 @@ def make_dpfedavg_clients(
     seed: int,
     secret: bytes | None = None,
     device: str = "cpu",
+    n_sites: int | None = None,
 ) -> list[DPFedAvgClient]:
     """One DP-FedAvg client per data set, seeded by the run seed and the client id (FedAvg's
     client stream). `secret`: a site's own key for its secure noise (None: each draws its own).
@@ -126,7 +144,13 @@ def make_dpfedavg_clients(
         seed: the run seed.
         secret: a site's key for its secure noise (None: each client draws its own).
         device: where the clients' tensors and generators live.
+        n_sites: the sites of the federation (None: `clients`, a simulation).
     """
+    plan = None
+    if dp.enabled and dp.secure_aggregation:
+        size = (clients[0].x_train.shape[1] + 1) * n_classes  # the linear head's parameters
+        sites = n_sites or len(clients)
+        plan = dpsgd_plan(dp=dp, shared=size, local=0, n_sites=sites, steps=cfg.n_rounds, seed=seed)
     return [
         DPFedAvgClient(
             data=c,
@@ -136,6 +160,7 @@ def make_dpfedavg_clients(
             seed=derive_seed(seed, FEDAVG_CLIENT, c.id),
             secret=secret,
             device=device,
+            plan=plan,
         )
         for c in clients
     ]
@@ -165,6 +190,17 @@ def run_dpfedavg(
     fed_clients = make_dpfedavg_clients(
         clients=clients, n_classes=n_classes, cfg=cfg, dp=dp, seed=seed, device=device
     )
+    aggregate = fedavg_aggregate
+    plan = fed_clients[0].plan
+    if plan is not None:  # the coordinator decodes the sites' sum and steps the head
+        weights = initial_head(clients[0].x_train.shape[1], n_classes, seed)
+        server = SecureServer(
+            weights,
+            plan,
+            lambda ps: make_optimizer(cfg.optimizer, ps, cfg.lr),
+            lambda r: lr_at(cfg, r),
+        )
+        aggregate = server.aggregate
     outcome = run_fedavg(
         clients=clients,
         n_classes=n_classes,
@@ -173,6 +209,7 @@ def run_dpfedavg(
         checkpoint=checkpoint,
         device=device,
         fed_clients=fed_clients,
+        aggregate=aggregate,
     )
     privacy = privacy_report(dp, [c.privacy() for c in fed_clients])
     return dataclasses.replace(outcome, privacy=privacy)

@@ -90,6 +90,8 @@ class PFTClient:
 
     # Privacy units its release supports: record, and patient (records weighted per patient)
     units = ("record", "patient")
+    # dpfedpft's release has a secure form (pft_server.secure_release)
+    secure = True
 
     def __init__(
         self,

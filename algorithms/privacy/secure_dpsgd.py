@@ -131,8 +131,11 @@ class SecureServer:
         weights: StateDict,
         plan: SecurePlan,
         optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
+        lr: Callable[[int], float] | None = None,
     ):
-        self.plan = plan
+        """`weights`: the initial shared weights; `optimizer`: builds the coordinator's
+        optimizer over them; `lr`: its learning rate at each round (None: fixed)."""
+        self.plan, self.lr = plan, lr
         self.names = list(weights)
         self.params = [torch.nn.Parameter(weights[k].detach().clone().float()) for k in self.names]
         self.optimizer = optimizer(self.params)
@@ -163,6 +166,9 @@ class SecureServer:
         grad = decode_sum(total, self.plan, rotation_seed(self.plan, self.step, 0))
         grad = grad / float(sum(counts))
         self.optimizer.zero_grad(set_to_none=True)
+        if self.lr is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr(self.step)
         for p, value in zip(self.params, grad.split([p.numel() for p in self.params])):
             p.grad = value.view_as(p).to(p.dtype)
         self.optimizer.step()
