@@ -69,6 +69,7 @@ from algorithms.methods.registry import required
 from algorithms.methods.synthesis import correct_count, finish_client, global_synthetic_head
 from data.clients import ClientData
 from data.database import encoder_facts, load_meta
+from fl.charge import is_secure
 from fl.policy import PolicyError, Refusal
 from fl.records import (
     SECURE_ACTION,
@@ -80,7 +81,6 @@ from fl.records import (
     update_content,
 )
 from fl.secure_site import secure_mod, secure_train
-from fl.charge import is_secure
 from fl.settings import is_generative, is_pft
 from fl.site import Site, keyed_fingerprint, site_key
 

@@ -94,10 +94,10 @@ def check_unmask(configs: ConfigRecord, m: int, context: Context) -> None:
     record = context.state.config_records.get(RECORD_KEY_STATE, ConfigRecord())
     sample = set(_int_list(record, "public_keys_dict:K"))
     me = record_int(record, "nid") if "nid" in record else -1
-    if set(active) & set(dead):
-        _refuse(context, f"nodes {sorted(set(active) & set(dead))} named both active and dead")
-    if not set(active) | set(dead) <= sample:
-        _refuse(context, f"nodes {sorted(set(active) | set(dead) - sample)} are not in its sum")
+    if both := set(active) & set(dead):
+        _refuse(context, f"nodes {sorted(both)} named both active and dead")
+    if outside := (set(active) | set(dead)) - sample:
+        _refuse(context, f"nodes {sorted(outside)} are not in its sum")
     if me not in active:
         _refuse(context, "it is named dead (or not active) while it answers")
     if len(set(active)) < m:

@@ -48,6 +48,7 @@ from algorithms.methods.synthesis import GLOBAL_SYNTHETIC_PER_CLASS
 from algorithms.options import Settings
 from algorithms.privacy.accounting import privacy_report
 from algorithms.run_files import DataFacts, close_run, discard_unfinished, open_run
+from fl.charge import is_secure
 from fl.records import (
     WITHHELD,
     as_float,
@@ -57,7 +58,6 @@ from fl.records import (
     weights_record,
 )
 from fl.secure_rounds import secure_train_rounds
-from fl.charge import is_secure
 from fl.settings import SettingsError, is_generative, is_pft, run_settings, run_sites
 from fl.sites import Sites, connect
 from utils.metrics import CLASSIFICATION_METRICS

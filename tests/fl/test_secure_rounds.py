@@ -251,7 +251,7 @@ def test_adversarial_a_plain_train_message_in_a_secure_run_is_refused(gauss_db, 
     grid = secure_sites(gauss_db, ["--method", "dpfedpft", *HEAD, *SECURE])
     content = RecordDict({"weights": ArrayRecord(), "config": ConfigRecord({"round": 0})})
     msg = Message(content, 1000, "train", group_id="round 1")
-    with pytest.raises(Refusal, match="secure aggregation"):
+    with pytest.raises(Refusal, match=r"go through secure aggregation \(train.secure\) only"):
         client_app.app(msg, grid.contexts[1000])
     assert "last-round" not in grid.contexts[1000].state
 
