@@ -3,6 +3,7 @@ coordinator gets exactly the simulation's modular sum; a site refuses a coordina
 the protocol so as to learn more than the sum (the adversarial tests)."""
 
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -21,7 +22,9 @@ from data.partition import split_database
 from data.split_config import SplitConfig
 from fl import client_app, server_app
 from fl.policy import Refusal
+from fl.processes import descendants
 from fl.records import SECURE_ACTION, SECURE_TRAIN
+from fl.run_local import run_local
 from fl.secure_rounds import modulus, secure_sum, threshold
 from fl.secure_site import checked_secaggplus
 from utils.io import write_json
@@ -269,3 +272,25 @@ def test_adversarial_a_real_site_refuses_a_setup_below_its_plans_m(gauss_db, tas
     with pytest.raises(RuntimeError, match="fewer than the 2 honest ones"):
         secure_sum(grid=grid, nodes=list(grid.contexts), weights={}, rnd=0, plan=Plan(2))
     assert all("last-round" not in c.state for c in grid.contexts.values())
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("flower-engines")  # one at a time: each starts several processes
+def test_a_secure_deployment_on_loopback_equals_main(gauss_db, tmp_path):
+    """A SuperLink and two SuperNodes as separate processes (each message a fresh ClientApp
+    process: SecAgg+'s state between stages lives in each node's Context.state), dpfedpft's
+    release through SecAgg+ over gRPC: main.py's results files, and no process left behind."""
+    argv = ["--database_root", str(gauss_db), *SMALL, "--method", "dpfedpft", *HEAD, *SECURE]
+    before = descendants([os.getpid()])
+    run = run_local(
+        main_argv=[*argv, "--results_dir", str(tmp_path / "flower")],
+        engine="deployment",
+        work_dir=tmp_path / "work",
+        timeout=600,
+        env={"OMP_NUM_THREADS": "1"},
+        node_config=SEEDED,
+    )
+    assert run.status == "finished:completed"
+    assert descendants([os.getpid()]) <= before
+    assert main_module.main([*argv, "--results_dir", str(tmp_path / "main")]) == 0
+    assert_same_results(tmp_path / "main", tmp_path / "flower")
