@@ -39,12 +39,15 @@ class Plan:
         self.min_honest, self.bits = min_honest, bits
 
 
-def residue_app(residues, min_honest):
-    """A ClientApp whose secure action sends the node's given residues (as a site's does)."""
+def residue_app(residues, min_honest, calls=None):
+    """A ClientApp whose secure action sends the node's given residues (as a site's does);
+    `calls` (a list) records the nodes whose release was computed."""
     app = ClientApp()
 
     @app.train(SECURE_ACTION, mods=[checked_secaggplus(lambda context: min_honest)])
     def train(msg, context):
+        if calls is not None:
+            calls.append(context.node_id)
         values = residues[context.node_id].astype(np.float64)
         res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([values]), 1, {"id": 7})
         return Message(compat.fitres_to_recorddict(res, True), reply_to=msg)
@@ -142,19 +145,10 @@ def stage_of(msg):
 
 
 def counted_residue_app(min_honest, n_sites):
-    """`residue_app` that counts the releases it computes (what is derived from data)."""
+    """`residue_app` of `n_sites` nodes, its node ids, and the list of releases it computes."""
     residues = {1000 + i: np.full(8, i, dtype=np.int64) for i in range(n_sites)}
     calls = []
-    app = residue_app(residues, min_honest)
-    train = app._registered_funcs[SECURE_TRAIN]
-
-    def counted(msg, context):
-        if stage_of(msg) == Stage.COLLECT_MASKED_VECTORS:
-            calls.append(context.node_id)
-        return train(msg, context)
-
-    app._registered_funcs[SECURE_TRAIN] = counted
-    return app, list(residues), calls
+    return residue_app(residues, min_honest, calls), list(residues), calls
 
 
 def test_adversarial_a_sum_of_fewer_than_m_sites_is_refused_at_setup(task_identity):
