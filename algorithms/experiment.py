@@ -163,7 +163,7 @@ def load_run_data(settings: Settings) -> RunData:
     try:  # --privacy_unit patient where it cannot be: one line before any output
         if dp is not None and settings.method.client is not None:
             has_ids = db.patients() is not None
-            privacy_unit(dp, settings.method.client, has_ids, settings.execution.vectorized)
+            privacy_unit(dp, settings.method.client, has_ids)
         if dp is not None and dp.secure_aggregation and dp.min_honest_sites > len(clients):
             raise ValueError(
                 f"{flag_name(dp, 'min_honest_sites')} {dp.min_honest_sites}: the split has "

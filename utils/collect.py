@@ -87,7 +87,14 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 # config.json keys that name a variant of a method (a preset sets many others with it).
-LABEL_KEYS = ("generative.preset", "generative.cvae_loss", "dp.enabled", "dp.epsilon")
+LABEL_KEYS = (
+    "generative.preset",
+    "generative.cvae_loss",
+    "generative.cvae_lr",
+    "dp.enabled",
+    "dp.epsilon",
+    "dp.min_honest_sites",
+)
 
 
 def _labels(groups: dict[str, list[dict]]) -> dict[str, str]:

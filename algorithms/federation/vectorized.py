@@ -4,14 +4,14 @@ stacked model (algorithms/federation/stacked.py), for GPUs.
 The clients stay what they are in the per-client path (dpcvae.py, dpcgan.py): their data, their
 random generators, their DP optimizer's noise multiplier and expected batch size, their
 accountant. Only the arithmetic is batched. Each step, every client draws its own Poisson batch
-(the same draw as `poisson_batch`), held as a padded slice with a mask; the per-sample losses of
-all clients come from one batched forward pass; the clipped sums from one backward pass
+(that of `poisson_batch`, or at the patient unit `patient_poisson_batch`'s, each patient a
+clipping group: stacked_batches.py), a padded slice with a mask; the per-sample losses of all
+clients come from one batched forward pass; the clipped sums from one backward pass
 (`clip_and_sum_stacked`); each client's noise from its own generator, with the calls of its own
-DP optimizer (`noise_and_account_stacked`); one Adam per client (`StackedAdam`). Clients of
-different sizes take different numbers of steps per round: a client whose steps are done is
-masked out of the remaining ones (no draw, no update, no accountant step). Each round's shared
-parts are returned as the clients' updates, and the server averages them with the one averaging
-function (`fedavg_aggregate`), as in the per-client path.
+DP optimizer (`noise_and_account_stacked`); one Adam per client (`StackedAdam`). A client whose
+steps of the round are done (sizes differ) is masked out of the rest (no draw, no update, no
+accountant step). Each round's shared parts are the clients' updates, which the server
+averages with the one averaging function (`fedavg_aggregate`) as in the per-client path.
 
 With the same generators the vectorized path draws exactly what the per-client path draws; the
 results differ by floating-point rounding only (batched products sum in another order), to about
@@ -32,25 +32,20 @@ import torch.nn.functional as F
 from algorithms.federation.aggregation import StateDict
 from algorithms.federation.rounds import ClientUpdate, Rounds, fedavg_aggregate, run_rounds
 from algorithms.federation.stacked import Layout, StackedAdam, forward, pad_rows, stack, unstack
+from algorithms.federation.stacked_batches import (
+    Batch,
+    batch_groups,
+    poisson_draw,
+    with_fake_groups,
+)
 from algorithms.methods.dpcgan import CGANClient
 from algorithms.methods.dpcvae import CVAEClient
 from algorithms.privacy.dp_client import DPClient
-from algorithms.privacy.dp_sgd import poisson_mask
 from algorithms.privacy.ghost_clipping import clip_and_sum_stacked
 from algorithms.privacy.opacus_compat import noise_and_account_stacked
 from models.cvae import cvae_loss_per_sample
 
 C = TypeVar("C", bound=DPClient)  # an engine's client class
-
-
-class _Batch:
-    """One step's batches of all clients: `idx` (K, b) row indices (padded slots hold any
-    index), `mask` (K, b) 1.0 where a slot holds a sample, `counts` the batch sizes."""
-
-    def __init__(self, idx: torch.Tensor, counts: list[int]):
-        self.idx, self.counts = idx, counts
-        width = torch.arange(idx.shape[1], device=idx.device)
-        self.mask = (width < torch.tensor(counts, device=idx.device)[:, None]).float()
 
 
 class _Engine(Generic[C]):
@@ -65,8 +60,10 @@ class _Engine(Generic[C]):
         if self.dp_sgd and len(self.dp_sgd) != len(states):
             raise ValueError("the vectorized path needs DP on for every client or for none")
         self.dp = bool(self.dp_sgd)
-        if any(getattr(c, "patients", None) is not None for c in clients):
-            raise ValueError("user-level DP-SGD (privacy unit patient) has no vectorized path yet")
+        units = {c.patients is not None for c in clients}
+        if len(units) != 1:
+            raise ValueError("the vectorized path needs one privacy unit for every client")
+        self.per_patient = units == {True}  # user-level DP-SGD (the patient unit)
         n_max = max(c.n for c in clients)
         self.x = pad_rows([c.x for c in clients], n_max)
         self.onehot = pad_rows([c.onehot for c in clients], n_max)
@@ -76,12 +73,12 @@ class _Engine(Generic[C]):
     def steps_in_round(self) -> list[int]:
         return [c.cfg.local_epochs * c.steps_epoch for c in self.clients]
 
-    def batch(self, step: int, active: Sequence[bool]) -> _Batch:
+    def batch(self, step: int, active: Sequence[bool]) -> Batch:
         """Each active client's next batch, drawn from its own generator as its `_batches`
         does: Poisson under DP, the epoch's shuffled order otherwise."""
         if self.dp:
             masks = [
-                poisson_mask(c.n, p.sample_rate, c.rng_batches)
+                poisson_draw(c, p.sample_rate)
                 if on
                 else torch.zeros(0, dtype=torch.bool, device=self.device)
                 for c, p, on in zip(self.clients, self.dp_sgd, active)
@@ -90,7 +87,9 @@ class _Engine(Generic[C]):
             counts = drawn.sum(dim=1).tolist()
             # the drawn rows first, in increasing order (as torch.nonzero lists them)
             order = torch.sort((~drawn).to(torch.uint8), dim=1, stable=True).indices
-            return _Batch(order[:, : max(1, *counts)], counts)
+            idx = order[:, : max(1, *counts)]
+            groups = batch_groups(self.clients, idx, counts) if self.per_patient else None
+            return Batch(idx, counts, groups)
         picks = []
         for k, (c, on) in enumerate(zip(self.clients, active)):
             if not on:
@@ -104,9 +103,9 @@ class _Engine(Generic[C]):
                 raise RuntimeError(f"client {c.id}: an epoch's order is drawn at its first step")
             picks.append(epoch[j * c.batch_size : (j + 1) * c.batch_size])
         counts = [len(p) for p in picks]
-        return _Batch(pad_rows(picks, max(1, *counts)), counts)
+        return Batch(pad_rows(picks, max(1, *counts)), counts)
 
-    def gather(self, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def gather(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x[self.rows, batch.idx], self.onehot[self.rows, batch.idx]
 
     def gradient(
@@ -118,10 +117,11 @@ class _Engine(Generic[C]):
         layout: Layout,
         flat: torch.Tensor,
         tape: list | None,
+        groups: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The update direction of every client from its masked per-sample losses (K, b): under
-        DP its clipped, noised sum over the expected batch size (and its accountant's step),
-        otherwise the gradient of its batch's mean loss.
+        DP its clipped (per sample, or per group), noised sum over the expected batch size (and
+        its accountant's step), otherwise the gradient of its batch's mean loss.
 
         Args:
             loss: the per-sample losses (K, b), padded slots zero.
@@ -130,12 +130,13 @@ class _Engine(Generic[C]):
             layout: where each parameter sits in `flat`.
             flat: the stacked parameters (K, P) the loss depends on.
             tape: the linear layers' records of the forward pass (under DP; None otherwise).
+            groups: each sample's clipping group (K, b) at the patient unit (None: per sample).
         """
         if self.dp:
             if tape is None:
                 raise RuntimeError("a DP step records its linear layers on a tape")
             clip = self.dp_sgd[0].optimizer.max_grad_norm
-            grad = clip_and_sum_stacked(tape, loss, clip, layout)
+            grad = clip_and_sum_stacked(tape, loss, clip, layout, groups)
             noise_and_account_stacked(self.dp_sgd, grad, layout, active)
             return grad
         return torch.autograd.grad(_masked_mean(loss, mask).sum(), flat)[0]
@@ -251,7 +252,13 @@ class CVAEEngine(_Engine[CVAEClient]):
         )
         loss = loss * batch.mask
         grad = self.gradient(
-            loss=loss, mask=batch.mask, active=active, layout=self.layout, flat=self.flat, tape=tape
+            loss=loss,
+            mask=batch.mask,
+            active=active,
+            layout=self.layout,
+            flat=self.flat,
+            tape=tape,
+            groups=batch.groups,
         )
         self.adam.step(grad, active)
         return _masked_mean(loss, batch.mask), batch.counts
@@ -317,7 +324,13 @@ class CGANEngine(_Engine[CGANClient]):
         prob = forward(self.disc.net, "net", params_d, torch.cat([x, onehot], dim=2), tape)
         loss = F.binary_cross_entropy(prob.squeeze(2), target, reduction="none") * mask
         grad_d = self.gradient(
-            loss=loss, mask=mask, active=active, layout=self.layout_d, flat=self.flat_d, tape=tape
+            loss=loss,
+            mask=mask,
+            active=active,
+            layout=self.layout_d,
+            flat=self.flat_d,
+            tape=tape,
+            groups=with_fake_groups(batch, fake.shape[1]),
         )
         self.adam_d.step(grad_d, active)
         # the generator against the updated discriminator (not a private step: no record)

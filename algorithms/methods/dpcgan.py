@@ -25,8 +25,9 @@ class CGANClient(DPClient):
     """A DP-CGAN client: DP-SGD on the discriminator; the generator is the shared part. It
     starts every round from the global generator (never re-initialized)."""
 
-    # its discriminator's batch mixes records with fake samples: per-record clipping only
-    units = ("record",)
+    # at the patient unit each sampled patient's records form one clipped group, each fake
+    # sample its own (`_groups`)
+    units = ("record", "patient")
 
     def _build(self, seed: int) -> None:
         """Generator and discriminator with their Adam optimizers; the discriminator's DP."""
@@ -82,19 +83,31 @@ class CGANClient(DPClient):
         return self.generator(z, oh), oh
 
     def n_fake(self, n_real: int) -> int:
-        """Fake samples per step, as many as real ones on average: under DP the expected batch
-        size q * n~ (the noisy count: the public number the DP optimizer divides by, whatever
-        the drawn batch), otherwise the batch's own size `n_real`."""
+        """Fake samples per step, as many as real units on average: under DP the expected batch
+        size q * n~ (the noisy count of records, or of patients at the patient unit: the public
+        number the DP optimizer divides by, whatever the drawn batch; each fake is clipped
+        alone, like one patient), otherwise the batch's own size `n_real`."""
         if self.dp_sgd is not None:
             return max(1, round(self.dp_sgd.sample_rate * self.n_released))
         return n_real
+
+    def _groups(self, n_fake: int) -> torch.Tensor | None:
+        """The clipping groups of a discriminator batch at the patient unit (None: per record):
+        each real record's patient (0..k-1, from `_batches`), then each fake sample its own
+        group k, k+1, ... (a fake uses no record, so it is clipped alone as at the record unit)."""
+        if self.groups is None:
+            return None
+        first = int(self.groups.max()) + 1 if len(self.groups) else 0
+        fakes = torch.arange(first, first + n_fake, device=self.groups.device)
+        return torch.cat([self.groups, fakes])
 
     def _step(self, idx: torch.Tensor) -> float:
         """One discriminator step, then one generator step on the same fake batch."""
         fake, oh_fake = self._fake(self.n_fake(len(idx)))
         # The fake samples join the real Poisson batch in one clipped and noised step. Their
         # terms use no record, and their number is fixed for the run from the client's noisy
-        # count, like the sampling rate: one record still changes the clipped sum by at most
+        # count, like the sampling rate: one record (at the patient unit, one patient with all
+        # its records, clipped as one group) still changes the clipped sum by at most
         # max_grad_norm.
         x = torch.cat([self.x[idx], fake.detach()])
         oh = torch.cat([self.onehot[idx], oh_fake])
@@ -104,12 +117,13 @@ class CGANClient(DPClient):
         disc = self.dp_sgd.module if self.dp_sgd is not None else self.discriminator
         loss = F.binary_cross_entropy(disc(x, oh), target, reduction="none")
         if self.dp_sgd is not None:
-            dp_step(self.dp_sgd, loss)
+            dp_step(self.dp_sgd, loss, self._groups(len(fake)))
         else:
             self.opt_d.zero_grad(set_to_none=True)
             loss.mean().backward()
             self.opt_d.step()
-        # the generator against the updated discriminator (not a private step: no record)
+        # the generator against the updated discriminator (not a private step: no record; the
+        # bare discriminator, so the fast mode's tape records nothing)
         with self.dp_sgd.paused() if self.dp_sgd is not None else contextlib.nullcontext():
             prob = self.discriminator(fake, oh_fake)
             g_loss = F.binary_cross_entropy(prob, torch.ones_like(prob))

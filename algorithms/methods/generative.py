@@ -208,8 +208,6 @@ def train_generative(
         execution: the device and whether the vectorized path trains the clients.
     """
     dim = clients[0].x_train.shape[1]
-    if execution.vectorized and dp.privacy_unit == "auto":
-        dp = dataclasses.replace(dp, privacy_unit="record")  # no vectorized user-level step yet
     gen_clients = make_clients(
         method=method,
         clients=clients,

@@ -153,10 +153,10 @@ class DPConfig:
             help="what DP protects: patient (DP-SGD: patients Poisson sampled, "
             "each with all its records, each patient's summed gradient clipped, the noisy count "
             "and the sampling rate per patient; dpfedpft: each patient's records weighted to a "
-            "total of 1; needs patient ids, dpcvae or dpfedpft, the per-client path) or "
-            "record (one embedding; on data with patient ids the run reports the group bound "
-            "for its largest patient). auto: patient where the data has patient ids and the "
-            "method supports it, else record. Default: {default}",
+            "total of 1; needs patient ids; dpfedavg, dpcvae, dpcgan and dpfedpft, on both "
+            "execution paths) or record (one embedding; on data with patient ids the run "
+            "reports the group bound for its largest patient). auto: patient where the data "
+            "has patient ids and the method supports it, else record. Default: {default}",
         ),
     )
 
@@ -237,20 +237,18 @@ class DPConfig:
         return ((self.count_noise, 1.0, 1),) if self.count_noise > 0 else ()
 
 
-def privacy_unit(dp: DPConfig, client: type, has_ids: bool, vectorized: bool = False) -> str:
+def privacy_unit(dp: DPConfig, client: type, has_ids: bool) -> str:
     """The unit a client's DP-SGD protects (`--privacy_unit`): auto is patient where the data
-    has patient ids and the client class supports it (its `units`), outside the vectorized path;
+    has patient ids and the client class supports it (its `units`; both execution paths),
     record otherwise. ValueError, naming the flag, for patient where it cannot be."""
     if not dp.enabled or dp.privacy_unit == "record":
         return "record"
     supported = "patient" in getattr(client, "units", ())
     if dp.privacy_unit == "auto":
-        return "patient" if has_ids and supported and not vectorized else "record"
+        return "patient" if has_ids and supported else "record"
     flag = flag_name(dp, "privacy_unit")
     if not has_ids:
         raise ValueError(f"{flag} patient: the database has no patient ids")
     if not supported:
         raise ValueError(f"{flag} patient: {client.__name__} clips per record only")
-    if vectorized:
-        raise ValueError(f"{flag} patient has no vectorized path yet (run the per-client path)")
     return "patient"

@@ -127,13 +127,19 @@ def group_sq_norms(
 
 
 def clip_and_sum_stacked(
-    records: list[Record], loss_per_sample: torch.Tensor, max_grad_norm: float, layout: Layout
+    records: list[Record],
+    loss_per_sample: torch.Tensor,
+    max_grad_norm: float,
+    layout: Layout,
+    groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`clip_and_sum_linear` for K stacked clients (federation/stacked.py): `loss_per_sample`
     is (K, B), zero where a padded slot holds no sample (its gradient is then zero), and the
     records are the stacked linear layers of one forward pass. Each sample's whole gradient (all
     layers of its client's model) is clipped to `max_grad_norm` with the same ghost norm and
-    coefficient; returns each client's clipped sum as a flat (K, P) tensor of `layout`."""
+    coefficient; with `groups` (K, B: each sample's patient in its client's batch, 0..k-1; any
+    group for a padded slot), each patient's summed gradient instead (`stacked_group_sq_norms`).
+    Returns each client's clipped sum as a flat (K, P) tensor of `layout`."""
     names = [n for w, b, _, _ in records for n in (w, b) if n is not None]
     if sorted(names) != sorted(layout.slots):
         raise RuntimeError(
@@ -141,13 +147,18 @@ def clip_and_sum_stacked(
             f"(parameters {list(layout.slots)})"
         )
     grads = torch.autograd.grad(loss_per_sample.sum(), [r[3] for r in records])
-    sq_norm = torch.zeros_like(loss_per_sample)
-    for (_, bias, a, _), g in zip(records, grads):
-        g2 = g.pow(2).sum(dim=2)
-        sq_norm += g2 * a.pow(2).sum(dim=2)
-        if bias is not None:
-            sq_norm += g2
-    coef = (max_grad_norm / (sq_norm.sqrt() + CLIP_EPS)).clamp(max=1.0)
+    if groups is None:
+        sq_norm = torch.zeros_like(loss_per_sample)
+        for (_, bias, a, _), g in zip(records, grads):
+            g2 = g.pow(2).sum(dim=2)
+            sq_norm += g2 * a.pow(2).sum(dim=2)
+            if bias is not None:
+                sq_norm += g2
+        coef = (max_grad_norm / (sq_norm.sqrt() + CLIP_EPS)).clamp(max=1.0)
+    else:
+        layers = [(a, g, bias is not None) for (_, bias, a, _), g in zip(records, grads)]
+        group_sq = stacked_group_sq_norms(layers, groups)
+        coef = (max_grad_norm / (group_sq.sqrt() + CLIP_EPS)).clamp(max=1.0).gather(1, groups)
     out = loss_per_sample.new_zeros((loss_per_sample.shape[0], layout.size))
     views = layout.views(out)
     for (weight, bias, a, _), g in zip(records, grads):
@@ -156,3 +167,18 @@ def clip_and_sum_stacked(
         if bias is not None:
             views[bias].copy_(scaled.sum(dim=1))
     return out
+
+
+def stacked_group_sq_norms(
+    layers: list[tuple[torch.Tensor, torch.Tensor, bool]], groups: torch.Tensor
+) -> torch.Tensor:
+    """`group_sq_norms` for K stacked clients: a (K, B, in) inputs, g (K, B, out) output
+    gradients, groups (K, B); returns (K, G), each client's groups' squared norms (G: the most
+    groups of any client; a client's unused groups are 0)."""
+    n_groups = int(groups.max()) + 1 if groups.numel() else 0
+    same = groups.unsqueeze(1) == groups.unsqueeze(2)
+    sq = torch.zeros(groups.shape[0], n_groups, dtype=layers[0][1].dtype, device=groups.device)
+    for a, g, bias in layers:
+        gram = torch.bmm(g, g.transpose(1, 2)) * (torch.bmm(a, a.transpose(1, 2)) + float(bias))
+        sq.scatter_add_(1, groups, (gram * same).sum(dim=2))
+    return sq

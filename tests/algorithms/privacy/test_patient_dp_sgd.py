@@ -124,12 +124,8 @@ def test_a_cvae_client_at_the_patient_unit_counts_samples_and_accounts_patients(
         data=data, n_classes=3, cfg=cfg, dp=replace(dp, privacy_unit="record"), seed=0
     )
     assert record.n_released == 64 and "unit" not in record.privacy()
-    assert (
-        CGANClient(data=data, n_classes=3, cfg=cfg, dp=dp, seed=0).unit == "record"
-    )  # auto: CGAN clips per record
+    assert CGANClient(data=data, n_classes=3, cfg=cfg, dp=dp, seed=0).unit == "patient"  # auto
     patient = replace(dp, privacy_unit="patient")
-    with pytest.raises(ValueError, match="--privacy_unit patient: CGANClient clips per record"):
-        CGANClient(data=data, n_classes=3, cfg=cfg, dp=patient, seed=0)
     with pytest.raises(ValueError, match="--privacy_unit patient: the database has no patient"):
         CVAEClient(data=ClientData(0, x, y, x, y, x, y), n_classes=3, cfg=cfg, dp=patient, seed=0)
 
