@@ -62,34 +62,27 @@ from algorithms.evaluation.downstream import (
 )
 from algorithms.evaluation.heads import new_head, predict_proba
 from algorithms.evaluation.protocol import LAMBDA_METRICS, ClientProbs, client_test_row, lambda_grid
-from algorithms.experiment import warn_privacy_settings
-from algorithms.federation.aggregation import StateDict
-from algorithms.federation.rounds import ClientUpdate
 from algorithms.methods.fedavg import val_accuracy
 from algorithms.methods.generative_run import ReleasedSampler
 from algorithms.methods.pft_server import PooledSampler
 from algorithms.methods.registry import required
 from algorithms.methods.synthesis import correct_count, finish_client, global_synthetic_head
-from algorithms.privacy.dp_client import DPClient
-from algorithms.run_files import shares_dp
 from data.clients import ClientData
 from data.database import encoder_facts, load_meta
+from fl.charge import is_secure
 from fl.policy import PolicyError, Refusal
 from fl.records import (
+    SECURE_ACTION,
     WITHHELD,
     metric_record,
     record_float,
     record_int,
     record_weights,
-    save_state,
     update_content,
 )
-from fl.settings import (
-    is_generative,
-    is_pft,
-)
-from fl.site import LAST_ROUND, STATE, Site, SiteClient, keyed_fingerprint, site_key
-from utils.device import one_torch_thread
+from fl.secure_site import secure_mod, secure_train
+from fl.settings import is_generative, is_pft
+from fl.site import Site, keyed_fingerprint, site_key
 
 app = ClientApp()
 
@@ -160,33 +153,16 @@ def train(msg: Message, context: Context) -> Message:
     not after the last one trained."""
     site = Site(context)
     site.require_policy()
+    if is_secure(site.settings):  # its residues in the clear would carry a share of the noise
+        site.refuse("this run's rounds go through secure aggregation (train.secure) only")
     rnd = record_int(msg.content.config_records["config"], "round")
-    if not 0 <= rnd < site.n_rounds():
-        site.refuse(
-            f"round {rnd + 1} is beyond the {site.n_rounds()} rounds its noise is calibrated for"
-        )
-    last = site.last_round()
-    if last is not None and rnd <= last:
-        site.refuse(f"asked for round {rnd + 1} after round {last + 1}")
-    site.claim_round(rnd)  # claim, then compute: overlapping or replayed messages are refused
-    if last is None:
-        warn_privacy_settings(site.settings.configs, [site.data])
-    client = site.client()
     weights = record_weights(msg.content.array_records["weights"])
-    update = fit_round(client, weights, rnd, site.settings.execution.device)
-    if shares_dp(site.settings):  # a private run's release carries its accountant's epsilon
-        spent = update.metrics.get("epsilon")
-        if spent is None:
-            site.refuse(f"{site.settings.method.name} reported no spent epsilon (no accountant)")
-        if spent > (site.charge.epsilon or 0.0) * (1 + 1e-9):  # a calibrated run never does
-            site.refuse(
-                f"epsilon {spent:.4g} would exceed the run's charge {site.charge.epsilon:g}"
-            )
-    save_state(context.state, STATE, client.state_dict())
-    context.state[LAST_ROUND] = ConfigRecord({"round": rnd})
-    local = ", ".join(f"{k} {v:.4g}" for k, v in update.metrics.items())
-    print(f"client {site.client_id}, round {rnd + 1}: {local}", flush=True)  # the site's log
+    update = site.train_round(weights, rnd)
     return Message(update_content(site.client_id, update), reply_to=msg)
+
+
+# A secure round (--secure_aggregation): SecAgg+ messages of type train.secure (fl/secure_site.py)
+app.train(SECURE_ACTION, mods=[secure_mod])(guarded(secure_train))
 
 
 @app.evaluate("validate")
@@ -363,17 +339,6 @@ def chosen_values(
 def uncounted(row: dict) -> dict:
     """A test row without the split sizes (they would undo the noisy record count)."""
     return {k: v for k, v in row.items() if k not in COUNT_KEYS}
-
-
-def fit_round(client: SiteClient, weights: StateDict, rnd: int, device: str) -> ClientUpdate:
-    """One local round. A DP-CVAE / DP-CGAN client on CPU trains on one torch thread, as in
-    main.py's per-client path (train_generative): threads inside one small client wait on each
-    other at every operation, slowly when other processes (every site of the round, on a
-    shared machine) hold the cores."""
-    if isinstance(client, DPClient) and device == "cpu":
-        with one_torch_thread():
-            return client.fit(weights, rnd)
-    return client.fit(weights, rnd)
 
 
 def _head(data: ClientData, n_classes: int, weights: ArrayRecord) -> torch.nn.Module:

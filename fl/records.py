@@ -127,4 +127,8 @@ def content_update(content: RecordDict) -> tuple[int, ClientUpdate]:
     return record_int(client, "id"), update
 
 
+# A secure round's messages (--secure_aggregation): SecAgg+'s, on their own train action
+SECURE_ACTION = "secure"
+SECURE_TRAIN = f"train.{SECURE_ACTION}"
+
 WITHHELD = "withheld"  # a site's reply record: its policy keeps the metrics computed on its data

@@ -44,6 +44,7 @@ from algorithms.methods.synthesis import GLOBAL_SYNTHETIC_PER_CLASS
 from algorithms.options import Settings
 from algorithms.privacy.accounting import privacy_report
 from algorithms.run_files import DataFacts, close_run, discard_unfinished, open_run
+from fl.charge import is_secure
 from fl.records import (
     WITHHELD,
     as_float,
@@ -52,7 +53,8 @@ from fl.records import (
     record_floats,
     weights_record,
 )
-from fl.settings import SettingsError, is_generative, is_pft, run_settings
+from fl.secure_rounds import secure_train_rounds
+from fl.settings import SettingsError, is_generative, is_pft, run_settings, run_sites
 from fl.sites import Sites, connect
 from utils.metrics import CLASSIFICATION_METRICS
 from utils.progress import set_quiet
@@ -70,7 +72,7 @@ def serve(grid: Grid, context: Context) -> None:
     """Run main.py's experiment with the sites' ClientApps and write its results files."""
     set_quiet(True)
     settings = run_settings(context.run_config)
-    n_sites = int(context.run_config.get("n-sites", 0)) or settings.args.n_clients
+    n_sites = run_sites(context.run_config, settings)
     sites, hello = connect(
         grid,
         n_sites,
@@ -197,14 +199,17 @@ def run_generative(
     cfg = required(settings.configs.generative, "generative")
     dp = required(settings.configs.dp, "dp")
     initial = initial_global_weights(method, dim, n_classes, cfg, seed)
-    weights, history = train_rounds(
-        sites=sites,
-        order=order,
-        initial=initial,
-        n_rounds=cfg.n_rounds,
-        sampling_rate=1.0,
-        settings=settings,
-    )
+    if is_secure(settings):  # SecAgg+ carries each round's sum (fl/secure_rounds.py)
+        weights, history = secure_train_rounds(sites, order, initial, settings, (dim, n_classes))
+    else:
+        weights, history = train_rounds(
+            sites=sites,
+            order=order,
+            initial=initial,
+            n_rounds=cfg.n_rounds,
+            sampling_rate=1.0,
+            settings=settings,
+        )
     fidelity, privacy, global_synthetic, evaluation = finish_sites(
         sites, order, settings, weights, n_classes
     )
@@ -229,16 +234,18 @@ def run_pft(
     method, configs = settings.method.name, settings.configs
     cfg, gen = required(configs.pft, "pft"), required(configs.generative, "generative")
     dp = configs.dp
-    aggregate = pooler(method, cfg, dp)
-    pooled, history = train_rounds(
-        sites=sites,
-        order=order,
-        initial={},
-        n_rounds=1,
-        sampling_rate=1.0,
-        settings=settings,
-        aggregate=aggregate,
-    )
+    if is_secure(settings):  # SecAgg+ carries the sum of the releases (fl/secure_rounds.py)
+        pooled, history = secure_train_rounds(sites, order, {}, settings, (dim, n_classes))
+    else:
+        pooled, history = train_rounds(
+            sites=sites,
+            order=order,
+            initial={},
+            n_rounds=1,
+            sampling_rate=1.0,
+            settings=settings,
+            aggregate=pooler(method, cfg, dp),
+        )
     fidelity, privacy, global_synthetic, evaluation = finish_sites(
         sites, order, settings, pooled, n_classes
     )

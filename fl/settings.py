@@ -98,6 +98,12 @@ def is_pft(settings: Settings) -> bool:
     return settings.method.flow == "pft"
 
 
+def run_sites(run_config: dict, settings: Settings) -> int:
+    """How many sites take part: run config `n-sites`, or main-args' --n_clients (0 or absent).
+    The coordinator waits for them; a site sizes its secure plan for their sum."""
+    return int(run_config.get("n-sites", 0)) or settings.args.n_clients
+
+
 def node_client_id(node_config: dict) -> int:
     """This site's client id: `client-id`, or Flower's `partition-id` in simulation."""
     for key in ("client-id", "partition-id"):

@@ -15,17 +15,19 @@ from typing import Any, NoReturn, Protocol
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from algorithms.experiment import warn_privacy_settings
 from algorithms.federation.aggregation import StateDict
 from algorithms.federation.rounds import ClientUpdate
 from algorithms.methods.registry import Accounted, ClientSpec, required
 from algorithms.methods.synthesis import ClientSampler
 from algorithms.options import Settings
 from algorithms.privacy.accounting import remember_calibration
+from algorithms.privacy.dp_client import DPClient
 from algorithms.run_files import shares_dp
 from fl.charge import run_binding
 from fl.ledger import Claim, Ledger, booked
 from fl.policy import PERMISSIVE, Refusal, assess, site_policy
-from fl.records import load_state, record_float, record_int
+from fl.records import load_state, record_float, record_int, save_state
 from fl.settings import (
     is_generative,
     is_pft,
@@ -33,7 +35,9 @@ from fl.settings import (
     node_client_id,
     node_paths,
     run_settings,
+    run_sites,
 )
+from utils.device import one_torch_thread
 from utils.progress import set_quiet
 
 STATE = "client"  # the client object's state_dict() in Context.state
@@ -79,7 +83,7 @@ class Site:
         self.ledger = site_ledger(node_config, root, str(self.facts.fingerprint), self.client_id)
         # the sites in a sum, as the ServerApp counts them (a secure plan's n_sites); the shape
         # is public (hello sends it)
-        self.n_sites = int(context.run_config.get("n-sites", 0)) or self.settings.args.n_clients
+        self.n_sites = run_sites(context.run_config, self.settings)
         shape = (int(self.data.x_train.shape[1]), self.n_classes)
         cost, self.violation = assess(self.policy, self.settings, n_sites=self.n_sites, shape=shape)
         self.charge = booked(run_binding(self.settings), self.policy, cost)
@@ -165,6 +169,7 @@ class Site:
             configs=configs,
             secret=self.secret(),
             device=s.execution.device,
+            n_sites=self.n_sites,
         )
         if s.method.make_clients is None:
             self.refuse(f"{s.method.name} has no client a site can build")
@@ -180,6 +185,38 @@ class Site:
             client.load_state_dict(stored)
         return client
 
+    def train_round(self, weights: StateDict, rnd: int) -> ClientUpdate:
+        """One local round from the global `weights` (a train or a secure train message),
+        refused beyond the run's rounds (the noise is calibrated for them) and for a round
+        that is not after the last one trained; claimed in the ledger before it is computed,
+        its epsilon checked against the run's charge, the client's state kept."""
+        if not 0 <= rnd < self.n_rounds():
+            self.refuse(
+                f"round {rnd + 1} is beyond the {self.n_rounds()} rounds its noise is "
+                "calibrated for"
+            )
+        last = self.last_round()
+        if last is not None and rnd <= last:
+            self.refuse(f"asked for round {rnd + 1} after round {last + 1}")
+        self.claim_round(rnd)  # claim, then compute: overlapping or replayed messages refused
+        if last is None:
+            warn_privacy_settings(self.settings.configs, [self.data])
+        client = self.client()
+        update = fit_round(client, weights, rnd, self.settings.execution.device)
+        if shares_dp(self.settings):  # a private run's release carries its epsilon
+            spent = update.metrics.get("epsilon")
+            if spent is None:
+                self.refuse(f"{self.settings.method.name} reported no spent epsilon")
+            if spent > (self.charge.epsilon or 0.0) * (1 + 1e-9):  # a calibrated run never does
+                self.refuse(
+                    f"epsilon {spent:.4g} would exceed the run's charge {self.charge.epsilon:g}"
+                )
+        save_state(self.context.state, STATE, client.state_dict())
+        self.context.state[LAST_ROUND] = ConfigRecord({"round": rnd})
+        local = ", ".join(f"{k} {v:.4g}" for k, v in update.metrics.items())
+        print(f"client {self.client_id}, round {rnd + 1}: {local}", flush=True)  # its log
+        return update
+
     def require_metrics(self, what: str) -> None:
         """Refuse metrics computed on the site's data unless the policy releases them (they
         are not DP: a crafted head or model turns them into the site's class counts)."""
@@ -189,6 +226,17 @@ class Site:
     def reply(self, msg: Message, records: dict) -> Message:
         records = {"client": MetricRecord({"id": self.client_id}), **records}
         return Message(RecordDict(records), reply_to=msg)
+
+
+def fit_round(client: SiteClient, weights: StateDict, rnd: int, device: str) -> ClientUpdate:
+    """One local round. A DP-CVAE / DP-CGAN client on CPU trains on one torch thread, as in
+    main.py's per-client path (train_generative): threads inside one small client wait on each
+    other at every operation, slowly when other processes (every site of the round, on a
+    shared machine) hold the cores."""
+    if isinstance(client, DPClient) and device == "cpu":
+        with one_torch_thread():
+            return client.fit(weights, rnd)
+    return client.fit(weights, rnd)
 
 
 def site_ledger(node_config: dict, database_root: str, fingerprint: str, client_id: int) -> Ledger:

@@ -79,18 +79,28 @@ def secure_pooler(
     """The coordinator's step: decode the sum of the sites' residues into the pooled noisy
     statistics and fit one Gaussian per class (the count threshold from the sum's noise: the
     shares of every site in the sum, plus the rounding's variance of 1/4 per site)."""
-    dim, n_classes = shape
 
     def pool(updates: Sequence[ClientUpdate]) -> StateDict:
         if any(update_step(u) != 0 for u in updates):
             raise ValueError("dpfedpft releases once: an update of another release")
         total = sum_shares([u.weights[RESIDUES] for u in updates], plan)
-        vector = decode_sum(total, plan, rotation_seed(plan, 0, 0))
-        sums = from_scaled_vector(vector, n_classes, dim, cfg.covariance)
-        std = plan.gamma * math.sqrt(len(updates) * (plan.share_variance + 0.25))
-        return gaussians_from_sums(sums, cfg.covariance, std)
+        return pool_total(total, len(updates), plan, cfg, shape)
 
     return pool
+
+
+def pool_total(
+    total: torch.Tensor, n_sites: int, plan: SecurePlan, cfg: PFTConfig, shape: tuple[int, int]
+) -> StateDict:
+    """The pooled Gaussians from the modular sum of `n_sites` sites' residues (the simulation's
+    `sum_shares`, or SecAgg+'s unmasked sum under Flower); refused for fewer than m sites."""
+    if n_sites < plan.min_honest:
+        raise ValueError(f"a secure sum of {n_sites} sites: the plan needs {plan.min_honest}")
+    dim, n_classes = shape
+    vector = decode_sum(total, plan, rotation_seed(plan, 0, 0))
+    sums = from_scaled_vector(vector, n_classes, dim, cfg.covariance)
+    std = plan.gamma * math.sqrt(n_sites * (plan.share_variance + 0.25))
+    return gaussians_from_sums(sums, cfg.covariance, std)
 
 
 def pooler(

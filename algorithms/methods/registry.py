@@ -5,10 +5,9 @@ Each entry says what the method is in one line, which function runs it, which co
 whether it runs under Flower, whether what it shares is private, its client class, its
 vectorized engine (if any) and how its run ends (its flow). `--method` and its help, the flag
 checks, the run lifecycle, the generic federation code (generative.py, fedpft.py, the
-vectorized path), the Flower apps, the audit, and (through each run's metrics.json) the tables
-and plots all read this table: nothing else decides by a method's name. Adding a method: its
-module, one entry here (its runner takes a RunContext and the run's Configs), and its flags
-as fields of its config dataclass (algorithms/flags.py).
+vectorized path), the Flower apps, the audit, the tables and plots (via metrics.json) all read
+this table: nothing else decides by a method's name. Adding a method: its module, one entry
+here (its runner takes a RunContext and Configs), its flags in its config dataclass.
 """
 
 from __future__ import annotations
@@ -78,7 +77,7 @@ def required(config: T | None, section: str) -> T:
 class ClientSpec:
     """What builds a method's federated clients: in a simulation every client's data, on a
     Flower site its own; `secret`: a site's key for its secure noise (None: each client draws
-    its own)."""
+    its own); `n_sites`: the federation's sites (None: `clients`), a secure plan's size."""
 
     clients: list[ClientData]
     n_classes: int
@@ -86,6 +85,7 @@ class ClientSpec:
     configs: Configs
     secret: bytes | None = None
     device: str = "cpu"
+    n_sites: int | None = None
 
 
 @runtime_checkable
@@ -192,16 +192,16 @@ def _dpfedavg_clients(spec: ClientSpec) -> list[Any]:
 
 def _generative_clients(name: str) -> ClientFactory:
     def make(spec: ClientSpec) -> list[Any]:
-        cfg = spec.configs
         return make_clients(
             method=name,
             clients=spec.clients,
             n_classes=spec.n_classes,
-            cfg=required(cfg.generative, "generative"),
-            dp=required(cfg.dp, "dp"),
+            cfg=required(spec.configs.generative, "generative"),
+            dp=required(spec.configs.dp, "dp"),
             seed=spec.seed,
             secret=spec.secret,
             device=spec.device,
+            n_sites=spec.n_sites,
         )
 
     return make
@@ -209,16 +209,16 @@ def _generative_clients(name: str) -> ClientFactory:
 
 def _pft_clients(name: str) -> ClientFactory:
     def make(spec: ClientSpec) -> list[Any]:
-        cfg = spec.configs
         return make_pft_clients(
             method=name,
             clients=spec.clients,
             n_classes=spec.n_classes,
-            cfg=required(cfg.pft, "pft"),
-            gen_cfg=required(cfg.generative, "generative"),
-            dp=cfg.dp,
+            cfg=required(spec.configs.pft, "pft"),
+            gen_cfg=required(spec.configs.generative, "generative"),
+            dp=spec.configs.dp,
             seed=spec.seed,
             secret=spec.secret,
+            n_sites=spec.n_sites,
         )
 
     return make

@@ -263,14 +263,16 @@ class DPSGDClient:
         }
 
     def _rng_state(self) -> dict:
-        """The streams' states, the released count and the accountant's history (resume)."""
+        """The streams' states, released count, accountant history and secure steps (resume)."""
         return {
             "batches": self.rng_batches.get_state(),
             "noise": self.rng_noise.get_state(),
+            "secure": self.rng_secure.get_state(),  # the noise stream's itself on CPU
             "n_released": self.n_released,
             "accountant": [list(h) for h in self.dp_sgd.engine.accountant.history]
             if self.dp_sgd
             else [],
+            "secure_steps": self.secure_steps,
         }
 
     def _load_rng_state(self, state: dict) -> None:
@@ -282,6 +284,9 @@ class DPSGDClient:
             )
         self.rng_batches.set_state(state["batches"])
         self.rng_noise.set_state(state["noise"])
+        if "secure" in state:
+            self.rng_secure.set_state(state["secure"])
+        self.secure_steps = int(state.get("secure_steps", 0))
         if self.dp_sgd is not None:
             self.dp_sgd.engine.accountant.history = [tuple(h) for h in state["accountant"]]
 

@@ -152,8 +152,19 @@ class SecureServer:
         if steps != {self.step}:
             raise ValueError(f"secure round {self.step + 1}: updates of steps {sorted(steps)}")
         total = sum_shares([u.weights[RESIDUES] for u in updates], self.plan)
+        return self.step_from_total(total, [u.n_samples for u in updates])
+
+    def step_from_total(self, total: torch.Tensor, counts: Sequence[int]) -> StateDict:
+        """The server's step from the sites' modular sum (what secure aggregation reveals: the
+        simulation's `sum_shares`, or SecAgg+'s unmasked sum under Flower) and their released
+        counts; refused for fewer sites than the plan's m."""
+        if len(counts) < self.plan.min_honest:
+            raise ValueError(
+                f"a secure sum of {len(counts)} sites: the plan needs at least "
+                f"{self.plan.min_honest}"
+            )
         grad = decode_sum(total, self.plan, rotation_seed(self.plan, self.step, 0))
-        grad = grad / float(sum(u.n_samples for u in updates))
+        grad = grad / float(sum(counts))
         self.optimizer.zero_grad(set_to_none=True)
         if self.lr is not None:
             for group in self.optimizer.param_groups:

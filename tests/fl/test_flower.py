@@ -1,7 +1,6 @@
 """The Flower app: the apps' protocol in process (a grid that calls the ClientApp directly) and
 the real engines on loopback, all against main.py (the client state: test_flower_state.py)."""
 
-import json
 import os
 import shutil
 import subprocess
@@ -15,13 +14,13 @@ from helpers.flower import (
     HEAD,
     SEEDED,
     SMALL,
+    assert_same_results,
     hospital_node,
     run_in_process,
 )
 from helpers.tiny import TINY
 
 import main as main_module
-from algorithms.evaluation.downstream import POOLED
 from algorithms.methods import registry
 from algorithms.privacy import accounting
 from fl import client_app
@@ -31,72 +30,6 @@ from fl.run_local import run_local
 from fl.settings import SettingsError, node_client_id, run_settings
 from utils.io import read_csv
 from utils.results import read_metrics
-
-COUNTS = ("n_train", "n_val", "n_test")
-
-
-def without_counts(main_metrics):
-    """main.py's metrics.json as a Flower run writes it: no split sizes in its client rows (no
-    site sends them), no pooled-test metrics (no site holds the pooled test data), no
-    test-size-weighted means, and the global synthetic-only accuracy as
-    the mean of the sites' (main.py pools it by test size: recomputed here from its rows)."""
-    m = json.loads(json.dumps(main_metrics))
-    assert m.pop("counts") == "exact (simulation)"
-
-    def strip(rows, summary):
-        sizes = [r["n_test"] for r in rows]
-        for r in rows:
-            for k in [*COUNTS, *(k for k in r if k.startswith(POOLED))]:
-                r.pop(k)
-        for k in [k for k in summary if k.endswith("_weighted") or k.startswith(POOLED)]:
-            summary.pop(k)
-        return sizes
-
-    sizes = strip(m["clients"], m["summary"])
-    for block in (m.get("lambda_protocol") or {}).values():
-        strip(block["clients"], block["summary"])
-    for per_metric in (m.get("downstream_modes") or {}).values():
-        for block in per_metric.values():
-            strip(block["clients"], block["summary"])
-    glob = (m.get("fidelity") or {}).get("global_synthetic")
-    if glob:
-        assert glob.pop("n_test") == sum(sizes)
-        glob.pop("acc"), glob.pop("at_chance")
-        m["fidelity"].pop("synthetic_at_chance")
-    return m, sizes
-
-
-def assert_same_results(main_dir, flower_dir):
-    """Equal metrics.json (but the wall time, the split sizes, which no site sends: see
-    `without_counts`, and the config key) and config.json (but argv, versions, the database
-    fingerprint and the split sha256, which each site keys with its secret); equal history.csv
-    but the train loss, which stays on the sites under Flower."""
-    ma, mb = read_metrics(main_dir), read_metrics(flower_dir)
-    assert ma["cost"].pop("wall_seconds") > 0 and mb["cost"].pop("wall_seconds") > 0
-    ma, _ = without_counts(ma)
-    # the config key hashes the data's fingerprint, keyed by each site under Flower
-    assert ma.pop("config_key") != mb.pop("config_key")
-    assert mb.pop("counts") == "absent (deployment)"
-    glob = (mb.get("fidelity") or {}).get("global_synthetic")
-    if glob:
-        assert 0.0 <= glob.pop("acc") <= 1.0 and glob.pop("at_chance") is None
-        assert glob.pop("mean_of")
-        mb["fidelity"].pop("synthetic_at_chance")
-        # the per-client majority-rate test needs the test sizes, which no site sends
-        assert mb["fidelity"].pop("synthetic_client_at_majority") is None
-        assert isinstance(ma["fidelity"].pop("synthetic_client_at_majority"), bool)
-    assert ma == mb
-    history = read_csv(main_dir / "history.csv")
-    assert history and all(row.pop("train_loss", "none (fedpft)") for row in history)
-    assert read_csv(flower_dir / "history.csv") == history
-    ca, cb = (json.loads((d / "config.json").read_text()) for d in (main_dir, flower_dir))
-    for c in (ca, cb):
-        c.pop("argv"), c.pop("versions"), c.pop("config_key")
-    for c, key in ((ca["database"], "fingerprint"), (ca, "split_sha256")):
-        plain = c.pop(key)
-        keyed = (cb["database"] if c is ca["database"] else cb).pop(key)
-        assert keyed not in (plain, [plain] * 2)
-    assert ca == cb
 
 
 @pytest.mark.parametrize("args", [DPCVAE, FEDAVG], ids=["dpcvae", "fedavg"])
