@@ -47,12 +47,11 @@ from flwr.serverapp import Grid
 
 from algorithms.federation.aggregation import StateDict
 from algorithms.federation.rounds import ClientUpdate, Rounds, run_rounds
+from algorithms.methods.generative import secure_coordinator
 from algorithms.methods.pft_server import pool_total
 from algorithms.methods.registry import required
 from algorithms.options import Settings
-from algorithms.privacy.dp_client import adam
 from algorithms.privacy.secure_aggregation import SecurePlan
-from algorithms.privacy.secure_dpsgd import SecureServer
 from fl.charge import secure_run_plan
 from fl.records import SECURE_TRAIN, as_float
 from fl.secure_site import ROUND, WEIGHT_NAMES
@@ -291,7 +290,7 @@ def secure_train_rounds(
             return pool_total(total, len(counts), plan, cfg, shape)
 
     else:
-        server = SecureServer(initial, plan, lambda ps: adam(ps, lr=gen.cvae_learning_rate))
+        server = secure_coordinator(initial, plan, gen)
         step, n_rounds = server.step_from_total, gen.n_rounds
     secure = SecureRounds(sites, order, plan, step)
     rounds = Rounds(

@@ -70,6 +70,13 @@ def secure_learning_rate(lr: float, n_sites: int) -> float:
     return lr / math.sqrt(n_sites)
 
 
+def secure_coordinator(weights: StateDict, plan: SecurePlan, cfg: GenerativeConfig) -> SecureServer:
+    """The coordinator's side of a secure dpcvae run (main.py's and the Flower ServerApp's):
+    the initial decoder and Adam at `secure_learning_rate`."""
+    lr = secure_learning_rate(cfg.cvae_learning_rate, plan.n_sites)
+    return SecureServer(weights, plan, lambda ps: adam(ps, lr=lr))
+
+
 def secure_plan(
     *,
     method: str,
@@ -222,8 +229,7 @@ def train_generative(
     if plan is not None:  # the coordinator decodes the sites' sum and steps the shared part
         if execution.vectorized:
             raise ValueError(f"{flag_name(dp, 'secure_aggregation')} has no vectorized path")
-        lr = secure_learning_rate(cfg.cvae_learning_rate, plan.n_sites)
-        server = SecureServer(weights, plan, lambda ps: adam(ps, lr=lr))
+        server = secure_coordinator(weights, plan, cfg)
         rounds = dataclasses.replace(rounds, aggregate=server.aggregate)
     if execution.vectorized:
         saver = checkpoint.saver if checkpoint is not None else None

@@ -13,7 +13,7 @@ from flwr.app import Context, Message, RecordDict
 from helpers.flower import DPCVAE, SEEDED, SMALL, hospital_node
 
 from algorithms.methods.pft_server import pft_plan
-from algorithms.options import load_settings
+from algorithms.options import UsageError, load_settings
 from algorithms.privacy.secure_dpsgd import secure_privacy
 from data.database import load_database
 from data.partition import split_database
@@ -75,9 +75,14 @@ def test_an_equal_or_greater_m_is_served():
 def test_a_secure_run_without_a_plan_is_refused_in_one_line():
     _, rule = verdict(SitePolicy(), secure(m=4))  # m above the 3 sites of a sum
     assert rule and rule.startswith("--min_honest_sites 4") and "\n" not in rule
-    charge, rule = verdict(SitePolicy(), secure(["--method", "dpcgan", "--preset", "dp"]))
-    assert rule == "--secure_aggregation: dpcgan has no secure round"
-    assert charge.epsilon is None  # never claimed: refused, and unbounded if it were
+    # a method without a secure round never becomes a run's settings (options.check_secure)
+    with pytest.raises(UsageError, match="--secure_aggregation: dpcgan has no secure round"):
+        secure(["--method", "dpcgan", "--preset", "dp"])
+    # a method whose secure round has no plan at a Flower site is refused without a claim
+    fedavg = ["--method", "dpfedavg", "--fedavg_local_epochs", "1", "--bz", "100000"]
+    charge, rule = verdict(SitePolicy(), secure(fedavg))
+    assert rule and "dpfedavg" in rule and "\n" not in rule
+    assert charge.epsilon is None
 
 
 def test_the_charge_holds_both_epsilons_of_the_clients_plan():
