@@ -199,30 +199,6 @@ def test_settings_are_main_py_flags_with_absolute_paths(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("flower-engines")  # one at a time: each starts several processes
-def test_deployment_on_loopback_equals_main(gauss_db, tmp_path):
-    """A SuperLink and two SuperNodes as separate processes, two rounds of DP-CVAE: the same
-    results files as main.py, and no process left behind."""
-    argv = ["--database_root", str(gauss_db), *SMALL, *DPCVAE]
-    before = descendants([os.getpid()])
-    run = run_local(
-        main_argv=[*argv, "--results_dir", str(tmp_path / "flower")],
-        engine="deployment",
-        work_dir=tmp_path / "work",
-        timeout=600,
-        env={"OMP_NUM_THREADS": "1"},
-        node_config=SEEDED,
-    )
-    assert run.status == "finished:completed"
-    # the coordinator's run config names no split file: the sites' node configs do
-    run_config = (tmp_path / "work" / "run_config.toml").read_text()
-    assert "--split_file" not in run_config and "splits" not in run_config
-    assert descendants([os.getpid()]) <= before
-    assert main_module.main([*argv, "--results_dir", str(tmp_path / "main")]) == 0
-    assert_same_results(tmp_path / "main", tmp_path / "flower")
-
-
-@pytest.mark.slow
-@pytest.mark.xdist_group("flower-engines")  # one at a time: each starts several processes
 def test_simulation_engine_equals_main(gauss_db, tmp_path):
     """Flower's simulation engine (Ray, one simulated SuperNode per client), FedAvg with its
     per-round validation: the same results files as main.py, and no process left behind."""

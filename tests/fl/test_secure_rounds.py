@@ -273,7 +273,8 @@ def test_adversarial_a_real_site_refuses_a_setup_below_its_plans_m(gauss_db, tas
 def test_a_secure_deployment_on_loopback_equals_main(gauss_db, tmp_path):
     """A SuperLink and two SuperNodes as separate processes (each message a fresh ClientApp
     process: SecAgg+'s state between stages lives in each node's Context.state), dpfedpft's
-    release through SecAgg+ over gRPC: main.py's results files, and no process left behind."""
+    release through SecAgg+ over gRPC: main.py's results files, and no process left behind
+    (the deployment engine's test: the recipe's test runs its plain path, test_recipe.py)."""
     argv = ["--database_root", str(gauss_db), *SMALL, "--method", "dpfedpft", *HEAD, *SECURE]
     before = descendants([os.getpid()])
     run = run_local(
@@ -285,6 +286,9 @@ def test_a_secure_deployment_on_loopback_equals_main(gauss_db, tmp_path):
         node_config=SEEDED,
     )
     assert run.status == "finished:completed"
+    # the coordinator's run config names no split file: the sites' node configs do
+    run_config = (tmp_path / "work" / "run_config.toml").read_text()
+    assert "--split_file" not in run_config and "splits" not in run_config
     assert descendants([os.getpid()]) <= before
     assert main_module.main([*argv, "--results_dir", str(tmp_path / "main")]) == 0
     assert_same_results(tmp_path / "main", tmp_path / "flower")
