@@ -112,6 +112,14 @@ def secure_entry(charge: Charge) -> dict:
     }
 
 
+def per_patient_entry(charge: Charge) -> dict:
+    """A charge per patient's fields of its ledger entry (nothing for one per record: entries
+    read as before): its unit, and the records per patient of a group bound."""
+    if charge.unit != "patient":
+        return {}
+    return {"unit": "patient", **({} if charge.group_k is None else {"group_k": charge.group_k})}
+
+
 def _eps(value: float | None) -> float:
     return math.inf if value is None else float(value)
 
@@ -255,8 +263,7 @@ class Ledger:
                     "delta": charge.delta,
                     "what": charge.what,
                     "time": now,
-                    "unit": charge.unit,
-                    **({} if charge.group_k is None else {"group_k": charge.group_k}),
+                    **per_patient_entry(charge),
                     **secure_entry(charge),
                 }
             book["claims"] += new
