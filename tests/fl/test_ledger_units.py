@@ -34,6 +34,7 @@ from fl.ledger import (
 )
 from fl.ledger_cli import cli
 from fl.policy import PolicyError, Refusal, SitePolicy, site_policy
+from fl.supernode import SiteConfigError, check_node_config
 from fl.units import RECORD_RUN_RULE, check_patient_cap, in_ledger_unit, run_unit
 from utils.io import write_json
 
@@ -203,3 +204,17 @@ def test_a_site_hello_says_its_units_and_refuses_record_runs_alike(tmp_path, tas
         hello(large, tmp_path, *run, **{"max-patient-records": 3})
     rule, _ = hello(small, tmp_path, *run, "--privacy_unit", "record", **{"max-patient-records": 3})
     assert rule and "exceeds max-delta" in rule  # the group bound of 3, 1e-5 is over 1e-4
+
+
+def test_the_supernode_check_says_the_unit_and_checks_the_cap(tmp_path):
+    """At start (on the site, before any coordinator asks): the summary names the ledger's unit,
+    and a max-patient-records below the site's largest patient (5 records) is an error."""
+    db = make_patient_db(tmp_path / "db", per_patient=5)
+    split = db / "split.json"
+    write_json(split, split_database(load_database(db), SplitConfig(n_clients=2)))
+    Ledger(tmp_path / "site-ledger", "hospital0", 0).initialise(10.0, 1e-3, unit="patient")
+    node = hospital_node(db, split, 0)
+    assert check_node_config(node).endswith("spent 0 (per patient)")
+    assert check_node_config({**node, "max-patient-records": 5}).endswith("(per patient)")
+    with pytest.raises(SiteConfigError, match="max-patient-records is below"):
+        check_node_config({**node, "max-patient-records": 4})
