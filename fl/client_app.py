@@ -121,8 +121,9 @@ COUNT_KEYS = ("n_train", "n_val", "n_test")  # never sent: the exact split sizes
 @guarded
 def hello(msg: Message, context: Context) -> Message:
     """Who this site is: its client id, the shapes the server needs and the names and hashes of
-    its data (no data); or its refusal of the run, naming the rule of its policy or ledger
-    (free: nothing is claimed, and no rule reads the records)."""
+    its data (no data), and the unit the run protects and its ledger counts (patient or
+    record); or its refusal of the run, naming the rule of its policy or ledger (free: nothing
+    is claimed, and no rule reads the records)."""
     site = Site(context)
     refusal = site.refusal()
     info = {
@@ -131,6 +132,8 @@ def hello(msg: Message, context: Context) -> Message:
         "n_classes": site.n_classes,
     }
     records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {"client": metric_record(info)}
+    # what the run protects here and what the site's budget counts: units, never a count
+    records["unit"] = ConfigRecord({"protects": site.unit, "ledger": site.ledger_unit})
     if refusal:
         records["refusal"] = ConfigRecord({"rule": refusal})
     else:

@@ -16,15 +16,17 @@ sharing without DP is charged an infinite epsilon (JSON null). A run under secur
 has two epsilons (with m honest sites in every sum, and against a coordinator colluding with
 every other site); its entry records both, and `epsilon` is the one charged
 (fl.policy.charged_epsilon: the collusion epsilon unless the node config sets charge-honest).
+A ledger counts per patient or per record (its `unit`, set at `init`, record when absent): on
+a patient ledger every charge is per patient (fl/units.py).
 
     python -m fl.ledger init LEDGER_DIR DATASET_ID [--epsilon 10] [--delta 1e-3]
+        [--unit patient|record] [--database_root DB]   # unit: DB's (patient ids?), else record
     python -m fl.ledger budget LEDGER_DIR DATASET_ID --epsilon E [--delta D]
     python -m fl.ledger show LEDGER_DIR   # each dataset's budget, spent, left and releases
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -50,6 +52,11 @@ NOT_INITIALISED = (
     "missing ledger is never a fresh budget"
 )
 DATASET_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+UNITS = ("patient", "record")  # what a ledger's budget counts: a patient's records, or a record
+RECORD_ON_PATIENT = (
+    "a record-level run on a ledger counted per patient must be charged per patient "
+    "(max-patient-records)"
+)
 
 
 class LedgerError(ValueError):
@@ -69,7 +76,9 @@ class Charge:
     """What a run spends on the site, bound to the run ID at its first claim: its binding (a
     hash of every setting that determines the spend, fl.charge.run_binding) and its (epsilon,
     delta) as the site computes them (epsilon None: no DP, unbounded): the epsilon charged. A
-    secure run also records both of its epsilons and m (`secure`, else None)."""
+    secure run also records both of its epsilons and m (`secure`, else None). `unit`: what the
+    charge is per (patient, or record); `group_k`: set when it is a record-level run's group
+    bound for that many records per patient (fl/units.py)."""
 
     binding: str
     epsilon: float | None
@@ -77,6 +86,8 @@ class Charge:
     what: str = "run"
     secure: RunCharge | None = None
     charges_honest: bool = False  # a secure run: its epsilon with m honest sites is charged
+    unit: str = "record"
+    group_k: int | None = None
 
 
 def booked(binding: str, policy: SitePolicy, charge: RunCharge) -> Charge:
@@ -101,6 +112,14 @@ def secure_entry(charge: Charge) -> dict:
     }
 
 
+def per_patient_entry(charge: Charge) -> dict:
+    """A charge per patient's fields of its ledger entry (nothing for one per record: entries
+    read as before): its unit, and the records per patient of a group bound."""
+    if charge.unit != "patient":
+        return {}
+    return {"unit": "patient", **({} if charge.group_k is None else {"group_k": charge.group_k})}
+
+
 def _eps(value: float | None) -> float:
     return math.inf if value is None else float(value)
 
@@ -123,6 +142,13 @@ def check_dataset_id(dataset_id: str) -> str:
     return str(dataset_id)
 
 
+def check_unit(unit: str) -> str:
+    """`unit` if it is a ledger's unit; LedgerError naming the choices otherwise."""
+    if unit not in UNITS:
+        raise LedgerError(f"a ledger's unit is one of {', '.join(UNITS)}, got {unit!r}")
+    return unit
+
+
 class Ledger:
     """The ledger file of one site's dataset."""
 
@@ -141,9 +167,13 @@ class Ledger:
             self.refuse(NOT_INITIALISED)
         return read_ledger(self.path)
 
-    def initialise(self, epsilon: float, delta: float, exist_ok: bool = False) -> None:
-        """Create the ledger with its lifetime budget (refused if it exists, unless exist_ok)."""
+    def initialise(
+        self, epsilon: float, delta: float, exist_ok: bool = False, unit: str = "record"
+    ) -> None:
+        """Create the ledger with its lifetime budget, per `unit` (patient or record; fixed for
+        the ledger's life); refused if it exists, unless exist_ok."""
         check_budget(epsilon, delta)
+        check_unit(unit)
         self.directory.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.path) + ".lock"):
             if self.path.exists():
@@ -152,7 +182,9 @@ class Ledger:
                 raise LedgerError(f"{self.path}: the ledger exists already (change it: budget)")
             book = {"dataset_id": self.dataset_id, "site": self.site, "runs": {}, "claims": []}
             book["budget"] = {"epsilon": _json_eps(epsilon), "delta": delta}
-            book["log"] = [{"time": time.time(), "what": f"init: budget {epsilon:g}, {delta:g}"}]
+            book["unit"] = unit
+            init = f"init: budget {epsilon:g}, {delta:g} per {unit}"
+            book["log"] = [{"time": time.time(), "what": init}]
             self._write(book)
 
     def set_budget(self, epsilon: float, delta: float) -> None:
@@ -172,6 +204,11 @@ class Ledger:
         book = self.read()
         return _eps(book["budget"]["epsilon"]), float(book["budget"]["delta"])
 
+    def unit(self) -> str:
+        """What the ledger's budget counts: patient or record (a ledger without one, or none yet:
+        record, as every ledger counted before units)."""
+        return str(self.read().get("unit", "record")) if self.path.exists() else "record"
+
     def violation(self, run_id: int, charge: Charge) -> str | None:
         """The rule the run would break if it were claimed now, in words; None if it would be
         accepted. Free and read-only: it reads the ledger, never the data."""
@@ -186,6 +223,9 @@ class Ledger:
                     "is bound to the settings of its first claim"
                 )
             return None
+        per_record = charge.unit != "patient" and charge.epsilon is not None
+        if book.get("unit") == "patient" and per_record:
+            return RECORD_ON_PATIENT
         eps, delta = spent(book)
         budget_eps, budget_delta = _eps(book["budget"]["epsilon"]), float(book["budget"]["delta"])
         if eps + _eps(charge.epsilon) > budget_eps + 1e-9:
@@ -223,6 +263,7 @@ class Ledger:
                     "delta": charge.delta,
                     "what": charge.what,
                     "time": now,
+                    **per_patient_entry(charge),
                     **secure_entry(charge),
                 }
             book["claims"] += new
@@ -261,6 +302,7 @@ def read_ledger(path: Path) -> dict:
     try:
         book = json.loads(path.read_text())
         runs, claims, budget = book["runs"], book["claims"], book["budget"]
+        check_unit(book.get("unit", "record"))
         _eps(budget["epsilon"]), float(budget["delta"])
         for r in runs.values():
             _eps(r["epsilon"]), float(r["delta"]), str(r["binding"])
@@ -282,6 +324,7 @@ def describe(path: Path) -> str:
     eps, delta = spent(book)
     lines = [
         f"dataset {book.get('dataset_id', '?')} (client {book.get('site', '?')}), {path}",
+        f"  unit:   {book.get('unit', 'record')} (the budget is per {book.get('unit', 'record')})",
         f"  budget: epsilon {b_eps:g}, delta {b_delta:g}",
         f"  spent:  epsilon {eps:g}, delta {delta:g} (basic composition: sums)",
         f"  left:   epsilon {b_eps - eps:g}, delta {b_delta - delta:g}",
@@ -295,6 +338,8 @@ def describe(path: Path) -> str:
                 f"{r.get('min_honest_sites', '?')} honest sites, {r['epsilon_collusion']:.4g} "
                 f"against collusion, charged {r.get('charged', '?')}"
             )
+        if "group_k" in r:
+            cost += f"; a record-level run, its group bound for {r['group_k']} records per patient"
         lines.append(f"    {_when(r.get('time'))}  run {run_id}  {r['what']}  ({cost})")
     lines.append(f"  releases ({len(book['claims'])}):")
     for c in book["claims"]:
@@ -308,68 +353,7 @@ def _when(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(t or 0)))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m fl.ledger",
-        description="A site's privacy ledgers: initialise one (with its lifetime budget), "
-        "change its budget (logged), or print each: the budget, the epsilon and delta spent "
-        "(basic composition), what is left, each run and release.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    init = sub.add_parser("init", help="create a dataset's ledger with its lifetime budget")
-    budget = sub.add_parser("budget", help="change a dataset's lifetime budget (logged)")
-    for p, eps in ((init, DEFAULT_BUDGET_EPSILON), (budget, None)):
-        p.add_argument("ledger_dir", help="the site's ledger folder (node config ledger-dir)")
-        p.add_argument("dataset_id", help="the site's dataset (node config dataset-id)")
-        p.add_argument("--client_id", type=int, default=0, help="the site's client-id (default 0)")
-        p.add_argument(
-            "--epsilon",
-            type=float,
-            default=eps,
-            required=eps is None,
-            help="lifetime epsilon of every run on this dataset"
-            + (f" (default {eps:g})" if eps else ""),
-        )
-        p.add_argument(
-            "--delta",
-            type=float,
-            default=DEFAULT_BUDGET_DELTA,
-            help=f"lifetime delta (default {DEFAULT_BUDGET_DELTA:g}: ten runs at the default "
-            "max-delta)",
-        )
-    show = sub.add_parser("show", help="print every ledger in a folder")
-    show.add_argument("ledger_dir", help="the site's ledger folder (node config ledger-dir)")
-    return parser
+if __name__ == "__main__":  # python -m fl.ledger: the command (fl/ledger_cli.py)
+    from fl.ledger_cli import cli
 
-
-def cli(argv: list[str] | None = None) -> int:
-    """The ledger command; 2 (one error line naming the file or value) on bad input."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in ("init", "budget", "show", "-h", "--help"):
-        argv = ["show", *argv]  # `python -m fl.ledger DIR` prints, as before
-    args = build_parser().parse_args(argv)
-    directory = Path(args.ledger_dir)
-    try:
-        if args.command == "init":
-            Ledger(directory, args.dataset_id, args.client_id).initialise(args.epsilon, args.delta)
-            print(f"initialised {Ledger(directory, args.dataset_id, args.client_id).path}")
-            return 0
-        if args.command == "budget":
-            ledger = Ledger(directory, args.dataset_id, args.client_id)
-            if not ledger.path.exists():
-                raise LedgerError(f"{ledger.path}: no such ledger (create it: init)")
-            ledger.set_budget(args.epsilon, args.delta)
-            print(describe(ledger.path))
-            return 0
-        if not directory.is_dir():
-            raise LedgerError(f"{directory}: no such ledger directory")
-        texts = [describe(p) for p in sorted(directory.glob(f"*{SUFFIX}"))]
-    except LedgerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print("\n".join(texts) if texts else f"{directory}: no ledger yet (python -m fl.ledger init)")
-    return 0
-
-
-if __name__ == "__main__":
     sys.exit(cli())

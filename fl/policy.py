@@ -62,6 +62,7 @@ class SitePolicy:
     noise_source: str = "secure"
     min_honest_sites: int = 1
     charge_honest: bool = False
+    max_patient_records: int = 0
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,13 @@ NODE_KEYS = (
         "charge a secure run's epsilon with m honest sites to the ledger and max-epsilon; "
         "false: its epsilon_collusion, the guarantee the site holds alone",
     ),
+    NodeKey(
+        "max-patient-records",
+        "0",
+        "on a ledger counted per patient: 0 refuses record-level runs; N >= 1 (public: no "
+        "patient has more than N training records here, checked) serves them, charged the group "
+        "bound for N records, (N eps, N e^((N-1) eps) delta)",
+    ),
 )
 # Keys Flower itself sets in simulation (the simulated node's partition).
 SIMULATION_KEYS = ("partition-id", "num-partitions")
@@ -229,10 +237,10 @@ def _positive(node_config: dict, key: str, default: float, zero: bool = False) -
     return value
 
 
-def _count(node_config: dict, key: str, default: int) -> int:
+def _count(node_config: dict, key: str, default: int, least: int = 1) -> int:
     text = str(node_config.get(key, default)).strip()
-    if not (text.isdigit() and int(text) >= 1):
-        raise PolicyError(f"node config: {key} must be a whole number >= 1, got {text!r}")
+    if not (text.isdigit() and int(text) >= least):
+        raise PolicyError(f"node config: {key} must be a whole number >= {least}, got {text!r}")
     return int(text)
 
 
@@ -269,6 +277,9 @@ def site_policy(node_config: dict) -> SitePolicy:
         noise_source=source,
         min_honest_sites=_count(node_config, "min-honest-sites", d.min_honest_sites),
         charge_honest=_flag(node_config, "charge-honest", d.charge_honest),
+        max_patient_records=_count(
+            node_config, "max-patient-records", d.max_patient_records, least=0
+        ),
     )
 
 

@@ -37,6 +37,7 @@ from fl.settings import (
     run_settings,
     run_sites,
 )
+from fl.units import check_patient_cap, in_ledger_unit, largest_patient, run_unit
 from utils.device import one_torch_thread
 from utils.progress import set_quiet
 
@@ -86,7 +87,18 @@ class Site:
         self.n_sites = run_sites(context.run_config, self.settings)
         shape = (int(self.data.x_train.shape[1]), self.n_classes)
         cost, self.violation = assess(self.policy, self.settings, n_sites=self.n_sites, shape=shape)
-        self.charge = booked(run_binding(self.settings), self.policy, cost)
+        # the unit the run protects here and the ledger counts in (fl/units.py); the site's
+        # largest patient is checked against the public cap, never sent nor charged by
+        patients = self.data.patients_train
+        self.ledger_unit = self.ledger.unit()
+        check_patient_cap(self.policy, self.ledger_unit, largest_patient(patients))
+        try:
+            self.unit = run_unit(self.settings, patients is not None)
+        except ValueError as err:  # --privacy_unit patient where it cannot be
+            self.unit, self.violation = "record", self.violation or str(err)
+        charge = booked(run_binding(self.settings), self.policy, cost)
+        self.charge, rule = in_ledger_unit(charge, self.policy, self.ledger_unit, self.unit)
+        self.violation = self.violation or rule
 
     def refuse(self, rule: str) -> NoReturn:
         raise Refusal(f"client {self.client_id}'s site refuses: {rule}")

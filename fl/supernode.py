@@ -6,7 +6,8 @@ when the hospital starts it, not inside the coordinator's traceback when a run a
 
 The check reads the node config as Flower does, then: every key is known and a deployed site
 sets its own `database-root`, `ledger-dir` and `dataset-id` (fl/policy.py); the database and the
-split file exist and hold the client; the ledger was initialised (`python -m fl.ledger init`).
+split file exist and hold the client; the ledger was initialised (`python -m fl.ledger init`);
+on a ledger per patient, a set `max-patient-records` is at least the site's largest patient.
 A failed check prints one line naming the key or path and exits with status 2; otherwise
 `--check` prints what the site will serve, and without it the process becomes
 `flower-supernode` with the same arguments.
@@ -27,7 +28,8 @@ from data.partition import load_split
 from data.split_config import SplitError
 from fl.ledger import NOT_INITIALISED, Ledger, LedgerError, spent
 from fl.policy import PolicyError, site_policy
-from fl.settings import node_client_id
+from fl.settings import load_client, node_client_id
+from fl.units import check_patient_cap, largest_patient
 
 
 class SiteConfigError(ValueError):
@@ -58,14 +60,18 @@ def check_node_config(node_config: dict) -> str:
         ledger = Ledger(node_config["ledger-dir"], str(node_config["dataset-id"]), client_id)
         if not ledger.path.exists():
             raise SiteConfigError(f"ledger-dir {ledger.directory}: {NOT_INITIALISED}")
-        book = ledger.read()
+        book, unit = ledger.read(), ledger.unit()
+        if unit == "patient" and policy.max_patient_records:  # its cap against its patients
+            data, _, _ = load_client(str(root), str(split), client_id)
+            check_patient_cap(policy, unit, largest_patient(data.patients_train))
     except (PolicyError, LedgerError) as err:
         raise SiteConfigError(str(err)) from None
     eps, _ = spent(book)
     budget = ledger.budget()[0]
     return (
         f"client {client_id}, dataset {ledger.dataset_id}: serves {','.join(policy.methods)} "
-        f"up to epsilon {policy.max_epsilon:g} a run; budget epsilon {budget:g}, spent {eps:g}"
+        f"up to epsilon {policy.max_epsilon:g} a run; budget epsilon {budget:g}, spent {eps:g} "
+        f"(per {unit})"
     )
 
 
