@@ -94,6 +94,7 @@ LABEL_KEYS = (
     "dp.enabled",
     "dp.epsilon",
     "dp.min_honest_sites",
+    "dp.privacy_unit",
 )
 
 
