@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -247,6 +248,7 @@ class SecureRounds:
         """The round's SecAgg+ sum; per site an update without weights: its released count
         and epsilon (the history's columns, as main.py's)."""
         nodes = [self.sites.node_of[self.order[i]] for i in chosen]
+        start = time.perf_counter()
         self.total, metrics = secure_sum(
             grid=self.sites.grid,
             nodes=nodes,
@@ -255,6 +257,8 @@ class SecureRounds:
             plan=self.plan,
             timeout=self.sites.reply_timeout,
         )
+        seconds = time.perf_counter() - start
+        print(f"{rnd + 1}: secure train, {len(nodes)} replies in {seconds:.1f} s", flush=True)
         updates = []
         for i, node in zip(chosen, nodes):
             m = metrics[node]

@@ -218,7 +218,7 @@ def deployment(main_args: list[str]) -> tuple[float, list[float]]:
         argv = [*main_args, "--results_dir", str(Path(tmp) / "run"), "--quiet"]
         run = run_local(main_argv=argv, engine="deployment", work_dir=Path(tmp) / "work")
         log = (run.work_dir / "logs" / "run.log").read_text()
-    rounds = [float(s) for s in re.findall(r"train, \d+ replies in ([\d.]+) s", log)]
+    rounds = [float(s) for s in re.findall(r"(?:secure )?train, \d+ replies in ([\d.]+) s", log)]
     return run.seconds, rounds
 
 
