@@ -6,14 +6,14 @@
 # record: the group bound for the largest patient is reported), against local on the same
 # patient-level split; one seed for each K, every seed for K = 5. Skips finished runs; the
 # tables: python -m utils.collect on ${results_root}/<K>. Needs the database of create_db.sh.
-#   bash experiments/fashionmnist/patient_study.sh            (KS="5" SEEDS="3407" to run some)
+#   bash experiments/fashionmnist/patient_study.sh            (KS="5" STUDY_SEEDS="3407" to run some)
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "${here}/base.sh"        # local_flags (no runs)
 source "${here}/ours.sh"        # dp_flags, pft_flags
 
 # ---- flags (edit here) -----------------------------------------------------------------------
 read -ra KS <<< "${KS:-5 1 20}"
-read -ra SEEDS <<< "${SEEDS:-3407 12345 202502}"
+read -ra SEEDS <<< "${STUDY_SEEDS:-${SEEDS[*]}}"   # setting.sh's, or STUDY_SEEDS
 all_seeds_k=5
 cvae_flags=(--local_epochs 100 --lr 0.001 --classifier_optimizer adam --weights_grid_resolution 0.1
             "${dp_flags[@]}" --preset dp --epsilon 1)

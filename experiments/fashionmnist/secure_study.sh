@@ -6,13 +6,14 @@
 # 0.5 and 2 (SWEEP, the first seed), against local, FedAvg and FedLambda. Runs in priority order,
 # skips finished runs; the tables: experiments/fashionmnist/secure_tables.sh. Needs the
 # database of experiments/fashionmnist/create_db.sh.
-#   bash experiments/fashionmnist/secure_study.sh   (SEEDS="3407" M_FIRST="10" M_THEN= SWEEP= to run some)
+#   bash experiments/fashionmnist/secure_study.sh   (STUDY_SEEDS="3407" M_FIRST="10" M_THEN= SWEEP= to run some)
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-source "${here}/base.sh"        # local_flags (no runs)
+source "${here}/base.sh"        # local_flags, fedavg_flags (no runs)
 source "${here}/ours.sh"        # dp_flags, pft_flags
+source "${here}/fedlambda.sh"   # fedlambda_flags
 
 # ---- flags (edit here) -----------------------------------------------------------------------
-read -ra SEEDS <<< "${SEEDS:-3407 12345 202502}"
+read -ra SEEDS <<< "${STUDY_SEEDS:-${SEEDS[*]}}"   # setting.sh's, or STUDY_SEEDS
 read -ra M_FIRST <<< "${M_FIRST:-10 1}"       # every seed, first
 read -ra M_THEN <<< "${M_THEN:-5 3}"          # every seed, then
 read -ra SWEEP <<< "${SWEEP-0.5 2}"           # the first seed, m of M_FIRST, last
@@ -25,7 +26,6 @@ secure_fedavg_flags=(--n_rounds 50 --fedavg_local_epochs 1 --bz 100000 --optimiz
 results_root=results/fashionmnist_secure
 # ------------------------------------------------------------------------------------------------
 backbone=${BACKBONES[0]}
-source "${here}/fedlambda.sh"   # fedlambda_flags (no runs)
 
 secure_runs() {  # seed m epsilon
   local secure=(--secure_aggregation --min_honest_sites "$2" --epsilon "$3")
