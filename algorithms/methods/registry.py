@@ -75,9 +75,8 @@ def required(config: T | None, section: str) -> T:
 
 @dataclass(frozen=True)
 class ClientSpec:
-    """What builds a method's federated clients: in a simulation every client's data, on a
-    Flower site its own; `secret`: a site's key for its secure noise (None: each client draws
-    its own); `n_sites`: the federation's sites (None: `clients`), a secure plan's size."""
+    """What builds a method's federated clients: every client's data (a simulation) or a
+    site's own; a site's `secret` noise key; `n_sites` in a secure sum (None: `clients`)."""
 
     clients: list[ClientData]
     n_classes: int
@@ -178,15 +177,15 @@ def _dpfedavg(ctx: RunContext, cfg: Configs) -> Outcome:
 
 
 def _dpfedavg_clients(spec: ClientSpec) -> list[Any]:
-    cfg = spec.configs
     return make_dpfedavg_clients(
         clients=spec.clients,
         n_classes=spec.n_classes,
-        cfg=required(cfg.fedavg, "fedavg"),
-        dp=required(cfg.dp, "dp"),
+        cfg=required(spec.configs.fedavg, "fedavg"),
+        dp=required(spec.configs.dp, "dp"),
         seed=spec.seed,
         secret=spec.secret,
         device=spec.device,
+        n_sites=spec.n_sites,
     )
 
 

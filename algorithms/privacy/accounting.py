@@ -24,6 +24,7 @@ import warnings
 
 from algorithms.privacy.config import DPConfig
 from algorithms.privacy.opacus_compat import load_opacus
+from algorithms.privacy.secure_aggregation import SECURE_TRUST, SKELLAM_RDP, secure_block
 from utils.cli import flag_name
 
 # What the report says of a run whose noise is seeded (also in the README).
@@ -251,17 +252,6 @@ def release_epsilon(noise_multiplier: float, delta: float) -> float:
     return analytic_gaussian_epsilon(noise_multiplier, delta)
 
 
-# The accountant of noise shares under secure aggregation (algorithms/privacy/skellam.py).
-SKELLAM_RDP = "skellam-rdp"
-SECURE_TRUST = (
-    "secure aggregation: `epsilon` assumes that every sum holds the shares of at least "
-    "min_honest_sites honest sites and that the protocol runs as specified (the coordinator "
-    "sees only the sum); a coordinator colluding with every other site faces only this "
-    "site's share: `epsilon_collusion`. Under Flower, SecAgg+'s masks come from a Mersenne "
-    "Twister seeded with 32 bits (flwr 1.42), so the masking is not cryptographically secure"
-)
-
-
 def privacy_report(
     cfg: DPConfig,
     clients: list[dict],
@@ -319,17 +309,6 @@ def privacy_report(
         # see with_patients
         "unit": "patient" if all(c.get("unit") == "patient" for c in clients) else "record",
         **({"secure_aggregation": secure_block(secure)} if secure else {}),
-    }
-
-
-def secure_block(lines: list[dict]) -> dict:
-    """The privacy block's summary of secure aggregation: m, and the largest epsilon against
-    a coordinator colluding with every other site (both computed by each site)."""
-    return {
-        "min_honest_sites": min(c["min_honest_sites"] for c in lines),
-        "epsilon_collusion_max": max(c["epsilon_collusion"] for c in lines),
-        "bits": lines[0]["bits"],
-        "trust": SECURE_TRUST,
     }
 
 

@@ -65,6 +65,28 @@ UNITS_PER_SITE = 8192
 WRAP_FAILURE = 1e-9
 
 
+# The accountant of noise shares under secure aggregation (algorithms/privacy/skellam.py).
+SKELLAM_RDP = "skellam-rdp"
+SECURE_TRUST = (
+    "secure aggregation: `epsilon` assumes that every sum holds the shares of at least "
+    "min_honest_sites honest sites and that the protocol runs as specified (the coordinator "
+    "sees only the sum); a coordinator colluding with every other site faces only this "
+    "site's share: `epsilon_collusion`. Under Flower, SecAgg+'s masks come from a Mersenne "
+    "Twister seeded with 32 bits (flwr 1.42), so the masking is not cryptographically secure"
+)
+
+
+def secure_block(lines: list[dict]) -> dict:
+    """The privacy block's summary of secure aggregation: m, and the largest epsilon against
+    a coordinator colluding with every other site (both computed by each site)."""
+    return {
+        "min_honest_sites": min(c["min_honest_sites"] for c in lines),
+        "epsilon_collusion_max": max(c["epsilon_collusion"] for c in lines),
+        "bits": lines[0]["bits"],
+        "trust": SECURE_TRUST,
+    }
+
+
 @dataclass(frozen=True)
 class SecurePlan:
     """The public parameters of a site's secure releases, the same at every site and at the
